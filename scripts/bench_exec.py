@@ -1,0 +1,279 @@
+#!/usr/bin/env python3
+"""Execution-overhead benchmark for dagfs; run it through scripts/bench-exec.
+
+Scenarios, each with its own fresh store (`--store`) and `-j2`:
+
+  chain-1000   task i depends on task i-1, run = "true"
+  wide-1000    1,000 independent tasks, run = "true"
+  layers-10k   100 layers of 100 tasks, each depending on 2 tasks of the layer
+               before, run = "true"
+
+For each: one cold run fills the cache (reported, not in the median), then
+--reps fully cached re-runs are timed. Then:
+
+  cold-1000    a cold run of 1,000 tasks `echo i > $DAGFS_OUT/out`, each
+               repetition with a fresh store, against the same 1,000 commands
+               run by `xargs -P2` (`sh -c 'echo i > DIR/i'`).
+
+Wall time is the whole process, spawn to exit (os.wait4). dagfs's stderr goes
+to /dev/null in timed runs. An untimed check run after the timed ones keeps
+stderr and verifies the scenario really was all hits.
+
+Peak RSS is the child's ru_maxrss as reported by /usr/bin/time -f %M. Not
+os.wait4's own ru_maxrss: a process spawned from Python starts with Python's
+memory map and exec keeps that map's high-water mark, so every figure would be
+at least Python's ~13 MiB. For the cached scenarios it comes from the check
+run; cold runs are all run under /usr/bin/time (about 1 ms more per run, for
+dagfs and xargs alike). ru_maxrss includes waited-for children: for a cold run
+it is the largest of dagfs and its task shells.
+"""
+
+import argparse
+import os
+import re
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+
+SUMMARY = re.compile(r"(\d+) executed, (\d+) cached, (\d+) failed")
+
+
+GNU_TIME = "/usr/bin/time"
+
+
+def spawn_timed(argv, stdin=None, stdout=None, stderr=None, env=None, rss=False):
+    """Runs argv to completion; returns (exit code, wall seconds, peak RSS KiB).
+
+    The RSS is measured only with rss=True (see the module doc), else None.
+    """
+    rss_file = None
+    if rss and os.access(GNU_TIME, os.X_OK):
+        fd, rss_file = tempfile.mkstemp(prefix="dagfs-bench-rss-")
+        os.close(fd)
+        argv = [GNU_TIME, "-f", "%M", "-o", rss_file, "--"] + list(argv)
+    actions = [
+        (os.POSIX_SPAWN_OPEN, 0, stdin or os.devnull, os.O_RDONLY, 0),
+        (os.POSIX_SPAWN_OPEN, 1, stdout or os.devnull, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644),
+        (os.POSIX_SPAWN_OPEN, 2, stderr or os.devnull, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644),
+    ]
+    start = time.perf_counter()
+    pid = os.posix_spawnp(argv[0], argv, env if env is not None else os.environ, file_actions=actions)
+    _, status, usage = os.wait4(pid, 0)
+    wall = time.perf_counter() - start
+    peak = None
+    if rss_file:
+        with open(rss_file) as f:
+            # NB: time writes "Command exited with non-zero status N" first on failure.
+            lines = f.read().split()
+        os.unlink(rss_file)
+        peak = int(lines[-1]) if lines and lines[-1].isdigit() else None
+    elif rss:
+        peak = usage.ru_maxrss  # overstated by the harness: see the module doc
+    return os.waitstatus_to_exitcode(status), wall, peak
+
+
+def write_pipeline(path, tasks):
+    """tasks: list of (name, run, deps). Writes a dagfs.toml in directory path."""
+    os.makedirs(path, exist_ok=True)
+    lines = [f'name = "{os.path.basename(path)}"', ""]
+    for name, run, deps in tasks:
+        lines.append(f"[tasks.{name}]")
+        lines.append(f"run = '{run}'")
+        if deps:
+            lines.append("deps = [" + ", ".join(f'"{d}"' for d in deps) + "]")
+        lines.append("")
+    toml = os.path.join(path, "dagfs.toml")
+    with open(toml, "w") as f:
+        f.write("\n".join(lines))
+    return toml
+
+
+def chain(n):
+    return [(f"t{i:05}", "true", [f"t{i - 1:05}"] if i else []) for i in range(n)]
+
+
+def wide(n):
+    return [(f"t{i:05}", "true", []) for i in range(n)]
+
+
+def layers(depth, width):
+    tasks = []
+    for layer in range(depth):
+        for i in range(width):
+            deps = []
+            if layer:
+                deps = [f"l{layer - 1:03}_{i:03}", f"l{layer - 1:03}_{(i + 1) % width:03}"]
+            tasks.append((f"l{layer:03}_{i:03}", "true", deps))
+    return tasks
+
+
+def trivial(n):
+    return [(f"t{i:05}", f'echo {i} > "$DAGFS_OUT/out"', []) for i in range(n)]
+
+
+class Bench:
+    def __init__(self, args, scratch):
+        self.dagfs = os.path.abspath(args.dagfs)
+        self.jobs = str(args.jobs)
+        self.scratch = scratch
+        self.env = {k: v for k, v in os.environ.items() if k != "DAGFS_STORE"}
+        self.stores = 0
+
+    def fresh_store(self):
+        self.stores += 1
+        path = os.path.join(self.scratch, f"store-{self.stores}")
+        os.mkdir(path)
+        return path
+
+    def run(self, store, toml, log=None, rss=False):
+        argv = [self.dagfs, "--store", store, "run", "-j", self.jobs, "-f", toml]
+        return spawn_timed(argv, stderr=log, env=self.env, rss=rss)
+
+    def checked_run(self, store, toml, want_executed, what):
+        """An untimed run whose stderr is kept; fails loudly on surprises.
+
+        Returns (wall seconds, peak RSS KiB)."""
+        log = os.path.join(self.scratch, "check.log")
+        code, wall, rss = self.run(store, toml, log, rss=True)
+        with open(log, errors="replace") as f:
+            text = f.read()
+        found = SUMMARY.findall(text)
+        if code != 0 or not found:
+            tail = "\n".join(text.splitlines()[-20:])
+            sys.exit(f"bench: {what}: dagfs exited {code}{'' if found else ', no summary line'}\n{tail}")
+        executed = int(found[-1][0])
+        if executed != want_executed:
+            sys.exit(f"bench: {what}: expected {want_executed} executed, summary says {executed}")
+        return wall, rss
+
+
+def fmt_s(seconds):
+    return f"{seconds * 1000:.0f} ms" if seconds < 1 else f"{seconds:.2f} s"
+
+
+def fmt_us(seconds):
+    us = seconds * 1e6
+    return f"{us:.0f} us" if us < 10000 else f"{us / 1000:.1f} ms"
+
+
+def fmt_kib(kib):
+    return "n/a" if kib is None else f"{kib / 1024:.1f} MiB"
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dagfs", required=True, help="the dagfs binary")
+    ap.add_argument("--reps", type=int, default=5, help="timed cached re-runs per scenario (5)")
+    ap.add_argument("--cold-reps", type=int, default=3, help="cold runs of dagfs and of xargs (3)")
+    ap.add_argument("-j", "--jobs", type=int, default=2, help="dagfs -j and xargs -P (2)")
+    ap.add_argument("--keep", action="store_true", help="keep the scratch directory")
+    args = ap.parse_args()
+    if not os.access(args.dagfs, os.X_OK):
+        sys.exit(f"bench: no executable dagfs at {args.dagfs}")
+
+    scratch = tempfile.mkdtemp(prefix="dagfs-bench-")
+    try:
+        rows, cold_ratio, layers_median = run_all(args, scratch)
+    finally:
+        if args.keep:
+            print(f"(kept {scratch})")
+        else:
+            for dirpath, dirnames, _ in os.walk(scratch):
+                for d in dirnames:
+                    try:
+                        os.chmod(os.path.join(dirpath, d), 0o755)
+                    except OSError:
+                        pass
+            shutil.rmtree(scratch, ignore_errors=True)
+
+    header = ["scenario", "tasks", "runs", "median wall", "per task", "peak RSS", "cold fill", "vs baseline"]
+    widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
+    print()
+    print(f"dagfs bench-exec: -j{args.jobs}; wall = median of the timed runs; per task = wall / tasks")
+    print()
+    print("  ".join(h.ljust(w) for h, w in zip(header, widths)))
+    print("  ".join("-" * w for w in widths))
+    for r in rows:
+        print("  ".join(str(c).ljust(w) for c, w in zip(r, widths)))
+    print()
+    print("goals:")
+    met = "met" if layers_median < 1.0 else "NOT met"
+    print(f"  fully cached 10,000-task run well under 1 s: {fmt_s(layers_median)} ({met})")
+    met = "met" if cold_ratio <= 1.5 else "NOT met"
+    print(f"  cold 1,000 trivial tasks <= 1.5x xargs -P{args.jobs}: {cold_ratio:.2f}x ({met})")
+
+
+def run_all(args, scratch):
+    bench = Bench(args, scratch)
+    rows = []
+    layers_median = None
+
+    for name, tasks in [("chain-1000 cached", chain(1000)),
+                        ("wide-1000 cached", wide(1000)),
+                        ("layers-10k cached", layers(100, 100))]:
+        n = len(tasks)
+        toml = write_pipeline(os.path.join(scratch, name.split()[0]), tasks)
+        store = bench.fresh_store()
+        print(f"{name}: cold fill ...", end="", flush=True)
+        cold_wall, _ = bench.checked_run(store, toml, n, f"{name} cold fill")
+        print(f" {fmt_s(cold_wall)}; {args.reps} cached runs ...", end="", flush=True)
+        walls = []
+        for _ in range(args.reps):
+            code, wall, _ = bench.run(store, toml)
+            if code != 0:
+                sys.exit(f"bench: {name}: cached run exited {code}")
+            walls.append(wall)
+        _, peak = bench.checked_run(store, toml, 0, f"{name} check")
+        median = statistics.median(walls)
+        print(f" median {fmt_s(median)}")
+        if n == 10000:
+            layers_median = median
+        rows.append([name, n, args.reps, fmt_s(median), fmt_us(median / n), fmt_kib(peak),
+                     fmt_s(cold_wall), ""])
+
+    # Cold: dagfs vs xargs on the same 1,000 trivial commands.
+    n = 1000
+    toml = write_pipeline(os.path.join(scratch, "cold-1000"), trivial(n))
+    dagfs_walls, dagfs_rss = [], []
+    print(f"cold-1000: {args.cold_reps} dagfs runs ...", end="", flush=True)
+    for rep in range(args.cold_reps):
+        store = bench.fresh_store()
+        code, wall, rss = bench.run(store, toml, rss=True)
+        if code != 0:
+            sys.exit(f"bench: cold-1000: dagfs exited {code}")
+        dagfs_walls.append(wall)
+        dagfs_rss.append(rss)
+        if rep == 0:
+            bench.checked_run(store, toml, 0, "cold-1000 check")
+    print(f" median {fmt_s(statistics.median(dagfs_walls))}; {args.cold_reps} xargs runs ...", end="", flush=True)
+
+    xargs_walls, xargs_rss = [], []
+    for rep in range(args.cold_reps):
+        outdir = os.path.join(scratch, f"xargs-{rep}")
+        os.mkdir(outdir)
+        cmds = os.path.join(scratch, f"xargs-{rep}.cmds")
+        with open(cmds, "w") as f:
+            for i in range(n):
+                f.write(f"echo {i} > {outdir}/{i}\n")
+        argv = ["xargs", "-d", "\n", "-P", str(args.jobs), "-n", "1", "sh", "-c"]
+        code, wall, rss = spawn_timed(argv, stdin=cmds, rss=True)
+        if code != 0 or len(os.listdir(outdir)) != n:
+            sys.exit(f"bench: xargs baseline failed (exit {code})")
+        xargs_walls.append(wall)
+        xargs_rss.append(rss)
+    print(f" median {fmt_s(statistics.median(xargs_walls))}")
+
+    dagfs_median = statistics.median(dagfs_walls)
+    xargs_median = statistics.median(xargs_walls)
+    ratio = dagfs_median / xargs_median
+    rows.append(["cold-1000 dagfs", n, args.cold_reps, fmt_s(dagfs_median), fmt_us(dagfs_median / n),
+                 fmt_kib(max(dagfs_rss, default=None)), "", f"{ratio:.2f}x xargs"])
+    rows.append([f"cold-1000 xargs -P{args.jobs}", n, args.cold_reps, fmt_s(xargs_median),
+                 fmt_us(xargs_median / n), fmt_kib(max(xargs_rss, default=None)), "", "baseline"])
+    return rows, ratio, layers_median
+
+
+if __name__ == "__main__":
+    main()

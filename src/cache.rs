@@ -1,0 +1,291 @@
+//! The cache: a store and its index opened together, with the policy that
+//! bounds them. The one handle `exec`, the CLI and library users hold.
+//!
+//! Owns: lookups with TTL, publishing entries under the policy (LRU
+//! eviction that counts the entry being inserted and never evicts a
+//! protected entry), gc, and index recovery.
+//! May call: `store`, `index`.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::hash::Digest;
+use crate::index::{CachePolicy, EntryMeta, Index, IndexError, MissReason};
+use crate::store::{gc, Entry, Store, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Index(#[from] IndexError),
+}
+
+pub type Result<T, E = CacheError> = std::result::Result<T, E>;
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+pub struct Cache {
+    pub store: Store,
+    pub index: Index,
+    policy: CachePolicy,
+    notes: Vec<String>,
+}
+
+/// The answer to a lookup.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lookup {
+    Hit(EntryMeta),
+    Miss(MissReason),
+}
+
+/// What `publish` did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Published {
+    /// False when the policy leaves no room that may be freed: the entry is
+    /// not kept (its blobs are swept by the next gc).
+    pub kept: bool,
+    pub evicted: Vec<Digest>,
+}
+
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct GcReport {
+    pub expired: u64,
+    pub evicted: u64,
+    pub sweep: gc::SweepReport,
+}
+
+impl Cache {
+    /// Open the cache at `dir`. The store's configured policy is overlaid
+    /// with `policy` (limits set in `policy` win).
+    pub fn open(dir: &Path, policy: CachePolicy) -> Result<Cache> {
+        Self::open_with(dir, policy, &mut |_| {})
+    }
+
+    /// As `open`, calling `on_wait` with the holder if the store is locked.
+    pub fn open_with(
+        dir: &Path,
+        policy: CachePolicy,
+        on_wait: &mut dyn FnMut(&str),
+    ) -> Result<Cache> {
+        let store = Store::open(dir, on_wait)?;
+        let mut notes = Vec::new();
+        let index = match Index::open(&store.index_dir()) {
+            Ok(i) => i,
+            Err(e) => {
+                // NB: moved aside, never deleted: it may hold statistics.
+                let aside = store.root().join(format!("index.broken-{}", now_ms()));
+                std::fs::rename(store.index_dir(), &aside).map_err(|source| StoreError::Io {
+                    path: aside.clone(),
+                    source,
+                })?;
+                let index = Index::open(&store.index_dir())?;
+                let n = rebuild(&store, &index)?;
+                notes.push(format!(
+                    "index did not open ({e}); moved it to {} and rebuilt it from {n} entries",
+                    aside.display()
+                ));
+                index
+            }
+        };
+        let stored = index.policy()?;
+        Ok(Cache {
+            store,
+            index,
+            policy: stored.overlay(policy),
+            notes,
+        })
+    }
+
+    /// Messages about recovery done while opening (for the CLI to print).
+    pub fn notes(&self) -> &[String] {
+        &self.notes
+    }
+
+    pub fn policy(&self) -> CachePolicy {
+        self.policy
+    }
+
+    pub fn set_policy(&mut self, p: CachePolicy) {
+        self.policy = p;
+    }
+
+    /// Look a key up. Expired entries are removed and answer `Expired`; an
+    /// entry whose output tree is gone answers `Missing`.
+    pub fn lookup(&self, key: &Digest, now: u64) -> Result<Lookup> {
+        let Some(meta) = self.index.get(key)? else {
+            return Ok(Lookup::Miss(MissReason::New));
+        };
+        if meta.expired(now, self.policy.ttl) {
+            self.evict(key)?;
+            self.index.add("expirations", 1)?;
+            return Ok(Lookup::Miss(MissReason::Expired));
+        }
+        if !self.store.has_blob(&meta.output) {
+            self.evict(key)?;
+            return Ok(Lookup::Miss(MissReason::Missing));
+        }
+        Ok(Lookup::Hit(meta))
+    }
+
+    fn evict(&self, key: &Digest) -> Result<()> {
+        self.index.remove(key)?;
+        self.store.remove_entry(key)?;
+        Ok(())
+    }
+
+    /// Insert a committed entry, evicting LRU entries not in `protected`
+    /// until the policy holds *with* the new entry counted.
+    pub fn publish(&self, entry: &Entry, protected: &HashSet<Digest>) -> Result<Published> {
+        let meta = EntryMeta::from_entry(entry);
+        let replacing = self.index.get(&entry.key)?;
+        let (add_n, add_b) = match &replacing {
+            Some(old) => (0, meta.size as i64 - old.size as i64),
+            None => (1, meta.size as i64),
+        };
+        let evicted = self.make_room(add_n, add_b, protected, Some(&entry.key))?;
+        let Some(evicted) = evicted else {
+            if replacing.is_some() {
+                self.evict(&entry.key)?;
+            } else {
+                self.store.remove_entry(&entry.key)?;
+            }
+            return Ok(Published {
+                kept: false,
+                evicted: Vec::new(),
+            });
+        };
+        self.index.insert(&entry.key, &meta)?;
+        Ok(Published {
+            kept: true,
+            evicted,
+        })
+    }
+
+    /// Evict until `entries + add_n` and `bytes + add_b` are within the
+    /// policy. Returns None (and evicts nothing) if that is impossible
+    /// without touching protected entries.
+    fn make_room(
+        &self,
+        add_n: u64,
+        add_b: i64,
+        protected: &HashSet<Digest>,
+        skip: Option<&Digest>,
+    ) -> Result<Option<Vec<Digest>>> {
+        let p = self.policy;
+        if p.max_entries.is_none() && p.max_size_bytes.is_none() {
+            return Ok(Some(Vec::new()));
+        }
+        let stats = self.index.stats()?;
+        let mut n = stats.total_entries + add_n;
+        let mut b = (stats.total_size_bytes as i64 + add_b).max(0) as u64;
+        let over = |n: u64, b: u64| {
+            p.max_entries.is_some_and(|m| n > m) || p.max_size_bytes.is_some_and(|m| b > m)
+        };
+        if !over(n, b) {
+            return Ok(Some(Vec::new()));
+        }
+        let mut victims = Vec::new();
+        for k in self.index.lru_order() {
+            let k = k?;
+            if protected.contains(&k) || Some(&k) == skip {
+                continue;
+            }
+            let Some(m) = self.index.get(&k)? else {
+                continue;
+            };
+            victims.push(k);
+            n -= 1;
+            b = b.saturating_sub(m.size);
+            if !over(n, b) {
+                break;
+            }
+        }
+        if over(n, b) {
+            return Ok(None);
+        }
+        for k in &victims {
+            self.evict(k)?;
+        }
+        self.index.add("evictions", victims.len() as i64)?;
+        Ok(Some(victims))
+    }
+
+    /// Remove expired entries and evict until the policy holds.
+    pub fn enforce(
+        &self,
+        protected: &HashSet<Digest>,
+        now: u64,
+        full_ttl_scan: bool,
+    ) -> Result<(u64, u64)> {
+        let mut expired = self.index.expired_by_own_ttl(now)?;
+        if full_ttl_scan && self.policy.ttl.is_some() {
+            for kv in self.index.all_keys() {
+                let (k, m) = kv?;
+                if m.expired(now, self.policy.ttl) {
+                    expired.push(k);
+                }
+            }
+        }
+        expired.sort();
+        expired.dedup();
+        expired.retain(|k| !protected.contains(k));
+        for k in &expired {
+            self.evict(k)?;
+        }
+        self.index.add("expirations", expired.len() as i64)?;
+        let evicted = self
+            .make_room(0, 0, protected, None)?
+            .map(|v| v.len())
+            .unwrap_or(0);
+        Ok((expired.len() as u64, evicted as u64))
+    }
+
+    /// Apply the policy, then sweep blobs no entry references. Blobs renamed
+    /// in after `cutoff` are kept (ingests that may still be running).
+    pub fn gc(&self, dry_run: bool, protected: &HashSet<Digest>) -> Result<GcReport> {
+        let now = now_ms();
+        let (expired, evicted) = if dry_run {
+            (0, 0)
+        } else {
+            self.enforce(protected, now, true)?
+        };
+        let mut roots = Vec::new();
+        for key in self.store.entry_keys()? {
+            if let Some(e) = self.store.read_entry(&key)? {
+                roots.extend([e.output, e.stdout, e.stderr]);
+            }
+        }
+        let live = gc::reachable(&self.store, roots)?;
+        let sweep = gc::sweep(&self.store, &live, SystemTime::now(), dry_run)?;
+        Ok(GcReport {
+            expired,
+            evicted,
+            sweep,
+        })
+    }
+
+    /// Make everything done so far durable: store first, then index.
+    pub fn flush(&self) -> Result<()> {
+        self.store.sync()?;
+        self.index.flush()?;
+        Ok(())
+    }
+}
+
+/// Rebuild the index from `entries/`.
+pub fn rebuild(store: &Store, index: &Index) -> Result<usize> {
+    let mut entries = Vec::new();
+    for k in store.entry_keys()? {
+        if let Some(e) = store.read_entry(&k)? {
+            entries.push(e);
+        }
+    }
+    Ok(index.rebuild(entries)?)
+}

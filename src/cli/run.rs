@@ -1,0 +1,284 @@
+//! `dagfs run`: progress display, per-task lines, summary, Chrome trace.
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Args;
+
+use dagfs::exec::runner::ShellRunner;
+use dagfs::exec::scheduler::{self, Event, Options, Outcome, Report, Status};
+use dagfs::exec::{shell, Pipeline};
+use dagfs::index::stats::{parse_duration, parse_size};
+use dagfs::index::CachePolicy;
+
+use super::{open_cache, CliError};
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// Pipeline file
+    #[arg(short = 'f', long = "file", default_value = "dagfs.toml")]
+    file: PathBuf,
+    /// Tasks to run at once [default: number of cores]
+    #[arg(short = 'j', long)]
+    jobs: Option<usize>,
+    /// After a failure, run everything not downstream of it
+    #[arg(long)]
+    keep_going: bool,
+    /// Run every task regardless of the cache (results are still stored)
+    #[arg(long)]
+    no_cache: bool,
+    /// Write a Chrome trace (chrome://tracing, Perfetto) to FILE
+    #[arg(long, value_name = "FILE")]
+    trace: Option<PathBuf>,
+    /// Print each executed task's stdout and stderr
+    #[arg(short, long)]
+    verbose: bool,
+    /// Cache limit for this run: entries
+    #[arg(long, value_name = "N")]
+    max_entries: Option<u64>,
+    /// Cache limit for this run: bytes (e.g. 512M, 2G)
+    #[arg(long, value_name = "SIZE")]
+    max_bytes: Option<String>,
+    /// Cache limit for this run: entry lifetime (e.g. 30m, 1h, 7d)
+    #[arg(long, value_name = "DUR")]
+    ttl: Option<String>,
+    /// Run only these tasks and what they depend on
+    tasks: Vec<String>,
+}
+
+pub fn run(store: Option<PathBuf>, a: RunArgs) -> Result<(), CliError> {
+    let mut policy = CachePolicy {
+        max_entries: a.max_entries,
+        ..Default::default()
+    };
+    if let Some(s) = &a.max_bytes {
+        policy.max_size_bytes = Some(parse_size(s).ok_or_else(|| {
+            CliError::Usage(format!("--max-bytes: {s:?} is not a size (e.g. 512M)"))
+        })?);
+    }
+    if let Some(s) = &a.ttl {
+        policy.ttl =
+            Some(parse_duration(s).ok_or_else(|| {
+                CliError::Usage(format!("--ttl: {s:?} is not a duration (e.g. 1h)"))
+            })?);
+    }
+    if a.jobs == Some(0) {
+        return Err(CliError::Usage("-j must be at least 1".into()));
+    }
+    // Validate everything before touching the store.
+    let pipeline = Pipeline::load(&a.file)?;
+    for t in &a.tasks {
+        if pipeline.dag.lookup(t).is_none() {
+            return Err(dagfs::exec::ExecError::UnknownTask(t.clone()).into());
+        }
+    }
+    let plan = shell::plan(&pipeline, &a.tasks, Arc::new(ShellRunner))?;
+    let cache = open_cache(store, policy)?;
+    let opts = Options {
+        jobs: a.jobs.unwrap_or_else(scheduler::default_jobs),
+        fail_fast: !a.keep_going,
+        no_cache: a.no_cache,
+    };
+    let names: Vec<String> = plan.nodes.iter().map(|n| n.name.clone()).collect();
+    let mut ui = Ui::new(names.len(), std::io::stderr().is_terminal());
+    let report = scheduler::run(&cache, &plan, &opts, &mut |ev| ui.event(&names, ev))?;
+    ui.clear();
+    let mut err = std::io::stderr().lock();
+    for (name, o) in names.iter().zip(&report.outcomes) {
+        if o.status == Status::Failed {
+            let _ = writeln!(
+                err,
+                "dagfs: task `{name}` failed: {}",
+                o.error.as_deref().unwrap_or("?")
+            );
+            if let Some(tail) = &o.log_tail {
+                for line in tail.lines() {
+                    let _ = writeln!(err, "  | {line}");
+                }
+            }
+        }
+        if a.verbose && o.status == Status::Executed {
+            for (label, d) in [("stdout", o.stdout), ("stderr", o.stderr)] {
+                if let Some(bytes) = d
+                    .and_then(|d| cache.store.read_blob(&d).ok())
+                    .filter(|b| !b.is_empty())
+                {
+                    let _ = writeln!(err, "--- {name} {label}");
+                    let _ = err.write_all(&bytes);
+                }
+            }
+        }
+        if !o.kept {
+            let _ = writeln!(err, "dagfs: warning: `{name}` was not kept: the cache policy leaves no room (every entry is in use by this run)");
+        }
+    }
+    let _ = writeln!(err, "{}", summary(&report));
+    drop(err);
+    if let Some(path) = &a.trace {
+        write_trace(path, &report)
+            .map_err(|e| CliError::Usage(format!("--trace {}: {e}", path.display())))?;
+    }
+    if report.ok() {
+        Ok(())
+    } else {
+        Err(CliError::TasksFailed)
+    }
+}
+
+fn summary(r: &Report) -> String {
+    let mut s = format!(
+        "summary: {} tasks: {} executed, {} cached, {} failed, {} skipped; hit rate {:.1}%; {:.2}s",
+        r.outcomes.len(),
+        r.executed(),
+        r.cached(),
+        r.failed(),
+        r.skipped(),
+        r.hit_rate() * 100.0,
+        r.elapsed.as_secs_f64()
+    );
+    if r.evicted + r.expired > 0 {
+        s.push_str(&format!("; {} evicted, {} expired", r.evicted, r.expired));
+    }
+    s.push_str(&format!(" (run {})", r.run_id));
+    s
+}
+
+/// Progress: a redrawn status line on a terminal, plain lines otherwise.
+struct Ui {
+    total: usize,
+    tty: bool,
+    done: usize,
+    cached: usize,
+    failed: usize,
+    running: Vec<usize>,
+    last_draw: Instant,
+    out: std::io::BufWriter<std::io::Stderr>,
+}
+
+impl Ui {
+    fn new(total: usize, tty: bool) -> Ui {
+        Ui {
+            total,
+            tty,
+            done: 0,
+            cached: 0,
+            failed: 0,
+            running: Vec::new(),
+            last_draw: Instant::now() - Duration::from_secs(1),
+            out: std::io::BufWriter::new(std::io::stderr()),
+        }
+    }
+
+    fn event(&mut self, names: &[String], ev: Event<'_>) {
+        match ev {
+            Event::Started { idx } => self.running.push(idx),
+            Event::Finished { idx, outcome } => {
+                self.running.retain(|&i| i != idx);
+                self.done += 1;
+                match outcome.status {
+                    Status::Cached => self.cached += 1,
+                    Status::Failed => self.failed += 1,
+                    _ => {}
+                }
+                if self.tty {
+                    if outcome.status == Status::Executed || outcome.status == Status::Failed {
+                        let _ = write!(self.out, "\r\x1b[K");
+                        let _ = writeln!(self.out, "{}", line(&names[idx], outcome));
+                        self.last_draw = Instant::now() - Duration::from_secs(1);
+                    }
+                } else {
+                    let _ = writeln!(self.out, "{}", line(&names[idx], outcome));
+                }
+            }
+        }
+        if self.tty && self.last_draw.elapsed() >= Duration::from_millis(80) {
+            self.draw(names);
+        }
+    }
+
+    fn draw(&mut self, names: &[String]) {
+        let running: Vec<&str> = self
+            .running
+            .iter()
+            .take(3)
+            .map(|&i| names[i].as_str())
+            .collect();
+        let more = self.running.len().saturating_sub(3);
+        let _ = write!(
+            self.out,
+            "\r\x1b[K[{}/{}] {} cached, {} failed, {} running: {}{}",
+            self.done,
+            self.total,
+            self.cached,
+            self.failed,
+            self.running.len(),
+            running.join(", "),
+            if more > 0 {
+                format!(" +{more}")
+            } else {
+                String::new()
+            }
+        );
+        let _ = self.out.flush();
+        self.last_draw = Instant::now();
+    }
+
+    fn clear(&mut self) {
+        if self.tty {
+            let _ = write!(self.out, "\r\x1b[K");
+        }
+        let _ = self.out.flush();
+    }
+}
+
+fn line(name: &str, o: &Outcome) -> String {
+    let key = o.key.map(|k| k.short()).unwrap_or_default();
+    match o.status {
+        Status::Cached => format!(
+            "hit   {name}  {key}  ({})",
+            o.route.map(|r| r.as_str()).unwrap_or("key")
+        ),
+        Status::Executed => format!(
+            "ran   {name}  {:.2}s  {key}  ({})",
+            o.duration.as_secs_f64(),
+            o.miss_reason.map(|r| r.as_str()).unwrap_or("miss")
+        ),
+        Status::Failed => format!("FAIL  {name}  {}", o.error.as_deref().unwrap_or("")),
+        Status::Skipped => format!("skip  {name}"),
+    }
+}
+
+/// Chrome trace event format: one complete ("X") event per task.
+fn write_trace(path: &std::path::Path, r: &Report) -> std::io::Result<()> {
+    let events: Vec<serde_json::Value> = r
+        .names
+        .iter()
+        .zip(&r.outcomes)
+        .filter(|(_, o)| o.status != Status::Skipped)
+        .map(|(name, o)| {
+            serde_json::json!({
+                "name": name,
+                "cat": o.status.as_str(),
+                "ph": "X",
+                "ts": o.start.as_micros() as u64,
+                "dur": (o.duration.as_micros() as u64).max(1),
+                "pid": 1,
+                "tid": o.worker,
+                "args": {
+                    "key": o.key.map(|k| k.to_hex()),
+                    "route": o.route.map(|r| r.as_str()),
+                    "miss_reason": o.miss_reason.map(|m| m.as_str()),
+                    "status": o.status.as_str(),
+                },
+            })
+        })
+        .collect();
+    let doc = serde_json::json!({ "traceEvents": events, "displayTimeUnit": "ms",
+        "otherData": { "dag": r.dag, "run": r.run_id } });
+    std::fs::write(
+        path,
+        serde_json::to_vec_pretty(&doc).expect("trace serializes"),
+    )
+}

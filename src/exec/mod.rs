@@ -1,0 +1,22 @@
+//! Execution: the DAG model and its validation, `dagfs.toml` pipelines,
+//! cache keys, the scheduler, and running tasks (shell commands, or
+//! closures for library users).
+//!
+//! May call: `hash`, `store`, `index`, `cache`. Tasks start only through
+//! `runner::Runner`. Guarantees: a pipeline is fully validated before any
+//! task runs; graph algorithms are iterative; failures are never cached.
+
+pub mod dag;
+pub mod error;
+pub mod executor;
+pub mod key;
+pub mod pipeline;
+pub mod runner;
+pub mod scheduler;
+pub mod shell;
+
+pub use dag::{Dag, DagBuilder};
+pub use error::ExecError;
+pub use executor::{CachedExecutor, ExecutionResult, NodeResult, Task, TaskInputs};
+pub use key::{CacheKey, KeyBuilder};
+pub use pipeline::{Pipeline, TaskDef};

@@ -1,0 +1,349 @@
+//! `dagfs.toml`: parsing and validation of a pipeline file, before anything
+//! runs. Every error names the file and, where it has one, the line and
+//! column.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::dag::{Dag, DagBuilder};
+use super::error::{ExecError, Result};
+use crate::index::stats::parse_duration;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    name: Option<Spanned<String>>,
+    #[serde(default)]
+    tasks: BTreeMap<Spanned<String>, Spanned<RawTask>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTask {
+    run: String,
+    #[serde(default)]
+    deps: Vec<Spanned<String>>,
+    #[serde(default)]
+    inputs: Vec<Spanned<String>>,
+    #[serde(default)]
+    env: Vec<Spanned<String>>,
+    #[serde(default)]
+    version: String,
+    ttl: Option<Spanned<String>>,
+    #[serde(default = "yes")]
+    cache: bool,
+    cwd: Option<Spanned<String>>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// One task as declared.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskDef {
+    pub name: String,
+    pub run: String,
+    pub deps: Vec<String>,
+    /// Paths relative to the pipeline directory, as written.
+    pub inputs: Vec<String>,
+    pub env: Vec<String>,
+    pub version: String,
+    pub ttl: Option<Duration>,
+    pub cache: bool,
+    /// Relative to the pipeline directory; "." by default.
+    pub cwd: String,
+}
+
+/// A parsed, validated pipeline.
+#[derive(Debug, Clone)]
+pub struct Pipeline {
+    pub name: String,
+    pub file: PathBuf,
+    /// The directory holding the file: tasks run here.
+    pub dir: PathBuf,
+    /// Indexed like `dag`'s nodes.
+    pub tasks: Vec<TaskDef>,
+    pub dag: Dag,
+}
+
+/// Characters allowed in task and pipeline names (they become path
+/// components under the mount).
+pub fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 128
+        && s != "."
+        && s != ".."
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_-.+@".contains(&b))
+}
+
+fn valid_env_name(s: &str) -> bool {
+    let mut b = s.bytes();
+    matches!(b.next(), Some(c) if c.is_ascii_alphabetic() || c == b'_')
+        && b.all(|c| c.is_ascii_alphanumeric() || c == b'_')
+}
+
+/// `file:line:col: ` for a byte offset.
+fn locate(file: &Path, text: &str, offset: usize) -> String {
+    let offset = offset.min(text.len());
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rfind('\n').map(|n| offset - n).unwrap_or(offset + 1);
+    format!("{}:{line}:{col}: ", file.display())
+}
+
+impl Pipeline {
+    pub fn load(file: &Path) -> Result<Pipeline> {
+        let text = std::fs::read_to_string(file).map_err(|e| {
+            ExecError::Config(format!(
+                "{}: cannot read pipeline file: {e}",
+                file.display()
+            ))
+        })?;
+        Self::parse(file, &text)
+    }
+
+    pub fn parse(file: &Path, text: &str) -> Result<Pipeline> {
+        let raw: RawFile = toml::from_str(text).map_err(|e| {
+            let at = e
+                .span()
+                .map(|s| locate(file, text, s.start))
+                .unwrap_or_else(|| format!("{}: ", file.display()));
+            let msg = e.message().trim().replace('\n', " ");
+            if let Some(name) = duplicate_task(&msg) {
+                ExecError::DuplicateTask { name, location: at }
+            } else {
+                ExecError::Config(format!("{at}{msg}"))
+            }
+        })?;
+        let dir = file.parent().map(Path::to_path_buf).unwrap_or_default();
+        let dir = if dir.as_os_str().is_empty() {
+            PathBuf::from(".")
+        } else {
+            dir
+        };
+        let name = match &raw.name {
+            Some(n) => {
+                if !valid_name(n.get_ref()) {
+                    return Err(ExecError::Config(format!(
+                        "{}pipeline name {:?} may use only letters, digits and `_-.+@`",
+                        locate(file, text, n.span().start),
+                        n.get_ref()
+                    )));
+                }
+                n.get_ref().clone()
+            }
+            None => default_name(&dir),
+        };
+        let bad = |span: std::ops::Range<usize>, msg: String| {
+            ExecError::Config(format!("{}{msg}", locate(file, text, span.start)))
+        };
+        let mut tasks = Vec::with_capacity(raw.tasks.len());
+        let mut b = DagBuilder::default();
+        let mut spans = Vec::new();
+        for (tname, t) in &raw.tasks {
+            let name = tname.get_ref();
+            if !valid_name(name) {
+                return Err(bad(
+                    tname.span(),
+                    format!("task name {name:?} may use only letters, digits and `_-.+@`"),
+                ));
+            }
+            let t_span = t.span();
+            let t = t.get_ref();
+            if t.run.trim().is_empty() {
+                return Err(bad(t_span, format!("task `{name}`: `run` is empty")));
+            }
+            for e in &t.env {
+                if !valid_env_name(e.get_ref()) {
+                    return Err(bad(
+                        e.span(),
+                        format!(
+                            "task `{name}`: {:?} is not an environment variable name",
+                            e.get_ref()
+                        ),
+                    ));
+                }
+            }
+            for i in &t.inputs {
+                let p = i.get_ref();
+                if p.is_empty()
+                    || Path::new(p).is_absolute()
+                    || Path::new(p)
+                        .components()
+                        .any(|c| c == std::path::Component::ParentDir)
+                {
+                    return Err(bad(i.span(), format!("task `{name}`: input {p:?} must be a relative path inside the pipeline directory")));
+                }
+            }
+            let ttl = match &t.ttl {
+                None => None,
+                Some(s) => Some(parse_duration(s.get_ref()).ok_or_else(|| {
+                    bad(
+                        s.span(),
+                        format!(
+                            "task `{name}`: ttl {:?} is not a duration (e.g. 30s, 5m, 1h, 7d)",
+                            s.get_ref()
+                        ),
+                    )
+                })?),
+            };
+            let cwd = match &t.cwd {
+                None => ".".to_string(),
+                Some(c) => {
+                    let p = Path::new(c.get_ref());
+                    if p.is_absolute()
+                        || p.components().any(|c| c == std::path::Component::ParentDir)
+                    {
+                        return Err(bad(c.span(), format!("task `{name}`: cwd must be a relative path inside the pipeline directory")));
+                    }
+                    c.get_ref().clone()
+                }
+            };
+            b.push_node(name.clone());
+            spans.push(t_span);
+            for d in &t.deps {
+                b.push_edge(d.get_ref().clone(), name.clone());
+            }
+            tasks.push(TaskDef {
+                name: name.clone(),
+                run: t.run.clone(),
+                deps: t.deps.iter().map(|d| d.get_ref().clone()).collect(),
+                inputs: t.inputs.iter().map(|d| d.get_ref().clone()).collect(),
+                env: t.env.iter().map(|d| d.get_ref().clone()).collect(),
+                version: t.version.clone(),
+                ttl,
+                cache: t.cache,
+                cwd,
+            });
+        }
+        let dag = b.build().map_err(|e| match e {
+            ExecError::UnknownDep { task, dep, .. } => {
+                let at = tasks
+                    .iter()
+                    .position(|t| t.name == task)
+                    .map(|i| locate(file, text, spans[i].start))
+                    .unwrap_or_default();
+                ExecError::UnknownDep {
+                    task,
+                    dep,
+                    location: at,
+                }
+            }
+            other => other,
+        })?;
+        Ok(Pipeline {
+            name,
+            file: file.to_path_buf(),
+            dir,
+            tasks,
+            dag,
+        })
+    }
+
+    pub fn task(&self, name: &str) -> Option<&TaskDef> {
+        self.dag.lookup(name).map(|i| &self.tasks[i])
+    }
+}
+
+fn default_name(dir: &Path) -> String {
+    let abs = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    let base = abs
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let cleaned: String = base
+        .chars()
+        .map(|c| if valid_name(&c.to_string()) { c } else { '_' })
+        .collect();
+    if valid_name(&cleaned) {
+        cleaned
+    } else {
+        "default".into()
+    }
+}
+
+/// TOML reports a repeated `[tasks.x]` as a duplicate key; recover the name.
+fn duplicate_task(msg: &str) -> Option<String> {
+    if !msg.contains("duplicate key") {
+        return None;
+    }
+    let start = msg.find('`')? + 1;
+    let end = start + msg[start..].find('`')?;
+    Some(msg[start..end].to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<Pipeline> {
+        Pipeline::parse(Path::new("p/dagfs.toml"), s)
+    }
+
+    #[test]
+    fn good_file_parses() {
+        let p = parse(
+            "name = \"app\"\n[tasks.a]\nrun = \"echo\"\nenv = [\"LANG\"]\nttl = \"1h\"\n[tasks.b]\nrun = \"x\"\ndeps = [\"a\"]\ncache = false\n",
+        )
+        .unwrap();
+        assert_eq!(p.name, "app");
+        assert_eq!(p.tasks.len(), 2);
+        let b = p.task("b").unwrap();
+        assert_eq!(b.deps, ["a"]);
+        assert!(!b.cache);
+        assert_eq!(p.task("a").unwrap().ttl, Some(Duration::from_secs(3600)));
+    }
+
+    #[test]
+    fn errors_name_file_line_and_column() {
+        let e = parse("[tasks.a]\nrun = \"x\"\nbogus = 1\n").unwrap_err();
+        assert!(matches!(e, ExecError::Config(_)));
+        assert!(e.to_string().starts_with("p/dagfs.toml:3:1: "), "{e}");
+        assert!(e.to_string().contains("bogus"), "{e}");
+        let e = parse("[tasks.a]\ndeps = []\n").unwrap_err();
+        assert!(e.to_string().contains("missing field `run`"), "{e}");
+        assert!(e.to_string().starts_with("p/dagfs.toml:"), "{e}");
+        let e = parse("[tasks.a\nrun=1").unwrap_err();
+        assert!(e.to_string().starts_with("p/dagfs.toml:1:"), "{e}");
+    }
+
+    #[test]
+    fn duplicate_unknown_and_cycle_are_distinct() {
+        let e = parse("[tasks.a]\nrun = \"x\"\n[tasks.a]\nrun = \"y\"\n").unwrap_err();
+        assert!(
+            matches!(e, ExecError::DuplicateTask { ref name, .. } if name == "a"),
+            "{e}"
+        );
+        let e = parse("[tasks.a]\nrun = \"x\"\ndeps = [\"nope\"]\n").unwrap_err();
+        assert!(
+            matches!(e, ExecError::UnknownDep { ref dep, .. } if dep == "nope"),
+            "{e}"
+        );
+        assert!(e.to_string().starts_with("p/dagfs.toml:1:1: "), "{e}");
+        let e = parse(
+            "[tasks.a]\nrun = \"x\"\ndeps = [\"b\"]\n[tasks.b]\nrun = \"y\"\ndeps = [\"a\"]\n",
+        )
+        .unwrap_err();
+        assert!(matches!(e, ExecError::Cycle(_)), "{e}");
+    }
+
+    #[test]
+    fn hostile_values_are_refused() {
+        for bad in [
+            "[tasks.\"a/b\"]\nrun = \"x\"\n",
+            "[tasks.a]\nrun = \"x\"\ninputs = [\"../etc\"]\n",
+            "[tasks.a]\nrun = \"x\"\ninputs = [\"/etc\"]\n",
+            "[tasks.a]\nrun = \"x\"\nenv = [\"A B\"]\n",
+            "[tasks.a]\nrun = \"x\"\nttl = \"soon\"\n",
+            "[tasks.a]\nrun = \"  \"\n",
+        ] {
+            assert!(matches!(parse(bad), Err(ExecError::Config(_))), "{bad}");
+        }
+    }
+}

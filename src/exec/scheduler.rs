@@ -1,0 +1,647 @@
+//! The scheduler: runs a plan of keyed jobs on a worker pool, answering
+//! from the cache where it can.
+//!
+//! The calling thread coordinates: it derives each ready node's key from
+//! its task digest and its dependencies' *output* digests, looks it up,
+//! joins identical keys already running, and hands misses to `jobs` worker
+//! threads (crossbeam channels). Workers run the job, ingest its output
+//! (hash + rename) and commit the blobs and the entry record durably; the
+//! coordinator then publishes the entry into the index under the policy.
+//! Failures are never published. Fail-fast stops dispatching after the first
+//! failure (running jobs finish); otherwise everything not downstream of a
+//! failure runs. Nodes that never became ready are `Skipped`.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use crossbeam::channel;
+
+use super::error::Result;
+use super::key::KeyBuilder;
+use crate::cache::{now_ms, Cache, Lookup};
+use crate::hash::Digest;
+use crate::index::{MissReason, Route, RunRecord, RunTask};
+use crate::store::ingest::{ingest_dir, ingest_file, Sink};
+use crate::store::{materialize::materialize, remove_all, Entry, Manifest, Staged, Store};
+
+/// A unit of work: produces files in `ctx.out_dir`.
+pub trait Job: Send + Sync {
+    fn run(&self, ctx: &JobContext<'_>) -> std::result::Result<JobResult, String>;
+}
+
+/// What a job returns: its exit code and where its logs are.
+#[derive(Debug, Clone)]
+pub struct JobResult {
+    pub exit_code: i32,
+    pub stdout: PathBuf,
+    pub stderr: PathBuf,
+}
+
+pub struct JobContext<'a> {
+    pub store: &'a Store,
+    /// Empty directory: what the job leaves here is its output.
+    pub out_dir: &'a Path,
+    /// Private scratch directory (contains `out_dir`).
+    pub work_dir: &'a Path,
+    /// (dependency name, output digest), sorted by name.
+    pub deps: &'a [(String, Digest)],
+    mats: &'a Materializer,
+}
+
+impl JobContext<'_> {
+    /// A directory with one read-only entry per dependency, `<dir>/<dep>`,
+    /// holding that dependency's output tree.
+    pub fn materialize_deps(&self) -> std::result::Result<PathBuf, String> {
+        let dir = self.work_dir.join("in");
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        for (name, digest) in self.deps {
+            let src = self.mats.get(self.store, digest)?;
+            let link = dir.join(name);
+            std::os::unix::fs::symlink(&src, &link)
+                .map_err(|e| format!("{}: {e}", link.display()))?;
+        }
+        Ok(dir)
+    }
+}
+
+/// Materializes each output tree once per run, shared by all tasks.
+struct Materializer {
+    root: PathBuf,
+    done: Mutex<HashMap<Digest, Arc<OnceLock<std::result::Result<PathBuf, String>>>>>,
+}
+
+impl Materializer {
+    fn get(&self, store: &Store, d: &Digest) -> std::result::Result<PathBuf, String> {
+        let cell = self
+            .done
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(*d)
+            .or_default()
+            .clone();
+        cell.get_or_init(|| {
+            let p = self.root.join(d.to_hex());
+            materialize(store, d, &p)
+                .map(|_| p)
+                .map_err(|e| e.to_string())
+        })
+        .clone()
+    }
+}
+
+/// One node of a plan.
+pub struct PlanNode {
+    pub name: String,
+    /// Indices into the plan's nodes.
+    pub deps: Vec<usize>,
+    /// Everything but `deps`; `task_digest` filled in.
+    pub manifest: Manifest,
+    pub cache: bool,
+    pub ttl: Option<Duration>,
+    pub job: Arc<dyn Job>,
+}
+
+pub struct Plan {
+    pub dag: String,
+    pub nodes: Vec<PlanNode>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    pub jobs: usize,
+    pub fail_fast: bool,
+    pub no_cache: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            jobs: default_jobs(),
+            fail_fast: true,
+            no_cache: false,
+        }
+    }
+}
+
+pub fn default_jobs() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Cached,
+    Executed,
+    Failed,
+    Skipped,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Cached => "cached",
+            Status::Executed => "executed",
+            Status::Failed => "failed",
+            Status::Skipped => "skipped",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub status: Status,
+    pub route: Option<Route>,
+    pub miss_reason: Option<MissReason>,
+    pub key: Option<Digest>,
+    pub output: Option<Digest>,
+    pub exit_code: Option<i32>,
+    /// Why it failed (non-zero exit, spawn or ingest error).
+    pub error: Option<String>,
+    /// The end of stderr (or stdout) of a failed job.
+    pub log_tail: Option<String>,
+    pub stdout: Option<Digest>,
+    pub stderr: Option<Digest>,
+    /// False when the policy left no room to keep the entry.
+    pub kept: bool,
+    pub start: Duration,
+    pub duration: Duration,
+    pub worker: usize,
+}
+
+impl Outcome {
+    fn new(status: Status) -> Outcome {
+        Outcome {
+            status,
+            route: None,
+            miss_reason: None,
+            key: None,
+            output: None,
+            exit_code: None,
+            error: None,
+            log_tail: None,
+            stdout: None,
+            stderr: None,
+            kept: true,
+            start: Duration::ZERO,
+            duration: Duration::ZERO,
+            worker: 0,
+        }
+    }
+}
+
+pub enum Event<'a> {
+    Started { idx: usize },
+    Finished { idx: usize, outcome: &'a Outcome },
+}
+
+#[derive(Debug)]
+pub struct Report {
+    pub run_id: u64,
+    pub dag: String,
+    pub names: Vec<String>,
+    pub outcomes: Vec<Outcome>,
+    pub elapsed: Duration,
+    pub evicted: u64,
+    pub expired: u64,
+}
+
+impl Report {
+    fn count(&self, s: Status) -> usize {
+        self.outcomes.iter().filter(|o| o.status == s).count()
+    }
+    pub fn executed(&self) -> usize {
+        self.count(Status::Executed)
+    }
+    pub fn cached(&self) -> usize {
+        self.count(Status::Cached)
+    }
+    pub fn failed(&self) -> usize {
+        self.count(Status::Failed)
+    }
+    pub fn skipped(&self) -> usize {
+        self.count(Status::Skipped)
+    }
+    pub fn ok(&self) -> bool {
+        self.failed() == 0 && self.skipped() == 0
+    }
+    /// Cached / (cached + executed).
+    pub fn hit_rate(&self) -> f64 {
+        let looked = self.cached() + self.executed();
+        if looked == 0 {
+            0.0
+        } else {
+            self.cached() as f64 / looked as f64
+        }
+    }
+}
+
+struct WorkItem {
+    idx: usize,
+    key: Digest,
+    entry: Entry,
+    job: Arc<dyn Job>,
+}
+
+struct WorkDone {
+    idx: usize,
+    key: Digest,
+    result: std::result::Result<Entry, Failure>,
+    start: Duration,
+    duration: Duration,
+    worker: usize,
+}
+
+struct Failure {
+    message: String,
+    exit_code: Option<i32>,
+    log_tail: Option<String>,
+}
+
+/// Run `plan` against `cache`.
+pub fn run(
+    cache: &Cache,
+    plan: &Plan,
+    opts: &Options,
+    observe: &mut dyn for<'e> FnMut(Event<'e>),
+) -> Result<Report> {
+    let t0 = Instant::now();
+    let n = plan.nodes.len();
+    let run_id = cache.index.next_run_id()?;
+    let started_ms = now_ms();
+    let mut dependents = vec![Vec::new(); n];
+    for (i, node) in plan.nodes.iter().enumerate() {
+        for &d in &node.deps {
+            dependents[d].push(i);
+        }
+    }
+    let mut waiting: Vec<usize> = plan.nodes.iter().map(|nd| nd.deps.len()).collect();
+    let mut ready: VecDeque<usize> = (0..n).filter(|&i| waiting[i] == 0).collect();
+    let mut outcomes: Vec<Option<Outcome>> = vec![None; n];
+    let mut inflight: HashMap<Digest, Vec<usize>> = HashMap::new();
+    let mut protected: HashSet<Digest> = HashSet::new();
+    let mut hits: HashMap<Route, i64> = HashMap::new();
+    let mut misses: HashMap<MissReason, i64> = HashMap::new();
+    let mut evicted = 0u64;
+    let run_tmp = cache.store.tempdir("run-")?;
+    let mats = Materializer {
+        root: run_tmp.path().to_path_buf(),
+        done: Mutex::new(HashMap::new()),
+    };
+    let jobs = opts.jobs.max(1);
+
+    let coordinated: Result<()> = std::thread::scope(|s| {
+        let (work_tx, work_rx) = channel::unbounded::<WorkItem>();
+        let (done_tx, done_rx) = channel::unbounded::<WorkDone>();
+        for w in 0..jobs {
+            let (work_rx, done_tx, mats, store) =
+                (work_rx.clone(), done_tx.clone(), &mats, &cache.store);
+            s.spawn(move || {
+                for item in work_rx.iter() {
+                    let start = t0.elapsed();
+                    let result = execute(store, mats, &item);
+                    let done = WorkDone {
+                        idx: item.idx,
+                        key: item.key,
+                        result,
+                        start,
+                        duration: t0.elapsed() - start,
+                        worker: w,
+                    };
+                    if done_tx.send(done).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+        drop(done_tx);
+        let mut running = 0usize;
+        let mut stop = false;
+        let mut book = Book {
+            waiting: &mut waiting,
+            dependents: &dependents,
+            observe: &mut *observe,
+        };
+        loop {
+            while !stop {
+                let Some(i) = ready.pop_front() else { break };
+                let node = &plan.nodes[i];
+                let mut deps: Vec<(String, Digest)> = node
+                    .deps
+                    .iter()
+                    .map(|&d| {
+                        (
+                            plan.nodes[d].name.clone(),
+                            outcomes[d]
+                                .as_ref()
+                                .and_then(|o| o.output)
+                                .expect("dep done"),
+                        )
+                    })
+                    .collect();
+                deps.sort();
+                let key = KeyBuilder::build_key(&node.name, &node.manifest.task_digest, &deps);
+                let at = t0.elapsed();
+                let now = now_ms();
+                let mut reason = MissReason::SkipCache;
+                if !(opts.no_cache || !node.cache) {
+                    match cache.lookup(&key, now)? {
+                        Lookup::Hit(mut meta) => {
+                            cache.index.touch(&key, &mut meta, now)?;
+                            protected.insert(key);
+                            *hits.entry(Route::Key).or_default() += 1;
+                            let mut o = Outcome::new(Status::Cached);
+                            o.route = Some(Route::Key);
+                            o.key = Some(key);
+                            o.output = Some(meta.output);
+                            o.start = at;
+                            o.duration = t0.elapsed() - at;
+                            book.finish(i, o, &mut outcomes, &mut ready);
+                            continue;
+                        }
+                        Lookup::Miss(r) => reason = r,
+                    }
+                }
+                if let Some(waiters) = inflight.get_mut(&key) {
+                    waiters.push(i);
+                    continue;
+                }
+                let previous = cache.index.latest(&plan.dag, &node.name)?;
+                if reason == MissReason::New {
+                    reason = match previous {
+                        Some(p) if p != key => MissReason::InputChanged,
+                        Some(_) => MissReason::Missing,
+                        None => MissReason::New,
+                    };
+                }
+                *misses.entry(reason).or_default() += 1;
+                let mut manifest = node.manifest.clone();
+                manifest.name = node.name.clone();
+                manifest.deps = deps;
+                let entry = Entry {
+                    format: crate::store::entry::ENTRY_FORMAT,
+                    key,
+                    dag: plan.dag.clone(),
+                    task: node.name.clone(),
+                    manifest,
+                    output: Digest::default(),
+                    size: 0,
+                    files: 0,
+                    created_ms: 0,
+                    duration_ms: 0,
+                    exit_status: 0,
+                    stdout: Digest::default(),
+                    stderr: Digest::default(),
+                    ttl_secs: node.ttl.map(|d| d.as_secs()),
+                    previous,
+                };
+                inflight.insert(key, Vec::new());
+                outcomes_reason(&mut outcomes, i, reason);
+                (book.observe)(Event::Started { idx: i });
+                work_tx
+                    .send(WorkItem {
+                        idx: i,
+                        key,
+                        entry,
+                        job: node.job.clone(),
+                    })
+                    .expect("workers alive");
+                running += 1;
+            }
+            if running == 0 {
+                break;
+            }
+            let done = done_rx.recv().expect("a worker is running");
+            running -= 1;
+            let reason = outcomes[done.idx].take().and_then(|o| o.miss_reason);
+            let waiters = inflight.remove(&done.key).unwrap_or_default();
+            let mut o;
+            match done.result {
+                Ok(entry) => {
+                    let published = cache.publish(&entry, &protected)?;
+                    evicted += published.evicted.len() as u64;
+                    protected.insert(entry.key);
+                    o = Outcome::new(Status::Executed);
+                    o.kept = published.kept;
+                    o.output = Some(entry.output);
+                    o.exit_code = Some(entry.exit_status);
+                    o.stdout = Some(entry.stdout);
+                    o.stderr = Some(entry.stderr);
+                }
+                Err(f) => {
+                    o = Outcome::new(Status::Failed);
+                    o.error = Some(f.message);
+                    o.exit_code = f.exit_code;
+                    o.log_tail = f.log_tail;
+                    if opts.fail_fast {
+                        stop = true;
+                    }
+                }
+            }
+            o.route = Some(Route::Miss);
+            o.miss_reason = reason;
+            o.key = Some(done.key);
+            o.start = done.start;
+            o.duration = done.duration;
+            o.worker = done.worker;
+            for w in waiters {
+                let mut j = o.clone();
+                if j.status == Status::Executed {
+                    j.status = Status::Cached;
+                    j.route = Some(Route::Joined);
+                    j.miss_reason = None;
+                    *hits.entry(Route::Joined).or_default() += 1;
+                }
+                book.finish(w, j, &mut outcomes, &mut ready);
+            }
+            book.finish(done.idx, o, &mut outcomes, &mut ready);
+        }
+        Ok(())
+    });
+    let finish_err = coordinated.err();
+    let outcomes: Vec<Outcome> = outcomes
+        .into_iter()
+        .map(|o| match o {
+            Some(o) if o.status != Status::Skipped || o.miss_reason.is_none() => o,
+            _ => Outcome::new(Status::Skipped),
+        })
+        .collect();
+    // Bookkeeping happens even when coordination failed half-way, so what
+    // was published is accounted for.
+    for (r, c) in &hits {
+        cache.index.add("hits", *c)?;
+        cache.index.add(&format!("hit.{}", r.as_str()), *c)?;
+    }
+    for (r, c) in &misses {
+        cache.index.add("misses", *c)?;
+        cache.index.add(&format!("miss.{}", r.as_str()), *c)?;
+    }
+    let (expired, more_evicted) = cache.enforce(&protected, now_ms(), false)?;
+    let record = RunRecord {
+        id: run_id,
+        dag: plan.dag.clone(),
+        started_ms,
+        finished_ms: now_ms(),
+        ok: outcomes
+            .iter()
+            .all(|o| matches!(o.status, Status::Cached | Status::Executed)),
+        tasks: plan
+            .nodes
+            .iter()
+            .zip(&outcomes)
+            .map(|(nd, o)| RunTask {
+                task: nd.name.clone(),
+                key: o.key,
+                route: o.route.map(|r| r.as_str().to_string()).unwrap_or_default(),
+                status: o.status.as_str().to_string(),
+                miss_reason: o.miss_reason.map(|r| r.as_str().to_string()),
+            })
+            .collect(),
+    };
+    cache.index.put_run(&record)?;
+    cache.flush()?;
+    let _ = remove_all(run_tmp.path());
+    if let Some(e) = finish_err {
+        return Err(e);
+    }
+    Ok(Report {
+        run_id,
+        dag: plan.dag.clone(),
+        names: plan.nodes.iter().map(|nd| nd.name.clone()).collect(),
+        outcomes,
+        elapsed: t0.elapsed(),
+        evicted: evicted + more_evicted,
+        expired,
+    })
+}
+
+struct Book<'a> {
+    waiting: &'a mut [usize],
+    dependents: &'a [Vec<usize>],
+    observe: &'a mut dyn for<'e> FnMut(Event<'e>),
+}
+
+impl Book<'_> {
+    /// Record a node's outcome; a success releases its dependents.
+    fn finish(
+        &mut self,
+        i: usize,
+        o: Outcome,
+        outcomes: &mut [Option<Outcome>],
+        ready: &mut VecDeque<usize>,
+    ) {
+        (self.observe)(Event::Finished {
+            idx: i,
+            outcome: &o,
+        });
+        if matches!(o.status, Status::Cached | Status::Executed) {
+            for &d in &self.dependents[i] {
+                self.waiting[d] -= 1;
+                if self.waiting[d] == 0 {
+                    ready.push_back(d);
+                }
+            }
+        }
+        outcomes[i] = Some(o);
+    }
+}
+
+/// Remember a dispatched node's miss reason until its result comes back.
+fn outcomes_reason(outcomes: &mut [Option<Outcome>], i: usize, reason: MissReason) {
+    let mut o = Outcome::new(Status::Skipped);
+    o.miss_reason = Some(reason);
+    outcomes[i] = Some(o);
+}
+
+/// Worker side: run the job, ingest and commit its output.
+fn execute(
+    store: &Store,
+    mats: &Materializer,
+    item: &WorkItem,
+) -> std::result::Result<Entry, Failure> {
+    let fail = |message: String| Failure {
+        message,
+        exit_code: None,
+        log_tail: None,
+    };
+    let work = store.tempdir("task-").map_err(|e| fail(e.to_string()))?;
+    let result = (|| {
+        let out = work.path().join("out");
+        let stage = work.path().join("stage");
+        for d in [&out, &stage] {
+            std::fs::create_dir(d).map_err(|e| fail(format!("{}: {e}", d.display())))?;
+        }
+        let ctx = JobContext {
+            store,
+            out_dir: &out,
+            work_dir: work.path(),
+            deps: &item.entry.manifest.deps,
+            mats,
+        };
+        let started = Instant::now();
+        let res = item.job.run(&ctx).map_err(fail)?;
+        let duration = started.elapsed();
+        if res.exit_code != 0 {
+            return Err(Failure {
+                message: format!("exited with status {}", res.exit_code),
+                exit_code: Some(res.exit_code),
+                log_tail: log_tail(&res.stderr).or_else(|| log_tail(&res.stdout)),
+            });
+        }
+        let mut staged = Staged::default();
+        let tree = ingest_dir(
+            &out,
+            Sink::Store {
+                store,
+                work: &stage,
+                staged: &mut staged,
+            },
+        )
+        .map_err(|e| fail(e.to_string()))?;
+        let (stdout, _, _) = ingest_file(
+            &res.stdout,
+            Sink::Store {
+                store,
+                work: &stage,
+                staged: &mut staged,
+            },
+        )
+        .map_err(|e| fail(e.to_string()))?;
+        let (stderr, _, _) = ingest_file(
+            &res.stderr,
+            Sink::Store {
+                store,
+                work: &stage,
+                staged: &mut staged,
+            },
+        )
+        .map_err(|e| fail(e.to_string()))?;
+        let mut entry = item.entry.clone();
+        entry.output = tree.digest;
+        entry.size = tree.bytes;
+        entry.files = tree.files;
+        entry.created_ms = now_ms();
+        entry.duration_ms = duration.as_millis() as u64;
+        entry.stdout = stdout;
+        entry.stderr = stderr;
+        store
+            .stage_entry(&stage, &entry, &mut staged)
+            .map_err(|e| fail(e.to_string()))?;
+        store.commit(staged).map_err(|e| fail(e.to_string()))?;
+        Ok(entry)
+    })();
+    let _ = remove_all(work.path());
+    result
+}
+
+/// The last 20 lines (at most 4 KiB) of a log file.
+fn log_tail(path: &Path) -> Option<String> {
+    let bytes = std::fs::read(path).ok()?;
+    let start = bytes.len().saturating_sub(4096);
+    let text = String::from_utf8_lossy(&bytes[start..]);
+    let lines: Vec<&str> = text.lines().collect();
+    let tail = lines[lines.len().saturating_sub(20)..].join("\n");
+    (!tail.trim().is_empty()).then_some(tail)
+}

@@ -1,0 +1,159 @@
+//! Shell tasks from a `dagfs.toml`: turning a `Pipeline` into a scheduler
+//! `Plan` (hashing declared inputs, reading declared env), and the job that
+//! runs a task's command.
+//!
+//! Task environment (nothing else is inherited): `PATH`, `HOME`, `USER`,
+//! `LOGNAME` from dagfs's own environment (not part of the key: declare
+//! them in `env` to key them), the task's declared `env` vars (keyed),
+//! `DAGFS_OUT`, `DAGFS_IN`, `DAGFS_TASK`, `DAGFS_DAG`, and a private
+//! `TMPDIR`.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use super::error::{ExecError, Result};
+use super::key::KeyBuilder;
+use super::pipeline::Pipeline;
+use super::runner::{Command, Runner};
+use super::scheduler::{Job, JobContext, JobResult, Plan, PlanNode};
+use crate::hash::Digest;
+use crate::store::ingest::hash_path;
+use crate::store::Manifest;
+
+/// Env vars passed through to every task without entering its key.
+pub const PASSTHROUGH_ENV: [&str; 4] = ["PATH", "HOME", "USER", "LOGNAME"];
+
+pub struct ShellJob {
+    runner: Arc<dyn Runner>,
+    script: String,
+    cwd: PathBuf,
+    env: Vec<(String, String)>,
+    task: String,
+    dag: String,
+}
+
+impl Job for ShellJob {
+    fn run(&self, ctx: &JobContext<'_>) -> std::result::Result<JobResult, String> {
+        let input = ctx.materialize_deps()?;
+        let tmp = ctx.work_dir.join("tmp");
+        std::fs::create_dir_all(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
+        let mut env = self.env.clone();
+        env.push(("DAGFS_OUT".into(), ctx.out_dir.display().to_string()));
+        env.push(("DAGFS_IN".into(), input.display().to_string()));
+        env.push(("DAGFS_TASK".into(), self.task.clone()));
+        env.push(("DAGFS_DAG".into(), self.dag.clone()));
+        env.push(("TMPDIR".into(), tmp.display().to_string()));
+        let cmd = Command {
+            script: self.script.clone(),
+            cwd: self.cwd.clone(),
+            env,
+            stdout: ctx.work_dir.join("stdout"),
+            stderr: ctx.work_dir.join("stderr"),
+        };
+        let exit = self
+            .runner
+            .run(&cmd)
+            .map_err(|e| format!("could not start /bin/sh: {e}"))?;
+        Ok(JobResult {
+            exit_code: exit.code,
+            stdout: cmd.stdout,
+            stderr: cmd.stderr,
+        })
+    }
+}
+
+/// Build the plan for `targets` (and their dependencies), or for every
+/// task when `targets` is empty.
+pub fn plan(p: &Pipeline, targets: &[String], runner: Arc<dyn Runner>) -> Result<Plan> {
+    let idx: Vec<usize> = targets
+        .iter()
+        .map(|t| {
+            p.dag
+                .lookup(t)
+                .ok_or_else(|| ExecError::UnknownTask(t.clone()))
+        })
+        .collect::<Result<_>>()?;
+    let keep = if idx.is_empty() {
+        vec![true; p.dag.len()]
+    } else {
+        p.dag.closure(&idx)
+    };
+    let dir = std::fs::canonicalize(&p.dir)
+        .map_err(|e| ExecError::Config(format!("{}: pipeline directory: {e}", p.dir.display())))?;
+    let mut local = vec![usize::MAX; p.dag.len()];
+    let mut nodes = Vec::new();
+    let mut input_cache: HashMap<String, Digest> = HashMap::new();
+    let passthrough: Vec<(String, String)> = PASSTHROUGH_ENV
+        .iter()
+        .filter_map(|k| std::env::var(k).ok().map(|v| (k.to_string(), v)))
+        .collect();
+    for &i in p.dag.topo_order() {
+        if !keep[i] {
+            continue;
+        }
+        let t = &p.tasks[i];
+        let mut inputs = Vec::new();
+        for path in &t.inputs {
+            let d = match input_cache.get(path) {
+                Some(d) => *d,
+                None => {
+                    let full = dir.join(path);
+                    let d = hash_path(&full)
+                        .map_err(|e| ExecError::Input {
+                            task: t.name.clone(),
+                            input: path.clone(),
+                            reason: e.to_string(),
+                        })?
+                        .digest;
+                    input_cache.insert(path.clone(), d);
+                    d
+                }
+            };
+            inputs.push((path.clone(), d));
+        }
+        let env: Vec<(String, Option<String>)> = t
+            .env
+            .iter()
+            .map(|k| (k.clone(), std::env::var(k).ok()))
+            .collect();
+        let mut manifest = Manifest {
+            name: t.name.clone(),
+            command: t.run.clone(),
+            cwd: t.cwd.clone(),
+            env: env.clone(),
+            inputs,
+            params: Vec::new(),
+            version: t.version.clone(),
+            task_digest: Digest::default(),
+            deps: Vec::new(),
+        };
+        manifest.env.sort();
+        manifest.inputs.sort();
+        manifest.task_digest = KeyBuilder::task_digest(&manifest);
+        let mut job_env = passthrough.clone();
+        job_env.retain(|(k, _)| !t.env.contains(k));
+        job_env.extend(env.into_iter().filter_map(|(k, v)| v.map(|v| (k, v))));
+        let job = ShellJob {
+            runner: runner.clone(),
+            script: t.run.clone(),
+            cwd: dir.join(&t.cwd),
+            env: job_env,
+            task: t.name.clone(),
+            dag: p.name.clone(),
+        };
+        local[i] = nodes.len();
+        nodes.push(PlanNode {
+            name: t.name.clone(),
+            deps: p.dag.deps(i).iter().map(|&d| local[d]).collect(),
+            manifest,
+            cache: t.cache,
+            ttl: t.ttl,
+            job: Arc::new(job),
+        });
+    }
+    Ok(Plan {
+        dag: p.name.clone(),
+        nodes,
+    })
+}

@@ -1,0 +1,470 @@
+//! The index: sled trees over the store, for fast lookups. Never the source
+//! of truth: everything here but the statistics can be rebuilt from
+//! `entries/` (`Index::rebuild`).
+//!
+//! Owns: `<store>/index/`. May call: `hash`, `store` (types only).
+//!
+//! | tree        | key                              | value                      |
+//! |-------------|----------------------------------|----------------------------|
+//! | `entries`   | cache key (32)                   | `EntryMeta` (JSON)         |
+//! | `by_output` | output digest (32) ‖ key (32)    | empty                      |
+//! | `latest`    | dag ‖ 0x00 ‖ task                | key (32)                   |
+//! | `lru`       | last use ms (u64 BE) ‖ key (32)  | empty                      |
+//! | `expiry`    | expires ms (u64 BE) ‖ key (32)   | empty                      |
+//! | `runs`      | run id (u64 BE)                  | `RunRecord` (JSON)         |
+//! | `stats`     | counter name                     | u64 LE                     |
+//! | `config`    | `policy`                         | `CachePolicy` (JSON)       |
+//!
+//! sled's background flush is off: the index becomes durable only at
+//! `flush()`, which callers run after `Store::sync`, so a durable index
+//! record never refers to a non-durable entry file.
+
+pub mod error;
+pub mod stats;
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+pub use error::{IndexError, Result};
+pub use stats::{CachePolicy, CacheStats, MissReason, Route};
+
+use crate::hash::{Digest, HexPrefix};
+use crate::store::Entry;
+
+/// What the index keeps about an entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EntryMeta {
+    pub dag: String,
+    pub task: String,
+    pub output: Digest,
+    pub size: u64,
+    pub files: u64,
+    pub created_ms: u64,
+    pub last_used_ms: u64,
+    pub ttl_secs: Option<u64>,
+    pub exit_status: i32,
+    pub duration_ms: u64,
+}
+
+impl EntryMeta {
+    pub fn from_entry(e: &Entry) -> EntryMeta {
+        EntryMeta {
+            dag: e.dag.clone(),
+            task: e.task.clone(),
+            output: e.output,
+            size: e.size,
+            files: e.files,
+            created_ms: e.created_ms,
+            last_used_ms: e.created_ms,
+            ttl_secs: e.ttl_secs,
+            exit_status: e.exit_status,
+            duration_ms: e.duration_ms,
+        }
+    }
+
+    /// Expired at `now_ms` under the entry's own TTL or the policy's.
+    pub fn expired(&self, now_ms: u64, policy_ttl: Option<std::time::Duration>) -> bool {
+        let ttl = match (self.ttl_secs, policy_ttl.map(|d| d.as_secs())) {
+            (Some(a), Some(b)) => a.min(b),
+            (a, b) => match a.or(b) {
+                Some(t) => t,
+                None => return false,
+            },
+        };
+        now_ms >= self.created_ms.saturating_add(ttl.saturating_mul(1000))
+    }
+}
+
+/// One task's part in a run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunTask {
+    pub task: String,
+    pub key: Option<Digest>,
+    /// `key`, `content`, `joined`, `miss`, or empty when it did not get that far.
+    pub route: String,
+    /// `ok`, `failed`, `skipped`.
+    pub status: String,
+    pub miss_reason: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunRecord {
+    pub id: u64,
+    pub dag: String,
+    pub started_ms: u64,
+    pub finished_ms: u64,
+    pub ok: bool,
+    pub tasks: Vec<RunTask>,
+}
+
+pub struct Index {
+    db: sled::Db,
+    entries: sled::Tree,
+    by_output: sled::Tree,
+    latest: sled::Tree,
+    lru: sled::Tree,
+    expiry: sled::Tree,
+    runs: sled::Tree,
+    stats: sled::Tree,
+    config: sled::Tree,
+}
+
+const C_ENTRIES: &str = "entries";
+const C_BYTES: &str = "bytes";
+
+fn lru_key(ms: u64, key: &Digest) -> [u8; 40] {
+    let mut k = [0u8; 40];
+    k[..8].copy_from_slice(&ms.to_be_bytes());
+    k[8..].copy_from_slice(key.as_bytes());
+    k
+}
+
+fn pair(a: &Digest, b: &Digest) -> [u8; 64] {
+    let mut k = [0u8; 64];
+    k[..32].copy_from_slice(a.as_bytes());
+    k[32..].copy_from_slice(b.as_bytes());
+    k
+}
+
+fn latest_key(dag: &str, task: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(dag.len() + task.len() + 1);
+    k.extend_from_slice(dag.as_bytes());
+    k.push(0);
+    k.extend_from_slice(task.as_bytes());
+    k
+}
+
+fn corrupt(tree: &'static str, reason: impl std::fmt::Display) -> IndexError {
+    IndexError::Corrupt {
+        tree,
+        reason: reason.to_string(),
+    }
+}
+
+fn digest_of(tree: &'static str, b: &[u8]) -> Result<Digest> {
+    Digest::from_slice(b).ok_or_else(|| corrupt(tree, "value is not a 32-byte digest"))
+}
+
+impl Index {
+    pub fn open(dir: &std::path::Path) -> Result<Index> {
+        let db = sled::Config::new()
+            .path(dir)
+            .flush_every_ms(None)
+            .cache_capacity(64 << 20)
+            .mode(sled::Mode::HighThroughput)
+            .open()?;
+        Ok(Index {
+            entries: db.open_tree("entries")?,
+            by_output: db.open_tree("by_output")?,
+            latest: db.open_tree("latest")?,
+            lru: db.open_tree("lru")?,
+            expiry: db.open_tree("expiry")?,
+            runs: db.open_tree("runs")?,
+            stats: db.open_tree("stats")?,
+            config: db.open_tree("config")?,
+            db,
+        })
+    }
+
+    pub fn flush(&self) -> Result<()> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    pub fn get(&self, key: &Digest) -> Result<Option<EntryMeta>> {
+        match self.entries.get(key.as_bytes())? {
+            None => Ok(None),
+            Some(v) => serde_json::from_slice(&v)
+                .map(Some)
+                .map_err(|e| corrupt("entries", e)),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Insert (or replace) an entry and make it its task's latest.
+    pub fn insert(&self, key: &Digest, meta: &EntryMeta) -> Result<()> {
+        if let Some(old) = self.get(key)? {
+            self.unlink(key, &old)?;
+        }
+        self.entries.insert(
+            key.as_bytes(),
+            serde_json::to_vec(meta).expect("meta serializes"),
+        )?;
+        self.by_output.insert(pair(&meta.output, key), &[])?;
+        self.lru.insert(lru_key(meta.last_used_ms, key), &[])?;
+        if let Some(ttl) = meta.ttl_secs {
+            self.expiry.insert(
+                lru_key(
+                    meta.created_ms.saturating_add(ttl.saturating_mul(1000)),
+                    key,
+                ),
+                &[],
+            )?;
+        }
+        self.latest
+            .insert(latest_key(&meta.dag, &meta.task), key.as_bytes())?;
+        self.add(C_ENTRIES, 1)?;
+        self.add(C_BYTES, meta.size as i64)?;
+        Ok(())
+    }
+
+    /// Record a use: moves the entry to the young end of the LRU order.
+    pub fn touch(&self, key: &Digest, meta: &mut EntryMeta, now_ms: u64) -> Result<()> {
+        if meta.last_used_ms == now_ms {
+            return Ok(());
+        }
+        self.lru.remove(lru_key(meta.last_used_ms, key))?;
+        meta.last_used_ms = now_ms;
+        self.lru.insert(lru_key(now_ms, key), &[])?;
+        self.entries.insert(
+            key.as_bytes(),
+            serde_json::to_vec(meta).expect("meta serializes"),
+        )?;
+        Ok(())
+    }
+
+    fn unlink(&self, key: &Digest, meta: &EntryMeta) -> Result<()> {
+        self.entries.remove(key.as_bytes())?;
+        self.by_output.remove(pair(&meta.output, key))?;
+        self.lru.remove(lru_key(meta.last_used_ms, key))?;
+        if let Some(ttl) = meta.ttl_secs {
+            self.expiry.remove(lru_key(
+                meta.created_ms.saturating_add(ttl.saturating_mul(1000)),
+                key,
+            ))?;
+        }
+        self.add(C_ENTRIES, -1)?;
+        self.add(C_BYTES, -(meta.size as i64))?;
+        Ok(())
+    }
+
+    /// Remove an entry. Its task's `latest` pointer stays (it is history for
+    /// `explain`); lookups through it simply miss.
+    pub fn remove(&self, key: &Digest) -> Result<Option<EntryMeta>> {
+        let Some(meta) = self.get(key)? else {
+            return Ok(None);
+        };
+        self.unlink(key, &meta)?;
+        Ok(Some(meta))
+    }
+
+    pub fn latest(&self, dag: &str, task: &str) -> Result<Option<Digest>> {
+        self.latest
+            .get(latest_key(dag, task))?
+            .map(|v| digest_of("latest", &v))
+            .transpose()
+    }
+
+    /// (dag, task, key) of every task's latest key, optionally for one dag.
+    pub fn latest_all(&self, dag: Option<&str>) -> Result<Vec<(String, String, Digest)>> {
+        let iter = match dag {
+            Some(d) => self.latest.scan_prefix(latest_key(d, "")),
+            None => self.latest.iter(),
+        };
+        let mut out = Vec::new();
+        for kv in iter {
+            let (k, v) = kv?;
+            let mut parts = k.splitn(2, |b| *b == 0);
+            let d = String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned();
+            let t = String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned();
+            out.push((d, t, digest_of("latest", &v)?));
+        }
+        Ok(out)
+    }
+
+    pub fn keys_by_output(&self, output: &Digest) -> Result<Vec<Digest>> {
+        self.by_output
+            .scan_prefix(output.as_bytes())
+            .map(|kv| digest_of("by_output", &kv?.0[32..]))
+            .collect()
+    }
+
+    /// Keys oldest-use first.
+    pub fn lru_order(&self) -> impl Iterator<Item = Result<Digest>> + '_ {
+        self.lru.iter().map(|kv| digest_of("lru", &kv?.0[8..]))
+    }
+
+    /// Keys whose own TTL ran out at or before `now_ms`.
+    pub fn expired_by_own_ttl(&self, now_ms: u64) -> Result<Vec<Digest>> {
+        self.expiry
+            .range(..lru_key(now_ms, &Digest([0xff; 32])))
+            .map(|kv| digest_of("expiry", &kv?.0[8..]))
+            .collect()
+    }
+
+    pub fn all_keys(&self) -> impl Iterator<Item = Result<(Digest, EntryMeta)>> + '_ {
+        self.entries.iter().map(|kv| {
+            let (k, v) = kv?;
+            Ok((
+                digest_of("entries", &k)?,
+                serde_json::from_slice(&v).map_err(|e| corrupt("entries", e))?,
+            ))
+        })
+    }
+
+    /// Keys starting with `prefix`.
+    pub fn keys_with_prefix(&self, prefix: &HexPrefix) -> Result<Vec<Digest>> {
+        let (lo, hi) = prefix.range();
+        self.entries
+            .range(lo..=hi)
+            .map(|kv| digest_of("entries", &kv?.0))
+            .collect()
+    }
+
+    // --- runs ---
+
+    pub fn next_run_id(&self) -> Result<u64> {
+        Ok(self.add("run_seq", 1)?)
+    }
+
+    pub fn put_run(&self, run: &RunRecord) -> Result<()> {
+        self.runs.insert(
+            run.id.to_be_bytes(),
+            serde_json::to_vec(run).expect("run serializes"),
+        )?;
+        Ok(())
+    }
+
+    pub fn run(&self, id: u64) -> Result<Option<RunRecord>> {
+        match self.runs.get(id.to_be_bytes())? {
+            None => Ok(None),
+            Some(v) => serde_json::from_slice(&v)
+                .map(Some)
+                .map_err(|e| corrupt("runs", e)),
+        }
+    }
+
+    pub fn last_run(&self) -> Result<Option<RunRecord>> {
+        match self.runs.last()? {
+            None => Ok(None),
+            Some((_, v)) => serde_json::from_slice(&v)
+                .map(Some)
+                .map_err(|e| corrupt("runs", e)),
+        }
+    }
+
+    // --- stats ---
+
+    /// Add `delta` to a counter (saturating at 0); returns the new value.
+    pub fn add(&self, name: &str, delta: i64) -> Result<u64> {
+        let v = self.stats.update_and_fetch(name, |old| {
+            let cur = old
+                .and_then(|b| b.try_into().ok())
+                .map(u64::from_le_bytes)
+                .unwrap_or(0);
+            let new = if delta >= 0 {
+                cur.saturating_add(delta as u64)
+            } else {
+                cur.saturating_sub(delta.unsigned_abs())
+            };
+            Some(new.to_le_bytes().to_vec())
+        })?;
+        Ok(v.and_then(|b| b.as_ref().try_into().ok())
+            .map(u64::from_le_bytes)
+            .unwrap_or(0))
+    }
+
+    fn counter(&self, name: &str) -> Result<u64> {
+        Ok(self
+            .stats
+            .get(name)?
+            .and_then(|b| b.as_ref().try_into().ok())
+            .map(u64::from_le_bytes)
+            .unwrap_or(0))
+    }
+
+    pub fn record_hit(&self, route: Route) -> Result<()> {
+        self.add("hits", 1)?;
+        self.add(&format!("hit.{}", route.as_str()), 1)?;
+        Ok(())
+    }
+
+    pub fn record_miss(&self, reason: MissReason) -> Result<()> {
+        self.add("misses", 1)?;
+        self.add(&format!("miss.{}", reason.as_str()), 1)?;
+        Ok(())
+    }
+
+    pub fn stats(&self) -> Result<CacheStats> {
+        let mut s = CacheStats {
+            hits: self.counter("hits")?,
+            misses: self.counter("misses")?,
+            evictions: self.counter("evictions")?,
+            expirations: self.counter("expirations")?,
+            total_entries: self.counter(C_ENTRIES)?,
+            total_size_bytes: self.counter(C_BYTES)?,
+            runs: self.counter("run_seq")?,
+            hits_by_route: BTreeMap::new(),
+            misses_by_reason: BTreeMap::new(),
+        };
+        for r in [Route::Key, Route::Content, Route::Joined] {
+            s.hits_by_route.insert(
+                r.as_str().into(),
+                self.counter(&format!("hit.{}", r.as_str()))?,
+            );
+        }
+        for r in MissReason::ALL {
+            s.misses_by_reason.insert(
+                r.as_str().into(),
+                self.counter(&format!("miss.{}", r.as_str()))?,
+            );
+        }
+        Ok(s)
+    }
+
+    // --- config ---
+
+    pub fn policy(&self) -> Result<CachePolicy> {
+        match self.config.get("policy")? {
+            None => Ok(CachePolicy::default()),
+            Some(v) => serde_json::from_slice(&v).map_err(|e| corrupt("config", e)),
+        }
+    }
+
+    pub fn set_policy(&self, p: &CachePolicy) -> Result<()> {
+        self.config
+            .insert("policy", serde_json::to_vec(p).expect("policy serializes"))?;
+        Ok(())
+    }
+
+    /// Drop every rebuildable tree and refill it from `entries`. Counters of
+    /// hits and misses survive; entry totals are recomputed.
+    pub fn rebuild(&self, entries: impl IntoIterator<Item = Entry>) -> Result<usize> {
+        for t in [
+            &self.entries,
+            &self.by_output,
+            &self.latest,
+            &self.lru,
+            &self.expiry,
+        ] {
+            t.clear()?;
+        }
+        self.stats.insert(C_ENTRIES, &0u64.to_le_bytes())?;
+        self.stats.insert(C_BYTES, &0u64.to_le_bytes())?;
+        let mut newest: BTreeMap<(String, String), (u64, Digest)> = BTreeMap::new();
+        let mut n = 0;
+        for e in entries {
+            self.insert(&e.key, &EntryMeta::from_entry(&e))?;
+            let slot = newest
+                .entry((e.dag.clone(), e.task.clone()))
+                .or_insert((0, e.key));
+            if e.created_ms >= slot.0 {
+                *slot = (e.created_ms, e.key);
+            }
+            n += 1;
+        }
+        for ((dag, task), (_, key)) in newest {
+            self.latest
+                .insert(latest_key(&dag, &task), key.as_bytes())?;
+        }
+        Ok(n)
+    }
+}

@@ -1,0 +1,34 @@
+//! dagfs: a content-addressed cache for the outputs of DAG pipelines.
+//!
+//! Layers, dependencies pointing down (see DESIGN.md):
+//!
+//! ```text
+//! exec     DAG model, pipelines, keys, scheduling, running tasks
+//! cache    store + index + policy: lookups, publishing, eviction, gc
+//! index    sled trees and their encodings
+//! store    blobs, Merkle trees, ingest, entries, sweep
+//! hash     Digest, hex, BLAKE3 contexts
+//! ```
+//!
+//! ```no_run
+//! use dagfs::{Cache, CachePolicy, CachedExecutor, Dag, Task};
+//! let dag = Dag::builder().add_node("a").add_node("b").add_edge("a", "b").build()?;
+//! let cache = Cache::open("/tmp/dagfs-store".as_ref(), CachePolicy::default().max_entries(1000))?;
+//! let result = CachedExecutor::new(&dag, &cache).jobs(2).execute([
+//!     ("a", Task::new(|_| Ok(b"hello".to_vec())).version("1")),
+//!     ("b", Task::new(|i| Ok(i.get("a").unwrap().to_ascii_uppercase())).version("1")),
+//! ])?;
+//! assert_eq!(result.nodes["b"].output.as_deref(), Some(&b"HELLO"[..]));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+pub mod cache;
+pub mod exec;
+pub mod hash;
+pub mod index;
+pub mod store;
+
+pub use cache::Cache;
+pub use exec::{CacheKey, CachedExecutor, Dag, ExecutionResult, KeyBuilder, Task, TaskInputs};
+pub use hash::Digest;
+pub use index::{CachePolicy, CacheStats};

@@ -1,0 +1,55 @@
+//! Errors of the store layer.
+
+use std::path::PathBuf;
+
+use crate::hash::Digest;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// Stored bytes do not match their name, or a tree blob does not decode.
+    #[error("corrupt object {digest} at {path}: {reason}")]
+    Corrupt {
+        digest: Digest,
+        path: PathBuf,
+        reason: String,
+    },
+    #[error("{path}: store format {found:?} is not supported by this dagfs (supports {supported}); upgrade dagfs")]
+    Format {
+        path: PathBuf,
+        found: String,
+        supported: String,
+    },
+    #[error("{path}: not a dagfs store ({reason})")]
+    NotAStore { path: PathBuf, reason: String },
+    #[error(
+        "{path}: {kind} is not allowed in a task output (only files, directories and symlinks are)"
+    )]
+    SpecialFile { path: PathBuf, kind: &'static str },
+    #[error("{path}: name is not storable: {reason}")]
+    BadName { path: PathBuf, reason: String },
+    #[error("object {0} is not in the store")]
+    Missing(Digest),
+    #[error("{path}: changed while it was being stored ({what})")]
+    Changed { path: PathBuf, what: String },
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Attach a path to an `io::Error`.
+pub(crate) trait IoContext<T> {
+    fn at(self, path: impl Into<PathBuf>) -> Result<T>;
+}
+
+impl<T> IoContext<T> for std::io::Result<T> {
+    fn at(self, path: impl Into<PathBuf>) -> Result<T> {
+        self.map_err(|source| StoreError::Io {
+            path: path.into(),
+            source,
+        })
+    }
+}

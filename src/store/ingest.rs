@@ -1,0 +1,336 @@
+//! Ingest: turn a directory into a Merkle tree, storing its files as blobs
+//! (or only hashing them, for task inputs).
+//!
+//! Task outputs live under `<store>/tmp/`, so a regular file with a link
+//! count of 1 on the store's filesystem is *taken over*: hashed, then renamed
+//! into `blobs/` by `Store::commit` — no copy. Anything else (a hard link,
+//! which another name could still write through) is copied. Symlinks are
+//! read with `readlink` and never followed; the walk uses `lstat` semantics
+//! throughout and opens files with `O_NOFOLLOW`. The walk is iterative, so
+//! depth is bounded by memory, not by the stack.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use super::error::{IoContext, Result, StoreError};
+use super::tree::{name_problem, Node, Tree, TreeEntry};
+use super::{Staged, Store};
+use crate::hash::Digest;
+
+/// What ingest does with what it reads.
+pub enum Sink<'a> {
+    /// Store blobs: stage them in `work` (a dir under `tmp/`) into `staged`.
+    Store {
+        store: &'a Store,
+        work: &'a Path,
+        staged: &'a mut Staged,
+    },
+    /// Only compute digests (host inputs).
+    HashOnly,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Ingested {
+    /// Root tree digest (or, for `hash_path` on a file, the file's digest).
+    pub digest: Digest,
+    /// Sum of file sizes.
+    pub bytes: u64,
+    pub files: u64,
+}
+
+impl Default for Digest {
+    fn default() -> Self {
+        Digest([0; 32])
+    }
+}
+
+struct DirWork {
+    path: PathBuf,
+    parent: Option<usize>,
+    name: Vec<u8>,
+    tree: Tree,
+}
+
+/// Ingest the directory `root` as a tree.
+pub fn ingest_dir(root: &Path, mut sink: Sink<'_>) -> Result<Ingested> {
+    let mut dirs = vec![DirWork {
+        path: root.to_path_buf(),
+        parent: None,
+        name: Vec::new(),
+        tree: Tree::default(),
+    }];
+    let mut out = Ingested::default();
+    let mut i = 0;
+    while i < dirs.len() {
+        let dir = dirs[i].path.clone();
+        let mut entries: Vec<_> = fs::read_dir(&dir)
+            .at(&dir)?
+            .collect::<std::io::Result<_>>()
+            .at(&dir)?;
+        entries.sort_by_key(|e| e.file_name());
+        for e in entries {
+            let path = e.path();
+            let name = e.file_name().as_bytes().to_vec();
+            if let Some(why) = name_problem(&name) {
+                return Err(StoreError::BadName {
+                    path,
+                    reason: why.into(),
+                });
+            }
+            let ft = e.file_type().at(&path)?;
+            let node = if ft.is_dir() {
+                dirs.push(DirWork {
+                    path,
+                    parent: Some(i),
+                    name,
+                    tree: Tree::default(),
+                });
+                continue;
+            } else if ft.is_symlink() {
+                let target = fs::read_link(&path).at(&path)?.into_os_string().into_vec();
+                if target.is_empty() || target.len() > super::tree::MAX_TARGET {
+                    return Err(StoreError::BadName {
+                        path,
+                        reason: "symlink target too long".into(),
+                    });
+                }
+                Node::Symlink { target }
+            } else if ft.is_file() {
+                let (digest, size, exec) = file_blob(&path, &mut sink)?;
+                out.files += 1;
+                out.bytes += size;
+                Node::File { size, digest, exec }
+            } else {
+                return Err(StoreError::SpecialFile {
+                    path,
+                    kind: special_kind(&ft),
+                });
+            };
+            dirs[i].tree.entries.push(TreeEntry { name, node });
+        }
+        i += 1;
+    }
+    // Children have higher indices than their parents: finish them first.
+    for j in (0..dirs.len()).rev() {
+        let mut tree = std::mem::take(&mut dirs[j].tree);
+        tree.sort();
+        let bytes = tree.encode();
+        let digest = match &mut sink {
+            Sink::Store {
+                store,
+                work,
+                staged,
+            } => store.stage_bytes(work, &bytes, staged)?,
+            Sink::HashOnly => Digest::of(&bytes),
+        };
+        match dirs[j].parent {
+            Some(p) => {
+                let name = std::mem::take(&mut dirs[j].name);
+                dirs[p].tree.entries.push(TreeEntry {
+                    name,
+                    node: Node::Dir { digest },
+                });
+            }
+            None => out.digest = digest,
+        }
+    }
+    Ok(out)
+}
+
+/// Digest of a host path: a file's blob digest, a directory's tree digest, a
+/// symlink's target (hashed as a one-entry tree so kinds never collide).
+pub fn hash_path(path: &Path) -> Result<Ingested> {
+    let md = fs::symlink_metadata(path).at(path)?;
+    if md.is_dir() {
+        ingest_dir(path, Sink::HashOnly)
+    } else if md.is_file() {
+        let (digest, bytes, _) = file_blob(path, &mut Sink::HashOnly)?;
+        Ok(Ingested {
+            digest,
+            bytes,
+            files: 1,
+        })
+    } else if md.file_type().is_symlink() {
+        let target = fs::read_link(path).at(path)?.into_os_string().into_vec();
+        let tree = Tree {
+            entries: vec![TreeEntry {
+                name: b"link".to_vec(),
+                node: Node::Symlink { target },
+            }],
+        };
+        Ok(Ingested {
+            digest: Digest::of(&tree.encode()),
+            bytes: 0,
+            files: 0,
+        })
+    } else {
+        Err(StoreError::SpecialFile {
+            path: path.to_path_buf(),
+            kind: special_kind(&md.file_type()),
+        })
+    }
+}
+
+fn special_kind(ft: &fs::FileType) -> &'static str {
+    if ft.is_fifo() {
+        "a FIFO"
+    } else if ft.is_socket() {
+        "a socket"
+    } else if ft.is_block_device() {
+        "a block device"
+    } else if ft.is_char_device() {
+        "a character device"
+    } else {
+        "a special file"
+    }
+}
+
+/// Hash (and for `Sink::Store`, stage) one regular file: (digest, size, exec).
+pub fn ingest_file(path: &Path, mut sink: Sink<'_>) -> Result<(Digest, u64, bool)> {
+    file_blob(path, &mut sink)
+}
+
+fn file_blob(path: &Path, sink: &mut Sink<'_>) -> Result<(Digest, u64, bool)> {
+    let mut f = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .at(path)?;
+    let md = f.metadata().at(path)?;
+    if !md.is_file() {
+        return Err(StoreError::Changed {
+            path: path.to_path_buf(),
+            what: "no longer a regular file".into(),
+        });
+    }
+    let exec = md.mode() & 0o111 != 0;
+    match sink {
+        Sink::HashOnly => {
+            let (digest, size) = hash_reader(&mut f, None, path)?;
+            Ok((digest, size, exec))
+        }
+        Sink::Store {
+            store,
+            work,
+            staged,
+        } => {
+            let store_dev = fs::metadata(store.tmp_root()).at(store.tmp_root())?.dev();
+            if md.nlink() == 1 && md.dev() == store_dev && path.starts_with(store.tmp_root()) {
+                let (digest, size) = hash_reader(&mut f, None, path)?;
+                if !store.has_blob(&digest) {
+                    store.stage_file(
+                        path.to_path_buf(),
+                        digest,
+                        Some((md.dev(), md.ino())),
+                        staged,
+                    );
+                }
+                Ok((digest, size, exec))
+            } else {
+                let tmp = work.join(format!("copy-{}", staged.blob_count()));
+                let mut w = File::create(&tmp).at(&tmp)?;
+                let (digest, size) = hash_reader(&mut f, Some(&mut w), path)?;
+                if !store.has_blob(&digest) {
+                    store.stage_file(tmp, digest, None, staged);
+                }
+                Ok((digest, size, exec))
+            }
+        }
+    }
+}
+
+fn hash_reader(r: &mut File, mut copy: Option<&mut File>, path: &Path) -> Result<(Digest, u64)> {
+    let mut h = blake3::Hasher::new();
+    let mut buf = vec![0u8; 128 * 1024];
+    let mut total = 0u64;
+    loop {
+        let n = match r.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                return Err(StoreError::Io {
+                    path: path.to_path_buf(),
+                    source: e,
+                })
+            }
+        };
+        h.update(&buf[..n]);
+        if let Some(w) = copy.as_deref_mut() {
+            w.write_all(&buf[..n]).at(path)?;
+        }
+        total += n as u64;
+    }
+    Ok((Digest::from_blake3(h.finalize()), total))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::{symlink, PermissionsExt};
+
+    #[test]
+    fn hash_only_and_store_agree() {
+        let t = tempfile::tempdir().unwrap();
+        let store = Store::open(&t.path().join("s"), &mut |_| {}).unwrap();
+        let out = store.tempdir("out").unwrap();
+        let o = out.path();
+        fs::create_dir_all(o.join("a/b")).unwrap();
+        fs::create_dir_all(o.join("empty")).unwrap();
+        fs::write(o.join("a/b/f"), b"data").unwrap();
+        fs::write(o.join("x"), b"exec").unwrap();
+        fs::set_permissions(o.join("x"), fs::Permissions::from_mode(0o755)).unwrap();
+        symlink("../../etc/passwd", o.join("link")).unwrap();
+        let hashed = hash_path(o).unwrap();
+        let work = store.tempdir("w").unwrap();
+        let mut st = Staged::default();
+        let got = ingest_dir(
+            o,
+            Sink::Store {
+                store: &store,
+                work: work.path(),
+                staged: &mut st,
+            },
+        )
+        .unwrap();
+        store.commit(st).unwrap();
+        assert_eq!(got.digest, hashed.digest);
+        assert_eq!(got.files, 2);
+        let root = store.read_tree(&got.digest).unwrap();
+        let names: Vec<_> = root
+            .entries
+            .iter()
+            .map(|e| String::from_utf8_lossy(&e.name).to_string())
+            .collect();
+        assert_eq!(names, ["a", "empty", "link", "x"]);
+        assert_eq!(
+            root.find(b"link").unwrap().node,
+            Node::Symlink {
+                target: b"../../etc/passwd".to_vec()
+            }
+        );
+        assert!(matches!(
+            root.find(b"x").unwrap().node,
+            Node::File {
+                exec: true,
+                size: 4,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn fifo_is_rejected_with_its_path() {
+        let t = tempfile::tempdir().unwrap();
+        let fifo = t.path().join("pipe");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+        let err = hash_path(t.path()).unwrap_err();
+        assert!(
+            matches!(err, StoreError::SpecialFile { ref path, .. } if path == &fifo),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,44 @@
+//! Materialize a stored tree as a read-only directory (a task's
+//! `$DAGFS_IN/<dep>` until a FUSE mount serves it).
+//!
+//! NB: files are *copied* (`std::fs::copy` uses `copy_file_range`, which
+//! reflinks where the filesystem can), never hard-linked: a task running as
+//! root could write through a 0444 link and corrupt the blob.
+
+use std::fs;
+use std::os::unix::fs::{symlink, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use super::error::{IoContext, Result};
+use super::tree::Node;
+use super::{os, Store};
+use crate::hash::Digest;
+
+pub fn materialize(store: &Store, tree: &Digest, dest: &Path) -> Result<()> {
+    fs::create_dir_all(dest).at(dest)?;
+    let mut stack: Vec<(Digest, PathBuf)> = vec![(*tree, dest.to_path_buf())];
+    let mut dirs = Vec::new();
+    while let Some((digest, dir)) = stack.pop() {
+        for e in store.read_tree(&digest)?.entries {
+            let path = dir.join(os(&e.name));
+            match e.node {
+                Node::Dir { digest } => {
+                    fs::create_dir(&path).at(&path)?;
+                    stack.push((digest, path));
+                }
+                Node::Symlink { target } => symlink(os(&target), &path).at(&path)?,
+                Node::File { digest, exec, .. } => {
+                    let src = store.blob_path(&digest);
+                    fs::copy(&src, &path).at(&path)?;
+                    let mode = if exec { 0o555 } else { 0o444 };
+                    fs::set_permissions(&path, fs::Permissions::from_mode(mode)).at(&path)?;
+                }
+            }
+        }
+        dirs.push(dir);
+    }
+    for d in dirs.iter().rev() {
+        fs::set_permissions(d, fs::Permissions::from_mode(0o555)).at(d)?;
+    }
+    Ok(())
+}
