@@ -18,7 +18,7 @@ pub const CTX_VALUE: &str = "dagfs value v1";
 
 /// A 32-byte BLAKE3 digest. Blobs are named by the plain BLAKE3 of their
 /// bytes (so `b3sum` agrees); keys and task digests are derived-key hashes.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
 pub struct Digest(pub [u8; 32]);
 
 impl Digest {

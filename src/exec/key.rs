@@ -150,7 +150,8 @@ mod tests {
     #[test]
     fn every_component_changes_the_key() {
         let base = KeyBuilder::key_of(&manifest());
-        let edits: Vec<Box<dyn Fn(&mut Manifest)>> = vec![
+        type Edit = Box<dyn Fn(&mut Manifest)>;
+        let edits: Vec<Edit> = vec![
             Box::new(|m| m.name = "u".into()),
             Box::new(|m| m.command.push(' ')),
             Box::new(|m| m.cwd = "src".into()),

@@ -66,10 +66,12 @@ impl JobContext<'_> {
     }
 }
 
+type MatCell = Arc<OnceLock<std::result::Result<PathBuf, String>>>;
+
 /// Materializes each output tree once per run, shared by all tasks.
 struct Materializer {
     root: PathBuf,
-    done: Mutex<HashMap<Digest, Arc<OnceLock<std::result::Result<PathBuf, String>>>>>,
+    done: Mutex<HashMap<Digest, MatCell>>,
 }
 
 impl Materializer {
@@ -325,8 +327,7 @@ pub fn run(
             observe: &mut *observe,
         };
         loop {
-            while !stop {
-                let Some(i) = ready.pop_front() else { break };
+            while let Some(i) = if stop { None } else { ready.pop_front() } {
                 let node = &plan.nodes[i];
                 let mut deps: Vec<(String, Digest)> = node
                     .deps
@@ -346,7 +347,7 @@ pub fn run(
                 let at = t0.elapsed();
                 let now = now_ms();
                 let mut reason = MissReason::SkipCache;
-                if !(opts.no_cache || !node.cache) {
+                if !opts.no_cache && node.cache {
                     match cache.lookup(&key, now)? {
                         Lookup::Hit(mut meta) => {
                             cache.index.touch(&key, &mut meta, now)?;

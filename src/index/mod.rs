@@ -322,7 +322,7 @@ impl Index {
     // --- runs ---
 
     pub fn next_run_id(&self) -> Result<u64> {
-        Ok(self.add("run_seq", 1)?)
+        self.add("run_seq", 1)
     }
 
     pub fn put_run(&self, run: &RunRecord) -> Result<()> {

@@ -41,12 +41,6 @@ pub struct Ingested {
     pub files: u64,
 }
 
-impl Default for Digest {
-    fn default() -> Self {
-        Digest([0; 32])
-    }
-}
-
 struct DirWork {
     path: PathBuf,
     parent: Option<usize>,
