@@ -71,6 +71,8 @@ type MatCell = Arc<OnceLock<std::result::Result<PathBuf, String>>>;
 /// Materializes each output tree once per run, shared by all tasks.
 struct Materializer {
     root: PathBuf,
+    /// Where workers stage entry records until the coordinator publishes them.
+    pending: PathBuf,
     done: Mutex<HashMap<Digest, MatCell>>,
 }
 
@@ -250,7 +252,8 @@ struct WorkItem {
 struct WorkDone {
     idx: usize,
     key: Digest,
-    result: std::result::Result<Entry, Failure>,
+    /// The entry, and its staged record for `Store::publish_entries`.
+    result: std::result::Result<(Entry, Vec<(PathBuf, Digest)>), Failure>,
     start: Duration,
     duration: Duration,
     worker: usize,
@@ -290,8 +293,17 @@ pub fn run(
     let run_tmp = cache.store.tempdir("run-")?;
     let mats = Materializer {
         root: run_tmp.path().to_path_buf(),
+        pending: run_tmp.path().join("entries"),
         done: Mutex::new(HashMap::new()),
     };
+    std::fs::create_dir(&mats.pending).map_err(|e| crate::store::StoreError::Io {
+        path: mats.pending.clone(),
+        source: e,
+    })?;
+    // Entry records whose blobs are committed, waiting for one shared syncfs
+    // before they become visible (see `Store::publish_entries`).
+    let mut pending: Vec<(PathBuf, Digest)> = Vec::new();
+    let mut pending_since = Instant::now();
     let jobs = opts.jobs.max(1);
 
     let coordinated: Result<()> = std::thread::scope(|s| {
@@ -420,8 +432,22 @@ pub fn run(
             let waiters = inflight.remove(&done.key).unwrap_or_default();
             let mut o;
             match done.result {
-                Ok(entry) => {
+                Ok((entry, records)) => {
                     let published = cache.publish(&entry, &protected)?;
+                    if published.kept {
+                        if pending.is_empty() {
+                            pending_since = Instant::now();
+                        }
+                        pending.extend(records);
+                    }
+                    if pending.len() >= 256 || pending_since.elapsed() >= Duration::from_millis(500)
+                    {
+                        let index = &cache.index;
+                        cache
+                            .store
+                            .publish_entries(&pending, |k| matches!(index.get(k), Ok(Some(_))))?;
+                        pending.clear();
+                    }
                     evicted += published.evicted.len() as u64;
                     protected.insert(entry.key);
                     o = Outcome::new(Status::Executed);
@@ -502,6 +528,11 @@ pub fn run(
             .collect(),
     };
     cache.index.put_run(&record)?;
+    // NB: entries evicted while pending are dropped, not resurrected.
+    let index = &cache.index;
+    cache
+        .store
+        .publish_entries(&pending, |k| matches!(index.get(k), Ok(Some(_))))?;
     cache.flush()?;
     let _ = remove_all(run_tmp.path());
     if let Some(e) = finish_err {
@@ -561,7 +592,7 @@ fn execute(
     store: &Store,
     mats: &Materializer,
     item: &WorkItem,
-) -> std::result::Result<Entry, Failure> {
+) -> std::result::Result<(Entry, Vec<(PathBuf, Digest)>), Failure> {
     let fail = |message: String| Failure {
         message,
         exit_code: None,
@@ -628,10 +659,12 @@ fn execute(
         entry.stdout = stdout;
         entry.stderr = stderr;
         store
-            .stage_entry(&stage, &entry, &mut staged)
+            .stage_entry(&mats.pending, &entry, &mut staged)
             .map_err(|e| fail(e.to_string()))?;
-        store.commit(staged).map_err(|e| fail(e.to_string()))?;
-        Ok(entry)
+        let records = store
+            .commit_blobs(staged)
+            .map_err(|e| fail(e.to_string()))?;
+        Ok((entry, records))
     })();
     let _ = remove_all(work.path());
     result

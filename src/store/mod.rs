@@ -56,7 +56,22 @@ pub const FORMAT_VERSION: u32 = 1;
 pub struct Store {
     root: PathBuf,
     root_fd: File,
+    gate: SyncGate,
     _lock: StoreLock,
+}
+
+/// Group commit state for `Store::sync`.
+#[derive(Debug, Default)]
+struct SyncGate {
+    state: std::sync::Mutex<GateState>,
+    cv: std::sync::Condvar,
+}
+
+#[derive(Debug, Default)]
+struct GateState {
+    started: u64,
+    completed: u64,
+    running: bool,
 }
 
 /// Work staged under `tmp/` that `Store::commit` moves into `blobs/` and
@@ -116,6 +131,7 @@ impl Store {
         let store = Store {
             root: root.to_path_buf(),
             root_fd,
+            gate: SyncGate::default(),
             _lock: lock,
         };
         store.init_layout()?;
@@ -262,19 +278,42 @@ impl Store {
     /// Make staged work durable and visible, in the order described in the
     /// module doc. On return every staged blob and entry is durable.
     pub fn commit(&self, staged: Staged) -> Result<()> {
-        if staged.is_empty() {
-            return Ok(());
-        }
+        let entries = self.commit_blobs(staged)?;
+        self.publish_entries(&entries, |_| true)
+    }
+
+    /// First half of `commit`: make staged blobs durable and visible. Returns
+    /// the staged entry records, to be given to `publish_entries` (callers
+    /// batch those, so one `syncfs` covers many entries).
+    pub fn commit_blobs(&self, staged: Staged) -> Result<Vec<(PathBuf, Digest)>> {
         if !staged.blobs.is_empty() {
             self.sync()?; // NB: data durable before any name in blobs/ points at it.
             for b in &staged.blobs {
                 self.publish_blob(b)?;
             }
         }
+        Ok(staged.entries)
+    }
+
+    /// Second half of `commit`: one `syncfs` makes every blob name committed
+    /// so far durable, then the entry records (those `keep` accepts) are
+    /// renamed into `entries/`. Records not kept are deleted.
+    pub fn publish_entries(
+        &self,
+        entries: &[(PathBuf, Digest)],
+        mut keep: impl FnMut(&Digest) -> bool,
+    ) -> Result<()> {
+        if entries.is_empty() {
+            return Ok(());
+        }
         self.sync()?; // NB: blob names durable before an entry can reference them.
-        for (tmp, key) in &staged.entries {
-            let dst = self.entry_path(key);
-            fs::rename(tmp, &dst).at(&dst)?;
+        for (tmp, key) in entries {
+            if keep(key) {
+                let dst = self.entry_path(key);
+                fs::rename(tmp, &dst).at(&dst)?;
+            } else {
+                let _ = fs::remove_file(tmp);
+            }
         }
         Ok(())
     }
@@ -306,8 +345,39 @@ impl Store {
         Ok(())
     }
 
-    /// `syncfs(2)` on the store's filesystem.
+    /// Durability barrier: returns once a `syncfs` that *started after this
+    /// call* has completed. Concurrent callers share one `syncfs` (group
+    /// commit): a caller arriving while one runs waits for the next, which
+    /// the first of the waiters issues for all of them.
     pub fn sync(&self) -> Result<()> {
+        let gate = &self.gate;
+        let mut st = gate.state.lock().unwrap_or_else(|p| p.into_inner());
+        // The first sync to start after now: the running one started too early.
+        let need = st.started + 1;
+        loop {
+            if st.completed >= need {
+                return Ok(());
+            }
+            if !st.running {
+                st.running = true;
+                st.started += 1;
+                let mine = st.started;
+                drop(st);
+                let res = self.syncfs();
+                st = gate.state.lock().unwrap_or_else(|p| p.into_inner());
+                st.running = false;
+                if res.is_ok() {
+                    st.completed = mine;
+                }
+                gate.cv.notify_all();
+                res?;
+                continue;
+            }
+            st = gate.cv.wait(st).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    fn syncfs(&self) -> Result<()> {
         // SAFETY: syncfs on a valid, owned descriptor.
         let rc = unsafe { libc::syncfs(self.root_fd.as_raw_fd()) };
         if rc != 0 {
