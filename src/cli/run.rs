@@ -86,6 +86,12 @@ pub fn run(store: Option<PathBuf>, a: RunArgs) -> Result<(), CliError> {
     let report = scheduler::run(&cache, &plan, &opts, &mut |ev| ui.event(&names, ev))?;
     ui.clear();
     let mut err = std::io::stderr().lock();
+    // Skipped tasks never start, so no progress event reports them.
+    for (name, o) in names.iter().zip(&report.outcomes) {
+        if o.status == Status::Skipped {
+            let _ = writeln!(err, "{}", line(name, o));
+        }
+    }
     for (name, o) in names.iter().zip(&report.outcomes) {
         if o.status == Status::Failed {
             let _ = writeln!(

@@ -363,6 +363,7 @@ pub fn run(
                     match cache.lookup(&key, now)? {
                         Lookup::Hit(mut meta) => {
                             cache.index.touch(&key, &mut meta, now)?;
+                            cache.index.set_latest(&plan.dag, &node.name, &key)?;
                             protected.insert(key);
                             *hits.entry(Route::Key).or_default() += 1;
                             let mut o = Outcome::new(Status::Cached);

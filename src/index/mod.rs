@@ -256,6 +256,13 @@ impl Index {
         Ok(Some(meta))
     }
 
+    /// Make `key` the task's latest (a hit, possibly on an entry another
+    /// pipeline or an older run produced).
+    pub fn set_latest(&self, dag: &str, task: &str, key: &Digest) -> Result<()> {
+        self.latest.insert(latest_key(dag, task), key.as_bytes())?;
+        Ok(())
+    }
+
     pub fn latest(&self, dag: &str, task: &str) -> Result<Option<Digest>> {
         self.latest
             .get(latest_key(dag, task))?

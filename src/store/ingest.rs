@@ -12,7 +12,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use super::error::{IoContext, Result, StoreError};
@@ -60,6 +60,9 @@ pub fn ingest_dir(root: &Path, mut sink: Sink<'_>) -> Result<Ingested> {
     let mut i = 0;
     while i < dirs.len() {
         let dir = dirs[i].path.clone();
+        if matches!(sink, Sink::Store { .. }) {
+            unlock_dir(&dir)?;
+        }
         let mut entries: Vec<_> = fs::read_dir(&dir)
             .at(&dir)?
             .collect::<std::io::Result<_>>()
@@ -132,6 +135,17 @@ pub fn ingest_dir(root: &Path, mut sink: Sink<'_>) -> Result<Ingested> {
         }
     }
     Ok(out)
+}
+
+/// Give the owner rwx on a task's output directory: a task may leave it
+/// read-only (`chmod a-w`, a `cp -a` of a 0555 `$DAGFS_IN` tree), and its
+/// files are renamed out of it. Directory modes are not part of a tree.
+fn unlock_dir(dir: &Path) -> Result<()> {
+    let mode = fs::symlink_metadata(dir).at(dir)?.mode();
+    if mode & 0o700 != 0o700 {
+        fs::set_permissions(dir, fs::Permissions::from_mode((mode | 0o700) & 0o7777)).at(dir)?;
+    }
+    Ok(())
 }
 
 /// Digest of a host path: a file's blob digest, a directory's tree digest, a

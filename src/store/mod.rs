@@ -80,6 +80,9 @@ struct GateState {
 pub struct Staged {
     blobs: Vec<StagedBlob>,
     entries: Vec<(PathBuf, Digest)>,
+    /// Digests written by `stage_bytes`, so identical content (two empty
+    /// directories of one output, say) is staged once.
+    bytes_staged: std::collections::HashSet<Digest>,
 }
 
 #[derive(Debug)]
@@ -104,29 +107,25 @@ impl Store {
     /// the lock if another process holds it.
     pub fn open(root: &Path, on_wait: &mut dyn FnMut(&str)) -> Result<Store> {
         fs::create_dir_all(root).at(root)?;
-        let format = root.join("FORMAT");
-        match fs::read_to_string(&format) {
-            Ok(text) => check_format(&format, &text)?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let stray = fs::read_dir(root)
-                    .at(root)?
-                    .filter_map(|e| e.ok())
-                    .any(|e| e.file_name() != "lock");
-                if stray {
-                    return Err(StoreError::NotAStore {
-                        path: root.to_path_buf(),
-                        reason: "directory is not empty and has no FORMAT file".into(),
-                    });
-                }
-            }
-            Err(e) => {
-                return Err(StoreError::Io {
-                    path: format,
-                    source: e,
-                })
-            }
+        // NB: absolute, so "is this output under tmp/?" (take over vs copy)
+        // compares like with like.
+        let root = &fs::canonicalize(root).at(root)?;
+        // Checked before taking the lock, so a foreign directory or a newer
+        // format is refused without writing anything into it...
+        match check_root(root) {
+            Ok(()) => {}
+            // ...except a store another process is creating right now (it
+            // holds the lock, and has made part of the layout but not yet
+            // FORMAT): that is decided under the lock, once it is done.
+            Err(StoreError::NotAStore { .. }) if being_created(root) => {}
+            Err(e) => return Err(e),
         }
         let lock = StoreLock::acquire(&root.join("lock"), on_wait)?;
+        match check_root(root) {
+            // An interrupted creation: init_layout completes it.
+            Err(StoreError::NotAStore { .. }) if being_created(root) => {}
+            r => r?,
+        }
         let root_fd = File::open(root).at(root)?;
         let store = Store {
             root: root.to_path_buf(),
@@ -244,7 +243,7 @@ impl Store {
     /// blob already exists. Durable only after `commit`.
     pub fn stage_bytes(&self, dir: &Path, bytes: &[u8], staged: &mut Staged) -> Result<Digest> {
         let digest = Digest::of(bytes);
-        if !self.has_blob(&digest) {
+        if !self.has_blob(&digest) && staged.bytes_staged.insert(digest) {
             let tmp = dir.join(format!("blob-{}", digest.to_hex()));
             fs::write(&tmp, bytes).at(&tmp)?;
             staged.blobs.push(StagedBlob {
@@ -452,6 +451,42 @@ impl Store {
         }
         Ok(out)
     }
+}
+
+/// A store directory with a supported FORMAT, or empty (but for `lock`).
+fn check_root(root: &Path) -> Result<()> {
+    let format = root.join("FORMAT");
+    match fs::read_to_string(&format) {
+        Ok(text) => check_format(&format, &text),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let stray = fs::read_dir(root)
+                .at(root)?
+                .filter_map(|e| e.ok())
+                .any(|e| e.file_name() != "lock");
+            if stray {
+                return Err(StoreError::NotAStore {
+                    path: root.to_path_buf(),
+                    reason: "directory is not empty and has no FORMAT file".into(),
+                });
+            }
+            Ok(())
+        }
+        Err(e) => Err(StoreError::Io {
+            path: format,
+            source: e,
+        }),
+    }
+}
+
+/// Holds a `lock` and nothing but parts of the layout `init_layout` makes:
+/// a store whose creation is in progress (or was interrupted).
+fn being_created(root: &Path) -> bool {
+    const LAYOUT: [&str; 6] = ["lock", "blobs", "entries", "tmp", "index", "FORMAT.tmp"];
+    let Ok(rd) = fs::read_dir(root) else {
+        return false;
+    };
+    let names: Vec<_> = rd.filter_map(|e| e.ok()).map(|e| e.file_name()).collect();
+    names.iter().any(|n| n == "lock") && names.iter().all(|n| LAYOUT.iter().any(|l| n == l))
 }
 
 fn check_format(path: &Path, text: &str) -> Result<()> {
