@@ -1238,6 +1238,21 @@ fn eviction_never_removes_what_the_current_run_uses() {
     assert_eq!(sb.entries(), 2);
 }
 
+/// Blobs are committed in batches; an output whose entry the policy cannot
+/// keep must still be committed for the tasks downstream of it in the run.
+#[test]
+fn output_not_kept_by_the_policy_still_feeds_its_dependents() {
+    let sb = Sandbox::new();
+    let p = sb.pipeline("p", CHAIN);
+    let r = sb.run(&p, &["--max-entries", "1"]).ok();
+    assert_eq!(r.ran(), set(["gen", "upper", "count"]));
+    assert!(r.stderr.contains("`upper` was not kept"), "{}", r.stderr);
+    assert_eq!(sb.entries(), 1);
+    assert_eq!(sb.cat_str("chain/gen/words.txt"), "alpha\nbeta\n");
+    let o = sb.dagfs(&["cat", "chain/count/out/n.txt"]);
+    assert_eq!(o.code, 10, "count was not kept either: {}", o.stderr);
+}
+
 #[test]
 fn gc_removes_unreferenced_blobs_and_nothing_referenced() {
     let sb = Sandbox::new();

@@ -100,6 +100,30 @@ impl Staged {
     pub fn blob_count(&self) -> usize {
         self.blobs.len()
     }
+
+    /// Move every staged blob file into `dir` (same filesystem, under
+    /// `tmp/`), named `<prefix>-<n>`: the directory it was staged in can then
+    /// be reused while the blobs wait for a batched `Store::commit_blobs`.
+    /// A rename keeps the inode, so the take-over check still holds.
+    pub fn relocate(&mut self, dir: &Path, prefix: &str) -> Result<()> {
+        for (n, b) in self.blobs.iter_mut().enumerate() {
+            let to = dir.join(format!("{prefix}-{n}"));
+            fs::rename(&b.tmp, &to).at(&to)?;
+            b.tmp = to;
+        }
+        Ok(())
+    }
+
+    /// Add `other`'s blobs and entries to this batch.
+    pub fn append(&mut self, other: Staged) {
+        self.blobs.extend(other.blobs);
+        self.entries.extend(other.entries);
+    }
+
+    /// Take the staged entry records out (for `Store::publish_entries`).
+    pub fn take_entries(&mut self) -> Vec<(PathBuf, Digest)> {
+        std::mem::take(&mut self.entries)
+    }
 }
 
 impl Store {
@@ -284,14 +308,14 @@ impl Store {
     /// First half of `commit`: make staged blobs durable and visible. Returns
     /// the staged entry records, to be given to `publish_entries` (callers
     /// batch those, so one `syncfs` covers many entries).
-    pub fn commit_blobs(&self, staged: Staged) -> Result<Vec<(PathBuf, Digest)>> {
+    pub fn commit_blobs(&self, mut staged: Staged) -> Result<Vec<(PathBuf, Digest)>> {
         if !staged.blobs.is_empty() {
             self.sync()?; // NB: data durable before any name in blobs/ points at it.
             for b in &staged.blobs {
                 self.publish_blob(b)?;
             }
         }
-        Ok(staged.entries)
+        Ok(staged.take_entries())
     }
 
     /// Second half of `commit`: one `syncfs` makes every blob name committed
