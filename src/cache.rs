@@ -34,8 +34,31 @@ pub fn now_ms() -> u64 {
 pub struct Cache {
     pub store: Store,
     pub index: Index,
-    policy: CachePolicy,
+    policy: std::sync::Mutex<CachePolicy>,
+    /// Keys each daemon session produced or used: never evicted or swept
+    /// while the session lasts.
+    leases: std::sync::Mutex<std::collections::HashMap<u64, HashSet<Digest>>>,
+    /// Start times of runs ingesting now (gc keeps blobs younger than the
+    /// oldest: they may belong to an entry not yet published).
+    ingests: std::sync::Mutex<Vec<(u64, SystemTime)>>,
+    next_ingest: std::sync::atomic::AtomicU64,
     notes: Vec<String>,
+}
+
+/// A running ingest, registered until dropped (see `Cache::begin_ingest`).
+pub struct IngestGuard<'a> {
+    cache: &'a Cache,
+    id: u64,
+}
+
+impl Drop for IngestGuard<'_> {
+    fn drop(&mut self) {
+        self.cache
+            .ingests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|(id, _)| *id != self.id);
+    }
 }
 
 /// The answer to a lookup.
@@ -98,7 +121,10 @@ impl Cache {
         Ok(Cache {
             store,
             index,
-            policy: stored.overlay(policy),
+            policy: std::sync::Mutex::new(stored.overlay(policy)),
+            leases: Default::default(),
+            ingests: Default::default(),
+            next_ingest: Default::default(),
             notes,
         })
     }
@@ -109,20 +135,84 @@ impl Cache {
     }
 
     pub fn policy(&self) -> CachePolicy {
-        self.policy
+        *self.policy.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn set_policy(&mut self, p: CachePolicy) {
-        self.policy = p;
+    pub fn set_policy(&self, p: CachePolicy) {
+        *self.policy.lock().unwrap_or_else(|p| p.into_inner()) = p;
+    }
+
+    /// Register a run that stages and commits blobs until the guard drops.
+    pub fn begin_ingest(&self) -> IngestGuard<'_> {
+        let id = self
+            .next_ingest
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // NB: a second of slack for coarse ctime granularity.
+        let start = SystemTime::now() - std::time::Duration::from_secs(1);
+        self.ingests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((id, start));
+        IngestGuard { cache: self, id }
+    }
+
+    /// Blobs renamed in after this may belong to unpublished entries.
+    fn sweep_cutoff(&self) -> SystemTime {
+        let ingests = self.ingests.lock().unwrap_or_else(|p| p.into_inner());
+        ingests
+            .iter()
+            .map(|(_, t)| *t)
+            .min()
+            .unwrap_or_else(SystemTime::now)
+    }
+
+    /// Lease `keys` to `session` until `release(session)`.
+    pub fn lease(&self, session: u64, keys: impl IntoIterator<Item = Digest>) {
+        self.leases
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(session)
+            .or_default()
+            .extend(keys);
+    }
+
+    pub fn release(&self, session: u64) {
+        self.leases
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&session);
+    }
+
+    /// Number of keys leased by live sessions.
+    pub fn leased_count(&self) -> usize {
+        self.leases
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .map(HashSet::len)
+            .sum()
+    }
+
+    fn leased(&self, k: &Digest) -> bool {
+        self.leases
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .any(|s| s.contains(k))
     }
 
     /// Look a key up. Expired entries are removed and answer `Expired`; an
     /// entry whose output tree is gone answers `Missing`.
     pub fn lookup(&self, key: &Digest, now: u64) -> Result<Lookup> {
+        self.lookup_with(key, now, &self.policy())
+    }
+
+    /// `lookup` under `policy` (a run's own limits).
+    pub fn lookup_with(&self, key: &Digest, now: u64, policy: &CachePolicy) -> Result<Lookup> {
         let Some(meta) = self.index.get(key)? else {
             return Ok(Lookup::Miss(MissReason::New));
         };
-        if meta.expired(now, self.policy.ttl) {
+        if meta.expired(now, policy.ttl) && !self.leased(key) {
             self.evict(key)?;
             self.index.add("expirations", 1)?;
             return Ok(Lookup::Miss(MissReason::Expired));
@@ -142,14 +232,19 @@ impl Cache {
 
     /// Insert a committed entry, evicting LRU entries not in `protected`
     /// until the policy holds *with* the new entry counted.
-    pub fn publish(&self, entry: &Entry, protected: &HashSet<Digest>) -> Result<Published> {
+    pub fn publish(
+        &self,
+        entry: &Entry,
+        protected: &HashSet<Digest>,
+        policy: &CachePolicy,
+    ) -> Result<Published> {
         let meta = EntryMeta::from_entry(entry);
         let replacing = self.index.get(&entry.key)?;
         let (add_n, add_b) = match &replacing {
             Some(old) => (0, meta.size as i64 - old.size as i64),
             None => (1, meta.size as i64),
         };
-        let evicted = self.make_room(add_n, add_b, protected, Some(&entry.key))?;
+        let evicted = self.make_room(add_n, add_b, protected, Some(&entry.key), policy)?;
         let Some(evicted) = evicted else {
             if replacing.is_some() {
                 self.evict(&entry.key)?;
@@ -177,8 +272,8 @@ impl Cache {
         add_b: i64,
         protected: &HashSet<Digest>,
         skip: Option<&Digest>,
+        p: &CachePolicy,
     ) -> Result<Option<Vec<Digest>>> {
-        let p = self.policy;
         if p.max_entries.is_none() && p.max_size_bytes.is_none() {
             return Ok(Some(Vec::new()));
         }
@@ -194,7 +289,7 @@ impl Cache {
         let mut victims = Vec::new();
         for k in self.index.lru_order() {
             let k = k?;
-            if protected.contains(&k) || Some(&k) == skip {
+            if protected.contains(&k) || Some(&k) == skip || self.leased(&k) {
                 continue;
             }
             let Some(m) = self.index.get(&k)? else {
@@ -223,25 +318,26 @@ impl Cache {
         protected: &HashSet<Digest>,
         now: u64,
         full_ttl_scan: bool,
+        policy: &CachePolicy,
     ) -> Result<(u64, u64)> {
         let mut expired = self.index.expired_by_own_ttl(now)?;
-        if full_ttl_scan && self.policy.ttl.is_some() {
+        if full_ttl_scan && policy.ttl.is_some() {
             for kv in self.index.all_keys() {
                 let (k, m) = kv?;
-                if m.expired(now, self.policy.ttl) {
+                if m.expired(now, policy.ttl) {
                     expired.push(k);
                 }
             }
         }
         expired.sort();
         expired.dedup();
-        expired.retain(|k| !protected.contains(k));
+        expired.retain(|k| !protected.contains(k) && !self.leased(k));
         for k in &expired {
             self.evict(k)?;
         }
         self.index.add("expirations", expired.len() as i64)?;
         let evicted = self
-            .make_room(0, 0, protected, None)?
+            .make_room(0, 0, protected, None, policy)?
             .map(|v| v.len())
             .unwrap_or(0);
         Ok((expired.len() as u64, evicted as u64))
@@ -254,7 +350,7 @@ impl Cache {
         let (expired, evicted) = if dry_run {
             (0, 0)
         } else {
-            self.enforce(protected, now, true)?
+            self.enforce(protected, now, true, &self.policy())?
         };
         let mut roots = Vec::new();
         for key in self.store.entry_keys()? {
@@ -263,7 +359,7 @@ impl Cache {
             }
         }
         let live = gc::reachable(&self.store, roots)?;
-        let sweep = gc::sweep(&self.store, &live, SystemTime::now(), dry_run)?;
+        let sweep = gc::sweep(&self.store, &live, self.sweep_cutoff(), dry_run)?;
         Ok(GcReport {
             expired,
             evicted,

@@ -23,7 +23,9 @@
 //! ```
 
 pub mod cache;
+pub mod daemon;
 pub mod exec;
+pub mod fs;
 pub mod hash;
 pub mod index;
 pub mod store;

@@ -1,16 +1,29 @@
 //! cli: argument parsing, output formatting, progress, exit codes.
 //!
-//! May call everything below it. Errors become exit codes in exactly one
-//! place, `CliError::exit_code`.
+//! May call everything below it. A command runs through `execute` in both
+//! modes: embedded (this process opens the store) or, when a daemon serves
+//! the store, inside the daemon on behalf of this process (`daemon::client`
+//! sends the parsed command, the cwd and the environment; the daemon calls
+//! `execute` with writers that stream back). Errors become exit codes in
+//! exactly one place, `CliError::exit_code`.
 
 mod inspect;
+mod mount;
 mod run;
 
-use std::path::PathBuf;
+use std::collections::HashMap;
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
+use serde::{Deserialize, Serialize};
 
 use dagfs::cache::{Cache, CacheError};
+use dagfs::daemon::client::{self, ClientError};
+use dagfs::daemon::protocol::Request;
+use dagfs::exec::scheduler::Inflight;
 use dagfs::exec::ExecError;
 use dagfs::index::CachePolicy;
 use dagfs::store::StoreError;
@@ -27,7 +40,9 @@ Exit codes:
   7   unknown task named on the command line
   8   store error (I/O, lock, corruption)
   9   store format not supported by this dagfs
-  10  not found (cat/explain target)";
+  10  not found (cat/explain target, umount of something not mounted)
+  11  daemon error (refused connection, protocol version mismatch)
+  12  mount failed";
 
 #[derive(Parser, Debug)]
 #[command(name = "dagfs", version, about = "A content-addressed cache for the outputs of DAG pipelines", after_help = EXIT_CODES)]
@@ -39,8 +54,8 @@ pub struct Cli {
     cmd: Cmd,
 }
 
-#[derive(Subcommand, Debug)]
-enum Cmd {
+#[derive(Subcommand, Debug, Clone, Serialize, Deserialize)]
+pub enum Cmd {
     /// Run a pipeline, answering from the cache where possible
     Run(run::RunArgs),
     /// Cache statistics (persist across runs)
@@ -76,6 +91,32 @@ enum Cmd {
         #[arg(long, required = true)]
         rebuild_index: bool,
     },
+    /// Serve the store as a read-only filesystem at MOUNTPOINT (starts the daemon)
+    Mount(mount::MountArgs),
+    /// Stop the daemon serving MOUNTPOINT and unmount it
+    Umount { mountpoint: PathBuf },
+}
+
+impl Cmd {
+    /// Make relative paths absolute against `cwd` (before sending a command
+    /// to a daemon, whose working directory is not ours).
+    fn absolutize(&mut self, cwd: &Path) {
+        let abs = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = cwd.join(&*p);
+            }
+        };
+        match self {
+            Cmd::Run(a) => {
+                abs(&mut a.file);
+                if let Some(t) = &mut a.trace {
+                    abs(t);
+                }
+            }
+            Cmd::Explain { file, .. } => abs(file),
+            _ => {}
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -90,6 +131,10 @@ pub enum CliError {
     NotFound(String),
     #[error("{0}")]
     Output(std::io::Error),
+    #[error(transparent)]
+    Daemon(#[from] ClientError),
+    #[error("{0}")]
+    Mount(String),
     /// Tasks failed; already reported.
     #[error("")]
     TasksFailed,
@@ -132,6 +177,57 @@ impl CliError {
             CliError::Cache(CacheError::Index(_)) => 8,
             CliError::NotFound(_) => 10,
             CliError::Output(_) => 8,
+            CliError::Daemon(_) => 11,
+            CliError::Mount(_) => 12,
+        }
+    }
+}
+
+/// Where a command's output goes and whose environment it sees.
+pub struct Io<'a> {
+    pub out: &'a mut dyn Write,
+    pub err: &'a mut dyn Write,
+    pub stderr_tty: bool,
+    pub env: &'a dyn Fn(&str) -> Option<String>,
+}
+
+/// What a daemon adds to a command's context.
+#[derive(Default, Clone)]
+pub struct Ctx {
+    pub session: Option<u64>,
+    pub inflight: Arc<Inflight>,
+    pub inputs_via: Option<PathBuf>,
+    pub running: Option<Arc<AtomicU64>>,
+}
+
+/// The cache a command uses: opened on first use (embedded; validation
+/// errors never touch the store), or the daemon's.
+pub enum CacheSource {
+    Embedded { dir: PathBuf, cache: Option<Box<Cache>> },
+    Daemon(Arc<Cache>),
+}
+
+impl CacheSource {
+    pub fn get(&mut self, io: &mut Io) -> Result<&Cache, CliError> {
+        match self {
+            CacheSource::Daemon(c) => Ok(c),
+            CacheSource::Embedded { dir, cache } => {
+                if cache.is_none() {
+                    let err = &mut *io.err;
+                    let c = Cache::open_with(dir, CachePolicy::default(), &mut |holder| {
+                        let _ = writeln!(
+                            err,
+                            "dagfs: waiting for the store lock on {} (held by {holder})",
+                            dir.display()
+                        );
+                    })?;
+                    for note in c.notes() {
+                        let _ = writeln!(io.err, "dagfs: {note}");
+                    }
+                    *cache = Some(Box::new(c));
+                }
+                Ok(cache.as_deref().expect("opened"))
+            }
         }
     }
 }
@@ -144,35 +240,119 @@ pub fn main() -> i32 {
             return if e.use_stderr() { 2 } else { 0 };
         }
     };
-    match dispatch(cli) {
-        Ok(()) => 0,
-        Err(e) => {
-            match &e {
-                CliError::TasksFailed => {}
-                CliError::Output(io) if io.kind() == std::io::ErrorKind::BrokenPipe => return 0,
-                e => eprintln!("dagfs: error: {e}"),
+    let fail = |e: CliError| {
+        eprintln!("dagfs: error: {e}");
+        e.exit_code()
+    };
+    match cli.cmd {
+        Cmd::Mount(args) => mount::mount(cli.store, args).map_or_else(fail, |()| 0),
+        Cmd::Umount { mountpoint } => mount::umount(&mountpoint).map_or_else(fail, |()| 0),
+        cmd => {
+            let dir = match store_dir(cli.store, &|k| std::env::var(k).ok()) {
+                Ok(d) => d,
+                Err(e) => return fail(e),
+            };
+            match client::connect(&dir) {
+                Ok(Some(client)) => remote(client, cmd).unwrap_or_else(fail),
+                Ok(None) => embedded(dir, cmd),
+                Err(e) => fail(e.into()),
             }
+        }
+    }
+}
+
+/// Run `cmd` in this process.
+fn embedded(dir: PathBuf, cmd: Cmd) -> i32 {
+    let stdout = std::io::stdout();
+    let stderr = std::io::stderr();
+    let (mut out, mut err) = (stdout.lock(), stderr.lock());
+    let env = |k: &str| std::env::var(k).ok();
+    let mut io = Io {
+        out: &mut out,
+        err: &mut err,
+        stderr_tty: std::io::stderr().is_terminal(),
+        env: &env,
+    };
+    let mut src = CacheSource::Embedded { dir, cache: None };
+    execute_to_code(cmd, &mut src, &mut io, &Ctx::default())
+}
+
+/// Run `cmd` in the daemon serving the store.
+fn remote(mut client: client::Client, mut cmd: Cmd) -> Result<i32, CliError> {
+    let cwd =
+        std::env::current_dir().map_err(|e| CliError::Usage(format!("current directory: {e}")))?;
+    cmd.absolutize(&cwd);
+    let req = Request {
+        command: serde_json::to_value(&cmd).expect("commands serialize"),
+        cwd: cwd.display().to_string(),
+        env: std::env::vars().collect(),
+        stderr_tty: std::io::stderr().is_terminal(),
+    };
+    let (mut out, mut err) = (std::io::stdout(), std::io::stderr());
+    Ok(client.request(&req, &mut out, &mut err)?)
+}
+
+/// The daemon's side of `remote`: run a request as `execute` would.
+pub fn serve_request(
+    req: Request,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+    cache: &Arc<Cache>,
+    ctx: &Ctx,
+) -> i32 {
+    let cmd: Cmd = match serde_json::from_value(req.command) {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = writeln!(err, "dagfs: error: the daemon cannot read this command ({e}); are client and daemon the same version?");
+            return 11;
+        }
+    };
+    if matches!(cmd, Cmd::Mount(_) | Cmd::Umount { .. }) {
+        let _ = writeln!(
+            err,
+            "dagfs: error: mount and umount do not run through the daemon"
+        );
+        return 2;
+    }
+    let env: HashMap<String, String> = req.env.into_iter().collect();
+    let lookup = |k: &str| env.get(k).cloned();
+    let mut io = Io {
+        out,
+        err,
+        stderr_tty: req.stderr_tty,
+        env: &lookup,
+    };
+    let mut src = CacheSource::Daemon(cache.clone());
+    execute_to_code(cmd, &mut src, &mut io, ctx)
+}
+
+fn execute_to_code(cmd: Cmd, src: &mut CacheSource, io: &mut Io, ctx: &Ctx) -> i32 {
+    match execute(cmd, src, io, ctx) {
+        Ok(()) => 0,
+        Err(CliError::TasksFailed) => 1,
+        Err(CliError::Output(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => 0,
+        Err(e) => {
+            let _ = writeln!(io.err, "dagfs: error: {e}");
             e.exit_code()
         }
     }
 }
 
-fn store_dir(explicit: Option<PathBuf>) -> Result<PathBuf, CliError> {
+fn store_dir(
+    explicit: Option<PathBuf>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<PathBuf, CliError> {
     if let Some(s) = explicit {
         return Ok(s);
     }
-    let env = |k: &str| {
-        std::env::var_os(k)
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from)
-    };
-    if let Some(s) = env("DAGFS_STORE") {
+    let var = |k: &str| env(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+    if let Some(s) = var("DAGFS_STORE") {
         return Ok(s);
     }
-    if let Some(x) = env("XDG_CACHE_HOME") {
+    if let Some(x) = var("XDG_CACHE_HOME") {
         return Ok(x.join("dagfs"));
     }
-    if let Some(h) = env("HOME") {
+    if let Some(h) = var("HOME") {
         return Ok(h.join(".cache").join("dagfs"));
     }
     Err(CliError::Usage(
@@ -180,38 +360,23 @@ fn store_dir(explicit: Option<PathBuf>) -> Result<PathBuf, CliError> {
     ))
 }
 
-pub fn open_cache(store: Option<PathBuf>, policy: CachePolicy) -> Result<Cache, CliError> {
-    let dir = store_dir(store)?;
-    let cache = Cache::open_with(&dir, policy, &mut |holder| {
-        eprintln!(
-            "dagfs: waiting for the store lock on {} (held by {holder})",
-            dir.display()
-        );
-    })?;
-    for note in cache.notes() {
-        eprintln!("dagfs: {note}");
-    }
-    Ok(cache)
-}
-
-fn dispatch(cli: Cli) -> Result<(), CliError> {
-    match cli.cmd {
-        Cmd::Run(args) => run::run(cli.store, args),
-        Cmd::Stats { json } => {
-            inspect::stats(&open_cache(cli.store, CachePolicy::default())?, json)
+/// Run one command against `src`. The same code serves embedded and daemon
+/// mode.
+fn execute(cmd: Cmd, src: &mut CacheSource, io: &mut Io, ctx: &Ctx) -> Result<(), CliError> {
+    match cmd {
+        Cmd::Run(args) => run::run(args, src, io, ctx),
+        Cmd::Explain { file, task } => inspect::explain(&file, &task, src, io),
+        Cmd::Stats { json } => inspect::stats(src.get(io)?, json, io),
+        Cmd::Ls { dag } => {
+            let c = src.get(io)?;
+            inspect::ls(c, dag.as_deref(), io)
         }
-        Cmd::Ls { dag } => inspect::ls(
-            &open_cache(cli.store, CachePolicy::default())?,
-            dag.as_deref(),
-        ),
-        Cmd::Explain { file, task } => inspect::explain(&file, &task, cli.store),
-        Cmd::Cat { path } => inspect::cat(&open_cache(cli.store, CachePolicy::default())?, &path),
-        Cmd::Config { key, value } => {
-            inspect::config(open_cache(cli.store, CachePolicy::default())?, key, value)
-        }
-        Cmd::Gc { dry_run } => {
-            inspect::gc(&open_cache(cli.store, CachePolicy::default())?, dry_run)
-        }
-        Cmd::Fsck { .. } => inspect::rebuild_index(&open_cache(cli.store, CachePolicy::default())?),
+        Cmd::Cat { path } => inspect::cat(src.get(io)?, &path, io),
+        Cmd::Config { key, value } => inspect::config(src.get(io)?, key, value, io),
+        Cmd::Gc { dry_run } => inspect::gc(src.get(io)?, dry_run, io),
+        Cmd::Fsck { .. } => inspect::rebuild_index(src.get(io)?, io),
+        Cmd::Mount(_) | Cmd::Umount { .. } => Err(CliError::Usage(
+            "mount/umount run only from the command line".into(),
+        )),
     }
 }

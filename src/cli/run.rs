@@ -1,6 +1,6 @@
 //! `dagfs run`: progress display, per-task lines, summary, Chrome trace.
 
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,13 +13,13 @@ use dagfs::exec::{shell, Pipeline};
 use dagfs::index::stats::{parse_duration, parse_size};
 use dagfs::index::CachePolicy;
 
-use super::{open_cache, CliError};
+use super::{CacheSource, CliError, Ctx, Io};
 
-#[derive(Args, Debug)]
+#[derive(Args, Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct RunArgs {
     /// Pipeline file
     #[arg(short = 'f', long = "file", default_value = "dagfs.toml")]
-    file: PathBuf,
+    pub file: PathBuf,
     /// Tasks to run at once [default: number of cores]
     #[arg(short = 'j', long)]
     jobs: Option<usize>,
@@ -31,7 +31,7 @@ pub struct RunArgs {
     no_cache: bool,
     /// Write a Chrome trace (chrome://tracing, Perfetto) to FILE
     #[arg(long, value_name = "FILE")]
-    trace: Option<PathBuf>,
+    pub trace: Option<PathBuf>,
     /// Print each executed task's stdout and stderr
     #[arg(short, long)]
     verbose: bool,
@@ -48,7 +48,7 @@ pub struct RunArgs {
     tasks: Vec<String>,
 }
 
-pub fn run(store: Option<PathBuf>, a: RunArgs) -> Result<(), CliError> {
+pub fn run(a: RunArgs, src: &mut CacheSource, io: &mut Io, ctx: &Ctx) -> Result<(), CliError> {
     let mut policy = CachePolicy {
         max_entries: a.max_entries,
         ..Default::default()
@@ -74,18 +74,27 @@ pub fn run(store: Option<PathBuf>, a: RunArgs) -> Result<(), CliError> {
             return Err(dagfs::exec::ExecError::UnknownTask(t.clone()).into());
         }
     }
-    let plan = shell::plan(&pipeline, &a.tasks, Arc::new(ShellRunner))?;
-    let cache = open_cache(store, policy)?;
+    let plan = shell::plan_with_env(&pipeline, &a.tasks, Arc::new(ShellRunner), io.env)?;
+    let cache = src.get(io)?;
     let opts = Options {
         jobs: a.jobs.unwrap_or_else(scheduler::default_jobs),
         fail_fast: !a.keep_going,
         no_cache: a.no_cache,
+        policy,
+        session: ctx.session,
+        inflight: ctx.inflight.clone(),
+        inputs_via: ctx.inputs_via.clone(),
+        running: ctx.running.clone(),
     };
     let names: Vec<String> = plan.nodes.iter().map(|n| n.name.clone()).collect();
-    let mut ui = Ui::new(names.len(), std::io::stderr().is_terminal());
-    let report = scheduler::run(&cache, &plan, &opts, &mut |ev| ui.event(&names, ev))?;
-    ui.clear();
-    let mut err = std::io::stderr().lock();
+    let tty = io.stderr_tty;
+    let report = {
+        let mut ui = Ui::new(names.len(), tty, &mut *io.err);
+        let r = scheduler::run(cache, &plan, &opts, &mut |ev| ui.event(&names, ev))?;
+        ui.clear();
+        r
+    };
+    let err = &mut *io.err;
     // Skipped tasks never start, so no progress event reports them.
     for (name, o) in names.iter().zip(&report.outcomes) {
         if o.status == Status::Skipped {
@@ -121,7 +130,6 @@ pub fn run(store: Option<PathBuf>, a: RunArgs) -> Result<(), CliError> {
         }
     }
     let _ = writeln!(err, "{}", summary(&report));
-    drop(err);
     if let Some(path) = &a.trace {
         write_trace(path, &report)
             .map_err(|e| CliError::Usage(format!("--trace {}: {e}", path.display())))?;
@@ -152,7 +160,7 @@ fn summary(r: &Report) -> String {
 }
 
 /// Progress: a redrawn status line on a terminal, plain lines otherwise.
-struct Ui {
+struct Ui<'w> {
     total: usize,
     tty: bool,
     done: usize,
@@ -160,11 +168,11 @@ struct Ui {
     failed: usize,
     running: Vec<usize>,
     last_draw: Instant,
-    out: std::io::BufWriter<std::io::Stderr>,
+    out: std::io::BufWriter<&'w mut dyn Write>,
 }
 
-impl Ui {
-    fn new(total: usize, tty: bool) -> Ui {
+impl<'w> Ui<'w> {
+    fn new(total: usize, tty: bool, err: &'w mut dyn Write) -> Ui<'w> {
         Ui {
             total,
             tty,
@@ -173,7 +181,7 @@ impl Ui {
             failed: 0,
             running: Vec::new(),
             last_draw: Instant::now() - Duration::from_secs(1),
-            out: std::io::BufWriter::new(std::io::stderr()),
+            out: std::io::BufWriter::new(err),
         }
     }
 

@@ -22,9 +22,10 @@ use super::error::Result;
 use super::key::KeyBuilder;
 use crate::cache::{now_ms, Cache, Lookup};
 use crate::hash::Digest;
-use crate::index::{MissReason, Route, RunRecord, RunTask};
+use crate::index::{CachePolicy, MissReason, Route, RunRecord, RunTask};
 use crate::store::ingest::{ingest_dir, ingest_file, Sink};
 use crate::store::{materialize::materialize, remove_all, Entry, Manifest, Staged, Store};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// A unit of work: produces files in `ctx.out_dir`.
 pub trait Job: Send + Sync {
@@ -48,6 +49,7 @@ pub struct JobContext<'a> {
     /// (dependency name, output digest), sorted by name.
     pub deps: &'a [(String, Digest)],
     mats: &'a Materializer,
+    inputs_via: Option<&'a Path>,
 }
 
 impl JobContext<'_> {
@@ -57,7 +59,10 @@ impl JobContext<'_> {
         let dir = self.work_dir.join("in");
         std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         for (name, digest) in self.deps {
-            let src = self.mats.get(self.store, digest)?;
+            let src = match self.inputs_via {
+                Some(mount) => mount.join("trees").join(digest.to_hex()),
+                None => self.mats.get(self.store, digest)?,
+            };
             let link = dir.join(name);
             std::os::unix::fs::symlink(&src, &link)
                 .map_err(|e| format!("{}: {e}", link.display()))?;
@@ -75,6 +80,8 @@ struct Materializer {
     pending: PathBuf,
     /// Where workers move staged blobs until the coordinator commits them.
     staging: PathBuf,
+    /// See `Options::inputs_via`.
+    via: Option<PathBuf>,
     done: Mutex<HashMap<Digest, MatCell>>,
 }
 
@@ -114,11 +121,24 @@ pub struct Plan {
     pub nodes: Vec<PlanNode>,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone)]
 pub struct Options {
     pub jobs: usize,
     pub fail_fast: bool,
     pub no_cache: bool,
+    /// This run's limits, over the store's policy.
+    pub policy: CachePolicy,
+    /// The daemon session running this: what the run produces or uses is
+    /// leased to it (safe from eviction and gc by other sessions).
+    pub session: Option<u64>,
+    /// Keys executing now, shared by every run of one process (the daemon's
+    /// concurrent clients): an identical key runs once, the others join it.
+    pub inflight: Arc<Inflight>,
+    /// A mount of this store: tasks then see `$DAGFS_IN/<dep>` as
+    /// `<mount>/trees/<output>` (zero-copy) instead of a materialized copy.
+    pub inputs_via: Option<PathBuf>,
+    /// Counts tasks executing now (daemon metrics).
+    pub running: Option<Arc<AtomicU64>>,
 }
 
 impl Default for Options {
@@ -127,7 +147,83 @@ impl Default for Options {
             jobs: default_jobs(),
             fail_fast: true,
             no_cache: false,
+            policy: CachePolicy::default(),
+            session: None,
+            inflight: Arc::default(),
+            inputs_via: None,
+            running: None,
         }
+    }
+}
+
+/// Messages to a run's coordinator.
+enum Msg {
+    /// A worker finished a job.
+    Done(Box<WorkDone>),
+    /// A key this run joined finished in whichever run executed it: its
+    /// output, or why it failed.
+    Joined {
+        idx: usize,
+        result: std::result::Result<Digest, String>,
+    },
+}
+
+type Waiters = Vec<(channel::Sender<Msg>, usize)>;
+
+/// Keys being executed, and who waits for each.
+#[derive(Default)]
+pub struct Inflight {
+    map: Mutex<HashMap<Digest, Waiters>>,
+}
+
+impl Inflight {
+    /// Claim `key` for execution (true), or register `idx` of the run behind
+    /// `tx` as waiting for it (false).
+    fn claim(&self, key: Digest, tx: &channel::Sender<Msg>, idx: usize) -> bool {
+        let mut m = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        match m.entry(key) {
+            std::collections::hash_map::Entry::Occupied(mut o) => {
+                o.get_mut().push((tx.clone(), idx));
+                false
+            }
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(Vec::new());
+                true
+            }
+        }
+    }
+
+    /// Release a claimed key, telling every waiter the result.
+    fn finish(&self, key: &Digest, result: std::result::Result<Digest, String>) {
+        let waiters = self
+            .map
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(key)
+            .unwrap_or_default();
+        for (tx, idx) in waiters {
+            let _ = tx.send(Msg::Joined {
+                idx,
+                result: result.clone(),
+            });
+        }
+    }
+
+    fn has_waiters(&self, key: &Digest) -> bool {
+        self.map
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(key)
+            .is_some_and(|w| !w.is_empty())
+    }
+
+    /// Keys executing now.
+    pub fn len(&self) -> usize {
+        self.map.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
@@ -287,16 +383,22 @@ pub fn run(
     let mut waiting: Vec<usize> = plan.nodes.iter().map(|nd| nd.deps.len()).collect();
     let mut ready: VecDeque<usize> = (0..n).filter(|&i| waiting[i] == 0).collect();
     let mut outcomes: Vec<Option<Outcome>> = vec![None; n];
-    let mut inflight: HashMap<Digest, Vec<usize>> = HashMap::new();
+    let policy = cache.policy().overlay(opts.policy);
+    // Keys this run claimed and has not finished (released on any exit).
+    let mut owned: HashSet<Digest> = HashSet::new();
+    // Nodes waiting for a key another run (or this one) is executing.
+    let mut joining: HashMap<usize, (Digest, MissReason)> = HashMap::new();
     let mut protected: HashSet<Digest> = HashSet::new();
     let mut hits: HashMap<Route, i64> = HashMap::new();
     let mut misses: HashMap<MissReason, i64> = HashMap::new();
     let mut evicted = 0u64;
+    let _ingest = cache.begin_ingest();
     let run_tmp = cache.store.tempdir("run-")?;
     let mats = Materializer {
         root: run_tmp.path().to_path_buf(),
         pending: run_tmp.path().join("entries"),
         staging: run_tmp.path().join("staging"),
+        via: opts.inputs_via.clone(),
         done: Mutex::new(HashMap::new()),
     };
     for d in [&mats.pending, &mats.staging] {
@@ -318,7 +420,7 @@ pub fn run(
 
     let coordinated: Result<()> = std::thread::scope(|s| {
         let (work_tx, work_rx) = channel::unbounded::<WorkItem>();
-        let (done_tx, done_rx) = channel::unbounded::<WorkDone>();
+        let (done_tx, done_rx) = channel::unbounded::<Msg>();
         for w in 0..jobs {
             let (work_rx, done_tx, mats, store) =
                 (work_rx.clone(), done_tx.clone(), &mats, &cache.store);
@@ -342,13 +444,12 @@ pub fn run(
                         duration: t0.elapsed() - start,
                         worker: w,
                     };
-                    if done_tx.send(done).is_err() {
+                    if done_tx.send(Msg::Done(Box::new(done))).is_err() {
                         return;
                     }
                 }
             });
         }
-        drop(done_tx);
         let mut running = 0usize;
         let mut stop = false;
         let mut book = Book {
@@ -376,11 +477,24 @@ pub fn run(
                 let key = KeyBuilder::build_key(&node.name, &node.manifest.task_digest, &deps);
                 let at = t0.elapsed();
                 let now = now_ms();
+                // NB: claim before looking up: whoever publishes a key does so
+                // before releasing its claim, so a claimant that then misses
+                // really must execute, and everyone else joins it.
+                if !opts.inflight.claim(key, &done_tx, i) {
+                    joining.insert(i, (key, MissReason::New));
+                    continue;
+                }
+                owned.insert(key);
                 let mut reason = MissReason::SkipCache;
                 if !opts.no_cache && node.cache {
-                    match cache.lookup(&key, now)? {
+                    match cache.lookup_with(&key, now, &policy)? {
                         Lookup::Hit(mut meta) => {
                             cache.index.touch(&key, &mut meta, now)?;
+                            if let Some(s) = opts.session {
+                                cache.lease(s, [key]);
+                            }
+                            owned.remove(&key);
+                            opts.inflight.finish(&key, Ok(meta.output));
                             cache.index.set_latest(&plan.dag, &node.name, &key)?;
                             protected.insert(key);
                             *hits.entry(Route::Key).or_default() += 1;
@@ -395,10 +509,6 @@ pub fn run(
                         }
                         Lookup::Miss(r) => reason = r,
                     }
-                }
-                if let Some(waiters) = inflight.get_mut(&key) {
-                    waiters.push(i);
-                    continue;
                 }
                 let previous = cache.index.latest(&plan.dag, &node.name)?;
                 if reason == MissReason::New {
@@ -433,7 +543,6 @@ pub fn run(
                     pending.extend(cache.store.commit_blobs(std::mem::take(&mut batch))?);
                     uncommitted.clear();
                 }
-                inflight.insert(key, Vec::new());
                 outcomes_reason(&mut outcomes, i, reason);
                 (book.observe)(Event::Started { idx: i });
                 work_tx
@@ -445,18 +554,61 @@ pub fn run(
                     })
                     .expect("workers alive");
                 running += 1;
+                if let Some(g) = &opts.running {
+                    g.fetch_add(1, Ordering::Relaxed);
+                }
             }
-            if running == 0 {
+            if running == 0 && joining.is_empty() {
                 break;
             }
-            let done = done_rx.recv().expect("a worker is running");
+            let done = match done_rx.recv().expect("this run holds a sender") {
+                Msg::Done(done) => *done,
+                Msg::Joined { idx, result } => {
+                    let Some((key, reason)) = joining.remove(&idx) else {
+                        continue;
+                    };
+                    let mut o;
+                    match result {
+                        Ok(output) => {
+                            o = Outcome::new(Status::Cached);
+                            o.route = Some(Route::Joined);
+                            o.output = Some(output);
+                            *hits.entry(Route::Joined).or_default() += 1;
+                            cache
+                                .index
+                                .set_latest(&plan.dag, &plan.nodes[idx].name, &key)?;
+                            protected.insert(key);
+                            if let Some(s) = opts.session {
+                                cache.lease(s, [key]);
+                            }
+                        }
+                        Err(e) => {
+                            o = Outcome::new(Status::Failed);
+                            o.error = Some(format!("the identical task it joined failed: {e}"));
+                            o.miss_reason = Some(reason);
+                            if opts.fail_fast {
+                                stop = true;
+                            }
+                        }
+                    }
+                    o.key = Some(key);
+                    o.start = t0.elapsed();
+                    book.finish(idx, o, &mut outcomes, &mut ready);
+                    continue;
+                }
+            };
             running -= 1;
+            if let Some(g) = &opts.running {
+                g.fetch_sub(1, Ordering::Relaxed);
+            }
             let reason = outcomes[done.idx].take().and_then(|o| o.miss_reason);
-            let waiters = inflight.remove(&done.key).unwrap_or_default();
             let mut o;
             match done.result {
                 Ok((entry, mut staged)) => {
-                    let published = cache.publish(&entry, &protected)?;
+                    let published = cache.publish(&entry, &protected, &policy)?;
+                    if let Some(s) = opts.session {
+                        cache.lease(s, [entry.key]);
+                    }
                     if batch.is_empty() && pending.is_empty() {
                         pending_since = Instant::now();
                     }
@@ -468,7 +620,13 @@ pub fn run(
                     // kept: this run's dependents read them.
                     batch.append(staged);
                     uncommitted.insert(done.idx);
-                    uncommitted.extend(waiters.iter().copied());
+                    // Waiters (possibly other runs) read these blobs at once.
+                    if opts.inflight.has_waiters(&done.key) {
+                        pending.extend(cache.store.commit_blobs(std::mem::take(&mut batch))?);
+                        uncommitted.clear();
+                    }
+                    owned.remove(&done.key);
+                    opts.inflight.finish(&done.key, Ok(entry.output));
                     if pending.len() + batch.blob_count() >= 512
                         || pending_since.elapsed() >= Duration::from_millis(500)
                     {
@@ -490,6 +648,8 @@ pub fn run(
                     o.stderr = Some(entry.stderr);
                 }
                 Err(f) => {
+                    owned.remove(&done.key);
+                    opts.inflight.finish(&done.key, Err(f.message.clone()));
                     o = Outcome::new(Status::Failed);
                     o.error = Some(f.message);
                     o.exit_code = f.exit_code;
@@ -505,21 +665,16 @@ pub fn run(
             o.start = done.start;
             o.duration = done.duration;
             o.worker = done.worker;
-            for w in waiters {
-                let mut j = o.clone();
-                if j.status == Status::Executed {
-                    j.status = Status::Cached;
-                    j.route = Some(Route::Joined);
-                    j.miss_reason = None;
-                    *hits.entry(Route::Joined).or_default() += 1;
-                }
-                book.finish(w, j, &mut outcomes, &mut ready);
-            }
             book.finish(done.idx, o, &mut outcomes, &mut ready);
         }
         Ok(())
     });
     let finish_err = coordinated.err();
+    // NB: never leave another run waiting on a key this run abandoned.
+    for key in owned {
+        opts.inflight
+            .finish(&key, Err("the run executing it stopped".into()));
+    }
     let outcomes: Vec<Outcome> = outcomes
         .into_iter()
         .map(|o| match o {
@@ -537,7 +692,7 @@ pub fn run(
         cache.index.add("misses", *c)?;
         cache.index.add(&format!("miss.{}", r.as_str()), *c)?;
     }
-    let (expired, more_evicted) = cache.enforce(&protected, now_ms(), false)?;
+    let (expired, more_evicted) = cache.enforce(&protected, now_ms(), false, &policy)?;
     let record = RunRecord {
         id: run_id,
         dag: plan.dag.clone(),
@@ -687,6 +842,7 @@ fn execute(
             work_dir: &dir.root,
             deps: &item.entry.manifest.deps,
             mats,
+            inputs_via: mats.via.as_deref(),
         };
         let started = Instant::now();
         let res = item.job.run(&ctx).map_err(fail)?;

@@ -64,8 +64,18 @@ impl Job for ShellJob {
 }
 
 /// Build the plan for `targets` (and their dependencies), or for every
-/// task when `targets` is empty.
+/// task when `targets` is empty, reading env vars from this process.
 pub fn plan(p: &Pipeline, targets: &[String], runner: Arc<dyn Runner>) -> Result<Plan> {
+    plan_with_env(p, targets, runner, &|k| std::env::var(k).ok())
+}
+
+/// `plan`, reading env vars through `env` (the daemon passes its client's).
+pub fn plan_with_env(
+    p: &Pipeline,
+    targets: &[String],
+    runner: Arc<dyn Runner>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Plan> {
     let idx: Vec<usize> = targets
         .iter()
         .map(|t| {
@@ -86,7 +96,7 @@ pub fn plan(p: &Pipeline, targets: &[String], runner: Arc<dyn Runner>) -> Result
     let mut input_cache: HashMap<String, Digest> = HashMap::new();
     let passthrough: Vec<(String, String)> = PASSTHROUGH_ENV
         .iter()
-        .filter_map(|k| std::env::var(k).ok().map(|v| (k.to_string(), v)))
+        .filter_map(|k| env(k).map(|v| (k.to_string(), v)))
         .collect();
     for &i in p.dag.topo_order() {
         if !keep[i] {
@@ -112,11 +122,8 @@ pub fn plan(p: &Pipeline, targets: &[String], runner: Arc<dyn Runner>) -> Result
             };
             inputs.push((path.clone(), d));
         }
-        let env: Vec<(String, Option<String>)> = t
-            .env
-            .iter()
-            .map(|k| (k.clone(), std::env::var(k).ok()))
-            .collect();
+        let env: Vec<(String, Option<String>)> =
+            t.env.iter().map(|k| (k.clone(), env(k))).collect();
         let mut manifest = Manifest {
             name: t.name.clone(),
             command: t.run.clone(),

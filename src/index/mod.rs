@@ -349,6 +349,22 @@ impl Index {
         }
     }
 
+    /// Every run id, ascending.
+    pub fn run_ids(&self) -> Result<Vec<u64>> {
+        self.runs
+            .iter()
+            .keys()
+            .map(|k| {
+                let k = k?;
+                let b: [u8; 8] = k
+                    .as_ref()
+                    .try_into()
+                    .map_err(|_| corrupt("runs", "key is not a u64"))?;
+                Ok(u64::from_be_bytes(b))
+            })
+            .collect()
+    }
+
     pub fn last_run(&self) -> Result<Option<RunRecord>> {
         match self.runs.last()? {
             None => Ok(None),

@@ -143,6 +143,100 @@ mod opt_secs {
     }
 }
 
+impl CacheStats {
+    /// The human-readable report (`dagfs stats`, `/.dagfs/stats`).
+    pub fn to_text(&self, p: &CachePolicy) -> String {
+        let lim = |v: Option<String>| v.unwrap_or_else(|| "unlimited".into());
+        let mut o = String::new();
+        o += &format!(
+            "entries      {} (max {})\n",
+            self.total_entries,
+            lim(p.max_entries.map(|n| n.to_string()))
+        );
+        o += &format!(
+            "size         {} (max {})\n",
+            format_size(self.total_size_bytes),
+            lim(p.max_size_bytes.map(format_size))
+        );
+        o += &format!("ttl          {}\n", lim(p.ttl.map(format_duration)));
+        o += &format!("hits         {}\n", self.hits);
+        o += &format!("misses       {}\n", self.misses);
+        o += &format!("hit rate     {:.1}%\n", self.hit_rate() * 100.0);
+        o += &format!("evictions    {}\n", self.evictions);
+        o += &format!("expirations  {}\n", self.expirations);
+        o += &format!("runs         {}\n", self.runs);
+        o += "hits by route:\n";
+        for (k, v) in &self.hits_by_route {
+            o += &format!("  {k:<14}{v}\n");
+        }
+        o += "misses by reason:\n";
+        for (k, v) in &self.misses_by_reason {
+            o += &format!("  {k:<14}{v}\n");
+        }
+        o
+    }
+
+    /// Prometheus text exposition format.
+    pub fn to_prometheus(&self) -> String {
+        let mut o = String::new();
+        let mut metric = |name: &str, kind: &str, help: &str, rows: Vec<(String, u64)>| {
+            o += &format!("# HELP dagfs_{name} {help}\n# TYPE dagfs_{name} {kind}\n");
+            for (labels, v) in rows {
+                o += &format!("dagfs_{name}{labels} {v}\n");
+            }
+        };
+        metric(
+            "entries",
+            "gauge",
+            "Cache entries.",
+            vec![(String::new(), self.total_entries)],
+        );
+        metric(
+            "bytes",
+            "gauge",
+            "Logical bytes of cached outputs.",
+            vec![(String::new(), self.total_size_bytes)],
+        );
+        metric(
+            "hits_total",
+            "counter",
+            "Cache hits by route.",
+            self.hits_by_route
+                .iter()
+                .map(|(k, v)| (format!("{{route=\"{k}\"}}"), *v))
+                .collect(),
+        );
+        metric(
+            "misses_total",
+            "counter",
+            "Cache misses by reason.",
+            self.misses_by_reason
+                .iter()
+                .map(|(k, v)| (format!("{{reason=\"{k}\"}}"), *v))
+                .collect(),
+        );
+        metric(
+            "evictions_total",
+            "counter",
+            "Entries evicted by the policy.",
+            vec![(String::new(), self.evictions)],
+        );
+        metric(
+            "expirations_total",
+            "counter",
+            "Entries expired by TTL.",
+            vec![(String::new(), self.expirations)],
+        );
+        metric(
+            "runs_total",
+            "counter",
+            "Pipeline runs.",
+            vec![(String::new(), self.runs)],
+        );
+        o
+    }
+}
+
 /// Parse `30s`, `5m`, `1h`, `7d`, or plain seconds.
 pub fn parse_duration(s: &str) -> Option<Duration> {
     let s = s.trim();

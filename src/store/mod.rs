@@ -437,6 +437,23 @@ impl Store {
         }
     }
 
+    /// Blobs whose hex name starts with `prefix` (at least 2 hex digits).
+    pub fn blobs_with_prefix(&self, prefix: &str) -> Result<Vec<Digest>> {
+        let shard = self.root.join("blobs").join(&prefix[..2]);
+        let mut out = Vec::new();
+        for e in fs::read_dir(&shard).at(&shard)? {
+            let name = e.at(&shard)?.file_name();
+            if let Some(d) = name
+                .to_str()
+                .filter(|n| n.starts_with(prefix))
+                .and_then(Digest::from_hex)
+            {
+                out.push(d);
+            }
+        }
+        Ok(out)
+    }
+
     /// Every entry key on disk (the source of truth for index rebuilds and gc).
     pub fn entry_keys(&self) -> Result<Vec<Digest>> {
         let mut keys = Vec::new();
@@ -477,7 +494,11 @@ impl Store {
     }
 }
 
-/// A store directory with a supported FORMAT, or empty (but for `lock`).
+/// Files a new store directory may already hold: the lock, and a detached
+/// daemon's log (created before the daemon opens the store).
+const DAEMON_FILES: [&str; 3] = ["lock", "daemon.log", "daemon.sock"];
+
+/// A store directory with a supported FORMAT, or empty (but for `DAEMON_FILES`).
 fn check_root(root: &Path) -> Result<()> {
     let format = root.join("FORMAT");
     match fs::read_to_string(&format) {
@@ -486,7 +507,7 @@ fn check_root(root: &Path) -> Result<()> {
             let stray = fs::read_dir(root)
                 .at(root)?
                 .filter_map(|e| e.ok())
-                .any(|e| e.file_name() != "lock");
+                .any(|e| !DAEMON_FILES.contains(&e.file_name().to_str().unwrap_or("")));
             if stray {
                 return Err(StoreError::NotAStore {
                     path: root.to_path_buf(),
@@ -505,7 +526,16 @@ fn check_root(root: &Path) -> Result<()> {
 /// Holds a `lock` and nothing but parts of the layout `init_layout` makes:
 /// a store whose creation is in progress (or was interrupted).
 fn being_created(root: &Path) -> bool {
-    const LAYOUT: [&str; 6] = ["lock", "blobs", "entries", "tmp", "index", "FORMAT.tmp"];
+    const LAYOUT: [&str; 8] = [
+        "lock",
+        "blobs",
+        "entries",
+        "tmp",
+        "index",
+        "FORMAT.tmp",
+        "daemon.log",
+        "daemon.sock",
+    ];
     let Ok(rd) = fs::read_dir(root) else {
         return false;
     };

@@ -1,0 +1,462 @@
+//! `dagfs mount` and `dagfs umount`: the daemon's lifecycle.
+//!
+//! `mount -f` is the daemon: it takes the store lock, mounts the FUSE view,
+//! serves `<store>/daemon.sock`, and runs until `dagfs umount`, SIGTERM/
+//! SIGINT/SIGHUP, or an external `umount`; then it lets running requests
+//! finish, flushes the index and unmounts. Without `-f`, `mount` starts that
+//! daemon detached (new session, output to `<store>/daemon.log`) and returns
+//! once the mount is live, or fails with the daemon's reason.
+
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use serde::{Deserialize, Serialize};
+
+use dagfs::cache::Cache;
+use dagfs::daemon::protocol::{Hello, PROTOCOL};
+use dagfs::daemon::server::{Server, ServerConfig};
+use dagfs::daemon::view::CacheView;
+use dagfs::daemon::{client, mounts, Gauges};
+use dagfs::fs::{self as dfs, DagFs, FsCounters, FsOptions, Passthrough};
+use dagfs::index::CachePolicy;
+
+use super::{serve_request, store_dir, CliError, Ctx};
+
+#[derive(Args, Debug, Clone, Serialize, Deserialize)]
+pub struct MountArgs {
+    pub mountpoint: PathBuf,
+    /// Stay in the foreground (otherwise: detach once the mount is live)
+    #[arg(short = 'f', long)]
+    pub foreground: bool,
+    /// Options, comma-separated, repeatable: allow_other, ro, store=DIR,
+    /// passthrough=auto|off, debug, threads=N
+    #[arg(short = 'o', value_name = "OPTS")]
+    pub options: Vec<String>,
+    /// (internal) report readiness on this file descriptor
+    #[arg(long, hide = true)]
+    pub ready_fd: Option<i32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct MountOpts {
+    allow_other: bool,
+    passthrough: bool,
+    debug: bool,
+    threads: Option<usize>,
+    store: Option<PathBuf>,
+}
+
+/// Options generic mount tools pass that mean nothing (or what we always do).
+const IGNORED: [&str; 14] = [
+    "ro", "defaults", "auto", "noauto", "user", "users", "nouser", "nofail", "_netdev", "nosuid",
+    "nodev", "noexec", "exec", "noatime",
+];
+
+fn parse_opts(list: &[String]) -> Result<MountOpts, CliError> {
+    let mut o = MountOpts {
+        allow_other: false,
+        passthrough: true,
+        debug: false,
+        threads: None,
+        store: None,
+    };
+    for opt in list
+        .iter()
+        .flat_map(|l| l.split(','))
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+    {
+        let (k, v) = opt
+            .split_once('=')
+            .map_or((opt, None), |(k, v)| (k, Some(v)));
+        match (k, v) {
+            ("allow_other", None) => o.allow_other = true,
+            ("default_permissions", None) => {}
+            ("debug", None) => o.debug = true,
+            ("rw", None) => return Err(CliError::Usage("-o rw: dagfs mounts are read-only".into())),
+            ("store", Some(s)) => o.store = Some(PathBuf::from(s)),
+            ("passthrough", Some("auto")) => o.passthrough = true,
+            ("passthrough", Some("off")) => o.passthrough = false,
+            ("threads", Some(n)) => {
+                o.threads = Some(n.parse().ok().filter(|&n: &usize| (1..=256).contains(&n)).ok_or_else(|| {
+                    CliError::Usage(format!("-o threads={n}: want a number from 1 to 256"))
+                })?)
+            }
+            (k, None) if IGNORED.contains(&k) || k == "relatime" => {}
+            (k, _) if k.starts_with("x-") => {}
+            _ => return Err(CliError::Usage(format!("unknown mount option `{opt}` (allow_other, ro, store=DIR, passthrough=auto|off, debug, threads=N)"))),
+        }
+    }
+    Ok(o)
+}
+
+fn absolute(p: &Path) -> Result<PathBuf, CliError> {
+    if p.is_absolute() {
+        return Ok(p.to_path_buf());
+    }
+    let cwd =
+        std::env::current_dir().map_err(|e| CliError::Usage(format!("current directory: {e}")))?;
+    Ok(cwd.join(p))
+}
+
+/// A dead dagfs mount (daemon killed) is unmounted lazily, saying so.
+fn recover_stale(mnt: &Path) -> Result<(), CliError> {
+    if !mounts::is_stale(mnt) {
+        return Ok(());
+    }
+    let m = mounts::find(mnt).map_err(|e| CliError::Mount(format!("reading mountinfo: {e}")))?;
+    match m {
+        Some(m) if m.fstype == mounts::FSTYPE => {
+            mounts::lazy_unmount(mnt).map_err(|e| {
+                CliError::Mount(format!(
+                    "{}: lazy unmount of the dead mount: {e}",
+                    mnt.display()
+                ))
+            })?;
+            eprintln!(
+                "dagfs: {} was a dead dagfs mount (its daemon is gone); unmounted it lazily",
+                mnt.display()
+            );
+            Ok(())
+        }
+        Some(m) => Err(CliError::Mount(format!(
+            "{} is a dead {} mount; unmount it first",
+            mnt.display(),
+            m.fstype
+        ))),
+        None => Err(CliError::Mount(format!(
+            "{}: transport endpoint is not connected",
+            mnt.display()
+        ))),
+    }
+}
+
+pub fn mount(store: Option<PathBuf>, a: MountArgs) -> Result<(), CliError> {
+    let opts = parse_opts(&a.options)?;
+    let store = absolute(&store_dir(opts.store.clone().or(store), &|k| {
+        std::env::var(k).ok()
+    })?)?;
+    let mnt = absolute(&a.mountpoint)?;
+    let ready = a.ready_fd.map(|fd| {
+        // SAFETY: the parent passed us this descriptor for our exclusive use.
+        unsafe { OwnedFd::from_raw_fd(fd) }
+    });
+    let result = (|| {
+        recover_stale(&mnt)?;
+        if let Ok(Some(m)) = mounts::find(&mnt) {
+            if m.fstype == mounts::FSTYPE {
+                return Err(CliError::Mount(format!(
+                    "{} is already a dagfs mount (of {})",
+                    mnt.display(),
+                    m.source
+                )));
+            }
+        }
+        if !mnt.is_dir() {
+            return Err(CliError::Mount(format!(
+                "{}: mountpoint does not exist or is not a directory",
+                mnt.display()
+            )));
+        }
+        if a.foreground {
+            serve(&store, &mnt, &opts, ready.as_ref())
+        } else {
+            detach(&store, &mnt, &a)
+        }
+    })();
+    if let (Err(e), Some(fd)) = (&result, &ready) {
+        let _ = std::fs::File::from(fd.try_clone().expect("dup ready fd"))
+            .write_all(format!("error: {e}\n").as_bytes());
+    }
+    result
+}
+
+/// Start `mount -f` as a detached daemon and wait until it reports.
+fn detach(store: &Path, mnt: &Path, a: &MountArgs) -> Result<(), CliError> {
+    let fail = |what: &str, e: std::io::Error| CliError::Mount(format!("{what}: {e}"));
+    std::fs::create_dir_all(store).map_err(|e| fail(&store.display().to_string(), e))?;
+    let log_path = store.join("daemon.log");
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .map_err(|e| fail("daemon.log", e))?;
+    let (r, w) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| fail("pipe", e.into()))?;
+    let exe = std::env::current_exe().map_err(|e| fail("current executable", e))?;
+    let mut cmd = std::process::Command::new(exe);
+    cmd.arg("--store")
+        .arg(store)
+        .arg("mount")
+        .arg(mnt)
+        .arg("-f")
+        .arg("--ready-fd")
+        .arg("3");
+    for o in &a.options {
+        cmd.arg("-o").arg(o);
+    }
+    cmd.stdin(Stdio::null())
+        .stdout(log.try_clone().map_err(|e| fail("daemon.log", e))?)
+        .stderr(log);
+    let wfd = w.as_raw_fd();
+    // SAFETY: only async-signal-safe calls (setsid, dup2) between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setsid() < 0 || libc::dup2(wfd, 3) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().map_err(|e| fail("starting the daemon", e))?;
+    drop(w);
+    // One line: "ok PID" or "error: ..." (the daemon keeps the pipe open).
+    let mut report = Vec::new();
+    let mut pipe = std::fs::File::from(r);
+    let mut byte = [0u8; 1];
+    while let Ok(1) = pipe.read(&mut byte) {
+        if byte[0] == b'\n' {
+            break;
+        }
+        report.push(byte[0]);
+    }
+    let report = String::from_utf8_lossy(&report);
+    let report = report.trim();
+    if let Some(rest) = report.strip_prefix("ok") {
+        let pid = rest.trim();
+        eprintln!(
+            "dagfs: mounted {} on {} (daemon pid {pid}; log {})",
+            store.display(),
+            mnt.display(),
+            log_path.display()
+        );
+        return Ok(());
+    }
+    drop(child);
+    if let Some(msg) = report.strip_prefix("error: ") {
+        return Err(CliError::Mount(msg.to_string()));
+    }
+    let tail = std::fs::read_to_string(&log_path).unwrap_or_default();
+    let tail: Vec<&str> = tail.lines().rev().take(5).collect();
+    Err(CliError::Mount(format!(
+        "the daemon exited before the mount was live; last lines of {}:\n  {}",
+        log_path.display(),
+        tail.into_iter().rev().collect::<Vec<_>>().join("\n  ")
+    )))
+}
+
+/// Block the stop signals in this thread (and every thread it starts), so
+/// one thread can `sigwait` for them.
+fn block_stop_signals() -> nix::sys::signal::SigSet {
+    use nix::sys::signal::{SigSet, SigmaskHow, Signal};
+    let mut set = SigSet::empty();
+    for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+        set.add(s);
+    }
+    let _ = nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&set), None);
+    set
+}
+
+/// The daemon.
+fn serve(store: &Path, mnt: &Path, o: &MountOpts, ready: Option<&OwnedFd>) -> Result<(), CliError> {
+    let sigs = block_stop_signals();
+    let cache = Arc::new(Cache::open_with(
+        store,
+        CachePolicy::default(),
+        &mut |holder| {
+            eprintln!(
+                "dagfs: waiting for the store lock on {} (held by {holder})",
+                store.display()
+            );
+        },
+    )?);
+    for note in cache.notes() {
+        eprintln!("dagfs: {note}");
+    }
+    let gauges = Arc::new(Gauges::default());
+    let counters = Arc::new(FsCounters::default());
+    let view = Arc::new(CacheView::new(cache.clone(), gauges.clone()));
+    let fs_opts = FsOptions {
+        passthrough: if o.passthrough {
+            Passthrough::Auto
+        } else {
+            Passthrough::Off
+        },
+        uid: nix::unistd::geteuid().as_raw(),
+        gid: nix::unistd::getegid().as_raw(),
+        allow_other: o.allow_other,
+        n_threads: o.threads.unwrap_or(DEFAULT_THREADS),
+        fsname: store.display().to_string(),
+        debug: o.debug,
+    };
+    let fs = DagFs::new(view, &fs_opts, counters);
+    let session = dfs::mount(fs, mnt, &fs_opts)
+        .map_err(|e| CliError::Mount(format!("cannot mount {}: {e}", mnt.display())))?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !matches!(mounts::find(mnt), Ok(Some(ref m)) if m.fstype == mounts::FSTYPE) {
+        if Instant::now() > deadline {
+            return Err(CliError::Mount(format!(
+                "{} did not appear in mountinfo within 10 s",
+                mnt.display()
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let ctx = Ctx {
+        session: None,
+        inflight: Arc::default(),
+        inputs_via: Some(mnt.to_path_buf()),
+        running: Some(gauges.inflight_tasks.clone()),
+    };
+    let (stop_tx, stop_rx) = crossbeam::channel::bounded::<()>(8);
+    let handler_cache = cache.clone();
+    let release_cache = cache.clone();
+    let mut server = Server::start(ServerConfig {
+        socket: store.join("daemon.sock"),
+        hello: Hello {
+            protocol: PROTOCOL,
+            agent: client::agent(),
+            pid: Some(std::process::id()),
+            mountpoint: Some(mnt.display().to_string()),
+        },
+        handler: Arc::new(move |session, req, out, err| {
+            let mut ctx = ctx.clone();
+            ctx.session = Some(session);
+            serve_request(req, out, err, &handler_cache, &ctx)
+        }),
+        on_session_end: Arc::new(move |session| release_cache.release(session)),
+        gauges,
+        on_shutdown: stop_tx.clone(),
+    })
+    .map_err(|e| {
+        CliError::Mount(format!(
+            "{}: cannot listen: {e}",
+            store.join("daemon.sock").display()
+        ))
+    })?;
+    {
+        let tx = stop_tx.clone();
+        std::thread::spawn(move || {
+            if let Ok(sig) = sigs.wait() {
+                eprintln!("dagfs: {sig:?}");
+                let _ = tx.send(());
+            }
+        });
+    }
+    {
+        // An external `umount` ends the FUSE session: stop with it.
+        let (tx, mnt) = (stop_tx.clone(), mnt.to_path_buf());
+        std::thread::spawn(move || loop {
+            std::thread::sleep(Duration::from_millis(250));
+            if !matches!(mounts::find(&mnt), Ok(Some(ref m)) if m.fstype == mounts::FSTYPE) {
+                let _ = tx.send(());
+                return;
+            }
+        });
+    }
+    if let Some(fd) = ready {
+        let _ = std::fs::File::from(fd.try_clone().expect("dup ready fd"))
+            .write_all(format!("ok {}\n", std::process::id()).as_bytes());
+    }
+    eprintln!(
+        "dagfs: serving {} on {} (pid {}); stop with `dagfs umount {}`",
+        store.display(),
+        mnt.display(),
+        std::process::id(),
+        mnt.display()
+    );
+    let _ = stop_rx.recv();
+    eprintln!("dagfs: stopping: letting running requests finish");
+    server.stop();
+    cache.flush()?;
+    drop(session);
+    if mounts::find(mnt)
+        .ok()
+        .flatten()
+        .is_some_and(|m| m.fstype == mounts::FSTYPE)
+    {
+        let _ = mounts::lazy_unmount(mnt);
+    }
+    eprintln!("dagfs: unmounted {}", mnt.display());
+    Ok(())
+}
+
+/// FUSE request threads when `-o threads=N` is not given (see
+/// `scripts/bench-fs`).
+const DEFAULT_THREADS: usize = 4;
+
+pub fn umount(mnt: &Path) -> Result<(), CliError> {
+    let mnt = absolute(mnt)?;
+    let m = mounts::find(&mnt).map_err(|e| CliError::Mount(format!("reading mountinfo: {e}")))?;
+    let Some(m) = m else {
+        return Err(CliError::NotFound(format!(
+            "{} is not mounted",
+            mnt.display()
+        )));
+    };
+    if m.fstype != mounts::FSTYPE {
+        return Err(CliError::Usage(format!(
+            "{} is a {} mount, not dagfs",
+            mnt.display(),
+            m.fstype
+        )));
+    }
+    let store = PathBuf::from(&m.source);
+    match client::connect(&store) {
+        Ok(Some(mut c)) => {
+            c.shutdown()?;
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while matches!(mounts::find(&mnt), Ok(Some(ref m)) if m.fstype == mounts::FSTYPE) {
+                if Instant::now() > deadline {
+                    return Err(CliError::Mount(format!(
+                        "the daemon did not unmount {} within 60 s",
+                        mnt.display()
+                    )));
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            // The daemon removes its socket last: wait for it, so a command
+            // right after this one runs embedded, not against a dying daemon.
+            while store.join("daemon.sock").exists() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            eprintln!("dagfs: unmounted {}", mnt.display());
+        }
+        _ => {
+            mounts::lazy_unmount(&mnt)
+                .map_err(|e| CliError::Mount(format!("{}: {e}", mnt.display())))?;
+            eprintln!(
+                "dagfs: no daemon serves {} (it died); unmounted it lazily",
+                mnt.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mount_options() {
+        let o = parse_opts(&[
+            "allow_other,passthrough=off".into(),
+            "store=/s,threads=8,defaults,x-systemd.automount".into(),
+        ])
+        .unwrap();
+        assert!(o.allow_other && !o.passthrough);
+        assert_eq!(o.threads, Some(8));
+        assert_eq!(o.store, Some(PathBuf::from("/s")));
+        assert!(parse_opts(&["rw".into()]).is_err());
+        let e = parse_opts(&["bogus".into()]).unwrap_err();
+        assert!(e.to_string().contains("bogus"));
+        assert!(parse_opts(&["threads=0".into()]).is_err());
+    }
+}

@@ -1,0 +1,42 @@
+//! daemon: owns the store while a mount is up; serves the FUSE mount and a
+//! Unix-socket API on which CLI commands run as they would embedded.
+
+pub mod client;
+pub mod mounts;
+pub mod protocol;
+pub mod server;
+pub mod view;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// Live figures the daemon reports in `/.dagfs/stats` and `/.dagfs/metrics`.
+#[derive(Debug, Default)]
+pub struct Gauges {
+    pub sessions: AtomicU64,
+    pub sessions_total: AtomicU64,
+    /// Shared with the scheduler (`Options::running`).
+    pub inflight_tasks: Arc<AtomicU64>,
+}
+
+impl Gauges {
+    pub fn to_text(&self) -> String {
+        format!(
+            "sessions     {} (total {})\nin flight    {} tasks\n",
+            self.sessions.load(Ordering::Relaxed),
+            self.sessions_total.load(Ordering::Relaxed),
+            self.inflight_tasks.load(Ordering::Relaxed)
+        )
+    }
+
+    pub fn to_prometheus(&self) -> String {
+        format!(
+            "# HELP dagfs_sessions Client sessions connected to the daemon.\n# TYPE dagfs_sessions gauge\ndagfs_sessions {}\n\
+             # HELP dagfs_sessions_total Client sessions since the daemon started.\n# TYPE dagfs_sessions_total counter\ndagfs_sessions_total {}\n\
+             # HELP dagfs_inflight_tasks Tasks executing now.\n# TYPE dagfs_inflight_tasks gauge\ndagfs_inflight_tasks {}\n",
+            self.sessions.load(Ordering::Relaxed),
+            self.sessions_total.load(Ordering::Relaxed),
+            self.inflight_tasks.load(Ordering::Relaxed)
+        )
+    }
+}

@@ -1,0 +1,117 @@
+//! What is mounted where (`/proc/self/mountinfo`), stale-mount detection and
+//! lazy unmounting.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountEntry {
+    pub mountpoint: PathBuf,
+    /// e.g. `fuse.dagfs`.
+    pub fstype: String,
+    /// For dagfs: the store directory.
+    pub source: String,
+    /// Per-mount options (`ro,nosuid,nodev,...`) then super options.
+    pub options: String,
+}
+
+pub const FSTYPE: &str = "fuse.dagfs";
+
+/// Undo mountinfo's octal escapes (`\040` is a space).
+fn unescape(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+pub fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let Some((left, right)) = line.split_once(" - ") else {
+            continue;
+        };
+        let l: Vec<&str> = left.split(' ').collect();
+        let r: Vec<&str> = right.split(' ').collect();
+        if l.len() < 6 || r.len() < 2 {
+            continue;
+        }
+        out.push(MountEntry {
+            mountpoint: PathBuf::from(unescape(l[4])),
+            fstype: r[0].to_string(),
+            source: unescape(r[1]),
+            options: format!("{},{}", l[5], r.get(2).copied().unwrap_or("")),
+        });
+    }
+    out
+}
+
+pub fn mounts() -> io::Result<Vec<MountEntry>> {
+    Ok(parse_mountinfo(&std::fs::read_to_string(
+        "/proc/self/mountinfo",
+    )?))
+}
+
+/// The topmost mount at `mnt`, if any.
+pub fn find(mnt: &Path) -> io::Result<Option<MountEntry>> {
+    Ok(mounts()?.into_iter().rev().find(|m| m.mountpoint == mnt))
+}
+
+/// A FUSE mount whose server is gone answers ENOTCONN.
+pub fn is_stale(mnt: &Path) -> bool {
+    matches!(std::fs::metadata(mnt), Err(e) if e.raw_os_error() == Some(libc::ENOTCONN))
+}
+
+/// Detach `mnt` now (`umount -l`); falls back to `fusermount3 -uz` for an
+/// unprivileged user's mount.
+pub fn lazy_unmount(mnt: &Path) -> io::Result<()> {
+    match nix::mount::umount2(mnt, nix::mount::MntFlags::MNT_DETACH) {
+        Ok(()) => Ok(()),
+        Err(nix::errno::Errno::EPERM) => {
+            let st = std::process::Command::new("fusermount3")
+                .arg("-u")
+                .arg("-z")
+                .arg(mnt)
+                .status()?;
+            if st.success() {
+                Ok(())
+            } else {
+                Err(io::Error::other(format!(
+                    "fusermount3 -uz {} failed ({st})",
+                    mnt.display()
+                )))
+            }
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_mountinfo_lines() {
+        let text = "36 35 98:0 /mnt1 /mnt/parent rw,noatime master:1 - ext3 /dev/root rw,errors=continue\n\
+                    99 36 0:55 / /tmp/my\\040mnt ro,nosuid,nodev,relatime - fuse.dagfs /var/cache/dagfs rw,user_id=0,group_id=0,default_permissions,allow_other\n\
+                    garbage line\n";
+        let m = parse_mountinfo(text);
+        assert_eq!(m.len(), 2);
+        assert_eq!(m[1].mountpoint, PathBuf::from("/tmp/my mnt"));
+        assert_eq!(m[1].fstype, FSTYPE);
+        assert_eq!(m[1].source, "/var/cache/dagfs");
+        assert!(m[1].options.contains("nosuid") && m[1].options.contains("default_permissions"));
+    }
+}

@@ -1,0 +1,157 @@
+//! `StoreView` over the cache: what the daemon's FUSE mount reads.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::cache::{Cache, CacheError};
+use crate::exec::explain;
+use crate::fs::view::{EntryInfo, StoreView, ViewError};
+use crate::hash::{Digest, HexPrefix};
+use crate::index::{IndexError, RunRecord};
+use crate::store::{StoreError, Tree};
+
+use super::Gauges;
+
+pub struct CacheView {
+    cache: Arc<Cache>,
+    gauges: Arc<Gauges>,
+}
+
+impl CacheView {
+    pub fn new(cache: Arc<Cache>, gauges: Arc<Gauges>) -> CacheView {
+        CacheView { cache, gauges }
+    }
+}
+
+impl From<StoreError> for ViewError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Missing(_) => ViewError::NotFound,
+            StoreError::Corrupt { digest, .. } => ViewError::Corrupt(digest),
+            StoreError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+                ViewError::NotFound
+            }
+            StoreError::Io { source, .. } => ViewError::Io(source),
+            other => ViewError::Other(other.to_string()),
+        }
+    }
+}
+
+impl From<IndexError> for ViewError {
+    fn from(e: IndexError) -> Self {
+        ViewError::Other(e.to_string())
+    }
+}
+
+impl From<CacheError> for ViewError {
+    fn from(e: CacheError) -> Self {
+        match e {
+            CacheError::Store(s) => s.into(),
+            CacheError::Index(i) => i.into(),
+        }
+    }
+}
+
+fn unique(v: Vec<Digest>) -> Option<Digest> {
+    match v.as_slice() {
+        [d] => Some(*d),
+        _ => None,
+    }
+}
+
+impl StoreView for CacheView {
+    fn keys(&self) -> Result<Vec<Digest>, ViewError> {
+        self.cache.index.all_keys().map(|kv| Ok(kv?.0)).collect()
+    }
+
+    fn resolve_key(&self, prefix: &HexPrefix) -> Result<Option<Digest>, ViewError> {
+        Ok(unique(self.cache.index.keys_with_prefix(prefix)?))
+    }
+
+    fn entry(&self, key: &Digest) -> Result<Option<EntryInfo>, ViewError> {
+        Ok(self.cache.index.get(key)?.map(|m| EntryInfo {
+            key: *key,
+            output: m.output,
+            dag: m.dag,
+            task: m.task,
+            created_ms: m.created_ms,
+        }))
+    }
+
+    fn resolve_blob(&self, prefix: &HexPrefix) -> Result<Option<Digest>, ViewError> {
+        match self.cache.store.blobs_with_prefix(prefix.as_str()) {
+            Ok(v) => Ok(unique(v)),
+            Err(StoreError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                Ok(None)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn read_tree(&self, tree: &Digest) -> Result<Tree, ViewError> {
+        Ok(self.cache.store.read_tree(tree)?)
+    }
+
+    fn is_tree(&self, d: &Digest) -> Result<bool, ViewError> {
+        let mut head = [0u8; 5];
+        let mut f = self.cache.store.open_blob(d)?;
+        if f.read_exact(&mut head).is_err() || &head[..4] != crate::store::tree::MAGIC {
+            return Ok(false);
+        }
+        Ok(self.cache.store.read_tree(d).is_ok())
+    }
+
+    fn blob_path(&self, d: &Digest) -> PathBuf {
+        self.cache.store.blob_path(d)
+    }
+
+    fn blob_size(&self, d: &Digest) -> Result<u64, ViewError> {
+        Ok(std::fs::metadata(self.cache.store.blob_path(d))?.len())
+    }
+
+    fn dags(&self) -> Result<Vec<String>, ViewError> {
+        let mut dags: Vec<String> = Vec::new();
+        for (dag, _, key) in self.cache.index.latest_all(None)? {
+            if dags.last() != Some(&dag) && self.cache.index.get(&key)?.is_some() {
+                dags.push(dag);
+            }
+        }
+        dags.dedup();
+        Ok(dags)
+    }
+
+    fn tasks(&self, dag: &str) -> Result<Vec<(String, Digest)>, ViewError> {
+        let mut out = Vec::new();
+        for (d, task, key) in self.cache.index.latest_all(Some(dag))? {
+            if d == dag && self.cache.index.get(&key)?.is_some() {
+                out.push((task, key));
+            }
+        }
+        Ok(out)
+    }
+
+    fn runs(&self) -> Result<Vec<u64>, ViewError> {
+        Ok(self.cache.index.run_ids()?)
+    }
+
+    fn run(&self, id: u64) -> Result<Option<RunRecord>, ViewError> {
+        Ok(self.cache.index.run(id)?)
+    }
+
+    fn why(&self, dag: &str, task: &str) -> Result<Option<String>, ViewError> {
+        Ok(explain::latest(&self.cache, dag, task)?)
+    }
+
+    fn stats_text(&self) -> Result<String, ViewError> {
+        let mut t = self.cache.index.stats()?.to_text(&self.cache.policy());
+        t += &self.gauges.to_text();
+        Ok(t)
+    }
+
+    fn metrics_text(&self) -> Result<String, ViewError> {
+        let mut t = self.cache.index.stats()?.to_prometheus();
+        t += &self.gauges.to_prometheus();
+        Ok(t)
+    }
+}

@@ -1,0 +1,591 @@
+//! fs: the FUSE view of the cache (see DESIGN.md "The mounted tree").
+//!
+//! Owns: the mount and everything the kernel holds through it: inodes
+//! (`inode`), open handles (`handle`), decoded trees (`tree_cache`), the
+//! read path and passthrough backing files (`passthrough`). May call: the store only through
+//! `view::StoreView` (names, trees, blob paths opened read-only), `hash`,
+//! `store::tree` (types), `fuser`. Guarantees:
+//!
+//! - Everything is read-only: every write operation answers EROFS, as does
+//!   `open` for writing and `access(W_OK)`.
+//! - A request whose handler panics is answered EIO (the unanswered `fuser`
+//!   reply sends EIO when dropped during unwinding), counted in
+//!   `FsCounters::panics`, and the mount stays up.
+//! - Errors become errno values only in `error::errno`.
+//! - Reads of stored files use FUSE passthrough when `Passthrough::Auto` and
+//!   the kernel grants it (Linux >= 6.9, CAP_SYS_ADMIN), else `pread` on the
+//!   blob; the choice is logged once and shown in `/.dagfs/stats`.
+//!
+//! Layout of the tree and resolution: `node` (names parsed by `names`);
+//! TTLs, modes and offsets: `ops`; live figures: `counters`.
+
+pub mod view;
+
+mod counters;
+mod error;
+mod handle;
+mod inode;
+mod names;
+mod node;
+mod ops;
+mod passthrough;
+mod tree_cache;
+
+pub use counters::FsCounters;
+pub use error::{errno, FsError};
+
+use std::ffi::OsStr;
+use std::io;
+use std::panic::{self, AssertUnwindSafe};
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use fuser::{
+    AccessFlags, BackgroundSession, Config, CopyFileRangeFlags, Errno, FileHandle, Filesystem,
+    FopenFlags, Generation, INodeNo, KernelConfig, LockOwner, MountOption, OpenFlags, RenameFlags,
+    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen,
+    ReplyStatfs, ReplyWrite, ReplyXattr, Request, SessionACL, TimeOrNow, WriteFlags,
+};
+
+use counters::Op;
+use inode::{Ino, InodeTable};
+use node::{Node, FIRST_DYNAMIC_INO};
+use ops::XattrReply;
+use passthrough::Reads;
+use tree_cache::TreeCache;
+use view::StoreView;
+
+/// Whether reads of stored files may use FUSE passthrough.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Passthrough {
+    /// Use it when the kernel grants it, else `pread`.
+    #[default]
+    Auto,
+    /// Always `pread`.
+    Off,
+}
+
+#[derive(Debug, Clone)]
+pub struct FsOptions {
+    pub passthrough: Passthrough,
+    /// Owner shown for every file.
+    pub uid: u32,
+    pub gid: u32,
+    /// Let other users in (`allow_other`), with the kernel checking modes
+    /// (`default_permissions`): always both or neither.
+    pub allow_other: bool,
+    /// Request threads.
+    pub n_threads: usize,
+    /// Source shown in /proc/mounts: the store path.
+    pub fsname: String,
+    /// Log every failed request to stderr.
+    pub debug: bool,
+}
+
+impl Default for FsOptions {
+    fn default() -> Self {
+        FsOptions {
+            passthrough: Passthrough::Auto,
+            // SAFETY: getuid/getgid cannot fail and touch no memory.
+            uid: unsafe { libc::getuid() },
+            gid: unsafe { libc::getgid() },
+            allow_other: false,
+            n_threads: std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 8)),
+            fsname: "dagfs".into(),
+            debug: false,
+        }
+    }
+}
+
+/// The filesystem: hand it to `mount`.
+pub struct DagFs {
+    view: Arc<dyn StoreView>,
+    counters: Arc<FsCounters>,
+    inodes: InodeTable<Node>,
+    handles: handle::HandleTable,
+    trees: TreeCache,
+    reads: Reads,
+    uid: u32,
+    gid: u32,
+    mount_time: SystemTime,
+    debug: bool,
+}
+
+impl DagFs {
+    pub fn new(view: Arc<dyn StoreView>, opts: &FsOptions, counters: Arc<FsCounters>) -> DagFs {
+        DagFs {
+            view,
+            counters,
+            inodes: InodeTable::new(FIRST_DYNAMIC_INO),
+            handles: handle::HandleTable::default(),
+            // Up to 1024 trees / ~1M decoded entries (~100 MB at worst).
+            trees: TreeCache::new(1024, 1 << 20),
+            reads: Reads::new(opts.passthrough),
+            uid: opts.uid,
+            gid: opts.gid,
+            mount_time: SystemTime::now(),
+            debug: opts.debug,
+        }
+    }
+
+    /// Run one request handler; a panic answers EIO and keeps the mount up.
+    fn serve<R>(&self, op: Op, reply: R, f: impl FnOnce(R)) {
+        self.counters.count(op);
+        // NB: `reply` moves into the closure; if it panics, unwinding drops
+        // the unanswered reply, and fuser's `ReplyRaw::drop` sends EIO.
+        if panic::catch_unwind(AssertUnwindSafe(|| f(reply))).is_err() {
+            self.counters.panics.fetch_add(1, Ordering::Relaxed);
+            self.counters.eio_count.fetch_add(1, Ordering::Relaxed);
+            eprintln!("dagfs: a {} request panicked; answered EIO", op.name());
+        }
+    }
+
+    /// The errno answering `e`, counted and logged.
+    fn fail(&self, op: Op, e: FsError) -> Errno {
+        let n = errno(&e);
+        if n == Errno::EIO {
+            self.counters.eio_count.fetch_add(1, Ordering::Relaxed);
+            eprintln!("dagfs: {} failed: {e}", op.name());
+        } else if self.debug {
+            eprintln!("dagfs: {}: {e}", op.name());
+        }
+        n
+    }
+
+    /// Answer a write request: EROFS.
+    fn read_only<R>(&self, reply: R, error: impl FnOnce(R, Errno)) {
+        self.serve(Op::Other, reply, |r| {
+            error(r, self.fail(Op::Other, FsError::ReadOnly))
+        });
+    }
+}
+
+/// Mount options: read-only, nosuid, nodev, noatime, the store as source,
+/// type `fuse.dagfs`.
+fn mount_options(opts: &FsOptions) -> Vec<MountOption> {
+    let mut o = vec![
+        MountOption::RO,
+        MountOption::NoSuid,
+        MountOption::NoDev,
+        MountOption::NoAtime,
+        MountOption::FSName(opts.fsname.clone()),
+    ];
+    // NB: fuser hands `Subtype` only to fusermount; when it mounts with
+    // mount(2) itself (as root) the kernel needs `subtype=` in the mount
+    // data, else /proc/mounts says `fuse`, not `fuse.dagfs`.
+    // SAFETY: geteuid cannot fail and touches no memory.
+    if unsafe { libc::geteuid() } == 0 {
+        o.push(MountOption::CUSTOM("subtype=dagfs".into()));
+    } else {
+        o.push(MountOption::Subtype("dagfs".into()));
+    }
+    if opts.allow_other {
+        o.push(MountOption::DefaultPermissions);
+    }
+    o
+}
+
+/// Mount in the background; dropping the session or `umount_and_join`
+/// unmounts. Returns once the kernel's INIT has been answered, so the mount
+/// is live. No `auto_unmount`: it needs fusermount, and a daemon that dies
+/// leaves a dead mount for `umount` to clear.
+pub fn mount(fs: DagFs, mountpoint: &Path, opts: &FsOptions) -> io::Result<BackgroundSession> {
+    let mut cfg = Config::default();
+    cfg.mount_options = mount_options(opts);
+    if opts.allow_other {
+        cfg.acl = SessionACL::All;
+    }
+    cfg.n_threads = Some(opts.n_threads.max(1));
+    fuser::Session::new(fs, mountpoint, &cfg)?.spawn()
+}
+
+impl Filesystem for DagFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
+        self.reads.negotiate(config);
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        self.serve(Op::Lookup, reply, |reply| {
+            match self.do_lookup(Ino(parent.0), name) {
+                Ok(e) => reply.entry_with_ttls(&e.attr_ttl, &e.entry_ttl, &e.attr, Generation(0)),
+                Err(e) => reply.error(self.fail(Op::Lookup, e)),
+            }
+        });
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.serve(Op::Other, (), |()| self.do_forget(Ino(ino.0), nlookup));
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        self.serve(Op::Getattr, reply, |reply| {
+            match self.do_getattr(Ino(ino.0)) {
+                Ok((attr, ttl)) => reply.attr(&ttl, &attr),
+                Err(e) => reply.error(self.fail(Op::Getattr, e)),
+            }
+        });
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        self.serve(Op::Readlink, reply, |reply| {
+            match self.do_readlink(Ino(ino.0)) {
+                Ok(t) => reply.data(&t),
+                Err(e) => reply.error(self.fail(Op::Readlink, e)),
+            }
+        });
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        self.serve(Op::Open, reply, |reply| {
+            match self.do_open(Ino(ino.0), flags.0, &reply) {
+                Ok(o) => match &o.backing {
+                    Some(b) => reply.opened_passthrough(FileHandle(o.fh), o.flags, b),
+                    None => reply.opened(FileHandle(o.fh), o.flags),
+                },
+                Err(e) => reply.error(self.fail(Op::Open, e)),
+            }
+        });
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        self.serve(Op::Read, reply, |reply| {
+            match self.do_read(fh.0, offset, size) {
+                Ok(data) => {
+                    self.counters
+                        .bytes_read
+                        .fetch_add(data.len() as u64, Ordering::Relaxed);
+                    reply.data(&data)
+                }
+                Err(e) => reply.error(self.fail(Op::Read, e)),
+            }
+        });
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lo: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        self.serve(Op::Other, reply, ReplyEmpty::ok);
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.serve(Op::Other, reply, |reply| {
+            self.do_release(Ino(ino.0), fh.0);
+            reply.ok()
+        });
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        // Nothing is ever dirty.
+        self.serve(Op::Other, reply, ReplyEmpty::ok);
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        self.serve(Op::Open, reply, |reply| match self.do_opendir(Ino(ino.0)) {
+            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Err(e) => reply.error(self.fail(Op::Open, e)),
+        });
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        reply: ReplyDirectory,
+    ) {
+        self.serve(Op::Readdir, reply, |mut reply| {
+            match self.do_readdir(fh.0, offset, &mut reply) {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(self.fail(Op::Readdir, e)),
+            }
+        });
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.serve(Op::Other, reply, |reply| {
+            self.do_releasedir(fh.0);
+            reply.ok()
+        });
+    }
+
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.serve(Op::Other, reply, ReplyEmpty::ok);
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        self.serve(Op::Other, reply, |reply| {
+            let files = self.inodes.len() as u64 + FIRST_DYNAMIC_INO;
+            reply.statfs(0, 0, 0, files, 0, 4096, names::MAX_NAME as u32, 4096)
+        });
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        self.serve(Op::Getxattr, reply, |reply| {
+            match self.do_getxattr(Ino(ino.0), name, size) {
+                Ok(XattrReply::Size(n)) => reply.size(n),
+                Ok(XattrReply::Data(v)) => reply.data(&v),
+                Err(e) => reply.error(self.fail(Op::Getxattr, e)),
+            }
+        });
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        self.serve(Op::Other, reply, |reply| {
+            match self.do_listxattr(Ino(ino.0), size) {
+                Ok(XattrReply::Size(n)) => reply.size(n),
+                Ok(XattrReply::Data(v)) => reply.data(&v),
+                Err(e) => reply.error(self.fail(Op::Other, e)),
+            }
+        });
+    }
+
+    fn access(&self, _req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
+        self.serve(Op::Other, reply, |reply| {
+            match self.do_access(Ino(ino.0), mask) {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(self.fail(Op::Other, e)),
+            }
+        });
+    }
+
+    // ---- every write answers EROFS ------------------------------------
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _mode: Option<u32>,
+        _uid: Option<u32>,
+        _gid: Option<u32>,
+        _size: Option<u64>,
+        _atime: Option<TimeOrNow>,
+        _mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        self.read_only(reply, ReplyAttr::error);
+    }
+
+    fn mknod(
+        &self,
+        _req: &Request,
+        _parent: INodeNo,
+        _name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        _rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        self.read_only(reply, ReplyEntry::error);
+    }
+
+    fn mkdir(
+        &self,
+        _req: &Request,
+        _parent: INodeNo,
+        _name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        reply: ReplyEntry,
+    ) {
+        self.read_only(reply, ReplyEntry::error);
+    }
+
+    fn unlink(&self, _req: &Request, _parent: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
+        self.read_only(reply, ReplyEmpty::error);
+    }
+
+    fn rmdir(&self, _req: &Request, _parent: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
+        self.read_only(reply, ReplyEmpty::error);
+    }
+
+    fn symlink(
+        &self,
+        _req: &Request,
+        _parent: INodeNo,
+        _link: &OsStr,
+        _target: &Path,
+        reply: ReplyEntry,
+    ) {
+        self.read_only(reply, ReplyEntry::error);
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        _parent: INodeNo,
+        _name: &OsStr,
+        _newparent: INodeNo,
+        _newname: &OsStr,
+        _flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.read_only(reply, ReplyEmpty::error);
+    }
+
+    fn link(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _newparent: INodeNo,
+        _newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        self.read_only(reply, ReplyEntry::error);
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _offset: u64,
+        _data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        self.read_only(reply, ReplyWrite::error);
+    }
+
+    fn create(
+        &self,
+        _req: &Request,
+        _parent: INodeNo,
+        _name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        _flags: i32,
+        reply: ReplyCreate,
+    ) {
+        self.read_only(reply, ReplyCreate::error);
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _name: &OsStr,
+        _value: &[u8],
+        _flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        self.read_only(reply, ReplyEmpty::error);
+    }
+
+    fn removexattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
+        self.read_only(reply, ReplyEmpty::error);
+    }
+
+    fn fallocate(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _offset: u64,
+        _length: u64,
+        _mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        self.read_only(reply, ReplyEmpty::error);
+    }
+
+    fn copy_file_range(
+        &self,
+        _req: &Request,
+        _ino_in: INodeNo,
+        _fh_in: FileHandle,
+        _offset_in: u64,
+        _ino_out: INodeNo,
+        _fh_out: FileHandle,
+        _offset_out: u64,
+        _len: u64,
+        _flags: CopyFileRangeFlags,
+        reply: ReplyWrite,
+    ) {
+        self.read_only(reply, ReplyWrite::error);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mount_options_pair_allow_other_with_default_permissions() {
+        let mut opts = FsOptions {
+            fsname: "/srv/store".into(),
+            ..FsOptions::default()
+        };
+        let o = mount_options(&opts);
+        for want in [
+            MountOption::RO,
+            MountOption::NoSuid,
+            MountOption::NoDev,
+            MountOption::NoAtime,
+            MountOption::FSName("/srv/store".into()),
+        ] {
+            assert!(o.contains(&want), "{want:?} missing from {o:?}");
+        }
+        assert!(!o.contains(&MountOption::DefaultPermissions));
+        assert!(!o.contains(&MountOption::AutoUnmount));
+        opts.allow_other = true;
+        assert!(mount_options(&opts).contains(&MountOption::DefaultPermissions));
+    }
+}

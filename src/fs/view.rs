@@ -1,0 +1,69 @@
+//! The narrow read interface the FUSE layer sees. `fs` never touches sled or
+//! the store's paths directly except through this trait; the daemon
+//! implements it over the cache (`daemon::view`), tests can fake it.
+
+use std::path::PathBuf;
+
+use crate::hash::{Digest, HexPrefix};
+use crate::index::RunRecord;
+use crate::store::Tree;
+
+/// Errors a view can report. `fs::error::errno` maps them to errno values.
+#[derive(Debug, thiserror::Error)]
+pub enum ViewError {
+    #[error("not found")]
+    NotFound,
+    /// Stored bytes that do not match their name, or a tree that does not
+    /// decode.
+    #[error("corrupt object {0}")]
+    Corrupt(Digest),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Other(String),
+}
+
+/// What the mount shows about one cache entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntryInfo {
+    pub key: Digest,
+    /// Root tree of the output.
+    pub output: Digest,
+    pub dag: String,
+    pub task: String,
+    /// Unix time, milliseconds (used as the mtime of everything under it).
+    pub created_ms: u64,
+}
+
+pub trait StoreView: Send + Sync + 'static {
+    /// Every cache key, ascending (a snapshot; `/keys` lists it).
+    fn keys(&self) -> Result<Vec<Digest>, ViewError>;
+    /// The single cache key starting with `prefix`; None if none or several.
+    fn resolve_key(&self, prefix: &HexPrefix) -> Result<Option<Digest>, ViewError>;
+    fn entry(&self, key: &Digest) -> Result<Option<EntryInfo>, ViewError>;
+    /// The single stored blob (any blob: file, tree, log) starting with
+    /// `prefix`; None if none or several.
+    fn resolve_blob(&self, prefix: &HexPrefix) -> Result<Option<Digest>, ViewError>;
+    /// Decode a stored tree (`Corrupt` if the blob is not a tree).
+    fn read_tree(&self, tree: &Digest) -> Result<Tree, ViewError>;
+    /// Is this blob a tree? (`/trees/<digest>` accepts only trees.)
+    fn is_tree(&self, d: &Digest) -> Result<bool, ViewError>;
+    /// Path of a blob file, for open/pread/passthrough. Read-only, 0444.
+    fn blob_path(&self, d: &Digest) -> PathBuf;
+    fn blob_size(&self, d: &Digest) -> Result<u64, ViewError>;
+    /// Pipeline names with at least one task, ascending.
+    fn dags(&self) -> Result<Vec<String>, ViewError>;
+    /// (task, latest key) for one pipeline, ascending by task; only tasks
+    /// whose latest key is still cached.
+    fn tasks(&self, dag: &str) -> Result<Vec<(String, Digest)>, ViewError>;
+    /// Run ids, ascending.
+    fn runs(&self) -> Result<Vec<u64>, ViewError>;
+    fn run(&self, id: u64) -> Result<Option<RunRecord>, ViewError>;
+    /// The text of `/why/<dag>/<task>` (as `dagfs explain` prints it for the
+    /// task's latest key).
+    fn why(&self, dag: &str, task: &str) -> Result<Option<String>, ViewError>;
+    /// `/.dagfs/stats`: human-readable statistics.
+    fn stats_text(&self) -> Result<String, ViewError>;
+    /// `/.dagfs/metrics`: Prometheus text format.
+    fn metrics_text(&self) -> Result<String, ViewError>;
+}

@@ -1,0 +1,413 @@
+//! The daemon: `dagfs mount` (detached) serving FUSE and the socket, CLI
+//! commands going through it, sessions and leases, joins across clients,
+//! stale-mount recovery after `kill -9`.
+//!
+//! Every mount is owned by a `Mounted` guard that unmounts (and stops the
+//! daemon) on drop, on every path.
+
+use std::fs;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_dagfs");
+
+fn dagfs(store: &Path, args: &[&str]) -> Command {
+    let mut c = Command::new(BIN);
+    c.arg("--store").arg(store).args(args).stdin(Stdio::null());
+    c.env_remove("DAGFS_STORE");
+    c
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn is_dagfs_mount(mnt: &Path) -> bool {
+    let info = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    dagfs::daemon::mounts::parse_mountinfo(&info)
+        .iter()
+        .any(|m| m.mountpoint == mnt && m.fstype == "fuse.dagfs")
+}
+
+fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn pid_alive(pid: i32) -> bool {
+    // SAFETY: signal 0 only checks for existence.
+    unsafe { libc::kill(pid, 0) == 0 }
+}
+
+/// A detached daemon serving `store` on `mnt`.
+struct Mounted {
+    store: PathBuf,
+    mnt: PathBuf,
+    pid: i32,
+}
+
+impl Mounted {
+    fn new(store: &Path, mnt: &Path) -> Mounted {
+        // NB: not create_dir_all: on a stale mount, stat fails and mkdir says EEXIST.
+        let _ = fs::create_dir(mnt);
+        let o = dagfs(
+            store,
+            &["mount", mnt.to_str().unwrap(), "-o", "passthrough=off"],
+        )
+        .output()
+        .unwrap();
+        assert!(o.status.success(), "mount failed: {}", text(&o));
+        let t = text(&o);
+        let pid: i32 = t
+            .split("daemon pid ")
+            .nth(1)
+            .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("no daemon pid in: {t}"));
+        // `dagfs mount` returns only once the mount is live.
+        assert!(
+            is_dagfs_mount(mnt),
+            "mount returned before the mount was live"
+        );
+        Mounted {
+            store: store.to_path_buf(),
+            mnt: mnt.to_path_buf(),
+            pid,
+        }
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        if is_dagfs_mount(&self.mnt) {
+            let _ = dagfs(&self.store, &["umount", self.mnt.to_str().unwrap()]).output();
+        }
+        if is_dagfs_mount(&self.mnt) {
+            let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while pid_alive(self.pid) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if pid_alive(self.pid) {
+            // SAFETY: our own child daemon.
+            unsafe { libc::kill(self.pid, libc::SIGKILL) };
+        }
+    }
+}
+
+/// Lazily unmounts a (possibly dead) dagfs mount on drop, whatever happened.
+struct LazyUnmount(PathBuf);
+
+impl Drop for LazyUnmount {
+    fn drop(&mut self) {
+        if is_dagfs_mount(&self.0) {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+}
+
+struct Env {
+    _tmp: tempfile::TempDir,
+    root: PathBuf,
+    store: PathBuf,
+    mnt: PathBuf,
+}
+
+fn env() -> Env {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().to_path_buf();
+    Env {
+        store: root.join("store"),
+        mnt: root.join("mnt"),
+        root,
+        _tmp: tmp,
+    }
+}
+
+fn pipeline(dir: &Path, toml: &str) -> PathBuf {
+    fs::create_dir_all(dir).unwrap();
+    let f = dir.join("dagfs.toml");
+    fs::write(&f, toml).unwrap();
+    f
+}
+
+const PIPE: &str = r##"
+name = "app"
+[tasks.gen]
+run = 'mkdir -p $DAGFS_OUT/bin && printf "#!/bin/sh\necho hi\n" > $DAGFS_OUT/bin/tool && chmod +x $DAGFS_OUT/bin/tool && echo data > $DAGFS_OUT/data.txt'
+[tasks.use]
+run = 'readlink $DAGFS_IN/gen > $DAGFS_OUT/via && cat $DAGFS_IN/gen/data.txt > $DAGFS_OUT/copy && $DAGFS_IN/gen/bin/tool > $DAGFS_OUT/ran'
+deps = ["gen"]
+"##;
+
+#[test]
+fn commands_run_through_the_daemon_and_views_update_live() {
+    let e = env();
+    let m = Mounted::new(&e.store, &e.mnt);
+    assert!(e.store.join("daemon.sock").exists());
+    let f = pipeline(&e.root.join("p"), PIPE);
+    let o = dagfs(&e.store, &["run", "-f", f.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("2 executed, 0 cached"), "{}", text(&o));
+    // The run finished while mounted: dags/ shows it without remounting.
+    let via_mount = fs::read_to_string(e.mnt.join("dags/app/use/copy")).unwrap();
+    assert_eq!(via_mount, "data\n");
+    // Tasks run by the daemon read their inputs through the mount.
+    let via = fs::read_to_string(e.mnt.join("dags/app/use/via")).unwrap();
+    assert!(
+        via.starts_with(e.mnt.join("trees").to_str().unwrap()),
+        "{via}"
+    );
+    assert_eq!(
+        fs::read_to_string(e.mnt.join("dags/app/use/ran")).unwrap(),
+        "hi\n"
+    );
+    // Same output and exit codes as embedded mode.
+    let again = dagfs(&e.store, &["run", "-f", f.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        text(&again).contains("0 executed, 2 cached"),
+        "{}",
+        text(&again)
+    );
+    let bad = pipeline(
+        &e.root.join("bad"),
+        "[tasks.a]\nrun = \"x\"\ndeps = [\"nope\"]\n",
+    );
+    let o = dagfs(&e.store, &["run", "-f", bad.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(5), "{}", text(&o));
+    let o = dagfs(&e.store, &["cat", "app/gen/data.txt"])
+        .output()
+        .unwrap();
+    assert_eq!(o.stdout, b"data\n");
+    let o = dagfs(&e.store, &["cat", "app/nope/x"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(10));
+    // Relative -f resolves against the client's cwd, not the daemon's.
+    let o = dagfs(&e.store, &["explain", "-f", "dagfs.toml", "use"])
+        .current_dir(e.root.join("p"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let explain = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(explain.contains("task     app/use"), "{explain}");
+    let stats = dagfs(&e.store, &["stats", "--json"]).output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&stats.stdout).unwrap();
+    assert_eq!(v["total_entries"], 2);
+    let runs = fs::read_dir(e.mnt.join("runs")).unwrap().count();
+    assert!(runs >= 2, "runs/ lists the runs: {runs}");
+    drop(m);
+    assert!(!is_dagfs_mount(&e.mnt));
+    assert!(
+        !e.store.join("daemon.sock").exists(),
+        "the socket is removed on umount"
+    );
+    // Embedded mode sees everything the daemon stored.
+    let o = dagfs(&e.store, &["run", "-f", f.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(text(&o).contains("0 executed, 2 cached"), "{}", text(&o));
+}
+
+#[test]
+fn identical_tasks_from_two_clients_execute_once() {
+    let e = env();
+    let _m = Mounted::new(&e.store, &e.mnt);
+    let marker = e.root.join("executions");
+    let task = format!(
+        "[tasks.slow]\nrun = 'echo x >> {m}; sleep 1; echo done > $DAGFS_OUT/out'\n",
+        m = marker.display()
+    );
+    let f1 = pipeline(&e.root.join("one"), &format!("name = \"one\"\n{task}"));
+    let f2 = pipeline(&e.root.join("two"), &format!("name = \"two\"\n{task}"));
+    let c1 = dagfs(&e.store, &["run", "-f", f1.to_str().unwrap()])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Let the first client claim the task before the second asks for it.
+    wait_for("the first execution to start", || marker.exists());
+    let c2 = dagfs(&e.store, &["run", "-f", f2.to_str().unwrap()])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (o1, o2) = (
+        c1.wait_with_output().unwrap(),
+        c2.wait_with_output().unwrap(),
+    );
+    assert!(
+        o1.status.success() && o2.status.success(),
+        "{}\n{}",
+        text(&o1),
+        text(&o2)
+    );
+    assert_eq!(
+        fs::read_to_string(&marker).unwrap().lines().count(),
+        1,
+        "executed once"
+    );
+    assert!(text(&o2).contains("(joined)"), "{}", text(&o2));
+    let stats = dagfs(&e.store, &["stats", "--json"]).output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&stats.stdout).unwrap();
+    assert_eq!(v["hits_by_route"]["joined"], 1, "{v}");
+    assert_eq!(
+        fs::read_to_string(e.mnt.join("dags/two/slow/out")).unwrap(),
+        "done\n"
+    );
+}
+
+#[test]
+fn a_running_session_leases_what_it_uses() {
+    let e = env();
+    let _m = Mounted::new(&e.store, &e.mnt);
+    let started = e.root.join("started");
+    let release = e.root.join("release");
+    let f = pipeline(
+        &e.root.join("p"),
+        &format!(
+            "name = \"lease\"\n[tasks.a]\nrun = 'echo a > $DAGFS_OUT/a'\n[tasks.b]\nrun = 'touch {s}; while [ ! -e {r} ]; do sleep 0.05; done; cp $DAGFS_IN/a/a $DAGFS_OUT/b'\ndeps = [\"a\"]\n",
+            s = started.display(),
+            r = release.display()
+        ),
+    );
+    let run = dagfs(&e.store, &["run", "-f", f.to_str().unwrap()])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for("task b to start", || started.exists());
+    // Another client shrinks the cache to nothing while the run holds `a`.
+    let o = dagfs(&e.store, &["config", "max_entries", "0"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let gc = dagfs(&e.store, &["gc"]).output().unwrap();
+    assert!(gc.status.success(), "{}", text(&gc));
+    let o = dagfs(&e.store, &["cat", "lease/a/a"]).output().unwrap();
+    assert_eq!(o.stdout, b"a\n", "the leased entry survived: {}", text(&o));
+    fs::write(&release, "").unwrap();
+    let o = run.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    // The session ended: its leases are gone, so the policy now applies.
+    let gc = dagfs(&e.store, &["gc"]).output().unwrap();
+    assert!(gc.status.success(), "{}", text(&gc));
+    let stats = dagfs(&e.store, &["stats", "--json"]).output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&stats.stdout).unwrap();
+    assert_eq!(v["total_entries"], 0, "{v}");
+}
+
+#[test]
+fn killed_daemon_leaves_a_stale_mount_that_mount_recovers() {
+    let e = env();
+    let m = Mounted::new(&e.store, &e.mnt);
+    let _cleanup = LazyUnmount(e.mnt.clone());
+    // SAFETY: our own daemon.
+    unsafe { libc::kill(m.pid, libc::SIGKILL) };
+    wait_for("the daemon to die", || !pid_alive(m.pid));
+    let err = fs::metadata(&e.mnt).unwrap_err();
+    assert_eq!(
+        err.raw_os_error(),
+        Some(libc::ENOTCONN),
+        "a dead FUSE mount"
+    );
+    // Without a daemon, commands run embedded (the stale socket is ignored).
+    let o = dagfs(&e.store, &["stats"]).output().unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    // The dead daemon's guard must not unmount what replaces it.
+    std::mem::forget(m);
+    let m2 = Mounted::new(&e.store, &e.mnt);
+    let o = dagfs(&e.store, &["stats"]).output().unwrap();
+    assert!(o.status.success());
+    assert!(fs::read_dir(e.mnt.join("keys")).is_ok());
+    drop(m2);
+}
+
+#[test]
+fn protocol_version_mismatch_is_a_clear_error() {
+    use dagfs::daemon::protocol::{self, Hello};
+    let e = env();
+    let _m = Mounted::new(&e.store, &e.mnt);
+    let mut s = UnixStream::connect(e.store.join("daemon.sock")).unwrap();
+    let hello = Hello {
+        protocol: 999,
+        agent: "test".into(),
+        pid: None,
+        mountpoint: None,
+    };
+    protocol::write_json(&mut s, protocol::HELLO, &hello).unwrap();
+    let (kind, payload) = protocol::read_frame(&mut s).unwrap();
+    assert_eq!(kind, protocol::ERROR);
+    let msg = String::from_utf8_lossy(&payload);
+    assert!(
+        msg.contains("999") && msg.contains(&protocol::PROTOCOL.to_string()),
+        "{msg}"
+    );
+    // Garbage instead of a HELLO does not take the daemon down.
+    let mut g = UnixStream::connect(e.store.join("daemon.sock")).unwrap();
+    use std::io::Write;
+    let _ = g.write_all(&[0xff, 0xff, 0xff, 0x7f, 1, 2, 3]);
+    drop(g);
+    let o = dagfs(&e.store, &["stats"]).output().unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+}
+
+#[test]
+fn socket_is_private_and_other_users_are_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let e = env();
+    let _m = Mounted::new(&e.store, &e.mnt);
+    let mode = fs::metadata(e.store.join("daemon.sock"))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600);
+    let have_setpriv = Command::new("setpriv")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !have_setpriv || !nix_is_root() {
+        eprintln!("skipping the other-uid part: needs root and setpriv");
+        return;
+    }
+    // Let `nobody` reach the socket file, so the daemon's own check is what refuses.
+    for d in [e.root.as_path(), e.store.as_path()] {
+        fs::set_permissions(d, fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    fs::set_permissions(
+        e.store.join("daemon.sock"),
+        fs::Permissions::from_mode(0o666),
+    )
+    .unwrap();
+    let o = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            BIN,
+            "--store",
+        ])
+        .arg(&e.store)
+        .arg("stats")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(11), "{}", text(&o));
+    assert!(text(&o).contains("refused"), "{}", text(&o));
+}
+
+fn nix_is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
