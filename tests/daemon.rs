@@ -208,6 +208,26 @@ fn commands_run_through_the_daemon_and_views_update_live() {
     let stats = dagfs(&e.store, &["stats", "--json"]).output().unwrap();
     let v: serde_json::Value = serde_json::from_slice(&stats.stdout).unwrap();
     assert_eq!(v["total_entries"], 2);
+    // A re-run that changes an output shows at once (the daemon invalidates
+    // the kernel's cached entries; without that, only after the 1 s TTL).
+    assert_eq!(
+        fs::read_to_string(e.mnt.join("dags/app/gen/data.txt")).unwrap(),
+        "data\n"
+    );
+    let latest_before = fs::read_link(e.mnt.join("runs/latest")).unwrap();
+    fs::write(&f, PIPE.replace("echo data", "echo data2")).unwrap();
+    let o = dagfs(&e.store, &["run", "-f", f.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(
+        fs::read_to_string(e.mnt.join("dags/app/gen/data.txt")).unwrap(),
+        "data2\n"
+    );
+    assert_ne!(
+        fs::read_link(e.mnt.join("runs/latest")).unwrap(),
+        latest_before
+    );
     let runs = fs::read_dir(e.mnt.join("runs")).unwrap().count();
     assert!(runs >= 2, "runs/ lists the runs: {runs}");
     drop(m);

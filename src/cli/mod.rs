@@ -198,12 +198,16 @@ pub struct Ctx {
     pub inflight: Arc<Inflight>,
     pub inputs_via: Option<PathBuf>,
     pub running: Option<Arc<AtomicU64>>,
+    pub on_change: Option<Arc<dagfs::exec::scheduler::OnChange>>,
 }
 
 /// The cache a command uses: opened on first use (embedded; validation
 /// errors never touch the store), or the daemon's.
 pub enum CacheSource {
-    Embedded { dir: PathBuf, cache: Option<Box<Cache>> },
+    Embedded {
+        dir: PathBuf,
+        cache: Option<Box<Cache>>,
+    },
     Daemon(Arc<Cache>),
 }
 

@@ -23,6 +23,8 @@ use dagfs::daemon::protocol::{Hello, PROTOCOL};
 use dagfs::daemon::server::{Server, ServerConfig};
 use dagfs::daemon::view::CacheView;
 use dagfs::daemon::{client, mounts, Gauges};
+use dagfs::exec::scheduler::Change;
+use dagfs::fs::invalidate::Invalidator;
 use dagfs::fs::{self as dfs, DagFs, FsCounters, FsOptions, Passthrough};
 use dagfs::index::CachePolicy;
 
@@ -296,6 +298,7 @@ fn serve(store: &Path, mnt: &Path, o: &MountOpts, ready: Option<&OwnedFd>) -> Re
         debug: o.debug,
     };
     let fs = DagFs::new(view, &fs_opts, counters);
+    let inodes = fs.inodes();
     let session = dfs::mount(fs, mnt, &fs_opts)
         .map_err(|e| CliError::Mount(format!("cannot mount {}: {e}", mnt.display())))?;
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -308,11 +311,16 @@ fn serve(store: &Path, mnt: &Path, o: &MountOpts, ready: Option<&OwnedFd>) -> Re
         }
         std::thread::sleep(Duration::from_millis(5));
     }
+    let invalidator = Invalidator::new(inodes, session.notifier());
     let ctx = Ctx {
         session: None,
         inflight: Arc::default(),
         inputs_via: Some(mnt.to_path_buf()),
         running: Some(gauges.inflight_tasks.clone()),
+        on_change: Some(Arc::new(move |c: Change<'_>| match c {
+            Change::Task { dag, task } => invalidator.task_changed(dag, task),
+            Change::Run(id) => invalidator.run_finished(id),
+        })),
     };
     let (stop_tx, stop_rx) = crossbeam::channel::bounded::<()>(8);
     let handler_cache = cache.clone();

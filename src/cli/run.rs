@@ -85,6 +85,7 @@ pub fn run(a: RunArgs, src: &mut CacheSource, io: &mut Io, ctx: &Ctx) -> Result<
         inflight: ctx.inflight.clone(),
         inputs_via: ctx.inputs_via.clone(),
         running: ctx.running.clone(),
+        on_change: ctx.on_change.clone(),
     };
     let names: Vec<String> = plan.nodes.iter().map(|n| n.name.clone()).collect();
     let tty = io.stderr_tty;

@@ -139,7 +139,19 @@ pub struct Options {
     pub inputs_via: Option<PathBuf>,
     /// Counts tasks executing now (daemon metrics).
     pub running: Option<Arc<AtomicU64>>,
+    /// Told when a task's latest key is set and when the run is recorded
+    /// (the daemon invalidates the mount's live views).
+    pub on_change: Option<Arc<OnChange>>,
 }
+
+/// What changed in the store's live views.
+#[derive(Debug, Clone, Copy)]
+pub enum Change<'a> {
+    Task { dag: &'a str, task: &'a str },
+    Run(u64),
+}
+
+pub type OnChange = dyn Fn(Change<'_>) + Send + Sync;
 
 impl Default for Options {
     fn default() -> Self {
@@ -152,6 +164,7 @@ impl Default for Options {
             inflight: Arc::default(),
             inputs_via: None,
             running: None,
+            on_change: None,
         }
     }
 }
@@ -496,6 +509,12 @@ pub fn run(
                             owned.remove(&key);
                             opts.inflight.finish(&key, Ok(meta.output));
                             cache.index.set_latest(&plan.dag, &node.name, &key)?;
+                            if let Some(f) = &opts.on_change {
+                                f(Change::Task {
+                                    dag: &plan.dag,
+                                    task: &node.name,
+                                });
+                            }
                             protected.insert(key);
                             *hits.entry(Route::Key).or_default() += 1;
                             let mut o = Outcome::new(Status::Cached);
@@ -577,6 +596,12 @@ pub fn run(
                             cache
                                 .index
                                 .set_latest(&plan.dag, &plan.nodes[idx].name, &key)?;
+                            if let Some(f) = &opts.on_change {
+                                f(Change::Task {
+                                    dag: &plan.dag,
+                                    task: &plan.nodes[idx].name,
+                                });
+                            }
                             protected.insert(key);
                             if let Some(s) = opts.session {
                                 cache.lease(s, [key]);
@@ -627,6 +652,12 @@ pub fn run(
                     }
                     owned.remove(&done.key);
                     opts.inflight.finish(&done.key, Ok(entry.output));
+                    if let (true, Some(f)) = (published.kept, &opts.on_change) {
+                        f(Change::Task {
+                            dag: &plan.dag,
+                            task: &entry.task,
+                        });
+                    }
                     if pending.len() + batch.blob_count() >= 512
                         || pending_since.elapsed() >= Duration::from_millis(500)
                     {
@@ -722,6 +753,9 @@ pub fn run(
         .store
         .publish_entries(&pending, |k| matches!(index.get(k), Ok(Some(_))))?;
     cache.flush()?;
+    if let Some(f) = &opts.on_change {
+        f(Change::Run(run_id));
+    }
     let _ = remove_all(run_tmp.path());
     if let Some(e) = finish_err {
         return Err(e);

@@ -25,6 +25,7 @@ mod counters;
 mod error;
 mod handle;
 mod inode;
+pub mod invalidate;
 mod names;
 mod node;
 mod ops;
@@ -103,7 +104,7 @@ impl Default for FsOptions {
 pub struct DagFs {
     view: Arc<dyn StoreView>,
     counters: Arc<FsCounters>,
-    inodes: InodeTable<Node>,
+    inodes: Arc<InodeTable<Node>>,
     handles: handle::HandleTable,
     trees: TreeCache,
     reads: Reads,
@@ -114,11 +115,16 @@ pub struct DagFs {
 }
 
 impl DagFs {
+    /// What `invalidate::Invalidator` needs to name this mount's inodes.
+    pub fn inodes(&self) -> invalidate::Inodes {
+        invalidate::Inodes(self.inodes.clone())
+    }
+
     pub fn new(view: Arc<dyn StoreView>, opts: &FsOptions, counters: Arc<FsCounters>) -> DagFs {
         DagFs {
             view,
             counters,
-            inodes: InodeTable::new(FIRST_DYNAMIC_INO),
+            inodes: Arc::new(InodeTable::new(FIRST_DYNAMIC_INO)),
             handles: handle::HandleTable::default(),
             // Up to 1024 trees / ~1M decoded entries (~100 MB at worst).
             trees: TreeCache::new(1024, 1 << 20),
