@@ -431,3 +431,52 @@ fn nix_is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
 }
+
+/// Regression: `mount.dagfs` refused a stale mount point (stat fails with
+/// ENOTCONN) instead of letting `dagfs mount` recover it.
+#[test]
+fn mount_helper_recovers_a_stale_mount_too() {
+    let helper = Path::new(BIN).with_file_name("mount-dagfs");
+    if !helper.exists() {
+        eprintln!(
+            "skipping: {} is not built (cargo build --workspace)",
+            helper.display()
+        );
+        return;
+    }
+    let e = env();
+    let m = Mounted::new(&e.store, &e.mnt);
+    let _cleanup = LazyUnmount(e.mnt.clone());
+    // SAFETY: our own daemon.
+    unsafe { libc::kill(m.pid, libc::SIGKILL) };
+    wait_for("the daemon to die", || !pid_alive(m.pid));
+    std::mem::forget(m);
+    let o = Command::new(&helper)
+        .arg(&e.store)
+        .arg(&e.mnt)
+        .args(["-o", "passthrough=off"])
+        .env(
+            "PATH",
+            format!(
+                "{}:{}",
+                Path::new(BIN).parent().unwrap().display(),
+                std::env::var("PATH").unwrap_or_default()
+            ),
+        )
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("dead dagfs mount"), "{}", text(&o));
+    assert!(fs::read_dir(e.mnt.join("keys")).is_ok());
+    let pid: i32 = text(&o)
+        .split("daemon pid ")
+        .nth(1)
+        .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|p| p.parse().ok())
+        .unwrap();
+    drop(Mounted {
+        store: e.store.clone(),
+        mnt: e.mnt.clone(),
+        pid,
+    });
+}

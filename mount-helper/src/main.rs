@@ -116,6 +116,8 @@ fn existing_dir(path: &Path) -> Result<PathBuf, (PathBuf, io::Error)> {
         // NB: ENOTDIR (20 on Linux) by number: `ErrorKind::NotADirectory`
         // is newer than the workspace's rust-version.
         Ok(_) => Err((abs, io::Error::from_raw_os_error(20))),
+        // ENOTCONN (107): a dead FUSE mount; `dagfs mount` recovers it.
+        Err(err) if err.raw_os_error() == Some(107) => Ok(abs),
         Err(err) => Err((abs, err)),
     }
 }
