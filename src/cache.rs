@@ -358,6 +358,9 @@ impl Cache {
                 roots.extend([e.output, e.stdout, e.stderr]);
             }
         }
+        for log in self.store.sync_logs()? {
+            roots.extend(log.snapshots.iter().map(|s| s.tree));
+        }
         let live = gc::reachable(&self.store, roots)?;
         let sweep = gc::sweep(&self.store, &live, self.sweep_cutoff(), dry_run)?;
         Ok(GcReport {

@@ -29,6 +29,7 @@ pub mod fs;
 pub mod hash;
 pub mod index;
 pub mod store;
+pub mod sync;
 
 pub use cache::Cache;
 pub use exec::{CacheKey, CachedExecutor, Dag, ExecutionResult, KeyBuilder, Task, TaskInputs};

@@ -10,6 +10,7 @@
 mod inspect;
 mod mount;
 mod run;
+mod sync;
 
 use std::collections::HashMap;
 use std::io::{IsTerminal, Write};
@@ -42,7 +43,9 @@ Exit codes:
   9   store format not supported by this dagfs
   10  not found (cat/explain target, umount of something not mounted)
   11  daemon error (refused connection, protocol version mismatch)
-  12  mount failed";
+  12  mount failed
+  13  sync conflict (a file kept changing while it was read)
+  14  sync: unreadable file (see --skip-unreadable)";
 
 #[derive(Parser, Debug)]
 #[command(name = "dagfs", version, about = "A content-addressed cache for the outputs of DAG pipelines", after_help = EXIT_CODES)]
@@ -91,6 +94,8 @@ pub enum Cmd {
         #[arg(long, required = true)]
         rebuild_index: bool,
     },
+    /// Snapshot a host directory into the store and print what changed
+    Sync(sync::SyncArgs),
     /// Serve the store as a read-only filesystem at MOUNTPOINT (starts the daemon)
     Mount(mount::MountArgs),
     /// Stop the daemon serving MOUNTPOINT and unmount it
@@ -114,6 +119,7 @@ impl Cmd {
                 }
             }
             Cmd::Explain { file, .. } => abs(file),
+            Cmd::Sync(a) => abs(&mut a.dir),
             _ => {}
         }
     }
@@ -135,6 +141,8 @@ pub enum CliError {
     Daemon(#[from] ClientError),
     #[error("{0}")]
     Mount(String),
+    #[error(transparent)]
+    Sync(#[from] dagfs::sync::SyncError),
     /// Tasks failed; already reported.
     #[error("")]
     TasksFailed,
@@ -179,6 +187,13 @@ impl CliError {
             CliError::Output(_) => 8,
             CliError::Daemon(_) => 11,
             CliError::Mount(_) => 12,
+            CliError::Sync(e) => match e {
+                dagfs::sync::SyncError::Conflict { .. } => 13,
+                dagfs::sync::SyncError::Unreadable { .. } => 14,
+                dagfs::sync::SyncError::Usage(_) => 2,
+                dagfs::sync::SyncError::Store(s) => store(s),
+                _ => 8,
+            },
         }
     }
 }
@@ -378,6 +393,7 @@ fn execute(cmd: Cmd, src: &mut CacheSource, io: &mut Io, ctx: &Ctx) -> Result<()
         Cmd::Cat { path } => inspect::cat(src.get(io)?, &path, io),
         Cmd::Config { key, value } => inspect::config(src.get(io)?, key, value, io),
         Cmd::Gc { dry_run } => inspect::gc(src.get(io)?, dry_run, io),
+        Cmd::Sync(args) => sync::sync(args, src, io),
         Cmd::Fsck { .. } => inspect::rebuild_index(src.get(io)?, io),
         Cmd::Mount(_) | Cmd::Umount { .. } => Err(CliError::Usage(
             "mount/umount run only from the command line".into(),

@@ -14,6 +14,7 @@
 //! | `runs`      | run id (u64 BE)                  | `RunRecord` (JSON)         |
 //! | `stats`     | counter name                     | u64 LE                     |
 //! | `config`    | `policy`                         | `CachePolicy` (JSON)       |
+//! | `statcache` | root id (16) ‖ relative path     | stat + digest (see `sync`) |
 //!
 //! sled's background flush is off: the index becomes durable only at
 //! `flush()`, which callers run after `Store::sync`, so a durable index
@@ -108,6 +109,7 @@ pub struct Index {
     runs: sled::Tree,
     stats: sled::Tree,
     config: sled::Tree,
+    statcache: sled::Tree,
 }
 
 const C_ENTRIES: &str = "entries";
@@ -163,6 +165,7 @@ impl Index {
             runs: db.open_tree("runs")?,
             stats: db.open_tree("stats")?,
             config: db.open_tree("config")?,
+            statcache: db.open_tree("statcache")?,
             db,
         })
     }
@@ -441,6 +444,37 @@ impl Index {
             );
         }
         Ok(s)
+    }
+
+    // --- stat cache (owned by `sync`, opaque here) ---
+
+    pub fn stat_get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        Ok(self.statcache.get(key)?.map(|v| v.to_vec()))
+    }
+
+    /// Apply puts (Some) and deletes (None) in one batch.
+    pub fn stat_apply(
+        &self,
+        ops: impl IntoIterator<Item = (Vec<u8>, Option<Vec<u8>>)>,
+    ) -> Result<()> {
+        let mut b = sled::Batch::default();
+        for (k, v) in ops {
+            match v {
+                Some(v) => b.insert(k, v),
+                None => b.remove(k),
+            }
+        }
+        self.statcache.apply_batch(b)?;
+        Ok(())
+    }
+
+    /// Every key under `prefix`.
+    pub fn stat_keys(&self, prefix: &[u8]) -> Result<Vec<Vec<u8>>> {
+        self.statcache
+            .scan_prefix(prefix)
+            .keys()
+            .map(|k| Ok(k?.to_vec()))
+            .collect()
     }
 
     // --- config ---

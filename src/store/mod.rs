@@ -30,6 +30,7 @@ pub mod gc;
 pub mod ingest;
 pub mod lock;
 pub mod materialize;
+pub mod syncs;
 pub mod tree;
 
 use std::ffi::OsStr;

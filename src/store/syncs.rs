@@ -1,0 +1,102 @@
+//! Sync logs: the durable record of each synced host directory's snapshots,
+//! `<store>/syncs/<name>` (JSON). Part of the source of truth: gc keeps
+//! every snapshot tree a log names.
+
+use std::fs;
+
+use serde::{Deserialize, Serialize};
+
+use super::error::{IoContext, Result, StoreError};
+use super::Store;
+use crate::hash::Digest;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// 1, 2, … within its name (`/syncs/<name>@<seq>`).
+    pub seq: u64,
+    pub tree: Digest,
+    pub created_ms: u64,
+    pub files: u64,
+    pub bytes: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncLog {
+    pub name: String,
+    /// The host directory, absolute.
+    pub root: String,
+    pub snapshots: Vec<Snapshot>,
+}
+
+impl SyncLog {
+    pub fn latest(&self) -> Option<&Snapshot> {
+        self.snapshots.last()
+    }
+}
+
+impl Store {
+    fn syncs_dir(&self) -> std::path::PathBuf {
+        self.root().join("syncs")
+    }
+
+    pub fn sync_log(&self, name: &str) -> Result<Option<SyncLog>> {
+        let p = self.syncs_dir().join(name);
+        match fs::read(&p) {
+            Ok(b) => serde_json::from_slice(&b)
+                .map(Some)
+                .map_err(|e| StoreError::Corrupt {
+                    digest: Digest::default(),
+                    path: p,
+                    reason: format!("sync log: {e}"),
+                }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(StoreError::Io { path: p, source: e }),
+        }
+    }
+
+    /// Write a sync log durably (its snapshot trees must be committed).
+    pub fn put_sync_log(&self, log: &SyncLog) -> Result<()> {
+        let dir = self.syncs_dir();
+        fs::create_dir_all(&dir).at(&dir)?;
+        let tmp = self
+            .tmp_root()
+            .join(format!("sync-{}-{}", log.name, std::process::id()));
+        fs::write(
+            &tmp,
+            serde_json::to_vec_pretty(log).expect("sync log serializes"),
+        )
+        .at(&tmp)?;
+        self.sync()?; // NB: the record's bytes durable before its name.
+        let dst = dir.join(&log.name);
+        fs::rename(&tmp, &dst).at(&dst)?;
+        self.sync()
+    }
+
+    pub fn sync_logs(&self) -> Result<Vec<SyncLog>> {
+        let dir = self.syncs_dir();
+        let rd = match fs::read_dir(&dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => {
+                return Err(StoreError::Io {
+                    path: dir,
+                    source: e,
+                })
+            }
+        };
+        let mut out = Vec::new();
+        for e in rd {
+            let name = e.at(&dir)?.file_name();
+            if let Some(log) = name
+                .to_str()
+                .map(|n| self.sync_log(n))
+                .transpose()?
+                .flatten()
+            {
+                out.push(log);
+            }
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+}

@@ -1,0 +1,169 @@
+//! sync: host directories as content-addressed snapshots.
+//!
+//! Owns: scanning (`scan`), change sets (`changes`), and recording each
+//! snapshot in the store's sync log. May call: `hash`, `store`, `index`,
+//! `cache`. Guarantees: a snapshot's tree names only bytes that were stored
+//! for it, and only bytes a file held for the whole of its read (else the
+//! sync retries, then fails with `Conflict` naming the path).
+
+pub mod changes;
+pub mod scan;
+
+use std::path::{Path, PathBuf};
+
+use crate::cache::{now_ms, Cache, CacheError};
+use crate::hash::{CanonicalHasher, Digest};
+use crate::index::IndexError;
+use crate::store::syncs::{Snapshot, SyncLog};
+use crate::store::StoreError;
+
+pub use changes::{Change, ChangeKind, ChangeSet};
+pub use scan::ScanOptions;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: unreadable ({reason}); pass --skip-unreadable to leave such files out")]
+    Unreadable { path: PathBuf, reason: String },
+    /// A file kept changing while it was read.
+    #[error("conflict: {path} {what}")]
+    Conflict { path: PathBuf, what: String },
+    #[error("{0}")]
+    Usage(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Index(#[from] IndexError),
+}
+
+impl From<CacheError> for SyncError {
+    fn from(e: CacheError) -> Self {
+        match e {
+            CacheError::Store(s) => SyncError::Store(s),
+            CacheError::Index(i) => SyncError::Index(i),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct SyncReport {
+    pub name: String,
+    pub root: PathBuf,
+    /// The snapshot now latest (a new one only if the tree changed).
+    pub snapshot: Snapshot,
+    pub new_snapshot: bool,
+    pub previous: Option<Digest>,
+    pub changes: ChangeSet,
+    pub scan: scan::ScanOutput,
+}
+
+/// A sync name: letters, digits and `_-.+`, like task names.
+pub fn valid_name(s: &str) -> bool {
+    crate::exec::pipeline::valid_name(s) && !s.contains('@')
+}
+
+/// The default name of a synced directory: its base name, cleaned.
+pub fn default_name(root: &Path) -> String {
+    let base = root
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let cleaned: String = base
+        .chars()
+        .map(|c| if valid_name(&c.to_string()) { c } else { '_' })
+        .collect();
+    if valid_name(&cleaned) {
+        cleaned
+    } else {
+        "root".into()
+    }
+}
+
+/// Scan `dir` into the store and record it as `name`'s latest snapshot.
+pub fn sync_dir(
+    cache: &Cache,
+    dir: &Path,
+    name: Option<&str>,
+    opts: &ScanOptions,
+) -> Result<SyncReport, SyncError> {
+    let root = std::fs::canonicalize(dir).map_err(|e| SyncError::Io {
+        path: dir.to_path_buf(),
+        source: e,
+    })?;
+    if !root.is_dir() {
+        return Err(SyncError::Usage(format!(
+            "{}: not a directory",
+            dir.display()
+        )));
+    }
+    let name = match name {
+        Some(n) if valid_name(n) => n.to_string(),
+        Some(n) => {
+            return Err(SyncError::Usage(format!(
+                "sync name {n:?} may use only letters, digits and `_-.+`"
+            )))
+        }
+        None => default_name(&root),
+    };
+    // The stat cache is per (directory, filters): other filters, other files.
+    let mut h = CanonicalHasher::new("dagfs stat cache root v1");
+    h.bytes(root.as_os_str().as_encoded_bytes());
+    for list in [&opts.include, &opts.exclude] {
+        h.u64(list.len() as u64);
+        for g in list {
+            h.str(g);
+        }
+    }
+    let id: [u8; 16] = h.finish().as_bytes()[..16].try_into().expect("16 bytes");
+    let mut opts = opts.clone();
+    opts.skip.push(cache.store.root().to_path_buf());
+    if let Ok(mounts) = crate::daemon::mounts::mounts() {
+        opts.skip.extend(
+            mounts
+                .into_iter()
+                .filter(|m| m.fstype == crate::daemon::mounts::FSTYPE)
+                .map(|m| m.mountpoint),
+        );
+    }
+    let mut log = cache.store.sync_log(&name)?.unwrap_or_else(|| SyncLog {
+        name: name.clone(),
+        root: root.display().to_string(),
+        snapshots: Vec::new(),
+    });
+    if log.root != root.display().to_string() && !log.snapshots.is_empty() {
+        return Err(SyncError::Usage(format!(
+            "sync name `{name}` already names {}; pass --name to sync {} under another name",
+            log.root,
+            root.display()
+        )));
+    }
+    let out = scan::scan(cache, &root, &id, &opts)?;
+    let previous = log.latest().map(|s| s.tree);
+    let changes = changes::diff(&cache.store, previous.as_ref(), &out.tree)?;
+    let new_snapshot = previous != Some(out.tree);
+    if new_snapshot {
+        let seq = log.latest().map_or(1, |s| s.seq + 1);
+        log.snapshots.push(Snapshot {
+            seq,
+            tree: out.tree,
+            created_ms: now_ms(),
+            files: out.files,
+            bytes: out.bytes,
+        });
+        cache.store.put_sync_log(&log)?;
+    }
+    cache.index.flush()?;
+    Ok(SyncReport {
+        name,
+        root,
+        snapshot: log.latest().cloned().expect("a snapshot"),
+        new_snapshot,
+        previous,
+        changes,
+        scan: out,
+    })
+}

@@ -1,0 +1,440 @@
+//! `dagfs sync`: snapshots, exact change sets, the stat cache, racy files,
+//! conflicts, ignore rules.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{symlink, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+const BIN: &str = env!("CARGO_BIN_EXE_dagfs");
+
+fn sync(store: &Path, dir: &Path, extra: &[&str]) -> (i32, serde_json::Value, String) {
+    let o = Command::new(BIN)
+        .arg("--store")
+        .arg(store)
+        .arg("sync")
+        .arg(dir)
+        .arg("--json")
+        .args(extra)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    let v = serde_json::from_slice(&o.stdout).unwrap_or(serde_json::Value::Null);
+    (o.status.code().unwrap_or(-1), v, err)
+}
+
+/// What a path is, as the test sees it (independently of dagfs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Seen {
+    File { bytes: Vec<u8>, exec: bool },
+    Link(Vec<u8>),
+    Dir,
+}
+
+fn model(root: &Path) -> BTreeMap<Vec<u8>, Seen> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            let p = e.path();
+            let rel = p
+                .strip_prefix(root)
+                .unwrap()
+                .as_os_str()
+                .as_bytes()
+                .to_vec();
+            let md = fs::symlink_metadata(&p).unwrap();
+            let seen = if md.file_type().is_symlink() {
+                Seen::Link(fs::read_link(&p).unwrap().as_os_str().as_bytes().to_vec())
+            } else if md.is_dir() {
+                stack.push(p.clone());
+                Seen::Dir
+            } else {
+                Seen::File {
+                    bytes: fs::read(&p).unwrap(),
+                    exec: md.permissions().mode() & 0o111 != 0,
+                }
+            };
+            out.insert(rel, seen);
+        }
+    }
+    out
+}
+
+fn expected(
+    old: &BTreeMap<Vec<u8>, Seen>,
+    new: &BTreeMap<Vec<u8>, Seen>,
+) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let name = |p: &[u8]| String::from_utf8_lossy(p).into_owned();
+    for (p, n) in new {
+        let kind = match (old.get(p), n) {
+            (None, _) => "added",
+            (Some(Seen::File { bytes: a, exec: x }), Seen::File { bytes: b, exec: y }) => {
+                if a != b {
+                    "modified"
+                } else if x != y {
+                    "mode-changed"
+                } else {
+                    continue;
+                }
+            }
+            (Some(Seen::Link(a)), Seen::Link(b)) => {
+                if a != b {
+                    "modified"
+                } else {
+                    continue;
+                }
+            }
+            (Some(Seen::Dir), Seen::Dir) => continue,
+            _ => "type-changed",
+        };
+        out.insert(name(p), kind.to_string());
+    }
+    for p in old.keys() {
+        if !new.contains_key(p) {
+            out.insert(name(p), "removed".to_string());
+        }
+    }
+    out
+}
+
+fn reported(v: &serde_json::Value) -> BTreeMap<String, String> {
+    v["changes"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no changes in {v}"))
+        .iter()
+        .map(|c| {
+            (
+                c["path"].as_str().unwrap().to_string(),
+                c["kind"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self, n: u64) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (self.0 >> 33) % n
+    }
+}
+
+fn write(p: &Path, b: &[u8]) {
+    fs::create_dir_all(p.parent().unwrap()).unwrap();
+    fs::write(p, b).unwrap();
+}
+
+#[test]
+fn change_sets_match_an_independent_diff_over_random_edits() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (store, dir) = (tmp.path().join("store"), tmp.path().join("src"));
+    for i in 0..40 {
+        write(
+            &dir.join(format!("d{}/e{}/f{i}.txt", i % 4, i % 3)),
+            format!("file {i}").as_bytes(),
+        );
+    }
+    write(&dir.join("deep/a/b/c/d/e/f/g/h/leaf"), b"deep");
+    fs::write(
+        dir.join(std::ffi::OsStr::from_bytes(b"non-utf8-\xff\xfe")),
+        b"bytes",
+    )
+    .unwrap();
+    symlink("d0/e0/f0.txt", dir.join("link")).unwrap();
+    let mut before = model(&dir);
+    let (code, v, err) = sync(&store, &dir, &[]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        reported(&v),
+        expected(&BTreeMap::new(), &before),
+        "first sync: everything added"
+    );
+    let mut rng = Rng(7);
+    for round in 0..12 {
+        let files: Vec<PathBuf> = walk_files(&dir);
+        for _ in 0..4 {
+            let f = &files[rng.next(files.len() as u64) as usize];
+            if !f.exists() && fs::symlink_metadata(f).is_err() {
+                continue;
+            }
+            match rng.next(8) {
+                0 => write(
+                    &dir.join(format!("new{round}/x{}", rng.next(1000))),
+                    b"added",
+                ),
+                1 => {
+                    // Same size, same mtime: only ctime (and content) differ.
+                    let md = fs::metadata(f);
+                    if let Some(md) = md.ok().filter(|m| m.is_file()) {
+                        let mut b = fs::read(f).unwrap();
+                        if let Some(x) = b.first_mut() {
+                            *x = x.wrapping_add(1);
+                        }
+                        fs::write(f, &b).unwrap();
+                        let fh = fs::File::options().write(true).open(f).unwrap();
+                        fh.set_modified(md.modified().unwrap()).unwrap();
+                    }
+                }
+                2 => {
+                    let _ = fs::remove_file(f);
+                }
+                3 => {
+                    let to = f.with_extension(format!("r{round}"));
+                    let _ = fs::rename(f, to);
+                }
+                4 => {
+                    // file -> dir
+                    if fs::remove_file(f).is_ok() {
+                        write(&f.join("inner"), b"was a file");
+                    }
+                }
+                5 => {
+                    // file -> symlink
+                    if fs::remove_file(f).is_ok() {
+                        symlink("../elsewhere", f).unwrap();
+                    }
+                }
+                6 => {
+                    if let Some(md) = fs::metadata(f).ok().filter(|m| m.is_file()) {
+                        let mode = md.permissions().mode() ^ 0o111;
+                        fs::set_permissions(f, fs::Permissions::from_mode(mode)).unwrap();
+                    }
+                }
+                _ => {
+                    // dir -> file
+                    if let Some(parent) = f.parent().filter(|p| *p != dir) {
+                        fs::remove_dir_all(parent).unwrap();
+                        fs::write(parent, b"now a file").unwrap();
+                    }
+                }
+            }
+        }
+        let after = model(&dir);
+        let (code, v, err) = sync(&store, &dir, &[]);
+        assert_eq!(code, 0, "round {round}: {err}");
+        assert_eq!(reported(&v), expected(&before, &after), "round {round}");
+        before = after;
+    }
+}
+
+fn walk_files(root: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            let md = fs::symlink_metadata(&p).unwrap();
+            if md.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn stat_cache_rehashes_only_changed_and_racy_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (store, dir) = (tmp.path().join("store"), tmp.path().join("src"));
+    for i in 0..200 {
+        write(&dir.join(format!("f{i}")), format!("{i}").as_bytes());
+    }
+    // Out of the racy window (1 s) before the first scan.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let (_, v, err) = sync(&store, &dir, &[]);
+    assert_eq!(v["hashed"], 200, "{err}");
+    let (_, v, _) = sync(&store, &dir, &[]);
+    assert_eq!(
+        v["hashed"], 0,
+        "nothing changed: everything from the stat cache"
+    );
+    assert_eq!(v["stat_cache_hits"], 200);
+    assert_eq!(v["new_snapshot"], false);
+    write(&dir.join("f7"), b"changed");
+    let (_, v, _) = sync(&store, &dir, &[]);
+    assert_eq!(v["hashed"], 1);
+    assert_eq!(reported(&v).get("f7").map(String::as_str), Some("modified"));
+    // f7 was written within a second of that scan: racy, so hashed again.
+    let (_, v, _) = sync(&store, &dir, &[]);
+    assert_eq!(v["hashed"], 1, "racy file re-hashed");
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let (_, _, _) = sync(&store, &dir, &[]);
+    let (_, v, _) = sync(&store, &dir, &[]);
+    assert_eq!(v["hashed"], 0, "no longer racy");
+}
+
+fn blob(store: &Path, hex: &str) -> PathBuf {
+    store.join("blobs").join(&hex[..2]).join(hex)
+}
+
+#[test]
+fn a_file_rewritten_while_it_is_read_is_retried_or_a_conflict_never_a_mix() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (store, dir) = (tmp.path().join("store"), tmp.path().join("src"));
+    let f = dir.join("hot");
+    write(&f, &vec![b'a'; 1 << 20]);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (f, stop) = (f.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut k = 0u8;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                k = k.wrapping_add(1);
+                // Not atomic: truncate, then write, so partial states exist.
+                let len = (1 << 20) + (k as usize) * 4096;
+                let _ = fs::write(&f, vec![b'a' + (k % 26); len]);
+            }
+        })
+    };
+    let mut conflicts = 0;
+    let mut oks = 0;
+    let mut retries = 0;
+    for _ in 0..10 {
+        let (code, v, err) = sync(&store, &dir, &[]);
+        match code {
+            0 => {
+                oks += 1;
+                retries += v["retries"].as_u64().unwrap();
+                // The snapshot names a whole version of `hot`: one letter,
+                // the length that letter was written with; never a mix.
+                let tree = v["tree"].as_str().unwrap();
+                let t = dagfs::store::Tree::decode(&fs::read(blob(&store, tree)).unwrap()).unwrap();
+                let Some(dagfs::store::Node::File { digest, size, .. }) =
+                    t.find(b"hot").map(|e| e.node.clone())
+                else {
+                    panic!("no file `hot` in the snapshot")
+                };
+                let bytes = fs::read(blob(&store, &digest.to_hex())).unwrap();
+                assert_eq!(bytes.len() as u64, size);
+                assert_eq!(blake3::hash(&bytes).to_hex().as_str(), digest.to_hex());
+                // NB: the writer truncates, then writes: an empty file is a
+                // state it really passes through; a partial one is not.
+                if bytes.is_empty() {
+                    continue;
+                }
+                assert!(
+                    bytes.len() >= 1 << 20,
+                    "a partial read was committed: {} bytes",
+                    bytes.len()
+                );
+                assert!(
+                    bytes.iter().all(|&c| c == bytes[0]),
+                    "the snapshot's file mixes two versions"
+                );
+                let k = (bytes.len() - (1 << 20)) / 4096;
+                assert!(
+                    k == 0 || bytes[0] == b'a' + (k as u8 % 26),
+                    "length and letter from different versions"
+                );
+            }
+            13 => {
+                conflicts += 1;
+                assert!(err.contains("conflict") && err.contains("hot"), "{err}");
+            }
+            c => panic!("exit {c}: {err}"),
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    writer.join().unwrap();
+    eprintln!("{oks} clean syncs ({retries} retries), {conflicts} conflicts");
+    assert!(
+        retries + conflicts > 0,
+        "the writer never overlapped a read: the test proves nothing"
+    );
+    assert_eq!(oks + conflicts, 10);
+}
+
+#[test]
+fn ignore_rules_and_filters_leave_paths_out() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (store, dir) = (tmp.path().join("store"), tmp.path().join("src"));
+    write(&dir.join(".gitignore"), b"*.o\nbuild/\n");
+    write(&dir.join(".dagfsignore"), b"secret.txt\n");
+    for p in [
+        "main.c",
+        "main.o",
+        "build/out.bin",
+        "secret.txt",
+        "notes.log",
+        "sub/keep.c",
+        ".git/HEAD",
+    ] {
+        write(&dir.join(p), p.as_bytes());
+    }
+    let (code, v, err) = sync(&store, &dir, &["--exclude", "*.log"]);
+    assert_eq!(code, 0, "{err}");
+    let got: Vec<String> = reported(&v).into_keys().collect();
+    assert_eq!(
+        got,
+        [".dagfsignore", ".gitignore", "main.c", "sub", "sub/keep.c"]
+    );
+    let (code, v, err) = sync(&store, &dir, &["--name", "conly", "--include", "*.c"]);
+    assert_eq!(code, 0, "{err}");
+    let got: Vec<String> = reported(&v).into_keys().collect();
+    assert_eq!(got, ["main.c", "sub", "sub/keep.c"]);
+}
+
+#[test]
+fn unreadable_files_fail_clearly_or_are_skipped() {
+    if unsafe { libc::geteuid() } == 0 && Command::new("setpriv").arg("--version").output().is_err()
+    {
+        eprintln!("skipping: root reads everything and setpriv is missing");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (store, dir) = (tmp.path().join("store"), tmp.path().join("src"));
+    write(&dir.join("ok.txt"), b"ok");
+    write(&dir.join("locked.txt"), b"no");
+    fs::set_permissions(dir.join("locked.txt"), fs::Permissions::from_mode(0o000)).unwrap();
+    let as_nobody = |extra: &[&str]| {
+        let mut c = if unsafe { libc::geteuid() } == 0 {
+            for p in [tmp.path(), &dir] {
+                fs::set_permissions(p, fs::Permissions::from_mode(0o777)).unwrap();
+            }
+            let mut c = Command::new("setpriv");
+            c.args(["--reuid=65534", "--regid=65534", "--clear-groups", BIN]);
+            c
+        } else {
+            Command::new(BIN)
+        };
+        c.arg("--store")
+            .arg(&store)
+            .arg("sync")
+            .arg(&dir)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let o = as_nobody(&[]);
+    assert_eq!(
+        o.status.code(),
+        Some(14),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(String::from_utf8_lossy(&o.stderr).contains("locked.txt"));
+    let o = as_nobody(&["--skip-unreadable"]);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains("left out 1 unreadable") && out.contains("locked.txt"),
+        "{out}"
+    );
+}
