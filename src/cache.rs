@@ -356,6 +356,8 @@ impl Cache {
         for key in self.store.entry_keys()? {
             if let Some(e) = self.store.read_entry(&key)? {
                 roots.extend([e.output, e.stdout, e.stderr]);
+                // NB: an entry keeps the input snapshots its key names.
+                roots.extend(e.manifest.inputs.iter().map(|(_, d)| *d));
             }
         }
         for log in self.store.sync_logs()? {

@@ -607,6 +607,7 @@ run = 'printf %s "${DAGFS_TEST_BAR-unset}" > "$DAGFS_OUT/bar"'
         "DAGFS_TEST_FOO",
         "DAGFS_OUT",
         "DAGFS_IN",
+        "DAGFS_INPUTS",
         "DAGFS_TASK",
         "DAGFS_DAG",
         "TMPDIR",

@@ -138,7 +138,7 @@ fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
 
 fn run_pipeline(cache: &Cache, root: &Path) -> Report {
     let p = Pipeline::load(&root.join("dagfs.toml")).expect("pipeline");
-    let plan = shell::plan(&p, &[], Arc::new(ShellRunner)).expect("plan");
+    let plan = shell::plan(&p, &[], Arc::new(ShellRunner), cache).expect("plan");
     let report = scheduler::run(cache, &plan, &Options::default(), &mut |_| {}).expect("run");
     for (name, o) in report.names.iter().zip(&report.outcomes) {
         assert!(

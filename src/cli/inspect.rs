@@ -274,13 +274,15 @@ pub fn explain(
     if pipeline.dag.lookup(task).is_none() {
         return Err(ExecError::UnknownTask(task.to_string()).into());
     }
+    let cache = src.get(io)?;
     let plan = shell::plan_with_env(
         &pipeline,
         &[task.to_string()],
         Arc::new(ShellRunner),
         io.env,
+        cache,
     )?;
-    let cache = src.get(io)?;
+
     let current = explain::current(cache, &plan, task)?;
     let text = explain::text(cache, &pipeline.name, task, &current)?;
     io.out.write_all(text.as_bytes()).map_err(CliError::Output)

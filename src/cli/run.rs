@@ -74,8 +74,10 @@ pub fn run(a: RunArgs, src: &mut CacheSource, io: &mut Io, ctx: &Ctx) -> Result<
             return Err(dagfs::exec::ExecError::UnknownTask(t.clone()).into());
         }
     }
-    let plan = shell::plan_with_env(&pipeline, &a.tasks, Arc::new(ShellRunner), io.env)?;
+    // NB: inputs are snapshotted into the store, so it opens first; the
+    // pipeline itself was validated above, before anything was touched.
     let cache = src.get(io)?;
+    let plan = shell::plan_with_env(&pipeline, &a.tasks, Arc::new(ShellRunner), io.env, cache)?;
     let opts = Options {
         jobs: a.jobs.unwrap_or_else(scheduler::default_jobs),
         fail_fast: !a.keep_going,

@@ -53,6 +53,24 @@ pub struct JobContext<'a> {
 }
 
 impl JobContext<'_> {
+    /// A read-only directory holding the stored tree `d` (under the mount
+    /// when there is one, else materialized once per run).
+    pub fn tree_path(&self, d: &Digest) -> std::result::Result<PathBuf, String> {
+        match self.inputs_via {
+            Some(mount) => Ok(mount.join("trees").join(d.to_hex())),
+            None => self.mats.get(self.store, d),
+        }
+    }
+
+    /// A read-only file holding the blob `d`. NB: never the store's own
+    /// blob file: a task running as root could write through it.
+    pub fn blob_path(&self, d: &Digest) -> std::result::Result<PathBuf, String> {
+        match self.inputs_via {
+            Some(mount) => Ok(mount.join("blobs").join(d.to_hex())),
+            None => self.mats.blob(self.store, d),
+        }
+    }
+
     /// A directory with one read-only entry per dependency, `<dir>/<dep>`,
     /// holding that dependency's output tree.
     pub fn materialize_deps(&self) -> std::result::Result<PathBuf, String> {
@@ -86,6 +104,22 @@ struct Materializer {
 }
 
 impl Materializer {
+    /// A private read-only copy of one blob, made once per run.
+    fn blob(&self, store: &Store, d: &Digest) -> std::result::Result<PathBuf, String> {
+        let p = self.root.join(format!("{}.blob", d.to_hex()));
+        if !p.exists() {
+            let tmp = self.root.join(format!(
+                "{}.blob.{:?}",
+                d.to_hex(),
+                std::thread::current().id()
+            ));
+            std::fs::copy(store.blob_path(d), &tmp)
+                .map_err(|e| format!("{}: {e}", tmp.display()))?;
+            std::fs::rename(&tmp, &p).map_err(|e| format!("{}: {e}", p.display()))?;
+        }
+        Ok(p)
+    }
+
     fn get(&self, store: &Store, d: &Digest) -> std::result::Result<PathBuf, String> {
         let cell = self
             .done
@@ -832,19 +866,21 @@ impl WorkerDir {
             &d.stage,
             &root.join("tmp"),
             &root.join("in"),
+            &root.join("inputs"),
         ] {
             std::fs::create_dir_all(p).map_err(|e| format!("{}: {e}", p.display()))?;
         }
         Ok(d)
     }
 
-    /// Empty `out`, `stage`, `tmp` and `in` for the next task.
+    /// Empty `out`, `stage`, `tmp`, `in` and `inputs` for the next task.
     fn reset(&self) -> std::result::Result<(), String> {
         for d in [
             &self.out,
             &self.stage,
             &self.root.join("tmp"),
             &self.root.join("in"),
+            &self.root.join("inputs"),
         ] {
             let rd = std::fs::read_dir(d).map_err(|e| format!("{}: {e}", d.display()))?;
             for e in rd {

@@ -5,7 +5,10 @@
 //! Task environment (nothing else is inherited): `PATH`, `HOME`, `USER`,
 //! `LOGNAME` from dagfs's own environment (not part of the key: declare
 //! them in `env` to key them), the task's declared `env` vars (keyed),
-//! `DAGFS_OUT`, `DAGFS_IN`, `DAGFS_TASK`, `DAGFS_DAG`, and a private
+//! `DAGFS_OUT`, `DAGFS_IN`, `DAGFS_INPUTS` (each declared input as it was
+//! snapshotted for the key: `$DAGFS_INPUTS/<path>`, so an edit during the run
+//! cannot make the output disagree with its key), `DAGFS_TASK`,
+//! `DAGFS_DAG`, and a private
 //! `TMPDIR`.
 
 use std::collections::HashMap;
@@ -17,15 +20,18 @@ use super::key::KeyBuilder;
 use super::pipeline::Pipeline;
 use super::runner::{Command, Runner};
 use super::scheduler::{Job, JobContext, JobResult, Plan, PlanNode};
+use crate::cache::Cache;
 use crate::hash::Digest;
-use crate::store::ingest::hash_path;
 use crate::store::Manifest;
+use crate::sync::{snapshot_input, InputKind};
 
 /// Env vars passed through to every task without entering its key.
 pub const PASSTHROUGH_ENV: [&str; 4] = ["PATH", "HOME", "USER", "LOGNAME"];
 
 pub struct ShellJob {
     runner: Arc<dyn Runner>,
+    /// (path as declared, snapshot digest, kind).
+    inputs: Vec<(String, Digest, InputKind)>,
     script: String,
     cwd: PathBuf,
     env: Vec<(String, String)>,
@@ -36,11 +42,44 @@ pub struct ShellJob {
 impl Job for ShellJob {
     fn run(&self, ctx: &JobContext<'_>) -> std::result::Result<JobResult, String> {
         let input = ctx.materialize_deps()?;
+        let snapshots = ctx.work_dir.join("inputs");
+        std::fs::create_dir_all(&snapshots).map_err(|e| format!("{}: {e}", snapshots.display()))?;
+        // NB: an input inside a declared directory input is already there.
+        let dirs: Vec<&str> = self
+            .inputs
+            .iter()
+            .filter(|i| i.2 == InputKind::Dir)
+            .map(|i| i.0.trim_end_matches('/'))
+            .collect();
+        let covered = |p: &str| {
+            let p = p.trim_end_matches('/');
+            dirs.iter()
+                .any(|d| p != *d && (d.is_empty() || d == &"." || p.starts_with(&format!("{d}/"))))
+        };
+        let mut made = std::collections::HashSet::new();
+        for (path, digest, kind) in &self.inputs {
+            if covered(path) || !made.insert(path.trim_end_matches('/')) {
+                continue;
+            }
+            let src = match kind {
+                InputKind::Dir => ctx.tree_path(digest)?,
+                InputKind::File => ctx.blob_path(digest)?,
+                InputKind::Other => continue,
+            };
+            let link = snapshots.join(path.trim_end_matches('/'));
+            if let Some(parent) = link.parent() {
+                std::fs::create_dir_all(parent)
+                    .map_err(|e| format!("{}: {e}", parent.display()))?;
+            }
+            std::os::unix::fs::symlink(&src, &link)
+                .map_err(|e| format!("{}: {e}", link.display()))?;
+        }
         let tmp = ctx.work_dir.join("tmp");
         std::fs::create_dir_all(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
         let mut env = self.env.clone();
         env.push(("DAGFS_OUT".into(), ctx.out_dir.display().to_string()));
         env.push(("DAGFS_IN".into(), input.display().to_string()));
+        env.push(("DAGFS_INPUTS".into(), snapshots.display().to_string()));
         env.push(("DAGFS_TASK".into(), self.task.clone()));
         env.push(("DAGFS_DAG".into(), self.dag.clone()));
         env.push(("TMPDIR".into(), tmp.display().to_string()));
@@ -64,9 +103,15 @@ impl Job for ShellJob {
 }
 
 /// Build the plan for `targets` (and their dependencies), or for every
-/// task when `targets` is empty, reading env vars from this process.
-pub fn plan(p: &Pipeline, targets: &[String], runner: Arc<dyn Runner>) -> Result<Plan> {
-    plan_with_env(p, targets, runner, &|k| std::env::var(k).ok())
+/// task when `targets` is empty, reading env vars from this process. Inputs
+/// are snapshotted into `cache` (see `sync::snapshot_input`).
+pub fn plan(
+    p: &Pipeline,
+    targets: &[String],
+    runner: Arc<dyn Runner>,
+    cache: &Cache,
+) -> Result<Plan> {
+    plan_with_env(p, targets, runner, &|k| std::env::var(k).ok(), cache)
 }
 
 /// `plan`, reading env vars through `env` (the daemon passes its client's).
@@ -75,6 +120,7 @@ pub fn plan_with_env(
     targets: &[String],
     runner: Arc<dyn Runner>,
     env: &dyn Fn(&str) -> Option<String>,
+    cache: &Cache,
 ) -> Result<Plan> {
     let idx: Vec<usize> = targets
         .iter()
@@ -93,7 +139,7 @@ pub fn plan_with_env(
         .map_err(|e| ExecError::Config(format!("{}: pipeline directory: {e}", p.dir.display())))?;
     let mut local = vec![usize::MAX; p.dag.len()];
     let mut nodes = Vec::new();
-    let mut input_cache: HashMap<String, Digest> = HashMap::new();
+    let mut input_cache: HashMap<String, (Digest, InputKind)> = HashMap::new();
     let passthrough: Vec<(String, String)> = PASSTHROUGH_ENV
         .iter()
         .filter_map(|k| env(k).map(|v| (k.to_string(), v)))
@@ -104,23 +150,23 @@ pub fn plan_with_env(
         }
         let t = &p.tasks[i];
         let mut inputs = Vec::new();
+        let mut job_inputs = Vec::new();
         for path in &t.inputs {
             let d = match input_cache.get(path) {
                 Some(d) => *d,
                 None => {
-                    let full = dir.join(path);
-                    let d = hash_path(&full)
-                        .map_err(|e| ExecError::Input {
+                    let d =
+                        snapshot_input(cache, &dir.join(path)).map_err(|e| ExecError::Input {
                             task: t.name.clone(),
                             input: path.clone(),
                             reason: e.to_string(),
-                        })?
-                        .digest;
+                        })?;
                     input_cache.insert(path.clone(), d);
                     d
                 }
             };
-            inputs.push((path.clone(), d));
+            job_inputs.push((path.clone(), d.0, d.1));
+            inputs.push((path.clone(), d.0));
         }
         let env: Vec<(String, Option<String>)> =
             t.env.iter().map(|k| (k.clone(), env(k))).collect();
@@ -143,6 +189,7 @@ pub fn plan_with_env(
         job_env.extend(env.into_iter().filter_map(|(k, v)| v.map(|v| (k, v))));
         let job = ShellJob {
             runner: runner.clone(),
+            inputs: job_inputs,
             script: t.run.clone(),
             cwd: dir.join(&t.cwd),
             env: job_env,

@@ -83,6 +83,70 @@ pub fn default_name(root: &Path) -> String {
     }
 }
 
+/// The stat-cache scope of a directory scanned with these filters.
+fn root_id(root: &Path, opts: &ScanOptions) -> [u8; 16] {
+    let mut h = CanonicalHasher::new("dagfs stat cache root v1");
+    h.bytes(root.as_os_str().as_encoded_bytes());
+    for list in [&opts.include, &opts.exclude] {
+        h.u64(list.len() as u64);
+        for g in list {
+            h.str(g);
+        }
+    }
+    h.finish().as_bytes()[..16].try_into().expect("16 bytes")
+}
+
+/// Never scan the store itself or a dagfs mount.
+fn with_skips(cache: &Cache, opts: &ScanOptions) -> ScanOptions {
+    let mut opts = opts.clone();
+    opts.skip.push(cache.store.root().to_path_buf());
+    if let Ok(mounts) = crate::daemon::mounts::mounts() {
+        opts.skip.extend(
+            mounts
+                .into_iter()
+                .filter(|m| m.fstype == crate::daemon::mounts::FSTYPE)
+                .map(|m| m.mountpoint),
+        );
+    }
+    opts
+}
+
+/// A task input (a file or a directory on the host) snapshotted into the
+/// store through the same scanner and stat cache as `dagfs sync`; its digest
+/// enters the task's key. Symlinks are hashed as links, not stored.
+pub fn snapshot_input(cache: &Cache, path: &Path) -> Result<(Digest, InputKind), SyncError> {
+    let md = std::fs::symlink_metadata(path).map_err(|e| SyncError::Io {
+        path: path.to_path_buf(),
+        source: e,
+    })?;
+    if md.is_dir() {
+        let root = std::fs::canonicalize(path).map_err(|e| SyncError::Io {
+            path: path.to_path_buf(),
+            source: e,
+        })?;
+        let opts = with_skips(cache, &ScanOptions::default());
+        let out = scan::scan(cache, &root, &root_id(&root, &opts), &opts)?;
+        Ok((out.tree, InputKind::Dir))
+    } else if md.is_file() {
+        let d = scan::snapshot_file(cache, path)?;
+        Ok((d, InputKind::File))
+    } else {
+        let d = crate::store::ingest::hash_path(path)?.digest;
+        Ok((d, InputKind::Other))
+    }
+}
+
+/// What a task input is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InputKind {
+    /// A stored tree.
+    Dir,
+    /// A stored blob.
+    File,
+    /// A symlink or special file: hashed, not stored.
+    Other,
+}
+
 /// Scan `dir` into the store and record it as `name`'s latest snapshot.
 pub fn sync_dir(
     cache: &Cache,
@@ -110,25 +174,8 @@ pub fn sync_dir(
         None => default_name(&root),
     };
     // The stat cache is per (directory, filters): other filters, other files.
-    let mut h = CanonicalHasher::new("dagfs stat cache root v1");
-    h.bytes(root.as_os_str().as_encoded_bytes());
-    for list in [&opts.include, &opts.exclude] {
-        h.u64(list.len() as u64);
-        for g in list {
-            h.str(g);
-        }
-    }
-    let id: [u8; 16] = h.finish().as_bytes()[..16].try_into().expect("16 bytes");
-    let mut opts = opts.clone();
-    opts.skip.push(cache.store.root().to_path_buf());
-    if let Ok(mounts) = crate::daemon::mounts::mounts() {
-        opts.skip.extend(
-            mounts
-                .into_iter()
-                .filter(|m| m.fstype == crate::daemon::mounts::FSTYPE)
-                .map(|m| m.mountpoint),
-        );
-    }
+    let id = root_id(&root, opts);
+    let opts = with_skips(cache, opts);
     let mut log = cache.store.sync_log(&name)?.unwrap_or_else(|| SyncLog {
         name: name.clone(),
         root: root.display().to_string(),

@@ -426,6 +426,21 @@ pub fn scan(
     Ok(out)
 }
 
+/// Store one host file (stable read, as in `scan`) and return its digest.
+pub fn snapshot_file(cache: &Cache, path: &Path) -> Result<Digest, SyncError> {
+    let work = cache.store.tempdir("input-")?;
+    let mut staged = Staged::default();
+    let (d, _, _) = hash_stable(
+        path,
+        &cache.store,
+        work.path(),
+        &mut staged,
+        &AtomicU64::new(0),
+    )?;
+    cache.store.commit(staged)?;
+    Ok(d)
+}
+
 /// A file's digest, size and stat as read, or why it could not be.
 type Hashed = Result<(Digest, u64, Meta), SyncError>;
 
