@@ -214,6 +214,8 @@ pub struct Ctx {
     pub inputs_via: Option<PathBuf>,
     pub running: Option<Arc<AtomicU64>>,
     pub on_change: Option<Arc<dagfs::exec::scheduler::OnChange>>,
+    /// The daemon's: concurrent syncs of one directory compute once.
+    pub syncs: Option<Arc<dagfs::sync::shared::Registry>>,
 }
 
 /// The cache a command uses: opened on first use (embedded; validation
@@ -357,6 +359,18 @@ fn execute_to_code(cmd: Cmd, src: &mut CacheSource, io: &mut Io, ctx: &Ctx) -> i
     }
 }
 
+/// Block the stop signals (SIGTERM, SIGINT, SIGHUP) in this thread and
+/// every thread it starts after, so one thread can `sigwait` for them.
+pub(crate) fn block_stop_signals() -> nix::sys::signal::SigSet {
+    use nix::sys::signal::{SigSet, SigmaskHow, Signal};
+    let mut set = SigSet::empty();
+    for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+        set.add(s);
+    }
+    let _ = nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&set), None);
+    set
+}
+
 fn store_dir(
     explicit: Option<PathBuf>,
     env: &dyn Fn(&str) -> Option<String>,
@@ -393,7 +407,7 @@ fn execute(cmd: Cmd, src: &mut CacheSource, io: &mut Io, ctx: &Ctx) -> Result<()
         Cmd::Cat { path } => inspect::cat(src.get(io)?, &path, io),
         Cmd::Config { key, value } => inspect::config(src.get(io)?, key, value, io),
         Cmd::Gc { dry_run } => inspect::gc(src.get(io)?, dry_run, io),
-        Cmd::Sync(args) => sync::sync(args, src, io),
+        Cmd::Sync(args) => sync::sync(args, src, io, ctx),
         Cmd::Fsck { .. } => inspect::rebuild_index(src.get(io)?, io),
         Cmd::Mount(_) | Cmd::Umount { .. } => Err(CliError::Usage(
             "mount/umount run only from the command line".into(),

@@ -253,21 +253,9 @@ fn detach(store: &Path, mnt: &Path, a: &MountArgs) -> Result<(), CliError> {
     )))
 }
 
-/// Block the stop signals in this thread (and every thread it starts), so
-/// one thread can `sigwait` for them.
-fn block_stop_signals() -> nix::sys::signal::SigSet {
-    use nix::sys::signal::{SigSet, SigmaskHow, Signal};
-    let mut set = SigSet::empty();
-    for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
-        set.add(s);
-    }
-    let _ = nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&set), None);
-    set
-}
-
 /// The daemon.
 fn serve(store: &Path, mnt: &Path, o: &MountOpts, ready: Option<&OwnedFd>) -> Result<(), CliError> {
-    let sigs = block_stop_signals();
+    let sigs = super::block_stop_signals();
     let cache = Arc::new(Cache::open_with(
         store,
         CachePolicy::default(),
@@ -317,6 +305,7 @@ fn serve(store: &Path, mnt: &Path, o: &MountOpts, ready: Option<&OwnedFd>) -> Re
         inflight: Arc::default(),
         inputs_via: Some(mnt.to_path_buf()),
         running: Some(gauges.inflight_tasks.clone()),
+        syncs: Some(gauges.syncs.clone()),
         on_change: Some(Arc::new(move |c: Change<'_>| match c {
             Change::Task { dag, task } => invalidator.task_changed(dag, task),
             Change::Run(id) => invalidator.run_finished(id),

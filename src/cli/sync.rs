@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use dagfs::index::stats::format_size;
 use dagfs::sync::{self, ChangeKind, ScanOptions};
 
-use super::{CacheSource, CliError, Io};
+use super::{CacheSource, CliError, Ctx, Io};
 
 #[derive(Args, Debug, Clone, Serialize, Deserialize)]
 pub struct SyncArgs {
@@ -29,12 +29,17 @@ pub struct SyncArgs {
     /// Leave unreadable files out (listed) instead of failing
     #[arg(long)]
     pub skip_unreadable: bool,
+    /// Keep running: take a new snapshot whenever the directory changes
+    /// (Ctrl-C stops); with --json, one JSON document per line
+    #[arg(long)]
+    pub watch: bool,
 }
 
 /// How many changed paths the text report lists.
 const LIST: usize = 20;
 
-pub fn sync(a: SyncArgs, src: &mut CacheSource, io: &mut Io) -> Result<(), CliError> {
+pub fn sync(a: SyncArgs, src: &mut CacheSource, io: &mut Io, ctx: &Ctx) -> Result<(), CliError> {
+    let in_daemon = matches!(src, CacheSource::Daemon(_));
     let cache = src.get(io)?;
     let opts = ScanOptions {
         include: a.include.clone(),
@@ -43,9 +48,72 @@ pub fn sync(a: SyncArgs, src: &mut CacheSource, io: &mut Io) -> Result<(), CliEr
         skip: Vec::new(),
         threads: 0,
     };
-    let r = sync::sync_dir(cache, &a.dir, a.name.as_deref(), &opts)?;
+    if a.watch {
+        if in_daemon {
+            return Err(CliError::Usage(
+                "dagfs sync --watch runs in its own process: stop the daemon first (daemon-owned watches are not implemented yet)".into(),
+            ));
+        }
+        let sigs = super::block_stop_signals();
+        let (stop_tx, stop_rx) = crossbeam::channel::bounded::<()>(1);
+        std::thread::spawn(move || {
+            if sigs.wait().is_ok() {
+                let _ = stop_tx.send(());
+            }
+        });
+        let json = a.json;
+        let out = &mut *io.out;
+        let mut failed = None;
+        sync::watch::watch(
+            cache,
+            &a.dir,
+            a.name.as_deref(),
+            &opts,
+            &stop_rx,
+            &mut |r| {
+                let res = if json {
+                    print_json(out, r, false)
+                } else {
+                    print_text(out, r)
+                };
+                let res = res.and_then(|_| out.flush());
+                match res {
+                    Ok(()) => true,
+                    Err(e) => {
+                        failed = Some(e);
+                        false
+                    }
+                }
+            },
+        )?;
+        return failed.map_or(Ok(()), |e| Err(CliError::Output(e)));
+    }
+    let (held, owned);
+    let r: &sync::SyncReport = match &ctx.syncs {
+        Some(reg) => {
+            held = reg.sync(cache, &a.dir, a.name.as_deref(), &opts)?;
+            &held
+        }
+        None => {
+            owned = sync::sync_dir(cache, &a.dir, a.name.as_deref(), &opts)?;
+            &owned
+        }
+    };
+    let res = if a.json {
+        print_json(io.out, r, true)
+    } else {
+        print_text(io.out, r)
+    };
+    res.map_err(CliError::Output)
+}
+
+fn print_json(
+    o: &mut dyn std::io::Write,
+    r: &sync::SyncReport,
+    pretty: bool,
+) -> std::io::Result<()> {
     let lossy = |p: &[u8]| String::from_utf8_lossy(p).into_owned();
-    if a.json {
+    {
         let v = serde_json::json!({
             "name": r.name,
             "root": r.root,
@@ -63,15 +131,17 @@ pub fn sync(a: SyncArgs, src: &mut CacheSource, io: &mut Io) -> Result<(), CliEr
             "unreadable": r.scan.unreadable,
             "special": r.scan.special,
         });
-        return writeln!(
-            io.out,
-            "{}",
-            serde_json::to_string_pretty(&v).expect("json")
-        )
-        .map_err(CliError::Output);
+        let text = if pretty {
+            serde_json::to_string_pretty(&v)
+        } else {
+            serde_json::to_string(&v)
+        };
+        writeln!(o, "{}", text.expect("json"))
     }
-    let o = &mut *io.out;
-    let w = |e| CliError::Output(e);
+}
+
+fn print_text(o: &mut dyn std::io::Write, r: &sync::SyncReport) -> std::io::Result<()> {
+    let lossy = |p: &[u8]| String::from_utf8_lossy(p).into_owned();
     writeln!(
         o,
         "sync {}: snapshot {} (tree {}) of {}: {} files, {}; hashed {}, stat cache {}, {} retries",
@@ -84,26 +154,24 @@ pub fn sync(a: SyncArgs, src: &mut CacheSource, io: &mut Io) -> Result<(), CliEr
         r.scan.hashed,
         r.scan.reused,
         r.scan.retries
-    )
-    .map_err(w)?;
+    )?;
     if r.changes.is_empty() {
-        writeln!(o, "no changes").map_err(w)?;
+        writeln!(o, "no changes")?;
     } else {
         let counts: Vec<String> = ChangeKind::ALL
             .iter()
             .map(|k| format!("{} {}", r.changes.count(*k), k.as_str()))
             .collect();
-        writeln!(o, "changes: {}", counts.join(", ")).map_err(w)?;
+        writeln!(o, "changes: {}", counts.join(", "))?;
         for c in r.changes.changes.iter().take(LIST) {
-            writeln!(o, "  {:<13} {}", c.kind.as_str(), lossy(&c.path)).map_err(w)?;
+            writeln!(o, "  {:<13} {}", c.kind.as_str(), lossy(&c.path))?;
         }
         if r.changes.changes.len() > LIST {
             writeln!(
                 o,
                 "  (… {} more; --json lists all)",
                 r.changes.changes.len() - LIST
-            )
-            .map_err(w)?;
+            )?;
         }
     }
     if !r.scan.unreadable.is_empty() {
@@ -112,8 +180,7 @@ pub fn sync(a: SyncArgs, src: &mut CacheSource, io: &mut Io) -> Result<(), CliEr
             "left out {} unreadable: {}",
             r.scan.unreadable.len(),
             list(&r.scan.unreadable)
-        )
-        .map_err(w)?;
+        )?;
     }
     if !r.scan.special.is_empty() {
         writeln!(
@@ -121,8 +188,7 @@ pub fn sync(a: SyncArgs, src: &mut CacheSource, io: &mut Io) -> Result<(), CliEr
             "left out {} special files (fifo, socket, device): {}",
             r.scan.special.len(),
             list(&r.scan.special)
-        )
-        .map_err(w)?;
+        )?;
     }
     Ok(())
 }

@@ -17,6 +17,8 @@ pub struct Gauges {
     pub sessions_total: AtomicU64,
     /// Shared with the scheduler (`Options::running`).
     pub inflight_tasks: Arc<AtomicU64>,
+    /// Concurrent syncs of one directory share a computation through this.
+    pub syncs: Arc<crate::sync::shared::Registry>,
 }
 
 impl Gauges {
@@ -37,6 +39,6 @@ impl Gauges {
             self.sessions.load(Ordering::Relaxed),
             self.sessions_total.load(Ordering::Relaxed),
             self.inflight_tasks.load(Ordering::Relaxed)
-        )
+        ) + &self.syncs.to_prometheus()
     }
 }

@@ -8,6 +8,8 @@
 
 pub mod changes;
 pub mod scan;
+pub mod shared;
+pub mod watch;
 
 use std::path::{Path, PathBuf};
 

@@ -7,7 +7,7 @@
 //!
 //! Stat cache (as git's index): a file whose (dev, inode, size, mtime,
 //! ctime, mode) equal the cached ones, and whose cached digest's blob is in
-//! the store, is not read again. A file modified within a second of the
+//! the store, is not read again. A file modified within `RACY_NS` of the
 //! scan that recorded it is "racy" (git's term: a same-granularity write
 //! after the scan could keep all six fields) and is re-hashed next time.
 //!
@@ -32,6 +32,12 @@ use crate::hash::Digest;
 use crate::store::ingest::{ingest_file, Sink};
 use crate::store::tree::{name_problem, MAX_TARGET};
 use crate::store::{Node, Staged, Tree, TreeEntry};
+
+/// A file stamped this close to (or after) the start of the scan that read
+/// it is racy: the kernel stamps files from a coarse clock (one tick, at
+/// most 10 ms), so a later write within the same tick could leave every
+/// stat field unchanged. 50 ms covers a tick with margin.
+pub const RACY_NS: i64 = 50_000_000;
 
 /// Reads of one file before it is declared in conflict.
 pub const MAX_TRIES: u32 = 3;
@@ -369,8 +375,8 @@ pub fn scan(
             Ok((d, size, meta)) => {
                 // NB: git's racy rule: a write within the timestamp
                 // granularity after this scan could leave the stat unchanged.
-                let racy = meta.mtime_ns >= scan_start - 1_000_000_000
-                    || meta.ctime_ns >= scan_start - 1_000_000_000;
+                let racy =
+                    meta.mtime_ns >= scan_start - RACY_NS || meta.ctime_ns >= scan_start - RACY_NS;
                 stat_ops.push((jobs[i].key.clone(), Some(encode(&meta, racy, &d))));
                 resolved[i] = Some((d, size, meta.mode & 0o111 != 0));
                 out.hashed += 1;
@@ -441,6 +447,26 @@ pub fn snapshot_file(cache: &Cache, path: &Path) -> Result<Digest, SyncError> {
     Ok(d)
 }
 
+/// Files up to this size are read into memory (see `hash_stable`).
+const SMALL_FILE: u64 = 1 << 20;
+
+fn read_small(path: &Path) -> Result<Vec<u8>, crate::store::StoreError> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let io = |e| crate::store::StoreError::Io {
+        path: path.to_path_buf(),
+        source: e,
+    };
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(io)?;
+    let mut b = Vec::new();
+    f.read_to_end(&mut b).map_err(io)?;
+    Ok(b)
+}
+
 /// A file's digest, size and stat as read, or why it could not be.
 type Hashed = Result<(Digest, u64, Meta), SyncError>;
 
@@ -479,14 +505,23 @@ fn hash_stable(
                 })
             }
         };
-        let (digest, size, _) = match ingest_file(
-            path,
-            Sink::Store {
-                store,
-                work,
-                staged,
-            },
-        ) {
+        // Small files: read once into memory, hash, and write a staged copy
+        // only if the content is new (most rescans and many trees are mostly
+        // known content). Large files stream: hashed while copied.
+        let read = if before.size <= SMALL_FILE {
+            read_small(path)
+                .and_then(|b| Ok((store.stage_bytes(work, &b, staged)?, b.len() as u64, false)))
+        } else {
+            ingest_file(
+                path,
+                Sink::Store {
+                    store,
+                    work,
+                    staged,
+                },
+            )
+        };
+        let (digest, size, _) = match read {
             Ok(r) => r,
             Err(crate::store::StoreError::Io { source, .. })
                 if source.kind() == std::io::ErrorKind::PermissionDenied =>
