@@ -33,12 +33,12 @@ pub fn watch(
     stop: &Receiver<()>,
     report: &mut dyn FnMut(&SyncReport) -> bool,
 ) -> Result<(), SyncError> {
-    let first = sync_dir(cache, dir, name, opts)?;
-    let name = first.name.clone();
-    let root = first.root.clone();
-    if !report(&first) {
-        return Ok(());
-    }
+    // NB: watch before the first snapshot: a change made as soon as it is
+    // reported must not slip between the scan and the watch.
+    let root = std::fs::canonicalize(dir).map_err(|e| SyncError::Io {
+        path: dir.to_path_buf(),
+        source: e,
+    })?;
     let (tx, rx) = channel::unbounded();
     let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
         let _ = tx.send(ev);
@@ -53,6 +53,11 @@ pub fn watch(
             path: root.clone(),
             source: std::io::Error::other(e.to_string()),
         })?;
+    let first = sync_dir(cache, &root, name, opts)?;
+    let name = first.name.clone();
+    if !report(&first) {
+        return Ok(());
+    }
     // Our own writes (a store or mount inside the directory) are not changes.
     let mut ignored: Vec<PathBuf> = vec![cache.store.root().to_path_buf()];
     if let Ok(m) = crate::daemon::mounts::mounts() {
