@@ -1056,3 +1056,193 @@ fn forgotten_inodes_free_their_memory() {
         w.counters.inodes_live.load(Ordering::Relaxed) < 1000
     });
 }
+
+/// Every FUSE request the daemon served so far.
+fn requests(c: &FsCounters) -> u64 {
+    [
+        &c.lookup,
+        &c.getattr,
+        &c.readdir,
+        &c.open,
+        &c.read,
+        &c.readlink,
+        &c.getxattr,
+        &c.other,
+    ]
+    .iter()
+    .map(|a| a.load(Ordering::Relaxed))
+    .sum()
+}
+
+/// 2,000 small files in four directories.
+const MIDDLE: &str = r#"
+name = "middle"
+
+[tasks.files]
+run = '''
+set -e
+for d in a b c d; do
+  mkdir "$DAGFS_OUT/$d"
+  for i in $(seq 1 500); do echo "$d $i" > "$DAGFS_OUT/$d/f$i"; done
+done
+'''
+"#;
+
+#[test]
+fn warm_walks_and_reads_make_no_requests_per_file() {
+    let m = setup_with(MIDDLE, FsOptions::default(), plain);
+    let k = m.kdir("files");
+    let walk = || {
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(
+                "ls -lR >/dev/null && find . >/dev/null && du -s . >/dev/null && \
+                 find . -type f -exec cat {} + >/dev/null && tar cf - . | cat >/dev/null",
+            )
+            .current_dir(&k)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    walk();
+    let before = requests(&m.counters);
+    walk();
+    walk();
+    let n = requests(&m.counters) - before;
+    // NB: a few per process (ls asks for one file's security.* attributes
+    // before it stops, and so on), none per file or directory: the kernel
+    // keeps listings, attributes and pages, and sends no open or flush.
+    assert!(
+        n < 60,
+        "{n} requests for two warm walks of 2,000 files: {}",
+        m.counters.to_text()
+    );
+    assert!(
+        m.counters.open.load(Ordering::Relaxed) <= 2,
+        "opens: {}",
+        m.counters.to_text()
+    );
+}
+
+#[test]
+fn listings_carry_attributes_and_ls_l_asks_for_no_xattrs() {
+    let m = setup_with(MANY, FsOptions::default(), plain);
+    let d = m.kdir("many").join("d");
+    run("ls", &[&"-l", &d]);
+    let lookups = m.counters.lookup.load(Ordering::Relaxed);
+    // NB: readdirplus (adaptive): the kernel asks for attributes with the
+    // names once `ls -l` stats what it listed: far fewer than 100,000
+    // lookups.
+    assert!(
+        lookups < 20_000,
+        "{lookups} lookups for ls -l of 100,000 files"
+    );
+    let x = m.counters.getxattr.load(Ordering::Relaxed);
+    assert!(x < 10, "{x} getxattr requests: ls -l should stop asking");
+    let f = d.join("f000001");
+    assert_eq!(
+        xattr(&f, "security.selinux", 256, false),
+        Err(libc::EOPNOTSUPP)
+    );
+    assert_eq!(
+        xattr(&f, "system.posix_acl_access", 256, false),
+        Err(libc::EOPNOTSUPP)
+    );
+    assert_eq!(xattr(&f, "user.nope", 256, false), Err(libc::ENODATA));
+}
+
+#[test]
+fn generated_files_are_consistent_per_reader_and_fresh_for_the_next() {
+    let m = setup();
+    let stats = m.mnt.join(".dagfs/stats");
+    let lookups = |t: &str| -> u64 {
+        let line = t.lines().find(|l| l.starts_with("fs ops")).expect("fs ops");
+        line.split(", ")
+            .next()
+            .unwrap()
+            .rsplit(' ')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    // Read through in small pieces: one text, whole, as its size says.
+    let mut f = File::open(&stats).unwrap();
+    let size = f.metadata().unwrap().len() as usize;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 7];
+    loop {
+        let n = io::Read::read(&mut f, &mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&buf[..n]);
+    }
+    let first = String::from_utf8(got).unwrap();
+    assert_eq!(first.len(), size, "{first}");
+    assert_eq!(first.matches("fs ops").count(), 1, "{first}");
+    assert!(first.ends_with('\n'));
+    // Lookups made meanwhile show at the next read (of a process of its own,
+    // or of this one once it paused).
+    for i in 0..20 {
+        let _ = fs::metadata(m.kdir("build").join(format!("nope-{i}")));
+    }
+    let other = text(run("cat", &[&stats]));
+    assert!(
+        lookups(&other) >= lookups(&first) + 20,
+        "{first}\n---\n{other}"
+    );
+    std::thread::sleep(Duration::from_millis(100));
+    let again = fs::read_to_string(&stats).unwrap();
+    assert!(lookups(&again) >= lookups(&other), "{other}\n---\n{again}");
+    assert_ne!(again, first);
+}
+
+#[test]
+fn live_listings_show_new_keys_within_the_ttl() {
+    let m = setup();
+    let listed = || fs::read_dir(m.mnt.join("keys")).unwrap().count();
+    assert_eq!(listed(), 2);
+    let dags = || text(run("ls", &[&m.mnt.join("dags/app")]));
+    assert_eq!(dags(), "build\nreport\n");
+    // A new task, run without the daemon (no invalidation): the listings
+    // follow within the live views' one-second TTL.
+    let more = format!("{PIPELINE}\n[tasks.extra]\nrun = 'echo extra > \"$DAGFS_OUT/x\"'\n");
+    fs::write(m.root.join("dagfs.toml"), more).unwrap();
+    run_pipeline(&m.cache, &m.root);
+    wait_until("the new key under /keys", || listed() == 3);
+    wait_until("the new task under /dags/app", || {
+        dags() == "build\nextra\nreport\n"
+    });
+}
+
+#[test]
+fn reads_with_passthrough_on_use_it_when_granted() {
+    let opts = FsOptions {
+        passthrough: Passthrough::On,
+        ..FsOptions::default()
+    };
+    let (m, line) = read_both_ways(opts);
+    eprintln!("passthrough on: {line}");
+    let pt = m.counters.passthrough_opens.load(Ordering::Relaxed);
+    let pr = m.counters.pread_opens.load(Ordering::Relaxed);
+    if line.contains("fs reads     passthrough") {
+        assert!(pt >= 2 && pr == 0, "{pt} passthrough, {pr} pread opens");
+        // Opens reach the daemon: one per open(2) of a stored file.
+        assert!(m.counters.open.load(Ordering::Relaxed) >= 5);
+    } else {
+        assert!(line.contains("pread ("), "{line}");
+        assert!(pt == 0 && pr >= 2, "{pt} passthrough, {pr} pread opens");
+    }
+    // Generated files are opened too, on a snapshot.
+    let why = fs::read_to_string(m.mnt.join("why/app/build")).unwrap();
+    assert!(why.contains("task     app/build"), "{why}");
+    assert_eq!(
+        fs::metadata(m.mnt.join("why/app/build")).unwrap().len(),
+        why.len() as u64
+    );
+}

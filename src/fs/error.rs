@@ -42,6 +42,15 @@ pub enum FsError {
     BadHandle(u64),
     #[error("permission denied")]
     Access,
+    /// The answer to open and opendir when the kernel can do without them:
+    /// ENOSYS tells it to stop sending them (see `fs::passthrough`).
+    #[error("no open requests wanted")]
+    NoOpen,
+    /// An extended attribute outside `user.`: EOPNOTSUPP, which tools take
+    /// as "none here" and stop asking the mount for (`ls -l` asks for
+    /// security.selinux and system.posix_acl_access on every file).
+    #[error("attribute namespace not supported")]
+    NotSupported,
     /// A file listed in a stored tree whose blob is gone (gc race or a
     /// damaged store): an I/O error, not "no such file".
     #[error("blob {0} of a listed file is missing from the store")]
@@ -66,6 +75,8 @@ pub fn errno(e: &FsError) -> Errno {
         FsError::StaleInode(_) => Errno::ESTALE,
         FsError::BadHandle(_) => Errno::EBADF,
         FsError::Access => Errno::EACCES,
+        FsError::NoOpen => Errno::ENOSYS,
+        FsError::NotSupported => Errno::EOPNOTSUPP,
         FsError::MissingBlob(_) => Errno::EIO,
         FsError::View(v) => match v {
             ViewError::NotFound => Errno::ENOENT,
@@ -108,5 +119,7 @@ mod tests {
         assert_eq!(n(FsError::Range { needed: 3 }), libc::ERANGE);
         assert_eq!(n(FsError::MissingBlob(Digest::default())), libc::EIO);
         assert_eq!(n(FsError::NotDir), libc::ENOTDIR);
+        assert_eq!(n(FsError::NoOpen), libc::ENOSYS);
+        assert_eq!(n(FsError::NotSupported), libc::EOPNOTSUPP);
     }
 }

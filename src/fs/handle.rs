@@ -7,6 +7,7 @@
 //! readers clone an `Arc` out and never hold the table lock during I/O;
 //! handle numbers are never reused within a mount.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fs::File;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,10 +17,10 @@ use fuser::BackingId;
 
 use super::error::FsError;
 use super::inode::{lock, Ino};
-use super::node::Entries;
+use super::node::{Entries, Kind};
 
-/// A directory as listed at opendir: `.` and `..` then `entries`. Offsets
-/// the kernel sees are `index + 1` into that sequence.
+/// A directory as listed: `.` and `..` then `entries`. Offsets the kernel
+/// sees are `index + 1` into that sequence.
 pub struct Listing {
     pub dot: Ino,
     pub dotdot: Ino,
@@ -30,6 +31,11 @@ impl Listing {
     /// Entries including `.` and `..`.
     pub fn count(&self) -> u64 {
         self.entries.len() as u64 + 2
+    }
+
+    /// Entry `i` (>= 2): its name and kind.
+    pub fn entry(&self, i: u64) -> Option<(Cow<'_, [u8]>, Kind)> {
+        self.entries.get(i.checked_sub(2)? as usize)
     }
 }
 

@@ -12,9 +12,18 @@
 //!   reply sends EIO when dropped during unwinding), counted in
 //!   `FsCounters::panics`, and the mount stays up.
 //! - Errors become errno values only in `error::errno`.
-//! - Reads of stored files use FUSE passthrough when `Passthrough::Auto` and
-//!   the kernel grants it (Linux >= 6.9, CAP_SYS_ADMIN), else `pread` on the
-//!   blob; the choice is logged once and shown in `/.dagfs/stats`.
+//! - Reads of stored files use `pread` on the blob into the kernel's page
+//!   cache, and the kernel sends no open requests for files or directories
+//!   (it stops once answered ENOSYS); with `Passthrough::On` and the kernel
+//!   granting it (Linux >= 6.9, CAP_SYS_ADMIN), files are opened by FUSE
+//!   passthrough instead (see `passthrough` for why that is not the
+//!   default); the choice is logged once and shown in `/.dagfs/stats`.
+//! - Directory listings carry attributes (readdirplus, adaptive: the kernel
+//!   asks for them when the reader stats what it lists), and the kernel
+//!   caches listings and pages of immutable paths.
+//! - Extended attributes outside `user.` (security.*, system.posix_acl_*)
+//!   answer EOPNOTSUPP, so `ls -l` stops asking for them after the first
+//!   file instead of making two round trips per file.
 //!
 //! Layout of the tree and resolution: `node` (names parsed by `names`);
 //! TTLs, modes and offsets: `ops`; live figures: `counters`.
@@ -31,6 +40,7 @@ mod node;
 mod ops;
 mod passthrough;
 mod tree_cache;
+mod unopened;
 
 pub use counters::FsCounters;
 pub use error::{errno, FsError};
@@ -45,9 +55,9 @@ use std::time::SystemTime;
 
 use fuser::{
     AccessFlags, BackgroundSession, Config, CopyFileRangeFlags, Errno, FileHandle, Filesystem,
-    FopenFlags, Generation, INodeNo, KernelConfig, LockOwner, MountOption, OpenFlags, RenameFlags,
-    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen,
-    ReplyStatfs, ReplyWrite, ReplyXattr, Request, SessionACL, TimeOrNow, WriteFlags,
+    Generation, INodeNo, InitFlags, KernelConfig, LockOwner, MountOption, OpenFlags, RenameFlags,
+    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry,
+    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, SessionACL, TimeOrNow, WriteFlags,
 };
 
 use counters::Op;
@@ -61,11 +71,17 @@ use view::StoreView;
 /// Whether reads of stored files may use FUSE passthrough.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Passthrough {
-    /// Use it when the kernel grants it, else `pread`.
+    /// `pread` through the page cache, without open requests: the faster
+    /// choice but for large files read once (measured by
+    /// `scripts/bench-fuse`; see `passthrough`).
     #[default]
     Auto,
-    /// Always `pread`.
+    /// `pread`, as `Auto` (`/.dagfs/stats` says passthrough is off by
+    /// option).
     Off,
+    /// Passthrough when the kernel grants it (an open request per file),
+    /// else `pread`.
+    On,
 }
 
 #[derive(Debug, Clone)]
@@ -108,6 +124,13 @@ pub struct DagFs {
     handles: handle::HandleTable,
     trees: TreeCache,
     reads: Reads,
+    /// Open blobs, generated-file snapshots and live listings, for requests
+    /// that come without a handle.
+    blob_files: unopened::BlobFiles,
+    snapshots: Arc<unopened::Snapshots>,
+    listings: unopened::Listings,
+    /// The kernel sends no opendir once answered ENOSYS (set at INIT).
+    skip_opendir: bool,
     uid: u32,
     gid: u32,
     mount_time: SystemTime,
@@ -117,7 +140,7 @@ pub struct DagFs {
 impl DagFs {
     /// What `invalidate::Invalidator` needs to name this mount's inodes.
     pub fn inodes(&self) -> invalidate::Inodes {
-        invalidate::Inodes(self.inodes.clone())
+        invalidate::Inodes(self.inodes.clone(), self.snapshots.clone())
     }
 
     pub fn new(view: Arc<dyn StoreView>, opts: &FsOptions, counters: Arc<FsCounters>) -> DagFs {
@@ -129,6 +152,10 @@ impl DagFs {
             // Up to 1024 trees / ~1M decoded entries (~100 MB at worst).
             trees: TreeCache::new(1024, 1 << 20),
             reads: Reads::new(opts.passthrough),
+            blob_files: Default::default(),
+            snapshots: Default::default(),
+            listings: Default::default(),
+            skip_opendir: false,
             uid: opts.uid,
             gid: opts.gid,
             mount_time: SystemTime::now(),
@@ -204,18 +231,62 @@ pub fn mount(fs: DagFs, mountpoint: &Path, opts: &FsOptions) -> io::Result<Backg
         cfg.acl = SessionACL::All;
     }
     cfg.n_threads = Some(opts.n_threads.max(1));
-    fuser::Session::new(fs, mountpoint, &cfg)?.spawn()
+    let session = fuser::Session::new(fs, mountpoint, &cfg)?.spawn()?;
+    set_readahead(mountpoint);
+    Ok(session)
+}
+
+/// Kernel readahead for the mount, KiB. The kernel caps what a FUSE server
+/// may ask for at INIT to the default (128 KiB), which makes a cold
+/// sequential read of a large file through the mount ~1.3x slower than
+/// native here; 4 MiB (in requests of up to 1 MiB) reads it at about the
+/// disk's speed (`scripts/bench-fuse`).
+const READAHEAD_KB: u32 = 4096;
+
+/// Raise the mount's readahead through sysfs, as root only; otherwise (or
+/// if sysfs is not there) the kernel's default stays.
+fn set_readahead(mountpoint: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: geteuid cannot fail and touches no memory.
+    if unsafe { libc::geteuid() } != 0 {
+        return;
+    }
+    let Ok(md) = std::fs::metadata(mountpoint) else {
+        return;
+    };
+    let dev = md.dev();
+    let (major, minor) = (
+        ((dev >> 8) & 0xfff) | ((dev >> 32) & !0xfff),
+        (dev & 0xff) | ((dev >> 12) & !0xff),
+    );
+    let knob = format!("/sys/class/bdi/{major}:{minor}/read_ahead_kb");
+    if let Err(e) = std::fs::write(&knob, READAHEAD_KB.to_string()) {
+        eprintln!("dagfs: cannot set {knob} (readahead stays the kernel's default): {e}");
+    }
 }
 
 impl Filesystem for DagFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
         self.reads.negotiate(config);
+        let offered = config.capabilities();
+        // NB: readdirplus must be asked for; AUTO lets the kernel ask for
+        // attributes only when the reader stats what it lists (`ls -l`, not
+        // `ls` of a million keys, whose inodes would all be instantiated).
+        // AUTO_INVAL_DATA: a changed mtime drops cached pages and listings
+        // (generated files, live directories). PARALLEL_DIROPS: lookups and
+        // listings in one directory need not queue behind each other.
+        let wanted = InitFlags::FUSE_DO_READDIRPLUS
+            | InitFlags::FUSE_READDIRPLUS_AUTO
+            | InitFlags::FUSE_AUTO_INVAL_DATA
+            | InitFlags::FUSE_PARALLEL_DIROPS;
+        let _ = config.add_capabilities(wanted & offered);
+        self.skip_opendir = offered.contains(InitFlags::FUSE_NO_OPENDIR_SUPPORT);
         Ok(())
     }
 
-    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+    fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         self.serve(Op::Lookup, reply, |reply| {
-            match self.do_lookup(Ino(parent.0), name) {
+            match self.do_lookup(Ino(parent.0), name, req.pid()) {
                 Ok(e) => reply.entry_with_ttls(&e.attr_ttl, &e.entry_ttl, &e.attr, Generation(0)),
                 Err(e) => reply.error(self.fail(Op::Lookup, e)),
             }
@@ -226,9 +297,9 @@ impl Filesystem for DagFs {
         self.serve(Op::Other, (), |()| self.do_forget(Ino(ino.0), nlookup));
     }
 
-    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+    fn getattr(&self, req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         self.serve(Op::Getattr, reply, |reply| {
-            match self.do_getattr(Ino(ino.0)) {
+            match self.do_getattr(Ino(ino.0), req.pid()) {
                 Ok((attr, ttl)) => reply.attr(&ttl, &attr),
                 Err(e) => reply.error(self.fail(Op::Getattr, e)),
             }
@@ -244,9 +315,9 @@ impl Filesystem for DagFs {
         });
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         self.serve(Op::Open, reply, |reply| {
-            match self.do_open(Ino(ino.0), flags.0, &reply) {
+            match self.do_open(Ino(ino.0), flags.0, req.pid(), &reply) {
                 Ok(o) => match &o.backing {
                     Some(b) => reply.opened_passthrough(FileHandle(o.fh), o.flags, b),
                     None => reply.opened(FileHandle(o.fh), o.flags),
@@ -258,8 +329,8 @@ impl Filesystem for DagFs {
 
     fn read(
         &self,
-        _req: &Request,
-        _ino: INodeNo,
+        req: &Request,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         size: u32,
@@ -268,7 +339,7 @@ impl Filesystem for DagFs {
         reply: ReplyData,
     ) {
         self.serve(Op::Read, reply, |reply| {
-            match self.do_read(fh.0, offset, size) {
+            match self.do_read(Ino(ino.0), fh.0, offset, size, req.pid()) {
                 Ok(data) => {
                     self.counters
                         .bytes_read
@@ -288,7 +359,10 @@ impl Filesystem for DagFs {
         _lo: LockOwner,
         reply: ReplyEmpty,
     ) {
-        self.serve(Op::Other, reply, ReplyEmpty::ok);
+        // NB: ENOSYS (the kernel takes it as success) stops the flush the
+        // kernel sends at every close: a round trip for nothing on a
+        // read-only mount.
+        self.serve(Op::Other, reply, |r| r.error(Errno::ENOSYS));
     }
 
     fn release(
@@ -321,7 +395,7 @@ impl Filesystem for DagFs {
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         self.serve(Op::Open, reply, |reply| match self.do_opendir(Ino(ino.0)) {
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Ok((fh, flags)) => reply.opened(FileHandle(fh), flags),
             Err(e) => reply.error(self.fail(Op::Open, e)),
         });
     }
@@ -329,13 +403,29 @@ impl Filesystem for DagFs {
     fn readdir(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         reply: ReplyDirectory,
     ) {
         self.serve(Op::Readdir, reply, |mut reply| {
-            match self.do_readdir(fh.0, offset, &mut reply) {
+            match self.do_readdir(Ino(ino.0), fh.0, offset, &mut reply) {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(self.fail(Op::Readdir, e)),
+            }
+        });
+    }
+
+    fn readdirplus(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        reply: ReplyDirectoryPlus,
+    ) {
+        self.serve(Op::Readdir, reply, |mut reply| {
+            match self.do_readdirplus(Ino(ino.0), fh.0, offset, req.pid(), &mut reply) {
                 Ok(()) => reply.ok(),
                 Err(e) => reply.error(self.fail(Op::Readdir, e)),
             }

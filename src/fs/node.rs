@@ -26,6 +26,7 @@
 //! view only after `names` validated it; a prefix resolves to the same node
 //! (and canonical name, hence inode) as the full hex name.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use super::error::FsError;
@@ -171,10 +172,13 @@ pub enum Lifetime {
     Generated,
 }
 
-/// A directory's entries, decoded once at opendir.
+/// A directory's entries, decoded once per listing.
 pub enum Entries {
     Tree(Arc<Tree>),
     Names(Vec<(Vec<u8>, Kind)>),
+    /// `/keys`: every key, named in hex when listed (a million keys take
+    /// 32 MB so, 100 MB as names).
+    Keys(Vec<Digest>),
 }
 
 impl Entries {
@@ -182,16 +186,29 @@ impl Entries {
         match self {
             Entries::Tree(t) => t.entries.len(),
             Entries::Names(v) => v.len(),
+            Entries::Keys(v) => v.len(),
         }
     }
 
-    pub fn get(&self, i: usize) -> Option<(&[u8], Kind)> {
+    pub fn get(&self, i: usize) -> Option<(Cow<'_, [u8]>, Kind)> {
         match self {
             Entries::Tree(t) => t
                 .entries
                 .get(i)
-                .map(|e| (e.name.as_slice(), tree_kind(&e.node))),
-            Entries::Names(v) => v.get(i).map(|(n, k)| (n.as_slice(), *k)),
+                .map(|e| (Cow::Borrowed(e.name.as_slice()), tree_kind(&e.node))),
+            Entries::Names(v) => v.get(i).map(|(n, k)| (Cow::Borrowed(n.as_slice()), *k)),
+            Entries::Keys(v) => v
+                .get(i)
+                .map(|k| (Cow::Owned(k.to_hex().into_bytes()), Kind::Dir)),
+        }
+    }
+
+    /// The `i`th entry of a stored tree (what a listing with attributes
+    /// needs to build the child's node without a lookup).
+    pub fn tree_entry(&self, i: usize) -> Option<&tree::TreeEntry> {
+        match self {
+            Entries::Tree(t) => t.entries.get(i),
+            _ => None,
         }
     }
 }
@@ -299,6 +316,25 @@ impl Node {
         matches!(self, Node::File { exec: true, .. })
     }
 
+    /// What names a generated file's snapshot (`unopened::Snapshots`).
+    pub fn generated_key(&self) -> Option<String> {
+        match self {
+            Node::Why { dag, task } => Some(format!("why/{dag}/{task}")),
+            Node::Stats => Some("stats".into()),
+            Node::Metrics => Some("metrics".into()),
+            _ => None,
+        }
+    }
+
+    /// The stored tree this directory node shows, and the key it is within.
+    pub fn tree(&self) -> Option<(Digest, Option<KeyCtx>)> {
+        match self {
+            Node::KeyRoot { ctx, output, .. } => Some((*output, Some(*ctx))),
+            Node::Dir { tree, within } => Some((*tree, *within)),
+            _ => None,
+        }
+    }
+
     /// A symlink's target bytes, exactly as stored.
     pub fn link_target(&self) -> Option<Vec<u8>> {
         match self {
@@ -341,7 +377,8 @@ pub struct Resolver<'a> {
     pub trees: &'a TreeCache,
 }
 
-fn child_of_tree(e: &tree::TreeEntry, within: Option<KeyCtx>) -> Node {
+/// The node of entry `e` of a stored tree.
+pub fn child_of_tree(e: &tree::TreeEntry, within: Option<KeyCtx>) -> Node {
     match &e.node {
         tree::Node::File { size, digest, exec } => Node::File {
             digest: *digest,
@@ -492,9 +529,7 @@ impl Resolver<'_> {
                 Top::ALL.iter().map(|t| t.name().to_string()).collect(),
                 Kind::Dir,
             ),
-            Node::Top(Top::Keys) => {
-                names(v.keys()?.iter().map(Digest::to_hex).collect(), Kind::Dir)
-            }
+            Node::Top(Top::Keys) => Entries::Keys(v.keys()?),
             Node::Top(Top::Trees | Top::Blobs) => Entries::Names(Vec::new()),
             Node::Top(Top::Dags | Top::Why) => names(v.dags()?, Kind::Dir),
             Node::Top(Top::Runs) => {

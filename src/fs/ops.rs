@@ -13,36 +13,54 @@
 //!   (`FOPEN_KEEP_CACHE`). A name given as a prefix gets a one-second entry
 //!   TTL (a new key may make the prefix ambiguous). Live views (root, top
 //!   directories, `/dags`, `/runs`, `/why` directories) have one-second TTLs:
-//!   they are at most one second stale. Generated files (`/why/<dag>/<task>`,
-//!   `/.dagfs/*`) have attribute TTL 0 (their size is computed at each
-//!   getattr) and are opened `FOPEN_DIRECT_IO`, served from a snapshot taken
-//!   at open. The price of the long TTLs: an evicted entry can stay visible
-//!   under its full key for up to a day in the kernel's caches, and reading
-//!   its files fails with EIO once `dagfs gc` has removed their blobs.
+//!   they are at most one second stale (their mtime is the time of the
+//!   getattr, so the kernel's cached listing of them goes with the
+//!   attributes). Generated files (`/why/<dag>/<task>`, `/.dagfs/*`) have
+//!   attribute TTL 0 and are served from a snapshot (`unopened::Snapshots`)
+//!   whose size and time their attributes show, so a changed text drops
+//!   the cached pages; when the kernel sends opens (passthrough on), they
+//!   are opened `FOPEN_DIRECT_IO` on that snapshot. The price of the long
+//!   TTLs: an evicted entry can stay visible under its full key for up to a
+//!   day in the kernel's caches, and reading its files fails with EIO once
+//!   `dagfs gc` has removed their blobs.
+//! - No open requests: open and opendir answer ENOSYS where the kernel can
+//!   do without them (passthrough aside), and reads and listings come with
+//!   file handle 0 and are served by inode (`unopened`). The kernel then
+//!   keeps pages (`FOPEN_KEEP_CACHE`) and listings (`FOPEN_CACHE_DIR`) of
+//!   every file and directory: live directories change mtime as they change
+//!   (above), so theirs are re-read, at most a second late.
 //! - Modes: directories 0555 (nlink 2), files 0444 or 0555 if executable,
 //!   symlinks 0777; mtime is the entry's creation under `/keys/<key>`, the
-//!   mount time elsewhere.
+//!   snapshot time for generated files, now for live directories, the mount
+//!   time elsewhere.
 //! - Directory offsets are `index + 1` into `., .., entries…` of a listing
-//!   decoded once at opendir: no duplicates or gaps across calls, constant
-//!   work per entry.
+//!   decoded once (at offset 0, or at opendir): no duplicates or gaps
+//!   across calls, constant work per entry. A listing with attributes
+//!   (readdirplus) records one lookup per entry it returns, as a lookup
+//!   does (`.` and `..` aside, which the kernel does not count).
 
+use std::borrow::Cow;
 use std::ffi::OsStr;
 use std::fs::File;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
-    AccessFlags, BackingId, FileAttr, FileType, FopenFlags, INodeNo, ReplyDirectory, ReplyOpen,
+    AccessFlags, BackingId, FileAttr, FileType, FopenFlags, Generation, INodeNo, ReplyDirectory,
+    ReplyDirectoryPlus, ReplyOpen,
 };
 
 use super::error::FsError;
 use super::handle::{Handle, Listing, Source};
 use super::inode::Ino;
-use super::node::{static_node, Found, Kind, Lifetime, Node, Resolver, Top};
+use super::node::{
+    child_of_tree, static_node, Entries, Found, Kind, Lifetime, Node, Resolver, Top,
+};
 use super::passthrough::ReadPath;
+use super::unopened::Snapshot;
 use super::DagFs;
 
 pub const LONG_TTL: Duration = Duration::from_secs(86_400);
@@ -159,7 +177,15 @@ impl DagFs {
         Ok(text.into_bytes())
     }
 
-    fn attr(&self, ino: Ino, node: &Node) -> Result<FileAttr, FsError> {
+    /// The snapshot of a generated file that process `pid` sees.
+    fn snapshot(&self, node: &Node, pid: u32) -> Result<Arc<Snapshot>, FsError> {
+        let key = node.generated_key().ok_or(FsError::NotFound)?;
+        self.snapshots.get(&key, pid, || self.generated(node))
+    }
+
+    /// Attributes of `node` (as `ino`) for process `pid`.
+    fn attr(&self, ino: Ino, node: &Node, pid: u32) -> Result<FileAttr, FsError> {
+        let mut time = self.mount_time;
         let (kind, perm, size, nlink) = match node.kind() {
             Kind::Dir => (FileType::Directory, 0o555, 0, 2),
             Kind::Symlink => {
@@ -169,15 +195,23 @@ impl DagFs {
             Kind::File => {
                 let size = match node.blob() {
                     Some((_, size)) => size,
-                    None => self.generated(node)?.len() as u64,
+                    None => {
+                        let snap = self.snapshot(node, pid)?;
+                        time = snap.at;
+                        snap.bytes.len() as u64
+                    }
                 };
                 let perm = if node.is_exec() { 0o555 } else { 0o444 };
                 (FileType::RegularFile, perm, size, 1)
             }
         };
-        let time = node.key_ctx().map_or(self.mount_time, |c| {
-            UNIX_EPOCH + Duration::from_millis(c.created_ms)
-        });
+        if let Some(c) = node.key_ctx() {
+            time = UNIX_EPOCH + Duration::from_millis(c.created_ms);
+        } else if node.kind() == Kind::Dir && node.lifetime() == Lifetime::Live {
+            // NB: a new mtime at each getattr makes the kernel drop its cached
+            // listing of the directory then, at most a TTL after a change.
+            time = SystemTime::now();
+        }
         Ok(FileAttr {
             ino: INodeNo(ino.0),
             size,
@@ -197,12 +231,12 @@ impl DagFs {
         })
     }
 
-    pub(super) fn do_lookup(&self, parent: Ino, name: &OsStr) -> Result<Entry, FsError> {
+    pub(super) fn do_lookup(&self, parent: Ino, name: &OsStr, pid: u32) -> Result<Entry, FsError> {
         let (pnode, _) = self.node(parent)?;
         let Found { node, canonical } = self.resolver().child(&pnode, name.as_bytes())?;
         // NB: attributes before `remember`, so a failure never leaves a
         // lookup count the kernel does not know it holds.
-        let mut attr = self.attr(Ino(0), &node)?;
+        let mut attr = self.attr(Ino(0), &node, pid)?;
         let (attr_ttl, entry_ttl) = ttls(&node, canonical.is_some());
         let ino = match node {
             Node::Top(t) => Ino(t.ino()),
@@ -228,9 +262,9 @@ impl DagFs {
         }
     }
 
-    pub(super) fn do_getattr(&self, ino: Ino) -> Result<(FileAttr, Duration), FsError> {
+    pub(super) fn do_getattr(&self, ino: Ino, pid: u32) -> Result<(FileAttr, Duration), FsError> {
         let (node, _) = self.node(ino)?;
-        Ok((self.attr(ino, &node)?, ttls(&node, false).0))
+        Ok((self.attr(ino, &node, pid)?, ttls(&node, false).0))
     }
 
     pub(super) fn do_readlink(&self, ino: Ino) -> Result<Vec<u8>, FsError> {
@@ -242,6 +276,7 @@ impl DagFs {
         &self,
         ino: Ino,
         flags: i32,
+        pid: u32,
         reply: &ReplyOpen,
     ) -> Result<Opened, FsError> {
         check_read_only(flags)?;
@@ -251,11 +286,14 @@ impl DagFs {
             Kind::Symlink => return Err(FsError::IsLink),
             Kind::File => {}
         }
+        if self.reads.skip_opens() {
+            return Err(FsError::NoOpen);
+        }
         if let Some((digest, size)) = node.blob() {
             let file = match File::open(self.view.blob_path(&digest)) {
                 Ok(f) => f,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound && size == 0 => {
-                    return Ok(self.open_bytes(Vec::new(), FopenFlags::FOPEN_KEEP_CACHE));
+                    return Ok(self.open_bytes(Arc::from([]), FopenFlags::FOPEN_KEEP_CACHE));
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                     return Err(FsError::MissingBlob(digest));
@@ -285,12 +323,12 @@ impl DagFs {
             self.note_handles();
             return Ok(Opened { fh, flags, backing });
         }
-        let snapshot = self.generated(&node)?;
+        let snapshot = self.snapshot(&node, pid)?.bytes.clone();
         Ok(self.open_bytes(snapshot, FopenFlags::FOPEN_DIRECT_IO))
     }
 
-    fn open_bytes(&self, bytes: Vec<u8>, flags: FopenFlags) -> Opened {
-        let fh = self.handles.insert(Handle::Bytes(bytes.into()));
+    fn open_bytes(&self, bytes: Arc<[u8]>, flags: FopenFlags) -> Opened {
+        let fh = self.handles.insert(Handle::Bytes(bytes));
         self.note_handles();
         Opened {
             fh,
@@ -305,8 +343,52 @@ impl DagFs {
         self.note_handles();
     }
 
-    pub(super) fn do_read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>, FsError> {
-        match self.handles.source(fh)? {
+    /// The source of a read without a handle (no open requests): by inode.
+    fn source_of(&self, ino: Ino, pid: u32) -> Result<Source, FsError> {
+        let (node, _) = self.node(ino)?;
+        let Some((digest, size)) = node.blob() else {
+            let key = node.generated_key().ok_or(FsError::IsDir)?;
+            let snap = self
+                .snapshots
+                .for_read(&key, pid, || self.generated(&node))?;
+            return Ok(Source::Bytes(snap.bytes.clone()));
+        };
+        let file =
+            self.blob_files
+                .get(&digest, || match File::open(self.view.blob_path(&digest)) {
+                    Ok(f) => {
+                        self.counters.pread_opens.fetch_add(1, Ordering::Relaxed);
+                        Ok(f)
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound && size == 0 => {
+                        Err(FsError::NotFound)
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                        Err(FsError::MissingBlob(digest))
+                    }
+                    Err(e) => Err(e.into()),
+                });
+        match file {
+            Ok(f) => Ok(Source::File(f)),
+            Err(FsError::NotFound) => Ok(Source::Bytes(Arc::from([]))),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub(super) fn do_read(
+        &self,
+        ino: Ino,
+        fh: u64,
+        offset: u64,
+        size: u32,
+        pid: u32,
+    ) -> Result<Vec<u8>, FsError> {
+        let source = if fh == 0 {
+            self.source_of(ino, pid)?
+        } else {
+            self.handles.source(fh)?
+        };
+        match source {
             Source::Bytes(b) => {
                 let start = (offset.min(b.len() as u64)) as usize;
                 let end = start.saturating_add(size as usize).min(b.len());
@@ -329,8 +411,14 @@ impl DagFs {
         }
     }
 
-    pub(super) fn do_opendir(&self, ino: Ino) -> Result<u64, FsError> {
+    pub(super) fn do_opendir(&self, ino: Ino) -> Result<(u64, FopenFlags), FsError> {
         let (node, parent) = self.node(ino)?;
+        if node.kind() != Kind::Dir {
+            return Err(FsError::NotDir);
+        }
+        if self.skip_opendir {
+            return Err(FsError::NoOpen);
+        }
         let entries = self.resolver().list(&node)?;
         let fh = self.handles.insert(Handle::Dir(Arc::new(Listing {
             dot: ino,
@@ -338,7 +426,40 @@ impl DagFs {
             entries,
         })));
         self.note_handles();
-        Ok(fh)
+        let flags = if node.lifetime() == Lifetime::Immutable {
+            FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_CACHE_DIR
+        } else {
+            FopenFlags::empty()
+        };
+        Ok((fh, flags))
+    }
+
+    /// The listing a readdir at `offset` reads: the handle's, or without one
+    /// (no opendir requests) the directory's: a stored tree from the tree
+    /// cache, a live view as listed at offset 0.
+    fn listing(&self, ino: Ino, fh: u64, offset: u64) -> Result<Arc<Listing>, FsError> {
+        if fh != 0 {
+            return self.handles.listing(fh);
+        }
+        let (node, parent) = self.node(ino)?;
+        let entries = match node.tree() {
+            Some((tree, _)) => Entries::Tree(self.trees.get(&*self.view, &tree)?),
+            None => {
+                return self.listings.get(ino.0, offset, || {
+                    let entries = self.resolver().list(&node)?;
+                    Ok(Listing {
+                        dot: ino,
+                        dotdot: parent,
+                        entries,
+                    })
+                })
+            }
+        };
+        Ok(Arc::new(Listing {
+            dot: ino,
+            dotdot: parent,
+            entries,
+        }))
     }
 
     pub(super) fn do_releasedir(&self, fh: u64) {
@@ -358,27 +479,121 @@ impl DagFs {
 
     pub(super) fn do_readdir(
         &self,
+        dir: Ino,
         fh: u64,
         offset: u64,
         reply: &mut ReplyDirectory,
     ) -> Result<(), FsError> {
-        let l = self.handles.listing(fh)?;
+        let l = self.listing(dir, fh, offset)?;
+        if offset >= l.count() {
+            self.listings.done(dir.0);
+        }
         let mut i = offset;
         while i < l.count() {
-            let (ino, kind, name): (Ino, Kind, &[u8]) = match i {
-                0 => (l.dot, Kind::Dir, b"."),
-                1 => (l.dotdot, Kind::Dir, b".."),
+            let (ino, kind, name): (Ino, Kind, Cow<'_, [u8]>) = match i {
+                0 => (l.dot, Kind::Dir, Cow::Borrowed(b".")),
+                1 => (l.dotdot, Kind::Dir, Cow::Borrowed(b"..")),
                 _ => {
-                    let (name, kind) = l.entries.get((i - 2) as usize).expect("index below count");
-                    (self.child_ino(l.dot, name), kind, name)
+                    let (name, kind) = l.entry(i).expect("index below count");
+                    (self.child_ino(l.dot, &name), kind, name)
                 }
             };
             if reply.add(
                 INodeNo(ino.0),
                 i + 1,
                 file_type(kind),
-                OsStr::from_bytes(name),
+                OsStr::from_bytes(&name),
             ) {
+                break;
+            }
+            i += 1;
+        }
+        Ok(())
+    }
+
+    /// The node and attributes of entry `i` (`name`) of listing `l` of
+    /// directory `dnode`, for readdirplus.
+    fn plus_child(
+        &self,
+        l: &Listing,
+        dnode: &Node,
+        i: u64,
+        name: &[u8],
+        pid: u32,
+    ) -> Result<(Node, FileAttr, Duration), FsError> {
+        let node = match l.entries.tree_entry((i - 2) as usize) {
+            Some(e) => child_of_tree(e, dnode.tree().and_then(|(_, within)| within)),
+            None => self.resolver().child(dnode, name)?.node,
+        };
+        let attr = self.attr(Ino(0), &node, pid)?;
+        // NB: one TTL for both: the shorter (attributes), as names listed
+        // are canonical, never prefixes.
+        let ttl = ttls(&node, false).0;
+        Ok((node, attr, ttl))
+    }
+
+    pub(super) fn do_readdirplus(
+        &self,
+        dir: Ino,
+        fh: u64,
+        offset: u64,
+        pid: u32,
+        reply: &mut ReplyDirectoryPlus,
+    ) -> Result<(), FsError> {
+        let l = self.listing(dir, fh, offset)?;
+        if offset >= l.count() {
+            self.listings.done(dir.0);
+            return Ok(());
+        }
+        let (dnode, _) = self.node(dir)?;
+        let mut i = offset;
+        while i < l.count() {
+            let full = if i < 2 {
+                // NB: the kernel counts no lookup for `.` and `..`.
+                let mut attr = self.attr(l.dot, &dnode, pid)?;
+                attr.ino = INodeNo(if i == 0 { l.dot.0 } else { l.dotdot.0 });
+                let name: &[u8] = if i == 0 { b"." } else { b".." };
+                reply.add(
+                    attr.ino,
+                    i + 1,
+                    OsStr::from_bytes(name),
+                    &Duration::ZERO,
+                    &attr,
+                    Generation(0),
+                )
+            } else {
+                let (name, _) = l.entry(i).expect("index below count");
+                match self.plus_child(&l, &dnode, i, &name, pid) {
+                    Ok((node, mut attr, ttl)) => {
+                        // NB: recorded before it is sent (the number could
+                        // change otherwise), undone if it does not fit.
+                        let ino = match node {
+                            Node::Top(t) => Ino(t.ino()),
+                            node => self.inodes.remember(dir, &name, node),
+                        };
+                        attr.ino = INodeNo(ino.0);
+                        let full = reply.add(
+                            attr.ino,
+                            i + 1,
+                            OsStr::from_bytes(&name),
+                            &ttl,
+                            &attr,
+                            Generation(0),
+                        );
+                        if full {
+                            self.do_forget(ino, 1);
+                        }
+                        self.note_inodes();
+                        full
+                    }
+                    // Gone since listed (an evicted key): left out.
+                    Err(e) => {
+                        let _ = self.fail(super::counters::Op::Readdir, e);
+                        false
+                    }
+                }
+            };
+            if full {
                 break;
             }
             i += 1;
@@ -393,6 +608,9 @@ impl DagFs {
         size: u32,
     ) -> Result<XattrReply, FsError> {
         let (node, _) = self.node(ino)?;
+        if !name.as_bytes().starts_with(b"user.") {
+            return Err(FsError::NotSupported);
+        }
         let value = node
             .xattrs()
             .into_iter()

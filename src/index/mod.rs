@@ -153,7 +153,7 @@ impl Index {
         let db = sled::Config::new()
             .path(dir)
             .flush_every_ms(None)
-            .cache_capacity(64 << 20)
+            .cache_capacity(16 << 20)
             .mode(sled::Mode::HighThroughput)
             .open()?;
         Ok(Index {
