@@ -14,19 +14,22 @@ the store with `dagfs mount` and times each operation on the native copy and
 through the mount, alternating:
 
   read 1 GiB cold   cat FILE >/dev/null after `sync; echo 3 >drop_caches`
-  read 1 GiB warm   the same, after one untimed pass
+  read 1 GiB warm   the same, the file in the page cache
   find              find DIR >/dev/null
   ls -lR            ls -lR DIR >/dev/null
   du -s             du -s DIR >/dev/null
   tar               tar cf - -C DIR . | cat >/dev/null (GNU tar skips reading
                     file contents when it writes to /dev/null itself)
   cat all           find DIR -type f -print0 | xargs -0 cat >/dev/null
-  ... (cold)        first touch: the same after dropping caches (1 run)
+  ls -lR, cat all   also cold (first touch): after dropping caches (1 run;
+  (cold)            no goal)
 
-Warm figures are the median of --runs (3) timed runs after one untimed pass
-(the warm 1 GiB read: of 5). Cold ones the median of --runs (1 in --quick).
+Warm figures are the median of --runs (3) timed runs, each right after an
+untimed pass (the warm 1 GiB read: of 5). Cold ones the median of --runs (1
+in --quick). Native and mount runs alternate.
 `reqs` is the FUSE requests the daemon served per timed run (from
-/.dagfs/stats), which tells what reached the daemon at all. `ratio` is mount
+/.dagfs/stats, less those of reading it: give or take a few), which tells
+what reached the daemon at all. `ratio` is mount
 time / native time: lower is better; the read goal "speed >= 0.95x native"
 is a time ratio <= 1.053.
 
@@ -221,18 +224,21 @@ class Table:
 def measure(a, d, native, mount, cmd, runs, cold, table, label, goal):
     """Alternate native and mount runs; median of `runs` each."""
     n_times, m_times, reqs = [], [], []
-    if not cold:
-        timed(cmd.format(p=native))
-        timed(cmd.format(p=mount))
     for _ in range(runs):
+        # NB: warm: an untimed pass right before each timed one (this VM
+        # sheds page cache slowly even without memory pressure).
         if cold:
             drop_caches()
+        else:
+            timed(cmd.format(p=native))
         n_times.append(timed(cmd.format(p=native)))
         if cold:
             drop_caches()
+        else:
+            timed(cmd.format(p=mount))
         before = d.requests()
         m_times.append(timed(cmd.format(p=mount)))
-        reqs.append(d.requests() - before)
+        reqs.append(max(0, d.requests() - before))
     n, m = statistics.median(n_times), statistics.median(m_times)
     table.add(label, n, m, goal, statistics.median(reqs))
     log(f"  {label:<22} native {n:7.3f}  mount {m:7.3f}  ({m / n:.2f}x)")

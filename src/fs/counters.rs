@@ -72,7 +72,9 @@ pub struct FsCounters {
     pub inodes_live: AtomicU64,
     /// Opens of stored files served by FUSE passthrough.
     pub passthrough_opens: AtomicU64,
-    /// Opens of stored files served by `pread` in dagfs.
+    /// Stored files opened for `pread` in dagfs: one per open request when
+    /// the kernel sends them, else one per blob a read found not open (a few
+    /// are kept open across reads).
     pub pread_opens: AtomicU64,
 }
 
