@@ -253,18 +253,24 @@ impl Pipeline {
 
 fn default_name(dir: &Path) -> String {
     let abs = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
-    let base = abs
+    name_from_path(&abs, valid_name, "default")
+}
+
+/// `path`'s base name with every character `valid` refuses replaced by `_`,
+/// or `fallback` if that is still not a valid name.
+pub fn name_from_path(path: &Path, valid: fn(&str) -> bool, fallback: &str) -> String {
+    let base = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let cleaned: String = base
         .chars()
-        .map(|c| if valid_name(&c.to_string()) { c } else { '_' })
+        .map(|c| if valid(&c.to_string()) { c } else { '_' })
         .collect();
-    if valid_name(&cleaned) {
+    if valid(&cleaned) {
         cleaned
     } else {
-        "default".into()
+        fallback.into()
     }
 }
 

@@ -70,19 +70,7 @@ pub fn valid_name(s: &str) -> bool {
 
 /// The default name of a synced directory: its base name, cleaned.
 pub fn default_name(root: &Path) -> String {
-    let base = root
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let cleaned: String = base
-        .chars()
-        .map(|c| if valid_name(&c.to_string()) { c } else { '_' })
-        .collect();
-    if valid_name(&cleaned) {
-        cleaned
-    } else {
-        "root".into()
-    }
+    crate::exec::pipeline::name_from_path(root, valid_name, "root")
 }
 
 /// The stat-cache scope of a directory scanned with these filters.
