@@ -32,8 +32,10 @@ pub fn now_ms() -> u64 {
 }
 
 pub struct Cache {
-    pub store: Store,
+    // NB: declared before `store` so the index (and sled's file lock) is
+    // dropped before the store lock is released: the next owner can open it.
     pub index: Index,
+    pub store: Store,
     policy: std::sync::Mutex<CachePolicy>,
     /// Keys each daemon session produced or used: never evicted or swept
     /// while the session lasts.
@@ -84,6 +86,44 @@ pub struct GcReport {
     pub sweep: gc::SweepReport,
 }
 
+/// How long to wait for a previous owner's index lock to go away.
+const INDEX_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Open the index, waiting out a lock still held by a process that has
+/// released the store lock but not yet exited.
+fn open_index(dir: &Path) -> std::result::Result<Index, IndexError> {
+    let deadline = std::time::Instant::now() + INDEX_LOCK_WAIT;
+    loop {
+        match Index::open(dir) {
+            Err(e) if index_is_locked(&e) && std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return other,
+        }
+    }
+}
+
+fn index_is_locked(e: &IndexError) -> bool {
+    // NB: sled reports a lock conflict only as an `Other` I/O error with this text.
+    matches!(e, IndexError::Sled(sled::Error::Io(io))
+        if io.to_string().contains("could not acquire lock"))
+}
+
+/// Only damage is repaired by moving the index aside: a lock conflict,
+/// permissions or a full disk are reported as they are.
+fn index_is_corrupt(e: &IndexError) -> bool {
+    match e {
+        IndexError::Sled(sled::Error::Corruption { .. }) => true,
+        IndexError::Sled(sled::Error::Io(io)) => matches!(
+            io.kind(),
+            std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::InvalidData
+        ),
+        IndexError::Sled(sled::Error::Unsupported(_)) => true,
+        IndexError::Sled(_) => false,
+        IndexError::Corrupt { .. } => true,
+    }
+}
+
 impl Cache {
     /// Open the cache at `dir`. The store's configured policy is overlaid
     /// with `policy` (limits set in `policy` win).
@@ -99,9 +139,9 @@ impl Cache {
     ) -> Result<Cache> {
         let store = Store::open(dir, on_wait)?;
         let mut notes = Vec::new();
-        let index = match Index::open(&store.index_dir()) {
+        let index = match open_index(&store.index_dir()) {
             Ok(i) => i,
-            Err(e) => {
+            Err(e) if index_is_corrupt(&e) => {
                 // NB: moved aside, never deleted: it may hold statistics.
                 let aside = store.root().join(format!("index.broken-{}", now_ms()));
                 std::fs::rename(store.index_dir(), &aside).map_err(|source| StoreError::Io {
@@ -116,6 +156,7 @@ impl Cache {
                 ));
                 index
             }
+            Err(e) => return Err(e.into()),
         };
         let stored = index.policy()?;
         Ok(Cache {

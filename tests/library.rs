@@ -563,3 +563,65 @@ fn library_results_are_visible_to_the_cli() {
     );
     assert_eq!(out.stdout, b"hi there");
 }
+
+fn broken_indexes(dir: &Path) -> usize {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .filter(|e| {
+            let name = e.as_ref().unwrap().file_name();
+            name.to_string_lossy().starts_with("index.broken-")
+        })
+        .count()
+}
+
+#[test]
+fn an_index_still_locked_by_a_previous_owner_is_waited_for_not_moved_aside() {
+    let t = tempfile::tempdir().unwrap();
+    let runs: [Counter; 4] = Default::default();
+    {
+        let cache = open(t.path());
+        CachedExecutor::new(&chain(), &cache)
+            .execute(chain_tasks("hello", "1", &runs))
+            .unwrap();
+    }
+    // A previous owner that has released the store lock but still holds
+    // sled's lock (a daemon in the middle of exiting).
+    let held = dagfs::index::Index::open(&t.path().join("index")).unwrap();
+    let releaser = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        drop(held);
+    });
+    let cache = open(t.path());
+    releaser.join().unwrap();
+    assert_eq!(broken_indexes(t.path()), 0, "a lock conflict is not damage");
+    assert!(cache.notes().is_empty(), "{:?}", cache.notes());
+    let s = cache.index.stats().unwrap();
+    assert_eq!((s.misses, s.runs), (4, 1), "statistics kept");
+}
+
+#[test]
+fn a_corrupt_index_is_moved_aside_and_rebuilt_from_entries() {
+    let t = tempfile::tempdir().unwrap();
+    let runs: [Counter; 4] = Default::default();
+    {
+        let cache = open(t.path());
+        CachedExecutor::new(&chain(), &cache)
+            .execute(chain_tasks("hello", "1", &runs))
+            .unwrap();
+        cache.index.flush().unwrap();
+    }
+    // Damage sled's config file: it no longer parses.
+    std::fs::write(t.path().join("index/conf"), b"\xff\x00 not a sled config").unwrap();
+    let cache = open(t.path());
+    assert_eq!(broken_indexes(t.path()), 1);
+    assert!(
+        cache.notes().iter().any(|n| n.contains("rebuilt it from 4 entries")),
+        "{:?}",
+        cache.notes()
+    );
+    let r = CachedExecutor::new(&chain(), &cache)
+        .execute(chain_tasks("hello", "1", &runs))
+        .unwrap();
+    assert_eq!(r.nodes_cached, 4, "nothing stored was lost");
+    assert_eq!(counts(&runs), [1, 1, 1, 1]);
+}
