@@ -119,6 +119,20 @@ fn sigkill_at_random_points_never_leaves_a_wrong_blob_or_dangling_entry() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(25);
+    // Kill points spread over the length of a cold run on this machine now
+    // (timed once, not killed: a loaded machine runs slower).
+    let span = {
+        let calib = tmp.path().join("calibrate");
+        fs::write(dir.join("dagfs.toml"), pipeline(rounds)).unwrap();
+        let start = std::time::Instant::now();
+        let out = run(&calib, &dir).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        start.elapsed().as_millis() as u64
+    };
     let mut seed: u64 = 0x9e3779b97f4a7c15;
     let mut kills = 0;
     let mut completed = 0;
@@ -128,8 +142,8 @@ fn sigkill_at_random_points_never_leaves_a_wrong_blob_or_dangling_entry() {
         seed = seed
             .wrapping_mul(6364136223846793005)
             .wrapping_add(1442695040888963407);
-        // A kill point somewhere in the run (a cold run takes ~300-600 ms).
-        let delay = Duration::from_millis(5 + (seed >> 33) % 900);
+        // A kill point somewhere in the run, or a little after its end.
+        let delay = Duration::from_millis(5 + (seed >> 33) % (span * 3 / 2 + 1));
         std::thread::sleep(delay);
         if child.try_wait().unwrap().is_none() {
             child.kill().unwrap();

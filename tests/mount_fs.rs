@@ -509,7 +509,13 @@ fn prefixes_resolve_to_the_same_node_and_bad_names_are_enoent() {
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .collect();
     listed.sort();
-    let all: Vec<String> = m.view.keys().unwrap().iter().map(Digest::to_hex).collect();
+    let all: Vec<String> = m
+        .view
+        .keys_after(None, usize::MAX)
+        .unwrap()
+        .iter()
+        .map(Digest::to_hex)
+        .collect();
     assert_eq!(listed, all);
     assert!(listed.contains(&key));
     assert_eq!(fs::read_dir(m.mnt.join("trees")).unwrap().count(), 0);
@@ -755,8 +761,8 @@ fn inode_numbers_survive_the_kernel_forgetting_them() {
 struct PanicView(Arc<dyn StoreView>);
 
 impl StoreView for PanicView {
-    fn keys(&self) -> Result<Vec<Digest>, ViewError> {
-        self.0.keys()
+    fn keys_after(&self, after: Option<&Digest>, max: usize) -> Result<Vec<Digest>, ViewError> {
+        self.0.keys_after(after, max)
     }
     fn resolve_key(&self, p: &HexPrefix) -> Result<Option<Digest>, ViewError> {
         self.0.resolve_key(p)
@@ -908,24 +914,33 @@ fn reads_with_passthrough_auto_use_it_when_granted() {
     }
 }
 
-/// A store of one entry whose output is a single directory level of
-/// `n` empty files (built in memory: no task writes a million files here).
+/// A store whose entries all have one output, a single directory level
+/// of `n` empty files (built in memory: no task writes a million files
+/// here). `keys` holds `key` and any number of other keys, ascending.
 struct WideView {
     key: Digest,
+    keys: Vec<Digest>,
     tree: Digest,
     n: usize,
 }
 
 impl StoreView for WideView {
-    fn keys(&self) -> Result<Vec<Digest>, ViewError> {
-        Ok(vec![self.key])
+    fn keys_after(&self, after: Option<&Digest>, max: usize) -> Result<Vec<Digest>, ViewError> {
+        let from = after.map_or(0, |a| self.keys.partition_point(|k| k <= a));
+        Ok(self.keys[from..].iter().take(max).copied().collect())
     }
     fn resolve_key(&self, p: &HexPrefix) -> Result<Option<Digest>, ViewError> {
-        Ok(p.matches(&self.key).then_some(self.key))
+        let (lo, _) = p.range();
+        let from = self.keys.partition_point(|k| k.as_bytes() < &lo);
+        let mut m = self.keys[from..].iter().take(2).filter(|k| p.matches(k));
+        Ok(match (m.next(), m.next()) {
+            (Some(k), None) => Some(*k),
+            _ => None,
+        })
     }
     fn entry(&self, key: &Digest) -> Result<Option<EntryInfo>, ViewError> {
-        Ok((*key == self.key).then(|| EntryInfo {
-            key: self.key,
+        Ok(self.keys.binary_search(key).is_ok().then(|| EntryInfo {
+            key: *key,
             output: self.tree,
             dag: "wide".into(),
             task: "t".into(),
@@ -995,12 +1010,24 @@ struct Wide {
 }
 
 fn mount_wide(n: usize) -> Wide {
+    mount_wide_keys(n, 0)
+}
+
+/// As `mount_wide`, with `extra` more keys listed under `/keys`.
+fn mount_wide_keys(n: usize, extra: usize) -> Wide {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().canonicalize().unwrap();
     let mnt = root.join("mnt");
     fs::create_dir(&mnt).unwrap();
+    let key = Digest::of(b"wide key");
+    let mut keys: Vec<Digest> = (0..extra as u64)
+        .map(|i| Digest::of(&i.to_le_bytes()))
+        .chain([key])
+        .collect();
+    keys.sort();
     let view = WideView {
-        key: Digest::of(b"wide key"),
+        key,
+        keys,
         tree: Digest::of(b"wide tree"),
         n,
     };
@@ -1038,6 +1065,45 @@ fn a_tree_of_a_million_entries_streams_without_gaps_or_duplicates() {
     let last = format!("f{:07}", N - 1);
     assert_eq!(fs::metadata(w.dir.join(&last)).unwrap().len(), 0);
     assert_eq!(fs::read(w.dir.join(&last)).unwrap(), b"");
+}
+
+#[test]
+fn keys_list_a_page_at_a_time_without_gaps_or_duplicates() {
+    const N: usize = 200_000;
+    let w = mount_wide_keys(1, N - 1);
+    let keys = w.root.join("mnt/keys");
+    let list = w.root.join("list");
+    let script = format!(
+        "ls -f '{}' > '{}' && wc -l < '{1}' && sort '{1}' | uniq -d | wc -l",
+        keys.display(),
+        list.display()
+    );
+    let nums: Vec<usize> = text(run("sh", &[&"-c", &script]))
+        .lines()
+        .map(|l| l.trim().parse().unwrap())
+        .collect();
+    assert_eq!(nums, [N + 2, 0], "entries listed, duplicates");
+    // Listed names are the keys, each one resolving.
+    let listed = fs::read_to_string(&list).unwrap();
+    let mut names: Vec<&str> = listed.lines().filter(|l| !l.starts_with('.')).collect();
+    names.sort();
+    let mut want: Vec<String> = (0..(N - 1) as u64)
+        .map(|i| Digest::of(&i.to_le_bytes()).to_hex())
+        .chain([Digest::of(b"wide key").to_hex()])
+        .collect();
+    want.sort();
+    assert_eq!(names, want);
+    assert!(fs::metadata(keys.join(names[N / 2]).join("f0000000")).is_ok());
+    // Readers at different positions at once (Python's scandir, in
+    // several processes) each see every key once.
+    let py = format!(
+        "import os,sys\nfrom concurrent.futures import ProcessPoolExecutor as P\n\
+         def n(_):\n    s=[e.name for e in os.scandir('{}')]\n    return len(s),len(set(s))\n\
+         with P(3) as p: print(list(p.map(n, range(3))))\n",
+        keys.display()
+    );
+    let out = text(run("python3", &[&"-c", &py]));
+    assert_eq!(out.trim(), format!("[({N}, {N}), ({N}, {N}), ({N}, {N})]"));
 }
 
 #[test]

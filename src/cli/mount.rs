@@ -253,8 +253,21 @@ fn detach(store: &Path, mnt: &Path, a: &MountArgs) -> Result<(), CliError> {
     )))
 }
 
+/// glibc gives each thread that allocates its own arena and keeps what is
+/// freed there: the daemon's request threads and sled's made its resident
+/// size 158 MB after listing a million keys, 107 MB with two arenas (92 MB
+/// before listing). Set before any thread starts; only glibc has it.
+fn limit_malloc_arenas() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt changes a malloc tunable; called before other threads exist.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+}
+
 /// The daemon.
 fn serve(store: &Path, mnt: &Path, o: &MountOpts, ready: Option<&OwnedFd>) -> Result<(), CliError> {
+    limit_malloc_arenas();
     let sigs = super::block_stop_signals();
     let cache = Arc::new(Cache::open_with(
         store,

@@ -61,8 +61,8 @@ fn unique(v: Vec<Digest>) -> Option<Digest> {
 }
 
 impl StoreView for CacheView {
-    fn keys(&self) -> Result<Vec<Digest>, ViewError> {
-        self.cache.index.all_keys().map(|kv| Ok(kv?.0)).collect()
+    fn keys_after(&self, after: Option<&Digest>, max: usize) -> Result<Vec<Digest>, ViewError> {
+        Ok(self.cache.index.keys_after(after, max)?)
     }
 
     fn resolve_key(&self, prefix: &HexPrefix) -> Result<Option<Digest>, ViewError> {

@@ -35,6 +35,7 @@ mod error;
 mod handle;
 mod inode;
 pub mod invalidate;
+mod key_pages;
 mod names;
 mod node;
 mod ops;
@@ -129,6 +130,8 @@ pub struct DagFs {
     blob_files: unopened::BlobFiles,
     snapshots: Arc<unopened::Snapshots>,
     listings: unopened::Listings,
+    /// `/keys`, listed a page at a time.
+    key_pages: key_pages::KeyPages,
     /// The kernel sends no opendir once answered ENOSYS (set at INIT).
     skip_opendir: bool,
     uid: u32,
@@ -155,6 +158,7 @@ impl DagFs {
             blob_files: Default::default(),
             snapshots: Default::default(),
             listings: Default::default(),
+            key_pages: Default::default(),
             skip_opendir: false,
             uid: opts.uid,
             gid: opts.gid,

@@ -172,13 +172,22 @@ pub enum Lifetime {
     Generated,
 }
 
+/// A page of `/keys`: the keys at positions `base..` of a listing.
+pub struct KeyPage {
+    pub base: usize,
+    pub keys: Vec<Digest>,
+}
+
+/// Keys per page of `/keys` (32 KB).
+pub const KEY_PAGE: usize = 1024;
+
 /// A directory's entries, decoded once per listing.
 pub enum Entries {
     Tree(Arc<Tree>),
     Names(Vec<(Vec<u8>, Kind)>),
-    /// `/keys`: every key, named in hex when listed (a million keys take
-    /// 32 MB so, 100 MB as names).
-    Keys(Vec<Digest>),
+    /// `/keys`: one page of keys (a million keys would take 32 MB, 100 MB
+    /// as names), the `base`th key of the listing first.
+    Keys(Arc<KeyPage>),
 }
 
 impl Entries {
@@ -186,7 +195,7 @@ impl Entries {
         match self {
             Entries::Tree(t) => t.entries.len(),
             Entries::Names(v) => v.len(),
-            Entries::Keys(v) => v.len(),
+            Entries::Keys(p) => p.base + p.keys.len(),
         }
     }
 
@@ -197,8 +206,9 @@ impl Entries {
                 .get(i)
                 .map(|e| (Cow::Borrowed(e.name.as_slice()), tree_kind(&e.node))),
             Entries::Names(v) => v.get(i).map(|(n, k)| (Cow::Borrowed(n.as_slice()), *k)),
-            Entries::Keys(v) => v
-                .get(i)
+            Entries::Keys(p) => p
+                .keys
+                .get(i.checked_sub(p.base)?)
                 .map(|k| (Cow::Owned(k.to_hex().into_bytes()), Kind::Dir)),
         }
     }
@@ -529,7 +539,10 @@ impl Resolver<'_> {
                 Top::ALL.iter().map(|t| t.name().to_string()).collect(),
                 Kind::Dir,
             ),
-            Node::Top(Top::Keys) => Entries::Keys(v.keys()?),
+            Node::Top(Top::Keys) => Entries::Keys(Arc::new(KeyPage {
+                base: 0,
+                keys: v.keys_after(None, KEY_PAGE)?,
+            })),
             Node::Top(Top::Trees | Top::Blobs) => Entries::Names(Vec::new()),
             Node::Top(Top::Dags | Top::Why) => names(v.dags()?, Kind::Dir),
             Node::Top(Top::Runs) => {

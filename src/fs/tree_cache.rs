@@ -98,7 +98,7 @@ mod tests {
     struct Trees(AtomicUsize);
 
     impl StoreView for Trees {
-        fn keys(&self) -> Result<Vec<Digest>, ViewError> {
+        fn keys_after(&self, _: Option<&Digest>, _: usize) -> Result<Vec<Digest>, ViewError> {
             Ok(vec![])
         }
         fn resolve_key(&self, _: &HexPrefix) -> Result<Option<Digest>, ViewError> {

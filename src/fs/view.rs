@@ -36,8 +36,9 @@ pub struct EntryInfo {
 }
 
 pub trait StoreView: Send + Sync + 'static {
-    /// Every cache key, ascending (a snapshot; `/keys` lists it).
-    fn keys(&self) -> Result<Vec<Digest>, ViewError>;
+    /// Up to `max` cache keys after `after` (from the first if None),
+    /// ascending: `/keys` is listed a page at a time.
+    fn keys_after(&self, after: Option<&Digest>, max: usize) -> Result<Vec<Digest>, ViewError>;
     /// The single cache key starting with `prefix`; None if none or several.
     fn resolve_key(&self, prefix: &HexPrefix) -> Result<Option<Digest>, ViewError>;
     fn entry(&self, key: &Digest) -> Result<Option<EntryInfo>, ViewError>;

@@ -6,8 +6,7 @@
 //!
 //! | tree        | key                              | value                      |
 //! |-------------|----------------------------------|----------------------------|
-//! | `entries`   | cache key (32)                   | `EntryMeta` (JSON)         |
-//! | `by_output` | output digest (32) ‖ key (32)    | empty                      |
+//! | `entries`   | cache key (32)                   | `EntryMeta` (binary, v1)   |
 //! | `latest`    | dag ‖ 0x00 ‖ task                | key (32)                   |
 //! | `lru`       | last use ms (u64 BE) ‖ key (32)  | empty                      |
 //! | `expiry`    | expires ms (u64 BE) ‖ key (32)   | empty                      |
@@ -15,6 +14,13 @@
 //! | `stats`     | counter name                     | u64 LE                     |
 //! | `config`    | `policy`                         | `CachePolicy` (JSON)       |
 //! | `statcache` | root id (16) ‖ relative path     | stat + digest (see `sync`) |
+//!
+//! Memory: sled keeps a page-table record per node of at most 16 keys,
+//! so the index's resident size after opening grows with the number of
+//! keys in all trees (about 40 MB per million). Each entry therefore has
+//! exactly two keys (`entries`, `lru`); a `by_output` tree that mapped
+//! outputs back to keys was dropped for that (nothing read it), and is
+//! removed from older indexes when they are opened.
 //!
 //! sled's background flush is off: the index becomes durable only at
 //! `flush()`, which callers run after `Store::sync`, so a durable index
@@ -48,7 +54,85 @@ pub struct EntryMeta {
     pub duration_ms: u64,
 }
 
+/// Version byte of `EntryMeta`'s binary record (JSON records, which
+/// begin with `{`, are still read).
+const META_V1: u8 = 1;
+
 impl EntryMeta {
+    /// The index record: `META_V1`, the output digest, then `size`,
+    /// `files`, `created_ms`, `last_used_ms`, `ttl_secs` (0 = none, else
+    /// ttl + 1, saturating), `duration_ms` as LEB128, `exit_status` as zigzag LEB128,
+    /// and `dag`, `task` as length-prefixed bytes. A third of the JSON's
+    /// size: the index's memory after opening scales with its pages.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut b = Vec::with_capacity(64 + self.dag.len() + self.task.len());
+        b.push(META_V1);
+        b.extend_from_slice(self.output.as_bytes());
+        for v in [
+            self.size,
+            self.files,
+            self.created_ms,
+            self.last_used_ms,
+            self.ttl_secs.map_or(0, |t| t.saturating_add(1)),
+            self.duration_ms,
+            ((self.exit_status << 1) ^ (self.exit_status >> 31)) as u32 as u64,
+        ] {
+            leb128(&mut b, v);
+        }
+        for s in [&self.dag, &self.task] {
+            leb128(&mut b, s.len() as u64);
+            b.extend_from_slice(s.as_bytes());
+        }
+        b
+    }
+
+    pub fn decode(b: &[u8]) -> Result<EntryMeta> {
+        if b.first() == Some(&b'{') {
+            return serde_json::from_slice(b).map_err(|e| corrupt("entries", e));
+        }
+        let bad = |what: &str| corrupt("entries", format!("binary record: {what}"));
+        let mut r = match b.split_first() {
+            Some((&META_V1, rest)) => rest,
+            Some((v, _)) => return Err(bad(&format!("unknown version {v}"))),
+            None => return Err(bad("empty")),
+        };
+        if r.len() < 32 {
+            return Err(bad("truncated digest"));
+        }
+        let output = digest_of("entries", &r[..32])?;
+        r = &r[32..];
+        let mut n = [0u64; 7];
+        for v in &mut n {
+            *v = read_leb128(&mut r).ok_or_else(|| bad("truncated number"))?;
+        }
+        let mut text = || -> Result<String> {
+            let len = read_leb128(&mut r).ok_or_else(|| bad("truncated length"))?;
+            let len = usize::try_from(len)
+                .ok()
+                .filter(|&l| l <= r.len())
+                .ok_or_else(|| bad("truncated text"))?;
+            let (s, rest) = r.split_at(len);
+            r = rest;
+            String::from_utf8(s.to_vec()).map_err(|_| bad("text is not UTF-8"))
+        };
+        let (dag, task) = (text()?, text()?);
+        if !r.is_empty() {
+            return Err(bad("trailing bytes"));
+        }
+        let z = u32::try_from(n[6]).map_err(|_| bad("exit status out of range"))?;
+        Ok(EntryMeta {
+            dag,
+            task,
+            output,
+            size: n[0],
+            files: n[1],
+            created_ms: n[2],
+            last_used_ms: n[3],
+            ttl_secs: n[4].checked_sub(1),
+            duration_ms: n[5],
+            exit_status: ((z >> 1) as i32) ^ -((z & 1) as i32),
+        })
+    }
     pub fn from_entry(e: &Entry) -> EntryMeta {
         EntryMeta {
             dag: e.dag.clone(),
@@ -102,7 +186,6 @@ pub struct RunRecord {
 pub struct Index {
     db: sled::Db,
     entries: sled::Tree,
-    by_output: sled::Tree,
     latest: sled::Tree,
     lru: sled::Tree,
     expiry: sled::Tree,
@@ -122,13 +205,6 @@ fn lru_key(ms: u64, key: &Digest) -> [u8; 40] {
     k
 }
 
-fn pair(a: &Digest, b: &Digest) -> [u8; 64] {
-    let mut k = [0u8; 64];
-    k[..32].copy_from_slice(a.as_bytes());
-    k[32..].copy_from_slice(b.as_bytes());
-    k
-}
-
 fn latest_key(dag: &str, task: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(dag.len() + task.len() + 1);
     k.extend_from_slice(dag.as_bytes());
@@ -144,6 +220,30 @@ fn corrupt(tree: &'static str, reason: impl std::fmt::Display) -> IndexError {
     }
 }
 
+fn leb128(b: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        b.push(v as u8 | 0x80);
+        v >>= 7;
+    }
+    b.push(v as u8);
+}
+
+fn read_leb128(r: &mut &[u8]) -> Option<u64> {
+    let mut v = 0u64;
+    for shift in (0..64).step_by(7) {
+        let (&byte, rest) = r.split_first()?;
+        *r = rest;
+        if shift == 63 && byte > 1 {
+            return None;
+        }
+        v |= u64::from(byte & 0x7f).checked_shl(shift)?;
+        if byte & 0x80 == 0 {
+            return Some(v);
+        }
+    }
+    None
+}
+
 fn digest_of(tree: &'static str, b: &[u8]) -> Result<Digest> {
     Digest::from_slice(b).ok_or_else(|| corrupt(tree, "value is not a 32-byte digest"))
 }
@@ -156,9 +256,10 @@ impl Index {
             .cache_capacity(16 << 20)
             .mode(sled::Mode::HighThroughput)
             .open()?;
+        // Older indexes have it; nothing reads it any more.
+        db.drop_tree("by_output")?;
         Ok(Index {
             entries: db.open_tree("entries")?,
-            by_output: db.open_tree("by_output")?,
             latest: db.open_tree("latest")?,
             lru: db.open_tree("lru")?,
             expiry: db.open_tree("expiry")?,
@@ -178,9 +279,7 @@ impl Index {
     pub fn get(&self, key: &Digest) -> Result<Option<EntryMeta>> {
         match self.entries.get(key.as_bytes())? {
             None => Ok(None),
-            Some(v) => serde_json::from_slice(&v)
-                .map(Some)
-                .map_err(|e| corrupt("entries", e)),
+            Some(v) => EntryMeta::decode(&v).map(Some),
         }
     }
 
@@ -197,11 +296,7 @@ impl Index {
         if let Some(old) = self.get(key)? {
             self.unlink(key, &old)?;
         }
-        self.entries.insert(
-            key.as_bytes(),
-            serde_json::to_vec(meta).expect("meta serializes"),
-        )?;
-        self.by_output.insert(pair(&meta.output, key), &[])?;
+        self.entries.insert(key.as_bytes(), meta.encode())?;
         self.lru.insert(lru_key(meta.last_used_ms, key), &[])?;
         if let Some(ttl) = meta.ttl_secs {
             self.expiry.insert(
@@ -227,16 +322,12 @@ impl Index {
         self.lru.remove(lru_key(meta.last_used_ms, key))?;
         meta.last_used_ms = now_ms;
         self.lru.insert(lru_key(now_ms, key), &[])?;
-        self.entries.insert(
-            key.as_bytes(),
-            serde_json::to_vec(meta).expect("meta serializes"),
-        )?;
+        self.entries.insert(key.as_bytes(), meta.encode())?;
         Ok(())
     }
 
     fn unlink(&self, key: &Digest, meta: &EntryMeta) -> Result<()> {
         self.entries.remove(key.as_bytes())?;
-        self.by_output.remove(pair(&meta.output, key))?;
         self.lru.remove(lru_key(meta.last_used_ms, key))?;
         if let Some(ttl) = meta.ttl_secs {
             self.expiry.remove(lru_key(
@@ -290,13 +381,6 @@ impl Index {
         Ok(out)
     }
 
-    pub fn keys_by_output(&self, output: &Digest) -> Result<Vec<Digest>> {
-        self.by_output
-            .scan_prefix(output.as_bytes())
-            .map(|kv| digest_of("by_output", &kv?.0[32..]))
-            .collect()
-    }
-
     /// Keys oldest-use first.
     pub fn lru_order(&self) -> impl Iterator<Item = Result<Digest>> + '_ {
         self.lru.iter().map(|kv| digest_of("lru", &kv?.0[8..]))
@@ -313,11 +397,23 @@ impl Index {
     pub fn all_keys(&self) -> impl Iterator<Item = Result<(Digest, EntryMeta)>> + '_ {
         self.entries.iter().map(|kv| {
             let (k, v) = kv?;
-            Ok((
-                digest_of("entries", &k)?,
-                serde_json::from_slice(&v).map_err(|e| corrupt("entries", e))?,
-            ))
+            Ok((digest_of("entries", &k)?, EntryMeta::decode(&v)?))
         })
+    }
+
+    /// Up to `max` keys after `after` (from the first if None), ascending.
+    pub fn keys_after(&self, after: Option<&Digest>, max: usize) -> Result<Vec<Digest>> {
+        use std::ops::Bound;
+        let lo = match after {
+            Some(a) => Bound::Excluded(a.as_bytes().to_vec()),
+            None => Bound::Unbounded,
+        };
+        self.entries
+            .range::<Vec<u8>, _>((lo, Bound::Unbounded))
+            .keys()
+            .take(max)
+            .map(|k| digest_of("entries", &k?))
+            .collect()
     }
 
     /// Keys starting with `prefix`.
@@ -495,13 +591,7 @@ impl Index {
     /// Drop every rebuildable tree and refill it from `entries`. Counters of
     /// hits and misses survive; entry totals are recomputed.
     pub fn rebuild(&self, entries: impl IntoIterator<Item = Entry>) -> Result<usize> {
-        for t in [
-            &self.entries,
-            &self.by_output,
-            &self.latest,
-            &self.lru,
-            &self.expiry,
-        ] {
+        for t in [&self.entries, &self.latest, &self.lru, &self.expiry] {
             t.clear()?;
         }
         self.stats.insert(C_ENTRIES, &0u64.to_le_bytes())?;
@@ -523,5 +613,70 @@ impl Index {
                 .insert(latest_key(&dag, &task), key.as_bytes())?;
         }
         Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(exit_status: i32, ttl_secs: Option<u64>) -> EntryMeta {
+        EntryMeta {
+            dag: "pipé".into(),
+            task: "t/1".into(),
+            output: Digest::of(b"out"),
+            size: u64::MAX,
+            files: 3,
+            created_ms: 1_763_000_000_000,
+            last_used_ms: 1_763_000_000_500,
+            ttl_secs,
+            exit_status,
+            duration_ms: 0,
+        }
+    }
+
+    #[test]
+    fn entry_meta_binary_round_trips_and_is_smaller_than_json() {
+        for (status, ttl) in [
+            (0, None),
+            (-1, Some(0)),
+            (i32::MIN, Some(u64::MAX)),
+            (i32::MAX, Some(7)),
+        ] {
+            let m = meta(status, ttl);
+            let b = m.encode();
+            let back = EntryMeta::decode(&b).unwrap();
+            // NB: a TTL of u64::MAX seconds is kept as one second less.
+            let want = EntryMeta {
+                ttl_secs: ttl.map(|t| t.min(u64::MAX - 1)),
+                ..m.clone()
+            };
+            assert_eq!(back, want);
+            assert!(b.len() * 2 < serde_json::to_vec(&m).unwrap().len());
+        }
+    }
+
+    #[test]
+    fn entry_meta_reads_json_records_of_older_indexes() {
+        let m = meta(2, Some(60));
+        assert_eq!(
+            EntryMeta::decode(&serde_json::to_vec(&m).unwrap()).unwrap(),
+            m
+        );
+    }
+
+    #[test]
+    fn entry_meta_rejects_every_truncation_and_trailing_bytes() {
+        let b = meta(-3, Some(1)).encode();
+        for n in 0..b.len() {
+            assert!(EntryMeta::decode(&b[..n]).is_err(), "prefix of {n} bytes");
+        }
+        let mut long = b.clone();
+        long.push(0);
+        assert!(EntryMeta::decode(&long).is_err());
+        let mut v2 = b;
+        v2[0] = 2;
+        assert!(EntryMeta::decode(&v2).is_err());
+        assert!(read_leb128(&mut &[0xff; 11][..]).is_none());
     }
 }
