@@ -3,7 +3,7 @@
 //! | option | what the helper does |
 //! |---|---|
 //! | `allow_other`, `debug` | passed on (`dagfs` pairs `allow_other` with `default_permissions`) |
-//! | `passthrough=auto\|off`, `threads=N` | checked, passed on; the last one given wins |
+//! | `passthrough=auto\|on\|off`, `threads=N` | checked, passed on; the last one given wins |
 //! | `nosuid`, `nodev`, `noexec`/`exec`, `noatime`/`relatime` | passed on (`dagfs` accepts them); of a pair, the last wins |
 //! | `store=PATH` | the store, instead of SOURCE; the last one wins; not passed on (it becomes `--store`) |
 //! | `ro`, `default_permissions` | dropped: dagfs is always read-only, and adds `default_permissions` itself |
@@ -66,8 +66,8 @@ fn classify(name: &str) -> Option<Class> {
         "noexec" | "exec" => Class::Flag { slot: "exec" },
         "noatime" | "relatime" => Class::Flag { slot: "atime" },
         "passthrough" => Class::Value {
-            expected: "`passthrough=auto` or `passthrough=off`",
-            valid: |v| matches!(v, "auto" | "off"),
+            expected: "`passthrough=auto`, `passthrough=on` or `passthrough=off`",
+            valid: |v| matches!(v, "auto" | "on" | "off"),
         },
         "threads" => Class::Value {
             expected: "`threads=N` with N a whole number from 1 up",

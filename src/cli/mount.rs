@@ -37,7 +37,7 @@ pub struct MountArgs {
     #[arg(short = 'f', long)]
     pub foreground: bool,
     /// Options, comma-separated, repeatable: allow_other, ro, store=DIR,
-    /// passthrough=auto|off, debug, threads=N
+    /// passthrough=auto|on|off, debug, threads=N
     #[arg(short = 'o', value_name = "OPTS")]
     pub options: Vec<String>,
     /// (internal) report readiness on this file descriptor
@@ -48,7 +48,7 @@ pub struct MountArgs {
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct MountOpts {
     allow_other: bool,
-    passthrough: bool,
+    passthrough: Passthrough,
     debug: bool,
     threads: Option<usize>,
     store: Option<PathBuf>,
@@ -63,7 +63,7 @@ const IGNORED: [&str; 14] = [
 fn parse_opts(list: &[String]) -> Result<MountOpts, CliError> {
     let mut o = MountOpts {
         allow_other: false,
-        passthrough: true,
+        passthrough: Passthrough::Auto,
         debug: false,
         threads: None,
         store: None,
@@ -83,8 +83,9 @@ fn parse_opts(list: &[String]) -> Result<MountOpts, CliError> {
             ("debug", None) => o.debug = true,
             ("rw", None) => return Err(CliError::Usage("-o rw: dagfs mounts are read-only".into())),
             ("store", Some(s)) => o.store = Some(PathBuf::from(s)),
-            ("passthrough", Some("auto")) => o.passthrough = true,
-            ("passthrough", Some("off")) => o.passthrough = false,
+            ("passthrough", Some("auto")) => o.passthrough = Passthrough::Auto,
+            ("passthrough", Some("on")) => o.passthrough = Passthrough::On,
+            ("passthrough", Some("off")) => o.passthrough = Passthrough::Off,
             ("threads", Some(n)) => {
                 o.threads = Some(n.parse().ok().filter(|&n: &usize| (1..=256).contains(&n)).ok_or_else(|| {
                     CliError::Usage(format!("-o threads={n}: want a number from 1 to 256"))
@@ -92,7 +93,7 @@ fn parse_opts(list: &[String]) -> Result<MountOpts, CliError> {
             }
             (k, None) if IGNORED.contains(&k) || k == "relatime" => {}
             (k, _) if k.starts_with("x-") => {}
-            _ => return Err(CliError::Usage(format!("unknown mount option `{opt}` (allow_other, ro, store=DIR, passthrough=auto|off, debug, threads=N)"))),
+            _ => return Err(CliError::Usage(format!("unknown mount option `{opt}` (allow_other, ro, store=DIR, passthrough=auto|on|off, debug, threads=N)"))),
         }
     }
     Ok(o)
@@ -286,11 +287,7 @@ fn serve(store: &Path, mnt: &Path, o: &MountOpts, ready: Option<&OwnedFd>) -> Re
     let counters = Arc::new(FsCounters::default());
     let view = Arc::new(CacheView::new(cache.clone(), gauges.clone()));
     let fs_opts = FsOptions {
-        passthrough: if o.passthrough {
-            Passthrough::Auto
-        } else {
-            Passthrough::Off
-        },
+        passthrough: o.passthrough,
         uid: nix::unistd::geteuid().as_raw(),
         gid: nix::unistd::getegid().as_raw(),
         allow_other: o.allow_other,
@@ -463,7 +460,11 @@ mod tests {
             "store=/s,threads=8,defaults,x-systemd.automount".into(),
         ])
         .unwrap();
-        assert!(o.allow_other && !o.passthrough);
+        assert!(o.allow_other && o.passthrough == Passthrough::Off);
+        assert_eq!(
+            parse_opts(&["passthrough=on".into()]).unwrap().passthrough,
+            Passthrough::On
+        );
         assert_eq!(o.threads, Some(8));
         assert_eq!(o.store, Some(PathBuf::from("/s")));
         assert!(parse_opts(&["rw".into()]).is_err());
