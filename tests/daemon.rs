@@ -480,3 +480,104 @@ fn mount_helper_recovers_a_stale_mount_too() {
         pid,
     });
 }
+
+#[test]
+fn a_watched_sync_is_owned_by_the_daemon_and_shown_under_syncs() {
+    let e = env();
+    let src = e.root.join("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("a.txt"), "alpha\n").unwrap();
+    let m = Mounted::new(&e.store, &e.mnt);
+    let s = src.to_str().unwrap();
+    // Without a daemon-side name clash, the client returns after the first snapshot.
+    let o = dagfs(&e.store, &["sync", s, "--watch", "--name", "code"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("watching"), "{}", text(&o));
+    assert_eq!(
+        fs::read_to_string(e.mnt.join("syncs/code/a.txt")).unwrap(),
+        "alpha\n"
+    );
+    let first = fs::read_link(e.mnt.join("syncs/code@1")).unwrap();
+    assert!(first.starts_with("../trees/"), "{first:?}");
+    assert_eq!(fs::read_link(e.mnt.join("syncs/code")).unwrap(), first);
+    // The client is gone; the daemon's watch takes the next change.
+    fs::write(src.join("b.txt"), "beta\n").unwrap();
+    wait_for("the watch's second snapshot under /syncs", || {
+        fs::read_to_string(e.mnt.join("syncs/code@2/b.txt")).is_ok_and(|t| t == "beta\n")
+    });
+    wait_for("/syncs/code to follow it", || {
+        fs::read_to_string(e.mnt.join("syncs/code/b.txt")).is_ok()
+    });
+    let mut listed: Vec<String> = fs::read_dir(e.mnt.join("syncs"))
+        .unwrap()
+        .map(|d| d.unwrap().file_name().into_string().unwrap())
+        .collect();
+    listed.sort();
+    assert_eq!(listed, ["code", "code@1", "code@2"]);
+    let list = dagfs(&e.store, &["sync", "--list"]).output().unwrap();
+    assert!(list.status.success(), "{}", text(&list));
+    assert!(
+        text(&list).contains("watched (2 snapshots)"),
+        "{}",
+        text(&list)
+    );
+    let metrics = fs::read_to_string(e.mnt.join(".dagfs/metrics")).unwrap();
+    assert!(metrics.contains("dagfs_sync_watches 1"), "{metrics}");
+    // One watch per name.
+    let again = dagfs(&e.store, &["sync", s, "--watch", "--name", "code"])
+        .output()
+        .unwrap();
+    assert_eq!(again.status.code(), Some(2), "{}", text(&again));
+    assert!(text(&again).contains("already watched"), "{}", text(&again));
+    // Stopped, it takes no more snapshots.
+    let stop = dagfs(&e.store, &["sync", "--stop", "code"])
+        .output()
+        .unwrap();
+    assert!(stop.status.success(), "{}", text(&stop));
+    assert!(text(&stop).contains("2 snapshots"), "{}", text(&stop));
+    fs::write(src.join("c.txt"), "gamma\n").unwrap();
+    std::thread::sleep(Duration::from_millis(700));
+    assert!(fs::read_link(e.mnt.join("syncs/code@3")).is_err());
+    let list = dagfs(&e.store, &["sync", "--list"]).output().unwrap();
+    assert!(text(&list).contains("not watched"), "{}", text(&list));
+    let missing = dagfs(&e.store, &["sync", "--stop", "code"])
+        .output()
+        .unwrap();
+    assert_eq!(missing.status.code(), Some(10), "{}", text(&missing));
+    // Invalid names under /syncs are ENOENT.
+    for bad in ["code@0", "code@x", "code@01", "nope", "code@@1", "..@1"] {
+        assert!(
+            fs::symlink_metadata(e.mnt.join("syncs").join(bad)).is_err(),
+            "{bad}"
+        );
+    }
+    drop(m);
+}
+
+#[test]
+fn sync_list_and_stop_without_a_daemon() {
+    let e = env();
+    let src = e.root.join("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("a"), "x").unwrap();
+    let o = dagfs(&e.store, &["sync", src.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let list = dagfs(&e.store, &["sync", "--list"]).output().unwrap();
+    assert!(list.status.success(), "{}", text(&list));
+    assert!(text(&list).contains("src@1: 1 files"), "{}", text(&list));
+    assert!(
+        text(&list).contains("no daemon is running"),
+        "{}",
+        text(&list)
+    );
+    let stop = dagfs(&e.store, &["sync", "--stop", "src"])
+        .output()
+        .unwrap();
+    assert_eq!(stop.status.code(), Some(10), "{}", text(&stop));
+    let none = dagfs(&e.store, &["sync"]).output().unwrap();
+    assert_eq!(none.status.code(), Some(2), "{}", text(&none));
+}

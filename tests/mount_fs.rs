@@ -613,7 +613,7 @@ fn dags_runs_why_and_dagfs_files_show_the_live_index() {
     );
     assert_eq!(
         text(run("ls", &[&m.mnt])),
-        "blobs\ndags\nkeys\nruns\ntrees\nwhy\n",
+        "blobs\ndags\nkeys\nruns\nsyncs\ntrees\nwhy\n",
         "ls hides .dagfs"
     );
 

@@ -119,7 +119,11 @@ impl Cmd {
                 }
             }
             Cmd::Explain { file, .. } => abs(file),
-            Cmd::Sync(a) => abs(&mut a.dir),
+            Cmd::Sync(a) => {
+                if let Some(d) = &mut a.dir {
+                    abs(d);
+                }
+            }
             _ => {}
         }
     }
@@ -216,6 +220,8 @@ pub struct Ctx {
     pub on_change: Option<Arc<dagfs::exec::scheduler::OnChange>>,
     /// The daemon's: concurrent syncs of one directory compute once.
     pub syncs: Option<Arc<dagfs::sync::shared::Registry>>,
+    /// The daemon's: watched syncs it owns.
+    pub watches: Option<Arc<dagfs::daemon::watches::Watches>>,
 }
 
 /// The cache a command uses: opened on first use (embedded; validation

@@ -22,6 +22,7 @@ use dagfs::cache::Cache;
 use dagfs::daemon::protocol::{Hello, PROTOCOL};
 use dagfs::daemon::server::{Server, ServerConfig};
 use dagfs::daemon::view::CacheView;
+use dagfs::daemon::watches::Watches;
 use dagfs::daemon::{client, mounts, Gauges};
 use dagfs::exec::scheduler::Change;
 use dagfs::fs::invalidate::Invalidator;
@@ -310,7 +311,9 @@ fn serve(store: &Path, mnt: &Path, o: &MountOpts, ready: Option<&OwnedFd>) -> Re
         std::thread::sleep(Duration::from_millis(5));
     }
     let invalidator = Invalidator::new(inodes, session.notifier());
+    let watches = Arc::new(Watches::new(cache.clone(), gauges.watches.clone()));
     let ctx = Ctx {
+        watches: Some(watches.clone()),
         session: None,
         inflight: Arc::default(),
         inputs_via: Some(mnt.to_path_buf()),
@@ -381,6 +384,7 @@ fn serve(store: &Path, mnt: &Path, o: &MountOpts, ready: Option<&OwnedFd>) -> Re
     let _ = stop_rx.recv();
     eprintln!("dagfs: stopping: letting running requests finish");
     server.stop();
+    watches.stop_all();
     cache.flush()?;
     drop(session);
     if mounts::find(mnt)

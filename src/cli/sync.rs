@@ -8,12 +8,15 @@ use serde::{Deserialize, Serialize};
 use dagfs::index::stats::format_size;
 use dagfs::sync::{self, ChangeKind, ScanOptions};
 
+use dagfs::daemon::watches::WatchError;
+
 use super::{CacheSource, CliError, Ctx, Io};
 
 #[derive(Args, Debug, Clone, Serialize, Deserialize)]
 pub struct SyncArgs {
     /// The directory to snapshot
-    pub dir: PathBuf,
+    #[arg(required_unless_present_any = ["list", "stop"])]
+    pub dir: Option<PathBuf>,
     /// Record it under this name [default: the directory's base name]
     #[arg(long)]
     pub name: Option<String>,
@@ -33,13 +36,44 @@ pub struct SyncArgs {
     /// (Ctrl-C stops); with --json, one JSON document per line
     #[arg(long)]
     pub watch: bool,
+    /// List synced directories (and the daemon's watches) instead
+    #[arg(long, conflicts_with_all = ["dir", "watch", "stop"])]
+    pub list: bool,
+    /// Stop the daemon's watch of NAME
+    #[arg(long, value_name = "NAME", conflicts_with_all = ["dir", "watch"])]
+    pub stop: Option<String>,
 }
 
 /// How many changed paths the text report lists.
 const LIST: usize = 20;
 
 pub fn sync(a: SyncArgs, src: &mut CacheSource, io: &mut Io, ctx: &Ctx) -> Result<(), CliError> {
-    let in_daemon = matches!(src, CacheSource::Daemon(_));
+    if a.list {
+        return list_syncs(src, io, ctx, a.json);
+    }
+    if let Some(name) = &a.stop {
+        let Some(w) = &ctx.watches else {
+            return Err(CliError::NotFound(format!(
+                "no daemon is running, so no watch `{name}` to stop (a `dagfs sync --watch` without a daemon stops with Ctrl-C)"
+            )));
+        };
+        let info = w.stop(name).map_err(watch_error)?;
+        writeln!(
+            io.out,
+            "stopped watching {} ({}): {} snapshots taken, latest {}@{}",
+            info.name,
+            info.root.display(),
+            info.snapshots,
+            info.name,
+            info.latest_seq
+        )
+        .map_err(CliError::Output)?;
+        return Ok(());
+    }
+    let dir = a
+        .dir
+        .clone()
+        .expect("clap: dir required without --list/--stop");
     let cache = src.get(io)?;
     let opts = ScanOptions {
         include: a.include.clone(),
@@ -49,10 +83,26 @@ pub fn sync(a: SyncArgs, src: &mut CacheSource, io: &mut Io, ctx: &Ctx) -> Resul
         threads: 0,
     };
     if a.watch {
-        if in_daemon {
-            return Err(CliError::Usage(
-                "dagfs sync --watch runs in its own process: stop the daemon first (daemon-owned watches are not implemented yet)".into(),
-            ));
+        if let Some(w) = &ctx.watches {
+            // The daemon owns the watch: report the first snapshot and return.
+            let r = w
+                .start(&dir, a.name.as_deref(), opts)
+                .map_err(watch_error)?;
+            if a.json {
+                print_json(io.out, &r, true)
+            } else {
+                print_text(io.out, &r).and_then(|_| {
+                    writeln!(
+                        io.out,
+                        "watching {} as `{}` in the daemon; `dagfs sync --list` shows it, `dagfs sync --stop {}` stops it",
+                        r.root.display(),
+                        r.name,
+                        r.name
+                    )
+                })
+            }
+            .map_err(CliError::Output)?;
+            return Ok(());
         }
         let sigs = super::block_stop_signals();
         let (stop_tx, stop_rx) = crossbeam::channel::bounded::<()>(1);
@@ -64,38 +114,31 @@ pub fn sync(a: SyncArgs, src: &mut CacheSource, io: &mut Io, ctx: &Ctx) -> Resul
         let json = a.json;
         let out = &mut *io.out;
         let mut failed = None;
-        sync::watch::watch(
-            cache,
-            &a.dir,
-            a.name.as_deref(),
-            &opts,
-            &stop_rx,
-            &mut |r| {
-                let res = if json {
-                    print_json(out, r, false)
-                } else {
-                    print_text(out, r)
-                };
-                let res = res.and_then(|_| out.flush());
-                match res {
-                    Ok(()) => true,
-                    Err(e) => {
-                        failed = Some(e);
-                        false
-                    }
+        sync::watch::watch(cache, &dir, a.name.as_deref(), &opts, &stop_rx, &mut |r| {
+            let res = if json {
+                print_json(out, r, false)
+            } else {
+                print_text(out, r)
+            };
+            let res = res.and_then(|_| out.flush());
+            match res {
+                Ok(()) => true,
+                Err(e) => {
+                    failed = Some(e);
+                    false
                 }
-            },
-        )?;
+            }
+        })?;
         return failed.map_or(Ok(()), |e| Err(CliError::Output(e)));
     }
     let (held, owned);
     let r: &sync::SyncReport = match &ctx.syncs {
         Some(reg) => {
-            held = reg.sync(cache, &a.dir, a.name.as_deref(), &opts)?;
+            held = reg.sync(cache, &dir, a.name.as_deref(), &opts)?;
             &held
         }
         None => {
-            owned = sync::sync_dir(cache, &a.dir, a.name.as_deref(), &opts)?;
+            owned = sync::sync_dir(cache, &dir, a.name.as_deref(), &opts)?;
             &owned
         }
     };
@@ -105,6 +148,70 @@ pub fn sync(a: SyncArgs, src: &mut CacheSource, io: &mut Io, ctx: &Ctx) -> Resul
         print_text(io.out, r)
     };
     res.map_err(CliError::Output)
+}
+
+fn watch_error(e: WatchError) -> CliError {
+    match e {
+        WatchError::Sync(e) => CliError::Sync(e),
+        WatchError::NotWatched(_) => CliError::NotFound(e.to_string()),
+        WatchError::AlreadyWatched { .. } => CliError::Usage(e.to_string()),
+        WatchError::Spawn(e) => CliError::Output(e),
+    }
+}
+
+/// `dagfs sync --list`: every recorded sync, and whether the daemon
+/// watches it.
+fn list_syncs(src: &mut CacheSource, io: &mut Io, ctx: &Ctx, json: bool) -> Result<(), CliError> {
+    let logs = src.get(io)?.store.sync_logs()?;
+    let watches = ctx.watches.as_ref().map(|w| w.list()).unwrap_or_default();
+    let watch_of = |name: &str| watches.iter().find(|w| w.name == name);
+    if json {
+        let v: Vec<_> = logs
+            .iter()
+            .map(|l| {
+                let w = watch_of(&l.name);
+                serde_json::json!({
+                    "name": l.name,
+                    "root": l.root,
+                    "snapshots": l.snapshots.len(),
+                    "latest": l.latest().map(|s| serde_json::json!({"seq": s.seq, "tree": s.tree, "files": s.files, "bytes": s.bytes, "created_ms": s.created_ms})),
+                    "watched": w.is_some_and(|w| w.error.is_none()),
+                    "watch_error": w.and_then(|w| w.error.clone()),
+                })
+            })
+            .collect();
+        let text = serde_json::to_string_pretty(&v).expect("json");
+        return writeln!(io.out, "{text}").map_err(CliError::Output);
+    }
+    let mut o = String::new();
+    if logs.is_empty() {
+        o.push_str("no synced directories\n");
+    }
+    for l in &logs {
+        let latest = l.latest().map_or("no snapshot".to_string(), |s| {
+            format!(
+                "{}@{}: {} files, {}, tree {}",
+                l.name,
+                s.seq,
+                s.files,
+                format_size(s.bytes),
+                s.tree.short()
+            )
+        });
+        let state = match watch_of(&l.name) {
+            Some(w) if w.error.is_none() => format!("watched ({} snapshots)", w.snapshots),
+            Some(w) => format!("watch FAILED: {}", w.error.as_deref().unwrap_or_default()),
+            None => "not watched".to_string(),
+        };
+        o.push_str(&format!(
+            "{:<16} {:<40} {latest}  [{state}]\n",
+            l.name, l.root
+        ));
+    }
+    if ctx.watches.is_none() {
+        o.push_str("(no daemon is running: watches run in the daemon, or in the foreground with `dagfs sync --watch`)\n");
+    }
+    io.out.write_all(o.as_bytes()).map_err(CliError::Output)
 }
 
 fn print_json(

@@ -6,6 +6,7 @@ pub mod mounts;
 pub mod protocol;
 pub mod server;
 pub mod view;
+pub mod watches;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -19,15 +20,18 @@ pub struct Gauges {
     pub inflight_tasks: Arc<AtomicU64>,
     /// Concurrent syncs of one directory share a computation through this.
     pub syncs: Arc<crate::sync::shared::Registry>,
+    /// Watched syncs running in the daemon (`watches::Watches::running`).
+    pub watches: Arc<AtomicU64>,
 }
 
 impl Gauges {
     pub fn to_text(&self) -> String {
         format!(
-            "sessions     {} (total {})\nin flight    {} tasks\n",
+            "sessions     {} (total {})\nin flight    {} tasks\nwatches      {} syncs\n",
             self.sessions.load(Ordering::Relaxed),
             self.sessions_total.load(Ordering::Relaxed),
-            self.inflight_tasks.load(Ordering::Relaxed)
+            self.inflight_tasks.load(Ordering::Relaxed),
+            self.watches.load(Ordering::Relaxed)
         )
     }
 
@@ -35,10 +39,12 @@ impl Gauges {
         format!(
             "# HELP dagfs_sessions Client sessions connected to the daemon.\n# TYPE dagfs_sessions gauge\ndagfs_sessions {}\n\
              # HELP dagfs_sessions_total Client sessions since the daemon started.\n# TYPE dagfs_sessions_total counter\ndagfs_sessions_total {}\n\
-             # HELP dagfs_inflight_tasks Tasks executing now.\n# TYPE dagfs_inflight_tasks gauge\ndagfs_inflight_tasks {}\n",
+             # HELP dagfs_inflight_tasks Tasks executing now.\n# TYPE dagfs_inflight_tasks gauge\ndagfs_inflight_tasks {}\n\
+             # HELP dagfs_sync_watches Watched syncs the daemon runs.\n# TYPE dagfs_sync_watches gauge\ndagfs_sync_watches {}\n",
             self.sessions.load(Ordering::Relaxed),
             self.sessions_total.load(Ordering::Relaxed),
-            self.inflight_tasks.load(Ordering::Relaxed)
+            self.inflight_tasks.load(Ordering::Relaxed),
+            self.watches.load(Ordering::Relaxed)
         ) + &self.syncs.to_prometheus()
     }
 }

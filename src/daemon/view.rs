@@ -9,6 +9,7 @@ use crate::exec::explain;
 use crate::fs::view::{EntryInfo, StoreView, ViewError};
 use crate::hash::{Digest, HexPrefix};
 use crate::index::{IndexError, RunRecord};
+use crate::store::syncs::SyncLog;
 use crate::store::{StoreError, Tree};
 
 use super::Gauges;
@@ -133,6 +134,20 @@ impl StoreView for CacheView {
 
     fn runs(&self) -> Result<Vec<u64>, ViewError> {
         Ok(self.cache.index.run_ids()?)
+    }
+
+    fn syncs(&self) -> Result<Vec<SyncLog>, ViewError> {
+        self.cache
+            .store
+            .sync_logs()
+            .map_err(|e| ViewError::Other(e.to_string()))
+    }
+
+    fn sync_log(&self, name: &str) -> Result<Option<SyncLog>, ViewError> {
+        self.cache
+            .store
+            .sync_log(name)
+            .map_err(|e| ViewError::Other(e.to_string()))
     }
 
     fn run(&self, id: u64) -> Result<Option<RunRecord>, ViewError> {

@@ -46,14 +46,15 @@ pub enum Top {
     Runs,
     Why,
     Meta,
+    Syncs,
 }
 
-/// Inodes below this are static (root = 1, tops = 2..=8); hashed inodes
+/// Inodes below this are static (root = 1, tops = 2..=9); hashed inodes
 /// start here.
 pub const FIRST_DYNAMIC_INO: u64 = 16;
 
 impl Top {
-    pub const ALL: [Top; 7] = [
+    pub const ALL: [Top; 8] = [
         Top::Keys,
         Top::Trees,
         Top::Blobs,
@@ -61,6 +62,7 @@ impl Top {
         Top::Runs,
         Top::Why,
         Top::Meta,
+        Top::Syncs,
     ];
 
     pub fn name(self) -> &'static str {
@@ -72,6 +74,7 @@ impl Top {
             Top::Runs => "runs",
             Top::Why => "why",
             Top::Meta => ".dagfs",
+            Top::Syncs => "syncs",
         }
     }
 
@@ -152,6 +155,11 @@ pub enum Node {
     },
     Stats,
     Metrics,
+    /// `/syncs/<name>` (the latest snapshot) or `/syncs/<name>@<seq>`: a
+    /// link to the snapshot's tree.
+    SyncLink {
+        tree: Digest,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -280,6 +288,7 @@ impl Node {
             Node::Symlink { .. }
             | Node::DagLink { .. }
             | Node::RunLink { .. }
+            | Node::SyncLink { .. }
             | Node::Latest { .. } => Kind::Symlink,
         }
     }
@@ -298,6 +307,7 @@ impl Node {
             | Node::DagLink { .. }
             | Node::RunDir { .. }
             | Node::RunLink { .. }
+            | Node::SyncLink { .. }
             | Node::Latest { .. }
             | Node::WhyDir { .. } => Lifetime::Live,
         }
@@ -351,6 +361,7 @@ impl Node {
             Node::Symlink { target, .. } => Some(target.to_vec()),
             Node::DagLink { key, .. } | Node::RunLink { key, .. } => Some(key_link(key)),
             Node::Latest { id } => Some(id.to_string().into_bytes()),
+            Node::SyncLink { tree } => Some(format!("../trees/{}", tree.to_hex()).into_bytes()),
             _ => None,
         }
     }
@@ -367,7 +378,7 @@ impl Node {
                 out.push((XATTR_TASK, task.clone().into_bytes()));
                 out.push((XATTR_DIGEST, hex(output)));
             }
-            Node::Dir { tree, .. } => out.push((XATTR_DIGEST, hex(tree))),
+            Node::Dir { tree, .. } | Node::SyncLink { tree } => out.push((XATTR_DIGEST, hex(tree))),
             Node::File { digest, .. } | Node::Blob { digest, .. } => {
                 out.push((XATTR_DIGEST, hex(digest)))
             }
@@ -480,6 +491,27 @@ impl Resolver<'_> {
                 v.run(id)?.ok_or(FsError::NotFound)?;
                 Found::plain(Node::RunDir { id })
             }
+            Node::Top(Top::Syncs) => {
+                let name = names::label(name).ok_or(FsError::NotFound)?;
+                let (sync, seq) = match name.rsplit_once('@') {
+                    Some((n, seq)) => (
+                        n,
+                        Some(names::run_id(seq.as_bytes()).ok_or(FsError::NotFound)?),
+                    ),
+                    None => (name, None),
+                };
+                if !crate::sync::valid_name(sync) {
+                    return Err(FsError::NotFound);
+                }
+                let log = v.sync_log(sync)?.ok_or(FsError::NotFound)?;
+                let snap = match seq {
+                    None => log.latest(),
+                    Some(s) => log.snapshots.iter().find(|x| x.seq == s),
+                };
+                Found::plain(Node::SyncLink {
+                    tree: snap.ok_or(FsError::NotFound)?.tree,
+                })
+            }
             Node::Top(Top::Meta) => match name {
                 b"stats" => Found::plain(Node::Stats),
                 b"metrics" => Found::plain(Node::Metrics),
@@ -557,6 +589,19 @@ impl Resolver<'_> {
                 Entries::Names(out)
             }
             Node::Top(Top::Meta) => names(vec!["stats".into(), "metrics".into()], Kind::File),
+            Node::Top(Top::Syncs) => Entries::Names(
+                v.syncs()?
+                    .into_iter()
+                    .flat_map(|log| {
+                        let seqs: Vec<u64> = log.snapshots.iter().map(|s| s.seq).collect();
+                        std::iter::once(log.name.clone().into_bytes()).chain(
+                            seqs.into_iter()
+                                .map(move |s| format!("{}@{s}", log.name).into_bytes()),
+                        )
+                    })
+                    .map(|n| (n, Kind::Symlink))
+                    .collect(),
+            ),
             Node::KeyRoot { output, .. } => Entries::Tree(self.trees.get(v, output)?),
             Node::Dir { tree, .. } => Entries::Tree(self.trees.get(v, tree)?),
             Node::DagDir { dag } | Node::WhyDir { dag } => {

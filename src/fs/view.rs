@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use crate::hash::{Digest, HexPrefix};
 use crate::index::RunRecord;
+use crate::store::syncs::SyncLog;
 use crate::store::Tree;
 
 /// Errors a view can report. `fs::error::errno` maps them to errno values.
@@ -67,4 +68,12 @@ pub trait StoreView: Send + Sync + 'static {
     fn stats_text(&self) -> Result<String, ViewError>;
     /// `/.dagfs/metrics`: Prometheus text format.
     fn metrics_text(&self) -> Result<String, ViewError>;
+    /// Synced host directories' snapshot logs, by name (`/syncs`).
+    fn syncs(&self) -> Result<Vec<SyncLog>, ViewError> {
+        Ok(Vec::new())
+    }
+    /// The log of one synced directory; `name` is a valid sync name.
+    fn sync_log(&self, name: &str) -> Result<Option<SyncLog>, ViewError> {
+        Ok(self.syncs()?.into_iter().find(|l| l.name == name))
+    }
 }

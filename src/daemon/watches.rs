@@ -1,0 +1,248 @@
+//! Watched syncs owned by the daemon: `dagfs sync DIR --watch` sent to a
+//! running daemon starts one here and returns after its first snapshot;
+//! the watch keeps snapshotting DIR after the client has gone, until
+//! `dagfs sync --stop NAME` or the daemon stops. `dagfs sync --list` shows
+//! them.
+//!
+//! Owns: one thread per watch, running `sync::watch::watch`. Guarantees:
+//! at most one watch per sync name; `stop` returns only once the watch's
+//! thread has ended (no snapshot is committed after it); a watch that
+//! fails (its directory removed, a conflict it cannot resolve) stays
+//! listed with its error until stopped, so the failure is not lost.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+
+use crossbeam::channel::{self, Sender};
+
+use crate::cache::Cache;
+use crate::sync::{self, ScanOptions, SyncError, SyncReport};
+
+#[derive(Debug, thiserror::Error)]
+pub enum WatchError {
+    #[error("sync `{name}` is already watched by the daemon (directory {root}); `dagfs sync --stop {name}` first")]
+    AlreadyWatched { name: String, root: PathBuf },
+    #[error("no watched sync named `{0}` in the daemon (`dagfs sync --list` shows them)")]
+    NotWatched(String),
+    #[error("cannot start a watch thread: {0}")]
+    Spawn(std::io::Error),
+    #[error(transparent)]
+    Sync(#[from] SyncError),
+}
+
+/// What `--list` shows of one watch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WatchInfo {
+    pub name: String,
+    pub root: PathBuf,
+    /// Snapshots this watch recorded (the first included).
+    pub snapshots: u64,
+    /// Sequence number of the latest snapshot of the name.
+    pub latest_seq: u64,
+    /// Changes in the last snapshot that changed something.
+    pub last_changes: usize,
+    /// Unix ms of the last snapshot recorded.
+    pub last_ms: u64,
+    /// Why the watch ended, if it did on its own.
+    pub error: Option<String>,
+}
+
+struct Watch {
+    info: Arc<Mutex<WatchInfo>>,
+    stop: Sender<()>,
+    thread: Option<JoinHandle<()>>,
+}
+
+pub struct Watches {
+    cache: Arc<Cache>,
+    watches: Mutex<BTreeMap<String, Watch>>,
+    /// Watches running now (`/.dagfs/metrics`).
+    pub running: Arc<AtomicU64>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Watches {
+    pub fn new(cache: Arc<Cache>, running: Arc<AtomicU64>) -> Watches {
+        Watches {
+            cache,
+            watches: Mutex::new(BTreeMap::new()),
+            running,
+        }
+    }
+
+    /// Start watching `dir` under `name` (default: the directory's base
+    /// name); returns the first snapshot's report once it is recorded.
+    pub fn start(
+        &self,
+        dir: &Path,
+        name: Option<&str>,
+        opts: ScanOptions,
+    ) -> Result<SyncReport, WatchError> {
+        let root = std::fs::canonicalize(dir).map_err(|source| SyncError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let name = match name {
+            Some(n) if !sync::valid_name(n) => {
+                return Err(SyncError::Usage(format!(
+                    "invalid sync name `{n}` (letters, digits and `_-.+`)"
+                ))
+                .into())
+            }
+            Some(n) => n.to_string(),
+            None => sync::default_name(&root),
+        };
+        let mut watches = lock(&self.watches);
+        if let Some(w) = watches.get(&name) {
+            let info = lock(&w.info);
+            if info.error.is_none() {
+                return Err(WatchError::AlreadyWatched {
+                    name,
+                    root: info.root.clone(),
+                });
+            }
+        }
+        // NB: a failed watch of the same name is replaced (its error was shown by --list).
+        if let Some(old) = watches.remove(&name) {
+            finish(old);
+        }
+        let info = Arc::new(Mutex::new(WatchInfo {
+            name: name.clone(),
+            root: root.clone(),
+            snapshots: 0,
+            latest_seq: 0,
+            last_changes: 0,
+            last_ms: 0,
+            error: None,
+        }));
+        let (stop_tx, stop_rx) = channel::bounded::<()>(1);
+        let (first_tx, first_rx) = channel::bounded::<Result<SyncReport, SyncError>>(1);
+        let (cache, thread_info, running) =
+            (self.cache.clone(), info.clone(), self.running.clone());
+        let thread_name = name.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("watch-{name}"))
+            .spawn(move || {
+                running.fetch_add(1, Ordering::Relaxed);
+                let mut first = Some(first_tx);
+                let res = sync::watch::watch(
+                    &cache,
+                    &root,
+                    Some(&thread_name),
+                    &opts,
+                    &stop_rx,
+                    &mut |r| {
+                        {
+                            let mut i = lock(&thread_info);
+                            i.snapshots += 1;
+                            i.latest_seq = r.snapshot.seq;
+                            i.last_ms = now_ms();
+                            if !r.changes.is_empty() {
+                                i.last_changes = r.changes.changes.len();
+                            }
+                        }
+                        match first.take() {
+                            Some(tx) => {
+                                let _ = tx.send(Ok(r.clone()));
+                            }
+                            None => eprintln!(
+                                "dagfs: sync {}: snapshot {} ({} changes)",
+                                r.name,
+                                r.snapshot.seq,
+                                r.changes.changes.len()
+                            ),
+                        }
+                        true
+                    },
+                );
+                running.fetch_sub(1, Ordering::Relaxed);
+                if let Err(e) = res {
+                    match first.take() {
+                        Some(tx) => {
+                            let _ = tx.send(Err(e));
+                        }
+                        None => {
+                            eprintln!("dagfs: sync {thread_name}: watch ended: {e}");
+                            lock(&thread_info).error = Some(e.to_string());
+                        }
+                    }
+                }
+            })
+            .map_err(WatchError::Spawn)?;
+        let mut w = Watch {
+            info,
+            stop: stop_tx,
+            thread: Some(thread),
+        };
+        // NB: the lock is held over the first snapshot so a second start of
+        // the same name waits and then finds this one.
+        match first_rx.recv() {
+            Ok(Ok(report)) => {
+                watches.insert(name, w);
+                Ok(report)
+            }
+            Ok(Err(e)) => {
+                if let Some(t) = w.thread.take() {
+                    let _ = t.join();
+                }
+                Err(e.into())
+            }
+            Err(_) => {
+                if let Some(t) = w.thread.take() {
+                    let _ = t.join();
+                }
+                Err(SyncError::Usage("the watch ended before its first snapshot".into()).into())
+            }
+        }
+    }
+
+    pub fn list(&self) -> Vec<WatchInfo> {
+        lock(&self.watches)
+            .values()
+            .map(|w| lock(&w.info).clone())
+            .collect()
+    }
+
+    /// Stop the watch of `name`; returns once its thread has ended.
+    pub fn stop(&self, name: &str) -> Result<WatchInfo, WatchError> {
+        let w = lock(&self.watches)
+            .remove(name)
+            .ok_or_else(|| WatchError::NotWatched(name.to_string()))?;
+        Ok(finish(w))
+    }
+
+    /// Stop every watch (the daemon is stopping).
+    pub fn stop_all(&self) {
+        let all = std::mem::take(&mut *lock(&self.watches));
+        for (_, w) in all {
+            finish(w);
+        }
+    }
+}
+
+fn finish(mut w: Watch) -> WatchInfo {
+    let _ = w.stop.try_send(());
+    if let Some(t) = w.thread.take() {
+        let _ = t.join();
+    }
+    let info = lock(&w.info).clone();
+    info
+}
+
+impl Drop for Watches {
+    fn drop(&mut self) {
+        self.stop_all();
+    }
+}
