@@ -615,7 +615,10 @@ fn a_corrupt_index_is_moved_aside_and_rebuilt_from_entries() {
     let cache = open(t.path());
     assert_eq!(broken_indexes(t.path()), 1);
     assert!(
-        cache.notes().iter().any(|n| n.contains("rebuilt it from 4 entries")),
+        cache
+            .notes()
+            .iter()
+            .any(|n| n.contains("rebuilt it from 4 entries")),
         "{:?}",
         cache.notes()
     );

@@ -26,10 +26,12 @@
 
 pub mod entry;
 pub mod error;
+pub mod fsck;
 pub mod gc;
 pub mod ingest;
 pub mod lock;
 pub mod materialize;
+pub mod quarantine;
 pub mod syncs;
 pub mod tree;
 
