@@ -25,7 +25,7 @@ use dagfs::daemon::view::CacheView;
 use dagfs::daemon::{client, mounts, Gauges};
 use dagfs::exec::scheduler::Change;
 use dagfs::fs::invalidate::Invalidator;
-use dagfs::fs::{self as dfs, DagFs, FsCounters, FsOptions, Passthrough};
+use dagfs::fs::{self as dfs, DagFs, FsCounters, FsOptions, Passthrough, Verify};
 use dagfs::index::CachePolicy;
 
 use super::{serve_request, store_dir, CliError, Ctx};
@@ -37,7 +37,10 @@ pub struct MountArgs {
     #[arg(short = 'f', long)]
     pub foreground: bool,
     /// Options, comma-separated, repeatable: allow_other, ro, store=DIR,
-    /// passthrough=auto|off, debug, threads=N
+    /// passthrough=auto|off, debug, threads=N, verify=first-open|always|off
+    /// (re-hash a blob before serving it: at its first read, at every open
+    /// and read from offset 0, or never; a mismatch is EIO and the blob goes
+    /// to <store>/quarantine/)
     #[arg(short = 'o', value_name = "OPTS")]
     pub options: Vec<String>,
     /// (internal) report readiness on this file descriptor
@@ -52,6 +55,7 @@ struct MountOpts {
     debug: bool,
     threads: Option<usize>,
     store: Option<PathBuf>,
+    verify: Verify,
 }
 
 /// Options generic mount tools pass that mean nothing (or what we always do).
@@ -67,6 +71,7 @@ fn parse_opts(list: &[String]) -> Result<MountOpts, CliError> {
         debug: false,
         threads: None,
         store: None,
+        verify: Verify::FirstOpen,
     };
     for opt in list
         .iter()
@@ -85,6 +90,11 @@ fn parse_opts(list: &[String]) -> Result<MountOpts, CliError> {
             ("store", Some(s)) => o.store = Some(PathBuf::from(s)),
             ("passthrough", Some("auto")) => o.passthrough = true,
             ("passthrough", Some("off")) => o.passthrough = false,
+            ("verify", Some(v)) => {
+                o.verify = Verify::parse(v).ok_or_else(|| {
+                    CliError::Usage(format!("-o verify={v}: want first-open, always or off"))
+                })?
+            }
             ("threads", Some(n)) => {
                 o.threads = Some(n.parse().ok().filter(|&n: &usize| (1..=256).contains(&n)).ok_or_else(|| {
                     CliError::Usage(format!("-o threads={n}: want a number from 1 to 256"))
@@ -92,7 +102,7 @@ fn parse_opts(list: &[String]) -> Result<MountOpts, CliError> {
             }
             (k, None) if IGNORED.contains(&k) || k == "relatime" => {}
             (k, _) if k.starts_with("x-") => {}
-            _ => return Err(CliError::Usage(format!("unknown mount option `{opt}` (allow_other, ro, store=DIR, passthrough=auto|off, debug, threads=N)"))),
+            _ => return Err(CliError::Usage(format!("unknown mount option `{opt}` (allow_other, ro, store=DIR, passthrough=auto|off, debug, threads=N, verify=first-open|always|off)"))),
         }
     }
     Ok(o)
@@ -284,6 +294,7 @@ fn serve(store: &Path, mnt: &Path, o: &MountOpts, ready: Option<&OwnedFd>) -> Re
         n_threads: o.threads.unwrap_or(DEFAULT_THREADS),
         fsname: store.display().to_string(),
         debug: o.debug,
+        verify: o.verify,
     };
     let fs = DagFs::new(view, &fs_opts, counters);
     let inodes = fs.inodes();
@@ -457,5 +468,9 @@ mod tests {
         let e = parse_opts(&["bogus".into()]).unwrap_err();
         assert!(e.to_string().contains("bogus"));
         assert!(parse_opts(&["threads=0".into()]).is_err());
+        assert_eq!(parse_opts(&[]).unwrap().verify, Verify::FirstOpen);
+        let v = parse_opts(&["verify=always".into()]).unwrap();
+        assert_eq!(v.verify, Verify::Always);
+        assert!(parse_opts(&["verify=maybe".into()]).is_err());
     }
 }

@@ -66,4 +66,11 @@ pub trait StoreView: Send + Sync + 'static {
     fn stats_text(&self) -> Result<String, ViewError>;
     /// `/.dagfs/metrics`: Prometheus text format.
     fn metrics_text(&self) -> Result<String, ViewError>;
+    /// A verified read found blob `blob` corrupt: move it out of the store
+    /// (into quarantine) and, if it was read under `/keys/<key>`, drop that
+    /// entry so it misses and re-runs. A view over no store cannot.
+    fn quarantine(&self, blob: &Digest, key: Option<&Digest>) -> Result<(), ViewError> {
+        let _ = (blob, key);
+        Err(ViewError::Other("this view has no quarantine".into()))
+    }
 }
