@@ -5,7 +5,7 @@
 //! exist, every run that reported success before a kill is fully present,
 //! and `dagfs fsck` (which opens the store, sweeping `tmp/`) finds nothing.
 //!
-//! `DAGFS_CRASH_ROUNDS` sets the number of kills per test (default 25 and
+//! `DAGFS_CRASH_ROUNDS` sets the number of kills per test (default 20 and
 //! 8), `DAGFS_CRASH_SEED` the kill points; `scripts/crash-loop N` runs both
 //! with N. The daemon test needs root and /dev/fuse; its mount is removed
 //! by a guard on every path.
@@ -207,7 +207,7 @@ fn sigkill_at_random_points_never_leaves_a_wrong_blob_or_dangling_entry() {
     let store = tmp.path().join("store");
     let dir = tmp.path().join("p");
     fs::create_dir_all(&dir).unwrap();
-    let rounds = rounds(25);
+    let rounds = rounds(20);
     let mut seed = seed();
     let mut kills = 0;
     let mut completed = 0;
