@@ -3,7 +3,9 @@
 //!
 //! Owns: lookups with TTL, publishing entries under the policy (LRU
 //! eviction that counts the entry being inserted and never evicts a
-//! protected entry), gc, and index recovery.
+//! protected entry), gc, index recovery, and fsck (the store's checks from
+//! `store::fsck`, plus index ↔ `entries/` agreement, run while no pipeline
+//! ingests: `Cache::fsck` waits for running ones and holds new ones).
 //! May call: `store`, `index`.
 
 use std::collections::HashSet;
@@ -12,6 +14,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::hash::Digest;
 use crate::index::{CachePolicy, EntryMeta, Index, IndexError, MissReason};
+use crate::store::fsck::{self, Phase, Problem, ProblemKind, Progress, Report};
 use crate::store::{gc, Entry, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +47,9 @@ pub struct Cache {
     /// oldest: they may belong to an entry not yet published).
     ingests: std::sync::Mutex<Vec<(u64, SystemTime)>>,
     next_ingest: std::sync::atomic::AtomicU64,
+    /// Ingests hold it shared; fsck takes it exclusively to check and
+    /// repair entries and the index while nothing publishes.
+    gate: std::sync::RwLock<()>,
     notes: Vec<String>,
 }
 
@@ -51,6 +57,7 @@ pub struct Cache {
 pub struct IngestGuard<'a> {
     cache: &'a Cache,
     id: u64,
+    _gate: std::sync::RwLockReadGuard<'a, ()>,
 }
 
 impl Drop for IngestGuard<'_> {
@@ -166,6 +173,7 @@ impl Cache {
             leases: Default::default(),
             ingests: Default::default(),
             next_ingest: Default::default(),
+            gate: Default::default(),
             notes,
         })
     }
@@ -184,7 +192,9 @@ impl Cache {
     }
 
     /// Register a run that stages and commits blobs until the guard drops.
+    /// Waits while an fsck checks entries and the index.
     pub fn begin_ingest(&self) -> IngestGuard<'_> {
+        let gate = self.gate.read().unwrap_or_else(|p| p.into_inner());
         let id = self
             .next_ingest
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -194,7 +204,11 @@ impl Cache {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push((id, start));
-        IngestGuard { cache: self, id }
+        IngestGuard {
+            cache: self,
+            id,
+            _gate: gate,
+        }
     }
 
     /// Blobs renamed in after this may belong to unpublished entries.
@@ -251,6 +265,9 @@ impl Cache {
     /// `lookup` under `policy` (a run's own limits).
     pub fn lookup_with(&self, key: &Digest, now: u64, policy: &CachePolicy) -> Result<Lookup> {
         let Some(meta) = self.index.get(key)? else {
+            if self.index.dropped(key)?.is_some() {
+                return Ok(Lookup::Miss(MissReason::Corrupt));
+            }
             return Ok(Lookup::Miss(MissReason::New));
         };
         if meta.expired(now, policy.ttl) && !self.leased(key) {
@@ -411,6 +428,184 @@ impl Cache {
             evicted,
             sweep,
         })
+    }
+
+    /// Drop entry `key` because a blob it references is corrupt (a verified
+    /// read in the mount found it so): out of the index (it then misses
+    /// with reason `corrupt`), its record into quarantine.
+    pub fn drop_corrupt(&self, key: &Digest, why: &str) -> Result<()> {
+        self.index.drop_corrupt(key, why)?;
+        self.store.quarantine_entry(key, why)?;
+        self.index.flush()?;
+        Ok(())
+    }
+
+    /// Check the whole store (see `store::fsck`) and the index against
+    /// `entries/`; with `repair`, fix what can be fixed. Blobs are hashed
+    /// while pipelines run; the rest waits for running ones to finish, and
+    /// holds new ones until it is done.
+    pub fn fsck(
+        &self,
+        repair: bool,
+        jobs: usize,
+        rederive: fsck::Rederive<'_>,
+        progress: &Progress,
+    ) -> Result<Report> {
+        let t0 = std::time::Instant::now();
+        let mut blobs = fsck::scan_blobs(&self.store, jobs, progress)?;
+        progress.set_phase(Phase::Waiting);
+        let _quiet = self.gate.write().unwrap_or_else(|p| p.into_inner());
+        let mut entries = fsck::scan_entries(&self.store, &mut blobs, rederive, progress)?;
+        progress.set_phase(Phase::Index);
+        let (orphans, orphan_bytes) = fsck::orphans(&blobs, &entries);
+        let mut report = Report {
+            repair,
+            blobs: progress
+                .blobs_done
+                .load(std::sync::atomic::Ordering::Relaxed),
+            bytes_hashed: blobs.bytes,
+            entries: entries.entries.len() as u64,
+            sync_snapshots: entries.sync_snapshots,
+            orphan_blobs: orphans,
+            orphan_bytes,
+            ..Report::default()
+        };
+        let mut index_problems = Vec::new();
+        let mut unindexed = Vec::new();
+        let mut damaged_index = false;
+        match self.index.all_keys().collect::<Result<Vec<_>, _>>() {
+            Ok(all) => {
+                let listed: HashSet<Digest> = all.iter().map(|(k, _)| *k).collect();
+                for (k, meta) in &all {
+                    if entries.drop.contains_key(k) {
+                        continue;
+                    }
+                    let task = Some(format!("{}/{}", meta.dag, meta.task));
+                    match entries.entries.get(k) {
+                        None => index_problems.push((
+                            Problem {
+                                task,
+                                ..Problem::new(
+                                    ProblemKind::IndexOrphan,
+                                    k.to_hex(),
+                                    "the index lists it, entries/ has no record of it",
+                                )
+                            },
+                            None,
+                        )),
+                        Some(e) => {
+                            let mut want = EntryMeta::from_entry(e);
+                            want.last_used_ms = meta.last_used_ms;
+                            if want != *meta {
+                                index_problems.push((
+                                    Problem {
+                                        task,
+                                        ..Problem::new(
+                                            ProblemKind::IndexStale,
+                                            k.to_hex(),
+                                            "the index's record differs from the entry record",
+                                        )
+                                    },
+                                    Some(want),
+                                ));
+                            }
+                        }
+                    }
+                }
+                unindexed.extend(
+                    entries
+                        .entries
+                        .keys()
+                        .filter(|k| !listed.contains(k) && !entries.drop.contains_key(k))
+                        .copied(),
+                );
+            }
+            Err(e) => {
+                damaged_index = true;
+                index_problems.push((
+                    Problem::new(ProblemKind::IndexDamaged, "index", e.to_string()),
+                    None,
+                ));
+            }
+        }
+        report.unindexed_entries = unindexed.len() as u64;
+        if repair {
+            progress.set_phase(Phase::Repair);
+            report.quarantined += fsck::repair_store(&self.store, &mut blobs, &mut entries);
+            let drop: Vec<(Digest, String)> =
+                entries.drop.iter().map(|(k, w)| (*k, w.clone())).collect();
+            for (k, why) in drop {
+                self.index.drop_corrupt(&k, &why)?;
+                if fsck::drop_entry(&self.store, &mut entries, &k) {
+                    report.dropped_entries.push(k.to_hex());
+                }
+            }
+            if damaged_index {
+                rebuild(&self.store, &self.index)?;
+            }
+            for (p, want) in &mut index_problems {
+                let key = Digest::from_hex(&p.subject);
+                let action = match (p.kind, key, want) {
+                    (ProblemKind::IndexOrphan, Some(k), _) => {
+                        self.index.remove(&k)?;
+                        "removed from the index"
+                    }
+                    (ProblemKind::IndexStale, Some(k), Some(m)) => {
+                        self.reindex(&k, m)?;
+                        "index record rewritten"
+                    }
+                    (ProblemKind::IndexDamaged, _, _) => "index rebuilt from entries/",
+                    _ => continue,
+                };
+                p.repaired = true;
+                p.action = Some(action.into());
+            }
+            if !damaged_index {
+                for k in &unindexed {
+                    if let Some(e) = entries.entries.get(k) {
+                        self.reindex(k, &EntryMeta::from_entry(e))?;
+                        report.indexed += 1;
+                    }
+                }
+            }
+        }
+        let ((n_rec, n), (b_rec, b)) = self.index.totals()?;
+        if (n_rec, b_rec) != (n, b) {
+            let mut p = Problem::new(
+                ProblemKind::IndexTotals,
+                "index",
+                format!(
+                    "totals say {n_rec} entries, {b_rec} bytes; its entries add up to {n}, {b}"
+                ),
+            );
+            if repair {
+                self.index.set_totals(n, b)?;
+                p.repaired = true;
+                p.action = Some("totals recounted".into());
+            }
+            index_problems.push((p, None));
+        }
+        if repair {
+            self.flush()?;
+        }
+        report.problems = blobs.problems;
+        report.problems.extend(entries.problems);
+        report
+            .problems
+            .extend(index_problems.into_iter().map(|(p, _)| p));
+        report.elapsed_ms = t0.elapsed().as_millis() as u64;
+        progress.set_phase(Phase::Done);
+        Ok(report)
+    }
+
+    /// Insert an entry's index record, leaving its task's latest key as it is.
+    fn reindex(&self, key: &Digest, meta: &EntryMeta) -> Result<()> {
+        let latest = self.index.latest(&meta.dag, &meta.task)?;
+        self.index.insert(key, meta)?;
+        if let Some(l) = latest {
+            self.index.set_latest(&meta.dag, &meta.task, &l)?;
+        }
+        Ok(())
     }
 
     /// Make everything done so far durable: store first, then index.

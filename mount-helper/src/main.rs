@@ -153,7 +153,8 @@ Mounts the dagfs store SOURCE read-only at DIR, by running
 `mount -t dagfs`, fstab lines and systemd mount units of type dagfs.
 
   -o OPTIONS  comma-separated; may repeat. dagfs: allow_other, debug,
-              passthrough=auto|on|off, threads=N, store=PATH (instead of SOURCE),
+              passthrough=auto|on|off, threads=N, verify=first-open|always|off,
+              store=PATH (instead of SOURCE),
               nosuid, nodev, noexec, exec, noatime, relatime, ro.
               Ignored: defaults, auto, noauto, user, users, nouser, nofail,
               _netdev, comment=..., x-*. Refused: rw.

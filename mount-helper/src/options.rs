@@ -3,7 +3,7 @@
 //! | option | what the helper does |
 //! |---|---|
 //! | `allow_other`, `debug` | passed on (`dagfs` pairs `allow_other` with `default_permissions`) |
-//! | `passthrough=auto\|on\|off`, `threads=N` | checked, passed on; the last one given wins |
+//! | `passthrough=auto\|on\|off`, `threads=N`, `verify=first-open\|always\|off` | checked, passed on; the last one given wins |
 //! | `nosuid`, `nodev`, `noexec`/`exec`, `noatime`/`relatime` | passed on (`dagfs` accepts them); of a pair, the last wins |
 //! | `store=PATH` | the store, instead of SOURCE; the last one wins; not passed on (it becomes `--store`) |
 //! | `ro`, `default_permissions` | dropped: dagfs is always read-only, and adds `default_permissions` itself |
@@ -68,6 +68,10 @@ fn classify(name: &str) -> Option<Class> {
         "passthrough" => Class::Value {
             expected: "`passthrough=auto`, `passthrough=on` or `passthrough=off`",
             valid: |v| matches!(v, "auto" | "on" | "off"),
+        },
+        "verify" => Class::Value {
+            expected: "`verify=first-open`, `verify=always` or `verify=off`",
+            valid: |v| matches!(v, "first-open" | "always" | "off"),
         },
         "threads" => Class::Value {
             expected: "`threads=N` with N a whole number from 1 up",
@@ -183,6 +187,8 @@ mod tests {
             forward("allow_other,passthrough=off,debug,threads=4"),
             ["allow_other", "passthrough=off", "debug", "threads=4"]
         );
+        assert_eq!(forward("verify=always,verify=off"), ["verify=off"]);
+        assert!(normalize(&opts("verify=sometimes"), false, false).is_err());
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! Inspection and maintenance commands: stats, ls, explain, cat, config,
-//! gc, fsck --rebuild-index.
+//! gc, fsck.
 
 use std::collections::HashSet;
 
@@ -12,7 +12,9 @@ use dagfs::exec::{explain, shell, ExecError, Pipeline};
 use dagfs::hash::HexPrefix;
 use dagfs::index::stats::{format_duration, format_size, parse_duration, parse_size};
 use dagfs::index::CachePolicy;
-use dagfs::store::Node;
+use dagfs::store::fsck::{Phase, Progress, Report};
+use dagfs::store::{Manifest, Node};
+use dagfs::KeyBuilder;
 
 use super::{CacheSource, CliError, Io};
 
@@ -254,6 +256,165 @@ pub fn gc(cache: &Cache, dry_run: bool, io: &mut Io) -> Result<(), CliError> {
         r.sweep.blobs_kept_young
     )
     .map_err(CliError::Output)
+}
+
+/// `dagfs fsck [--repair] [--json]`: the report (one line per problem and a
+/// summary, or JSON), a progress line on a terminal, and the exit bitmask.
+pub fn fsck(
+    cache: &Cache,
+    repair: bool,
+    json: bool,
+    jobs: Option<usize>,
+    io: &mut Io,
+) -> Result<(), CliError> {
+    let jobs = jobs
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
+        .clamp(1, 64);
+    let progress = Progress::default();
+    let rederive = |m: &Manifest| (KeyBuilder::task_digest(m), KeyBuilder::key_of(m));
+    let tty = io.stderr_tty;
+    let result = std::thread::scope(|s| {
+        let h = s.spawn(|| cache.fsck(repair, jobs, &rederive, &progress));
+        let mut shown = false;
+        while tty && !h.is_finished() {
+            let _ = write!(io.err, "\r\x1b[Kfsck: {}", progress_line(&progress));
+            let _ = io.err.flush();
+            shown = true;
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        if shown {
+            let _ = write!(io.err, "\r\x1b[K");
+            let _ = io.err.flush();
+        }
+        h.join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    });
+    let report = result?;
+    let mask = report.mask();
+    if json {
+        let mut v = serde_json::to_value(&report).expect("report serializes");
+        v["exit_code"] = serde_json::json!(if mask == 0 {
+            0
+        } else {
+            super::FSCK_BASE | i32::from(mask)
+        });
+        writeln!(
+            io.out,
+            "{}",
+            serde_json::to_string_pretty(&v).expect("json")
+        )
+        .map_err(CliError::Output)?;
+    } else {
+        io.out
+            .write_all(report_text(&report).as_bytes())
+            .map_err(CliError::Output)?;
+    }
+    if mask == 0 {
+        Ok(())
+    } else {
+        Err(CliError::Fsck(mask))
+    }
+}
+
+fn progress_line(p: &Progress) -> String {
+    use std::sync::atomic::Ordering::Relaxed;
+    match p.phase() {
+        Phase::Listing => "listing blobs".into(),
+        Phase::Hashing => format!(
+            "hashing blobs {}/{} ({})",
+            p.blobs_done.load(Relaxed),
+            p.blobs_total.load(Relaxed),
+            format_size(p.bytes_done.load(Relaxed))
+        ),
+        Phase::Waiting => "waiting for running pipelines to finish".into(),
+        Phase::Entries => format!(
+            "checking entries {}/{}",
+            p.entries_done.load(Relaxed),
+            p.entries_total.load(Relaxed)
+        ),
+        Phase::Index => "checking the index".into(),
+        Phase::Repair => "repairing".into(),
+        Phase::Done => "done".into(),
+    }
+}
+
+/// One line per problem, then a summary.
+fn report_text(r: &Report) -> String {
+    let mut o = String::new();
+    for p in &r.problems {
+        let task = p
+            .task
+            .as_deref()
+            .map(|t| format!(" ({t})"))
+            .unwrap_or_default();
+        let action = p
+            .action
+            .as_deref()
+            .map(|a| format!(" [{a}]"))
+            .unwrap_or_default();
+        let unfixable = if p.repairable {
+            ""
+        } else {
+            " [not repairable]"
+        };
+        o += &format!(
+            "{:<18} {}{task}: {}{action}{unfixable}\n",
+            p.kind.as_str(),
+            p.subject,
+            p.detail
+        );
+    }
+    let mut kinds: Vec<(&str, usize)> = Vec::new();
+    for p in &r.problems {
+        match kinds.iter_mut().find(|(k, _)| *k == p.kind.as_str()) {
+            Some((_, n)) => *n += 1,
+            None => kinds.push((p.kind.as_str(), 1)),
+        }
+    }
+    let found = if r.problems.is_empty() {
+        "no problems".to_string()
+    } else {
+        let list: Vec<String> = kinds.iter().map(|(k, n)| format!("{n} {k}")).collect();
+        format!("{} problems ({})", r.problems.len(), list.join(", "))
+    };
+    o += &format!(
+        "fsck: {} blobs ({}) hashed, {} entries, {} sync snapshots in {:.2}s: {found}\n",
+        r.blobs,
+        format_size(r.bytes_hashed),
+        r.entries,
+        r.sync_snapshots,
+        r.elapsed_ms as f64 / 1000.0
+    );
+    if r.orphan_blobs > 0 {
+        o += &format!(
+            "fsck: {} unreferenced blobs ({}): not a problem; `dagfs gc` removes them\n",
+            r.orphan_blobs,
+            format_size(r.orphan_bytes)
+        );
+    }
+    if r.unindexed_entries > 0 {
+        let done = if r.repair {
+            format!("; indexed {}", r.indexed)
+        } else {
+            "; `dagfs fsck --repair` indexes them".into()
+        };
+        o += &format!(
+            "fsck: {} entries not in the index (a run stopped before its index flush): not a problem{done}\n",
+            r.unindexed_entries
+        );
+    }
+    if r.repair {
+        let fixed = r.problems.iter().filter(|p| p.repaired).count();
+        o += &format!(
+            "fsck: repaired {fixed} of {} problems: {} files quarantined (in quarantine/), {} entries dropped (they re-run on the next `dagfs run`)\n",
+            r.problems.len(),
+            r.quarantined,
+            r.dropped_entries.len()
+        );
+    } else if r.problems.iter().any(|p| p.repairable) {
+        o += "fsck: `dagfs fsck --repair` fixes what is marked repairable\n";
+    }
+    o
 }
 
 pub fn rebuild_index(cache: &Cache, io: &mut Io) -> Result<(), CliError> {

@@ -45,7 +45,13 @@ Exit codes:
   11  daemon error (refused connection, protocol version mismatch)
   12  mount failed
   13  sync conflict (a file kept changing while it was read)
-  14  sync: unreadable file (see --skip-unreadable)";
+  14  sync: unreadable file (see --skip-unreadable)
+  16-23  fsck found problems: 16 + a bitmask of
+         1  problems found
+         2  problems repaired (--repair)
+         4  problems remain that --repair cannot fix (or, with --repair, did not)
+      so 17 = found, all repairable; 19 = found and all repaired;
+      21 = found, some not repairable; 23 = repaired some, some remain";
 
 #[derive(Parser, Debug)]
 #[command(name = "dagfs", version, about = "A content-addressed cache for the outputs of DAG pipelines", after_help = EXIT_CODES)]
@@ -89,9 +95,24 @@ pub enum Cmd {
         #[arg(long)]
         dry_run: bool,
     },
-    /// Rebuild the index from entries/ (the store's source of truth)
+    /// Verify the store: re-hash every blob, check every entry (its key
+    /// against its manifest, every blob it references), the sync snapshots,
+    /// and the index against entries/. Exit 0 when clean, else 16-23 (below)
     Fsck {
-        #[arg(long, required = true)]
+        /// Fix what can be fixed: corrupt blobs and stray files go to
+        /// <store>/quarantine/ (never deleted), entries that reference them
+        /// are dropped (they re-run, miss reason `corrupt`), the index is
+        /// brought back in line with entries/
+        #[arg(long)]
+        repair: bool,
+        /// Print the report as JSON (on stdout)
+        #[arg(long)]
+        json: bool,
+        /// Threads hashing blobs [default: the number of CPUs]
+        #[arg(short = 'j', long, value_name = "N")]
+        jobs: Option<usize>,
+        /// Only rebuild the index from entries/ (the store's source of truth)
+        #[arg(long, conflicts_with_all = ["repair", "json", "jobs"])]
         rebuild_index: bool,
     },
     /// Snapshot a host directory into the store and print what changed
@@ -150,6 +171,10 @@ pub enum CliError {
     /// Tasks failed; already reported.
     #[error("")]
     TasksFailed,
+    /// fsck found problems (the bitmask of `store::fsck::Report::mask`);
+    /// already reported.
+    #[error("")]
+    Fsck(u8),
 }
 
 impl From<StoreError> for CliError {
@@ -175,6 +200,7 @@ impl CliError {
         }
         match self {
             CliError::TasksFailed => 1,
+            CliError::Fsck(mask) => FSCK_BASE | i32::from(*mask & 7),
             CliError::Usage(_) => 2,
             CliError::Exec(e) => match e {
                 ExecError::Config(_) | ExecError::Input { .. } => 3,
@@ -201,6 +227,10 @@ impl CliError {
         }
     }
 }
+
+/// `dagfs fsck` exits `FSCK_BASE + mask` when it finds problems: 16-23,
+/// above every other code (see `EXIT_CODES`).
+pub const FSCK_BASE: i32 = 16;
 
 /// Where a command's output goes and whose environment it sees.
 pub struct Io<'a> {
@@ -357,6 +387,7 @@ fn execute_to_code(cmd: Cmd, src: &mut CacheSource, io: &mut Io, ctx: &Ctx) -> i
     match execute(cmd, src, io, ctx) {
         Ok(()) => 0,
         Err(CliError::TasksFailed) => 1,
+        Err(e @ CliError::Fsck(_)) => e.exit_code(),
         Err(CliError::Output(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => 0,
         Err(e) => {
             let _ = writeln!(io.err, "dagfs: error: {e}");
@@ -414,7 +445,13 @@ fn execute(cmd: Cmd, src: &mut CacheSource, io: &mut Io, ctx: &Ctx) -> Result<()
         Cmd::Config { key, value } => inspect::config(src.get(io)?, key, value, io),
         Cmd::Gc { dry_run } => inspect::gc(src.get(io)?, dry_run, io),
         Cmd::Sync(args) => sync::sync(args, src, io, ctx),
-        Cmd::Fsck { .. } => inspect::rebuild_index(src.get(io)?, io),
+        Cmd::Fsck {
+            rebuild_index: true,
+            ..
+        } => inspect::rebuild_index(src.get(io)?, io),
+        Cmd::Fsck {
+            repair, json, jobs, ..
+        } => inspect::fsck(src.get(io)?, repair, json, jobs, io),
         Cmd::Mount(_) | Cmd::Umount { .. } => Err(CliError::Usage(
             "mount/umount run only from the command line".into(),
         )),

@@ -26,7 +26,7 @@ use dagfs::daemon::watches::Watches;
 use dagfs::daemon::{client, mounts, Gauges};
 use dagfs::exec::scheduler::Change;
 use dagfs::fs::invalidate::Invalidator;
-use dagfs::fs::{self as dfs, DagFs, FsCounters, FsOptions, Passthrough};
+use dagfs::fs::{self as dfs, DagFs, FsCounters, FsOptions, Passthrough, Verify};
 use dagfs::index::CachePolicy;
 
 use super::{serve_request, store_dir, CliError, Ctx};
@@ -38,7 +38,10 @@ pub struct MountArgs {
     #[arg(short = 'f', long)]
     pub foreground: bool,
     /// Options, comma-separated, repeatable: allow_other, ro, store=DIR,
-    /// passthrough=auto|on|off, debug, threads=N
+    /// passthrough=auto|on|off, debug, threads=N, verify=first-open|always|off
+    /// (re-hash a blob before serving it: at its first read, at every open
+    /// and read from offset 0, or never; a mismatch is EIO and the blob goes
+    /// to <store>/quarantine/)
     #[arg(short = 'o', value_name = "OPTS")]
     pub options: Vec<String>,
     /// (internal) report readiness on this file descriptor
@@ -53,6 +56,7 @@ struct MountOpts {
     debug: bool,
     threads: Option<usize>,
     store: Option<PathBuf>,
+    verify: Verify,
 }
 
 /// Options generic mount tools pass that mean nothing (or what we always do).
@@ -68,6 +72,7 @@ fn parse_opts(list: &[String]) -> Result<MountOpts, CliError> {
         debug: false,
         threads: None,
         store: None,
+        verify: Verify::FirstOpen,
     };
     for opt in list
         .iter()
@@ -87,6 +92,11 @@ fn parse_opts(list: &[String]) -> Result<MountOpts, CliError> {
             ("passthrough", Some("auto")) => o.passthrough = Passthrough::Auto,
             ("passthrough", Some("on")) => o.passthrough = Passthrough::On,
             ("passthrough", Some("off")) => o.passthrough = Passthrough::Off,
+            ("verify", Some(v)) => {
+                o.verify = Verify::parse(v).ok_or_else(|| {
+                    CliError::Usage(format!("-o verify={v}: want first-open, always or off"))
+                })?
+            }
             ("threads", Some(n)) => {
                 o.threads = Some(n.parse().ok().filter(|&n: &usize| (1..=256).contains(&n)).ok_or_else(|| {
                     CliError::Usage(format!("-o threads={n}: want a number from 1 to 256"))
@@ -94,7 +104,7 @@ fn parse_opts(list: &[String]) -> Result<MountOpts, CliError> {
             }
             (k, None) if IGNORED.contains(&k) || k == "relatime" => {}
             (k, _) if k.starts_with("x-") => {}
-            _ => return Err(CliError::Usage(format!("unknown mount option `{opt}` (allow_other, ro, store=DIR, passthrough=auto|on|off, debug, threads=N)"))),
+            _ => return Err(CliError::Usage(format!("unknown mount option `{opt}` (allow_other, ro, store=DIR, passthrough=auto|on|off, debug, threads=N, verify=first-open|always|off)"))),
         }
     }
     Ok(o)
@@ -295,6 +305,7 @@ fn serve(store: &Path, mnt: &Path, o: &MountOpts, ready: Option<&OwnedFd>) -> Re
         n_threads: o.threads.unwrap_or(DEFAULT_THREADS),
         fsname: store.display().to_string(),
         debug: o.debug,
+        verify: o.verify,
     };
     let fs = DagFs::new(view, &fs_opts, counters);
     let inodes = fs.inodes();
@@ -475,5 +486,9 @@ mod tests {
         let e = parse_opts(&["bogus".into()]).unwrap_err();
         assert!(e.to_string().contains("bogus"));
         assert!(parse_opts(&["threads=0".into()]).is_err());
+        assert_eq!(parse_opts(&[]).unwrap().verify, Verify::FirstOpen);
+        let v = parse_opts(&["verify=always".into()]).unwrap();
+        assert_eq!(v.verify, Verify::Always);
+        assert!(parse_opts(&["verify=maybe".into()]).is_err());
     }
 }

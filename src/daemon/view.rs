@@ -164,6 +164,18 @@ impl StoreView for CacheView {
         Ok(t)
     }
 
+    fn quarantine(&self, blob: &Digest, key: Option<&Digest>) -> Result<(), ViewError> {
+        self.cache.store.quarantine_blob(
+            blob,
+            "a verified read in the mount: content does not match its name",
+        )?;
+        if let Some(k) = key {
+            let why = format!("a verified read found blob {blob} corrupt");
+            self.cache.drop_corrupt(k, &why)?;
+        }
+        Ok(())
+    }
+
     fn metrics_text(&self) -> Result<String, ViewError> {
         let mut t = self.cache.index.stats()?.to_prometheus();
         t += &self.gauges.to_prometheus();

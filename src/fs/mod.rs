@@ -12,6 +12,8 @@
 //!   reply sends EIO when dropped during unwinding), counted in
 //!   `FsCounters::panics`, and the mount stays up.
 //! - Errors become errno values only in `error::errno`.
+//! - A stored file's blob is verified against its digest before its bytes
+//!   are first served (`verify`): a mismatch is EIO, never wrong bytes.
 //! - Reads of stored files use `pread` on the blob into the kernel's page
 //!   cache, and the kernel sends no open requests for files or directories
 //!   (it stops once answered ENOSYS); with `Passthrough::On` and the kernel
@@ -42,9 +44,11 @@ mod ops;
 mod passthrough;
 mod tree_cache;
 mod unopened;
+pub mod verify;
 
 pub use counters::FsCounters;
 pub use error::{errno, FsError};
+pub use verify::Verify;
 
 use std::ffi::OsStr;
 use std::io;
@@ -100,6 +104,8 @@ pub struct FsOptions {
     pub fsname: String,
     /// Log every failed request to stderr.
     pub debug: bool,
+    /// When reads of stored files are verified against their digest.
+    pub verify: Verify,
 }
 
 impl Default for FsOptions {
@@ -113,6 +119,7 @@ impl Default for FsOptions {
             n_threads: std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 8)),
             fsname: "dagfs".into(),
             debug: false,
+            verify: Verify::FirstOpen,
         }
     }
 }
@@ -125,6 +132,7 @@ pub struct DagFs {
     handles: handle::HandleTable,
     trees: TreeCache,
     reads: Reads,
+    verifier: verify::Verifier,
     /// Open blobs, generated-file snapshots and live listings, for requests
     /// that come without a handle.
     blob_files: unopened::BlobFiles,
@@ -155,6 +163,7 @@ impl DagFs {
             // Up to 1024 trees / ~1M decoded entries (~100 MB at worst).
             trees: TreeCache::new(1024, 1 << 20),
             reads: Reads::new(opts.passthrough),
+            verifier: verify::Verifier::new(opts.verify),
             blob_files: Default::default(),
             snapshots: Default::default(),
             listings: Default::default(),

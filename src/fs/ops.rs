@@ -159,12 +159,14 @@ impl DagFs {
             Node::Stats => {
                 let mut t = self.view.stats_text()?;
                 t += &self.counters.to_text();
+                t += &self.verifier.to_text();
                 t += &format!("fs reads     {}\n", self.reads.describe());
                 t
             }
             Node::Metrics => {
                 let mut t = self.view.metrics_text()?;
                 t += &self.counters.to_prometheus();
+                t += &self.verifier.to_prometheus();
                 t += &format!(
                     "# HELP dagfs_fs_passthrough 1 when reads of stored files use FUSE passthrough, 0 for pread.\n\
                      # TYPE dagfs_fs_passthrough gauge\ndagfs_fs_passthrough {}\n",
@@ -300,6 +302,7 @@ impl DagFs {
                 }
                 Err(e) => return Err(e.into()),
             };
+            self.verify_blob(&node, &digest, &file, true)?;
             let (handle, flags, backing) = match self.reads.backing_for(ino, &file, reply) {
                 Some(b) => {
                     let c = &self.counters.passthrough_opens;
@@ -344,7 +347,8 @@ impl DagFs {
     }
 
     /// The source of a read without a handle (no open requests): by inode.
-    fn source_of(&self, ino: Ino, pid: u32) -> Result<Source, FsError> {
+    /// A stored file's blob is verified first (`verify`).
+    fn source_of(&self, ino: Ino, offset: u64, pid: u32) -> Result<Source, FsError> {
         let (node, _) = self.node(ino)?;
         let Some((digest, size)) = node.blob() else {
             let key = node.generated_key().ok_or(FsError::IsDir)?;
@@ -369,7 +373,10 @@ impl DagFs {
                     Err(e) => Err(e.into()),
                 });
         match file {
-            Ok(f) => Ok(Source::File(f)),
+            Ok(f) => {
+                self.verify_blob(&node, &digest, &f, offset == 0)?;
+                Ok(Source::File(f))
+            }
             Err(FsError::NotFound) => Ok(Source::Bytes(Arc::from([]))),
             Err(e) => Err(e),
         }
@@ -384,7 +391,7 @@ impl DagFs {
         pid: u32,
     ) -> Result<Vec<u8>, FsError> {
         let source = if fh == 0 {
-            self.source_of(ino, pid)?
+            self.source_of(ino, offset, pid)?
         } else {
             self.handles.source(fh)?
         };

@@ -62,6 +62,13 @@ impl BlobFiles {
     }
 }
 
+impl BlobFiles {
+    /// Close `d` if it is held (it was found corrupt and moved away).
+    pub fn forget(&self, d: &Digest) {
+        lock(&self.0).retain(|(k, _)| k != d);
+    }
+}
+
 /// A generated file's text as of `at`.
 pub struct Snapshot {
     pub bytes: Arc<[u8]>,

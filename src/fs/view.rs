@@ -76,4 +76,11 @@ pub trait StoreView: Send + Sync + 'static {
     fn sync_log(&self, name: &str) -> Result<Option<SyncLog>, ViewError> {
         Ok(self.syncs()?.into_iter().find(|l| l.name == name))
     }
+    /// A verified read found blob `blob` corrupt: move it out of the store
+    /// (into quarantine) and, if it was read under `/keys/<key>`, drop that
+    /// entry so it misses and re-runs. A view over no store cannot.
+    fn quarantine(&self, blob: &Digest, key: Option<&Digest>) -> Result<(), ViewError> {
+        let _ = (blob, key);
+        Err(ViewError::Other("this view has no quarantine".into()))
+    }
 }

@@ -14,6 +14,7 @@
 //! | `stats`     | counter name                     | u64 LE                     |
 //! | `config`    | `policy`                         | `CachePolicy` (JSON)       |
 //! | `statcache` | root id (16) ‖ relative path     | stat + digest (see `sync`) |
+//! | `dropped`   | cache key (32)                   | why (UTF-8): entries fsck or a verified read dropped as corrupt, until the key is inserted again |
 //!
 //! Memory: sled keeps a page-table record per node of at most 16 keys,
 //! so the index's resident size after opening grows with the number of
@@ -193,6 +194,7 @@ pub struct Index {
     stats: sled::Tree,
     config: sled::Tree,
     statcache: sled::Tree,
+    dropped: sled::Tree,
 }
 
 const C_ENTRIES: &str = "entries";
@@ -267,6 +269,7 @@ impl Index {
             stats: db.open_tree("stats")?,
             config: db.open_tree("config")?,
             statcache: db.open_tree("statcache")?,
+            dropped: db.open_tree("dropped")?,
             db,
         })
     }
@@ -309,6 +312,7 @@ impl Index {
         }
         self.latest
             .insert(latest_key(&meta.dag, &meta.task), key.as_bytes())?;
+        self.dropped.remove(key.as_bytes())?;
         self.add(C_ENTRIES, 1)?;
         self.add(C_BYTES, meta.size as i64)?;
         Ok(())
@@ -348,6 +352,40 @@ impl Index {
         };
         self.unlink(key, &meta)?;
         Ok(Some(meta))
+    }
+
+    /// Remove an entry found corrupt: later lookups of `key` miss with
+    /// reason `corrupt` (until it is inserted again).
+    pub fn drop_corrupt(&self, key: &Digest, why: &str) -> Result<Option<EntryMeta>> {
+        self.dropped.insert(key.as_bytes(), why.as_bytes())?;
+        self.remove(key)
+    }
+
+    /// Why `key` was dropped as corrupt, if it was (and is not back).
+    pub fn dropped(&self, key: &Digest) -> Result<Option<String>> {
+        Ok(self
+            .dropped
+            .get(key.as_bytes())?
+            .map(|v| String::from_utf8_lossy(&v).into_owned()))
+    }
+
+    /// The entry and byte totals (`stats`) as counted over `entries`:
+    /// (recorded, actual) for each.
+    pub fn totals(&self) -> Result<((u64, u64), (u64, u64))> {
+        let (mut n, mut b) = (0u64, 0u64);
+        for kv in self.all_keys() {
+            let (_, m) = kv?;
+            n += 1;
+            b += m.size;
+        }
+        Ok(((self.counter(C_ENTRIES)?, n), (self.counter(C_BYTES)?, b)))
+    }
+
+    /// Set the entry and byte totals.
+    pub fn set_totals(&self, entries: u64, bytes: u64) -> Result<()> {
+        self.stats.insert(C_ENTRIES, &entries.to_le_bytes())?;
+        self.stats.insert(C_BYTES, &bytes.to_le_bytes())?;
+        Ok(())
     }
 
     /// Make `key` the task's latest (a hit, possibly on an entry another

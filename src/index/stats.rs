@@ -48,15 +48,20 @@ pub enum MissReason {
     /// The entry existed, but its output was gone (evicted blob, quarantine).
     #[serde(rename = "missing")]
     Missing,
+    /// fsck or a verified read in the mount found a blob of the entry
+    /// corrupt, and dropped the entry.
+    #[serde(rename = "corrupt")]
+    Corrupt,
 }
 
 impl MissReason {
-    pub const ALL: [MissReason; 5] = [
+    pub const ALL: [MissReason; 6] = [
         MissReason::New,
         MissReason::Expired,
         MissReason::InputChanged,
         MissReason::SkipCache,
         MissReason::Missing,
+        MissReason::Corrupt,
     ];
     pub fn as_str(self) -> &'static str {
         match self {
@@ -65,6 +70,7 @@ impl MissReason {
             MissReason::InputChanged => "input changed",
             MissReason::SkipCache => "skip-cache",
             MissReason::Missing => "missing",
+            MissReason::Corrupt => "corrupt",
         }
     }
 }
@@ -81,7 +87,7 @@ pub struct CacheStats {
     pub runs: u64,
     /// Hits by route (`key`, `content`, `joined`).
     pub hits_by_route: BTreeMap<String, u64>,
-    /// Misses by reason (`new`, `expired`, `input changed`, `skip-cache`, `missing`).
+    /// Misses by reason (`new`, `expired`, `input changed`, `skip-cache`, `missing`, `corrupt`).
     pub misses_by_reason: BTreeMap<String, u64>,
 }
 

@@ -12,6 +12,8 @@
 //!   entries/ab/<key>  one JSON record per cache entry (see `entry`)
 //!   tmp/              work in progress; swept when the store is opened
 //!   index/            sled, rebuildable from blobs/ + entries/
+//!   quarantine/       damaged files moved out of blobs/ and entries/ (see
+//!                     `quarantine`), never deleted; `fsck` finds them
 //! ```
 //!
 //! Write order (crash safety): new content is written under `tmp/`, then
@@ -26,10 +28,12 @@
 
 pub mod entry;
 pub mod error;
+pub mod fsck;
 pub mod gc;
 pub mod ingest;
 pub mod lock;
 pub mod materialize;
+pub mod quarantine;
 pub mod syncs;
 pub mod tree;
 
