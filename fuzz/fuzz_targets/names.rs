@@ -206,6 +206,7 @@ fuzz_target!(|data: &[u8]| {
                 assert!(view.blobs().contains(digest))
             }
             Node::DagLink { key, .. } => assert_eq!(*key, view.key),
+            Node::DagDir { dag } | Node::WhyDir { dag } => assert_eq!(dag, "app"),
             Node::Top(_) | Node::Latest { .. } | Node::Stats | Node::Metrics => {}
             other => panic!("{parent:?}/{data:?} resolved to {other:?}"),
         }
