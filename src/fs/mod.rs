@@ -38,11 +38,17 @@ mod handle;
 mod inode;
 pub mod invalidate;
 mod key_pages;
-mod names;
-mod node;
+// NB: public for the fuzz targets and tests/hostile.rs (lookup without a
+// mount); not part of the library's API.
+#[doc(hidden)]
+pub mod names;
+#[doc(hidden)]
+#[allow(clippy::len_without_is_empty)]
+pub mod node;
 mod ops;
 mod passthrough;
-mod tree_cache;
+#[doc(hidden)]
+pub mod tree_cache;
 mod unopened;
 pub mod verify;
 

@@ -2,15 +2,23 @@
 //! (or only hashing them, for task inputs).
 //!
 //! Task outputs live under `<store>/tmp/`, so a regular file with a link
-//! count of 1 on the store's filesystem is *taken over*: hashed, then renamed
-//! into `blobs/` by `Store::commit` — no copy. Anything else (a hard link,
-//! which another name could still write through) is copied. Symlinks are
-//! read with `readlink` and never followed; the walk uses `lstat` semantics
-//! throughout and opens files with `O_NOFOLLOW`. The walk is iterative, so
-//! depth is bounded by memory, not by the stack.
+//! count of 1 on the store's filesystem is *taken over*: hashed, moved into
+//! the work directory, then renamed into `blobs/` by `Store::commit` — no
+//! copy. Anything else (a hard link, which another name could still write
+//! through) is copied. Symlinks are read with `readlink` and never followed.
+//! The walk is iterative, so depth is bounded by memory, not by the stack.
+//!
+//! Never through a symlink, even one swapped in while the walk runs (a
+//! task's leftover process, a hostile writer in a synced tree): each
+//! directory is opened with `O_NOFOLLOW` and must be the very directory its
+//! path names (the kernel's path of the open descriptor, `/proc/self/fd/N`,
+//! is compared, so a parent swapped for a symlink shows); its entries are
+//! then read, opened (`O_NOFOLLOW`), readlink-ed and taken over relative to
+//! that descriptor, never by re-resolving a path.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -43,6 +51,8 @@ pub struct Ingested {
 
 struct DirWork {
     path: PathBuf,
+    /// Where the kernel must find it: the root's real path, joined with names.
+    real: Option<PathBuf>,
     parent: Option<usize>,
     name: Vec<u8>,
     tree: Tree,
@@ -52,6 +62,7 @@ struct DirWork {
 pub fn ingest_dir(root: &Path, mut sink: Sink<'_>) -> Result<Ingested> {
     let mut dirs = vec![DirWork {
         path: root.to_path_buf(),
+        real: None,
         parent: None,
         name: Vec::new(),
         tree: Tree::default(),
@@ -60,16 +71,18 @@ pub fn ingest_dir(root: &Path, mut sink: Sink<'_>) -> Result<Ingested> {
     let mut i = 0;
     while i < dirs.len() {
         let dir = dirs[i].path.clone();
-        if matches!(sink, Sink::Store { .. }) {
-            unlock_dir(&dir)?;
-        }
-        let mut entries: Vec<_> = fs::read_dir(&dir)
+        let unlock = matches!(sink, Sink::Store { .. });
+        let (handle, real) = open_dir(&dir, dirs[i].real.as_deref(), unlock)?;
+        // NB: entries are named through the open descriptor, never `dir`.
+        let here = fd_path(&handle);
+        let mut entries: Vec<_> = fs::read_dir(&here)
             .at(&dir)?
             .collect::<std::io::Result<_>>()
             .at(&dir)?;
         entries.sort_by_key(|e| e.file_name());
         for e in entries {
-            let path = e.path();
+            let path = dir.join(e.file_name());
+            let at = here.join(e.file_name());
             let name = e.file_name().as_bytes().to_vec();
             if let Some(why) = name_problem(&name) {
                 return Err(StoreError::BadName {
@@ -81,13 +94,14 @@ pub fn ingest_dir(root: &Path, mut sink: Sink<'_>) -> Result<Ingested> {
             let node = if ft.is_dir() {
                 dirs.push(DirWork {
                     path,
+                    real: Some(real.join(e.file_name())),
                     parent: Some(i),
                     name,
                     tree: Tree::default(),
                 });
                 continue;
             } else if ft.is_symlink() {
-                let target = fs::read_link(&path).at(&path)?.into_os_string().into_vec();
+                let target = fs::read_link(&at).at(&path)?.into_os_string().into_vec();
                 if target.is_empty() || target.len() > super::tree::MAX_TARGET {
                     return Err(StoreError::BadName {
                         path,
@@ -96,7 +110,7 @@ pub fn ingest_dir(root: &Path, mut sink: Sink<'_>) -> Result<Ingested> {
                 }
                 Node::Symlink { target }
             } else if ft.is_file() {
-                let (digest, size, exec) = file_blob(&path, &mut sink)?;
+                let (digest, size, exec) = file_blob(&at, &path, None, &mut sink)?;
                 out.files += 1;
                 out.bytes += size;
                 Node::File { size, digest, exec }
@@ -137,15 +151,51 @@ pub fn ingest_dir(root: &Path, mut sink: Sink<'_>) -> Result<Ingested> {
     Ok(out)
 }
 
-/// Give the owner rwx on a task's output directory: a task may leave it
+/// `/proc/self/fd/N`: names exactly the file `f` holds open, whatever
+/// happens to the path it was opened by.
+fn fd_path(f: &File) -> PathBuf {
+    PathBuf::from(format!("/proc/self/fd/{}", f.as_raw_fd()))
+}
+
+/// Open the directory `path` for listing, never through a symlink: the last
+/// component with `O_NOFOLLOW`, and, when `real` is given, the kernel must
+/// have found it at `real` (a parent swapped for a symlink since the
+/// parent's listing shows as another path). Returns it and its real path.
+///
+/// With `unlock`, give the owner rwx first: a task may leave a directory
 /// read-only (`chmod a-w`, a `cp -a` of a 0555 `$DAGFS_IN` tree), and its
 /// files are renamed out of it. Directory modes are not part of a tree.
-fn unlock_dir(dir: &Path) -> Result<()> {
-    let mode = fs::symlink_metadata(dir).at(dir)?.mode();
-    if mode & 0o700 != 0o700 {
-        fs::set_permissions(dir, fs::Permissions::from_mode((mode | 0o700) & 0o7777)).at(dir)?;
+fn open_dir(path: &Path, real: Option<&Path>, unlock: bool) -> Result<(File, PathBuf)> {
+    // NB: O_PATH needs no permission on the directory itself, so a 0000
+    // directory can be checked before it is unlocked.
+    let p = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+        .at(path)?;
+    let found = fs::read_link(fd_path(&p)).at(path)?;
+    if real.is_some_and(|r| r != found) {
+        return Err(StoreError::Changed {
+            path: path.to_path_buf(),
+            what: format!(
+                "reached as {} (a directory above it was replaced)",
+                found.display()
+            ),
+        });
     }
-    Ok(())
+    if unlock {
+        let mode = p.metadata().at(path)?.mode();
+        if mode & 0o700 != 0o700 {
+            // Through the descriptor: the inode checked above, not a path.
+            fs::set_permissions(
+                fd_path(&p),
+                fs::Permissions::from_mode((mode | 0o700) & 0o7777),
+            )
+            .at(path)?;
+        }
+    }
+    let d = File::open(fd_path(&p)).at(path)?;
+    Ok((d, found))
 }
 
 /// Digest of a host path: a file's blob digest, a directory's tree digest, a
@@ -155,7 +205,7 @@ pub fn hash_path(path: &Path) -> Result<Ingested> {
     if md.is_dir() {
         ingest_dir(path, Sink::HashOnly)
     } else if md.is_file() {
-        let (digest, bytes, _) = file_blob(path, &mut Sink::HashOnly)?;
+        let (digest, bytes, _) = file_blob(path, path, None, &mut Sink::HashOnly)?;
         Ok(Ingested {
             digest,
             bytes,
@@ -198,22 +248,57 @@ fn special_kind(ft: &fs::FileType) -> &'static str {
 
 /// Hash (and for `Sink::Store`, stage) one regular file: (digest, size, exec).
 pub fn ingest_file(path: &Path, mut sink: Sink<'_>) -> Result<(Digest, u64, bool)> {
-    file_blob(path, &mut sink)
+    file_blob(path, path, None, &mut sink)
 }
 
-fn file_blob(path: &Path, sink: &mut Sink<'_>) -> Result<(Digest, u64, bool)> {
-    let mut f = OpenOptions::new()
+/// `ingest_file` for a file of a host tree, `path` absolute and canonical
+/// (no symlink above it): refused if the kernel found it anywhere else,
+/// as when a directory above it is swapped for a symlink meanwhile.
+pub fn ingest_host_file(path: &Path, mut sink: Sink<'_>) -> Result<(Digest, u64, bool)> {
+    file_blob(path, path, Some(path), &mut sink)
+}
+
+/// Open a regular file for reading, never through a symlink: `O_NOFOLLOW`
+/// (and `O_NONBLOCK`, so a FIFO swapped in cannot hang the open), checked
+/// to be a regular file, and, if `real` is given, found by the kernel at
+/// `real`. `shown` names it in errors.
+pub fn open_regular(at: &Path, shown: &Path, real: Option<&Path>) -> Result<(File, fs::Metadata)> {
+    let f = OpenOptions::new()
         .read(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(path)
-        .at(path)?;
-    let md = f.metadata().at(path)?;
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(at)
+        .at(shown)?;
+    let md = f.metadata().at(shown)?;
     if !md.is_file() {
         return Err(StoreError::Changed {
-            path: path.to_path_buf(),
+            path: shown.to_path_buf(),
             what: "no longer a regular file".into(),
         });
     }
+    if let Some(real) = real {
+        let found = fs::read_link(fd_path(&f)).at(shown)?;
+        if found != real {
+            return Err(StoreError::Changed {
+                path: shown.to_path_buf(),
+                what: format!(
+                    "reached as {} (a directory above it was replaced)",
+                    found.display()
+                ),
+            });
+        }
+    }
+    Ok((f, md))
+}
+
+/// One regular file, opened at `at` (within a directory the walk holds
+/// open), named `path`.
+fn file_blob(
+    at: &Path,
+    path: &Path,
+    real: Option<&Path>,
+    sink: &mut Sink<'_>,
+) -> Result<(Digest, u64, bool)> {
+    let (mut f, md) = open_regular(at, path, real)?;
     let exec = md.mode() & 0o111 != 0;
     match sink {
         Sink::HashOnly => {
@@ -229,12 +314,19 @@ fn file_blob(path: &Path, sink: &mut Sink<'_>) -> Result<(Digest, u64, bool)> {
             if md.nlink() == 1 && md.dev() == store_dev && path.starts_with(store.tmp_root()) {
                 let (digest, size) = hash_reader(&mut f, None, path)?;
                 if !store.has_blob(&digest) {
-                    store.stage_file(
-                        path.to_path_buf(),
-                        digest,
-                        Some((md.dev(), md.ino())),
-                        staged,
-                    );
+                    // NB: moved now, by `at` (relative to the open directory):
+                    // renaming `path` at commit would resolve it again, maybe
+                    // through a directory swapped for a symlink meanwhile.
+                    let tmp = work.join(format!("take-{}", staged.blob_count()));
+                    fs::rename(at, &tmp).at(path)?;
+                    let moved = fs::symlink_metadata(&tmp).at(&tmp)?;
+                    if (moved.dev(), moved.ino()) != (md.dev(), md.ino()) {
+                        return Err(StoreError::Changed {
+                            path: path.to_path_buf(),
+                            what: "replaced by another file between hashing and storing".into(),
+                        });
+                    }
+                    store.stage_file(tmp, digest, Some((md.dev(), md.ino())), staged);
                 }
                 Ok((digest, size, exec))
             } else {

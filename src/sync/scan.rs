@@ -29,7 +29,7 @@ use std::time::SystemTime;
 use super::SyncError;
 use crate::cache::Cache;
 use crate::hash::Digest;
-use crate::store::ingest::{ingest_file, Sink};
+use crate::store::ingest::{ingest_host_file, open_regular, Sink};
 use crate::store::tree::{name_problem, MAX_TARGET};
 use crate::store::{Node, Staged, Tree, TreeEntry};
 
@@ -434,6 +434,20 @@ pub fn scan(
 
 /// Store one host file (stable read, as in `scan`) and return its digest.
 pub fn snapshot_file(cache: &Cache, path: &Path) -> Result<Digest, SyncError> {
+    // `hash_stable` wants a canonical path (see `read_small`); the file
+    // itself is not resolved, so a symlink stays one.
+    let io = |e| SyncError::Io {
+        path: path.to_path_buf(),
+        source: e,
+    };
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let name = path
+        .file_name()
+        .ok_or_else(|| io(std::io::ErrorKind::InvalidInput.into()))?;
+    let path = &std::fs::canonicalize(parent).map_err(io)?.join(name);
     let work = cache.store.tempdir("input-")?;
     let mut staged = Staged::default();
     let (d, _, _) = hash_stable(
@@ -450,20 +464,18 @@ pub fn snapshot_file(cache: &Cache, path: &Path) -> Result<Digest, SyncError> {
 /// Files up to this size are read into memory (see `hash_stable`).
 const SMALL_FILE: u64 = 1 << 20;
 
+/// NB: `path` is canonical (the root is), so `open_regular` refuses the
+/// file if the kernel found it anywhere else: a directory above it swapped
+/// for a symlink after the walk listed it.
 fn read_small(path: &Path) -> Result<Vec<u8>, crate::store::StoreError> {
     use std::io::Read;
-    use std::os::unix::fs::OpenOptionsExt;
-    let io = |e| crate::store::StoreError::Io {
-        path: path.to_path_buf(),
-        source: e,
-    };
-    let mut f = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(path)
-        .map_err(io)?;
+    let (mut f, _) = open_regular(path, path, Some(path))?;
     let mut b = Vec::new();
-    f.read_to_end(&mut b).map_err(io)?;
+    f.read_to_end(&mut b)
+        .map_err(|e| crate::store::StoreError::Io {
+            path: path.to_path_buf(),
+            source: e,
+        })?;
     Ok(b)
 }
 
@@ -512,7 +524,7 @@ fn hash_stable(
             read_small(path)
                 .and_then(|b| Ok((store.stage_bytes(work, &b, staged)?, b.len() as u64, false)))
         } else {
-            ingest_file(
+            ingest_host_file(
                 path,
                 Sink::Store {
                     store,
@@ -523,6 +535,11 @@ fn hash_stable(
         };
         let (digest, size, _) = match read {
             Ok(r) => r,
+            // Not the file the walk listed (swapped, or moved): read again.
+            Err(crate::store::StoreError::Changed { what, .. }) => {
+                last = what;
+                continue;
+            }
             Err(crate::store::StoreError::Io { source, .. })
                 if source.kind() == std::io::ErrorKind::PermissionDenied =>
             {
