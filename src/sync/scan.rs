@@ -97,6 +97,19 @@ impl Meta {
         }
     }
 
+    /// The same, from a raw `fstatat`.
+    pub(crate) fn of_stat(st: &nix::sys::stat::FileStat) -> Meta {
+        let ns = |s: i64, n: i64| s.saturating_mul(1_000_000_000).saturating_add(n);
+        Meta {
+            dev: st.st_dev,
+            ino: st.st_ino,
+            size: st.st_size as u64,
+            mtime_ns: ns(st.st_mtime, st.st_mtime_nsec),
+            ctime_ns: ns(st.st_ctime, st.st_ctime_nsec),
+            mode: st.st_mode,
+        }
+    }
+
     /// What differs, in words (for conflict errors).
     fn differences(&self, after: &Meta) -> String {
         let mut d = Vec::new();

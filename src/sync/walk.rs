@@ -88,6 +88,32 @@ struct Part {
 struct Visitor<'a> {
     ctx: &'a Ctx<'a>,
     part: Part,
+    /// The directory of the last file stat'ed (entries come mostly grouped
+    /// by directory): `fstatat` from it skips a full path lookup per file.
+    dir: Option<(PathBuf, std::fs::File)>,
+    /// Open blob directories of the store, for the same reason.
+    blob_dirs: HashMap<PathBuf, std::fs::File>,
+}
+
+/// An `O_PATH` descriptor of a directory, for `*at` calls.
+fn open_dir(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC)
+        .open(path)
+}
+
+/// `lstat` of `name` in the directory `dir`.
+fn stat_at(dir: &std::fs::File, name: &std::ffi::OsStr) -> std::io::Result<Meta> {
+    use std::os::fd::AsRawFd;
+    nix::sys::stat::fstatat(
+        Some(dir.as_raw_fd()),
+        name,
+        nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+    )
+    .map(|st| Meta::of_stat(&st))
+    .map_err(std::io::Error::from)
 }
 
 impl Drop for Visitor<'_> {
@@ -108,6 +134,8 @@ impl<'s> ParallelVisitorBuilder<'s> for Builder<'s> {
         Box::new(Visitor {
             ctx: self.0,
             part: Part::default(),
+            dir: None,
+            blob_dirs: HashMap::new(),
         })
     }
 }
@@ -216,8 +244,8 @@ impl Visitor<'_> {
     fn file(&mut self, path: &Path) -> Result<Option<Node>, SyncError> {
         let ctx = self.ctx;
         let store = &ctx.cache.store;
-        let md = match std::fs::symlink_metadata(path) {
-            Ok(md) => md,
+        let meta = match self.lstat(path) {
+            Ok(m) => m,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Err(SyncError::Conflict {
                     path: path.to_path_buf(),
@@ -236,7 +264,6 @@ impl Visitor<'_> {
                 })
             }
         };
-        let meta = Meta::of(&md);
         let mut key = ctx.root_id.to_vec();
         key.extend_from_slice(
             path.strip_prefix(ctx.root)
@@ -249,7 +276,7 @@ impl Visitor<'_> {
             self.part.seen.push(key.clone());
         }
         if let Some((m, false, d)) = hit {
-            if m == meta && store.has_blob(&d) {
+            if m == meta && self.has_blob(&d) {
                 self.part.reused += 1;
                 return Ok(Some(Node::File {
                     size: m.size,
@@ -282,6 +309,37 @@ impl Visitor<'_> {
             }
             Err(e) => Err(e),
         }
+    }
+}
+
+impl Visitor<'_> {
+    fn lstat(&mut self, path: &Path) -> std::io::Result<Meta> {
+        let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+            return std::fs::symlink_metadata(path).map(|m| Meta::of(&m));
+        };
+        if !matches!(&self.dir, Some((p, _)) if p == parent) {
+            self.dir = Some((parent.to_path_buf(), open_dir(parent)?));
+        }
+        let (_, fd) = self.dir.as_ref().expect("just set");
+        stat_at(fd, name)
+    }
+
+    /// `Store::has_blob`, through an open blob directory.
+    fn has_blob(&mut self, d: &Digest) -> bool {
+        let store = &self.ctx.cache.store;
+        let path = store.blob_path(d);
+        let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+            return store.has_blob(d);
+        };
+        if !self.blob_dirs.contains_key(dir) {
+            match open_dir(dir) {
+                Ok(f) => {
+                    self.blob_dirs.insert(dir.to_path_buf(), f);
+                }
+                Err(_) => return store.has_blob(d),
+            }
+        }
+        stat_at(&self.blob_dirs[dir], name).is_ok()
     }
 }
 
