@@ -246,8 +246,18 @@ fn check_prefix(p: &HexPrefix) {
 }
 
 impl StoreView for Checked {
-    fn keys(&self) -> Result<Vec<Digest>, ViewError> {
-        self.0.keys()
+    fn keys_after(&self, after: Option<&Digest>, max: usize) -> Result<Vec<Digest>, ViewError> {
+        self.0.keys_after(after, max)
+    }
+    fn syncs(&self) -> Result<Vec<dagfs::store::syncs::SyncLog>, ViewError> {
+        self.0.syncs()
+    }
+    fn sync_log(&self, name: &str) -> Result<Option<dagfs::store::syncs::SyncLog>, ViewError> {
+        assert!(
+            dagfs::sync::valid_name(name),
+            "an unvalidated sync name reached the store: {name:?}"
+        );
+        self.0.sync_log(name)
     }
     fn resolve_key(&self, p: &HexPrefix) -> Result<Option<Digest>, ViewError> {
         check_prefix(p);

@@ -660,3 +660,220 @@ fn watch_after_a_burst_of_100000_changes_has_them_all() {
     let (_, fresh, err) = sync(&store, &dir, &["--name", "fresh"]);
     assert_eq!(fresh["tree"], v["tree"], "{err}");
 }
+
+/// Every file, symlink and directory under `root` (not `root`), sorted.
+fn walk_all(root: &Path) -> (Vec<PathBuf>, Vec<PathBuf>) {
+    let (mut leaves, mut dirs) = (Vec::new(), Vec::new());
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if fs::symlink_metadata(&p).unwrap().is_dir() {
+                stack.push(p.clone());
+                dirs.push(p);
+            } else {
+                leaves.push(p);
+            }
+        }
+    }
+    leaves.sort();
+    dirs.sort();
+    (leaves, dirs)
+}
+
+impl Watching {
+    /// Wait until the latest snapshot's tree is `want` (`last` holds the
+    /// latest seen so far, and is updated).
+    fn converge(&self, want: &str, last: &mut String, limit: std::time::Duration) -> bool {
+        let deadline = std::time::Instant::now() + limit;
+        while last != want {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(v) => *last = v["tree"].as_str().unwrap_or_default().to_string(),
+                Err(_) => return false,
+            }
+        }
+        true
+    }
+}
+
+/// The watch computes each snapshot from dirty paths alone, on top of the
+/// previous tree: after every batch of random edits its snapshot must be
+/// the very tree a fresh full sync (new store, no stat cache) computes.
+#[test]
+fn watched_snapshots_equal_a_fresh_full_sync_after_random_edits() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (store, dir, outside) = (
+        tmp.path().join("store"),
+        tmp.path().join("src"),
+        tmp.path().join("outside"),
+    );
+    fs::create_dir_all(&outside).unwrap();
+    for i in 0..60 {
+        write(
+            &dir.join(format!("d{}/e{}/f{i}.txt", i % 5, i % 3)),
+            format!("file {i}").as_bytes(),
+        );
+    }
+    write(&dir.join(".gitignore"), b"*.o\nbuild/\n");
+    write(&dir.join("d1/.dagfsignore"), b"*.tmp\n");
+    write(&dir.join("build/out.bin"), b"ignored");
+    symlink("d0/e0/f0.txt", dir.join("link")).unwrap();
+    // Edits may meet a path an earlier edit made a file: then they do nothing.
+    let put = |p: &Path, b: &[u8]| {
+        let _ = fs::create_dir_all(p.parent().unwrap());
+        let _ = fs::write(p, b);
+    };
+    let w = Watching::start(&store, &dir);
+    let first = w.until("the first snapshot", |v| v["seq"] == 1);
+    let mut last = first["tree"].as_str().unwrap().to_string();
+    let mut rng = Rng(11);
+    let mut fresh_n = 0;
+    for round in 0..30 {
+        let mut did = Vec::new();
+        for _ in 0..1 + rng.next(5) {
+            let (leaves, dirs) = walk_all(&dir);
+            let pick = |rng: &mut Rng, v: &[PathBuf]| -> Option<PathBuf> {
+                (!v.is_empty()).then(|| v[rng.next(v.len() as u64) as usize].clone())
+            };
+            let some_dir = pick(&mut rng, &dirs).unwrap_or_else(|| dir.clone());
+            let n = rng.next(1000);
+            let op = rng.next(16);
+            match op {
+                0 => put(&some_dir.join(format!("new{n}")), format!("{n}").as_bytes()),
+                1 => {
+                    if let Some(f) = pick(&mut rng, &leaves).filter(|f| f.is_file()) {
+                        fs::write(&f, format!("changed {n}")).unwrap();
+                    }
+                }
+                2 => {
+                    if let Some(f) = pick(&mut rng, &leaves) {
+                        fs::remove_file(f).unwrap();
+                    }
+                }
+                3 => {
+                    if let Some(d) = pick(&mut rng, &dirs) {
+                        fs::remove_dir_all(d).unwrap();
+                    }
+                }
+                4 => {
+                    // A file renamed into another directory.
+                    if let Some(f) = pick(&mut rng, &leaves) {
+                        let _ = fs::rename(f, some_dir.join(format!("moved{n}")));
+                    }
+                }
+                5 => {
+                    // A directory renamed into another (not into itself).
+                    if let Some(d) = pick(&mut rng, &dirs).filter(|d| !some_dir.starts_with(d)) {
+                        let _ = fs::rename(d, some_dir.join(format!("dmoved{n}")));
+                    }
+                }
+                6 => {
+                    // file -> dir, dir -> file
+                    if let Some(f) = pick(&mut rng, &leaves) {
+                        fs::remove_file(&f).unwrap();
+                        put(&f.join("inner"), b"was a file");
+                    } else if let Some(d) = pick(&mut rng, &dirs) {
+                        fs::remove_dir_all(&d).unwrap();
+                        fs::write(&d, b"was a dir").unwrap();
+                    }
+                }
+                7 => {
+                    // file -> symlink, symlink -> file
+                    if let Some(f) = pick(&mut rng, &leaves) {
+                        let was_link = fs::symlink_metadata(&f).unwrap().file_type().is_symlink();
+                        fs::remove_file(&f).unwrap();
+                        if was_link {
+                            fs::write(&f, b"was a link").unwrap();
+                        } else {
+                            symlink(format!("../target{n}"), &f).unwrap();
+                        }
+                    }
+                }
+                8 => {
+                    if let Some(f) = pick(&mut rng, &leaves).filter(|f| f.is_file()) {
+                        let mode = fs::metadata(&f).unwrap().permissions().mode() ^ 0o111;
+                        fs::set_permissions(&f, fs::Permissions::from_mode(mode)).unwrap();
+                    }
+                }
+                9 => {
+                    // Ignored files: no change at all.
+                    put(&some_dir.join(format!("obj{n}.o")), b"ignored");
+                    put(&dir.join(format!("build/b{n}")), b"ignored");
+                }
+                10 => {
+                    // An ignore-file edit changes what is in, without any
+                    // event on the files it covers.
+                    let pats = [
+                        "*.o\nbuild/\n",
+                        "*.o\nbuild/\ne1/\n",
+                        "build/\n",
+                        "*.txt\n!f1*.txt\n",
+                    ];
+                    let gi = pick(&mut rng, &dirs)
+                        .unwrap_or_else(|| dir.clone())
+                        .join(".gitignore");
+                    let gi = if rng.next(2) == 0 {
+                        dir.join(".gitignore")
+                    } else {
+                        gi
+                    };
+                    put(&gi, pats[rng.next(pats.len() as u64) as usize].as_bytes());
+                }
+                11 => {
+                    // A whole tree made outside, then moved in: no events
+                    // for what is inside it.
+                    let t = outside.join(format!("t{round}-{n}"));
+                    put(&t.join("a/b/one"), b"1");
+                    put(&t.join("two"), b"2");
+                    symlink("one", t.join("a/b/l")).unwrap();
+                    let _ = fs::rename(&t, some_dir.join(format!("in{n}")));
+                }
+                12 | 15 => {
+                    // A directory replaced by another of the same name,
+                    // with subdirectories of the same names.
+                    if let Some(d) = pick(&mut rng, &dirs) {
+                        let subs: Vec<_> = fs::read_dir(&d)
+                            .unwrap()
+                            .map(|e| e.unwrap())
+                            .filter(|e| e.file_type().unwrap().is_dir())
+                            .map(|e| e.file_name())
+                            .collect();
+                        let r = outside.join(format!("new{round}-{n}"));
+                        put(&r.join("fresh"), b"replacement");
+                        for s in subs {
+                            put(&r.join(s).join("fresh"), b"replacement");
+                        }
+                        fs::rename(&d, outside.join(format!("gone{round}-{n}"))).unwrap();
+                        fs::rename(&r, &d).unwrap();
+                    }
+                }
+                13 => {
+                    // A new directory, filled at once (races the watcher
+                    // adding its watch).
+                    let nd = some_dir.join(format!("burst{n}"));
+                    for k in 0..50 {
+                        put(&nd.join(format!("s{}/f{k}", k % 3)), &[k as u8]);
+                    }
+                }
+                14 => {
+                    // Moved out of the tree.
+                    if let Some(f) = pick(&mut rng, &leaves) {
+                        fs::rename(f, outside.join(format!("out{round}-{n}"))).unwrap();
+                    }
+                }
+                _ => unreachable!(),
+            }
+            did.push(op);
+        }
+        fresh_n += 1;
+        let (code, fresh, err) = sync(&tmp.path().join(format!("fresh{fresh_n}")), &dir, &[]);
+        assert_eq!(code, 0, "{err}");
+        let want = fresh["tree"].as_str().unwrap().to_string();
+        assert!(
+            w.converge(&want, &mut last, std::time::Duration::from_secs(20)),
+            "round {round} (edits {did:?}): the watch's snapshot {last} is not the full sync's {want}"
+        );
+    }
+    assert!(w.stop().success());
+}

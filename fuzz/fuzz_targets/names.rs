@@ -66,8 +66,12 @@ impl Fake {
 }
 
 impl StoreView for Fake {
-    fn keys(&self) -> Result<Vec<Digest>, ViewError> {
-        Ok(vec![self.key])
+    fn keys_after(&self, after: Option<&Digest>, _max: usize) -> Result<Vec<Digest>, ViewError> {
+        Ok(if after.is_some_and(|a| *a >= self.key) {
+            vec![]
+        } else {
+            vec![self.key]
+        })
     }
     fn resolve_key(&self, p: &HexPrefix) -> Result<Option<Digest>, ViewError> {
         assert!(valid_prefix(p), "{p:?}");

@@ -7,8 +7,10 @@
 //! sync retries, then fails with `Conflict` naming the path).
 
 pub mod changes;
+pub mod dirty;
 pub mod scan;
 pub mod shared;
+mod walk;
 pub mod watch;
 
 use std::path::{Path, PathBuf};
@@ -144,63 +146,204 @@ pub fn sync_dir(
     name: Option<&str>,
     opts: &ScanOptions,
 ) -> Result<SyncReport, SyncError> {
-    let root = std::fs::canonicalize(dir).map_err(|e| SyncError::Io {
-        path: dir.to_path_buf(),
-        source: e,
-    })?;
-    if !root.is_dir() {
-        return Err(SyncError::Usage(format!(
-            "{}: not a directory",
-            dir.display()
-        )));
-    }
-    let name = match name {
-        Some(n) if valid_name(n) => n.to_string(),
-        Some(n) => {
+    let t = Target::new(cache, dir, name, opts)?;
+    let walked = walk::walk(
+        cache,
+        &t.root,
+        &t.id,
+        &t.opts,
+        None,
+        &mut walk::Totals::new(),
+    )?;
+    t.record(cache, walked.out)
+}
+
+/// A directory about to be synced under a name: checked, with its log.
+struct Target {
+    root: PathBuf,
+    name: String,
+    /// The stat-cache scope.
+    id: [u8; 16],
+    /// With the store and mounts to skip.
+    opts: ScanOptions,
+    log: SyncLog,
+}
+
+impl Target {
+    fn new(
+        cache: &Cache,
+        dir: &Path,
+        name: Option<&str>,
+        opts: &ScanOptions,
+    ) -> Result<Target, SyncError> {
+        let root = std::fs::canonicalize(dir).map_err(|e| SyncError::Io {
+            path: dir.to_path_buf(),
+            source: e,
+        })?;
+        if !root.is_dir() {
             return Err(SyncError::Usage(format!(
-                "sync name {n:?} may use only letters, digits and `_-.+`"
-            )))
+                "{}: not a directory",
+                dir.display()
+            )));
         }
-        None => default_name(&root),
-    };
-    // The stat cache is per (directory, filters): other filters, other files.
-    let id = root_id(&root, opts);
-    let opts = with_skips(cache, opts);
-    let mut log = cache.store.sync_log(&name)?.unwrap_or_else(|| SyncLog {
-        name: name.clone(),
-        root: root.display().to_string(),
-        snapshots: Vec::new(),
-    });
-    if log.root != root.display().to_string() && !log.snapshots.is_empty() {
-        return Err(SyncError::Usage(format!(
-            "sync name `{name}` already names {}; pass --name to sync {} under another name",
-            log.root,
-            root.display()
-        )));
-    }
-    let out = scan::scan(cache, &root, &id, &opts)?;
-    let previous = log.latest().map(|s| s.tree);
-    let changes = changes::diff(&cache.store, previous.as_ref(), &out.tree)?;
-    let new_snapshot = previous != Some(out.tree);
-    if new_snapshot {
-        let seq = log.latest().map_or(1, |s| s.seq + 1);
-        log.snapshots.push(Snapshot {
-            seq,
-            tree: out.tree,
-            created_ms: now_ms(),
-            files: out.files,
-            bytes: out.bytes,
+        let name = match name {
+            Some(n) if valid_name(n) => n.to_string(),
+            Some(n) => {
+                return Err(SyncError::Usage(format!(
+                    "sync name {n:?} may use only letters, digits and `_-.+`"
+                )))
+            }
+            None => default_name(&root),
+        };
+        // The stat cache is per (directory, filters): other filters, other files.
+        let id = root_id(&root, opts);
+        let opts = with_skips(cache, opts);
+        let log = cache.store.sync_log(&name)?.unwrap_or_else(|| SyncLog {
+            name: name.clone(),
+            root: root.display().to_string(),
+            snapshots: Vec::new(),
         });
-        cache.store.put_sync_log(&log)?;
+        if log.root != root.display().to_string() && !log.snapshots.is_empty() {
+            return Err(SyncError::Usage(format!(
+                "sync name `{name}` already names {}; pass --name to sync {} under another name",
+                log.root,
+                root.display()
+            )));
+        }
+        Ok(Target {
+            root,
+            name,
+            id,
+            opts,
+            log,
+        })
     }
-    cache.index.flush()?;
-    Ok(SyncReport {
-        name,
-        root,
-        snapshot: log.latest().cloned().expect("a snapshot"),
-        new_snapshot,
-        previous,
-        changes,
-        scan: out,
-    })
+
+    /// Record a scan as the latest snapshot (if its tree is new) and report
+    /// the change set from the previous one.
+    fn record(mut self, cache: &Cache, out: scan::ScanOutput) -> Result<SyncReport, SyncError> {
+        let previous = self.log.latest().map(|s| s.tree);
+        let changes = changes::diff(&cache.store, previous.as_ref(), &out.tree)?;
+        let new_snapshot = previous != Some(out.tree);
+        if new_snapshot {
+            let seq = self.log.latest().map_or(1, |s| s.seq + 1);
+            self.log.snapshots.push(Snapshot {
+                seq,
+                tree: out.tree,
+                created_ms: now_ms(),
+                files: out.files,
+                bytes: out.bytes,
+            });
+            cache.store.put_sync_log(&self.log)?;
+        }
+        cache.index.flush()?;
+        Ok(SyncReport {
+            name: self.name,
+            root: self.root,
+            snapshot: self.log.latest().cloned().expect("a snapshot"),
+            new_snapshot,
+            previous,
+            changes,
+            scan: out,
+        })
+    }
+}
+
+/// Keeps one directory's snapshot current from dirty paths (`--watch`):
+/// each pass re-examines only what `Dirty` names, on top of the tree of
+/// the previous pass, and records the result exactly as `sync_dir` does.
+pub(crate) struct Incremental {
+    /// The tree of the last pass: what the directory held then.
+    base: Digest,
+    totals: walk::Totals,
+}
+
+/// Directories walked whole by an incremental pass (new ones, mostly), each
+/// with its stat from just before it was listed.
+pub(crate) struct Listed {
+    pub dirs: Vec<walk::Listed>,
+    /// When the pass started (ns since the epoch).
+    pub started_ns: i64,
+}
+
+/// The memo of tree totals is dropped past this many trees (it refills from
+/// the store as needed); edits add a few trees each.
+const MAX_TOTALS: usize = 200_000;
+
+impl Incremental {
+    /// A full sync, remembered as the base of the passes that follow.
+    pub fn start(
+        cache: &Cache,
+        dir: &Path,
+        name: Option<&str>,
+        opts: &ScanOptions,
+    ) -> Result<(Incremental, SyncReport), SyncError> {
+        let t = Target::new(cache, dir, name, opts)?;
+        let mut totals = walk::Totals::new();
+        let walked = walk::walk(cache, &t.root, &t.id, &t.opts, None, &mut totals)?;
+        let r = t.record(cache, walked.out)?;
+        let inc = Incremental {
+            base: r.scan.tree,
+            totals,
+        };
+        Ok((inc, r))
+    }
+
+    /// A pass over what `dirty` names (everything, if it asks for a rescan).
+    pub fn sync(
+        &mut self,
+        cache: &Cache,
+        dir: &Path,
+        name: Option<&str>,
+        opts: &ScanOptions,
+        dirty: &dirty::Dirty,
+    ) -> Result<(SyncReport, Listed), SyncError> {
+        let t = Target::new(cache, dir, name, opts)?;
+        if self.totals.len() > MAX_TOTALS {
+            self.totals.clear();
+        }
+        let plan = dirty::plan(&cache.store, &t.root, &self.base, dirty)?;
+        let incremental = plan.is_some();
+        let walked = walk::walk(
+            cache,
+            &t.root,
+            &t.id,
+            &t.opts,
+            plan.map(std::sync::Arc::new),
+            &mut self.totals,
+        )?;
+        let id = t.id;
+        let base = self.base;
+        let r = t.record(cache, walked.out)?;
+        if incremental {
+            // Forget the stat entries of files that are gone (a full walk
+            // does this itself). NB: the diff from our own base names every
+            // path this pass removed or replaced.
+            // (A file that became a directory keeps a stale entry until the
+            // next full walk: harmless, it can match nothing.)
+            let other;
+            let gone = if r.previous == Some(base) {
+                &r.changes
+            } else {
+                other = changes::diff(&cache.store, Some(&base), &r.scan.tree)?;
+                &other
+            };
+            let ops = gone
+                .changes
+                .iter()
+                .filter(|c| c.kind == ChangeKind::Removed)
+                .map(|c| {
+                    let mut k = id.to_vec();
+                    k.extend_from_slice(&c.path);
+                    (k, None)
+                });
+            cache.index.stat_apply(ops)?;
+        }
+        self.base = r.scan.tree;
+        let listed = Listed {
+            dirs: walked.listed_whole,
+            started_ns: walked.started_ns,
+        };
+        Ok((r, listed))
+    }
 }

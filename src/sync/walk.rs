@@ -1,0 +1,609 @@
+//! The one walk behind every scan: a parallel, ignore-aware walk of a host
+//! directory that stats, looks up and hashes each file as it meets it, then
+//! builds the Merkle tree bottom-up and commits it.
+//!
+//! A `Plan` (see `dirty`) narrows the walk to what changed since a previous
+//! tree: directories it names are re-listed, entries it names are examined
+//! again, directories that are new (or to be rescanned) are walked whole,
+//! and every other entry keeps its node from the previous tree without a
+//! syscall. The walk still starts at the root and uses the same ignore
+//! machinery, so `.gitignore`/`.dagfsignore` rules, filters and skipped
+//! paths apply to each entry exactly as in a full walk; that is what makes
+//! an incremental tree equal to the tree a full scan would produce.
+//!
+//! May call: `store` (blobs, trees, commit), `index` (stat cache).
+
+use std::collections::{HashMap, HashSet};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+
+use ignore::{DirEntry, ParallelVisitor, ParallelVisitorBuilder, WalkState};
+
+use super::scan::{decode, encode, hash_stable, now_ns, Meta, ScanOptions, ScanOutput, RACY_NS};
+use super::SyncError;
+use crate::cache::Cache;
+use crate::hash::Digest;
+use crate::store::tree::{name_problem, MAX_TARGET};
+use crate::store::{Node, Staged, Store, Tree, TreeEntry};
+
+/// What an incremental walk knows of the previous tree.
+#[derive(Debug, Default)]
+pub(crate) struct Plan {
+    /// Directories to re-list (absolute), with their previous trees. The
+    /// root is always one; so is every ancestor of a dirty path.
+    pub partial: HashMap<PathBuf, Tree>,
+    /// Entries to examine again (absolute).
+    pub dirty: HashSet<PathBuf>,
+    /// Directories to walk whole even though the previous tree has them.
+    pub whole: HashSet<PathBuf>,
+}
+
+/// (files, bytes) under a tree, by tree digest. A memo: trees are immutable.
+pub(crate) type Totals = HashMap<Digest, (u64, u64)>;
+
+/// A directory walked whole in an incremental pass, and its stat from just
+/// before it was listed (None if that failed).
+pub(crate) type Listed = (PathBuf, Option<Meta>);
+
+pub(crate) struct Walked {
+    pub out: ScanOutput,
+    /// Incremental passes only: directories walked whole.
+    pub listed_whole: Vec<Listed>,
+    /// Incremental passes only: when the walk started (ns since the epoch).
+    pub started_ns: i64,
+}
+
+/// Everything the per-thread visitors share.
+struct Ctx<'a> {
+    cache: &'a Cache,
+    root: &'a Path,
+    root_id: &'a [u8; 16],
+    opts: &'a ScanOptions,
+    plan: Option<&'a Plan>,
+    scan_start: i64,
+    retries: AtomicU64,
+    error: Mutex<Option<SyncError>>,
+    done: Mutex<Vec<Part>>,
+}
+
+/// What one visitor thread found.
+#[derive(Default)]
+struct Part {
+    /// Entries by the directory (absolute) that holds them.
+    groups: HashMap<PathBuf, Vec<TreeEntry>>,
+    /// Directories walked (their entries are in `groups`).
+    dirs: Vec<PathBuf>,
+    /// Stat-cache keys of every file met (full walks only).
+    seen: Vec<Vec<u8>>,
+    puts: Vec<(Vec<u8>, Vec<u8>)>,
+    work: Option<(Staged, tempfile::TempDir)>,
+    hashed: u64,
+    reused: u64,
+    unreadable: Vec<PathBuf>,
+    special: Vec<PathBuf>,
+}
+
+struct Visitor<'a> {
+    ctx: &'a Ctx<'a>,
+    part: Part,
+    /// The directory of the last file stat'ed (entries come mostly grouped
+    /// by directory): `fstatat` from it skips a full path lookup per file.
+    dir: Option<(PathBuf, std::fs::File)>,
+    /// Open blob directories of the store, for the same reason.
+    blob_dirs: HashMap<PathBuf, std::fs::File>,
+}
+
+/// An `O_PATH` descriptor of a directory, for `*at` calls.
+fn open_dir(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC)
+        .open(path)
+}
+
+/// `lstat` of `name` in the directory `dir`.
+fn stat_at(dir: &std::fs::File, name: &std::ffi::OsStr) -> std::io::Result<Meta> {
+    use std::os::fd::AsRawFd;
+    nix::sys::stat::fstatat(
+        Some(dir.as_raw_fd()),
+        name,
+        nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+    )
+    .map(|st| Meta::of_stat(&st))
+    .map_err(std::io::Error::from)
+}
+
+impl Drop for Visitor<'_> {
+    fn drop(&mut self) {
+        let part = std::mem::take(&mut self.part);
+        lock(&self.ctx.done).push(part);
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+struct Builder<'a>(&'a Ctx<'a>);
+
+impl<'s> ParallelVisitorBuilder<'s> for Builder<'s> {
+    fn build(&mut self) -> Box<dyn ParallelVisitor + 's> {
+        Box::new(Visitor {
+            ctx: self.0,
+            part: Part::default(),
+            dir: None,
+            blob_dirs: HashMap::new(),
+        })
+    }
+}
+
+/// The path an ignore error names (the root if none).
+fn error_path(err: &ignore::Error, root: &Path) -> PathBuf {
+    match err {
+        ignore::Error::WithPath { path, .. } => path.clone(),
+        ignore::Error::WithDepth { err, .. } | ignore::Error::WithLineNumber { err, .. } => {
+            error_path(err, root)
+        }
+        _ => root.to_path_buf(),
+    }
+}
+
+impl ParallelVisitor for Visitor<'_> {
+    fn visit(&mut self, entry: Result<DirEntry, ignore::Error>) -> WalkState {
+        match self.entry(entry) {
+            Ok(()) => WalkState::Continue,
+            Err(e) => {
+                lock(&self.ctx.error).get_or_insert(e);
+                WalkState::Quit
+            }
+        }
+    }
+}
+
+impl Visitor<'_> {
+    fn entry(&mut self, entry: Result<DirEntry, ignore::Error>) -> Result<(), SyncError> {
+        let ctx = self.ctx;
+        let e = match entry {
+            Ok(e) => e,
+            Err(err) => {
+                let path = error_path(&err, ctx.root);
+                if ctx.opts.skip_unreadable {
+                    self.part.unreadable.push(path);
+                    return Ok(());
+                }
+                return Err(SyncError::Unreadable {
+                    path,
+                    reason: err.to_string(),
+                });
+            }
+        };
+        let Some(ft) = e.file_type() else {
+            return Ok(());
+        };
+        if e.depth() == 0 {
+            self.part.dirs.push(e.path().to_path_buf());
+            return Ok(());
+        }
+        let path = e.path();
+        let name = e.file_name().as_bytes();
+        if let Some(why) = name_problem(name) {
+            return Err(SyncError::Io {
+                path: path.to_path_buf(),
+                source: std::io::Error::other(format!("name not storable: {why}")),
+            });
+        }
+        let Some(parent) = path.parent() else {
+            return Ok(());
+        };
+        if ft.is_dir() {
+            self.part.dirs.push(path.to_path_buf());
+            return Ok(());
+        }
+        // In a re-listed directory, an entry no event named keeps its node.
+        let old = ctx
+            .plan
+            .filter(|p| !p.dirty.contains(path))
+            .and_then(|p| p.partial.get(parent))
+            .and_then(|t| t.find(name))
+            .map(|e| &e.node);
+        let node = if ft.is_symlink() {
+            match old {
+                Some(n @ Node::Symlink { .. }) => n.clone(),
+                _ => read_symlink(path)?,
+            }
+        } else if ft.is_file() {
+            match old {
+                Some(n @ Node::File { .. }) => n.clone(),
+                _ => match self.file(path)? {
+                    Some(n) => n,
+                    None => return Ok(()),
+                },
+            }
+        } else {
+            self.part.special.push(path.to_path_buf());
+            return Ok(());
+        };
+        let entry = TreeEntry {
+            name: name.to_vec(),
+            node,
+        };
+        match self.part.groups.get_mut(parent) {
+            Some(v) => v.push(entry),
+            None => {
+                self.part.groups.insert(parent.to_path_buf(), vec![entry]);
+            }
+        }
+        Ok(())
+    }
+
+    /// A regular file's node: from the stat cache if provably unchanged,
+    /// else read (stably) and staged. None: unreadable and skipped.
+    fn file(&mut self, path: &Path) -> Result<Option<Node>, SyncError> {
+        let ctx = self.ctx;
+        let store = &ctx.cache.store;
+        let meta = match self.lstat(path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(SyncError::Conflict {
+                    path: path.to_path_buf(),
+                    what: "was deleted during the scan".into(),
+                })
+            }
+            Err(e) if ctx.opts.skip_unreadable => {
+                let _ = e;
+                self.part.unreadable.push(path.to_path_buf());
+                return Ok(None);
+            }
+            Err(e) => {
+                return Err(SyncError::Unreadable {
+                    path: path.to_path_buf(),
+                    reason: e.to_string(),
+                })
+            }
+        };
+        let mut key = ctx.root_id.to_vec();
+        key.extend_from_slice(
+            path.strip_prefix(ctx.root)
+                .unwrap_or(path)
+                .as_os_str()
+                .as_bytes(),
+        );
+        let hit = ctx.cache.index.stat_get(&key)?.and_then(|v| decode(&v));
+        if ctx.plan.is_none() {
+            self.part.seen.push(key.clone());
+        }
+        if let Some((m, false, d)) = hit {
+            if m == meta && self.has_blob(&d) {
+                self.part.reused += 1;
+                return Ok(Some(Node::File {
+                    size: m.size,
+                    digest: d,
+                    exec: m.mode & 0o111 != 0,
+                }));
+            }
+        }
+        if self.part.work.is_none() {
+            self.part.work = Some((Staged::default(), store.tempdir("sync-")?));
+        }
+        let (staged, work) = self.part.work.as_mut().expect("just set");
+        match hash_stable(path, store, work.path(), staged, &ctx.retries) {
+            Ok((d, size, meta)) => {
+                // NB: git's racy rule: a write within the timestamp
+                // granularity after this scan could leave the stat unchanged.
+                let racy = meta.mtime_ns >= ctx.scan_start - RACY_NS
+                    || meta.ctime_ns >= ctx.scan_start - RACY_NS;
+                self.part.puts.push((key, encode(&meta, racy, &d)));
+                self.part.hashed += 1;
+                Ok(Some(Node::File {
+                    size,
+                    digest: d,
+                    exec: meta.mode & 0o111 != 0,
+                }))
+            }
+            Err(SyncError::Unreadable { path, .. }) if ctx.opts.skip_unreadable => {
+                self.part.unreadable.push(path);
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+impl Visitor<'_> {
+    fn lstat(&mut self, path: &Path) -> std::io::Result<Meta> {
+        let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+            return std::fs::symlink_metadata(path).map(|m| Meta::of(&m));
+        };
+        if !matches!(&self.dir, Some((p, _)) if p == parent) {
+            self.dir = Some((parent.to_path_buf(), open_dir(parent)?));
+        }
+        let (_, fd) = self.dir.as_ref().expect("just set");
+        stat_at(fd, name)
+    }
+
+    /// `Store::has_blob`, through an open blob directory.
+    fn has_blob(&mut self, d: &Digest) -> bool {
+        let store = &self.ctx.cache.store;
+        let path = store.blob_path(d);
+        let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+            return store.has_blob(d);
+        };
+        if !self.blob_dirs.contains_key(dir) {
+            match open_dir(dir) {
+                Ok(f) => {
+                    self.blob_dirs.insert(dir.to_path_buf(), f);
+                }
+                Err(_) => return store.has_blob(d),
+            }
+        }
+        stat_at(&self.blob_dirs[dir], name).is_ok()
+    }
+}
+
+fn read_symlink(path: &Path) -> Result<Node, SyncError> {
+    let target = std::fs::read_link(path)
+        .map_err(|e| SyncError::Io {
+            path: path.to_path_buf(),
+            source: e,
+        })?
+        .into_os_string()
+        .into_encoded_bytes();
+    if target.is_empty() || target.len() > MAX_TARGET {
+        return Err(SyncError::Io {
+            path: path.to_path_buf(),
+            source: std::io::Error::other("symlink target too long"),
+        });
+    }
+    Ok(Node::Symlink { target })
+}
+
+/// (files, bytes) under the stored tree `d`, memoized.
+pub(crate) fn totals_of(
+    store: &Store,
+    d: &Digest,
+    memo: &mut Totals,
+) -> Result<(u64, u64), SyncError> {
+    if let Some(t) = memo.get(d) {
+        return Ok(*t);
+    }
+    // Post-order without recursion: a tree's children first.
+    let mut stack = vec![(*d, false)];
+    while let Some((d, expanded)) = stack.pop() {
+        if memo.contains_key(&d) {
+            continue;
+        }
+        let tree = store.read_tree(&d)?;
+        if !expanded {
+            stack.push((d, true));
+            for e in &tree.entries {
+                if let Node::Dir { digest } = e.node {
+                    if !memo.contains_key(&digest) {
+                        stack.push((digest, false));
+                    }
+                }
+            }
+            continue;
+        }
+        let t = sum(&tree.entries, memo);
+        memo.insert(d, t);
+    }
+    Ok(memo[d])
+}
+
+/// (files, bytes) of entries whose subtrees are all in `memo`.
+fn sum(entries: &[TreeEntry], memo: &Totals) -> (u64, u64) {
+    let (mut files, mut bytes) = (0u64, 0u64);
+    for e in entries {
+        match &e.node {
+            Node::File { size, .. } => {
+                files += 1;
+                bytes += size;
+            }
+            Node::Dir { digest } => {
+                let (f, b) = memo.get(digest).copied().unwrap_or_default();
+                files += f;
+                bytes += b;
+            }
+            Node::Symlink { .. } => {}
+        }
+    }
+    (files, bytes)
+}
+
+/// Walk `root` (canonical) into the store: whole, or as `plan` narrows it.
+/// `root_id` scopes the stat cache; `totals` is a memo kept by callers that
+/// walk the same directory again.
+pub(crate) fn walk(
+    cache: &Cache,
+    root: &Path,
+    root_id: &[u8; 16],
+    opts: &ScanOptions,
+    plan: Option<Arc<Plan>>,
+    totals: &mut Totals,
+) -> Result<Walked, SyncError> {
+    let scan_start = now_ns();
+    let mut walker = ignore::WalkBuilder::new(root);
+    walker
+        .hidden(false)
+        .ignore(false)
+        .git_ignore(true)
+        .git_global(false)
+        .git_exclude(false)
+        .require_git(false)
+        .parents(false)
+        .follow_links(false)
+        .add_custom_ignore_filename(super::scan::DAGFS_IGNORE);
+    if !opts.include.is_empty() || !opts.exclude.is_empty() {
+        let mut o = ignore::overrides::OverrideBuilder::new(root);
+        for g in &opts.include {
+            o.add(g)
+                .map_err(|e| SyncError::Usage(format!("--include {g:?}: {e}")))?;
+        }
+        for g in &opts.exclude {
+            o.add(&format!("!{g}"))
+                .map_err(|e| SyncError::Usage(format!("--exclude {g:?}: {e}")))?;
+        }
+        walker.overrides(o.build().map_err(|e| SyncError::Usage(e.to_string()))?);
+    }
+    let threads = if opts.threads == 0 {
+        crate::exec::scheduler::default_jobs()
+    } else {
+        opts.threads
+    };
+    walker.threads(threads.max(1));
+
+    // Which directories to enter. Called before a directory is read.
+    let skip: HashSet<PathBuf> = opts.skip.iter().cloned().collect();
+    let kept: Arc<Mutex<Vec<(PathBuf, TreeEntry)>>> = Arc::default();
+    let listed: Arc<Mutex<Vec<Listed>>> = Arc::default();
+    {
+        let (plan, kept, listed) = (plan.clone(), kept.clone(), listed.clone());
+        walker.filter_entry(move |e| {
+            if e.depth() == 0 || !e.file_type().is_some_and(|t| t.is_dir()) {
+                return true;
+            }
+            let path = e.path();
+            if e.file_name() == ".git" || skip.contains(path) {
+                return false;
+            }
+            let Some(plan) = &plan else { return true };
+            if plan.partial.contains_key(path) {
+                return true;
+            }
+            let parent = path.parent().and_then(|p| plan.partial.get(p));
+            if let Some(old) = parent {
+                let name = e.file_name().as_bytes();
+                if let Some(te) = old.find(name) {
+                    if matches!(te.node, Node::Dir { .. }) && !plan.whole.contains(path) {
+                        // Unchanged: its previous subtree stands.
+                        let parent = path.parent().expect("has a parent").to_path_buf();
+                        lock(&kept).push((parent, te.clone()));
+                        return false;
+                    }
+                }
+            }
+            // New, type-changed, or to be rescanned: walk it whole.
+            let stamp = std::fs::symlink_metadata(path).ok().map(|m| Meta::of(&m));
+            lock(&listed).push((path.to_path_buf(), stamp));
+            true
+        });
+    }
+
+    let ctx = Ctx {
+        cache,
+        root,
+        root_id,
+        opts,
+        plan: plan.as_deref(),
+        scan_start,
+        retries: AtomicU64::new(0),
+        error: Mutex::new(None),
+        done: Mutex::new(Vec::new()),
+    };
+    walker.build_parallel().visit(&mut Builder(&ctx));
+    let Ctx {
+        error,
+        done,
+        retries,
+        ..
+    } = ctx;
+    if let Some(e) = error.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        return Err(e);
+    }
+
+    // Merge what the threads found.
+    let mut out = ScanOutput {
+        retries: retries.into_inner(),
+        ..ScanOutput::default()
+    };
+    let mut groups: HashMap<PathBuf, Vec<TreeEntry>> = HashMap::new();
+    let mut dirs = Vec::new();
+    let mut seen = HashSet::new();
+    let mut puts = Vec::new();
+    let mut staged = Staged::default();
+    let mut workdirs = Vec::new();
+    for p in done.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        for (dir, entries) in p.groups {
+            match groups.get_mut(&dir) {
+                Some(v) => v.extend(entries),
+                None => {
+                    groups.insert(dir, entries);
+                }
+            }
+        }
+        dirs.extend(p.dirs);
+        seen.extend(p.seen);
+        puts.extend(p.puts);
+        if let Some((s, w)) = p.work {
+            staged.append(s);
+            workdirs.push(w);
+        }
+        out.hashed += p.hashed;
+        out.reused += p.reused;
+        out.unreadable.extend(p.unreadable);
+        out.special.extend(p.special);
+    }
+    for (dir, entry) in std::mem::take(&mut *lock(&kept)) {
+        groups.entry(dir).or_default().push(entry);
+    }
+    out.unreadable.sort();
+    out.special.sort();
+
+    // Trees, children before parents.
+    let store = &cache.store;
+    dirs.sort_by_cached_key(|d| std::cmp::Reverse(d.components().count()));
+    let treework = store.tempdir("sync-tree-")?;
+    for dir in dirs {
+        let mut tree = Tree {
+            entries: groups.remove(&dir).unwrap_or_default(),
+        };
+        tree.sort();
+        for e in &tree.entries {
+            if let Node::Dir { digest } = &e.node {
+                totals_of(store, digest, totals)?;
+            }
+        }
+        let digest = store.stage_bytes(treework.path(), &tree.encode(), &mut staged)?;
+        totals.insert(digest, sum(&tree.entries, totals));
+        if dir == root {
+            out.tree = digest;
+            continue;
+        }
+        let (Some(parent), Some(name)) = (dir.parent(), dir.file_name()) else {
+            continue;
+        };
+        groups
+            .entry(parent.to_path_buf())
+            .or_default()
+            .push(TreeEntry {
+                name: name.as_bytes().to_vec(),
+                node: Node::Dir { digest },
+            });
+    }
+    (out.files, out.bytes) = totals.get(&out.tree).copied().unwrap_or_default();
+    store.commit(staged)?;
+    drop(workdirs);
+    drop(treework);
+
+    // NB: stat entries only after the blobs they name are committed.
+    let mut ops: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::new();
+    if plan.is_none() {
+        // Forget files that are gone.
+        for k in cache.index.stat_keys(root_id)? {
+            if !seen.contains(k.as_slice()) {
+                ops.push((k, None));
+            }
+        }
+    }
+    ops.extend(puts.into_iter().map(|(k, v)| (k, Some(v))));
+    cache.index.stat_apply(ops)?;
+    let listed_whole = std::mem::take(&mut *lock(&listed));
+    Ok(Walked {
+        out,
+        listed_whole,
+        started_ns: scan_start,
+    })
+}
