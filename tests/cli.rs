@@ -1763,3 +1763,111 @@ fn million_task_chain_validates_and_schedules() {
         &r.stderr[r.stderr.len().saturating_sub(2000)..]
     );
 }
+
+// ---------------------------------------------------------------------------
+// run --watch
+// ---------------------------------------------------------------------------
+
+/// `dagfs run --watch` re-runs exactly what a changed input affects, says
+/// what changed and why each task ran, ignores undeclared files, and stops
+/// cleanly on SIGINT.
+#[test]
+fn run_watch_reruns_what_a_changed_input_affects() {
+    use std::io::{BufRead, BufReader};
+    let s = Sandbox::new();
+    s.write("w/src/a.txt", "one\n");
+    s.write("w/other.txt", "not an input\n");
+    let dir = s.pipeline(
+        "w",
+        r#"
+name = "w"
+[tasks.copy]
+run = 'cat src/a.txt > "$DAGFS_OUT/a"'
+inputs = ["src"]
+[tasks.upper]
+run = 'tr a-z A-Z < "$DAGFS_IN/copy/a" > "$DAGFS_OUT/a"'
+deps = ["copy"]
+[tasks.alone]
+run = 'echo alone > "$DAGFS_OUT/x"'
+"#,
+    );
+    let mut child = s
+        .run_cmd(&dir, &["--watch", "-j1"], &[])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    // Lines up to and including the next "watching" line.
+    let next_round = |what: &str| -> Vec<String> {
+        let mut lines = Vec::new();
+        loop {
+            let l = rx
+                .recv_timeout(Duration::from_secs(30))
+                .unwrap_or_else(|_| panic!("timed out waiting for {what}; saw {lines:#?}"));
+            let done = l.starts_with("dagfs: watching");
+            lines.push(l);
+            if done {
+                return lines;
+            }
+        }
+    };
+    let ran = |lines: &[String]| -> BTreeMap<String, String> {
+        lines
+            .iter()
+            .filter_map(|l| {
+                let w: Vec<&str> = l.split_whitespace().collect();
+                (w.first() == Some(&"ran")).then(|| (w[1].to_string(), w[4..].join(" ")))
+            })
+            .collect()
+    };
+    let first = next_round("the first run");
+    assert_eq!(ran(&first).len(), 3, "{first:#?}");
+    // An edit of a declared input: copy and upper run again, alone does not.
+    s.write("w/src/a.txt", "two\n");
+    let second = next_round("the run after an input changed");
+    assert!(
+        second
+            .iter()
+            .any(|l| l.starts_with("dagfs: changed:") && l.contains("a.txt")),
+        "{second:#?}"
+    );
+    let r = ran(&second);
+    assert_eq!(
+        r.keys().map(String::as_str).collect::<Vec<_>>(),
+        ["copy", "upper"],
+        "{second:#?}"
+    );
+    assert!(r.values().all(|why| why == "(input changed)"), "{r:?}");
+    assert!(
+        second.iter().any(|l| l.contains("hit   alone")),
+        "{second:#?}"
+    );
+    // A file no task declares changes nothing.
+    s.write("w/other.txt", "still not an input\n");
+    assert!(
+        rx.recv_timeout(Duration::from_millis(800)).is_err(),
+        "an undeclared file triggered a run"
+    );
+    // SIGINT stops it; the exit code is the last run's.
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("run --watch did not stop on SIGINT");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(0));
+    assert_eq!(s.cat_str("w/upper/a").trim(), "TWO");
+}

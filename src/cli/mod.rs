@@ -304,6 +304,22 @@ pub fn main() -> i32 {
     match cli.cmd {
         Cmd::Mount(args) => mount::mount(cli.store, args).map_or_else(fail, |()| 0),
         Cmd::Umount { mountpoint } => mount::umount(&mountpoint).map_or_else(fail, |()| 0),
+        Cmd::Run(a) if a.watch => {
+            let dir = match store_dir(cli.store, &|k| std::env::var(k).ok()) {
+                Ok(d) => d,
+                Err(e) => return fail(e),
+            };
+            let d = dir.clone();
+            run::watch(
+                a,
+                &mut |a| match client::connect(&d) {
+                    Ok(Some(client)) => remote(client, Cmd::Run(a)).unwrap_or_else(fail),
+                    Ok(None) => embedded(d.clone(), Cmd::Run(a)),
+                    Err(e) => fail(e.into()),
+                },
+                &dir,
+            )
+        }
         cmd => {
             let dir = match store_dir(cli.store, &|k| std::env::var(k).ok()) {
                 Ok(d) => d,

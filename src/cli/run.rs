@@ -44,8 +44,147 @@ pub struct RunArgs {
     /// Cache limit for this run: entry lifetime (e.g. 30m, 1h, 7d)
     #[arg(long, value_name = "DUR")]
     ttl: Option<String>,
+    /// Keep running: after the run, watch the tasks' declared inputs and
+    /// the pipeline file, and run again whenever one changes (Ctrl-C stops)
+    #[arg(long)]
+    pub watch: bool,
     /// Run only these tasks and what they depend on
     tasks: Vec<String>,
+}
+
+/// Quiet time that ends a batch of changes before the re-run.
+const WATCH_QUIET: Duration = Duration::from_millis(50);
+
+/// `dagfs run --watch`: run, then run again on every change of a declared
+/// input or of the pipeline file, until Ctrl-C. Each run goes wherever a
+/// plain `dagfs run` would (the daemon if one serves the store, else this
+/// process), so its lines say which tasks re-ran and why (`input changed`).
+/// The exit code is the last run's.
+pub fn watch(
+    mut a: RunArgs,
+    run_once: &mut dyn FnMut(RunArgs) -> i32,
+    store: &std::path::Path,
+) -> i32 {
+    use notify::{RecursiveMode, Watcher};
+    a.watch = false;
+    let sigs = super::block_stop_signals();
+    let (stop_tx, stop_rx) = crossbeam::channel::bounded::<()>(1);
+    std::thread::spawn(move || {
+        if sigs.wait().is_ok() {
+            let _ = stop_tx.send(());
+        }
+    });
+    let store = std::fs::canonicalize(store).unwrap_or_else(|_| store.to_path_buf());
+    loop {
+        let code = run_once(a.clone());
+        // Re-read each time: the inputs may have changed with the file.
+        let paths = match watched_paths(&a) {
+            Ok(p) => p,
+            Err(e) => {
+                eprintln!("dagfs: error: {e}");
+                return e.exit_code();
+            }
+        };
+        let (tx, rx) = crossbeam::channel::unbounded();
+        let mut watcher = match notify::recommended_watcher(move |ev| {
+            let _ = tx.send(ev);
+        }) {
+            Ok(w) => w,
+            Err(e) => {
+                eprintln!("dagfs: error: cannot watch inputs: {e}");
+                return 8;
+            }
+        };
+        let mut armed = 0;
+        for p in &paths {
+            // NB: a missing input is watched through its directory, so its
+            // creation is seen.
+            let (target, mode) = if p.is_dir() {
+                (p.clone(), RecursiveMode::Recursive)
+            } else {
+                (
+                    p.parent().map_or_else(|| p.clone(), |d| d.to_path_buf()),
+                    RecursiveMode::NonRecursive,
+                )
+            };
+            match watcher.watch(&target, mode) {
+                Ok(()) => armed += 1,
+                Err(e) => eprintln!("dagfs: warning: cannot watch {}: {e}", target.display()),
+            }
+        }
+        eprintln!(
+            "dagfs: watching {armed} path{} (the pipeline file and declared inputs); Ctrl-C stops",
+            if armed == 1 { "" } else { "s" }
+        );
+        let relevant = |ev: &notify::Result<notify::Event>| -> Vec<PathBuf> {
+            match ev {
+                Ok(e) if matches!(e.kind, notify::EventKind::Access(_)) => Vec::new(),
+                Ok(e) => e
+                    .paths
+                    .iter()
+                    .filter(|c| !c.starts_with(&store))
+                    .filter(|c| paths.iter().any(|p| c.starts_with(p)))
+                    .cloned()
+                    .collect(),
+                Err(_) => paths.clone(),
+            }
+        };
+        let mut changed: Vec<PathBuf> = Vec::new();
+        while changed.is_empty() {
+            crossbeam::channel::select! {
+                recv(stop_rx) -> _ => return code,
+                recv(rx) -> ev => match ev {
+                    Ok(ev) => changed.extend(relevant(&ev)),
+                    Err(_) => return code,
+                },
+            }
+        }
+        // Debounce: take the rest of the burst.
+        loop {
+            crossbeam::channel::select! {
+                recv(stop_rx) -> _ => return code,
+                recv(rx) -> ev => match ev {
+                    Ok(ev) => changed.extend(relevant(&ev)),
+                    Err(_) => break,
+                },
+                default(WATCH_QUIET) => break,
+            }
+        }
+        changed.sort();
+        changed.dedup();
+        let shown: Vec<String> = changed
+            .iter()
+            .take(3)
+            .map(|p| p.display().to_string())
+            .collect();
+        let more = changed.len().saturating_sub(shown.len());
+        eprintln!(
+            "dagfs: changed: {}{}; running again",
+            shown.join(", "),
+            if more > 0 {
+                format!(" (and {more} more)")
+            } else {
+                String::new()
+            }
+        );
+        drop(watcher);
+    }
+}
+
+/// The pipeline file and every declared input, absolute.
+fn watched_paths(a: &RunArgs) -> Result<Vec<PathBuf>, CliError> {
+    let pipeline = Pipeline::load(&a.file)?;
+    let file = std::fs::canonicalize(&pipeline.file).unwrap_or_else(|_| pipeline.file.clone());
+    let mut out = vec![file];
+    for t in &pipeline.tasks {
+        for i in &t.inputs {
+            let p = pipeline.dir.join(i);
+            out.push(std::fs::canonicalize(&p).unwrap_or(p));
+        }
+    }
+    out.sort();
+    out.dedup();
+    Ok(out)
 }
 
 pub fn run(a: RunArgs, src: &mut CacheSource, io: &mut Io, ctx: &Ctx) -> Result<(), CliError> {
