@@ -19,6 +19,12 @@
 //! what changed. A snapshot never names a digest that does not match the
 //! bytes that were stored for it, and never a digest of bytes the file held
 //! only part of the time.
+//!
+//! A file stamped within `RACY_NS` of its read may have been written again
+//! in the same clock tick without any stat field changing (a writer that
+//! truncates and rewrites shows the same size at two instants of different
+//! content), so its read must be confirmed: read again, and the two digests
+//! must agree (each read with its own before/after stat check).
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -38,8 +44,9 @@ use crate::store::Staged;
 /// stat field unchanged. 50 ms covers a tick with margin.
 pub const RACY_NS: i64 = 50_000_000;
 
-/// Reads of one file before it is declared in conflict.
-pub const MAX_TRIES: u32 = 3;
+/// Reads of one file before it is declared in conflict (a racy file needs
+/// two that agree).
+pub const MAX_TRIES: u32 = 4;
 
 #[derive(Debug, Clone, Default)]
 pub struct ScanOptions {
@@ -243,8 +250,11 @@ pub(crate) fn hash_stable(
 ) -> Hashed {
     let lstat = |p: &Path| std::fs::symlink_metadata(p);
     let mut last = String::new();
+    // A racy read's digest, waiting for a second read to agree.
+    let mut unconfirmed: Option<Digest> = None;
     for attempt in 0..MAX_TRIES {
-        if attempt > 0 {
+        // NB: a confirming read of a racy file is not a retry.
+        if attempt > 0 && unconfirmed.is_none() {
             retries.fetch_add(1, Ordering::Relaxed);
         }
         let before = match lstat(path) {
@@ -305,8 +315,18 @@ pub(crate) fn hash_stable(
             Ok(md) if md.is_file() => {
                 let after = Meta::of(&md);
                 if after == before && size == after.size {
-                    return Ok((digest, size, after));
+                    let recent = now_ns() - RACY_NS;
+                    let racy = after.mtime_ns >= recent || after.ctime_ns >= recent;
+                    if !racy || unconfirmed == Some(digest) {
+                        return Ok((digest, size, after));
+                    }
+                    if unconfirmed.is_some() {
+                        last = "two reads of it differ".into();
+                    }
+                    unconfirmed = Some(digest);
+                    continue;
                 }
+                unconfirmed = None;
                 last = before.differences(&after);
                 if last.is_empty() {
                     last = format!("read {size} bytes of {}", after.size);
