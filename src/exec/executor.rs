@@ -135,6 +135,7 @@ impl Job for ClosureJob {
             exit_code: code,
             stdout,
             stderr,
+            timed_out: None,
         })
     }
 }

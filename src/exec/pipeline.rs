@@ -34,6 +34,7 @@ struct RawTask {
     #[serde(default)]
     version: String,
     ttl: Option<Spanned<String>>,
+    timeout: Option<Spanned<String>>,
     #[serde(default = "yes")]
     cache: bool,
     cwd: Option<Spanned<String>>,
@@ -54,6 +55,9 @@ pub struct TaskDef {
     pub env: Vec<String>,
     pub version: String,
     pub ttl: Option<Duration>,
+    /// Killed (with its process group) and failed after running this long.
+    /// Not part of the key: it does not change what a success produces.
+    pub timeout: Option<Duration>,
     pub cache: bool,
     /// Relative to the pipeline directory; "." by default.
     pub cwd: String,
@@ -193,6 +197,22 @@ impl Pipeline {
                     )
                 })?),
             };
+            let timeout = match &t.timeout {
+                None => None,
+                Some(s) => Some(
+                    parse_duration(s.get_ref())
+                        .filter(|d| !d.is_zero())
+                        .ok_or_else(|| {
+                            bad(
+                                s.span(),
+                                format!(
+                                "task `{name}`: timeout {:?} is not a duration of at least 1s (e.g. 30s, 5m, 1h)",
+                                s.get_ref()
+                            ),
+                            )
+                        })?,
+                ),
+            };
             let cwd = match &t.cwd {
                 None => ".".to_string(),
                 Some(c) => {
@@ -218,6 +238,7 @@ impl Pipeline {
                 env: t.env.iter().map(|d| d.get_ref().clone()).collect(),
                 version: t.version.clone(),
                 ttl,
+                timeout,
                 cache: t.cache,
                 cwd,
             });
@@ -304,6 +325,17 @@ mod tests {
         assert_eq!(b.deps, ["a"]);
         assert!(!b.cache);
         assert_eq!(p.task("a").unwrap().ttl, Some(Duration::from_secs(3600)));
+        assert_eq!(p.task("a").unwrap().timeout, None);
+        let p = parse("[tasks.a]\nrun = \"x\"\ntimeout = \"2m\"\n").unwrap();
+        assert_eq!(p.task("a").unwrap().timeout, Some(Duration::from_secs(120)));
+    }
+
+    #[test]
+    fn bad_timeout_names_its_line_and_column() {
+        let e = parse("[tasks.a]\nrun = \"x\"\ntimeout = \"soon\"\n").unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.starts_with("p/dagfs.toml:3:11: "), "{msg}");
+        assert!(msg.contains("task `a`: timeout \"soon\""), "{msg}");
     }
 
     #[test]
@@ -347,6 +379,9 @@ mod tests {
             "[tasks.a]\nrun = \"x\"\ninputs = [\"/etc\"]\n",
             "[tasks.a]\nrun = \"x\"\nenv = [\"A B\"]\n",
             "[tasks.a]\nrun = \"x\"\nttl = \"soon\"\n",
+            "[tasks.a]\nrun = \"x\"\ntimeout = \"0s\"\n",
+            "[tasks.a]\nrun = \"x\"\ntimeout = \"-1s\"\n",
+            "[tasks.a]\nrun = \"x\"\ntimeout = 5\n",
             "[tasks.a]\nrun = \"  \"\n",
         ] {
             assert!(matches!(parse(bad), Err(ExecError::Config(_))), "{bad}");

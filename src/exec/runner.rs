@@ -5,6 +5,9 @@
 //! scrubbed environment, stdin from /dev/null and stdout/stderr to files.
 //! When the shell exits, the whole group is killed, so no leftover
 //! background process can still write into the output while it is ingested.
+//! A command with a `timeout` that is still running when it expires has its
+//! whole group killed the same way (before the shell is reaped, so the
+//! group id cannot have been reused) and reports `timed_out`.
 
 use std::fs::File;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
@@ -21,6 +24,8 @@ pub struct Command {
     pub env: Vec<(String, String)>,
     pub stdout: PathBuf,
     pub stderr: PathBuf,
+    /// Kill the command's process group if it runs longer than this.
+    pub timeout: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,6 +33,8 @@ pub struct Exit {
     /// The exit code, or 128 + signal number.
     pub code: i32,
     pub duration: Duration,
+    /// Killed because it ran past `Command::timeout`.
+    pub timed_out: bool,
 }
 
 pub trait Runner: Send + Sync {
@@ -52,6 +59,13 @@ impl Runner for ShellRunner {
             .process_group(0)
             .spawn()?;
         let pgid = child.id() as i32;
+        let mut timed_out = false;
+        if let Some(limit) = cmd.timeout {
+            if !exits_before(&mut child, start + limit)? {
+                timed_out = true;
+                kill_group(pgid);
+            }
+        }
         let status = child.wait()?;
         kill_group(pgid);
         let code = status
@@ -60,7 +74,56 @@ impl Runner for ShellRunner {
         Ok(Exit {
             code,
             duration: start.elapsed(),
+            timed_out,
         })
+    }
+}
+
+/// Wait until `child` has exited (true) or `deadline` has passed (false),
+/// without reaping it: its pid, and so its process group id, stay ours.
+fn exits_before(child: &mut std::process::Child, deadline: Instant) -> std::io::Result<bool> {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor
+    // or -1; nothing is borrowed.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, child.id() as libc::pid_t, 0) };
+    if fd < 0 {
+        // No pidfd (Linux < 5.3): poll the child. NB: `try_wait` reaps only
+        // when it has exited, and then the group is killed right after.
+        loop {
+            if child.try_wait()?.is_some() {
+                return Ok(true);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Ok(false);
+            }
+            std::thread::sleep(left.min(Duration::from_millis(20)));
+        }
+    }
+    // SAFETY: `fd` was just returned by pidfd_open and is owned by no one else.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Ok(false);
+        }
+        let mut p = libc::pollfd {
+            fd: std::os::fd::AsRawFd::as_raw_fd(&pidfd),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ms = left.as_millis().clamp(1, i32::MAX as u128) as i32;
+        // SAFETY: one valid pollfd, its count, a timeout.
+        match unsafe { libc::poll(&mut p, 1, ms) } {
+            n if n > 0 => return Ok(true),
+            0 => {}
+            _ => {
+                let e = std::io::Error::last_os_error();
+                if e.kind() != std::io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+        }
     }
 }
 

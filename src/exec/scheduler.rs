@@ -38,6 +38,8 @@ pub struct JobResult {
     pub exit_code: i32,
     pub stdout: PathBuf,
     pub stderr: PathBuf,
+    /// Killed (with its process group) after running this long: its limit.
+    pub timed_out: Option<Duration>,
 }
 
 pub struct JobContext<'a> {
@@ -917,6 +919,16 @@ fn execute(
         let started = Instant::now();
         let res = item.job.run(&ctx).map_err(fail)?;
         let duration = started.elapsed();
+        if let Some(limit) = res.timed_out {
+            return Err(Failure {
+                message: format!(
+                    "timed out after {} (killed with its process group)",
+                    crate::index::stats::format_duration(limit)
+                ),
+                exit_code: Some(res.exit_code),
+                log_tail: log_tail(&res.stderr).or_else(|| log_tail(&res.stdout)),
+            });
+        }
         if res.exit_code != 0 {
             return Err(Failure {
                 message: format!("exited with status {}", res.exit_code),

@@ -1,0 +1,173 @@
+//! Limits on what a task may do: run time (`timeout`), output size
+//! (`max_output`), output depth, and a full disk. Each test drives the real
+//! binary in its own temporary directory with its own `--store`.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_dagfs");
+
+struct Sandbox {
+    _tmp: tempfile::TempDir,
+    root: PathBuf,
+    store: PathBuf,
+}
+
+#[derive(Debug)]
+struct Out {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl Sandbox {
+    fn new() -> Sandbox {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let root = tmp.path().to_path_buf();
+        let store = root.join("store");
+        Sandbox {
+            _tmp: tmp,
+            root,
+            store,
+        }
+    }
+
+    /// Write `<root>/p/dagfs.toml`; returns the pipeline directory.
+    fn pipeline(&self, toml: &str) -> PathBuf {
+        let d = self.root.join("p");
+        fs::create_dir_all(&d).unwrap();
+        fs::write(d.join("dagfs.toml"), toml).unwrap();
+        d
+    }
+
+    fn dagfs(&self, args: &[&str]) -> Out {
+        let o = Command::new(BIN)
+            .arg("--store")
+            .arg(&self.store)
+            .args(args)
+            .current_dir(&self.root)
+            .env_remove("DAGFS_STORE")
+            .stdin(Stdio::null())
+            .output()
+            .expect("spawn dagfs");
+        Out {
+            code: o.status.code().expect("dagfs exited by a signal"),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+
+    fn run(&self, extra: &[&str]) -> Out {
+        let file = self.root.join("p/dagfs.toml");
+        let mut args = vec!["run", "-f", file.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        self.dagfs(&args)
+    }
+
+    fn entries(&self) -> u64 {
+        let o = self.dagfs(&["stats", "--json"]);
+        assert_eq!(o.code, 0, "dagfs stats: {}", o.stderr);
+        let v: serde_json::Value = serde_json::from_str(&o.stdout).expect("stats --json");
+        v["total_entries"].as_u64().unwrap()
+    }
+}
+
+/// True once `pid` is gone (or a zombie nobody reaped yet: it runs no more).
+fn dead(pid: i32) -> bool {
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        // `pid (comm) S ...`: the state follows the last `)`.
+        Ok(s) => s
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with(['Z', 'X'])),
+    }
+}
+
+fn wait_dead(pid: i32) -> bool {
+    let until = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < until {
+        if dead(pid) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    dead(pid)
+}
+
+fn read_pid(path: &Path) -> i32 {
+    fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .trim()
+        .parse()
+        .expect("a pid")
+}
+
+// ---------------------------------------------------------------------------
+// timeout
+// ---------------------------------------------------------------------------
+
+const SLOW: &str = "sleep 30 & echo $! > child.pid; wait";
+
+#[test]
+fn task_past_its_timeout_is_killed_with_its_group_and_not_cached() {
+    let s = Sandbox::new();
+    let dir = s.pipeline(&format!(
+        "[tasks.slow]\nrun = \"{SLOW}\"\ntimeout = \"1s\"\n\
+         [tasks.after]\nrun = \"echo hi > $DAGFS_OUT/x\"\ndeps = [\"slow\"]\n"
+    ));
+    let t0 = Instant::now();
+    let o = s.run(&[]);
+    let took = t0.elapsed();
+    assert_eq!(o.code, 1, "{}", o.stderr);
+    assert!(
+        o.stderr
+            .contains("task `slow` failed: timed out after 1s (killed with its process group)"),
+        "{}",
+        o.stderr
+    );
+    assert!(o.stderr.contains("skip  after"), "{}", o.stderr);
+    // Without the timeout the run would take the 30 s of `sleep`.
+    assert!(took < Duration::from_secs(20), "took {took:?}");
+    let pid = read_pid(&dir.join("child.pid"));
+    assert!(wait_dead(pid), "the task's background child {pid} survived");
+    assert_eq!(s.entries(), 0);
+    // Never cached: it runs (and times out) again.
+    let o = s.run(&[]);
+    assert_eq!(o.code, 1, "{}", o.stderr);
+    assert!(o.stderr.contains("timed out after 1s"), "{}", o.stderr);
+}
+
+#[test]
+fn run_timeout_is_a_default_a_task_can_override() {
+    let s = Sandbox::new();
+    let dir = s.pipeline(&format!(
+        "[tasks.slow]\nrun = \"{SLOW}\"\n\
+         [tasks.quick]\nrun = \"sleep 2; echo ok > $DAGFS_OUT/x\"\ntimeout = \"1m\"\n"
+    ));
+    let o = s.run(&["--timeout", "1s", "--keep-going"]);
+    assert_eq!(o.code, 1, "{}", o.stderr);
+    assert!(
+        o.stderr.contains("task `slow` failed: timed out after 1s"),
+        "{}",
+        o.stderr
+    );
+    // `quick` outlives the run's 1 s default under its own 1 m.
+    assert!(o.stderr.contains("ran   quick"), "{}", o.stderr);
+    assert!(wait_dead(read_pid(&dir.join("child.pid"))));
+    let o = s.run(&["--timeout", "soon"]);
+    assert_eq!(o.code, 2, "{}", o.stderr);
+    assert!(o.stderr.contains("--timeout"), "{}", o.stderr);
+}
+
+#[test]
+fn bad_timeout_in_the_pipeline_names_file_line_and_column() {
+    let s = Sandbox::new();
+    let dir = s.pipeline("[tasks.a]\nrun = \"true\"\ntimeout = \"forever\"\n");
+    let o = s.run(&[]);
+    assert_eq!(o.code, 3, "{}", o.stderr);
+    let at = format!("{}:3:11: ", dir.join("dagfs.toml").display());
+    assert!(o.stderr.contains(&at), "{}", o.stderr);
+    assert!(o.stderr.contains("timeout \"forever\""), "{}", o.stderr);
+}
