@@ -72,6 +72,25 @@ impl Sandbox {
         let v: serde_json::Value = serde_json::from_str(&o.stdout).expect("stats --json");
         v["total_entries"].as_u64().unwrap()
     }
+
+    /// Every file under `<store>/<top>/`, straight from disk.
+    fn files_under(&self, top: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut stack = vec![self.store.join(top)];
+        while let Some(d) = stack.pop() {
+            let Ok(rd) = fs::read_dir(&d) else { continue };
+            for e in rd {
+                let p = e.unwrap().path();
+                if p.is_dir() {
+                    stack.push(p);
+                } else {
+                    out.push(p.display().to_string());
+                }
+            }
+        }
+        out.sort();
+        out
+    }
 }
 
 /// True once `pid` is gone (or a zombie nobody reaped yet: it runs no more).
@@ -170,4 +189,84 @@ fn bad_timeout_in_the_pipeline_names_file_line_and_column() {
     let at = format!("{}:3:11: ", dir.join("dagfs.toml").display());
     assert!(o.stderr.contains(&at), "{}", o.stderr);
     assert!(o.stderr.contains("timeout \"forever\""), "{}", o.stderr);
+}
+
+// ---------------------------------------------------------------------------
+// output size and depth
+// ---------------------------------------------------------------------------
+
+#[test]
+fn output_past_max_output_fails_naming_the_limit_and_stores_nothing() {
+    let s = Sandbox::new();
+    s.pipeline(
+        "max_output = \"1M\"\n\
+         [tasks.small]\nrun = \"echo ok > $DAGFS_OUT/x\"\n\
+         [tasks.big]\nrun = \"head -c 700000 /dev/urandom > $DAGFS_OUT/a; head -c 700000 /dev/urandom > $DAGFS_OUT/b\"\ndeps = [\"small\"]\n\
+         [tasks.after]\nrun = \"true\"\ndeps = [\"big\"]\n",
+    );
+    let o = s.run(&["small"]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let blobs = s.files_under("blobs");
+    let entries = s.files_under("entries");
+    let o = s.run(&[]);
+    assert_eq!(o.code, 1, "{}", o.stderr);
+    assert!(
+        o.stderr.contains(
+            "task `big` failed: the output is larger than its limit, max_output = 1048576 bytes"
+        ),
+        "{}",
+        o.stderr
+    );
+    assert!(o.stderr.contains("skip  after"), "{}", o.stderr);
+    assert_eq!(
+        s.files_under("blobs"),
+        blobs,
+        "a blob of the refused output was kept"
+    );
+    assert_eq!(s.files_under("entries"), entries);
+    assert_eq!(s.entries(), 1);
+    // Nothing is left staged either: the run's scratch space is gone.
+    assert_eq!(s.files_under("tmp"), Vec::<String>::new());
+}
+
+#[test]
+fn task_max_output_overrides_the_pipelines() {
+    let s = Sandbox::new();
+    s.pipeline(
+        "max_output = \"1K\"\n\
+         [tasks.big]\nrun = \"head -c 5000 /dev/zero > $DAGFS_OUT/a\"\nmax_output = \"10K\"\n",
+    );
+    let o = s.run(&[]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert_eq!(s.entries(), 1);
+}
+
+#[test]
+fn output_deeper_than_256_levels_fails_naming_the_path() {
+    let s = Sandbox::new();
+    // 300 nested directories, a file at the bottom.
+    let deep = "d/".repeat(300);
+    s.pipeline(&format!(
+        "[tasks.deep]\nrun = \"mkdir -p $DAGFS_OUT/{deep} && echo x > $DAGFS_OUT/{deep}f\"\n\
+         [tasks.ok]\nrun = \"mkdir -p $DAGFS_OUT/{ok} && echo x > $DAGFS_OUT/{ok}f\"\n",
+        ok = "d/".repeat(256),
+    ));
+    let o = s.run(&["--keep-going"]);
+    assert_eq!(o.code, 1, "{}", o.stderr);
+    let first_too_deep = format!("/out/{}", "d/".repeat(257));
+    let line = o
+        .stderr
+        .lines()
+        .find(|l| l.starts_with("dagfs: task `deep` failed: "))
+        .unwrap_or_else(|| panic!("{}", o.stderr));
+    assert!(
+        line.contains(first_too_deep.trim_end_matches('/'))
+            && line.ends_with(
+                ": the output is nested deeper than 256 directories, the limit of a stored tree"
+            ),
+        "{line}"
+    );
+    // 256 levels are within the limit.
+    assert!(o.stderr.contains("ran   ok"), "{}", o.stderr);
+    assert_eq!(s.entries(), 1);
 }

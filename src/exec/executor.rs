@@ -264,6 +264,7 @@ impl<'a> CachedExecutor<'a> {
                 manifest,
                 cache: t.cache,
                 ttl: t.ttl,
+                max_output: None,
                 job: Arc::new(ClosureJob(t.f)),
             });
         }

@@ -11,12 +11,13 @@ use toml::Spanned;
 
 use super::dag::{Dag, DagBuilder};
 use super::error::{ExecError, Result};
-use crate::index::stats::parse_duration;
+use crate::index::stats::{parse_duration, parse_size};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawFile {
     name: Option<Spanned<String>>,
+    max_output: Option<Spanned<String>>,
     #[serde(default)]
     tasks: BTreeMap<Spanned<String>, Spanned<RawTask>>,
 }
@@ -35,6 +36,7 @@ struct RawTask {
     version: String,
     ttl: Option<Spanned<String>>,
     timeout: Option<Spanned<String>>,
+    max_output: Option<Spanned<String>>,
     #[serde(default = "yes")]
     cache: bool,
     cwd: Option<Spanned<String>>,
@@ -58,6 +60,9 @@ pub struct TaskDef {
     /// Killed (with its process group) and failed after running this long.
     /// Not part of the key: it does not change what a success produces.
     pub timeout: Option<Duration>,
+    /// The most bytes the files of its output may add up to: its own
+    /// `max_output`, else the pipeline's; None: no limit.
+    pub max_output: Option<u64>,
     pub cache: bool,
     /// Relative to the pipeline directory; "." by default.
     pub cwd: String,
@@ -147,6 +152,18 @@ impl Pipeline {
         let bad = |span: std::ops::Range<usize>, msg: String| {
             ExecError::Config(format!("{}{msg}", locate(file, text, span.start)))
         };
+        let size = |s: &Spanned<String>, whose: &str| {
+            parse_size(s.get_ref()).ok_or_else(|| {
+                bad(
+                    s.span(),
+                    format!(
+                        "{whose}max_output {:?} is not a size (e.g. 512M, 2G)",
+                        s.get_ref()
+                    ),
+                )
+            })
+        };
+        let max_output = raw.max_output.as_ref().map(|s| size(s, "")).transpose()?;
         let mut tasks = Vec::with_capacity(raw.tasks.len());
         let mut b = DagBuilder::default();
         let mut spans = Vec::new();
@@ -213,6 +230,10 @@ impl Pipeline {
                         })?,
                 ),
             };
+            let task_max = match &t.max_output {
+                None => max_output,
+                Some(s) => Some(size(s, &format!("task `{name}`: "))?),
+            };
             let cwd = match &t.cwd {
                 None => ".".to_string(),
                 Some(c) => {
@@ -239,6 +260,7 @@ impl Pipeline {
                 version: t.version.clone(),
                 ttl,
                 timeout,
+                max_output: task_max,
                 cache: t.cache,
                 cwd,
             });
@@ -328,6 +350,29 @@ mod tests {
         assert_eq!(p.task("a").unwrap().timeout, None);
         let p = parse("[tasks.a]\nrun = \"x\"\ntimeout = \"2m\"\n").unwrap();
         assert_eq!(p.task("a").unwrap().timeout, Some(Duration::from_secs(120)));
+    }
+
+    #[test]
+    fn max_output_is_the_tasks_own_else_the_pipelines() {
+        let p = parse(
+            "max_output = \"1M\"\n[tasks.a]\nrun = \"x\"\n[tasks.b]\nrun = \"x\"\nmax_output = \"2K\"\n",
+        )
+        .unwrap();
+        assert_eq!(p.task("a").unwrap().max_output, Some(1 << 20));
+        assert_eq!(p.task("b").unwrap().max_output, Some(2048));
+        let p = parse("[tasks.a]\nrun = \"x\"\n").unwrap();
+        assert_eq!(p.task("a").unwrap().max_output, None);
+        let e = parse("[tasks.a]\nrun = \"x\"\nmax_output = \"big\"\n").unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("p/dagfs.toml:3:14: task `a`: max_output \"big\""),
+            "{e}"
+        );
+        let e = parse("max_output = \"1Q\"\n[tasks.a]\nrun = \"x\"\n").unwrap_err();
+        assert!(
+            e.to_string().starts_with("p/dagfs.toml:1:14: max_output"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -23,7 +23,7 @@ use super::key::KeyBuilder;
 use crate::cache::{now_ms, Cache, Lookup};
 use crate::hash::Digest;
 use crate::index::{CachePolicy, MissReason, Route, RunRecord, RunTask};
-use crate::store::ingest::{ingest_dir, ingest_file, Sink};
+use crate::store::ingest::{ingest_dir_limited, ingest_file, Limits, Sink};
 use crate::store::{materialize::materialize, remove_all, Entry, Manifest, Staged, Store};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -149,6 +149,8 @@ pub struct PlanNode {
     pub manifest: Manifest,
     pub cache: bool,
     pub ttl: Option<Duration>,
+    /// The most bytes its output's files may add up to (None: no limit).
+    pub max_output: Option<u64>,
     pub job: Arc<dyn Job>,
 }
 
@@ -394,6 +396,7 @@ struct WorkItem {
     key: Digest,
     entry: Entry,
     job: Arc<dyn Job>,
+    limits: Limits,
 }
 
 struct WorkDone {
@@ -606,6 +609,10 @@ pub fn run(
                         key,
                         entry,
                         job: node.job.clone(),
+                        limits: Limits {
+                            max_bytes: node.max_output,
+                            ..Limits::default()
+                        },
                     })
                     .expect("workers alive");
                 running += 1;
@@ -937,13 +944,14 @@ fn execute(
             });
         }
         let mut staged = Staged::default();
-        let tree = ingest_dir(
+        let tree = ingest_dir_limited(
             out,
             Sink::Store {
                 store,
                 work: stage,
                 staged: &mut staged,
             },
+            item.limits,
         )
         .map_err(|e| fail(e.to_string()))?;
         let (stdout, _, _) = ingest_file(

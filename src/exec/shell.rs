@@ -207,6 +207,7 @@ pub fn plan_with_env(
             manifest,
             cache: t.cache,
             ttl: t.ttl,
+            max_output: t.max_output,
             job: Arc::new(job),
         });
     }
