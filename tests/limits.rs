@@ -34,6 +34,11 @@ impl Sandbox {
         }
     }
 
+    fn with_store(store: PathBuf) -> Sandbox {
+        let s = Sandbox::new();
+        Sandbox { store, ..s }
+    }
+
     /// Write `<root>/p/dagfs.toml`; returns the pipeline directory.
     fn pipeline(&self, toml: &str) -> PathBuf {
         let d = self.root.join("p");
@@ -269,4 +274,120 @@ fn output_deeper_than_256_levels_fails_naming_the_path() {
     // 256 levels are within the limit.
     assert!(o.stderr.contains("ran   ok"), "{}", o.stderr);
     assert_eq!(s.entries(), 1);
+}
+
+// ---------------------------------------------------------------------------
+// a full disk
+// ---------------------------------------------------------------------------
+
+/// A small tmpfs, unmounted when dropped (on every path, panics included).
+struct Tmpfs {
+    _dir: tempfile::TempDir,
+    at: PathBuf,
+}
+
+impl Tmpfs {
+    /// None (after saying why) where mounting is not allowed.
+    fn mount(size: &str) -> Option<Tmpfs> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let at = dir.path().to_path_buf();
+        let o = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&at)
+            .output();
+        match o {
+            Ok(o) if o.status.success() => Some(Tmpfs { _dir: dir, at }),
+            Ok(o) => {
+                eprintln!(
+                    "SKIPPED: cannot mount a tmpfs (needs root): {}",
+                    String::from_utf8_lossy(&o.stderr).trim()
+                );
+                None
+            }
+            Err(e) => {
+                eprintln!("SKIPPED: cannot run mount: {e}");
+                None
+            }
+        }
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let ok = Command::new("umount")
+            .arg(&self.at)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            let _ = Command::new("umount").arg("-l").arg(&self.at).status();
+        }
+    }
+}
+
+/// `dagfs ls` rows without the age column (it moves with the clock).
+fn ls_rows(s: &Sandbox) -> Vec<String> {
+    let o = s.dagfs(&["ls"]);
+    assert_eq!(o.code, 0, "dagfs ls: {}", o.stderr);
+    o.stdout
+        .lines()
+        .map(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            w[..w.len().min(2)].join(" ")
+        })
+        .collect()
+}
+
+#[test]
+fn full_disk_fails_the_task_clearly_and_changes_nothing_stored() {
+    let Some(fs) = Tmpfs::mount("4m") else { return };
+    let s = Sandbox::with_store(fs.at.join("store"));
+    let write = |bytes: u64| {
+        s.pipeline(&format!(
+            "[tasks.small]\nrun = \"echo ok > $DAGFS_OUT/x\"\n\
+             [tasks.big]\nrun = \"head -c {bytes} /dev/zero > $DAGFS_OUT/big\"\ndeps = [\"small\"]\n\
+             [tasks.after]\nrun = \"true\"\ndeps = [\"big\"]\n"
+        ))
+    };
+    write(8 << 20);
+    let o = s.run(&["small"]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let (blobs, entries, rows) = (
+        s.files_under("blobs"),
+        s.files_under("entries"),
+        ls_rows(&s),
+    );
+    assert_eq!(rows.len(), 2, "{rows:?}");
+
+    let o = s.run(&[]);
+    assert_eq!(o.code, 1, "{}", o.stderr);
+    assert!(
+        o.stderr.contains(
+            "task `big` failed: exited with status 1; the store's filesystem is full (No space left on device"
+        ),
+        "{}",
+        o.stderr
+    );
+    assert!(o.stderr.contains("skip  after"), "{}", o.stderr);
+    assert_eq!(s.files_under("blobs"), blobs, "a partial blob was kept");
+    assert_eq!(s.files_under("entries"), entries);
+    assert_eq!(ls_rows(&s), rows);
+    assert_eq!(s.entries(), 1);
+    assert_eq!(s.files_under("tmp"), Vec::<String>::new());
+    let o = s.dagfs(&["fsck"]);
+    assert_eq!(
+        o.code, 0,
+        "fsck after a full disk: {}{}",
+        o.stdout, o.stderr
+    );
+
+    // With room again, everything works.
+    write(1 << 20);
+    let o = s.run(&[]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let o = s.dagfs(&["cat", "p/big/big"]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert_eq!(o.stdout.len(), 1 << 20);
+    assert_eq!(s.entries(), 3);
+    let o = s.dagfs(&["fsck"]);
+    assert_eq!(o.code, 0, "{}{}", o.stdout, o.stderr);
 }

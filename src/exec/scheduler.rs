@@ -937,13 +937,26 @@ fn execute(
             });
         }
         if res.exit_code != 0 {
+            // NB: a task's stderr lives on the store's filesystem too, so
+            // on a full disk its own `No space left on device` is often lost.
+            let full = disk_full(store)
+                .map(|d| format!("; {d}"))
+                .unwrap_or_default();
             return Err(Failure {
-                message: format!("exited with status {}", res.exit_code),
+                message: format!("exited with status {}{full}", res.exit_code),
                 exit_code: Some(res.exit_code),
                 log_tail: log_tail(&res.stderr).or_else(|| log_tail(&res.stdout)),
             });
         }
         let mut staged = Staged::default();
+        let ingest_fail = |e: crate::store::StoreError| {
+            let no_space = matches!(&e, crate::store::StoreError::Io { source, .. }
+                if source.raw_os_error() == Some(libc::ENOSPC));
+            match disk_full(store).filter(|_| no_space) {
+                Some(d) => fail(format!("{d}: {e}")),
+                None => fail(e.to_string()),
+            }
+        };
         let tree = ingest_dir_limited(
             out,
             Sink::Store {
@@ -953,7 +966,7 @@ fn execute(
             },
             item.limits,
         )
-        .map_err(|e| fail(e.to_string()))?;
+        .map_err(ingest_fail)?;
         let (stdout, _, _) = ingest_file(
             &res.stdout,
             Sink::Store {
@@ -962,7 +975,7 @@ fn execute(
                 staged: &mut staged,
             },
         )
-        .map_err(|e| fail(e.to_string()))?;
+        .map_err(ingest_fail)?;
         let (stderr, _, _) = ingest_file(
             &res.stderr,
             Sink::Store {
@@ -971,7 +984,7 @@ fn execute(
                 staged: &mut staged,
             },
         )
-        .map_err(|e| fail(e.to_string()))?;
+        .map_err(ingest_fail)?;
         let mut entry = item.entry.clone();
         entry.output = tree.digest;
         entry.size = tree.bytes;
@@ -993,6 +1006,26 @@ fn execute(
         return Err(fail(format!("cannot clean the work directory: {e}")));
     }
     result
+}
+
+/// Free space on the store's filesystem below which a failure is blamed
+/// on a full disk: less than one task's worth of small writes.
+const NEARLY_FULL: u64 = 1 << 20;
+
+/// `the store's filesystem is full (…)` when it has (nearly) no space left
+/// for unprivileged writers, checked while the failed task's files are
+/// still there.
+fn disk_full(store: &Store) -> Option<String> {
+    let at = store.tmp_root();
+    let st = nix::sys::statvfs::statvfs(&at).ok()?;
+    let free = (st.blocks_available() as u64).saturating_mul(st.fragment_size() as u64);
+    (free < NEARLY_FULL).then(|| {
+        format!(
+            "the store's filesystem is full (No space left on device: {} free at {})",
+            crate::index::stats::format_size(free),
+            at.display()
+        )
+    })
 }
 
 /// The last 20 lines (at most 4 KiB) of a log file.
