@@ -391,3 +391,84 @@ fn full_disk_fails_the_task_clearly_and_changes_nothing_stored() {
     let o = s.dagfs(&["fsck"]);
     assert_eq!(o.code, 0, "{}{}", o.stdout, o.stderr);
 }
+
+// ---------------------------------------------------------------------------
+// tasks and the daemon's socket
+// ---------------------------------------------------------------------------
+
+/// A detached daemon serving the sandbox's store on a mount; stopped and
+/// unmounted on drop, on every path.
+struct Daemon<'a> {
+    s: &'a Sandbox,
+    mnt: PathBuf,
+    pid: i32,
+}
+
+fn is_mounted(mnt: &Path) -> bool {
+    let mnt = mnt.display().to_string();
+    fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.split(' ').nth(4) == Some(mnt.as_str()))
+}
+
+impl<'a> Daemon<'a> {
+    /// None (after saying why) where FUSE mounts are not possible.
+    fn start(s: &'a Sandbox) -> Option<Daemon<'a>> {
+        let mnt = s.root.join("mnt");
+        fs::create_dir_all(&mnt).unwrap();
+        let o = s.dagfs(&["mount", mnt.to_str().unwrap(), "-o", "passthrough=off"]);
+        if o.code != 0 {
+            eprintln!("SKIPPED: cannot start a daemon: {}", o.stderr);
+            return None;
+        }
+        let text = format!("{}{}", o.stdout, o.stderr);
+        let pid = text
+            .split("daemon pid ")
+            .nth(1)
+            .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("no daemon pid in: {text}"));
+        Some(Daemon { s, mnt, pid })
+    }
+}
+
+impl Drop for Daemon<'_> {
+    fn drop(&mut self) {
+        let _ = self.s.dagfs(&["umount", self.mnt.to_str().unwrap()]);
+        if is_mounted(&self.mnt) {
+            let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
+        }
+        if !wait_dead(self.pid) {
+            // SAFETY: signalling the daemon this test started.
+            unsafe { libc::kill(self.pid, libc::SIGKILL) };
+        }
+    }
+}
+
+#[test]
+fn a_task_run_by_the_daemon_cannot_use_its_socket() {
+    let s = Sandbox::new();
+    let store = s.store.display().to_string();
+    // Directly, and from a new session (out of the task's process group).
+    let dir = s.pipeline(&format!(
+        "[tasks.direct]\nrun = \"'{BIN}' --store '{store}' stats > direct.txt 2>&1; echo \\\"exit $?\\\" >> direct.txt; echo ok > $DAGFS_OUT/x\"\n\
+         [tasks.setsid]\nrun = \"setsid -w '{BIN}' --store '{store}' stats > setsid.txt 2>&1; echo \\\"exit $?\\\" >> setsid.txt; echo ok > $DAGFS_OUT/x\"\n"
+    ));
+    let Some(_d) = Daemon::start(&s) else { return };
+    let o = s.run(&[]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    for f in ["direct.txt", "setsid.txt"] {
+        let got = fs::read_to_string(dir.join(f)).unwrap();
+        assert!(
+            got.contains("daemon refused: refused: pid ")
+                && got.contains("a task run by the daemon may not use its socket"),
+            "{f}: {got}"
+        );
+        assert!(!got.contains("exit 0"), "{f}: {got}");
+    }
+    // The same command from outside any task is served.
+    let o = s.dagfs(&["stats"]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert!(o.stdout.contains("entries      2"), "{}", o.stdout);
+}
