@@ -472,3 +472,23 @@ fn a_task_run_by_the_daemon_cannot_use_its_socket() {
     assert_eq!(o.code, 0, "{}", o.stderr);
     assert!(o.stdout.contains("entries      2"), "{}", o.stdout);
 }
+
+#[test]
+fn run_timeout_reaches_the_daemon_that_runs_the_task() {
+    let s = Sandbox::new();
+    let dir = s.pipeline(&format!(
+        "[tasks.slow]\nrun = \"echo $PPID > parent.pid; {SLOW}\"\n"
+    ));
+    let Some(d) = Daemon::start(&s) else { return };
+    let o = s.run(&["--timeout", "1s"]);
+    assert_eq!(o.code, 1, "{}", o.stderr);
+    assert!(
+        o.stderr.contains("task `slow` failed: timed out after 1s"),
+        "{}",
+        o.stderr
+    );
+    let pid = read_pid(&dir.join("child.pid"));
+    assert!(wait_dead(pid), "the task's background child {pid} survived");
+    // It was the daemon that ran it (and passed `--timeout` on).
+    assert_eq!(read_pid(&dir.join("parent.pid")), d.pid);
+}

@@ -139,6 +139,9 @@ fn session(sh: &Shared, id: u64, mut stream: UnixStream) {
                 } else {
                     "is gone, and tasks are running".into()
                 };
+                // NB: take its HELLO first: refused before it is written,
+                // the client would see a broken pipe, not why.
+                let _ = protocol::read_frame(&mut stream);
                 return refuse(
                     &mut stream,
                     &format!("refused: pid {pid} {whose}: a task run by the daemon may not use its socket (read dependencies under $DAGFS_IN)"),
