@@ -44,6 +44,10 @@ pub struct RunArgs {
     /// Cache limit for this run: entry lifetime (e.g. 30m, 1h, 7d)
     #[arg(long, value_name = "DUR")]
     ttl: Option<String>,
+    /// Kill and fail any task running longer than DUR (e.g. 30s, 10m),
+    /// unless its own `timeout` says otherwise
+    #[arg(long, value_name = "DUR")]
+    timeout: Option<String>,
     /// Keep running: after the run, watch the tasks' declared inputs and
     /// the pipeline file, and run again whenever one changes (Ctrl-C stops)
     #[arg(long)]
@@ -203,11 +207,22 @@ pub fn run(a: RunArgs, src: &mut CacheSource, io: &mut Io, ctx: &Ctx) -> Result<
                 CliError::Usage(format!("--ttl: {s:?} is not a duration (e.g. 1h)"))
             })?);
     }
+    let timeout = match &a.timeout {
+        None => None,
+        Some(s) => Some(parse_duration(s).filter(|d| !d.is_zero()).ok_or_else(|| {
+            CliError::Usage(format!(
+                "--timeout: {s:?} is not a duration of at least 1s (e.g. 30s, 10m)"
+            ))
+        })?),
+    };
     if a.jobs == Some(0) {
         return Err(CliError::Usage("-j must be at least 1".into()));
     }
     // Validate everything before touching the store.
-    let pipeline = Pipeline::load(&a.file)?;
+    let mut pipeline = Pipeline::load(&a.file)?;
+    for t in &mut pipeline.tasks {
+        t.timeout = t.timeout.or(timeout);
+    }
     for t in &a.tasks {
         if pipeline.dag.lookup(t).is_none() {
             return Err(dagfs::exec::ExecError::UnknownTask(t.clone()).into());

@@ -1,6 +1,10 @@
 //! The socket server: one thread per connection (session), requests run by
 //! a handler the CLI supplies (so the daemon runs exactly the code embedded
 //! mode runs), graceful shutdown that lets running requests finish.
+//!
+//! Only the store owner's uid may connect, and never a process of a task
+//! this daemon is running (`exec::runner::task_of`): a task could otherwise
+//! gc, re-run or stop the daemon it runs under, or deadlock it.
 
 use std::io::{self, BufWriter, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -115,10 +119,10 @@ impl Drop for Server {
     }
 }
 
-/// The uid of the peer, from SO_PEERCRED.
-fn peer_uid(s: &UnixStream) -> io::Result<u32> {
+/// The uid and pid of the peer, from SO_PEERCRED (as of its connect).
+fn peer(s: &UnixStream) -> io::Result<(u32, i32)> {
     let cred = nix::sys::socket::getsockopt(s, nix::sys::socket::sockopt::PeerCredentials)?;
-    Ok(cred.uid())
+    Ok((cred.uid(), cred.pid()))
 }
 
 fn refuse(stream: &mut UnixStream, why: &str) {
@@ -127,9 +131,24 @@ fn refuse(stream: &mut UnixStream, why: &str) {
 
 fn session(sh: &Shared, id: u64, mut stream: UnixStream) {
     let me = nix::unistd::geteuid().as_raw();
-    match peer_uid(&stream) {
-        Ok(uid) if uid == me => {}
-        Ok(uid) => {
+    match peer(&stream) {
+        Ok((uid, pid)) if uid == me => {
+            if let Some(group) = crate::exec::runner::task_of(pid) {
+                let whose = if group > 0 {
+                    format!("belongs to task process group {group}")
+                } else {
+                    "is gone, and tasks are running".into()
+                };
+                // NB: take its HELLO first: refused before it is written,
+                // the client would see a broken pipe, not why.
+                let _ = protocol::read_frame(&mut stream);
+                return refuse(
+                    &mut stream,
+                    &format!("refused: pid {pid} {whose}: a task run by the daemon may not use its socket (read dependencies under $DAGFS_IN)"),
+                );
+            }
+        }
+        Ok((uid, _)) => {
             return refuse(
                 &mut stream,
                 &format!("refused: uid {uid} is not the store owner (uid {me})"),

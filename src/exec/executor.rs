@@ -135,6 +135,7 @@ impl Job for ClosureJob {
             exit_code: code,
             stdout,
             stderr,
+            timed_out: None,
         })
     }
 }
@@ -263,6 +264,7 @@ impl<'a> CachedExecutor<'a> {
                 manifest,
                 cache: t.cache,
                 ttl: t.ttl,
+                max_output: None,
                 job: Arc::new(ClosureJob(t.f)),
             });
         }

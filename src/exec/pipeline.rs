@@ -11,12 +11,13 @@ use toml::Spanned;
 
 use super::dag::{Dag, DagBuilder};
 use super::error::{ExecError, Result};
-use crate::index::stats::parse_duration;
+use crate::index::stats::{parse_duration, parse_size};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawFile {
     name: Option<Spanned<String>>,
+    max_output: Option<Spanned<String>>,
     #[serde(default)]
     tasks: BTreeMap<Spanned<String>, Spanned<RawTask>>,
 }
@@ -34,6 +35,8 @@ struct RawTask {
     #[serde(default)]
     version: String,
     ttl: Option<Spanned<String>>,
+    timeout: Option<Spanned<String>>,
+    max_output: Option<Spanned<String>>,
     #[serde(default = "yes")]
     cache: bool,
     cwd: Option<Spanned<String>>,
@@ -54,6 +57,12 @@ pub struct TaskDef {
     pub env: Vec<String>,
     pub version: String,
     pub ttl: Option<Duration>,
+    /// Killed (with its process group) and failed after running this long.
+    /// Not part of the key: it does not change what a success produces.
+    pub timeout: Option<Duration>,
+    /// The most bytes the files of its output may add up to: its own
+    /// `max_output`, else the pipeline's; None: no limit.
+    pub max_output: Option<u64>,
     pub cache: bool,
     /// Relative to the pipeline directory; "." by default.
     pub cwd: String,
@@ -143,6 +152,18 @@ impl Pipeline {
         let bad = |span: std::ops::Range<usize>, msg: String| {
             ExecError::Config(format!("{}{msg}", locate(file, text, span.start)))
         };
+        let size = |s: &Spanned<String>, whose: &str| {
+            parse_size(s.get_ref()).ok_or_else(|| {
+                bad(
+                    s.span(),
+                    format!(
+                        "{whose}max_output {:?} is not a size (e.g. 512M, 2G)",
+                        s.get_ref()
+                    ),
+                )
+            })
+        };
+        let max_output = raw.max_output.as_ref().map(|s| size(s, "")).transpose()?;
         let mut tasks = Vec::with_capacity(raw.tasks.len());
         let mut b = DagBuilder::default();
         let mut spans = Vec::new();
@@ -193,6 +214,26 @@ impl Pipeline {
                     )
                 })?),
             };
+            let timeout = match &t.timeout {
+                None => None,
+                Some(s) => Some(
+                    parse_duration(s.get_ref())
+                        .filter(|d| !d.is_zero())
+                        .ok_or_else(|| {
+                            bad(
+                                s.span(),
+                                format!(
+                                "task `{name}`: timeout {:?} is not a duration of at least 1s (e.g. 30s, 5m, 1h)",
+                                s.get_ref()
+                            ),
+                            )
+                        })?,
+                ),
+            };
+            let task_max = match &t.max_output {
+                None => max_output,
+                Some(s) => Some(size(s, &format!("task `{name}`: "))?),
+            };
             let cwd = match &t.cwd {
                 None => ".".to_string(),
                 Some(c) => {
@@ -218,6 +259,8 @@ impl Pipeline {
                 env: t.env.iter().map(|d| d.get_ref().clone()).collect(),
                 version: t.version.clone(),
                 ttl,
+                timeout,
+                max_output: task_max,
                 cache: t.cache,
                 cwd,
             });
@@ -304,6 +347,40 @@ mod tests {
         assert_eq!(b.deps, ["a"]);
         assert!(!b.cache);
         assert_eq!(p.task("a").unwrap().ttl, Some(Duration::from_secs(3600)));
+        assert_eq!(p.task("a").unwrap().timeout, None);
+        let p = parse("[tasks.a]\nrun = \"x\"\ntimeout = \"2m\"\n").unwrap();
+        assert_eq!(p.task("a").unwrap().timeout, Some(Duration::from_secs(120)));
+    }
+
+    #[test]
+    fn max_output_is_the_tasks_own_else_the_pipelines() {
+        let p = parse(
+            "max_output = \"1M\"\n[tasks.a]\nrun = \"x\"\n[tasks.b]\nrun = \"x\"\nmax_output = \"2K\"\n",
+        )
+        .unwrap();
+        assert_eq!(p.task("a").unwrap().max_output, Some(1 << 20));
+        assert_eq!(p.task("b").unwrap().max_output, Some(2048));
+        let p = parse("[tasks.a]\nrun = \"x\"\n").unwrap();
+        assert_eq!(p.task("a").unwrap().max_output, None);
+        let e = parse("[tasks.a]\nrun = \"x\"\nmax_output = \"big\"\n").unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("p/dagfs.toml:3:14: task `a`: max_output \"big\""),
+            "{e}"
+        );
+        let e = parse("max_output = \"1Q\"\n[tasks.a]\nrun = \"x\"\n").unwrap_err();
+        assert!(
+            e.to_string().starts_with("p/dagfs.toml:1:14: max_output"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn bad_timeout_names_its_line_and_column() {
+        let e = parse("[tasks.a]\nrun = \"x\"\ntimeout = \"soon\"\n").unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.starts_with("p/dagfs.toml:3:11: "), "{msg}");
+        assert!(msg.contains("task `a`: timeout \"soon\""), "{msg}");
     }
 
     #[test]
@@ -347,6 +424,9 @@ mod tests {
             "[tasks.a]\nrun = \"x\"\ninputs = [\"/etc\"]\n",
             "[tasks.a]\nrun = \"x\"\nenv = [\"A B\"]\n",
             "[tasks.a]\nrun = \"x\"\nttl = \"soon\"\n",
+            "[tasks.a]\nrun = \"x\"\ntimeout = \"0s\"\n",
+            "[tasks.a]\nrun = \"x\"\ntimeout = \"-1s\"\n",
+            "[tasks.a]\nrun = \"x\"\ntimeout = 5\n",
             "[tasks.a]\nrun = \"  \"\n",
         ] {
             assert!(matches!(parse(bad), Err(ExecError::Config(_))), "{bad}");

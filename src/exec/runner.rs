@@ -5,11 +5,20 @@
 //! scrubbed environment, stdin from /dev/null and stdout/stderr to files.
 //! When the shell exits, the whole group is killed, so no leftover
 //! background process can still write into the output while it is ingested.
+//! A command with a `timeout` that is still running when it expires has its
+//! whole group killed the same way (before the shell is reaped, so the
+//! group id cannot have been reused) and reports `timed_out`.
+//!
+//! The process groups of the tasks running now are kept in a process-wide
+//! registry, so the daemon can tell a task's processes from its clients
+//! (`task_of`): a task must not drive the daemon that runs it.
 
+use std::collections::BTreeSet;
 use std::fs::File;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::PathBuf;
 use std::process::Stdio;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// What to run.
@@ -21,6 +30,8 @@ pub struct Command {
     pub env: Vec<(String, String)>,
     pub stdout: PathBuf,
     pub stderr: PathBuf,
+    /// Kill the command's process group if it runs longer than this.
+    pub timeout: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,6 +39,8 @@ pub struct Exit {
     /// The exit code, or 128 + signal number.
     pub code: i32,
     pub duration: Duration,
+    /// Killed because it ran past `Command::timeout`.
+    pub timed_out: bool,
 }
 
 pub trait Runner: Send + Sync {
@@ -40,6 +53,9 @@ pub struct ShellRunner;
 impl Runner for ShellRunner {
     fn run(&self, cmd: &Command) -> std::io::Result<Exit> {
         let start = Instant::now();
+        // NB: registered under the lock it is spawned under, so `task_of`
+        // cannot look at one of its processes before its group is known.
+        let mut groups = TASK_GROUPS.lock().unwrap_or_else(|p| p.into_inner());
         let mut child = std::process::Command::new("/bin/sh")
             .arg("-c")
             .arg(&cmd.script)
@@ -52,6 +68,16 @@ impl Runner for ShellRunner {
             .process_group(0)
             .spawn()?;
         let pgid = child.id() as i32;
+        groups.insert(pgid);
+        drop(groups);
+        let _registered = Registered(pgid);
+        let mut timed_out = false;
+        if let Some(limit) = cmd.timeout {
+            if !exits_before(&mut child, start + limit)? {
+                timed_out = true;
+                kill_group(pgid);
+            }
+        }
         let status = child.wait()?;
         kill_group(pgid);
         let code = status
@@ -60,7 +86,115 @@ impl Runner for ShellRunner {
         Ok(Exit {
             code,
             duration: start.elapsed(),
+            timed_out,
         })
+    }
+}
+
+/// Process group ids (= the shell's pid) of the tasks running now.
+static TASK_GROUPS: Mutex<BTreeSet<i32>> = Mutex::new(BTreeSet::new());
+
+/// Removes a task's group from the registry once it is gone (any path).
+struct Registered(i32);
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        TASK_GROUPS
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.0);
+    }
+}
+
+/// The process group of the running task (of this process) that `pid`
+/// belongs to: it is in that group, or descends from its shell (even after
+/// `setsid`). `Some(-1)` when `pid` cannot be looked at (already gone) while
+/// tasks run: it cannot be told apart. A process that left the group *and*
+/// was reparented away from the task (double fork + setsid) is not found.
+pub fn task_of(pid: i32) -> Option<i32> {
+    let groups = TASK_GROUPS.lock().unwrap_or_else(|p| p.into_inner());
+    if groups.is_empty() {
+        return None;
+    }
+    let me = std::process::id() as i32;
+    let mut p = pid;
+    // Bounded: a parent chain is never longer than the pid space, and a
+    // pid reused mid-walk must not loop forever.
+    for _ in 0..4096 {
+        if p == me || p <= 1 {
+            return None;
+        }
+        if groups.contains(&p) {
+            return Some(p);
+        }
+        let Some((ppid, pgrp)) = stat_parent_group(p) else {
+            // /proc itself unreadable: nothing can be checked.
+            return std::fs::metadata("/proc/self/stat").is_ok().then_some(-1);
+        };
+        if groups.contains(&pgrp) {
+            return Some(pgrp);
+        }
+        p = ppid;
+    }
+    None
+}
+
+/// (ppid, pgrp) of `pid`, from `/proc/<pid>/stat`.
+fn stat_parent_group(pid: i32) -> Option<(i32, i32)> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // `pid (comm) state ppid pgrp ...`: comm may hold anything but ends at
+    // the last `)`.
+    let mut f = s.rsplit_once(')')?.1.split_whitespace().skip(1);
+    let ppid = f.next()?.parse().ok()?;
+    let pgrp = f.next()?.parse().ok()?;
+    Some((ppid, pgrp))
+}
+
+/// Wait until `child` has exited (true) or `deadline` has passed (false),
+/// without reaping it: its pid, and so its process group id, stay ours.
+fn exits_before(child: &mut std::process::Child, deadline: Instant) -> std::io::Result<bool> {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor
+    // or -1; nothing is borrowed.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, child.id() as libc::pid_t, 0) };
+    if fd < 0 {
+        // No pidfd (Linux < 5.3): poll the child. NB: `try_wait` reaps only
+        // when it has exited, and then the group is killed right after.
+        loop {
+            if child.try_wait()?.is_some() {
+                return Ok(true);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Ok(false);
+            }
+            std::thread::sleep(left.min(Duration::from_millis(20)));
+        }
+    }
+    // SAFETY: `fd` was just returned by pidfd_open and is owned by no one else.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Ok(false);
+        }
+        let mut p = libc::pollfd {
+            fd: std::os::fd::AsRawFd::as_raw_fd(&pidfd),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ms = left.as_millis().clamp(1, i32::MAX as u128) as i32;
+        // SAFETY: one valid pollfd, its count, a timeout.
+        match unsafe { libc::poll(&mut p, 1, ms) } {
+            n if n > 0 => return Ok(true),
+            0 => {}
+            _ => {
+                let e = std::io::Error::last_os_error();
+                if e.kind() != std::io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+        }
     }
 }
 

@@ -23,7 +23,7 @@ use super::key::KeyBuilder;
 use crate::cache::{now_ms, Cache, Lookup};
 use crate::hash::Digest;
 use crate::index::{CachePolicy, MissReason, Route, RunRecord, RunTask};
-use crate::store::ingest::{ingest_dir, ingest_file, Sink};
+use crate::store::ingest::{ingest_dir_limited, ingest_file, Limits, Sink};
 use crate::store::{materialize::materialize, remove_all, Entry, Manifest, Staged, Store};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -38,6 +38,8 @@ pub struct JobResult {
     pub exit_code: i32,
     pub stdout: PathBuf,
     pub stderr: PathBuf,
+    /// Killed (with its process group) after running this long: its limit.
+    pub timed_out: Option<Duration>,
 }
 
 pub struct JobContext<'a> {
@@ -147,6 +149,8 @@ pub struct PlanNode {
     pub manifest: Manifest,
     pub cache: bool,
     pub ttl: Option<Duration>,
+    /// The most bytes its output's files may add up to (None: no limit).
+    pub max_output: Option<u64>,
     pub job: Arc<dyn Job>,
 }
 
@@ -392,6 +396,7 @@ struct WorkItem {
     key: Digest,
     entry: Entry,
     job: Arc<dyn Job>,
+    limits: Limits,
 }
 
 struct WorkDone {
@@ -604,6 +609,10 @@ pub fn run(
                         key,
                         entry,
                         job: node.job.clone(),
+                        limits: Limits {
+                            max_bytes: node.max_output,
+                            ..Limits::default()
+                        },
                     })
                     .expect("workers alive");
                 running += 1;
@@ -917,23 +926,47 @@ fn execute(
         let started = Instant::now();
         let res = item.job.run(&ctx).map_err(fail)?;
         let duration = started.elapsed();
-        if res.exit_code != 0 {
+        if let Some(limit) = res.timed_out {
             return Err(Failure {
-                message: format!("exited with status {}", res.exit_code),
+                message: format!(
+                    "timed out after {} (killed with its process group)",
+                    crate::index::stats::format_duration(limit)
+                ),
+                exit_code: Some(res.exit_code),
+                log_tail: log_tail(&res.stderr).or_else(|| log_tail(&res.stdout)),
+            });
+        }
+        if res.exit_code != 0 {
+            // NB: a task's stderr lives on the store's filesystem too, so
+            // on a full disk its own `No space left on device` is often lost.
+            let full = disk_full(store)
+                .map(|d| format!("; {d}"))
+                .unwrap_or_default();
+            return Err(Failure {
+                message: format!("exited with status {}{full}", res.exit_code),
                 exit_code: Some(res.exit_code),
                 log_tail: log_tail(&res.stderr).or_else(|| log_tail(&res.stdout)),
             });
         }
         let mut staged = Staged::default();
-        let tree = ingest_dir(
+        let ingest_fail = |e: crate::store::StoreError| {
+            let no_space = matches!(&e, crate::store::StoreError::Io { source, .. }
+                if source.raw_os_error() == Some(libc::ENOSPC));
+            match disk_full(store).filter(|_| no_space) {
+                Some(d) => fail(format!("{d}: {e}")),
+                None => fail(e.to_string()),
+            }
+        };
+        let tree = ingest_dir_limited(
             out,
             Sink::Store {
                 store,
                 work: stage,
                 staged: &mut staged,
             },
+            item.limits,
         )
-        .map_err(|e| fail(e.to_string()))?;
+        .map_err(ingest_fail)?;
         let (stdout, _, _) = ingest_file(
             &res.stdout,
             Sink::Store {
@@ -942,7 +975,7 @@ fn execute(
                 staged: &mut staged,
             },
         )
-        .map_err(|e| fail(e.to_string()))?;
+        .map_err(ingest_fail)?;
         let (stderr, _, _) = ingest_file(
             &res.stderr,
             Sink::Store {
@@ -951,7 +984,7 @@ fn execute(
                 staged: &mut staged,
             },
         )
-        .map_err(|e| fail(e.to_string()))?;
+        .map_err(ingest_fail)?;
         let mut entry = item.entry.clone();
         entry.output = tree.digest;
         entry.size = tree.bytes;
@@ -973,6 +1006,26 @@ fn execute(
         return Err(fail(format!("cannot clean the work directory: {e}")));
     }
     result
+}
+
+/// Free space on the store's filesystem below which a failure is blamed
+/// on a full disk: less than one task's worth of small writes.
+const NEARLY_FULL: u64 = 1 << 20;
+
+/// `the store's filesystem is full (…)` when it has (nearly) no space left
+/// for unprivileged writers, checked while the failed task's files are
+/// still there.
+fn disk_full(store: &Store) -> Option<String> {
+    let at = store.tmp_root();
+    let st = nix::sys::statvfs::statvfs(&at).ok()?;
+    let free = (st.blocks_available() as u64).saturating_mul(st.fragment_size() as u64);
+    (free < NEARLY_FULL).then(|| {
+        format!(
+            "the store's filesystem is full (No space left on device: {} free at {})",
+            crate::index::stats::format_size(free),
+            at.display()
+        )
+    })
 }
 
 /// The last 20 lines (at most 4 KiB) of a log file.

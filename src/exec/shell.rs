@@ -37,6 +37,7 @@ pub struct ShellJob {
     env: Vec<(String, String)>,
     task: String,
     dag: String,
+    timeout: Option<std::time::Duration>,
 }
 
 impl Job for ShellJob {
@@ -89,6 +90,7 @@ impl Job for ShellJob {
             env,
             stdout: ctx.work_dir.join("stdout"),
             stderr: ctx.work_dir.join("stderr"),
+            timeout: self.timeout,
         };
         let exit = self
             .runner
@@ -98,6 +100,7 @@ impl Job for ShellJob {
             exit_code: exit.code,
             stdout: cmd.stdout,
             stderr: cmd.stderr,
+            timed_out: exit.timed_out.then_some(self.timeout).flatten(),
         })
     }
 }
@@ -195,6 +198,7 @@ pub fn plan_with_env(
             env: job_env,
             task: t.name.clone(),
             dag: p.name.clone(),
+            timeout: t.timeout,
         };
         local[i] = nodes.len();
         nodes.push(PlanNode {
@@ -203,6 +207,7 @@ pub fn plan_with_env(
             manifest,
             cache: t.cache,
             ttl: t.ttl,
+            max_output: t.max_output,
             job: Arc::new(job),
         });
     }

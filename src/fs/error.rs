@@ -40,6 +40,9 @@ pub enum FsError {
     StaleInode(u64),
     #[error("bad file handle {0}")]
     BadHandle(u64),
+    /// The mount already holds its most open handles (`handle::MAX_HANDLES`).
+    #[error("too many open files and directories on this mount (at most {0})")]
+    TooManyHandles(usize),
     #[error("permission denied")]
     Access,
     /// The answer to open and opendir when the kernel can do without them:
@@ -74,6 +77,7 @@ pub fn errno(e: &FsError) -> Errno {
         FsError::Range { .. } => Errno::ERANGE,
         FsError::StaleInode(_) => Errno::ESTALE,
         FsError::BadHandle(_) => Errno::EBADF,
+        FsError::TooManyHandles(_) => Errno::ENFILE,
         FsError::Access => Errno::EACCES,
         FsError::NoOpen => Errno::ENOSYS,
         FsError::NotSupported => Errno::EOPNOTSUPP,

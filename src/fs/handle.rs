@@ -5,7 +5,9 @@
 //! decoded listing. May call: nothing but std and `fuser::BackingId`.
 //! Guarantees: a handle lives from open/opendir to release/releasedir;
 //! readers clone an `Arc` out and never hold the table lock during I/O;
-//! handle numbers are never reused within a mount.
+//! handle numbers are never reused within a mount; at most `MAX_HANDLES`
+//! are open at once (an open past it answers ENFILE, and the table does
+//! not grow).
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -59,25 +61,42 @@ pub enum Source {
     Bytes(Arc<[u8]>),
 }
 
+/// Open handles one mount keeps at most (each may hold a descriptor).
+pub const MAX_HANDLES: usize = 65_536;
+
 pub struct HandleTable {
     next: AtomicU64,
     map: Mutex<HashMap<u64, Handle>>,
+    max: usize,
 }
 
 impl Default for HandleTable {
     fn default() -> Self {
-        HandleTable {
-            next: AtomicU64::new(1),
-            map: Mutex::new(HashMap::new()),
-        }
+        HandleTable::with_limit(MAX_HANDLES)
     }
 }
 
 impl HandleTable {
-    pub fn insert(&self, h: Handle) -> u64 {
+    pub fn with_limit(max: usize) -> Self {
+        HandleTable {
+            next: AtomicU64::new(1),
+            map: Mutex::new(HashMap::new()),
+            max,
+        }
+    }
+
+    /// A new handle for `h`, or `TooManyHandles` (and `h` dropped) when
+    /// the table is full.
+    pub fn insert(&self, h: Handle) -> Result<u64, FsError> {
+        let mut map = lock(&self.map);
+        if map.len() >= self.max {
+            drop(map);
+            drop(h);
+            return Err(FsError::TooManyHandles(self.max));
+        }
         let fh = self.next.fetch_add(1, Ordering::Relaxed);
-        lock(&self.map).insert(fh, h);
-        fh
+        map.insert(fh, h);
+        Ok(fh)
     }
 
     pub fn remove(&self, fh: u64) -> Option<Handle> {
@@ -105,5 +124,26 @@ impl HandleTable {
 
     pub fn len(&self) -> usize {
         lock(&self.map).len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_table_refuses_until_a_handle_is_released() {
+        let t = HandleTable::with_limit(2);
+        let a = t.insert(Handle::Bytes(Arc::from(&b"a"[..]))).unwrap();
+        let b = t.insert(Handle::Bytes(Arc::from(&b"b"[..]))).unwrap();
+        let err = t.insert(Handle::Bytes(Arc::from(&b"c"[..]))).unwrap_err();
+        assert!(matches!(err, FsError::TooManyHandles(2)), "{err}");
+        assert_eq!(super::super::error::errno(&err), fuser::Errno::ENFILE);
+        assert_eq!(t.len(), 2);
+        assert!(t.remove(a).is_some());
+        let c = t.insert(Handle::Bytes(Arc::from(&b"c"[..]))).unwrap();
+        // Numbers are never reused.
+        assert!(c > b);
+        assert!(matches!(t.source(c), Ok(Source::Bytes(ref x)) if &x[..] == b"c"));
     }
 }

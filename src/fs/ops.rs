@@ -295,7 +295,7 @@ impl DagFs {
             let file = match File::open(self.view.blob_path(&digest)) {
                 Ok(f) => f,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound && size == 0 => {
-                    return Ok(self.open_bytes(Arc::from([]), FopenFlags::FOPEN_KEEP_CACHE));
+                    return self.open_bytes(Arc::from([]), FopenFlags::FOPEN_KEEP_CACHE);
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                     return Err(FsError::MissingBlob(digest));
@@ -322,22 +322,29 @@ impl DagFs {
                     (Handle::Blob(Arc::new(file)), flags, None)
                 }
             };
-            let fh = self.handles.insert(handle);
+            let fh = match self.handles.insert(handle) {
+                Ok(fh) => fh,
+                Err(e) => {
+                    // The handle (and its share of the backing id) is gone.
+                    self.reads.released(ino);
+                    return Err(e);
+                }
+            };
             self.note_handles();
             return Ok(Opened { fh, flags, backing });
         }
         let snapshot = self.snapshot(&node, pid)?.bytes.clone();
-        Ok(self.open_bytes(snapshot, FopenFlags::FOPEN_DIRECT_IO))
+        self.open_bytes(snapshot, FopenFlags::FOPEN_DIRECT_IO)
     }
 
-    fn open_bytes(&self, bytes: Arc<[u8]>, flags: FopenFlags) -> Opened {
-        let fh = self.handles.insert(Handle::Bytes(bytes));
+    fn open_bytes(&self, bytes: Arc<[u8]>, flags: FopenFlags) -> Result<Opened, FsError> {
+        let fh = self.handles.insert(Handle::Bytes(bytes))?;
         self.note_handles();
-        Opened {
+        Ok(Opened {
             fh,
             flags,
             backing: None,
-        }
+        })
     }
 
     pub(super) fn do_release(&self, ino: Ino, fh: u64) {
@@ -431,7 +438,7 @@ impl DagFs {
             dot: ino,
             dotdot: parent,
             entries,
-        })));
+        })))?;
         self.note_handles();
         let flags = if node.lifetime() == Lifetime::Immutable {
             FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_CACHE_DIR

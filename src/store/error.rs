@@ -34,6 +34,12 @@ pub enum StoreError {
     BadName { path: PathBuf, reason: String },
     #[error("object {0} is not in the store")]
     Missing(Digest),
+    #[error(
+        "{path}: the output is nested deeper than {max} directories, the limit of a stored tree"
+    )]
+    TooDeep { path: PathBuf, max: usize },
+    #[error("the output is larger than its limit, max_output = {limit} bytes (reached at {path})")]
+    TooLarge { path: PathBuf, limit: u64 },
     #[error("{path}: changed while it was being stored ({what})")]
     Changed { path: PathBuf, what: String },
 }

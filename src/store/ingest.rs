@@ -6,7 +6,12 @@
 //! the work directory, then renamed into `blobs/` by `Store::commit` — no
 //! copy. Anything else (a hard link, which another name could still write
 //! through) is copied. Symlinks are read with `readlink` and never followed.
-//! The walk is iterative, so depth is bounded by memory, not by the stack.
+//! The walk is iterative (so is every walk of a stored tree), so depth is
+//! bounded by `Limits::max_depth` (`MAX_DEPTH`, 256 levels: deeper paths
+//! outgrow PATH_MAX when materialized or mounted), never by the stack. An
+//! output whose files add up to more than `Limits::max_bytes` stops the
+//! walk at the file that crosses it. Either way nothing is committed: what
+//! was staged lies in the work directory, which its caller empties.
 //!
 //! Never through a symlink, even one swapped in while the walk runs (a
 //! task's leftover process, a hostile writer in a synced tree): each
@@ -40,6 +45,27 @@ pub enum Sink<'a> {
     HashOnly,
 }
 
+/// The deepest directory nesting a stored tree may have (the root is 0).
+pub const MAX_DEPTH: usize = 256;
+
+/// Bounds on one ingest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Directories nested deeper than this are refused (`TooDeep`).
+    pub max_depth: usize,
+    /// Files adding up to more bytes than this are refused (`TooLarge`).
+    pub max_bytes: Option<u64>,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_depth: MAX_DEPTH,
+            max_bytes: None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Ingested {
     /// Root tree digest (or, for `hash_path` on a file, the file's digest).
@@ -56,16 +82,24 @@ struct DirWork {
     parent: Option<usize>,
     name: Vec<u8>,
     tree: Tree,
+    depth: usize,
 }
 
-/// Ingest the directory `root` as a tree.
-pub fn ingest_dir(root: &Path, mut sink: Sink<'_>) -> Result<Ingested> {
+/// Ingest the directory `root` as a tree, within the default `Limits`.
+pub fn ingest_dir(root: &Path, sink: Sink<'_>) -> Result<Ingested> {
+    ingest_dir_limited(root, sink, Limits::default())
+}
+
+/// Ingest the directory `root` as a tree, refusing one beyond `limits`.
+pub fn ingest_dir_limited(root: &Path, mut sink: Sink<'_>, limits: Limits) -> Result<Ingested> {
+    let over = |bytes: u64| limits.max_bytes.is_some_and(|m| bytes > m);
     let mut dirs = vec![DirWork {
         path: root.to_path_buf(),
         real: None,
         parent: None,
         name: Vec::new(),
         tree: Tree::default(),
+        depth: 0,
     }];
     let mut out = Ingested::default();
     let mut i = 0;
@@ -92,12 +126,20 @@ pub fn ingest_dir(root: &Path, mut sink: Sink<'_>) -> Result<Ingested> {
             }
             let ft = e.file_type().at(&path)?;
             let node = if ft.is_dir() {
+                let depth = dirs[i].depth + 1;
+                if depth > limits.max_depth {
+                    return Err(StoreError::TooDeep {
+                        path,
+                        max: limits.max_depth,
+                    });
+                }
                 dirs.push(DirWork {
                     path,
                     real: Some(real.join(e.file_name())),
                     parent: Some(i),
                     name,
                     tree: Tree::default(),
+                    depth,
                 });
                 continue;
             } else if ft.is_symlink() {
@@ -110,9 +152,20 @@ pub fn ingest_dir(root: &Path, mut sink: Sink<'_>) -> Result<Ingested> {
                 }
                 Node::Symlink { target }
             } else if ft.is_file() {
+                // NB: checked before hashing too, so a huge file is refused
+                // without reading it; and after, as it may have grown.
+                let limit = |bytes: u64, path: PathBuf| match limits.max_bytes {
+                    Some(limit) if over(bytes) => Err(StoreError::TooLarge { path, limit }),
+                    _ => Ok(()),
+                };
+                if limits.max_bytes.is_some() {
+                    let len = e.metadata().at(&path)?.len();
+                    limit(out.bytes.saturating_add(len), path.clone())?;
+                }
                 let (digest, size, exec) = file_blob(&at, &path, None, &mut sink)?;
                 out.files += 1;
                 out.bytes += size;
+                limit(out.bytes, path)?;
                 Node::File { size, digest, exec }
             } else {
                 return Err(StoreError::SpecialFile {
@@ -420,6 +473,76 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    fn store_ingest(
+        store: &Store,
+        root: &Path,
+        limits: Limits,
+    ) -> (Result<Ingested>, tempfile::TempDir) {
+        let work = store.tempdir("w").unwrap();
+        let mut st = Staged::default();
+        let got = ingest_dir_limited(
+            root,
+            Sink::Store {
+                store,
+                work: work.path(),
+                staged: &mut st,
+            },
+            limits,
+        );
+        (got, work)
+    }
+
+    #[test]
+    fn depth_past_the_limit_names_the_first_path_too_deep() {
+        let t = tempfile::tempdir().unwrap();
+        let store = Store::open(&t.path().join("s"), &mut |_| {}).unwrap();
+        let out = store.tempdir("out").unwrap();
+        let mut p = out.path().to_path_buf();
+        for _ in 0..5 {
+            p.push("d");
+        }
+        fs::create_dir_all(&p).unwrap();
+        fs::write(p.join("f"), b"x").unwrap();
+        let limits = |max_depth| Limits {
+            max_depth,
+            max_bytes: None,
+        };
+        assert!(store_ingest(&store, out.path(), limits(5)).0.is_ok());
+        let err = store_ingest(&store, out.path(), limits(4)).0.unwrap_err();
+        let deepest = p.clone();
+        assert!(
+            matches!(err, StoreError::TooDeep { ref path, max: 4 } if path == &deepest),
+            "{err}"
+        );
+        assert!(err.to_string().contains("deeper than 4"), "{err}");
+    }
+
+    #[test]
+    fn size_past_the_limit_is_refused_at_the_file_that_crosses_it() {
+        let t = tempfile::tempdir().unwrap();
+        let store = Store::open(&t.path().join("s"), &mut |_| {}).unwrap();
+        let out = store.tempdir("out").unwrap();
+        fs::write(out.path().join("a"), vec![1u8; 600]).unwrap();
+        fs::write(out.path().join("b"), vec![2u8; 600]).unwrap();
+        let limits = |max_bytes| Limits {
+            max_bytes: Some(max_bytes),
+            ..Limits::default()
+        };
+        let err = store_ingest(&store, out.path(), limits(1199))
+            .0
+            .unwrap_err();
+        assert!(
+            matches!(err, StoreError::TooLarge { ref path, limit: 1199 } if path.ends_with("b")),
+            "{err}"
+        );
+        // `b` was refused before it was read or taken over (`a` was taken).
+        assert!(out.path().join("b").exists());
+        fs::write(out.path().join("a"), vec![1u8; 600]).unwrap();
+        // Exactly at the limit is fine.
+        let (got, _w) = store_ingest(&store, out.path(), limits(1200));
+        assert_eq!(got.unwrap().bytes, 1200);
     }
 
     #[test]

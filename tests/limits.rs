@@ -1,0 +1,494 @@
+//! Limits on what a task may do: run time (`timeout`), output size
+//! (`max_output`), output depth, and a full disk. Each test drives the real
+//! binary in its own temporary directory with its own `--store`.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_dagfs");
+
+struct Sandbox {
+    _tmp: tempfile::TempDir,
+    root: PathBuf,
+    store: PathBuf,
+}
+
+#[derive(Debug)]
+struct Out {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl Sandbox {
+    fn new() -> Sandbox {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let root = tmp.path().to_path_buf();
+        let store = root.join("store");
+        Sandbox {
+            _tmp: tmp,
+            root,
+            store,
+        }
+    }
+
+    fn with_store(store: PathBuf) -> Sandbox {
+        let s = Sandbox::new();
+        Sandbox { store, ..s }
+    }
+
+    /// Write `<root>/p/dagfs.toml`; returns the pipeline directory.
+    fn pipeline(&self, toml: &str) -> PathBuf {
+        let d = self.root.join("p");
+        fs::create_dir_all(&d).unwrap();
+        fs::write(d.join("dagfs.toml"), toml).unwrap();
+        d
+    }
+
+    fn dagfs(&self, args: &[&str]) -> Out {
+        let o = Command::new(BIN)
+            .arg("--store")
+            .arg(&self.store)
+            .args(args)
+            .current_dir(&self.root)
+            .env_remove("DAGFS_STORE")
+            .stdin(Stdio::null())
+            .output()
+            .expect("spawn dagfs");
+        Out {
+            code: o.status.code().expect("dagfs exited by a signal"),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+
+    fn run(&self, extra: &[&str]) -> Out {
+        let file = self.root.join("p/dagfs.toml");
+        let mut args = vec!["run", "-f", file.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        self.dagfs(&args)
+    }
+
+    fn entries(&self) -> u64 {
+        let o = self.dagfs(&["stats", "--json"]);
+        assert_eq!(o.code, 0, "dagfs stats: {}", o.stderr);
+        let v: serde_json::Value = serde_json::from_str(&o.stdout).expect("stats --json");
+        v["total_entries"].as_u64().unwrap()
+    }
+
+    /// Every file under `<store>/<top>/`, straight from disk.
+    fn files_under(&self, top: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut stack = vec![self.store.join(top)];
+        while let Some(d) = stack.pop() {
+            let Ok(rd) = fs::read_dir(&d) else { continue };
+            for e in rd {
+                let p = e.unwrap().path();
+                if p.is_dir() {
+                    stack.push(p);
+                } else {
+                    out.push(p.display().to_string());
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+}
+
+/// True once `pid` is gone (or a zombie nobody reaped yet: it runs no more).
+fn dead(pid: i32) -> bool {
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        // `pid (comm) S ...`: the state follows the last `)`.
+        Ok(s) => s
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with(['Z', 'X'])),
+    }
+}
+
+fn wait_dead(pid: i32) -> bool {
+    let until = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < until {
+        if dead(pid) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    dead(pid)
+}
+
+fn read_pid(path: &Path) -> i32 {
+    fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .trim()
+        .parse()
+        .expect("a pid")
+}
+
+// ---------------------------------------------------------------------------
+// timeout
+// ---------------------------------------------------------------------------
+
+const SLOW: &str = "sleep 30 & echo $! > child.pid; wait";
+
+#[test]
+fn task_past_its_timeout_is_killed_with_its_group_and_not_cached() {
+    let s = Sandbox::new();
+    let dir = s.pipeline(&format!(
+        "[tasks.slow]\nrun = \"{SLOW}\"\ntimeout = \"1s\"\n\
+         [tasks.after]\nrun = \"echo hi > $DAGFS_OUT/x\"\ndeps = [\"slow\"]\n"
+    ));
+    let t0 = Instant::now();
+    let o = s.run(&[]);
+    let took = t0.elapsed();
+    assert_eq!(o.code, 1, "{}", o.stderr);
+    assert!(
+        o.stderr
+            .contains("task `slow` failed: timed out after 1s (killed with its process group)"),
+        "{}",
+        o.stderr
+    );
+    assert!(o.stderr.contains("skip  after"), "{}", o.stderr);
+    // Without the timeout the run would take the 30 s of `sleep`.
+    assert!(took < Duration::from_secs(20), "took {took:?}");
+    let pid = read_pid(&dir.join("child.pid"));
+    assert!(wait_dead(pid), "the task's background child {pid} survived");
+    assert_eq!(s.entries(), 0);
+    // Never cached: it runs (and times out) again.
+    let o = s.run(&[]);
+    assert_eq!(o.code, 1, "{}", o.stderr);
+    assert!(o.stderr.contains("timed out after 1s"), "{}", o.stderr);
+}
+
+#[test]
+fn run_timeout_is_a_default_a_task_can_override() {
+    let s = Sandbox::new();
+    let dir = s.pipeline(&format!(
+        "[tasks.slow]\nrun = \"{SLOW}\"\n\
+         [tasks.quick]\nrun = \"sleep 2; echo ok > $DAGFS_OUT/x\"\ntimeout = \"1m\"\n"
+    ));
+    let o = s.run(&["--timeout", "1s", "--keep-going"]);
+    assert_eq!(o.code, 1, "{}", o.stderr);
+    assert!(
+        o.stderr.contains("task `slow` failed: timed out after 1s"),
+        "{}",
+        o.stderr
+    );
+    // `quick` outlives the run's 1 s default under its own 1 m.
+    assert!(o.stderr.contains("ran   quick"), "{}", o.stderr);
+    assert!(wait_dead(read_pid(&dir.join("child.pid"))));
+    let o = s.run(&["--timeout", "soon"]);
+    assert_eq!(o.code, 2, "{}", o.stderr);
+    assert!(o.stderr.contains("--timeout"), "{}", o.stderr);
+}
+
+#[test]
+fn bad_timeout_in_the_pipeline_names_file_line_and_column() {
+    let s = Sandbox::new();
+    let dir = s.pipeline("[tasks.a]\nrun = \"true\"\ntimeout = \"forever\"\n");
+    let o = s.run(&[]);
+    assert_eq!(o.code, 3, "{}", o.stderr);
+    let at = format!("{}:3:11: ", dir.join("dagfs.toml").display());
+    assert!(o.stderr.contains(&at), "{}", o.stderr);
+    assert!(o.stderr.contains("timeout \"forever\""), "{}", o.stderr);
+}
+
+// ---------------------------------------------------------------------------
+// output size and depth
+// ---------------------------------------------------------------------------
+
+#[test]
+fn output_past_max_output_fails_naming_the_limit_and_stores_nothing() {
+    let s = Sandbox::new();
+    s.pipeline(
+        "max_output = \"1M\"\n\
+         [tasks.small]\nrun = \"echo ok > $DAGFS_OUT/x\"\n\
+         [tasks.big]\nrun = \"head -c 700000 /dev/urandom > $DAGFS_OUT/a; head -c 700000 /dev/urandom > $DAGFS_OUT/b\"\ndeps = [\"small\"]\n\
+         [tasks.after]\nrun = \"true\"\ndeps = [\"big\"]\n",
+    );
+    let o = s.run(&["small"]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let blobs = s.files_under("blobs");
+    let entries = s.files_under("entries");
+    let o = s.run(&[]);
+    assert_eq!(o.code, 1, "{}", o.stderr);
+    assert!(
+        o.stderr.contains(
+            "task `big` failed: the output is larger than its limit, max_output = 1048576 bytes"
+        ),
+        "{}",
+        o.stderr
+    );
+    assert!(o.stderr.contains("skip  after"), "{}", o.stderr);
+    assert_eq!(
+        s.files_under("blobs"),
+        blobs,
+        "a blob of the refused output was kept"
+    );
+    assert_eq!(s.files_under("entries"), entries);
+    assert_eq!(s.entries(), 1);
+    // Nothing is left staged either: the run's scratch space is gone.
+    assert_eq!(s.files_under("tmp"), Vec::<String>::new());
+}
+
+#[test]
+fn task_max_output_overrides_the_pipelines() {
+    let s = Sandbox::new();
+    s.pipeline(
+        "max_output = \"1K\"\n\
+         [tasks.big]\nrun = \"head -c 5000 /dev/zero > $DAGFS_OUT/a\"\nmax_output = \"10K\"\n",
+    );
+    let o = s.run(&[]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert_eq!(s.entries(), 1);
+}
+
+#[test]
+fn output_deeper_than_256_levels_fails_naming_the_path() {
+    let s = Sandbox::new();
+    // 300 nested directories, a file at the bottom.
+    let deep = "d/".repeat(300);
+    s.pipeline(&format!(
+        "[tasks.deep]\nrun = \"mkdir -p $DAGFS_OUT/{deep} && echo x > $DAGFS_OUT/{deep}f\"\n\
+         [tasks.ok]\nrun = \"mkdir -p $DAGFS_OUT/{ok} && echo x > $DAGFS_OUT/{ok}f\"\n",
+        ok = "d/".repeat(256),
+    ));
+    let o = s.run(&["--keep-going"]);
+    assert_eq!(o.code, 1, "{}", o.stderr);
+    let first_too_deep = format!("/out/{}", "d/".repeat(257));
+    let line = o
+        .stderr
+        .lines()
+        .find(|l| l.starts_with("dagfs: task `deep` failed: "))
+        .unwrap_or_else(|| panic!("{}", o.stderr));
+    assert!(
+        line.contains(first_too_deep.trim_end_matches('/'))
+            && line.ends_with(
+                ": the output is nested deeper than 256 directories, the limit of a stored tree"
+            ),
+        "{line}"
+    );
+    // 256 levels are within the limit.
+    assert!(o.stderr.contains("ran   ok"), "{}", o.stderr);
+    assert_eq!(s.entries(), 1);
+}
+
+// ---------------------------------------------------------------------------
+// a full disk
+// ---------------------------------------------------------------------------
+
+/// A small tmpfs, unmounted when dropped (on every path, panics included).
+struct Tmpfs {
+    _dir: tempfile::TempDir,
+    at: PathBuf,
+}
+
+impl Tmpfs {
+    /// None (after saying why) where mounting is not allowed.
+    fn mount(size: &str) -> Option<Tmpfs> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let at = dir.path().to_path_buf();
+        let o = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&at)
+            .output();
+        match o {
+            Ok(o) if o.status.success() => Some(Tmpfs { _dir: dir, at }),
+            Ok(o) => {
+                eprintln!(
+                    "SKIPPED: cannot mount a tmpfs (needs root): {}",
+                    String::from_utf8_lossy(&o.stderr).trim()
+                );
+                None
+            }
+            Err(e) => {
+                eprintln!("SKIPPED: cannot run mount: {e}");
+                None
+            }
+        }
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let ok = Command::new("umount")
+            .arg(&self.at)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            let _ = Command::new("umount").arg("-l").arg(&self.at).status();
+        }
+    }
+}
+
+/// `dagfs ls` rows without the age column (it moves with the clock).
+fn ls_rows(s: &Sandbox) -> Vec<String> {
+    let o = s.dagfs(&["ls"]);
+    assert_eq!(o.code, 0, "dagfs ls: {}", o.stderr);
+    o.stdout
+        .lines()
+        .map(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            w[..w.len().min(2)].join(" ")
+        })
+        .collect()
+}
+
+#[test]
+fn full_disk_fails_the_task_clearly_and_changes_nothing_stored() {
+    let Some(fs) = Tmpfs::mount("4m") else { return };
+    let s = Sandbox::with_store(fs.at.join("store"));
+    let write = |bytes: u64| {
+        s.pipeline(&format!(
+            "[tasks.small]\nrun = \"echo ok > $DAGFS_OUT/x\"\n\
+             [tasks.big]\nrun = \"head -c {bytes} /dev/zero > $DAGFS_OUT/big\"\ndeps = [\"small\"]\n\
+             [tasks.after]\nrun = \"true\"\ndeps = [\"big\"]\n"
+        ))
+    };
+    write(8 << 20);
+    let o = s.run(&["small"]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let (blobs, entries, rows) = (
+        s.files_under("blobs"),
+        s.files_under("entries"),
+        ls_rows(&s),
+    );
+    assert_eq!(rows.len(), 2, "{rows:?}");
+
+    let o = s.run(&[]);
+    assert_eq!(o.code, 1, "{}", o.stderr);
+    assert!(
+        o.stderr.contains(
+            "task `big` failed: exited with status 1; the store's filesystem is full (No space left on device"
+        ),
+        "{}",
+        o.stderr
+    );
+    assert!(o.stderr.contains("skip  after"), "{}", o.stderr);
+    assert_eq!(s.files_under("blobs"), blobs, "a partial blob was kept");
+    assert_eq!(s.files_under("entries"), entries);
+    assert_eq!(ls_rows(&s), rows);
+    assert_eq!(s.entries(), 1);
+    assert_eq!(s.files_under("tmp"), Vec::<String>::new());
+    let o = s.dagfs(&["fsck"]);
+    assert_eq!(
+        o.code, 0,
+        "fsck after a full disk: {}{}",
+        o.stdout, o.stderr
+    );
+
+    // With room again, everything works.
+    write(1 << 20);
+    let o = s.run(&[]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let o = s.dagfs(&["cat", "p/big/big"]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert_eq!(o.stdout.len(), 1 << 20);
+    assert_eq!(s.entries(), 3);
+    let o = s.dagfs(&["fsck"]);
+    assert_eq!(o.code, 0, "{}{}", o.stdout, o.stderr);
+}
+
+// ---------------------------------------------------------------------------
+// tasks and the daemon's socket
+// ---------------------------------------------------------------------------
+
+/// A detached daemon serving the sandbox's store on a mount; stopped and
+/// unmounted on drop, on every path.
+struct Daemon<'a> {
+    s: &'a Sandbox,
+    mnt: PathBuf,
+    pid: i32,
+}
+
+fn is_mounted(mnt: &Path) -> bool {
+    let mnt = mnt.display().to_string();
+    fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.split(' ').nth(4) == Some(mnt.as_str()))
+}
+
+impl<'a> Daemon<'a> {
+    /// None (after saying why) where FUSE mounts are not possible.
+    fn start(s: &'a Sandbox) -> Option<Daemon<'a>> {
+        let mnt = s.root.join("mnt");
+        fs::create_dir_all(&mnt).unwrap();
+        let o = s.dagfs(&["mount", mnt.to_str().unwrap(), "-o", "passthrough=off"]);
+        if o.code != 0 {
+            eprintln!("SKIPPED: cannot start a daemon: {}", o.stderr);
+            return None;
+        }
+        let text = format!("{}{}", o.stdout, o.stderr);
+        let pid = text
+            .split("daemon pid ")
+            .nth(1)
+            .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("no daemon pid in: {text}"));
+        Some(Daemon { s, mnt, pid })
+    }
+}
+
+impl Drop for Daemon<'_> {
+    fn drop(&mut self) {
+        let _ = self.s.dagfs(&["umount", self.mnt.to_str().unwrap()]);
+        if is_mounted(&self.mnt) {
+            let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
+        }
+        if !wait_dead(self.pid) {
+            // SAFETY: signalling the daemon this test started.
+            unsafe { libc::kill(self.pid, libc::SIGKILL) };
+        }
+    }
+}
+
+#[test]
+fn a_task_run_by_the_daemon_cannot_use_its_socket() {
+    let s = Sandbox::new();
+    let store = s.store.display().to_string();
+    // Directly, and from a new session (out of the task's process group).
+    let dir = s.pipeline(&format!(
+        "[tasks.direct]\nrun = \"'{BIN}' --store '{store}' stats > direct.txt 2>&1; echo \\\"exit $?\\\" >> direct.txt; echo ok > $DAGFS_OUT/x\"\n\
+         [tasks.setsid]\nrun = \"setsid -w '{BIN}' --store '{store}' stats > setsid.txt 2>&1; echo \\\"exit $?\\\" >> setsid.txt; echo ok > $DAGFS_OUT/x\"\n"
+    ));
+    let Some(_d) = Daemon::start(&s) else { return };
+    let o = s.run(&[]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    for f in ["direct.txt", "setsid.txt"] {
+        let got = fs::read_to_string(dir.join(f)).unwrap();
+        assert!(
+            got.contains("daemon refused: refused: pid ")
+                && got.contains("a task run by the daemon may not use its socket"),
+            "{f}: {got}"
+        );
+        assert!(!got.contains("exit 0"), "{f}: {got}");
+    }
+    // The same command from outside any task is served.
+    let o = s.dagfs(&["stats"]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert!(o.stdout.contains("entries      2"), "{}", o.stdout);
+}
+
+#[test]
+fn run_timeout_reaches_the_daemon_that_runs_the_task() {
+    let s = Sandbox::new();
+    let dir = s.pipeline(&format!(
+        "[tasks.slow]\nrun = \"echo $PPID > parent.pid; {SLOW}\"\n"
+    ));
+    let Some(d) = Daemon::start(&s) else { return };
+    let o = s.run(&["--timeout", "1s"]);
+    assert_eq!(o.code, 1, "{}", o.stderr);
+    assert!(
+        o.stderr.contains("task `slow` failed: timed out after 1s"),
+        "{}",
+        o.stderr
+    );
+    let pid = read_pid(&dir.join("child.pid"));
+    assert!(wait_dead(pid), "the task's background child {pid} survived");
+    // It was the daemon that ran it (and passed `--timeout` on).
+    assert_eq!(read_pid(&dir.join("parent.pid")), d.pid);
+}
