@@ -10,10 +10,13 @@ mounts the store with `dagfs mount` (its default options) and, for SECONDS,
 runs at the same time:
 
   stress-ng --fstat 2 --fstat-dir MNT/dags/soak/files/data
-            (stat, lstat, open O_RDONLY + fstat of each entry, over and over;
-            nothing it does writes)
+            (stat, lstat and statx of each entry, over and over, and calls
+            with bad arguments it expects to fail; strace shows no open of
+            anything in the mount but the directory, O_RDONLY)
   fio --readonly --rw=randread --numjobs=4 --bs=4k --direct=0 over the four
-      big files (one colon-separated --filename), --group_reporting
+      big files (one colon-separated --filename), --group_reporting; fio's
+      default --invalidate=1 drops the files' page cache at every pass over
+      them, so most of its reads reach the daemon (the `read` requests)
 
 sampling the daemon's VmRSS once a second. Then it prints each tool's
 operations and errors, the FUSE requests the daemon served (/.dagfs/stats),
