@@ -57,14 +57,16 @@ struct Mounted {
 
 impl Mounted {
     fn new(store: &Path, mnt: &Path) -> Mounted {
+        Mounted::with_options(store, mnt, "passthrough=off")
+    }
+
+    /// Mounted with `-o OPTS`.
+    fn with_options(store: &Path, mnt: &Path, opts: &str) -> Mounted {
         // NB: not create_dir_all: on a stale mount, stat fails and mkdir says EEXIST.
         let _ = fs::create_dir(mnt);
-        let o = dagfs(
-            store,
-            &["mount", mnt.to_str().unwrap(), "-o", "passthrough=off"],
-        )
-        .output()
-        .unwrap();
+        let o = dagfs(store, &["mount", mnt.to_str().unwrap(), "-o", opts])
+            .output()
+            .unwrap();
         assert!(o.status.success(), "mount failed: {}", text(&o));
         let t = text(&o);
         let pid: i32 = t
@@ -580,4 +582,69 @@ fn sync_list_and_stop_without_a_daemon() {
     assert_eq!(stop.status.code(), Some(10), "{}", text(&stop));
     let none = dagfs(&e.store, &["sync"]).output().unwrap();
     assert_eq!(none.status.code(), Some(2), "{}", text(&none));
+}
+
+/// `-o allow_other` lets other users read the mount, with the kernel
+/// checking modes (`default_permissions`), and the mount stays `ro`,
+/// `nosuid`, `nodev`; without it, other users are refused. Root needs
+/// nothing in /etc/fuse.conf for that.
+#[test]
+fn allow_other_mounts_ro_nosuid_nodev_with_default_permissions() {
+    use std::os::unix::fs::PermissionsExt;
+    let e = env();
+    let f = pipeline(&e.root.join("p"), PIPE);
+    let o = dagfs(&e.store, &["run", "-f", f.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let file = e.mnt.join("dags/app/gen/data.txt");
+    let m = Mounted::with_options(&e.store, &e.mnt, "allow_other,passthrough=off");
+    let info = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let entry = dagfs::daemon::mounts::parse_mountinfo(&info)
+        .into_iter()
+        .find(|m| m.mountpoint == e.mnt)
+        .expect("the mount is in mountinfo");
+    let opts: Vec<&str> = entry.options.split(',').collect();
+    for want in [
+        "ro",
+        "nosuid",
+        "nodev",
+        "default_permissions",
+        "allow_other",
+    ] {
+        assert!(opts.contains(&want), "no `{want}` in {entry:?}");
+    }
+    assert_eq!(fs::read_to_string(&file).unwrap(), "data\n");
+    let have_setpriv = Command::new("setpriv")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !have_setpriv || !nix_is_root() {
+        eprintln!("skipping the other-uid part: needs root and setpriv");
+        return;
+    }
+    // `nobody` must reach the mount point; the mount is all that may refuse.
+    fs::set_permissions(&e.root, fs::Permissions::from_mode(0o755)).unwrap();
+    let cat_as_nobody = |path: &Path| {
+        Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "cat"])
+            .arg(path)
+            .output()
+            .unwrap()
+    };
+    let o = cat_as_nobody(&file);
+    assert!(o.status.success(), "allow_other: {}", text(&o));
+    assert_eq!(o.stdout, b"data\n");
+    drop(m);
+    assert!(!is_dagfs_mount(&e.mnt));
+    let _m = Mounted::new(&e.store, &e.mnt);
+    let o = cat_as_nobody(&file);
+    assert!(
+        !o.status.success(),
+        "read without allow_other: {}",
+        text(&o)
+    );
+    assert!(text(&o).contains("Permission denied"), "{}", text(&o));
+    // The mounting user still reads it.
+    assert_eq!(fs::read_to_string(&file).unwrap(), "data\n");
 }
