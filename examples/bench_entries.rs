@@ -42,8 +42,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         seed[34..42].copy_from_slice(&i.to_le_bytes());
         let mut meta = template.clone();
         meta.task = format!("synthetic-{}", i % 1000);
+        // NB: used long ago, and the index marked flushed below: opening the
+        // store checks only entries used shortly before its last flush
+        // against `entries/`, where these have no records.
+        meta.last_used_ms = 1;
         index.insert(&Digest::of(&seed), &meta)?;
     }
+    index.set_flushed_ms(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_millis() as u64,
+    )?;
     index.flush()?;
     eprintln!(
         "bench_entries: {} entries in the index ({} added in {:.1} s)",

@@ -165,6 +165,18 @@ impl Cache {
             }
             Err(e) => return Err(e.into()),
         };
+        let marker = dirty_marker(&store);
+        let dirty = marker.exists();
+        let dropped = reconcile(&store, &index, dirty)?;
+        std::fs::write(&marker, b"").map_err(|source| StoreError::Io {
+            path: marker.clone(),
+            source,
+        })?;
+        if dropped > 0 {
+            notes.push(format!(
+                "dropped {dropped} index entries whose records a killed run had not written yet"
+            ));
+        }
         let stored = index.policy()?;
         Ok(Cache {
             store,
@@ -611,8 +623,59 @@ impl Cache {
     /// Make everything done so far durable: store first, then index.
     pub fn flush(&self) -> Result<()> {
         self.store.sync()?;
+        self.index.set_flushed_ms(now_ms())?;
         self.index.flush()?;
         Ok(())
+    }
+}
+
+/// How far before the last flush an entry may have been stamped and still
+/// been indexed after it (a task that ended just before another run's flush
+/// publishes just after).
+const RECONCILE_SLACK_MS: u64 = 10 * 60 * 1000;
+
+/// An entry is indexed when its task ends, its record renamed into
+/// `entries/` in the next batch; sled may write the index record to its
+/// file before `flush` (when its buffer fills), so a process killed in
+/// between leaves the index naming an entry without a record, whose blobs
+/// may not all be committed. Such entries (only those used since shortly
+/// before the last flush need checking) are dropped from the index.
+/// Only after an unclean end (`dirty`: the marker a killed process left);
+/// the entry totals are then recounted too: a kill between an entry's write
+/// and its totals' leaves them off by one. (After a clean end, a missing
+/// record is damage for `fsck` to report.)
+fn reconcile(store: &Store, index: &Index, dirty: bool) -> Result<usize> {
+    if !dirty {
+        return Ok(0);
+    }
+    let since = index
+        .flushed_ms()?
+        .map_or(0, |ms| ms.saturating_sub(RECONCILE_SLACK_MS));
+    let mut dropped = 0;
+    for (ms, key) in index.used_since(since)? {
+        if !store.entry_path(&key).exists() {
+            index.forget(&key, ms)?;
+            dropped += 1;
+        }
+    }
+    {
+        index.recount()?;
+        index.flush()?;
+    }
+    Ok(dropped)
+}
+
+/// Present while a process has the cache open; left behind by one that
+/// was killed (see `reconcile`).
+fn dirty_marker(store: &Store) -> std::path::PathBuf {
+    store.root().join("dirty")
+}
+
+impl Drop for Cache {
+    fn drop(&mut self) {
+        if self.flush().is_ok() {
+            let _ = std::fs::remove_file(dirty_marker(&self.store));
+        }
     }
 }
 

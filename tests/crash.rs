@@ -5,7 +5,7 @@
 //! exist, every run that reported success before a kill is fully present,
 //! and `dagfs fsck` (which opens the store, sweeping `tmp/`) finds nothing.
 //!
-//! `DAGFS_CRASH_ROUNDS` sets the number of kills per test (default 20 and
+//! `DAGFS_CRASH_KILLS` sets the number of kills per test (default 20 and
 //! 8), `DAGFS_CRASH_SEED` the kill points; `scripts/crash-loop N` runs both
 //! with N. The daemon test needs root and /dev/fuse; its mount is removed
 //! by a guard on every path.
@@ -103,8 +103,10 @@ fn check_store(store: &Path) -> usize {
     entries
 }
 
-fn rounds(default: u32) -> u32 {
-    std::env::var("DAGFS_CRASH_ROUNDS")
+/// Kills each test makes (`DAGFS_CRASH_KILLS`); it runs rounds until it
+/// has, each run either killed or left to complete.
+fn kills_wanted(default: u32) -> u32 {
+    std::env::var("DAGFS_CRASH_KILLS")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
@@ -207,7 +209,7 @@ fn sigkill_at_random_points_never_leaves_a_wrong_blob_or_dangling_entry() {
     let store = tmp.path().join("store");
     let dir = tmp.path().join("p");
     fs::create_dir_all(&dir).unwrap();
-    let rounds = rounds(20);
+    let wanted = kills_wanted(20);
     let mut seed = seed();
     let mut kills = 0;
     let mut completed = 0;
@@ -216,7 +218,16 @@ fn sigkill_at_random_points_never_leaves_a_wrong_blob_or_dangling_entry() {
     // now (measured, not assumed: the machine may be loaded), and a little past.
     let window = cold_run_ms(&store, &dir, u32::MAX);
     let mut durable = entry_keys(&store);
-    for round in 0..rounds {
+    let mut rounds = 0;
+    for round in 0.. {
+        if kills == wanted {
+            break;
+        }
+        assert!(
+            round < wanted * 4 + 10,
+            "{kills} kills in {round} rounds: the kill points are too late"
+        );
+        rounds += 1;
         fs::write(dir.join("dagfs.toml"), pipeline(round)).unwrap();
         let mut child = run(&store, &dir).spawn().unwrap();
         let delay = Duration::from_millis(5 + next(&mut seed) % window);
@@ -343,7 +354,7 @@ fn sigkill_of_the_daemon_mid_run_never_leaves_a_wrong_blob_or_dangling_entry() {
     let mnt = tmp.path().join("mnt");
     fs::create_dir_all(&dir).unwrap();
     fs::create_dir_all(&mnt).unwrap();
-    let rounds = rounds(8);
+    let wanted = kills_wanted(8);
     let mut seed = seed() ^ 0xdae0;
     let (mut kills, mut completed) = (0, 0);
     let t0 = std::time::Instant::now();
@@ -352,7 +363,16 @@ fn sigkill_of_the_daemon_mid_run_never_leaves_a_wrong_blob_or_dangling_entry() {
         cold_run_ms(&store, &dir, 999)
     };
     let mut durable = entry_keys(&store);
-    for round in 0..rounds {
+    let mut rounds = 0;
+    for round in 0.. {
+        if kills == wanted {
+            break;
+        }
+        assert!(
+            round < wanted * 4 + 10,
+            "{kills} kills in {round} rounds: the kill points are too late"
+        );
+        rounds += 1;
         fs::write(dir.join("dagfs.toml"), pipeline(1000 + round)).unwrap();
         let daemon = Daemon::start(&store, &mnt);
         // Through the daemon's socket: the daemon ingests.

@@ -628,3 +628,41 @@ fn a_corrupt_index_is_moved_aside_and_rebuilt_from_entries() {
     assert_eq!(r.nodes_cached, 4, "nothing stored was lost");
     assert_eq!(counts(&runs), [1, 1, 1, 1]);
 }
+
+#[test]
+fn an_index_record_without_its_entry_record_is_dropped_on_open() {
+    let t = tempfile::tempdir().unwrap();
+    let runs: [Counter; 4] = Default::default();
+    let ghost = dagfs::Digest::of(b"indexed, but its run was killed before the record");
+    {
+        let cache = open(t.path());
+        CachedExecutor::new(&chain(), &cache)
+            .execute(chain_tasks("hello", "1", &runs))
+            .unwrap();
+        // What sled may have written before a SIGKILL: an index record
+        // whose entry record was never renamed into entries/.
+        let (_, mut meta) = cache.index.all_keys().next().unwrap().unwrap();
+        meta.task = "ghost".into();
+        cache.index.insert(&ghost, &meta).unwrap();
+        cache.index.flush().unwrap();
+    }
+    // After a clean end, that is damage for fsck: left alone.
+    assert!(open(t.path()).index.get(&ghost).unwrap().is_some());
+    // A killed process leaves its marker behind: then it is undone.
+    std::fs::write(t.path().join("dirty"), b"").unwrap();
+    let cache = open(t.path());
+    assert!(cache.index.get(&ghost).unwrap().is_none());
+    assert!(
+        cache
+            .notes()
+            .iter()
+            .any(|n| n.contains("dropped 1 index entries")),
+        "{:?}",
+        cache.notes()
+    );
+    assert_eq!(cache.index.stats().unwrap().total_entries, 4);
+    let r = CachedExecutor::new(&chain(), &cache)
+        .execute(chain_tasks("hello", "1", &runs))
+        .unwrap();
+    assert_eq!(r.nodes_cached, 4, "the real entries survive");
+}

@@ -299,8 +299,10 @@ impl Index {
         if let Some(old) = self.get(key)? {
             self.unlink(key, &old)?;
         }
-        self.entries.insert(key.as_bytes(), meta.encode())?;
+        // NB: the LRU key first: a process killed in the middle leaves a
+        // key `used_since` finds, so opening can undo the rest.
         self.lru.insert(lru_key(meta.last_used_ms, key), &[])?;
+        self.entries.insert(key.as_bytes(), meta.encode())?;
         if let Some(ttl) = meta.ttl_secs {
             self.expiry.insert(
                 lru_key(
@@ -612,6 +614,55 @@ impl Index {
     }
 
     // --- config ---
+
+    /// Record that everything indexed so far has its entry record durable
+    /// (called by `Cache::flush` between the store's sync and sled's).
+    pub fn set_flushed_ms(&self, ms: u64) -> Result<()> {
+        self.config.insert("flushed_ms", &ms.to_le_bytes())?;
+        Ok(())
+    }
+
+    pub fn flushed_ms(&self) -> Result<Option<u64>> {
+        Ok(self
+            .config
+            .get("flushed_ms")?
+            .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+            .map(u64::from_le_bytes))
+    }
+
+    /// (last use, key) of keys last used (or inserted) at or after `ms`.
+    pub fn used_since(&self, ms: u64) -> Result<Vec<(u64, Digest)>> {
+        self.lru
+            .range(lru_key(ms, &Digest::default())..)
+            .map(|kv| {
+                let k = kv?.0;
+                let ms = u64::from_be_bytes(k[..8].try_into().expect("8 bytes"));
+                Ok((ms, digest_of("lru", &k[8..])?))
+            })
+            .collect()
+    }
+
+    /// Remove whatever of `key` an interrupted insert left, including its
+    /// LRU key at `lru_ms`.
+    pub fn forget(&self, key: &Digest, lru_ms: u64) -> Result<()> {
+        self.remove(key)?;
+        self.lru.remove(lru_key(lru_ms, key))?;
+        Ok(())
+    }
+
+    /// Recompute the entry and byte totals from `entries` (after a process
+    /// was killed between an entry's write and its totals'). Returns them.
+    pub fn recount(&self) -> Result<(u64, u64)> {
+        let (mut n, mut bytes) = (0u64, 0u64);
+        for kv in self.entries.iter() {
+            let (_, v) = kv?;
+            n += 1;
+            bytes = bytes.saturating_add(EntryMeta::decode(&v)?.size);
+        }
+        self.stats.insert(C_ENTRIES, &n.to_le_bytes())?;
+        self.stats.insert(C_BYTES, &bytes.to_le_bytes())?;
+        Ok((n, bytes))
+    }
 
     pub fn policy(&self) -> Result<CachePolicy> {
         match self.config.get("policy")? {
