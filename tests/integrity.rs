@@ -11,30 +11,17 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Instant;
 
 use dagfs::store::{Entry, Node, Tree};
 use dagfs::Digest;
 
-const BIN: &str = env!("CARGO_BIN_EXE_dagfs");
+mod common;
+
+use common::{dagfs, text, Mounted, BIN};
 const TASKS: usize = 60;
 const FILES: usize = 3;
-
-fn dagfs(store: &Path, args: &[&str]) -> Command {
-    let mut c = Command::new(BIN);
-    c.arg("--store").arg(store).args(args).stdin(Stdio::null());
-    c.env_remove("DAGFS_STORE");
-    c
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
 
 /// What file `k` of task `i` holds.
 fn content(i: usize, k: usize) -> Vec<u8> {
@@ -385,68 +372,6 @@ fn what_repair_cannot_fix_sets_bit_4_key_mismatches_rerun_and_rebuild_index_work
 // verified reads through a real mount
 // ---------------------------------------------------------------------------
 
-fn is_dagfs_mount(mnt: &Path) -> bool {
-    let info = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    dagfs::daemon::mounts::parse_mountinfo(&info)
-        .iter()
-        .any(|m| m.mountpoint == mnt && m.fstype == "fuse.dagfs")
-}
-
-fn pid_alive(pid: i32) -> bool {
-    // SAFETY: signal 0 only checks for existence.
-    unsafe { libc::kill(pid, 0) == 0 }
-}
-
-/// A detached daemon serving `store` on `mnt`; unmounted and stopped on drop.
-struct Mounted {
-    store: PathBuf,
-    mnt: PathBuf,
-    pid: i32,
-}
-
-impl Mounted {
-    fn new(store: &Path, mnt: &Path, opts: &str) -> Mounted {
-        let _ = fs::create_dir(mnt);
-        let o = dagfs(store, &["mount", mnt.to_str().unwrap(), "-o", opts])
-            .output()
-            .unwrap();
-        assert!(o.status.success(), "mount failed: {}", text(&o));
-        let t = text(&o);
-        let pid: i32 = t
-            .split("daemon pid ")
-            .nth(1)
-            .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
-            .and_then(|p| p.parse().ok())
-            .unwrap_or_else(|| panic!("no daemon pid in: {t}"));
-        let m = Mounted {
-            store: store.to_path_buf(),
-            mnt: mnt.to_path_buf(),
-            pid,
-        };
-        assert!(is_dagfs_mount(mnt), "mount returned before it was live");
-        m
-    }
-}
-
-impl Drop for Mounted {
-    fn drop(&mut self) {
-        if is_dagfs_mount(&self.mnt) {
-            let _ = dagfs(&self.store, &["umount", self.mnt.to_str().unwrap()]).output();
-        }
-        if is_dagfs_mount(&self.mnt) {
-            let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
-        }
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while pid_alive(self.pid) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        if pid_alive(self.pid) {
-            // SAFETY: our own child daemon.
-            unsafe { libc::kill(self.pid, libc::SIGKILL) };
-        }
-    }
-}
-
 fn metric(mnt: &Path, line_start: &str) -> u64 {
     let m = fs::read_to_string(mnt.join(".dagfs/metrics")).unwrap();
     m.lines()
@@ -462,7 +387,7 @@ fn verified_reads_answer_eio_for_each_flipped_blob_and_fsck_runs_in_the_daemon()
     let mut seed = 0xfeed_beef;
     let chosen = env.corrupt(100, &mut seed);
     let files = env.files();
-    let mounted = Mounted::new(&env.store, &env.mnt, "verify=first-open,passthrough=off");
+    let mounted = Mounted::with_options(&env.store, &env.mnt, "verify=first-open,passthrough=off");
     let mnt = &mounted.mnt;
 
     // NB: every file is opened (looked up) before any is read: a read that

@@ -629,6 +629,21 @@ pub(crate) fn os(b: &[u8]) -> &OsStr {
     OsStr::from_bytes(b)
 }
 
+/// The names in `dir`, unordered; none if it does not exist.
+pub(crate) fn dir_names(dir: &Path) -> Result<Vec<std::ffi::OsString>> {
+    let rd = match fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => {
+            return Err(StoreError::Io {
+                path: dir.to_path_buf(),
+                source: e,
+            })
+        }
+    };
+    rd.map(|e| e.map(|e| e.file_name()).at(dir)).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

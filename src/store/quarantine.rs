@@ -113,20 +113,10 @@ impl Store {
     /// Files in quarantine, by kind (names as stored, suffix included).
     pub fn quarantined(&self, kind: Kind) -> Result<Vec<String>> {
         let dir = self.quarantine_dir().join(kind.dir());
-        let rd = match fs::read_dir(&dir) {
-            Ok(rd) => rd,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => {
-                return Err(StoreError::Io {
-                    path: dir,
-                    source: e,
-                })
-            }
-        };
-        let mut out = Vec::new();
-        for e in rd {
-            out.push(e.at(&dir)?.file_name().to_string_lossy().into_owned());
-        }
+        let mut out: Vec<String> = super::dir_names(&dir)?
+            .into_iter()
+            .map(|n| n.to_string_lossy().into_owned())
+            .collect();
         out.sort();
         Ok(out)
     }

@@ -74,19 +74,8 @@ impl Store {
 
     pub fn sync_logs(&self) -> Result<Vec<SyncLog>> {
         let dir = self.syncs_dir();
-        let rd = match fs::read_dir(&dir) {
-            Ok(rd) => rd,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => {
-                return Err(StoreError::Io {
-                    path: dir,
-                    source: e,
-                })
-            }
-        };
         let mut out = Vec::new();
-        for e in rd {
-            let name = e.at(&dir)?.file_name();
+        for name in super::dir_names(&dir)? {
             if let Some(log) = name
                 .to_str()
                 .map(|n| self.sync_log(n))

@@ -1,0 +1,104 @@
+//! Helpers shared by the integration tests that run the `dagfs` binary and
+//! mount stores (each test file uses some of them).
+#![allow(dead_code)]
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_dagfs");
+
+pub fn dagfs(store: &Path, args: &[&str]) -> Command {
+    let mut c = Command::new(BIN);
+    c.arg("--store").arg(store).args(args).stdin(Stdio::null());
+    c.env_remove("DAGFS_STORE");
+    c
+}
+
+pub fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+pub fn is_dagfs_mount(mnt: &Path) -> bool {
+    let info = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    dagfs::daemon::mounts::parse_mountinfo(&info)
+        .iter()
+        .any(|m| m.mountpoint == mnt && m.fstype == "fuse.dagfs")
+}
+
+pub fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+pub fn pid_alive(pid: i32) -> bool {
+    // SAFETY: signal 0 only checks for existence.
+    unsafe { libc::kill(pid, 0) == 0 }
+}
+
+/// A detached daemon serving `store` on `mnt`.
+pub struct Mounted {
+    pub store: PathBuf,
+    pub mnt: PathBuf,
+    pub pid: i32,
+}
+
+impl Mounted {
+    pub fn new(store: &Path, mnt: &Path) -> Mounted {
+        Mounted::with_options(store, mnt, "passthrough=off")
+    }
+
+    /// Mounted with `-o OPTS`.
+    pub fn with_options(store: &Path, mnt: &Path, opts: &str) -> Mounted {
+        // NB: not create_dir_all: on a stale mount, stat fails and mkdir says EEXIST.
+        let _ = fs::create_dir(mnt);
+        let o = dagfs(store, &["mount", mnt.to_str().unwrap(), "-o", opts])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "mount failed: {}", text(&o));
+        let t = text(&o);
+        let pid: i32 = t
+            .split("daemon pid ")
+            .nth(1)
+            .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("no daemon pid in: {t}"));
+        // `dagfs mount` returns only once the mount is live.
+        assert!(
+            is_dagfs_mount(mnt),
+            "mount returned before the mount was live"
+        );
+        Mounted {
+            store: store.to_path_buf(),
+            mnt: mnt.to_path_buf(),
+            pid,
+        }
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        if is_dagfs_mount(&self.mnt) {
+            let _ = dagfs(&self.store, &["umount", self.mnt.to_str().unwrap()]).output();
+        }
+        if is_dagfs_mount(&self.mnt) {
+            let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while pid_alive(self.pid) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if pid_alive(self.pid) {
+            // SAFETY: our own child daemon.
+            unsafe { libc::kill(self.pid, libc::SIGKILL) };
+        }
+    }
+}
