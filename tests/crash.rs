@@ -5,10 +5,10 @@
 //! exist, every run that reported success before a kill is fully present,
 //! and `dagfs fsck` (which opens the store, sweeping `tmp/`) finds nothing.
 //!
-//! `DAGFS_CRASH_KILLS` sets the number of kills per test (default 20 and
-//! 8), `DAGFS_CRASH_SEED` the kill points; `scripts/crash-loop N` runs both
-//! with N. The daemon test needs root and /dev/fuse; its mount is removed
-//! by a guard on every path.
+//! `DAGFS_CRASH_KILLS` sets the number of kills per test (default 20; CI
+//! sets 200), `DAGFS_CRASH_SEED` the kill points; `scripts/crash-loop N`
+//! runs both with N. The daemon test needs root and /dev/fuse; its mount is
+//! removed by a guard on every path.
 
 use std::collections::HashSet;
 use std::fs;
@@ -19,7 +19,9 @@ use std::time::Duration;
 use dagfs::store::{Entry, Node, Tree};
 use dagfs::Digest;
 
-const BIN: &str = env!("CARGO_BIN_EXE_dagfs");
+mod common;
+
+use common::{pid_alive, Mounted, BIN};
 
 /// 40 independent tasks and 10 that depend on them, each writing several
 /// files whose content depends on `salt` (so each round ingests new blobs).
@@ -40,18 +42,42 @@ fn pipeline(salt: u32) -> String {
     s
 }
 
+/// Rounds run against one store before the next starts empty. The checks
+/// after each kill read the whole store (every blob re-hashed, twice), so
+/// with one store for all rounds they would grow with the round number and
+/// 200 kills would take half an hour; with a fresh store every so often,
+/// every kill is still followed by a check of the whole store it hit.
+const ROUNDS_PER_STORE: u32 = 16;
+
+/// Removes `old` (checked clean after its last round) and returns the path
+/// of an empty store for the rounds from `round` on.
+fn fresh_store(old: &Path, round: u32) -> PathBuf {
+    fs::remove_dir_all(old).unwrap();
+    old.with_file_name(format!("store-{round}"))
+}
+
 fn blob_path(store: &Path, d: &Digest) -> PathBuf {
     let hex = d.to_hex();
     store.join("blobs").join(&hex[..2]).join(hex)
+}
+
+/// The entries of directory `d`; none when it does not exist (a run killed
+/// while it created the store may leave part of the layout: the next open
+/// completes it).
+fn listing(d: &Path) -> Vec<fs::DirEntry> {
+    match fs::read_dir(d) {
+        Ok(rd) => rd.map(Result::unwrap).collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => panic!("{}: {e}", d.display()),
+    }
 }
 
 /// Check every invariant; returns the number of entries.
 fn check_store(store: &Path) -> usize {
     // Every visible blob has exactly the bytes its name says.
     let mut blobs = HashSet::new();
-    for shard in fs::read_dir(store.join("blobs")).unwrap() {
-        for e in fs::read_dir(shard.unwrap().path()).unwrap() {
-            let e = e.unwrap();
+    for shard in listing(&store.join("blobs")) {
+        for e in listing(&shard.path()) {
             let name = e.file_name().into_string().unwrap();
             let bytes = fs::read(e.path()).unwrap();
             assert_eq!(
@@ -64,9 +90,9 @@ fn check_store(store: &Path) -> usize {
     }
     // Every entry names only blobs that exist (walking its whole tree).
     let mut entries = 0;
-    for shard in fs::read_dir(store.join("entries")).unwrap() {
-        for e in fs::read_dir(shard.unwrap().path()).unwrap() {
-            let bytes = fs::read(e.unwrap().path()).unwrap();
+    for shard in listing(&store.join("entries")) {
+        for e in listing(&shard.path()) {
+            let bytes = fs::read(e.path()).unwrap();
             let entry = Entry::from_json(&bytes).expect("entry records are never partial");
             entries += 1;
             for d in [entry.stdout, entry.stderr] {
@@ -163,32 +189,57 @@ fn assert_present(store: &Path, keys: &HashSet<String>, round: u32) {
 
 fn entry_keys(store: &Path) -> HashSet<String> {
     let mut out = HashSet::new();
-    for shard in fs::read_dir(store.join("entries")).unwrap() {
-        for e in fs::read_dir(shard.unwrap().path()).unwrap() {
-            out.insert(e.unwrap().file_name().into_string().unwrap());
+    for shard in listing(&store.join("entries")) {
+        for e in listing(&shard.path()) {
+            out.insert(e.file_name().into_string().unwrap());
         }
     }
     out
 }
 
-/// Run pipeline `salt` to the end, uncut: how long it took (ms) plus a
-/// half, the window kill points are drawn from (so about a third of the
-/// runs finish before their kill point).
-fn cold_run_ms(store: &Path, dir: &Path, salt: u32) -> u64 {
-    fs::write(dir.join("dagfs.toml"), pipeline(salt)).unwrap();
-    let t = std::time::Instant::now();
-    let out = run(store, dir).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let ms = t.elapsed().as_millis() as u64;
-    eprintln!(
-        "a cold run took {ms} ms: kill points in 5..{} ms",
-        ms * 3 / 2 + 5
-    );
-    (ms * 3 / 2).max(50)
+/// Where kill points are drawn from: 5 ms after the start of a run up to
+/// `ms`. It starts at how long the fastest of three uncut runs took, plus a
+/// fifth, and then adapts: longer after a kill, shorter after a run that
+/// finished first, settling where about one run in five finishes. So kill
+/// points cover the whole of a run, its last commits included, on a
+/// machine of any speed and load (a run after a kill also does the
+/// recovery work of the next open, so it is slower than an uncut one).
+struct Window {
+    ms: f64,
+}
+
+impl Window {
+    /// Runs three pipelines (from `salt` on) to the end in `store`.
+    fn measure(store: &Path, dir: &Path, salt: u32) -> Window {
+        let mut best = u64::MAX;
+        for s in salt..salt + 3 {
+            fs::write(dir.join("dagfs.toml"), pipeline(s)).unwrap();
+            let t = std::time::Instant::now();
+            let out = run(store, dir).output().unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            best = best.min(t.elapsed().as_millis() as u64);
+        }
+        eprintln!("the fastest of three uncut runs took {best} ms");
+        Window {
+            ms: (best as f64 * 1.2).max(50.0),
+        }
+    }
+
+    fn draw(&self, seed: &mut u64) -> Duration {
+        Duration::from_millis(5 + next(seed) % self.ms as u64)
+    }
+
+    fn update(&mut self, killed: bool) {
+        self.ms = if killed {
+            self.ms * 1.02
+        } else {
+            (self.ms * 0.92).max(50.0)
+        };
+    }
 }
 
 fn run(store: &Path, dir: &Path) -> Command {
@@ -206,7 +257,7 @@ fn run(store: &Path, dir: &Path) -> Command {
 #[test]
 fn sigkill_at_random_points_never_leaves_a_wrong_blob_or_dangling_entry() {
     let tmp = tempfile::tempdir().unwrap();
-    let store = tmp.path().join("store");
+    let mut store = tmp.path().join("store");
     let dir = tmp.path().join("p");
     fs::create_dir_all(&dir).unwrap();
     let wanted = kills_wanted(20);
@@ -216,7 +267,7 @@ fn sigkill_at_random_points_never_leaves_a_wrong_blob_or_dangling_entry() {
     let t0 = std::time::Instant::now();
     // NB: kill points spread over how long a cold run takes on this machine
     // now (measured, not assumed: the machine may be loaded), and a little past.
-    let window = cold_run_ms(&store, &dir, u32::MAX);
+    let mut window = Window::measure(&store, &dir, u32::MAX - 3);
     let mut durable = entry_keys(&store);
     let mut rounds = 0;
     for round in 0.. {
@@ -228,14 +279,19 @@ fn sigkill_at_random_points_never_leaves_a_wrong_blob_or_dangling_entry() {
             "{kills} kills in {round} rounds: the kill points are too late"
         );
         rounds += 1;
+        if round > 0 && round % ROUNDS_PER_STORE == 0 {
+            store = fresh_store(&store, round);
+            durable.clear();
+        }
         fs::write(dir.join("dagfs.toml"), pipeline(round)).unwrap();
         let mut child = run(&store, &dir).spawn().unwrap();
-        let delay = Duration::from_millis(5 + next(&mut seed) % window);
-        std::thread::sleep(delay);
-        if child.try_wait().unwrap().is_none() {
+        std::thread::sleep(window.draw(&mut seed));
+        let killed = child.try_wait().unwrap().is_none();
+        if killed {
             child.kill().unwrap();
             kills += 1;
         }
+        window.update(killed);
         let status = child.wait().unwrap();
         check_store(&store);
         assert_present(&store, &durable, round);
@@ -263,8 +319,9 @@ fn sigkill_at_random_points_never_leaves_a_wrong_blob_or_dangling_entry() {
     let entries = check_store(&store);
     assert!(entries >= 50, "{entries} entries");
     eprintln!(
-        "{rounds} rounds, {kills} killed mid-run, {completed} completed, store checked and fsck clean after each, in {:.1}s",
-        t0.elapsed().as_secs_f64()
+        "{rounds} rounds, {kills} killed mid-run, {completed} completed, store checked and fsck clean after each, in {:.1}s; kill points in the end from 5..{:.0} ms",
+        t0.elapsed().as_secs_f64(),
+        window.ms + 5.0
     );
     assert!(
         completed > 0,
@@ -278,89 +335,21 @@ fn sigkill_at_random_points_never_leaves_a_wrong_blob_or_dangling_entry() {
     );
 }
 
-fn pid_alive(pid: i32) -> bool {
-    // SAFETY: signal 0 only checks for existence.
-    unsafe { libc::kill(pid, 0) == 0 }
-}
-
-fn is_dagfs_mount(mnt: &Path) -> bool {
-    let info = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    dagfs::daemon::mounts::parse_mountinfo(&info)
-        .iter()
-        .any(|m| m.mountpoint == mnt && m.fstype == "fuse.dagfs")
-}
-
-/// Stops the daemon (if it still runs) and removes its mount, dead or alive,
-/// on drop.
-struct Daemon {
-    store: PathBuf,
-    mnt: PathBuf,
-    pid: i32,
-}
-
-impl Daemon {
-    fn start(store: &Path, mnt: &Path) -> Daemon {
-        let o = Command::new(BIN)
-            .arg("--store")
-            .arg(store)
-            .args(["mount", mnt.to_str().unwrap(), "-o", "passthrough=off"])
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
-        let t = String::from_utf8_lossy(&o.stderr).into_owned();
-        assert!(o.status.success(), "mount: {t}");
-        let pid = t
-            .split("daemon pid ")
-            .nth(1)
-            .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
-            .and_then(|p| p.parse().ok())
-            .unwrap_or_else(|| panic!("no daemon pid in: {t}"));
-        Daemon {
-            store: store.to_path_buf(),
-            mnt: mnt.to_path_buf(),
-            pid,
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if pid_alive(self.pid) && is_dagfs_mount(&self.mnt) {
-            let _ = Command::new(BIN)
-                .arg("--store")
-                .arg(&self.store)
-                .args(["umount", self.mnt.to_str().unwrap()])
-                .output();
-        }
-        if is_dagfs_mount(&self.mnt) {
-            let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
-        }
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        while pid_alive(self.pid) && std::time::Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        if pid_alive(self.pid) {
-            // SAFETY: our own daemon.
-            unsafe { libc::kill(self.pid, libc::SIGKILL) };
-        }
-    }
-}
-
 #[test]
 fn sigkill_of_the_daemon_mid_run_never_leaves_a_wrong_blob_or_dangling_entry() {
     let tmp = tempfile::tempdir().unwrap();
-    let store = tmp.path().join("store");
+    let mut store = tmp.path().join("store");
     let dir = tmp.path().join("p");
     let mnt = tmp.path().join("mnt");
     fs::create_dir_all(&dir).unwrap();
     fs::create_dir_all(&mnt).unwrap();
-    let wanted = kills_wanted(8);
+    let wanted = kills_wanted(20);
     let mut seed = seed() ^ 0xdae0;
     let (mut kills, mut completed) = (0, 0);
     let t0 = std::time::Instant::now();
-    let window = {
-        let _daemon = Daemon::start(&store, &mnt);
-        cold_run_ms(&store, &dir, 999)
+    let mut window = {
+        let _daemon = Mounted::new(&store, &mnt);
+        Window::measure(&store, &dir, 999)
     };
     let mut durable = entry_keys(&store);
     let mut rounds = 0;
@@ -373,12 +362,17 @@ fn sigkill_of_the_daemon_mid_run_never_leaves_a_wrong_blob_or_dangling_entry() {
             "{kills} kills in {round} rounds: the kill points are too late"
         );
         rounds += 1;
+        if round > 0 && round % ROUNDS_PER_STORE == 0 {
+            store = fresh_store(&store, round);
+            durable.clear();
+        }
         fs::write(dir.join("dagfs.toml"), pipeline(1000 + round)).unwrap();
-        let daemon = Daemon::start(&store, &mnt);
+        let daemon = Mounted::new(&store, &mnt);
         // Through the daemon's socket: the daemon ingests.
         let mut client = run(&store, &dir).spawn().unwrap();
-        std::thread::sleep(Duration::from_millis(5 + next(&mut seed) % window));
+        std::thread::sleep(window.draw(&mut seed));
         let killed = client.try_wait().unwrap().is_none();
+        window.update(killed);
         if killed {
             // SAFETY: our own daemon.
             unsafe { libc::kill(daemon.pid, libc::SIGKILL) };
@@ -413,8 +407,9 @@ fn sigkill_of_the_daemon_mid_run_never_leaves_a_wrong_blob_or_dangling_entry() {
     check_store(&store);
     assert_fsck_clean(&store, rounds);
     eprintln!(
-        "daemon: {rounds} rounds, {kills} killed mid-run, {completed} completed, store checked and fsck clean after each, in {:.1}s",
-        t0.elapsed().as_secs_f64()
+        "daemon: {rounds} rounds, {kills} killed mid-run, {completed} completed, store checked and fsck clean after each, in {:.1}s; kill points in the end from 5..{:.0} ms",
+        t0.elapsed().as_secs_f64(),
+        window.ms + 5.0
     );
     assert!(
         kills > 0,

@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_dagfs");
+mod common;
+
+use common::BIN;
 
 struct Sandbox {
     _tmp: tempfile::TempDir,
@@ -100,13 +102,7 @@ impl Sandbox {
 
 /// True once `pid` is gone (or a zombie nobody reaped yet: it runs no more).
 fn dead(pid: i32) -> bool {
-    match fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Err(_) => true,
-        // `pid (comm) S ...`: the state follows the last `)`.
-        Ok(s) => s
-            .rsplit_once(')')
-            .is_some_and(|(_, rest)| rest.trim_start().starts_with(['Z', 'X'])),
-    }
+    !common::pid_alive(pid)
 }
 
 fn wait_dead(pid: i32) -> bool {
@@ -232,6 +228,41 @@ fn output_past_max_output_fails_naming_the_limit_and_stores_nothing() {
     assert_eq!(s.entries(), 1);
     // Nothing is left staged either: the run's scratch space is gone.
     assert_eq!(s.files_under("tmp"), Vec::<String>::new());
+}
+
+#[test]
+fn a_task_writing_past_max_output_is_killed_while_it_runs() {
+    let s = Sandbox::new();
+    // It writes without end: only a bound checked while it runs stops it
+    // (the timeout is a backstop, and its message fails the test).
+    let dir = s.pipeline(
+        "[tasks.flood]\nrun = \"echo $$ > flood.pid; while :; do head -c 65536 /dev/zero; done > $DAGFS_OUT/x\"\n\
+         max_output = \"4M\"\ntimeout = \"60s\"\n",
+    );
+    let t = Instant::now();
+    let o = s.run(&[]);
+    let took = t.elapsed();
+    assert_eq!(o.code, 1, "{}", o.stderr);
+    assert!(
+        o.stderr.contains(
+            "task `flood` failed: the output is larger than its limit, max_output = 4194304 bytes ("
+        ) && o.stderr.contains("bytes written when it was killed"),
+        "{}",
+        o.stderr
+    );
+    assert!(took < Duration::from_secs(30), "took {took:?}");
+    let pid: i32 = fs::read_to_string(dir.join("flood.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(wait_dead(pid), "the task's shell {pid} still runs");
+    assert_eq!(s.entries(), 0);
+    assert_eq!(s.files_under("tmp"), Vec::<String>::new());
+    // Nothing of the refused output was stored: the only blobs are its logs.
+    for b in s.files_under("blobs") {
+        assert!(fs::metadata(&b).unwrap().len() < 4096, "{b} kept");
+    }
 }
 
 #[test]

@@ -70,8 +70,15 @@ pub fn find(mnt: &Path) -> io::Result<Option<MountEntry>> {
 }
 
 /// A FUSE mount whose server is gone answers ENOTCONN.
+///
+/// NB: `statfs`, not `stat`: the kernel answers `stat` of a FUSE root from
+/// its attribute cache for up to the attribute TTL after the daemon died,
+/// while `statfs` always asks the daemon.
 pub fn is_stale(mnt: &Path) -> bool {
-    matches!(std::fs::metadata(mnt), Err(e) if e.raw_os_error() == Some(libc::ENOTCONN))
+    matches!(
+        nix::sys::statfs::statfs(mnt),
+        Err(nix::errno::Errno::ENOTCONN)
+    )
 }
 
 /// Detach `mnt` now (`umount -l`); falls back to `fusermount3 -uz` for an

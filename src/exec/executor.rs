@@ -136,6 +136,7 @@ impl Job for ClosureJob {
             stdout,
             stderr,
             timed_out: None,
+            output_over: None,
         })
     }
 }

@@ -9,6 +9,13 @@
 //! whole group killed the same way (before the shell is reaped, so the
 //! group id cannot have been reused) and reports `timed_out`.
 //!
+//! A command with an `output_limit` has its output directory measured while
+//! it runs (first after 50 ms, then at an interval twenty times as long as
+//! the last measurement took, between 100 ms and 1 s); once its files add
+//! up to more than the limit, its group is killed the same way and the exit
+//! reports `output_over`. So a runaway task cannot fill the disk: it writes
+//! at most about one interval's worth past its limit.
+//!
 //! The process groups of the tasks running now are kept in a process-wide
 //! registry, so the daemon can tell a task's processes from its clients
 //! (`task_of`): a task must not drive the daemon that runs it.
@@ -32,6 +39,9 @@ pub struct Command {
     pub stderr: PathBuf,
     /// Kill the command's process group if it runs longer than this.
     pub timeout: Option<Duration>,
+    /// Kill the command's process group once the regular files under this
+    /// directory add up to more than this many bytes.
+    pub output_limit: Option<(PathBuf, u64)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,6 +51,9 @@ pub struct Exit {
     pub duration: Duration,
     /// Killed because it ran past `Command::timeout`.
     pub timed_out: bool,
+    /// Killed because its output grew past `Command::output_limit`: the
+    /// bytes measured then.
+    pub output_over: Option<u64>,
 }
 
 pub trait Runner: Send + Sync {
@@ -72,10 +85,33 @@ impl Runner for ShellRunner {
         drop(groups);
         let _registered = Registered(pgid);
         let mut timed_out = false;
-        if let Some(limit) = cmd.timeout {
-            if !exits_before(&mut child, start + limit)? {
+        let mut output_over = None;
+        let deadline = cmd.timeout.map(|t| start + t);
+        let mut next_check = start + FIRST_CHECK;
+        loop {
+            let wake = match (&cmd.output_limit, deadline) {
+                (None, None) => break,
+                (None, Some(d)) => d,
+                (Some(_), None) => next_check,
+                (Some(_), Some(d)) => d.min(next_check),
+            };
+            if exits_before(&mut child, wake)? {
+                break;
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
                 timed_out = true;
                 kill_group(pgid);
+                break;
+            }
+            if let Some((dir, limit)) = &cmd.output_limit {
+                let t = Instant::now();
+                let bytes = bytes_under(dir, *limit);
+                if bytes > *limit {
+                    output_over = Some(bytes);
+                    kill_group(pgid);
+                    break;
+                }
+                next_check = Instant::now() + (t.elapsed() * 20).clamp(MIN_CHECK, MAX_CHECK);
             }
         }
         let status = child.wait()?;
@@ -87,8 +123,43 @@ impl Runner for ShellRunner {
             code,
             duration: start.elapsed(),
             timed_out,
+            output_over,
         })
     }
+}
+
+/// When a running task's output is first measured, and the bounds of the
+/// interval between measurements after that.
+const FIRST_CHECK: Duration = Duration::from_millis(50);
+const MIN_CHECK: Duration = Duration::from_millis(100);
+const MAX_CHECK: Duration = Duration::from_secs(1);
+
+/// The bytes of the regular files under `dir` (symlinks not followed),
+/// counting no further once past `limit`. Entries that vanish or cannot be
+/// read while the task changes them are skipped: the output is measured
+/// again at the next check, and in full when it is ingested.
+fn bytes_under(dir: &std::path::Path, limit: u64) -> u64 {
+    let mut total = 0u64;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let Ok(ft) = e.file_type() else { continue };
+            if ft.is_dir() {
+                stack.push(e.path());
+            } else if ft.is_file() {
+                if let Ok(m) = e.metadata() {
+                    total = total.saturating_add(m.len());
+                    if total > limit {
+                        return total;
+                    }
+                }
+            }
+        }
+    }
+    total
 }
 
 /// Process group ids (= the shell's pid) of the tasks running now.

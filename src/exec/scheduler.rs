@@ -40,6 +40,9 @@ pub struct JobResult {
     pub stderr: PathBuf,
     /// Killed (with its process group) after running this long: its limit.
     pub timed_out: Option<Duration>,
+    /// Killed (with its process group) when its output, measured while it
+    /// ran, had grown to this many bytes, past `JobContext::max_output`.
+    pub output_over: Option<u64>,
 }
 
 pub struct JobContext<'a> {
@@ -50,6 +53,10 @@ pub struct JobContext<'a> {
     pub work_dir: &'a Path,
     /// (dependency name, output digest), sorted by name.
     pub deps: &'a [(String, Digest)],
+    /// The most bytes `out_dir` may hold (the task's `max_output`). A job
+    /// that runs a process should stop it once it writes past this;
+    /// ingest refuses a larger output in any case.
+    pub max_output: Option<u64>,
     mats: &'a Materializer,
     inputs_via: Option<&'a Path>,
 }
@@ -920,6 +927,7 @@ fn execute(
             out_dir: out,
             work_dir: &dir.root,
             deps: &item.entry.manifest.deps,
+            max_output: item.limits.max_bytes,
             mats,
             inputs_via: mats.via.as_deref(),
         };
@@ -931,6 +939,16 @@ fn execute(
                 message: format!(
                     "timed out after {} (killed with its process group)",
                     crate::index::stats::format_duration(limit)
+                ),
+                exit_code: Some(res.exit_code),
+                log_tail: log_tail(&res.stderr).or_else(|| log_tail(&res.stdout)),
+            });
+        }
+        if let Some(bytes) = res.output_over {
+            return Err(Failure {
+                message: format!(
+                    "the output is larger than its limit, max_output = {} bytes ({bytes} bytes written when it was killed, with its process group)",
+                    item.limits.max_bytes.unwrap_or(0)
                 ),
                 exit_code: Some(res.exit_code),
                 log_tail: log_tail(&res.stderr).or_else(|| log_tail(&res.stdout)),

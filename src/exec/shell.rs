@@ -91,6 +91,7 @@ impl Job for ShellJob {
             stdout: ctx.work_dir.join("stdout"),
             stderr: ctx.work_dir.join("stderr"),
             timeout: self.timeout,
+            output_limit: ctx.max_output.map(|m| (ctx.out_dir.to_path_buf(), m)),
         };
         let exit = self
             .runner
@@ -101,6 +102,7 @@ impl Job for ShellJob {
             stdout: cmd.stdout,
             stderr: cmd.stderr,
             timed_out: exit.timed_out.then_some(self.timeout).flatten(),
+            output_over: exit.output_over,
         })
     }
 }

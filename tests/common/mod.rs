@@ -39,9 +39,24 @@ pub fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
+/// Whether `pid` still runs: any of its threads does. A zombie does not: a
+/// daemon detaches from the test, so once it exits it waits for init to
+/// reap it, which can take seconds in a container. NB: every thread, not
+/// the process's state: after SIGKILL, the main thread is a zombie while
+/// the others are still exiting (and still hold the FUSE device open).
 pub fn pid_alive(pid: i32) -> bool {
-    // SAFETY: signal 0 only checks for existence.
-    unsafe { libc::kill(pid, 0) == 0 }
+    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks.flatten().any(|t| {
+        fs::read_to_string(t.path().join("stat")).is_ok_and(|stat| {
+            // The state follows the command name, which is in parentheses
+            // and may itself contain them.
+            stat.rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().next())
+                .is_some_and(|state| state != "Z" && state != "X")
+        })
+    })
 }
 
 /// A detached daemon serving `store` on `mnt`.
