@@ -280,6 +280,43 @@ fn blob(store: &Path, hex: &str) -> PathBuf {
 }
 
 #[test]
+fn a_blob_quarantined_since_the_last_sync_is_read_and_stored_again() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let (store, dir) = (tmp.path().join("store"), tmp.path().join("src"));
+    write(&dir.join("a"), b"alpha");
+    write(&dir.join("sub/b"), b"bravo, to be damaged");
+    write(&dir.join("sub/c"), b"charlie");
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let (_, v, err) = sync(&store, &dir, &[]);
+    assert_eq!(v["hashed"], 3, "{err}");
+    // Damage b's blob; fsck --repair moves it to quarantine/.
+    let b = blob(
+        &store,
+        blake3::hash(b"bravo, to be damaged").to_hex().as_str(),
+    );
+    fs::set_permissions(&b, fs::Permissions::from_mode(0o644)).unwrap();
+    fs::write(&b, b"bravo, to be damagee").unwrap();
+    let o = Command::new(BIN)
+        .arg("--store")
+        .arg(&store)
+        .args(["fsck", "--repair"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!b.exists(), "fsck: {}", String::from_utf8_lossy(&o.stderr));
+    // The stat cache still vouches for b, but its blob is gone since: b
+    // alone is read again, and its blob is back.
+    let (code, v, err) = sync(&store, &dir, &[]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(v["hashed"], 1, "{err}");
+    assert_eq!(v["stat_cache_hits"], 2);
+    assert_eq!(fs::read(&b).unwrap(), b"bravo, to be damaged");
+    let (_, v, _) = sync(&store, &dir, &[]);
+    assert_eq!(v["hashed"], 0);
+}
+
+#[test]
 fn a_file_rewritten_while_it_is_read_is_retried_or_a_conflict_never_a_mix() {
     let tmp = tempfile::tempdir().unwrap();
     let (store, dir) = (tmp.path().join("store"), tmp.path().join("src"));

@@ -13,7 +13,7 @@
 //! | `runs`      | run id (u64 BE)                  | `RunRecord` (JSON)         |
 //! | `stats`     | counter name                     | u64 LE                     |
 //! | `config`    | `policy`                         | `CachePolicy` (JSON)       |
-//! | `statcache` | root id (16) ‖ relative path     | stat + digest (see `sync`) |
+//! | `statdirs`  | root id (16) ‖ relative dir path | its files' stats + digests (see `sync::statcache`) |
 //! | `dropped`   | cache key (32)                   | why (UTF-8): entries fsck or a verified read dropped as corrupt, until the key is inserted again |
 //!
 //! Memory: sled keeps a page-table record per node of at most 16 keys,
@@ -260,6 +260,8 @@ impl Index {
             .open()?;
         // Older indexes have it; nothing reads it any more.
         db.drop_tree("by_output")?;
+        // Older indexes kept one stat-cache record per file there.
+        db.drop_tree("statcache")?;
         Ok(Index {
             entries: db.open_tree("entries")?,
             latest: db.open_tree("latest")?,
@@ -268,7 +270,7 @@ impl Index {
             runs: db.open_tree("runs")?,
             stats: db.open_tree("stats")?,
             config: db.open_tree("config")?,
-            statcache: db.open_tree("statcache")?,
+            statcache: db.open_tree("statdirs")?,
             dropped: db.open_tree("dropped")?,
             db,
         })

@@ -66,6 +66,7 @@ pub fn sweep(
     dry_run: bool,
 ) -> Result<SweepReport> {
     let mut rep = SweepReport::default();
+    let mut new_generation = !dry_run;
     for (d, mtime, len) in store.blobs()? {
         rep.blobs_total += 1;
         if live.contains(&d) {
@@ -76,6 +77,9 @@ pub fn sweep(
             continue;
         }
         if !dry_run {
+            if std::mem::take(&mut new_generation) {
+                store.new_blob_generation()?;
+            }
             let p = store.blob_path(&d);
             match std::fs::remove_file(&p) {
                 Ok(()) => {}

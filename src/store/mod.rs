@@ -14,7 +14,14 @@
 //!   index/            sled, rebuildable from blobs/ + entries/
 //!   quarantine/       damaged files moved out of blobs/ and entries/ (see
 //!                     `quarantine`), never deleted; `fsck` finds them
+//!   blob-generation   a counter, "N\n": raised (durably) before any blob is
+//!                     removed (gc, quarantine); absent: 0
 //! ```
+//!
+//! The blob generation lets a cache of "this blob is stored" skip the
+//! check while the generation it was made in is current: blobs are only
+//! ever added in between. (Deleting blobs by hand is damage: `fsck` finds
+//! what it breaks.)
 //!
 //! Write order (crash safety): new content is written under `tmp/`, then
 //! `syncfs` makes it durable, then it is renamed into `blobs/` with
@@ -62,8 +69,13 @@ pub struct Store {
     root: PathBuf,
     root_fd: File,
     gate: SyncGate,
+    /// See `blob_generation`. NB: the owner holds the lock, so only this
+    /// process changes it.
+    blob_generation: std::sync::atomic::AtomicU64,
     _lock: StoreLock,
 }
+
+const BLOB_GENERATION: &str = "blob-generation";
 
 /// Group commit state for `Store::sync`.
 #[derive(Debug, Default)]
@@ -156,10 +168,25 @@ impl Store {
             r => r?,
         }
         let root_fd = File::open(root).at(root)?;
+        let generation = root.join(BLOB_GENERATION);
+        let blob_generation = match fs::read_to_string(&generation) {
+            Ok(t) => t.trim().parse().map_err(|_| StoreError::NotAStore {
+                path: generation.clone(),
+                reason: format!("{BLOB_GENERATION} holds {t:?}, not a number"),
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+            Err(e) => {
+                return Err(StoreError::Io {
+                    path: generation,
+                    source: e,
+                })
+            }
+        };
         let store = Store {
             root: root.to_path_buf(),
             root_fd,
             gate: SyncGate::default(),
+            blob_generation: blob_generation.into(),
             _lock: lock,
         };
         store.init_layout()?;
@@ -233,6 +260,28 @@ impl Store {
 
     pub fn has_blob(&self, d: &Digest) -> bool {
         self.blob_path(d).exists()
+    }
+
+    /// The blob generation: it changes only when a blob may be removed, so
+    /// a blob known to be stored in the current generation still is.
+    pub fn blob_generation(&self) -> u64 {
+        self.blob_generation
+            .load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Start a new blob generation, durably, before removing any blob.
+    pub fn new_blob_generation(&self) -> Result<()> {
+        use std::sync::atomic::Ordering;
+        let next = self.blob_generation.load(Ordering::Acquire) + 1;
+        let path = self.root.join(BLOB_GENERATION);
+        let tmp = self.root.join(format!("{BLOB_GENERATION}.tmp"));
+        let mut f = File::create(&tmp).at(&tmp)?;
+        writeln!(f, "{next}").at(&tmp)?;
+        f.sync_all().at(&tmp)?;
+        fs::rename(&tmp, &path).at(&path)?;
+        self.root_fd.sync_all().at(&self.root)?;
+        self.blob_generation.store(next, Ordering::Release);
+        Ok(())
     }
 
     pub fn open_blob(&self, d: &Digest) -> Result<File> {

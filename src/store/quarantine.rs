@@ -69,6 +69,9 @@ impl Store {
         name: &str,
         reason: &str,
     ) -> Result<bool> {
+        if kind == Kind::Blob && from.exists() {
+            self.new_blob_generation()?;
+        }
         let dir = self.quarantine_dir().join(kind.dir());
         fs::create_dir_all(&dir).at(&dir)?;
         let mut to = dir.join(name);

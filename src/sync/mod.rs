@@ -10,6 +10,7 @@ pub mod changes;
 pub mod dirty;
 pub mod scan;
 pub mod shared;
+mod statcache;
 mod walk;
 pub mod watch;
 
@@ -316,11 +317,9 @@ impl Incremental {
         let base = self.base;
         let r = t.record(cache, walked.out)?;
         if incremental {
-            // Forget the stat entries of files that are gone (a full walk
-            // does this itself). NB: the diff from our own base names every
-            // path this pass removed or replaced.
-            // (A file that became a directory keeps a stale entry until the
-            // next full walk: harmless, it can match nothing.)
+            // Forget the stat-cache records of files that are gone (a full
+            // walk does this itself). NB: the diff from our own base names
+            // every path this pass removed or replaced.
             let other;
             let gone = if r.previous == Some(base) {
                 &r.changes
@@ -328,16 +327,12 @@ impl Incremental {
                 other = changes::diff(&cache.store, Some(&base), &r.scan.tree)?;
                 &other
             };
-            let ops = gone
-                .changes
-                .iter()
-                .filter(|c| c.kind == ChangeKind::Removed)
-                .map(|c| {
-                    let mut k = id.to_vec();
-                    k.extend_from_slice(&c.path);
-                    (k, None)
-                });
-            cache.index.stat_apply(ops)?;
+            statcache::StatCache::new(&cache.index, &id).forget(
+                gone.changes
+                    .iter()
+                    .filter(|c| c.kind == ChangeKind::Removed)
+                    .map(|c| c.path.as_slice()),
+            )?;
         }
         self.base = r.scan.tree;
         let listed = Listed {

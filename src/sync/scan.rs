@@ -7,9 +7,10 @@
 //! canonical whatever order the (parallel) walk meets entries in; the walk
 //! itself is `walk`, shared with `--watch`'s incremental passes.
 //!
-//! Stat cache (as git's index): a file whose (dev, inode, size, mtime,
-//! ctime, mode) equal the cached ones, and whose cached digest's blob is in
-//! the store, is not read again. A file modified within `RACY_NS` of the
+//! Stat cache (as git's index; see `statcache`, one record per directory):
+//! a file whose (dev, inode, size, mtime, ctime, mode) equal the cached
+//! ones, and whose cached digest's blob is in the store (known without a
+//! look while the store's blob generation is unchanged), is not read again. A file modified within `RACY_NS` of the
 //! scan that recorded it is "racy" (git's term: a same-granularity write
 //! after the scan could keep all six fields) and is re-hashed next time.
 //!
@@ -137,35 +138,6 @@ impl Meta {
         }
         d.join(", ")
     }
-}
-
-const ENTRY_LEN: usize = 8 * 5 + 4 + 1 + 32;
-
-pub(crate) fn encode(m: &Meta, racy: bool, d: &Digest) -> Vec<u8> {
-    let mut v = Vec::with_capacity(ENTRY_LEN);
-    for x in [m.dev, m.ino, m.size, m.mtime_ns as u64, m.ctime_ns as u64] {
-        v.extend_from_slice(&x.to_le_bytes());
-    }
-    v.extend_from_slice(&m.mode.to_le_bytes());
-    v.push(racy as u8);
-    v.extend_from_slice(d.as_bytes());
-    v
-}
-
-pub(crate) fn decode(v: &[u8]) -> Option<(Meta, bool, Digest)> {
-    if v.len() != ENTRY_LEN {
-        return None;
-    }
-    let u = |i: usize| u64::from_le_bytes(v[i * 8..i * 8 + 8].try_into().expect("8 bytes"));
-    let m = Meta {
-        dev: u(0),
-        ino: u(1),
-        size: u(2),
-        mtime_ns: u(3) as i64,
-        ctime_ns: u(4) as i64,
-        mode: u32::from_le_bytes(v[40..44].try_into().expect("4 bytes")),
-    };
-    Some((m, v[44] == 1, Digest::from_slice(&v[45..77])?))
 }
 
 /// The ignore files a scan honours in every directory (`.gitignore` as git

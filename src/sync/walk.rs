@@ -21,7 +21,8 @@ use std::sync::{Arc, Mutex};
 
 use ignore::{DirEntry, ParallelVisitor, ParallelVisitorBuilder, WalkState};
 
-use super::scan::{decode, encode, hash_stable, now_ns, Meta, ScanOptions, ScanOutput, RACY_NS};
+use super::scan::{hash_stable, now_ns, Meta, ScanOptions, ScanOutput, RACY_NS};
+use super::statcache::{DirRec, FileRec, StatCache};
 use super::SyncError;
 use crate::cache::Cache;
 use crate::hash::Digest;
@@ -59,7 +60,9 @@ pub(crate) struct Walked {
 struct Ctx<'a> {
     cache: &'a Cache,
     root: &'a Path,
-    root_id: &'a [u8; 16],
+    stat_cache: &'a StatCache<'a>,
+    /// The store's blob generation when the walk started.
+    generation: u64,
     opts: &'a ScanOptions,
     plan: Option<&'a Plan>,
     scan_start: i64,
@@ -75,9 +78,9 @@ struct Part {
     groups: HashMap<PathBuf, Vec<TreeEntry>>,
     /// Directories walked (their entries are in `groups`).
     dirs: Vec<PathBuf>,
-    /// Stat-cache keys of every file met (full walks only).
-    seen: Vec<Vec<u8>>,
-    puts: Vec<(Vec<u8>, Vec<u8>)>,
+    /// The stat-cache record of every file examined, by directory
+    /// (relative to the root).
+    found: HashMap<Vec<u8>, Vec<(Vec<u8>, FileRec)>>,
     work: Option<(Staged, tempfile::TempDir)>,
     hashed: u64,
     reused: u64,
@@ -93,6 +96,8 @@ struct Visitor<'a> {
     dir: Option<(PathBuf, std::fs::File)>,
     /// Open blob directories of the store, for the same reason.
     blob_dirs: HashMap<PathBuf, std::fs::File>,
+    /// The stat-cache record of the directory of the last file looked up.
+    recs: Option<(PathBuf, Arc<DirRec>)>,
 }
 
 /// An `O_PATH` descriptor of a directory, for `*at` calls.
@@ -136,6 +141,7 @@ impl<'s> ParallelVisitorBuilder<'s> for Builder<'s> {
             part: Part::default(),
             dir: None,
             blob_dirs: HashMap::new(),
+            recs: None,
         })
     }
 }
@@ -264,24 +270,34 @@ impl Visitor<'_> {
                 })
             }
         };
-        let mut key = ctx.root_id.to_vec();
-        key.extend_from_slice(
-            path.strip_prefix(ctx.root)
-                .unwrap_or(path)
-                .as_os_str()
-                .as_bytes(),
-        );
-        let hit = ctx.cache.index.stat_get(&key)?.and_then(|v| decode(&v));
-        if ctx.plan.is_none() {
-            self.part.seen.push(key.clone());
+        let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+            return Ok(None);
+        };
+        let rel_dir = parent
+            .strip_prefix(ctx.root)
+            .unwrap_or(parent)
+            .as_os_str()
+            .as_bytes();
+        if !matches!(&self.recs, Some((p, _)) if p == parent) {
+            self.recs = Some((parent.to_path_buf(), ctx.stat_cache.dir(rel_dir)?));
         }
-        if let Some((m, false, d)) = hit {
-            if m == meta && self.has_blob(&d) {
+        let hit = self
+            .recs
+            .as_ref()
+            .and_then(|(_, r)| r.get(name.as_bytes()).copied());
+        if let Some(r) = hit.filter(|r| !r.racy && r.meta == meta) {
+            // NB: a blob stored in the current generation is still there.
+            if r.generation == ctx.generation || self.has_blob(&r.digest) {
                 self.part.reused += 1;
+                let rec = FileRec {
+                    generation: ctx.generation,
+                    ..r
+                };
+                self.found(rel_dir, name, rec);
                 return Ok(Some(Node::File {
-                    size: m.size,
-                    digest: d,
-                    exec: m.mode & 0o111 != 0,
+                    size: meta.size,
+                    digest: r.digest,
+                    exec: meta.mode & 0o111 != 0,
                 }));
             }
         }
@@ -295,7 +311,13 @@ impl Visitor<'_> {
                 // granularity after this scan could leave the stat unchanged.
                 let racy = meta.mtime_ns >= ctx.scan_start - RACY_NS
                     || meta.ctime_ns >= ctx.scan_start - RACY_NS;
-                self.part.puts.push((key, encode(&meta, racy, &d)));
+                let rec = FileRec {
+                    meta,
+                    racy,
+                    generation: ctx.generation,
+                    digest: d,
+                };
+                self.found(rel_dir, name, rec);
                 self.part.hashed += 1;
                 Ok(Some(Node::File {
                     size,
@@ -313,6 +335,16 @@ impl Visitor<'_> {
 }
 
 impl Visitor<'_> {
+    fn found(&mut self, rel_dir: &[u8], name: &std::ffi::OsStr, rec: FileRec) {
+        let entry = (name.as_bytes().to_vec(), rec);
+        match self.part.found.get_mut(rel_dir) {
+            Some(v) => v.push(entry),
+            None => {
+                self.part.found.insert(rel_dir.to_vec(), vec![entry]);
+            }
+        }
+    }
+
     fn lstat(&mut self, path: &Path) -> std::io::Result<Meta> {
         let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
             return std::fs::symlink_metadata(path).map(|m| Meta::of(&m));
@@ -492,10 +524,12 @@ pub(crate) fn walk(
         });
     }
 
+    let stat_cache = StatCache::new(&cache.index, root_id);
     let ctx = Ctx {
         cache,
         root,
-        root_id,
+        stat_cache: &stat_cache,
+        generation: cache.store.blob_generation(),
         opts,
         plan: plan.as_deref(),
         scan_start,
@@ -521,8 +555,7 @@ pub(crate) fn walk(
     };
     let mut groups: HashMap<PathBuf, Vec<TreeEntry>> = HashMap::new();
     let mut dirs = Vec::new();
-    let mut seen = HashSet::new();
-    let mut puts = Vec::new();
+    let mut found: HashMap<Vec<u8>, Vec<(Vec<u8>, FileRec)>> = HashMap::new();
     let mut staged = Staged::default();
     let mut workdirs = Vec::new();
     for p in done.into_inner().unwrap_or_else(|p| p.into_inner()) {
@@ -535,8 +568,14 @@ pub(crate) fn walk(
             }
         }
         dirs.extend(p.dirs);
-        seen.extend(p.seen);
-        puts.extend(p.puts);
+        for (dir, recs) in p.found {
+            match found.get_mut(&dir) {
+                Some(v) => v.extend(recs),
+                None => {
+                    found.insert(dir, recs);
+                }
+            }
+        }
         if let Some((s, w)) = p.work {
             staged.append(s);
             workdirs.push(w);
@@ -588,18 +627,9 @@ pub(crate) fn walk(
     drop(workdirs);
     drop(treework);
 
-    // NB: stat entries only after the blobs they name are committed.
-    let mut ops: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::new();
-    if plan.is_none() {
-        // Forget files that are gone.
-        for k in cache.index.stat_keys(root_id)? {
-            if !seen.contains(k.as_slice()) {
-                ops.push((k, None));
-            }
-        }
-    }
-    ops.extend(puts.into_iter().map(|(k, v)| (k, Some(v))));
-    cache.index.stat_apply(ops)?;
+    // NB: stat-cache records only after the blobs they name are committed.
+    // A full walk also drops the records of directories it did not find.
+    stat_cache.store(found, plan.is_none())?;
     let listed_whole = std::mem::take(&mut *lock(&listed));
     Ok(Walked {
         out,
