@@ -734,6 +734,155 @@ impl Watching {
     }
 }
 
+/// One round of 1 to 5 random edits of `dir` (`outside`: a scratch
+/// directory on the same filesystem); returns the kinds of edit made.
+fn random_edits(rng: &mut Rng, dir: &Path, outside: &Path, round: u32) -> Vec<u64> {
+    // Edits may meet a path an earlier edit made a file: then they do nothing.
+    let put = |p: &Path, b: &[u8]| {
+        let _ = fs::create_dir_all(p.parent().unwrap());
+        let _ = fs::write(p, b);
+    };
+    let mut did = Vec::new();
+    for _ in 0..1 + rng.next(5) {
+        let (leaves, dirs) = walk_all(dir);
+        let pick = |rng: &mut Rng, v: &[PathBuf]| -> Option<PathBuf> {
+            (!v.is_empty()).then(|| v[rng.next(v.len() as u64) as usize].clone())
+        };
+        let some_dir = pick(rng, &dirs).unwrap_or_else(|| dir.to_path_buf());
+        let n = rng.next(1000);
+        let op = rng.next(16);
+        match op {
+            0 => put(&some_dir.join(format!("new{n}")), format!("{n}").as_bytes()),
+            1 => {
+                if let Some(f) = pick(rng, &leaves).filter(|f| f.is_file()) {
+                    fs::write(&f, format!("changed {n}")).unwrap();
+                }
+            }
+            2 => {
+                if let Some(f) = pick(rng, &leaves) {
+                    fs::remove_file(f).unwrap();
+                }
+            }
+            3 => {
+                if let Some(d) = pick(rng, &dirs) {
+                    fs::remove_dir_all(d).unwrap();
+                }
+            }
+            4 => {
+                // A file renamed into another directory.
+                if let Some(f) = pick(rng, &leaves) {
+                    let _ = fs::rename(f, some_dir.join(format!("moved{n}")));
+                }
+            }
+            5 => {
+                // A directory renamed into another (not into itself).
+                if let Some(d) = pick(rng, &dirs).filter(|d| !some_dir.starts_with(d)) {
+                    let _ = fs::rename(d, some_dir.join(format!("dmoved{n}")));
+                }
+            }
+            6 => {
+                // file -> dir, dir -> file
+                if let Some(f) = pick(rng, &leaves) {
+                    fs::remove_file(&f).unwrap();
+                    put(&f.join("inner"), b"was a file");
+                } else if let Some(d) = pick(rng, &dirs) {
+                    fs::remove_dir_all(&d).unwrap();
+                    fs::write(&d, b"was a dir").unwrap();
+                }
+            }
+            7 => {
+                // file -> symlink, symlink -> file
+                if let Some(f) = pick(rng, &leaves) {
+                    let was_link = fs::symlink_metadata(&f).unwrap().file_type().is_symlink();
+                    fs::remove_file(&f).unwrap();
+                    if was_link {
+                        fs::write(&f, b"was a link").unwrap();
+                    } else {
+                        symlink(format!("../target{n}"), &f).unwrap();
+                    }
+                }
+            }
+            8 => {
+                if let Some(f) = pick(rng, &leaves).filter(|f| f.is_file()) {
+                    let mode = fs::metadata(&f).unwrap().permissions().mode() ^ 0o111;
+                    fs::set_permissions(&f, fs::Permissions::from_mode(mode)).unwrap();
+                }
+            }
+            9 => {
+                // Ignored files: no change at all.
+                put(&some_dir.join(format!("obj{n}.o")), b"ignored");
+                put(&dir.join(format!("build/b{n}")), b"ignored");
+            }
+            10 => {
+                // An ignore-file edit changes what is in, without any
+                // event on the files it covers.
+                let pats = [
+                    "*.o\nbuild/\n",
+                    "*.o\nbuild/\ne1/\n",
+                    "build/\n",
+                    "*.txt\n!f1*.txt\n",
+                    // Ignores itself: not in the tree, still in force.
+                    ".gitignore\n*.o\nd2/\n",
+                ];
+                let gi = pick(rng, &dirs)
+                    .unwrap_or_else(|| dir.to_path_buf())
+                    .join(".gitignore");
+                let gi = if rng.next(2) == 0 {
+                    dir.join(".gitignore")
+                } else {
+                    gi
+                };
+                put(&gi, pats[rng.next(pats.len() as u64) as usize].as_bytes());
+            }
+            11 => {
+                // A whole tree made outside, then moved in: no events
+                // for what is inside it.
+                let t = outside.join(format!("t{round}-{n}"));
+                put(&t.join("a/b/one"), b"1");
+                put(&t.join("two"), b"2");
+                symlink("one", t.join("a/b/l")).unwrap();
+                let _ = fs::rename(&t, some_dir.join(format!("in{n}")));
+            }
+            12 | 15 => {
+                // A directory replaced by another of the same name,
+                // with subdirectories of the same names.
+                if let Some(d) = pick(rng, &dirs) {
+                    let subs: Vec<_> = fs::read_dir(&d)
+                        .unwrap()
+                        .map(|e| e.unwrap())
+                        .filter(|e| e.file_type().unwrap().is_dir())
+                        .map(|e| e.file_name())
+                        .collect();
+                    let r = outside.join(format!("new{round}-{n}"));
+                    put(&r.join("fresh"), b"replacement");
+                    for s in subs {
+                        put(&r.join(s).join("fresh"), b"replacement");
+                    }
+                    fs::rename(&d, outside.join(format!("gone{round}-{n}"))).unwrap();
+                    fs::rename(&r, &d).unwrap();
+                }
+            }
+            13 => {
+                // A new directory, filled at once (races the watcher
+                // adding its watch).
+                let nd = some_dir.join(format!("burst{n}"));
+                for k in 0..50 {
+                    put(&nd.join(format!("s{}/f{k}", k % 3)), &[k as u8]);
+                }
+            }
+            14 => {
+                // Moved out of the tree.
+                if let Some(f) = pick(rng, &leaves) {
+                    fs::rename(f, outside.join(format!("out{round}-{n}"))).unwrap();
+                }
+            }
+            _ => unreachable!(),
+        }
+        did.push(op);
+    }
+    did
+}
+
 /// The watch computes each snapshot from dirty paths alone, on top of the
 /// previous tree: after every batch of random edits its snapshot must be
 /// the very tree a fresh full sync (new store, no stat cache) computes.
@@ -756,153 +905,13 @@ fn watched_snapshots_equal_a_fresh_full_sync_after_random_edits() {
     write(&dir.join("d1/.dagfsignore"), b"*.tmp\n");
     write(&dir.join("build/out.bin"), b"ignored");
     symlink("d0/e0/f0.txt", dir.join("link")).unwrap();
-    // Edits may meet a path an earlier edit made a file: then they do nothing.
-    let put = |p: &Path, b: &[u8]| {
-        let _ = fs::create_dir_all(p.parent().unwrap());
-        let _ = fs::write(p, b);
-    };
     let w = Watching::start(&store, &dir);
     let first = w.until("the first snapshot", |v| v["seq"] == 1);
     let mut last = first["tree"].as_str().unwrap().to_string();
     let mut rng = Rng(11);
     let mut fresh_n = 0;
     for round in 0..30 {
-        let mut did = Vec::new();
-        for _ in 0..1 + rng.next(5) {
-            let (leaves, dirs) = walk_all(&dir);
-            let pick = |rng: &mut Rng, v: &[PathBuf]| -> Option<PathBuf> {
-                (!v.is_empty()).then(|| v[rng.next(v.len() as u64) as usize].clone())
-            };
-            let some_dir = pick(&mut rng, &dirs).unwrap_or_else(|| dir.clone());
-            let n = rng.next(1000);
-            let op = rng.next(16);
-            match op {
-                0 => put(&some_dir.join(format!("new{n}")), format!("{n}").as_bytes()),
-                1 => {
-                    if let Some(f) = pick(&mut rng, &leaves).filter(|f| f.is_file()) {
-                        fs::write(&f, format!("changed {n}")).unwrap();
-                    }
-                }
-                2 => {
-                    if let Some(f) = pick(&mut rng, &leaves) {
-                        fs::remove_file(f).unwrap();
-                    }
-                }
-                3 => {
-                    if let Some(d) = pick(&mut rng, &dirs) {
-                        fs::remove_dir_all(d).unwrap();
-                    }
-                }
-                4 => {
-                    // A file renamed into another directory.
-                    if let Some(f) = pick(&mut rng, &leaves) {
-                        let _ = fs::rename(f, some_dir.join(format!("moved{n}")));
-                    }
-                }
-                5 => {
-                    // A directory renamed into another (not into itself).
-                    if let Some(d) = pick(&mut rng, &dirs).filter(|d| !some_dir.starts_with(d)) {
-                        let _ = fs::rename(d, some_dir.join(format!("dmoved{n}")));
-                    }
-                }
-                6 => {
-                    // file -> dir, dir -> file
-                    if let Some(f) = pick(&mut rng, &leaves) {
-                        fs::remove_file(&f).unwrap();
-                        put(&f.join("inner"), b"was a file");
-                    } else if let Some(d) = pick(&mut rng, &dirs) {
-                        fs::remove_dir_all(&d).unwrap();
-                        fs::write(&d, b"was a dir").unwrap();
-                    }
-                }
-                7 => {
-                    // file -> symlink, symlink -> file
-                    if let Some(f) = pick(&mut rng, &leaves) {
-                        let was_link = fs::symlink_metadata(&f).unwrap().file_type().is_symlink();
-                        fs::remove_file(&f).unwrap();
-                        if was_link {
-                            fs::write(&f, b"was a link").unwrap();
-                        } else {
-                            symlink(format!("../target{n}"), &f).unwrap();
-                        }
-                    }
-                }
-                8 => {
-                    if let Some(f) = pick(&mut rng, &leaves).filter(|f| f.is_file()) {
-                        let mode = fs::metadata(&f).unwrap().permissions().mode() ^ 0o111;
-                        fs::set_permissions(&f, fs::Permissions::from_mode(mode)).unwrap();
-                    }
-                }
-                9 => {
-                    // Ignored files: no change at all.
-                    put(&some_dir.join(format!("obj{n}.o")), b"ignored");
-                    put(&dir.join(format!("build/b{n}")), b"ignored");
-                }
-                10 => {
-                    // An ignore-file edit changes what is in, without any
-                    // event on the files it covers.
-                    let pats = [
-                        "*.o\nbuild/\n",
-                        "*.o\nbuild/\ne1/\n",
-                        "build/\n",
-                        "*.txt\n!f1*.txt\n",
-                    ];
-                    let gi = pick(&mut rng, &dirs)
-                        .unwrap_or_else(|| dir.clone())
-                        .join(".gitignore");
-                    let gi = if rng.next(2) == 0 {
-                        dir.join(".gitignore")
-                    } else {
-                        gi
-                    };
-                    put(&gi, pats[rng.next(pats.len() as u64) as usize].as_bytes());
-                }
-                11 => {
-                    // A whole tree made outside, then moved in: no events
-                    // for what is inside it.
-                    let t = outside.join(format!("t{round}-{n}"));
-                    put(&t.join("a/b/one"), b"1");
-                    put(&t.join("two"), b"2");
-                    symlink("one", t.join("a/b/l")).unwrap();
-                    let _ = fs::rename(&t, some_dir.join(format!("in{n}")));
-                }
-                12 | 15 => {
-                    // A directory replaced by another of the same name,
-                    // with subdirectories of the same names.
-                    if let Some(d) = pick(&mut rng, &dirs) {
-                        let subs: Vec<_> = fs::read_dir(&d)
-                            .unwrap()
-                            .map(|e| e.unwrap())
-                            .filter(|e| e.file_type().unwrap().is_dir())
-                            .map(|e| e.file_name())
-                            .collect();
-                        let r = outside.join(format!("new{round}-{n}"));
-                        put(&r.join("fresh"), b"replacement");
-                        for s in subs {
-                            put(&r.join(s).join("fresh"), b"replacement");
-                        }
-                        fs::rename(&d, outside.join(format!("gone{round}-{n}"))).unwrap();
-                        fs::rename(&r, &d).unwrap();
-                    }
-                }
-                13 => {
-                    // A new directory, filled at once (races the watcher
-                    // adding its watch).
-                    let nd = some_dir.join(format!("burst{n}"));
-                    for k in 0..50 {
-                        put(&nd.join(format!("s{}/f{k}", k % 3)), &[k as u8]);
-                    }
-                }
-                14 => {
-                    // Moved out of the tree.
-                    if let Some(f) = pick(&mut rng, &leaves) {
-                        fs::rename(f, outside.join(format!("out{round}-{n}"))).unwrap();
-                    }
-                }
-                _ => unreachable!(),
-            }
-            did.push(op);
-        }
+        let did = random_edits(&mut rng, &dir, &outside, round);
         fresh_n += 1;
         let (code, fresh, err) = sync(&tmp.path().join(format!("fresh{fresh_n}")), &dir, &[]);
         assert_eq!(code, 0, "{err}");
@@ -913,4 +922,57 @@ fn watched_snapshots_equal_a_fresh_full_sync_after_random_edits() {
         );
     }
     assert!(w.stop().success());
+}
+
+/// A rescan with `dagfs sync` is validated against the stat cache and then
+/// walks only what changed (see `sync::statcache`): after every round of
+/// random edits its snapshot must be the very tree a fresh full sync (new
+/// store, no stat cache) computes, and a rescan with nothing changed reads
+/// nothing.
+#[test]
+fn rescans_equal_a_fresh_full_sync_after_random_edits() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (store, dir, outside) = (
+        tmp.path().join("store"),
+        tmp.path().join("src"),
+        tmp.path().join("outside"),
+    );
+    fs::create_dir_all(&outside).unwrap();
+    for i in 0..60 {
+        write(
+            &dir.join(format!("d{}/e{}/f{i}.txt", i % 5, i % 3)),
+            format!("file {i}").as_bytes(),
+        );
+    }
+    write(&dir.join(".gitignore"), b"*.o\nbuild/\n");
+    write(&dir.join("d1/.dagfsignore"), b"*.tmp\n");
+    write(&dir.join("build/out.bin"), b"ignored");
+    symlink("d0/e0/f0.txt", dir.join("link")).unwrap();
+    let (code, _, err) = sync(&store, &dir, &[]);
+    assert_eq!(code, 0, "{err}");
+    let mut rng = Rng(23);
+    for round in 0..60 {
+        // Half the rounds right after the last scan (racy stamps), half not.
+        if round % 2 == 1 {
+            std::thread::sleep(std::time::Duration::from_millis(60));
+        }
+        let did = random_edits(&mut rng, &dir, &outside, round);
+        let (code, got, err) = sync(&store, &dir, &[]);
+        assert_eq!(code, 0, "{err}");
+        let (code, fresh, err) = sync(&tmp.path().join(format!("fresh{round}")), &dir, &[]);
+        assert_eq!(code, 0, "{err}");
+        assert_eq!(
+            got["tree"], fresh["tree"],
+            "round {round} (edits {did:?}): the rescan's snapshot is not the full sync's"
+        );
+        assert_eq!(got["files"], fresh["files"], "round {round}");
+        assert_eq!(got["bytes"], fresh["bytes"], "round {round}");
+        fs::remove_dir_all(tmp.path().join(format!("fresh{round}"))).unwrap();
+    }
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let (_, _, _) = sync(&store, &dir, &[]);
+    let (_, v, _) = sync(&store, &dir, &[]);
+    assert_eq!(v["hashed"], 0, "nothing changed: nothing read");
+    assert_eq!(v["new_snapshot"], false);
+    assert_eq!(v["stat_cache_hits"], v["files"]);
 }

@@ -606,6 +606,17 @@ impl Index {
         Ok(())
     }
 
+    /// Every (key, value) under `prefix`.
+    pub fn stat_scan(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        self.statcache
+            .scan_prefix(prefix)
+            .map(|kv| {
+                let (k, v) = kv?;
+                Ok((k.to_vec(), v.to_vec()))
+            })
+            .collect()
+    }
+
     /// Every key under `prefix`.
     pub fn stat_keys(&self, prefix: &[u8]) -> Result<Vec<Vec<u8>>> {
         self.statcache

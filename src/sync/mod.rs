@@ -304,7 +304,6 @@ impl Incremental {
             self.totals.clear();
         }
         let plan = dirty::plan(&cache.store, &t.root, &self.base, dirty)?;
-        let incremental = plan.is_some();
         let walked = walk::walk(
             cache,
             &t.root,
@@ -313,27 +312,7 @@ impl Incremental {
             plan.map(std::sync::Arc::new),
             &mut self.totals,
         )?;
-        let id = t.id;
-        let base = self.base;
         let r = t.record(cache, walked.out)?;
-        if incremental {
-            // Forget the stat-cache records of files that are gone (a full
-            // walk does this itself). NB: the diff from our own base names
-            // every path this pass removed or replaced.
-            let other;
-            let gone = if r.previous == Some(base) {
-                &r.changes
-            } else {
-                other = changes::diff(&cache.store, Some(&base), &r.scan.tree)?;
-                &other
-            };
-            statcache::StatCache::new(&cache.index, &id).forget(
-                gone.changes
-                    .iter()
-                    .filter(|c| c.kind == ChangeKind::Removed)
-                    .map(|c| c.path.as_slice()),
-            )?;
-        }
         self.base = r.scan.tree;
         let listed = Listed {
             dirs: walked.listed_whole,

@@ -88,6 +88,21 @@ pub(crate) struct Meta {
 }
 
 impl Meta {
+    /// All zero: a placeholder where a record has no stat.
+    pub(crate) const NONE: Meta = Meta {
+        dev: 0,
+        ino: 0,
+        size: 0,
+        mtime_ns: 0,
+        ctime_ns: 0,
+        mode: 0,
+    };
+
+    /// Stamped within `RACY_NS` of (or after) `scan_start`.
+    pub(crate) fn racy(&self, scan_start: i64) -> bool {
+        self.mtime_ns >= scan_start - RACY_NS || self.ctime_ns >= scan_start - RACY_NS
+    }
+
     pub(crate) fn of(md: &std::fs::Metadata) -> Meta {
         Meta {
             dev: md.dev(),

@@ -1,32 +1,63 @@
 //! The stat cache: for each synced root (and filter set), one index record
 //! per directory, holding the stat, digest and blob generation of each
-//! regular file directly in it, sorted by name.
+//! regular file directly in it (sorted by name), the directory's own stat
+//! from just before it was listed, the stats of its ignore files, and the
+//! names of its subdirectories. The root's record also names the tree the
+//! walk that wrote the records produced.
 //!
-//! One record per directory, not per file: a rescan of 100,000 unchanged
-//! files in 1,000 directories reads 1,000 records (each once, by whichever
-//! walker thread meets the directory first) instead of making 100,000
-//! index lookups, and writes back only the records of directories where
-//! something changed.
+//! One record per directory, not per file: a rescan reads 1,000 records
+//! for 100,000 files in 1,000 directories, not 100,000.
 //!
-//! A record also says which blob generation of the store its digest was
+//! With the directory stats, a rescan is *validated* before anything is
+//! walked (`validate`), as git's untracked cache does: every directory and
+//! file the records name is stat'ed (in parallel, with `fstatat` from the
+//! open directory), and only what differs is marked dirty. A directory
+//! whose stat is unchanged has the same names in it (creating, removing or
+//! renaming an entry changes the directory's mtime), so it is not listed
+//! again. The dirty paths then drive the same incremental walk as
+//! `--watch` (`dirty::plan`) from the recorded tree; with none, the
+//! recorded tree is the snapshot, and nothing is listed or read at all.
+//!
+//! A record also says which blob generation of the store its digests were
 //! known to be stored in (`Store::blob_generation`): while no blob has been
-//! removed since (no gc sweep, no quarantine), the blob is there and need
-//! not be looked for.
+//! removed since (no gc sweep, no quarantine), the blobs are there and need
+//! not be looked for. The validation is used only when the root's record is
+//! of the current generation; otherwise a full walk checks every blob.
 //!
-//! Record layout: version byte `1`, then per file: name length (u16 LE),
-//! name, dev, ino, size, mtime ns, ctime ns (u64 LE each), mode (u32 LE),
-//! racy (u8), generation (u64 LE), digest (32 bytes). A record that does not
-//! decode is treated as absent (its files are hashed again).
+//! Anything stamped within `RACY_NS` of the scan that recorded it is not
+//! trusted (a later write in the same clock tick could keep its stat).
+//!
+//! Record layout, version 2 (LE integers): version byte; flags (1: has the
+//! directory's stat, 2: that stat is racy, 4: complete, every file of its
+//! tree has a record, 8: root information follows); the directory's stat if
+//! flagged; for `.gitignore` then `.dagfsignore`, a presence byte and a stat;
+//! root information if flagged (tree digest, files, bytes, generation);
+//! subdirectory count (u32) and names (u16 length, bytes); then per file:
+//! name length (u16), name, stat, racy (u8), generation (u64), digest. A stat
+//! is dev, ino, size, mtime ns, ctime ns (u64 each) and mode (u32). A record
+//! that does not decode is treated as absent.
 
 use std::collections::HashMap;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use super::dirty::Dirty;
 use super::scan::Meta;
 use crate::hash::Digest;
 use crate::index::Index;
+use crate::store::{Node, Store, TreeEntry};
 
-const VERSION: u8 = 1;
-const FIXED: usize = 8 * 5 + 4 + 1 + 8 + 32;
+const VERSION: u8 = 2;
+const META: usize = 8 * 5 + 4;
+const FIXED: usize = META + 1 + 8 + 32;
+const F_DIR: u8 = 1;
+const F_DIR_RACY: u8 = 2;
+const F_COMPLETE: u8 = 4;
+const F_ROOT: u8 = 8;
+
+/// The ignore files whose stats a record keeps (see `scan`).
+pub(crate) const IGNORE_FILES: [&str; 2] = [super::scan::GIT_IGNORE, super::scan::DAGFS_IGNORE];
 
 /// What the cache holds for one file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,10 +71,73 @@ pub(crate) struct FileRec {
     pub digest: Digest,
 }
 
-/// One directory's files, sorted by name.
+/// What the walk that wrote the records made of the whole root.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct RootInfo {
+    pub tree: Digest,
+    pub files: u64,
+    pub bytes: u64,
+    pub generation: u64,
+}
+
+/// One directory's record.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct DirRec {
+    /// The directory's stat from just before it was listed.
+    pub dir: Option<Meta>,
+    pub dir_racy: bool,
+    /// Every file of the directory's tree has a record here.
+    pub complete: bool,
+    /// Stats of `IGNORE_FILES` in it (None: absent).
+    pub ignore: [Option<Meta>; 2],
+    /// The root's record only.
+    pub root: Option<RootInfo>,
+    /// Subdirectories in its tree, sorted.
+    pub subdirs: Vec<Vec<u8>>,
+    /// Files, sorted by name.
     pub files: Vec<(Vec<u8>, FileRec)>,
+}
+
+fn put_meta(v: &mut Vec<u8>, m: &Meta) {
+    for x in [m.dev, m.ino, m.size, m.mtime_ns as u64, m.ctime_ns as u64] {
+        v.extend_from_slice(&x.to_le_bytes());
+    }
+    v.extend_from_slice(&m.mode.to_le_bytes());
+}
+
+fn get_meta(f: &[u8]) -> Meta {
+    let u = |i: usize| u64::from_le_bytes(f[i * 8..i * 8 + 8].try_into().expect("8 bytes"));
+    Meta {
+        dev: u(0),
+        ino: u(1),
+        size: u(2),
+        mtime_ns: u(3) as i64,
+        ctime_ns: u(4) as i64,
+        mode: u32::from_le_bytes(f[40..44].try_into().expect("4 bytes")),
+    }
+}
+
+/// A reader over a record's bytes: None once past the end.
+struct Reader<'b>(&'b [u8]);
+
+impl<'b> Reader<'b> {
+    fn take(&mut self, n: usize) -> Option<&'b [u8]> {
+        let (a, b) = (self.0.get(..n)?, self.0.get(n..)?);
+        self.0 = b;
+        Some(a)
+    }
+    fn u8(&mut self) -> Option<u8> {
+        Some(self.take(1)?[0])
+    }
+    fn u16(&mut self) -> Option<usize> {
+        Some(u16::from_le_bytes(self.take(2)?.try_into().ok()?) as usize)
+    }
+    fn u64(&mut self) -> Option<u64> {
+        Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
+    }
+    fn meta(&mut self) -> Option<Meta> {
+        Some(get_meta(self.take(META)?))
+    }
 }
 
 impl DirRec {
@@ -55,17 +149,46 @@ impl DirRec {
     }
 
     pub fn encode(&self) -> Vec<u8> {
-        let mut v = Vec::with_capacity(1 + self.files.len() * (FIXED + 12));
+        let mut v = Vec::with_capacity(256 + self.files.len() * (FIXED + 12));
         v.push(VERSION);
+        let mut flags = 0;
+        if self.dir.is_some() {
+            flags |= F_DIR;
+        }
+        if self.dir_racy {
+            flags |= F_DIR_RACY;
+        }
+        if self.complete {
+            flags |= F_COMPLETE;
+        }
+        if self.root.is_some() {
+            flags |= F_ROOT;
+        }
+        v.push(flags);
+        if let Some(m) = &self.dir {
+            put_meta(&mut v, m);
+        }
+        for m in &self.ignore {
+            v.push(m.is_some() as u8);
+            put_meta(&mut v, &m.unwrap_or(Meta::NONE));
+        }
+        if let Some(r) = &self.root {
+            v.extend_from_slice(r.tree.as_bytes());
+            for x in [r.files, r.bytes, r.generation] {
+                v.extend_from_slice(&x.to_le_bytes());
+            }
+        }
+        v.extend_from_slice(&(self.subdirs.len() as u32).to_le_bytes());
+        for name in &self.subdirs {
+            let len = u16::try_from(name.len()).expect("names are at most 255 bytes");
+            v.extend_from_slice(&len.to_le_bytes());
+            v.extend_from_slice(name);
+        }
         for (name, r) in &self.files {
             let len = u16::try_from(name.len()).expect("names are at most 255 bytes");
             v.extend_from_slice(&len.to_le_bytes());
             v.extend_from_slice(name);
-            let m = &r.meta;
-            for x in [m.dev, m.ino, m.size, m.mtime_ns as u64, m.ctime_ns as u64] {
-                v.extend_from_slice(&x.to_le_bytes());
-            }
-            v.extend_from_slice(&m.mode.to_le_bytes());
+            put_meta(&mut v, &r.meta);
             v.push(r.racy as u8);
             v.extend_from_slice(&r.generation.to_le_bytes());
             v.extend_from_slice(r.digest.as_bytes());
@@ -75,65 +198,69 @@ impl DirRec {
 
     /// None: not a record this version wrote (or damaged).
     pub fn decode(b: &[u8]) -> Option<DirRec> {
-        let (&version, mut rest) = b.split_first()?;
-        if version != VERSION {
+        let mut r = Reader(b);
+        if r.u8()? != VERSION {
             return None;
         }
+        let flags = r.u8()?;
+        let dir = if flags & F_DIR != 0 {
+            Some(r.meta()?)
+        } else {
+            None
+        };
+        let mut ignore = [None; 2];
+        for m in &mut ignore {
+            let present = r.u8()? == 1;
+            let meta = r.meta()?;
+            *m = present.then_some(meta);
+        }
+        let root = if flags & F_ROOT != 0 {
+            Some(RootInfo {
+                tree: Digest::from_slice(r.take(32)?)?,
+                files: r.u64()?,
+                bytes: r.u64()?,
+                generation: r.u64()?,
+            })
+        } else {
+            None
+        };
+        let n = u32::from_le_bytes(r.take(4)?.try_into().ok()?) as usize;
+        let mut subdirs = Vec::with_capacity(n.min(4096));
+        for _ in 0..n {
+            let len = r.u16()?;
+            subdirs.push(r.take(len)?.to_vec());
+        }
         let mut files = Vec::new();
-        while !rest.is_empty() {
-            let len = u16::from_le_bytes(rest.get(..2)?.try_into().ok()?) as usize;
-            let name = rest.get(2..2 + len)?.to_vec();
-            let f = rest.get(2 + len..2 + len + FIXED)?;
-            rest = &rest[2 + len + FIXED..];
-            let u = |i: usize| u64::from_le_bytes(f[i * 8..i * 8 + 8].try_into().expect("8 bytes"));
-            let meta = Meta {
-                dev: u(0),
-                ino: u(1),
-                size: u(2),
-                mtime_ns: u(3) as i64,
-                ctime_ns: u(4) as i64,
-                mode: u32::from_le_bytes(f[40..44].try_into().expect("4 bytes")),
-            };
-            let generation = u64::from_le_bytes(f[45..53].try_into().expect("8 bytes"));
+        while !r.0.is_empty() {
+            let len = r.u16()?;
+            let name = r.take(len)?.to_vec();
+            let meta = r.meta()?;
+            let racy = r.u8()? == 1;
+            let generation = r.u64()?;
+            let digest = Digest::from_slice(r.take(32)?)?;
             files.push((
                 name,
                 FileRec {
                     meta,
-                    racy: f[44] == 1,
+                    racy,
                     generation,
-                    digest: Digest::from_slice(&f[53..85])?,
+                    digest,
                 },
             ));
         }
         // Sorted and unique, or it is not ours.
-        if files.windows(2).any(|w| w[0].0 >= w[1].0) {
+        if files.windows(2).any(|w| w[0].0 >= w[1].0) || subdirs.windows(2).any(|w| w[0] >= w[1]) {
             return None;
         }
-        Some(DirRec { files })
-    }
-
-    /// Insert or replace each of `recs`.
-    pub fn upsert(&mut self, recs: impl IntoIterator<Item = (Vec<u8>, FileRec)>) {
-        for (name, r) in recs {
-            match self
-                .files
-                .binary_search_by(|(n, _)| n.as_slice().cmp(&name))
-            {
-                Ok(i) => self.files[i].1 = r,
-                Err(i) => self.files.insert(i, (name, r)),
-            }
-        }
-    }
-
-    /// Remove `name`; whether it was there.
-    pub fn remove(&mut self, name: &[u8]) -> bool {
-        match self.files.binary_search_by(|(n, _)| n.as_slice().cmp(name)) {
-            Ok(i) => {
-                self.files.remove(i);
-                true
-            }
-            Err(_) => false,
-        }
+        Some(DirRec {
+            dir,
+            dir_racy: flags & F_DIR_RACY != 0,
+            complete: flags & F_COMPLETE != 0,
+            ignore,
+            root,
+            subdirs,
+            files,
+        })
     }
 }
 
@@ -152,7 +279,12 @@ pub(crate) struct StatCache<'a> {
     index: &'a Index,
     root_id: [u8; 16],
     loaded: Mutex<HashMap<Vec<u8>, Arc<DirRec>>>,
+    /// Index writes collected by `record` and `unlisted`, for `apply`.
+    ops: Mutex<Vec<Op>>,
 }
+
+/// An index write: a put (Some) or a delete (None).
+type Op = (Vec<u8>, Option<Vec<u8>>);
 
 impl<'a> StatCache<'a> {
     pub fn new(index: &'a Index, root_id: &[u8; 16]) -> StatCache<'a> {
@@ -160,6 +292,7 @@ impl<'a> StatCache<'a> {
             index,
             root_id: *root_id,
             loaded: Mutex::new(HashMap::new()),
+            ops: Mutex::new(Vec::new()),
         }
     }
 
@@ -178,83 +311,249 @@ impl<'a> StatCache<'a> {
         Ok(rec)
     }
 
-    /// Write back what a walk found. `found` holds, by directory, the
-    /// record of every file the walk examined. With `complete` (a full
-    /// walk), a directory's record becomes exactly what was found and the
-    /// records of directories not found are removed; otherwise what was
-    /// found is merged into the existing records. Only records that change
-    /// are written.
-    pub fn store(
+    /// The index writes that record directory `rel_dir` as a walk listed
+    /// it: `entries` its tree's (sorted), `seen` its stats from before the
+    /// listing, `found` the files the walk examined in it, `root` (for the
+    /// root only) the whole walk's result. Files the walk kept from a
+    /// previous tree keep their records (if they name the same digest).
+    /// Subdirectories gone from the tree lose their records.
+    pub fn record(
         &self,
-        found: HashMap<Vec<u8>, Vec<(Vec<u8>, FileRec)>>,
-        complete: bool,
+        rel_dir: &[u8],
+        entries: &[TreeEntry],
+        seen: &Seen,
+        found: Vec<(Vec<u8>, FileRec)>,
+        root: Option<RootInfo>,
+        scan_start: i64,
     ) -> crate::index::Result<()> {
-        let mut ops: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::new();
-        if complete {
-            for k in self.index.stat_keys(&self.root_id)? {
-                if !found.contains_key(&k[16..]) {
-                    ops.push((k, None));
+        let old = self.dir(rel_dir)?;
+        let mut ops = lock(&self.ops);
+        let mut found = found;
+        found.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut new = DirRec {
+            dir: seen.dir,
+            dir_racy: seen.dir.map_or(true, |m| m.racy(scan_start)),
+            complete: true,
+            ignore: seen.ignore,
+            root,
+            subdirs: Vec::new(),
+            files: Vec::new(),
+        };
+        for e in entries {
+            match &e.node {
+                Node::Dir { .. } => new.subdirs.push(e.name.clone()),
+                Node::File { digest, .. } => {
+                    let rec = match found.binary_search_by(|(n, _)| n.cmp(&e.name)) {
+                        Ok(i) => Some(found[i].1),
+                        Err(_) => old.get(&e.name).copied(),
+                    };
+                    match rec.filter(|r| r.digest == *digest) {
+                        Some(r) => new.files.push((e.name.clone(), r)),
+                        None => new.complete = false,
+                    }
                 }
+                Node::Symlink { .. } => {}
             }
         }
-        for (dir, mut recs) in found {
-            let old = self.dir(&dir)?;
-            let new = if complete {
-                recs.sort_by(|a, b| a.0.cmp(&b.0));
-                recs.dedup_by(|a, b| a.0 == b.0);
-                DirRec { files: recs }
-            } else {
-                let mut d = (*old).clone();
-                d.upsert(recs);
-                d
-            };
-            if new != *old {
-                ops.push((key(&self.root_id, &dir), Some(new.encode())));
+        for gone in old
+            .subdirs
+            .iter()
+            .filter(|d| new.subdirs.binary_search(d).is_err())
+        {
+            let mut k = key(&self.root_id, rel_dir);
+            if !rel_dir.is_empty() {
+                k.push(b'/');
+            }
+            k.extend_from_slice(gone);
+            ops.push((k.clone(), None));
+            k.push(b'/');
+            ops.extend(self.index.stat_keys(&k)?.into_iter().map(|k| (k, None)));
+        }
+        if new != *old {
+            ops.push((key(&self.root_id, rel_dir), Some(new.encode())));
+        }
+        Ok(())
+    }
+
+    /// After a full walk: the writes that remove the records of directories
+    /// it did not list (gone, or now ignored or skipped).
+    pub fn unlisted(
+        &self,
+        listed: &std::collections::HashSet<Vec<u8>>,
+    ) -> crate::index::Result<()> {
+        let mut ops = lock(&self.ops);
+        for k in self.index.stat_keys(&self.root_id)? {
+            if !listed.contains(&k[16..]) {
+                ops.push((k, None));
             }
         }
+        Ok(())
+    }
+
+    /// Make the writes `record` and `unlisted` collected.
+    pub fn apply(&self) -> crate::index::Result<()> {
+        let ops = std::mem::take(&mut *lock(&self.ops));
         self.index.stat_apply(ops)
     }
 
-    /// Forget the paths (relative to the root) that a change set removed:
-    /// a file's record, or every record at and under a directory.
-    pub fn forget<'p>(
+    /// Check the records against the disk (see the module doc): None when
+    /// they cannot vouch for anything (no complete root record of the
+    /// current blob generation, or its tree is gone), else the recorded
+    /// result and what differs from it now.
+    pub fn validate(
         &self,
-        paths: impl IntoIterator<Item = &'p [u8]>,
-    ) -> crate::index::Result<()> {
-        let mut changed: HashMap<Vec<u8>, DirRec> = HashMap::new();
-        let mut ops: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::new();
-        for p in paths {
-            let (dir, name) = match p.iter().rposition(|&c| c == b'/') {
-                Some(i) => (&p[..i], &p[i + 1..]),
-                None => (&b""[..], p),
-            };
-            let rec = match changed.get_mut(dir) {
-                Some(r) => r,
-                None => {
-                    let r = (*self.dir(dir)?).clone();
-                    changed.entry(dir.to_vec()).or_insert(r)
-                }
-            };
-            rec.remove(name);
-            // A directory that was removed: its records and its subtree's.
-            let k = key(&self.root_id, p);
-            if self.index.stat_get(&k)?.is_some() {
-                ops.push((k.clone(), None));
+        root: &Path,
+        generation: u64,
+        store: &Store,
+        threads: usize,
+    ) -> crate::index::Result<Option<Validated>> {
+        let mut recs = HashMap::new();
+        for (k, v) in self.index.stat_scan(&self.root_id)? {
+            if let Some(r) = DirRec::decode(&v) {
+                recs.insert(k[16..].to_vec(), Arc::new(r));
             }
-            let mut under = k;
-            under.push(b'/');
-            ops.extend(self.index.stat_keys(&under)?.into_iter().map(|k| (k, None)));
         }
-        for (dir, rec) in changed {
-            let k = key(&self.root_id, &dir);
-            if rec.files.is_empty() {
-                ops.push((k, None));
+        let base = match recs.get(&b""[..]).and_then(|r| r.root) {
+            Some(b) if b.generation == generation && store.has_blob(&b.tree) => b,
+            _ => return Ok(None),
+        };
+        // The directories reachable from the root's record.
+        let mut dirty = Dirty::default();
+        let mut list: Vec<(PathBuf, Arc<DirRec>)> = Vec::new();
+        let mut stack = vec![Vec::new()];
+        while let Some(rel) = stack.pop() {
+            let abs = if rel.is_empty() {
+                root.to_path_buf()
             } else {
-                ops.push((k, Some(rec.encode())));
+                root.join(std::ffi::OsStr::from_bytes(&rel))
+            };
+            let Some(rec) = recs.get(&rel) else {
+                dirty.mark(abs, true);
+                continue;
+            };
+            for s in &rec.subdirs {
+                let mut r = rel.clone();
+                if !r.is_empty() {
+                    r.push(b'/');
+                }
+                r.extend_from_slice(s);
+                stack.push(r);
             }
+            list.push((abs, rec.clone()));
         }
-        self.index.stat_apply(ops)
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let checked = std::sync::atomic::AtomicU64::new(0);
+        let found: Mutex<Dirty> = Mutex::new(Dirty::default());
+        std::thread::scope(|s| {
+            for _ in 0..threads.clamp(1, 16) {
+                s.spawn(|| {
+                    let mut mine = Dirty::default();
+                    let mut ok = 0u64;
+                    loop {
+                        let i = next.fetch_add(16, std::sync::atomic::Ordering::Relaxed);
+                        let Some(chunk) = list.get(i..(i + 16).min(list.len())) else {
+                            break;
+                        };
+                        if chunk.is_empty() {
+                            break;
+                        }
+                        for (abs, rec) in chunk {
+                            ok += check_dir(abs, rec, &mut mine);
+                        }
+                    }
+                    lock(&found).merge(mine);
+                    checked.fetch_add(ok, std::sync::atomic::Ordering::Relaxed);
+                });
+            }
+        });
+        dirty.merge(found.into_inner().unwrap_or_else(|p| p.into_inner()));
+        // The walk that follows looks records up again: they are loaded.
+        *lock(&self.loaded) = recs;
+        Ok(Some(Validated {
+            base,
+            dirty,
+            checked: checked.into_inner(),
+        }))
     }
+}
+
+/// What `validate` found.
+pub(crate) struct Validated {
+    /// The result of the walk that wrote the records.
+    pub base: RootInfo,
+    /// What differs from it now.
+    pub dirty: Dirty,
+    /// Files whose stat matched.
+    pub checked: u64,
+}
+
+/// A directory's stats as a walk saw them just before listing it.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Seen {
+    pub dir: Option<Meta>,
+    pub ignore: [Option<Meta>; 2],
+}
+
+impl Seen {
+    /// `lstat` of `dir` and of its ignore files.
+    pub fn of(dir: &Path) -> Seen {
+        let meta = |p: &Path| std::fs::symlink_metadata(p).ok().map(|m| Meta::of(&m));
+        Seen {
+            dir: meta(dir).filter(|m| m.mode & libc::S_IFMT == libc::S_IFDIR),
+            ignore: IGNORE_FILES.map(|n| meta(&dir.join(n))),
+        }
+    }
+}
+
+/// Check one directory's record against the disk, marking what differs in
+/// `dirty`; returns how many of its files matched.
+fn check_dir(abs: &Path, rec: &DirRec, dirty: &mut Dirty) -> u64 {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::OpenOptionsExt;
+    let fd = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(abs)
+    {
+        Ok(f) => f,
+        Err(_) => {
+            // Gone or replaced: its parent's stat has changed too.
+            dirty.mark(abs.to_path_buf(), true);
+            return 0;
+        }
+    };
+    let stat = |name: &[u8]| {
+        nix::sys::stat::fstatat(
+            Some(fd.as_raw_fd()),
+            std::ffi::OsStr::from_bytes(name),
+            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+        )
+        .ok()
+        .map(|st| Meta::of_stat(&st))
+    };
+    let now = nix::sys::stat::fstat(fd.as_raw_fd())
+        .ok()
+        .map(|st| Meta::of_stat(&st));
+    if rec.dir.is_none() || rec.dir_racy || now != rec.dir {
+        dirty.mark(abs.to_path_buf(), false);
+    }
+    if !rec.complete {
+        dirty.mark(abs.to_path_buf(), true);
+    }
+    for (name, was) in IGNORE_FILES.iter().zip(&rec.ignore) {
+        if stat(name.as_bytes()) != *was {
+            dirty.mark(abs.join(name), false);
+        }
+    }
+    let mut ok = 0;
+    for (name, r) in &rec.files {
+        if !r.racy && stat(name) == Some(r.meta) {
+            ok += 1;
+        } else {
+            dirty.mark(abs.join(std::ffi::OsStr::from_bytes(name)), false);
+        }
+    }
+    ok
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -283,24 +582,42 @@ mod tests {
 
     #[test]
     fn records_round_trip_and_refuse_damage() {
-        let mut d = DirRec::default();
-        d.upsert([(b"b".to_vec(), rec(2)), (b"a".to_vec(), rec(1))]);
-        d.upsert([(vec![0xff; 255], rec(9)), (b"b".to_vec(), rec(3))]);
-        assert_eq!(d.files.len(), 3);
+        let mut d = DirRec {
+            dir: Some(rec(5).meta),
+            dir_racy: true,
+            complete: true,
+            ignore: [None, Some(rec(6).meta)],
+            root: Some(RootInfo {
+                tree: Digest::of(b"t"),
+                files: 3,
+                bytes: 99,
+                generation: 4,
+            }),
+            subdirs: vec![b"x".to_vec(), vec![0xfe; 255]],
+            files: vec![
+                (b"a".to_vec(), rec(1)),
+                (b"b".to_vec(), rec(3)),
+                (vec![0xff; 255], rec(9)),
+            ],
+        };
         assert_eq!(d.get(b"b"), Some(&rec(3)));
+        assert_eq!(d.get(b"c"), None);
         let b = d.encode();
         assert_eq!(DirRec::decode(&b), Some(d.clone()));
-        // A cut inside a file's fields is refused; one between files reads
-        // as fewer files (which are then hashed again): never as other data.
+        // A cut inside the header or a file's fields is refused; one between
+        // files reads as fewer files (hashed again): never as other data.
         for cut in 0..b.len() {
             if let Some(got) = DirRec::decode(&b[..cut]) {
                 assert!(d.files.starts_with(&got.files), "cut at {cut}");
+                assert_eq!((got.root, &got.subdirs), (d.root, &d.subdirs));
             }
         }
         let mut other = b.clone();
-        other[0] = 2;
+        other[0] = 1;
         assert_eq!(DirRec::decode(&other), None);
-        assert!(d.remove(b"a") && !d.remove(b"a"));
-        assert_eq!(DirRec::decode(&d.encode()), Some(d));
+        d.files.swap(0, 1);
+        assert_eq!(DirRec::decode(&d.encode()), None, "unsorted");
+        let empty = DirRec::default();
+        assert_eq!(DirRec::decode(&empty.encode()), Some(empty));
     }
 }

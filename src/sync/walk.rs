@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex};
 use ignore::{DirEntry, ParallelVisitor, ParallelVisitorBuilder, WalkState};
 
 use super::scan::{hash_stable, now_ns, Meta, ScanOptions, ScanOutput, RACY_NS};
-use super::statcache::{DirRec, FileRec, StatCache};
+use super::statcache::{DirRec, FileRec, RootInfo, Seen, StatCache};
 use super::SyncError;
 use crate::cache::Cache;
 use crate::hash::Digest;
@@ -487,12 +487,46 @@ pub(crate) fn walk(
     };
     walker.threads(threads.max(1));
 
+    // A full walk asked for: what the stat cache can vouch for needs no
+    // walk (see `statcache`). Nothing changed: the recorded tree stands;
+    // something did: walk only that, as `--watch` does.
+    let stat_cache = StatCache::new(&cache.index, root_id);
+    let generation = cache.store.blob_generation();
+    let mut plan = plan;
+    let mut validated = false;
+    if plan.is_none() {
+        if let Some(v) = stat_cache.validate(root, generation, &cache.store, threads)? {
+            if v.dirty.is_empty() {
+                let out = ScanOutput {
+                    tree: v.base.tree,
+                    files: v.base.files,
+                    bytes: v.base.bytes,
+                    reused: v.checked,
+                    ..ScanOutput::default()
+                };
+                return Ok(Walked {
+                    out,
+                    listed_whole: Vec::new(),
+                    started_ns: scan_start,
+                });
+            }
+            plan = super::dirty::plan(&cache.store, root, &v.base.tree, &v.dirty)?.map(Arc::new);
+            validated = true;
+        }
+    }
+    let full = plan.is_none();
+
     // Which directories to enter. Called before a directory is read.
     let skip: HashSet<PathBuf> = opts.skip.iter().cloned().collect();
     let kept: Arc<Mutex<Vec<(PathBuf, TreeEntry)>>> = Arc::default();
     let listed: Arc<Mutex<Vec<Listed>>> = Arc::default();
+    // The stats of every directory listed, from before it was listed.
+    let seen: Arc<Mutex<HashMap<PathBuf, Seen>>> = Arc::new(Mutex::new(HashMap::from([(
+        root.to_path_buf(),
+        Seen::of(root),
+    )])));
     {
-        let (plan, kept, listed) = (plan.clone(), kept.clone(), listed.clone());
+        let (plan, kept, listed, seen) = (plan.clone(), kept.clone(), listed.clone(), seen.clone());
         walker.filter_entry(move |e| {
             if e.depth() == 0 || !e.file_type().is_some_and(|t| t.is_dir()) {
                 return true;
@@ -501,8 +535,12 @@ pub(crate) fn walk(
             if e.file_name() == ".git" || skip.contains(path) {
                 return false;
             }
-            let Some(plan) = &plan else { return true };
+            let Some(plan) = &plan else {
+                lock(&seen).insert(path.to_path_buf(), Seen::of(path));
+                return true;
+            };
             if plan.partial.contains_key(path) {
+                lock(&seen).insert(path.to_path_buf(), Seen::of(path));
                 return true;
             }
             let parent = path.parent().and_then(|p| plan.partial.get(p));
@@ -518,8 +556,9 @@ pub(crate) fn walk(
                 }
             }
             // New, type-changed, or to be rescanned: walk it whole.
-            let stamp = std::fs::symlink_metadata(path).ok().map(|m| Meta::of(&m));
-            lock(&listed).push((path.to_path_buf(), stamp));
+            let stamp = Seen::of(path);
+            lock(&listed).push((path.to_path_buf(), stamp.dir));
+            lock(&seen).insert(path.to_path_buf(), stamp);
             true
         });
     }
@@ -529,7 +568,7 @@ pub(crate) fn walk(
         cache,
         root,
         stat_cache: &stat_cache,
-        generation: cache.store.blob_generation(),
+        generation,
         opts,
         plan: plan.as_deref(),
         scan_start,
@@ -595,6 +634,8 @@ pub(crate) fn walk(
     let store = &cache.store;
     dirs.sort_by_cached_key(|d| std::cmp::Reverse(d.components().count()));
     let treework = store.tempdir("sync-tree-")?;
+    let seen = std::mem::take(&mut *lock(&seen));
+    let mut listed_dirs = HashSet::new();
     for dir in dirs {
         let mut tree = Tree {
             entries: groups.remove(&dir).unwrap_or_default(),
@@ -606,7 +647,30 @@ pub(crate) fn walk(
             }
         }
         let digest = store.stage_bytes(treework.path(), &tree.encode(), &mut staged)?;
-        totals.insert(digest, sum(&tree.entries, totals));
+        let (files, bytes) = sum(&tree.entries, totals);
+        totals.insert(digest, (files, bytes));
+        let rel = dir
+            .strip_prefix(root)
+            .unwrap_or(&dir)
+            .as_os_str()
+            .as_bytes();
+        // NB: a walk that skipped unreadable files cannot vouch for the
+        // whole root: they may be readable next time, with no stat changed.
+        let info = (dir == root && out.unreadable.is_empty()).then_some(RootInfo {
+            tree: digest,
+            files,
+            bytes,
+            generation,
+        });
+        stat_cache.record(
+            rel,
+            &tree.entries,
+            &seen.get(&dir).copied().unwrap_or_default(),
+            found.remove(rel).unwrap_or_default(),
+            info,
+            scan_start,
+        )?;
+        listed_dirs.insert(rel.to_vec());
         if dir == root {
             out.tree = digest;
             continue;
@@ -628,8 +692,14 @@ pub(crate) fn walk(
     drop(treework);
 
     // NB: stat-cache records only after the blobs they name are committed.
-    // A full walk also drops the records of directories it did not find.
-    stat_cache.store(found, plan.is_none())?;
+    // A full walk also drops the records of directories it did not list.
+    if full {
+        stat_cache.unlisted(&listed_dirs)?;
+    }
+    stat_cache.apply()?;
+    if validated {
+        out.reused = out.files.saturating_sub(out.hashed);
+    }
     let listed_whole = std::mem::take(&mut *lock(&listed));
     Ok(Walked {
         out,
