@@ -198,6 +198,45 @@ impl DirRec {
 
     /// None: not a record this version wrote (or damaged).
     pub fn decode(b: &[u8]) -> Option<DirRec> {
+        let v = DirView::parse(b)?;
+        let files = v.files().collect::<Option<Vec<_>>>()?;
+        let files: Vec<_> = files.into_iter().map(|(n, r)| (n.to_vec(), r)).collect();
+        // Sorted and unique, or it is not ours.
+        if files.windows(2).any(|w| w[0].0 >= w[1].0) || v.subdirs.windows(2).any(|w| w[0] >= w[1])
+        {
+            return None;
+        }
+        Some(DirRec {
+            dir: v.dir,
+            dir_racy: v.dir_racy,
+            complete: v.complete,
+            ignore: v.ignore,
+            root: v.root,
+            subdirs: v.subdirs.iter().map(|n| n.to_vec()).collect(),
+            files,
+        })
+    }
+}
+
+/// A record read in place: its header and subdirectories parsed, its files
+/// parsed as they are iterated (a rescan's check allocates nothing per file).
+pub(crate) struct DirView<'b> {
+    pub dir: Option<Meta>,
+    pub dir_racy: bool,
+    pub complete: bool,
+    pub ignore: [Option<Meta>; 2],
+    pub root: Option<RootInfo>,
+    pub subdirs: Vec<&'b [u8]>,
+    files: &'b [u8],
+}
+
+/// A name a record may hold: one path component (see `Tree`).
+fn valid_name(n: &[u8]) -> bool {
+    crate::store::tree::name_problem(n).is_none()
+}
+
+impl<'b> DirView<'b> {
+    pub fn parse(b: &'b [u8]) -> Option<DirView<'b>> {
         let mut r = Reader(b);
         if r.u8()? != VERSION {
             return None;
@@ -228,38 +267,50 @@ impl DirRec {
         let mut subdirs = Vec::with_capacity(n.min(4096));
         for _ in 0..n {
             let len = r.u16()?;
-            subdirs.push(r.take(len)?.to_vec());
+            let name = r.take(len)?;
+            if !valid_name(name) {
+                return None;
+            }
+            subdirs.push(name);
         }
-        let mut files = Vec::new();
-        while !r.0.is_empty() {
-            let len = r.u16()?;
-            let name = r.take(len)?.to_vec();
-            let meta = r.meta()?;
-            let racy = r.u8()? == 1;
-            let generation = r.u64()?;
-            let digest = Digest::from_slice(r.take(32)?)?;
-            files.push((
-                name,
-                FileRec {
-                    meta,
-                    racy,
-                    generation,
-                    digest,
-                },
-            ));
-        }
-        // Sorted and unique, or it is not ours.
-        if files.windows(2).any(|w| w[0].0 >= w[1].0) || subdirs.windows(2).any(|w| w[0] >= w[1]) {
-            return None;
-        }
-        Some(DirRec {
+        Some(DirView {
             dir,
             dir_racy: flags & F_DIR_RACY != 0,
             complete: flags & F_COMPLETE != 0,
             ignore,
             root,
             subdirs,
-            files,
+            files: r.0,
+        })
+    }
+
+    /// The files, in record order; a None item: the rest is damaged.
+    pub fn files(&self) -> impl Iterator<Item = Option<(&'b [u8], FileRec)>> + 'b {
+        let mut r = Reader(self.files);
+        let mut broken = false;
+        std::iter::from_fn(move || {
+            if broken || r.0.is_empty() {
+                return None;
+            }
+            let item = (|| {
+                let len = r.u16()?;
+                let name = r.take(len)?;
+                let meta = r.meta()?;
+                let racy = r.u8()? == 1;
+                let generation = r.u64()?;
+                let digest = Digest::from_slice(r.take(32)?)?;
+                valid_name(name).then_some((
+                    name,
+                    FileRec {
+                        meta,
+                        racy,
+                        generation,
+                        digest,
+                    },
+                ))
+            })();
+            broken = item.is_none();
+            Some(item)
         })
     }
 }
@@ -407,19 +458,18 @@ impl<'a> StatCache<'a> {
         store: &Store,
         threads: usize,
     ) -> crate::index::Result<Option<Validated>> {
-        let mut recs = HashMap::new();
-        for (k, v) in self.index.stat_scan(&self.root_id)? {
-            if let Some(r) = DirRec::decode(&v) {
-                recs.insert(k[16..].to_vec(), Arc::new(r));
-            }
-        }
+        let raw = self.index.stat_scan(&self.root_id)?;
+        let recs: HashMap<&[u8], DirView> = raw
+            .iter()
+            .filter_map(|(k, v)| Some((&k[16..], DirView::parse(v)?)))
+            .collect();
         let base = match recs.get(&b""[..]).and_then(|r| r.root) {
             Some(b) if b.generation == generation && store.has_blob(&b.tree) => b,
             _ => return Ok(None),
         };
         // The directories reachable from the root's record.
         let mut dirty = Dirty::default();
-        let mut list: Vec<(PathBuf, Arc<DirRec>)> = Vec::new();
+        let mut list: Vec<(PathBuf, &DirView)> = Vec::new();
         let mut stack = vec![Vec::new()];
         while let Some(rel) = stack.pop() {
             let abs = if rel.is_empty() {
@@ -427,7 +477,7 @@ impl<'a> StatCache<'a> {
             } else {
                 root.join(std::ffi::OsStr::from_bytes(&rel))
             };
-            let Some(rec) = recs.get(&rel) else {
+            let Some(rec) = recs.get(rel.as_slice()) else {
                 dirty.mark(abs, true);
                 continue;
             };
@@ -439,7 +489,7 @@ impl<'a> StatCache<'a> {
                 r.extend_from_slice(s);
                 stack.push(r);
             }
-            list.push((abs, rec.clone()));
+            list.push((abs, rec));
         }
         let next = std::sync::atomic::AtomicUsize::new(0);
         let checked = std::sync::atomic::AtomicU64::new(0);
@@ -467,8 +517,6 @@ impl<'a> StatCache<'a> {
             }
         });
         dirty.merge(found.into_inner().unwrap_or_else(|p| p.into_inner()));
-        // The walk that follows looks records up again: they are loaded.
-        *lock(&self.loaded) = recs;
         Ok(Some(Validated {
             base,
             dirty,
@@ -507,7 +555,7 @@ impl Seen {
 
 /// Check one directory's record against the disk, marking what differs in
 /// `dirty`; returns how many of its files matched.
-fn check_dir(abs: &Path, rec: &DirRec, dirty: &mut Dirty) -> u64 {
+fn check_dir(abs: &Path, rec: &DirView, dirty: &mut Dirty) -> u64 {
     use std::os::fd::AsRawFd;
     use std::os::unix::fs::OpenOptionsExt;
     let fd = match std::fs::OpenOptions::new()
@@ -546,7 +594,12 @@ fn check_dir(abs: &Path, rec: &DirRec, dirty: &mut Dirty) -> u64 {
         }
     }
     let mut ok = 0;
-    for (name, r) in &rec.files {
+    for f in rec.files() {
+        let Some((name, r)) = f else {
+            // Damaged: whatever it held is examined again.
+            dirty.mark(abs.to_path_buf(), true);
+            break;
+        };
         if !r.racy && stat(name) == Some(r.meta) {
             ok += 1;
         } else {
