@@ -622,7 +622,7 @@ impl Cache {
 
     /// Make everything done so far durable: store first, then index.
     pub fn flush(&self) -> Result<()> {
-        self.store.sync()?;
+        self.store.sync_changes()?;
         self.index.set_flushed_ms(now_ms())?;
         self.index.flush()?;
         Ok(())

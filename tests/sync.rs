@@ -357,23 +357,16 @@ fn a_file_rewritten_while_it_is_read_is_retried_or_a_conflict_never_a_mix() {
                 assert_eq!(bytes.len() as u64, size);
                 assert_eq!(blake3::hash(&bytes).to_hex().as_str(), digest.to_hex());
                 // NB: the writer truncates, then writes: an empty file is a
-                // state it really passes through; a partial one is not.
-                if bytes.is_empty() {
-                    continue;
-                }
-                assert!(
-                    bytes.len() >= 1 << 20,
-                    "a partial read was committed: {} bytes",
-                    bytes.len()
-                );
+                // state it really passes through, and so is any prefix of a
+                // version (write(2) fills the page cache page by page, and
+                // readers see the size grow). A read is kept only when the
+                // stat was unchanged across it and, for a file this fresh, a
+                // second read agreed: the writer was stopped mid-write for
+                // that long, so the file really held those bytes. What must
+                // never happen is bytes of two versions in one snapshot.
                 assert!(
                     bytes.iter().all(|&c| c == bytes[0]),
                     "the snapshot's file mixes two versions"
-                );
-                let k = (bytes.len() - (1 << 20)) / 4096;
-                assert!(
-                    k == 0 || bytes[0] == b'a' + (k as u8 % 26),
-                    "length and letter from different versions"
                 );
             }
             13 => {

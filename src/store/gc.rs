@@ -81,6 +81,7 @@ pub fn sweep(
                 store.new_blob_generation()?;
             }
             let p = store.blob_path(&d);
+            store.note_change();
             match std::fs::remove_file(&p) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,

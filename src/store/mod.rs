@@ -72,6 +72,9 @@ pub struct Store {
     /// See `blob_generation`. NB: the owner holds the lock, so only this
     /// process changes it.
     blob_generation: std::sync::atomic::AtomicU64,
+    /// Names in the store (blobs/, entries/) changed since the last `syncfs`
+    /// started: `sync_changes` has something to make durable.
+    changed: std::sync::atomic::AtomicBool,
     _lock: StoreLock,
 }
 
@@ -187,6 +190,7 @@ impl Store {
             root_fd,
             gate: SyncGate::default(),
             blob_generation: blob_generation.into(),
+            changed: false.into(),
             _lock: lock,
         };
         store.init_layout()?;
@@ -366,6 +370,7 @@ impl Store {
         if !staged.blobs.is_empty() {
             self.sync()?; // NB: data durable before any name in blobs/ points at it.
             for b in &staged.blobs {
+                self.note_change();
                 self.publish_blob(b)?;
             }
         }
@@ -384,6 +389,7 @@ impl Store {
             return Ok(());
         }
         self.sync()?; // NB: blob names durable before an entry can reference them.
+        self.note_change();
         for (tmp, key) in entries {
             if keep(key) {
                 let dst = self.entry_path(key);
@@ -427,6 +433,8 @@ impl Store {
     /// commit): a caller arriving while one runs waits for the next, which
     /// the first of the waiters issues for all of them.
     pub fn sync(&self) -> Result<()> {
+        self.changed
+            .store(false, std::sync::atomic::Ordering::Release);
         let gate = &self.gate;
         let mut st = gate.state.lock().unwrap_or_else(|p| p.into_inner());
         // The first sync to start after now: the running one started too early.
@@ -452,6 +460,22 @@ impl Store {
             }
             st = gate.cv.wait(st).unwrap_or_else(|p| p.into_inner());
         }
+    }
+
+    /// `sync`, if any name in the store changed since the last one started
+    /// (a command that only read pays no `syncfs`, which would also flush
+    /// every other process's writes to the filesystem).
+    pub fn sync_changes(&self) -> Result<()> {
+        if self.changed.load(std::sync::atomic::Ordering::Acquire) {
+            self.sync()?;
+        }
+        Ok(())
+    }
+
+    /// Note that a name in the store changed (see `sync_changes`).
+    pub(crate) fn note_change(&self) {
+        self.changed
+            .store(true, std::sync::atomic::Ordering::Release);
     }
 
     fn syncfs(&self) -> Result<()> {
@@ -482,6 +506,7 @@ impl Store {
     }
 
     pub fn remove_entry(&self, key: &Digest) -> Result<()> {
+        self.note_change();
         let p = self.entry_path(key);
         match fs::remove_file(&p) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
