@@ -49,7 +49,7 @@ use std::fs::{self, File};
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 pub use entry::{Entry, Manifest};
@@ -111,6 +111,8 @@ struct StagedBlob {
     digest: Digest,
     /// (dev, ino) of the file as it was hashed, for files taken over in place.
     inode: Option<(u64, u64)>,
+    /// Created by the store with its final mode (0444) already.
+    read_only: bool,
 }
 
 impl Staged {
@@ -327,11 +329,21 @@ impl Store {
         let digest = Digest::of(bytes);
         if !self.has_blob(&digest) && staged.bytes_staged.insert(digest) {
             let tmp = dir.join(format!("blob-{}", digest.to_hex()));
-            fs::write(&tmp, bytes).at(&tmp)?;
+            // NB: created read-only (the descriptor still writes), which
+            // saves a chmod per blob at publish, unless the umask would
+            // take bits off 0444.
+            fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o444)
+                .open(&tmp)
+                .and_then(|mut f| f.write_all(bytes))
+                .at(&tmp)?;
             staged.blobs.push(StagedBlob {
                 tmp,
                 digest,
                 inode: None,
+                read_only: umask_keeps_0444(),
             });
         }
         Ok(digest)
@@ -345,7 +357,12 @@ impl Store {
         inode: Option<(u64, u64)>,
         staged: &mut Staged,
     ) {
-        staged.blobs.push(StagedBlob { tmp, digest, inode });
+        staged.blobs.push(StagedBlob {
+            tmp,
+            digest,
+            inode,
+            read_only: false,
+        });
     }
 
     /// Stage an entry record (written under `dir`).
@@ -369,10 +386,8 @@ impl Store {
     pub fn commit_blobs(&self, mut staged: Staged) -> Result<Vec<(PathBuf, Digest)>> {
         if !staged.blobs.is_empty() {
             self.sync()?; // NB: data durable before any name in blobs/ points at it.
-            for b in &staged.blobs {
-                self.note_change();
-                self.publish_blob(b)?;
-            }
+            self.note_change();
+            self.publish_blobs(&staged.blobs)?;
         }
         Ok(staged.take_entries())
     }
@@ -401,9 +416,34 @@ impl Store {
         Ok(())
     }
 
+    /// `publish_blob` each, on a few threads when there are many (each is
+    /// a rename into one of 256 directories: they proceed in parallel).
+    fn publish_blobs(&self, blobs: &[StagedBlob]) -> Result<()> {
+        const PER_THREAD: usize = 512;
+        let threads = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(4)
+            .min(blobs.len() / PER_THREAD);
+        if threads <= 1 {
+            return blobs.iter().try_for_each(|b| self.publish_blob(b));
+        }
+        let chunk = blobs.len().div_ceil(threads);
+        std::thread::scope(|s| {
+            let workers: Vec<_> = blobs
+                .chunks(chunk)
+                .map(|c| s.spawn(move || c.iter().try_for_each(|b| self.publish_blob(b))))
+                .collect();
+            workers
+                .into_iter()
+                .try_for_each(|w| w.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+        })
+    }
+
     fn publish_blob(&self, b: &StagedBlob) -> Result<()> {
         let dst = self.blob_path(&b.digest);
-        fs::set_permissions(&b.tmp, fs::Permissions::from_mode(0o444)).at(&b.tmp)?;
+        if !b.read_only {
+            fs::set_permissions(&b.tmp, fs::Permissions::from_mode(0o444)).at(&b.tmp)?;
+        }
         match rename_noreplace(&b.tmp, &dst) {
             Ok(()) => {}
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) => return Ok(()),
@@ -645,6 +685,22 @@ fn check_format(path: &Path, text: &str) -> Result<()> {
 }
 
 /// `renameat2(RENAME_NOREPLACE)`: never replaces an existing file.
+/// Whether this process's umask leaves a file created with mode 0444 at
+/// 0444 (read once from /proc; unknown: no).
+fn umask_keeps_0444() -> bool {
+    static KEEPS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *KEEPS.get_or_init(|| {
+        fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("Umask:"))
+                    .and_then(|m| u32::from_str_radix(m.trim(), 8).ok())
+            })
+            .is_some_and(|m| m & 0o444 == 0)
+    })
+}
+
 pub(crate) fn rename_noreplace(from: &Path, to: &Path) -> std::io::Result<()> {
     let from_c = std::ffi::CString::new(from.as_os_str().as_bytes())?;
     let to_c = std::ffi::CString::new(to.as_os_str().as_bytes())?;

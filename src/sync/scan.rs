@@ -214,9 +214,12 @@ const SMALL_FILE: u64 = 1 << 20;
 /// for a symlink after the walk listed it.
 fn read_small(path: &Path) -> Result<Vec<u8>, crate::store::StoreError> {
     use std::io::Read;
-    let (mut f, _) = open_regular(path, path, Some(path))?;
-    let mut b = Vec::new();
-    f.read_to_end(&mut b)
+    let (f, md) = open_regular(path, path, Some(path))?;
+    // NB: read through `Take`, sized from the fstat just made: `File`'s own
+    // `read_to_end` would stat and seek again for its size hint.
+    let mut b = Vec::with_capacity(md.len() as usize + 1);
+    f.take(SMALL_FILE + 1)
+        .read_to_end(&mut b)
         .map_err(|e| crate::store::StoreError::Io {
             path: path.to_path_buf(),
             source: e,
