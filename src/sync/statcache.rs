@@ -32,6 +32,7 @@
 //! tree has a record, 8: root information follows); the directory's stat if
 //! flagged; for `.gitignore` then `.dagfsignore`, a presence byte and a stat;
 //! root information if flagged (tree digest, files, bytes, generation);
+//! the directory's own tree if flagged (16: digest, files, bytes);
 //! subdirectory count (u32) and names (u16 length, bytes); then per file:
 //! name length (u16), name, stat, racy (u8), generation (u64), digest. A stat
 //! is dev, ino, size, mtime ns, ctime ns (u64 each) and mode (u32). A record
@@ -55,6 +56,7 @@ const F_DIR: u8 = 1;
 const F_DIR_RACY: u8 = 2;
 const F_COMPLETE: u8 = 4;
 const F_ROOT: u8 = 8;
+const F_TREE: u8 = 16;
 
 /// The ignore files whose stats a record keeps (see `scan`).
 pub(crate) const IGNORE_FILES: [&str; 2] = [super::scan::GIT_IGNORE, super::scan::DAGFS_IGNORE];
@@ -92,6 +94,8 @@ pub(crate) struct DirRec {
     pub ignore: [Option<Meta>; 2],
     /// The root's record only.
     pub root: Option<RootInfo>,
+    /// The directory's tree as that walk stored it: (digest, files, bytes).
+    pub tree: Option<(Digest, u64, u64)>,
     /// Subdirectories in its tree, sorted.
     pub subdirs: Vec<Vec<u8>>,
     /// Files, sorted by name.
@@ -164,6 +168,9 @@ impl DirRec {
         if self.root.is_some() {
             flags |= F_ROOT;
         }
+        if self.tree.is_some() {
+            flags |= F_TREE;
+        }
         v.push(flags);
         if let Some(m) = &self.dir {
             put_meta(&mut v, m);
@@ -175,6 +182,12 @@ impl DirRec {
         if let Some(r) = &self.root {
             v.extend_from_slice(r.tree.as_bytes());
             for x in [r.files, r.bytes, r.generation] {
+                v.extend_from_slice(&x.to_le_bytes());
+            }
+        }
+        if let Some((d, files, bytes)) = &self.tree {
+            v.extend_from_slice(d.as_bytes());
+            for x in [files, bytes] {
                 v.extend_from_slice(&x.to_le_bytes());
             }
         }
@@ -212,6 +225,7 @@ impl DirRec {
             complete: v.complete,
             ignore: v.ignore,
             root: v.root,
+            tree: v.tree,
             subdirs: v.subdirs.iter().map(|n| n.to_vec()).collect(),
             files,
         })
@@ -226,6 +240,7 @@ pub(crate) struct DirView<'b> {
     pub complete: bool,
     pub ignore: [Option<Meta>; 2],
     pub root: Option<RootInfo>,
+    pub tree: Option<(Digest, u64, u64)>,
     pub subdirs: Vec<&'b [u8]>,
     files: &'b [u8],
 }
@@ -263,6 +278,11 @@ impl<'b> DirView<'b> {
         } else {
             None
         };
+        let tree = if flags & F_TREE != 0 {
+            Some((Digest::from_slice(r.take(32)?)?, r.u64()?, r.u64()?))
+        } else {
+            None
+        };
         let n = u32::from_le_bytes(r.take(4)?.try_into().ok()?) as usize;
         let mut subdirs = Vec::with_capacity(n.min(4096));
         for _ in 0..n {
@@ -279,6 +299,7 @@ impl<'b> DirView<'b> {
             complete: flags & F_COMPLETE != 0,
             ignore,
             root,
+            tree,
             subdirs,
             files: r.0,
         })
@@ -371,12 +392,16 @@ impl<'a> StatCache<'a> {
     pub fn record(
         &self,
         rel_dir: &[u8],
-        entries: &[TreeEntry],
-        seen: &Seen,
+        listing: Listing<'_>,
         found: Vec<(Vec<u8>, FileRec)>,
         root: Option<RootInfo>,
         scan_start: i64,
     ) -> crate::index::Result<()> {
+        let Listing {
+            entries,
+            seen,
+            tree,
+        } = listing;
         let old = self.dir(rel_dir)?;
         let mut ops = lock(&self.ops);
         let mut found = found;
@@ -387,6 +412,7 @@ impl<'a> StatCache<'a> {
             complete: true,
             ignore: seen.ignore,
             root,
+            tree: Some(tree),
             subdirs: Vec::new(),
             files: Vec::new(),
         };
@@ -470,6 +496,7 @@ impl<'a> StatCache<'a> {
         // The directories reachable from the root's record.
         let mut dirty = Dirty::default();
         let mut list: Vec<(PathBuf, &DirView)> = Vec::new();
+        let mut totals = Vec::new();
         let mut stack = vec![Vec::new()];
         while let Some(rel) = stack.pop() {
             let abs = if rel.is_empty() {
@@ -488,6 +515,9 @@ impl<'a> StatCache<'a> {
                 }
                 r.extend_from_slice(s);
                 stack.push(r);
+            }
+            if let Some((d, files, bytes)) = rec.tree {
+                totals.push((d, (files, bytes)));
             }
             list.push((abs, rec));
         }
@@ -521,8 +551,19 @@ impl<'a> StatCache<'a> {
             base,
             dirty,
             checked: checked.into_inner(),
+            totals,
         }))
     }
+}
+
+/// A directory as a walk listed it, for `StatCache::record`.
+pub(crate) struct Listing<'e> {
+    /// Its tree's entries, sorted.
+    pub entries: &'e [TreeEntry],
+    /// Its stats from before the listing.
+    pub seen: Seen,
+    /// Its tree: (digest, files, bytes).
+    pub tree: (Digest, u64, u64),
 }
 
 /// What `validate` found.
@@ -533,6 +574,10 @@ pub(crate) struct Validated {
     pub dirty: Dirty,
     /// Files whose stat matched.
     pub checked: u64,
+    /// (files, bytes) of each recorded directory's tree, by digest (a
+    /// tree's totals never change): an incremental walk need not read the
+    /// subtrees it keeps to count them.
+    pub totals: Vec<(Digest, (u64, u64))>,
 }
 
 /// A directory's stats as a walk saw them just before listing it.
@@ -646,6 +691,7 @@ mod tests {
                 bytes: 99,
                 generation: 4,
             }),
+            tree: Some((Digest::of(b"u"), 7, 8)),
             subdirs: vec![b"x".to_vec(), vec![0xfe; 255]],
             files: vec![
                 (b"a".to_vec(), rec(1)),
@@ -662,7 +708,10 @@ mod tests {
         for cut in 0..b.len() {
             if let Some(got) = DirRec::decode(&b[..cut]) {
                 assert!(d.files.starts_with(&got.files), "cut at {cut}");
-                assert_eq!((got.root, &got.subdirs), (d.root, &d.subdirs));
+                assert_eq!(
+                    (got.root, got.tree, &got.subdirs),
+                    (d.root, d.tree, &d.subdirs)
+                );
             }
         }
         let mut other = b.clone();

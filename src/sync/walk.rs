@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex};
 use ignore::{DirEntry, ParallelVisitor, ParallelVisitorBuilder, WalkState};
 
 use super::scan::{hash_stable, now_ns, Meta, ScanOptions, ScanOutput, RACY_NS};
-use super::statcache::{DirRec, FileRec, RootInfo, Seen, StatCache};
+use super::statcache::{DirRec, FileRec, Listing, RootInfo, Seen, StatCache};
 use super::SyncError;
 use crate::cache::Cache;
 use crate::hash::Digest;
@@ -510,6 +510,7 @@ pub(crate) fn walk(
                     started_ns: scan_start,
                 });
             }
+            totals.extend(v.totals);
             plan = super::dirty::plan(&cache.store, root, &v.base.tree, &v.dirty)?.map(Arc::new);
             validated = true;
         }
@@ -664,8 +665,11 @@ pub(crate) fn walk(
         });
         stat_cache.record(
             rel,
-            &tree.entries,
-            &seen.get(&dir).copied().unwrap_or_default(),
+            Listing {
+                entries: &tree.entries,
+                seen: seen.get(&dir).copied().unwrap_or_default(),
+                tree: (digest, files, bytes),
+            },
             found.remove(rel).unwrap_or_default(),
             info,
             scan_start,
