@@ -876,11 +876,11 @@ fn random_edits(rng: &mut Rng, dir: &Path, outside: &Path, round: u32) -> Vec<u6
     did
 }
 
-/// The watch computes each snapshot from dirty paths alone, on top of the
-/// previous tree: after every batch of random edits its snapshot must be
-/// the very tree a fresh full sync (new store, no stat cache) computes.
-#[test]
-fn watched_snapshots_equal_a_fresh_full_sync_after_random_edits() {
+/// A temporary directory holding `src/` (60 files in nested directories,
+/// ignore files, an ignored build output, a symlink) for `random_edits`,
+/// an empty `outside/` beside it, and the path for a store: (the directory,
+/// store, src, outside).
+fn edit_fixture() -> (tempfile::TempDir, PathBuf, PathBuf, PathBuf) {
     let tmp = tempfile::tempdir().unwrap();
     let (store, dir, outside) = (
         tmp.path().join("store"),
@@ -898,6 +898,15 @@ fn watched_snapshots_equal_a_fresh_full_sync_after_random_edits() {
     write(&dir.join("d1/.dagfsignore"), b"*.tmp\n");
     write(&dir.join("build/out.bin"), b"ignored");
     symlink("d0/e0/f0.txt", dir.join("link")).unwrap();
+    (tmp, store, dir, outside)
+}
+
+/// The watch computes each snapshot from dirty paths alone, on top of the
+/// previous tree: after every batch of random edits its snapshot must be
+/// the very tree a fresh full sync (new store, no stat cache) computes.
+#[test]
+fn watched_snapshots_equal_a_fresh_full_sync_after_random_edits() {
+    let (tmp, store, dir, outside) = edit_fixture();
     let w = Watching::start(&store, &dir);
     let first = w.until("the first snapshot", |v| v["seq"] == 1);
     let mut last = first["tree"].as_str().unwrap().to_string();
@@ -924,23 +933,7 @@ fn watched_snapshots_equal_a_fresh_full_sync_after_random_edits() {
 /// nothing.
 #[test]
 fn rescans_equal_a_fresh_full_sync_after_random_edits() {
-    let tmp = tempfile::tempdir().unwrap();
-    let (store, dir, outside) = (
-        tmp.path().join("store"),
-        tmp.path().join("src"),
-        tmp.path().join("outside"),
-    );
-    fs::create_dir_all(&outside).unwrap();
-    for i in 0..60 {
-        write(
-            &dir.join(format!("d{}/e{}/f{i}.txt", i % 5, i % 3)),
-            format!("file {i}").as_bytes(),
-        );
-    }
-    write(&dir.join(".gitignore"), b"*.o\nbuild/\n");
-    write(&dir.join("d1/.dagfsignore"), b"*.tmp\n");
-    write(&dir.join("build/out.bin"), b"ignored");
-    symlink("d0/e0/f0.txt", dir.join("link")).unwrap();
+    let (tmp, store, dir, outside) = edit_fixture();
     let (code, _, err) = sync(&store, &dir, &[]);
     assert_eq!(code, 0, "{err}");
     let mut rng = Rng(23);

@@ -82,9 +82,9 @@ pub(crate) struct RootInfo {
     pub generation: u64,
 }
 
-/// One directory's record.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub(crate) struct DirRec {
+/// What a record says of its directory as a whole.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Head {
     /// The directory's stat from just before it was listed.
     pub dir: Option<Meta>,
     pub dir_racy: bool,
@@ -96,6 +96,12 @@ pub(crate) struct DirRec {
     pub root: Option<RootInfo>,
     /// The directory's tree as that walk stored it: (digest, files, bytes).
     pub tree: Option<(Digest, u64, u64)>,
+}
+
+/// One directory's record.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct DirRec {
+    pub head: Head,
     /// Subdirectories in its tree, sorted.
     pub subdirs: Vec<Vec<u8>>,
     /// Files, sorted by name.
@@ -156,36 +162,36 @@ impl DirRec {
         let mut v = Vec::with_capacity(256 + self.files.len() * (FIXED + 12));
         v.push(VERSION);
         let mut flags = 0;
-        if self.dir.is_some() {
+        if self.head.dir.is_some() {
             flags |= F_DIR;
         }
-        if self.dir_racy {
+        if self.head.dir_racy {
             flags |= F_DIR_RACY;
         }
-        if self.complete {
+        if self.head.complete {
             flags |= F_COMPLETE;
         }
-        if self.root.is_some() {
+        if self.head.root.is_some() {
             flags |= F_ROOT;
         }
-        if self.tree.is_some() {
+        if self.head.tree.is_some() {
             flags |= F_TREE;
         }
         v.push(flags);
-        if let Some(m) = &self.dir {
+        if let Some(m) = &self.head.dir {
             put_meta(&mut v, m);
         }
-        for m in &self.ignore {
+        for m in &self.head.ignore {
             v.push(m.is_some() as u8);
             put_meta(&mut v, &m.unwrap_or(Meta::NONE));
         }
-        if let Some(r) = &self.root {
+        if let Some(r) = &self.head.root {
             v.extend_from_slice(r.tree.as_bytes());
             for x in [r.files, r.bytes, r.generation] {
                 v.extend_from_slice(&x.to_le_bytes());
             }
         }
-        if let Some((d, files, bytes)) = &self.tree {
+        if let Some((d, files, bytes)) = &self.head.tree {
             v.extend_from_slice(d.as_bytes());
             for x in [files, bytes] {
                 v.extend_from_slice(&x.to_le_bytes());
@@ -220,12 +226,7 @@ impl DirRec {
             return None;
         }
         Some(DirRec {
-            dir: v.dir,
-            dir_racy: v.dir_racy,
-            complete: v.complete,
-            ignore: v.ignore,
-            root: v.root,
-            tree: v.tree,
+            head: v.head,
             subdirs: v.subdirs.iter().map(|n| n.to_vec()).collect(),
             files,
         })
@@ -235,12 +236,7 @@ impl DirRec {
 /// A record read in place: its header and subdirectories parsed, its files
 /// parsed as they are iterated (a rescan's check allocates nothing per file).
 pub(crate) struct DirView<'b> {
-    pub dir: Option<Meta>,
-    pub dir_racy: bool,
-    pub complete: bool,
-    pub ignore: [Option<Meta>; 2],
-    pub root: Option<RootInfo>,
-    pub tree: Option<(Digest, u64, u64)>,
+    pub head: Head,
     pub subdirs: Vec<&'b [u8]>,
     files: &'b [u8],
 }
@@ -294,12 +290,14 @@ impl<'b> DirView<'b> {
             subdirs.push(name);
         }
         Some(DirView {
-            dir,
-            dir_racy: flags & F_DIR_RACY != 0,
-            complete: flags & F_COMPLETE != 0,
-            ignore,
-            root,
-            tree,
+            head: Head {
+                dir,
+                dir_racy: flags & F_DIR_RACY != 0,
+                complete: flags & F_COMPLETE != 0,
+                ignore,
+                root,
+                tree,
+            },
             subdirs,
             files: r.0,
         })
@@ -407,12 +405,14 @@ impl<'a> StatCache<'a> {
         let mut found = found;
         found.sort_by(|a, b| a.0.cmp(&b.0));
         let mut new = DirRec {
-            dir: seen.dir,
-            dir_racy: seen.dir.map_or(true, |m| m.racy(scan_start)),
-            complete: true,
-            ignore: seen.ignore,
-            root,
-            tree: Some(tree),
+            head: Head {
+                dir: seen.dir,
+                dir_racy: seen.dir.map_or(true, |m| m.racy(scan_start)),
+                complete: true,
+                ignore: seen.ignore,
+                root,
+                tree: Some(tree),
+            },
             subdirs: Vec::new(),
             files: Vec::new(),
         };
@@ -426,7 +426,7 @@ impl<'a> StatCache<'a> {
                     };
                     match rec.filter(|r| r.digest == *digest) {
                         Some(r) => new.files.push((e.name.clone(), r)),
-                        None => new.complete = false,
+                        None => new.head.complete = false,
                     }
                 }
                 Node::Symlink { .. } => {}
@@ -489,7 +489,7 @@ impl<'a> StatCache<'a> {
             .iter()
             .filter_map(|(k, v)| Some((&k[16..], DirView::parse(v)?)))
             .collect();
-        let base = match recs.get(&b""[..]).and_then(|r| r.root) {
+        let base = match recs.get(&b""[..]).and_then(|r| r.head.root) {
             Some(b) if b.generation == generation && store.has_blob(&b.tree) => b,
             _ => return Ok(None),
         };
@@ -516,7 +516,7 @@ impl<'a> StatCache<'a> {
                 r.extend_from_slice(s);
                 stack.push(r);
             }
-            if let Some((d, files, bytes)) = rec.tree {
+            if let Some((d, files, bytes)) = rec.head.tree {
                 totals.push((d, (files, bytes)));
             }
             list.push((abs, rec));
@@ -627,13 +627,14 @@ fn check_dir(abs: &Path, rec: &DirView, dirty: &mut Dirty) -> u64 {
     let now = nix::sys::stat::fstat(fd.as_raw_fd())
         .ok()
         .map(|st| Meta::of_stat(&st));
-    if rec.dir.is_none() || rec.dir_racy || now != rec.dir {
+    let head = &rec.head;
+    if head.dir.is_none() || head.dir_racy || now != head.dir {
         dirty.mark(abs.to_path_buf(), false);
     }
-    if !rec.complete {
+    if !head.complete {
         dirty.mark(abs.to_path_buf(), true);
     }
-    for (name, was) in IGNORE_FILES.iter().zip(&rec.ignore) {
+    for (name, was) in IGNORE_FILES.iter().zip(&head.ignore) {
         if stat(name.as_bytes()) != *was {
             dirty.mark(abs.join(name), false);
         }
@@ -681,17 +682,19 @@ mod tests {
     #[test]
     fn records_round_trip_and_refuse_damage() {
         let mut d = DirRec {
-            dir: Some(rec(5).meta),
-            dir_racy: true,
-            complete: true,
-            ignore: [None, Some(rec(6).meta)],
-            root: Some(RootInfo {
-                tree: Digest::of(b"t"),
-                files: 3,
-                bytes: 99,
-                generation: 4,
-            }),
-            tree: Some((Digest::of(b"u"), 7, 8)),
+            head: Head {
+                dir: Some(rec(5).meta),
+                dir_racy: true,
+                complete: true,
+                ignore: [None, Some(rec(6).meta)],
+                root: Some(RootInfo {
+                    tree: Digest::of(b"t"),
+                    files: 3,
+                    bytes: 99,
+                    generation: 4,
+                }),
+                tree: Some((Digest::of(b"u"), 7, 8)),
+            },
             subdirs: vec![b"x".to_vec(), vec![0xfe; 255]],
             files: vec![
                 (b"a".to_vec(), rec(1)),
@@ -708,10 +711,7 @@ mod tests {
         for cut in 0..b.len() {
             if let Some(got) = DirRec::decode(&b[..cut]) {
                 assert!(d.files.starts_with(&got.files), "cut at {cut}");
-                assert_eq!(
-                    (got.root, got.tree, &got.subdirs),
-                    (d.root, d.tree, &d.subdirs)
-                );
+                assert_eq!((got.head, &got.subdirs), (d.head, &d.subdirs));
             }
         }
         let mut other = b.clone();
