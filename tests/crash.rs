@@ -12,6 +12,7 @@
 
 use std::collections::HashSet;
 use std::fs;
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -286,13 +287,17 @@ fn sigkill_at_random_points_never_leaves_a_wrong_blob_or_dangling_entry() {
         fs::write(dir.join("dagfs.toml"), pipeline(round)).unwrap();
         let mut child = run(&store, &dir).spawn().unwrap();
         std::thread::sleep(window.draw(&mut seed));
-        let killed = child.try_wait().unwrap().is_none();
-        if killed {
+        if child.try_wait().unwrap().is_none() {
             child.kill().unwrap();
+        }
+        let status = child.wait().unwrap();
+        // NB: by its status: a run may end on its own between the look
+        // and the signal, and then it was not killed.
+        let killed = status.signal() == Some(libc::SIGKILL);
+        if killed {
             kills += 1;
         }
         window.update(killed);
-        let status = child.wait().unwrap();
         check_store(&store);
         assert_present(&store, &durable, round);
         assert_fsck_clean(&store, round);
