@@ -255,37 +255,92 @@ fn run(store: &Path, dir: &Path) -> Command {
     c
 }
 
+/// The rounds of one crash test: when to stop (`wanted` kills made), a
+/// fresh store every `ROUNDS_PER_STORE` rounds, and the checks after each.
+struct Rounds {
+    store: PathBuf,
+    wanted: u32,
+    rounds: u32,
+    kills: u32,
+    completed: u32,
+    /// Entries of runs that reported success (in this store).
+    durable: HashSet<String>,
+    t0: std::time::Instant,
+}
+
+impl Rounds {
+    fn new(store: PathBuf, wanted: u32) -> Rounds {
+        Rounds {
+            durable: entry_keys(&store),
+            store,
+            wanted,
+            rounds: 0,
+            kills: 0,
+            completed: 0,
+            t0: std::time::Instant::now(),
+        }
+    }
+
+    /// The next round's number, None once enough kills are made.
+    fn next(&mut self) -> Option<u32> {
+        let round = self.rounds;
+        if self.kills == self.wanted {
+            return None;
+        }
+        assert!(
+            round < self.wanted * 4 + 10,
+            "{} kills in {round} rounds: the kill points are too late",
+            self.kills
+        );
+        if round > 0 && round % ROUNDS_PER_STORE == 0 {
+            self.store = fresh_store(&self.store, round);
+            self.durable.clear();
+        }
+        self.rounds += 1;
+        Some(round)
+    }
+
+    /// After round `round`, which was `killed` or not and ended in
+    /// `success` or not: every check of the store.
+    fn after(&mut self, round: u32, killed: bool, success: bool) {
+        check_store(&self.store);
+        assert_present(&self.store, &self.durable, round);
+        assert_fsck_clean(&self.store, round);
+        if killed {
+            self.kills += 1;
+        }
+        if success {
+            self.completed += 1;
+            self.durable = entry_keys(&self.store);
+        }
+    }
+
+    fn summary(&self, window: &Window) -> String {
+        format!(
+            "{} rounds, {} killed mid-run, {} completed, store checked and fsck clean after each, in {:.1}s; kill points in the end from 5..{:.0} ms",
+            self.rounds,
+            self.kills,
+            self.completed,
+            self.t0.elapsed().as_secs_f64(),
+            window.ms + 5.0
+        )
+    }
+}
+
 #[test]
 fn sigkill_at_random_points_never_leaves_a_wrong_blob_or_dangling_entry() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut store = tmp.path().join("store");
+    let store = tmp.path().join("store");
     let dir = tmp.path().join("p");
     fs::create_dir_all(&dir).unwrap();
-    let wanted = kills_wanted(20);
     let mut seed = seed();
-    let mut kills = 0;
-    let mut completed = 0;
-    let t0 = std::time::Instant::now();
     // NB: kill points spread over how long a cold run takes on this machine
     // now (measured, not assumed: the machine may be loaded), and a little past.
     let mut window = Window::measure(&store, &dir, u32::MAX - 3);
-    let mut durable = entry_keys(&store);
-    let mut rounds = 0;
-    for round in 0.. {
-        if kills == wanted {
-            break;
-        }
-        assert!(
-            round < wanted * 4 + 10,
-            "{kills} kills in {round} rounds: the kill points are too late"
-        );
-        rounds += 1;
-        if round > 0 && round % ROUNDS_PER_STORE == 0 {
-            store = fresh_store(&store, round);
-            durable.clear();
-        }
+    let mut r = Rounds::new(store, kills_wanted(20));
+    while let Some(round) = r.next() {
         fs::write(dir.join("dagfs.toml"), pipeline(round)).unwrap();
-        let mut child = run(&store, &dir).spawn().unwrap();
+        let mut child = run(&r.store, &dir).spawn().unwrap();
         std::thread::sleep(window.draw(&mut seed));
         if child.try_wait().unwrap().is_none() {
             child.kill().unwrap();
@@ -294,18 +349,11 @@ fn sigkill_at_random_points_never_leaves_a_wrong_blob_or_dangling_entry() {
         // NB: by its status: a run may end on its own between the look
         // and the signal, and then it was not killed.
         let killed = status.signal() == Some(libc::SIGKILL);
-        if killed {
-            kills += 1;
-        }
         window.update(killed);
-        check_store(&store);
-        assert_present(&store, &durable, round);
-        assert_fsck_clean(&store, round);
+        r.after(round, killed, status.success());
         if status.success() {
-            completed += 1;
-            durable = entry_keys(&store);
             // Reported success: the whole run is present, so a re-run is all hits.
-            let out = run(&store, &dir).output().unwrap();
+            let out = run(&r.store, &dir).output().unwrap();
             let err = String::from_utf8_lossy(&out.stderr);
             assert!(out.status.success(), "{err}");
             assert!(
@@ -315,26 +363,25 @@ fn sigkill_at_random_points_never_leaves_a_wrong_blob_or_dangling_entry() {
         }
     }
     // After the last kill, the store still works and converges.
-    let out = run(&store, &dir).output().unwrap();
+    let out = run(&r.store, &dir).output().unwrap();
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let entries = check_store(&store);
+    let entries = check_store(&r.store);
     assert!(entries >= 50, "{entries} entries");
-    eprintln!(
-        "{rounds} rounds, {kills} killed mid-run, {completed} completed, store checked and fsck clean after each, in {:.1}s; kill points in the end from 5..{:.0} ms",
-        t0.elapsed().as_secs_f64(),
-        window.ms + 5.0
-    );
+    eprintln!("{}", r.summary(&window));
     assert!(
-        completed > 0,
+        r.completed > 0,
         "no run completed: the kill points are too early"
     );
-    assert!(kills > 0, "no run was killed: the kill points are too late");
+    assert!(
+        r.kills > 0,
+        "no run was killed: the kill points are too late"
+    );
     assert_eq!(
-        fs::read_dir(store.join("tmp")).unwrap().count(),
+        fs::read_dir(r.store.join("tmp")).unwrap().count(),
         0,
         "tmp/ is swept on open"
     );
@@ -343,45 +390,28 @@ fn sigkill_at_random_points_never_leaves_a_wrong_blob_or_dangling_entry() {
 #[test]
 fn sigkill_of_the_daemon_mid_run_never_leaves_a_wrong_blob_or_dangling_entry() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut store = tmp.path().join("store");
+    let store = tmp.path().join("store");
     let dir = tmp.path().join("p");
     let mnt = tmp.path().join("mnt");
     fs::create_dir_all(&dir).unwrap();
     fs::create_dir_all(&mnt).unwrap();
-    let wanted = kills_wanted(20);
     let mut seed = seed() ^ 0xdae0;
-    let (mut kills, mut completed) = (0, 0);
-    let t0 = std::time::Instant::now();
     let mut window = {
         let _daemon = Mounted::new(&store, &mnt);
         Window::measure(&store, &dir, 999)
     };
-    let mut durable = entry_keys(&store);
-    let mut rounds = 0;
-    for round in 0.. {
-        if kills == wanted {
-            break;
-        }
-        assert!(
-            round < wanted * 4 + 10,
-            "{kills} kills in {round} rounds: the kill points are too late"
-        );
-        rounds += 1;
-        if round > 0 && round % ROUNDS_PER_STORE == 0 {
-            store = fresh_store(&store, round);
-            durable.clear();
-        }
+    let mut r = Rounds::new(store, kills_wanted(20));
+    while let Some(round) = r.next() {
         fs::write(dir.join("dagfs.toml"), pipeline(1000 + round)).unwrap();
-        let daemon = Mounted::new(&store, &mnt);
+        let daemon = Mounted::new(&r.store, &mnt);
         // Through the daemon's socket: the daemon ingests.
-        let mut client = run(&store, &dir).spawn().unwrap();
+        let mut client = run(&r.store, &dir).spawn().unwrap();
         std::thread::sleep(window.draw(&mut seed));
         let killed = client.try_wait().unwrap().is_none();
         window.update(killed);
         if killed {
             // SAFETY: our own daemon.
             unsafe { libc::kill(daemon.pid, libc::SIGKILL) };
-            kills += 1;
             let deadline = std::time::Instant::now() + Duration::from_secs(20);
             while pid_alive(daemon.pid) {
                 assert!(
@@ -393,31 +423,23 @@ fn sigkill_of_the_daemon_mid_run_never_leaves_a_wrong_blob_or_dangling_entry() {
         }
         let status = client.wait().unwrap();
         drop(daemon);
-        check_store(&store);
-        assert_present(&store, &durable, round);
-        assert_fsck_clean(&store, round);
-        if status.success() {
-            completed += 1;
-            durable = entry_keys(&store);
-        } else {
-            assert!(killed, "round {round}: the run failed without a kill");
-        }
+        r.after(round, killed, status.success());
+        assert!(
+            status.success() || killed,
+            "round {round}: the run failed without a kill"
+        );
     }
-    let out = run(&store, &dir).output().unwrap();
+    let out = run(&r.store, &dir).output().unwrap();
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    check_store(&store);
-    assert_fsck_clean(&store, rounds);
-    eprintln!(
-        "daemon: {rounds} rounds, {kills} killed mid-run, {completed} completed, store checked and fsck clean after each, in {:.1}s; kill points in the end from 5..{:.0} ms",
-        t0.elapsed().as_secs_f64(),
-        window.ms + 5.0
-    );
+    check_store(&r.store);
+    assert_fsck_clean(&r.store, r.rounds);
+    eprintln!("daemon: {}", r.summary(&window));
     assert!(
-        kills > 0,
+        r.kills > 0,
         "no daemon was killed: the kill points are too late"
     );
 }
