@@ -302,11 +302,7 @@ fn socket_is_private_and_other_users_are_refused() {
         .mode()
         & 0o777;
     assert_eq!(mode, 0o600);
-    let have_setpriv = Command::new("setpriv")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !have_setpriv || !nix_is_root() {
+    if !can_run_as_nobody() {
         eprintln!("skipping the other-uid part: needs root and setpriv");
         return;
     }
@@ -333,6 +329,15 @@ fn socket_is_private_and_other_users_are_refused() {
         .unwrap();
     assert_eq!(o.status.code(), Some(11), "{}", text(&o));
     assert!(text(&o).contains("refused"), "{}", text(&o));
+}
+
+/// Whether this test can run commands as `nobody` (root, with setpriv).
+fn can_run_as_nobody() -> bool {
+    let have_setpriv = Command::new("setpriv")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    have_setpriv && nix_is_root()
 }
 
 fn nix_is_root() -> bool {
@@ -521,11 +526,7 @@ fn allow_other_mounts_ro_nosuid_nodev_with_default_permissions() {
         assert!(opts.contains(&want), "no `{want}` in {entry:?}");
     }
     assert_eq!(fs::read_to_string(&file).unwrap(), "data\n");
-    let have_setpriv = Command::new("setpriv")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !have_setpriv || !nix_is_root() {
+    if !can_run_as_nobody() {
         eprintln!("skipping the other-uid part: needs root and setpriv");
         return;
     }
