@@ -395,6 +395,81 @@ fn mount_helper_recovers_a_stale_mount_too() {
 }
 
 #[test]
+fn packed_blobs_read_through_the_mount_and_a_corrupt_one_is_eio_and_quarantined() {
+    let e = env();
+    let src = e.root.join("src");
+    fs::create_dir_all(&src).unwrap();
+    let content = |i: usize| format!("file {i}\n").repeat(1 + i % 13);
+    for i in 0..300 {
+        fs::write(src.join(format!("f{i:03}")), content(i)).unwrap();
+    }
+    let big = "x".repeat(200_000);
+    fs::write(src.join("big"), &big).unwrap();
+    let o = dagfs(&e.store, &["sync", src.to_str().unwrap(), "--name", "many"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let packs: Vec<_> = fs::read_dir(e.store.join("packs"))
+        .unwrap()
+        .map(|d| d.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert!(packs.iter().any(|n| n.ends_with(".idx")), "{packs:?}");
+    // One small file's bytes flipped inside the pack (before any read).
+    let victim = content(7);
+    let pack = packs.iter().find(|n| n.ends_with(".pack")).unwrap();
+    let pack = e.store.join("packs").join(pack);
+    let mut bytes = fs::read(&pack).unwrap();
+    let at = bytes
+        .windows(victim.len())
+        .position(|w| w == victim.as_bytes())
+        .unwrap();
+    bytes[at] ^= 0x20;
+    fs::set_permissions(&pack, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    fs::write(&pack, &bytes).unwrap();
+
+    let m = Mounted::new(&e.store, &e.mnt);
+    for i in (0..300).filter(|i| *i != 7) {
+        let p = e.mnt.join(format!("syncs/many/f{i:03}"));
+        assert_eq!(
+            fs::read_to_string(&p).unwrap(),
+            content(i),
+            "{}",
+            p.display()
+        );
+    }
+    assert_eq!(
+        fs::read_to_string(e.mnt.join("syncs/many/big")).unwrap(),
+        big
+    );
+    let hex = blake3::hash(content(8).as_bytes()).to_hex().to_string();
+    assert_eq!(
+        fs::read_to_string(e.mnt.join("blobs").join(&hex)).unwrap(),
+        content(8)
+    );
+    let err = fs::read(e.mnt.join("syncs/many/f007")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    let bad = blake3::hash(victim.as_bytes()).to_hex().to_string();
+    assert!(
+        e.store.join("quarantine/blobs").join(&bad).exists(),
+        "the corrupt packed blob is moved to quarantine"
+    );
+    // The rest of the pack is intact, rewritten without it.
+    assert_eq!(
+        fs::read_to_string(e.mnt.join("syncs/many/f008")).unwrap(),
+        content(8)
+    );
+    drop(m);
+    // A new sync stores the file again; fsck is then clean.
+    let o = dagfs(&e.store, &["sync", src.to_str().unwrap(), "--name", "many"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let o = dagfs(&e.store, &["fsck"]).output().unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("no problems"), "{}", text(&o));
+}
+
+#[test]
 fn a_watched_sync_is_owned_by_the_daemon_and_shown_under_syncs() {
     let e = env();
     let src = e.root.join("src");

@@ -779,8 +779,8 @@ impl StoreView for PanicView {
     fn is_tree(&self, d: &Digest) -> Result<bool, ViewError> {
         self.0.is_tree(d)
     }
-    fn blob_path(&self, d: &Digest) -> PathBuf {
-        self.0.blob_path(d)
+    fn open_blob(&self, d: &Digest) -> std::io::Result<dagfs::fs::view::BlobData> {
+        self.0.open_blob(d)
     }
     fn blob_size(&self, d: &Digest) -> Result<u64, ViewError> {
         self.0.blob_size(d)
@@ -970,8 +970,8 @@ impl StoreView for WideView {
     fn is_tree(&self, d: &Digest) -> Result<bool, ViewError> {
         Ok(*d == self.tree)
     }
-    fn blob_path(&self, _: &Digest) -> PathBuf {
-        PathBuf::from("/nonexistent/dagfs-test-blob")
+    fn open_blob(&self, _: &Digest) -> std::io::Result<dagfs::fs::view::BlobData> {
+        Err(std::io::ErrorKind::NotFound.into())
     }
     fn blob_size(&self, _: &Digest) -> Result<u64, ViewError> {
         Ok(0)

@@ -1,12 +1,11 @@
 //! `StoreView` over the cache: what the daemon's FUSE mount reads.
 
 use std::io::Read;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::cache::{Cache, CacheError};
 use crate::exec::explain;
-use crate::fs::view::{EntryInfo, StoreView, ViewError};
+use crate::fs::view::{BlobData, EntryInfo, StoreView, ViewError};
 use crate::hash::{Digest, HexPrefix};
 use crate::index::{IndexError, RunRecord};
 use crate::store::syncs::SyncLog;
@@ -103,12 +102,25 @@ impl StoreView for CacheView {
         Ok(self.cache.store.read_tree(d).is_ok())
     }
 
-    fn blob_path(&self, d: &Digest) -> PathBuf {
-        self.cache.store.blob_path(d)
+    fn open_blob(&self, d: &Digest) -> std::io::Result<BlobData> {
+        use crate::store::{BlobReader, StoreError};
+        match std::fs::File::open(self.cache.store.blob_path(d)) {
+            Ok(f) => return Ok(BlobData::File(f)),
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            Err(_) => {}
+        }
+        match self.cache.store.open_blob(d) {
+            Ok(BlobReader::Bytes(c)) => Ok(BlobData::Bytes(c.into_inner().into())),
+            Ok(BlobReader::File(f)) => Ok(BlobData::File(f)),
+            Err(StoreError::Corrupt { .. }) => Ok(BlobData::Corrupt),
+            Err(StoreError::Missing(_)) => Err(std::io::ErrorKind::NotFound.into()),
+            Err(StoreError::Io { source, .. }) => Err(source),
+            Err(e) => Err(std::io::Error::other(e.to_string())),
+        }
     }
 
     fn blob_size(&self, d: &Digest) -> Result<u64, ViewError> {
-        Ok(std::fs::metadata(self.cache.store.blob_path(d))?.len())
+        Ok(self.cache.store.blob_size(d)?)
     }
 
     fn dags(&self) -> Result<Vec<String>, ViewError> {

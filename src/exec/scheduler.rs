@@ -122,8 +122,7 @@ impl Materializer {
                 d.to_hex(),
                 std::thread::current().id()
             ));
-            std::fs::copy(store.blob_path(d), &tmp)
-                .map_err(|e| format!("{}: {e}", tmp.display()))?;
+            store.copy_blob(d, &tmp).map_err(|e| e.to_string())?;
             std::fs::rename(&tmp, &p).map_err(|e| format!("{}: {e}", p.display()))?;
         }
         Ok(p)

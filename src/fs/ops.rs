@@ -41,7 +41,6 @@
 
 use std::borrow::Cow;
 use std::ffi::OsStr;
-use std::fs::File;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::Ordering;
@@ -61,6 +60,7 @@ use super::node::{
 };
 use super::passthrough::ReadPath;
 use super::unopened::Snapshot;
+use super::view::BlobData;
 use super::DagFs;
 
 pub const LONG_TTL: Duration = Duration::from_secs(86_400);
@@ -292,8 +292,13 @@ impl DagFs {
             return Err(FsError::NoOpen);
         }
         if let Some((digest, size)) = node.blob() {
-            let file = match File::open(self.view.blob_path(&digest)) {
-                Ok(f) => f,
+            let file = match self.view.open_blob(&digest) {
+                Ok(BlobData::File(f)) => f,
+                // Packed: its bytes, checked as they were read.
+                Ok(BlobData::Bytes(b)) => {
+                    return self.open_bytes(b, FopenFlags::FOPEN_KEEP_CACHE);
+                }
+                Ok(BlobData::Corrupt) => return Err(self.found_corrupt(&node, &digest)),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound && size == 0 => {
                     return self.open_bytes(Arc::from([]), FopenFlags::FOPEN_KEEP_CACHE);
                 }
@@ -364,27 +369,34 @@ impl DagFs {
                 .for_read(&key, pid, || self.generated(&node))?;
             return Ok(Source::Bytes(snap.bytes.clone()));
         };
-        let file =
-            self.blob_files
-                .get(&digest, || match File::open(self.view.blob_path(&digest)) {
-                    Ok(f) => {
-                        self.counters.pread_opens.fetch_add(1, Ordering::Relaxed);
-                        Ok(f)
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound && size == 0 => {
-                        Err(FsError::NotFound)
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                        Err(FsError::MissingBlob(digest))
-                    }
-                    Err(e) => Err(e.into()),
-                });
+        let mut packed = None;
+        let file = self
+            .blob_files
+            .get(&digest, || match self.view.open_blob(&digest) {
+                Ok(BlobData::File(f)) => {
+                    self.counters.pread_opens.fetch_add(1, Ordering::Relaxed);
+                    Ok(f)
+                }
+                // NB: not held open: a packed blob is small, read whole.
+                Ok(BlobData::Bytes(b)) => {
+                    packed = Some(b);
+                    Err(FsError::NotFound)
+                }
+                Ok(BlobData::Corrupt) => Err(self.found_corrupt(&node, &digest)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound && size == 0 => {
+                    Err(FsError::NotFound)
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    Err(FsError::MissingBlob(digest))
+                }
+                Err(e) => Err(e.into()),
+            });
         match file {
             Ok(f) => {
                 self.verify_blob(&node, &digest, &f, offset == 0)?;
                 Ok(Source::File(f))
             }
-            Err(FsError::NotFound) => Ok(Source::Bytes(Arc::from([]))),
+            Err(FsError::NotFound) => Ok(Source::Bytes(packed.unwrap_or_else(|| Arc::from([])))),
             Err(e) => Err(e),
         }
     }

@@ -90,7 +90,6 @@ mod tests {
     use crate::hash::HexPrefix;
     use crate::index::RunRecord;
     use crate::store::tree::{Node, TreeEntry};
-    use std::path::PathBuf;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     /// Serves trees of `d.0[0]` entries and counts decodes.
@@ -125,8 +124,8 @@ mod tests {
         fn is_tree(&self, _: &Digest) -> Result<bool, ViewError> {
             Ok(true)
         }
-        fn blob_path(&self, _: &Digest) -> PathBuf {
-            PathBuf::new()
+        fn open_blob(&self, _: &Digest) -> std::io::Result<crate::fs::view::BlobData> {
+            Err(std::io::ErrorKind::NotFound.into())
         }
         fn blob_size(&self, _: &Digest) -> Result<u64, ViewError> {
             Ok(0)

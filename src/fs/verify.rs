@@ -179,6 +179,12 @@ impl DagFs {
         if self.verifier.hash(d, file)? {
             return Ok(());
         }
+        Err(self.found_corrupt(node, d))
+    }
+
+    /// Blob `d` of `node` does not match its name: quarantine it (and drop
+    /// the entry it was read under); the error answers the request EIO.
+    pub(super) fn found_corrupt(&self, node: &Node, d: &Digest) -> FsError {
         self.blob_files.forget(d);
         let key = node.key_ctx().map(|c| c.key);
         match self.view.quarantine(d, key.as_ref()) {
@@ -194,7 +200,7 @@ impl DagFs {
                 "dagfs: blob {d} does not match its name: answered EIO; quarantine failed: {e}"
             ),
         }
-        Err(FsError::View(ViewError::Corrupt(*d)))
+        FsError::View(ViewError::Corrupt(*d))
     }
 }
 

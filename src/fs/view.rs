@@ -2,8 +2,6 @@
 //! the store's paths directly except through this trait; the daemon
 //! implements it over the cache (`daemon::view`), tests can fake it.
 
-use std::path::PathBuf;
-
 use crate::hash::{Digest, HexPrefix};
 use crate::index::RunRecord;
 use crate::store::syncs::SyncLog;
@@ -22,6 +20,15 @@ pub enum ViewError {
     Io(#[from] std::io::Error),
     #[error("{0}")]
     Other(String),
+}
+
+/// An open blob (`StoreView::open_blob`).
+#[derive(Debug)]
+pub enum BlobData {
+    File(std::fs::File),
+    Bytes(std::sync::Arc<[u8]>),
+    /// A packed blob whose bytes do not hash to its name.
+    Corrupt,
 }
 
 /// What the mount shows about one cache entry.
@@ -50,8 +57,10 @@ pub trait StoreView: Send + Sync + 'static {
     fn read_tree(&self, tree: &Digest) -> Result<Tree, ViewError>;
     /// Is this blob a tree? (`/trees/<digest>` accepts only trees.)
     fn is_tree(&self, d: &Digest) -> Result<bool, ViewError>;
-    /// Path of a blob file, for open/pread/passthrough. Read-only, 0444.
-    fn blob_path(&self, d: &Digest) -> PathBuf;
+    /// Open a blob for reading: a loose blob's file (pread, passthrough;
+    /// read-only, 0444), or a packed blob's bytes, checked against its name
+    /// (`BlobData::Corrupt` if they do not match). NotFound if not stored.
+    fn open_blob(&self, d: &Digest) -> std::io::Result<BlobData>;
     fn blob_size(&self, d: &Digest) -> Result<u64, ViewError>;
     /// Pipeline names with at least one task, ascending.
     fn dags(&self) -> Result<Vec<String>, ViewError>;

@@ -36,7 +36,7 @@ pub fn reachable(
     }
     while let Some(d) = stack.pop() {
         // Only trees have children; plain blobs fail to decode, which is fine.
-        let Ok(bytes) = std::fs::read(store.blob_path(&d)) else {
+        let Ok(bytes) = store.read_blob_unchecked(&d) else {
             continue;
         };
         let Ok(tree) = super::Tree::decode(&bytes) else {
@@ -90,6 +90,39 @@ pub fn sweep(
         }
         rep.blobs_removed += 1;
         rep.bytes_removed += len;
+    }
+    // Packs: one that holds unreferenced blobs older than the cutoff is
+    // rewritten with the rest (a blob held twice, by two packs, is kept
+    // once).
+    let mut kept: HashSet<Digest> = HashSet::new();
+    for p in store.packs().iter() {
+        let mut dead = (0u64, 0u64);
+        let mut keep = HashSet::new();
+        for (d, _, len) in p.rows() {
+            rep.blobs_total += 1;
+            if live.contains(&d) && !kept.contains(&d) {
+                keep.insert(d);
+            } else {
+                dead.0 += 1;
+                dead.1 += u64::from(len);
+            }
+        }
+        if dead.0 == 0 {
+            kept.extend(keep);
+            continue;
+        }
+        if p.published >= cutoff {
+            rep.blobs_kept_young += dead.0;
+            kept.extend(p.rows().map(|r| r.0));
+            continue;
+        }
+        if !dry_run {
+            // NB: `repack` raises the blob generation before the old pack goes.
+            store.repack(p, |d| keep.contains(d))?;
+        }
+        kept.extend(keep);
+        rep.blobs_removed += dead.0;
+        rep.bytes_removed += dead.1;
     }
     Ok(rep)
 }

@@ -28,8 +28,7 @@ pub fn materialize(store: &Store, tree: &Digest, dest: &Path) -> Result<()> {
                 }
                 Node::Symlink { target } => symlink(os(&target), &path).at(&path)?,
                 Node::File { digest, exec, .. } => {
-                    let src = store.blob_path(&digest);
-                    fs::copy(&src, &path).at(&path)?;
+                    store.copy_blob(&digest, &path)?;
                     let mode = if exec { 0o555 } else { 0o444 };
                     fs::set_permissions(&path, fs::Permissions::from_mode(mode)).at(&path)?;
                 }

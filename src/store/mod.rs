@@ -6,9 +6,12 @@
 //!
 //! ```text
 //! <store>/
-//!   FORMAT            "dagfs-store\nversion 1\n"; a newer version fails to open
+//!   FORMAT            "dagfs-store\nversion 2\n"; a newer version fails to open;
+//!                     version 1 (no packs) is upgraded when opened
 //!   lock              flock held by the single owner; holds "pid N (cmd)"
 //!   blobs/ab/<hex>    immutable files, mode 0444, named by their BLAKE3
+//!   packs/<id>.pack   many small blobs in one file, and its index
+//!   packs/<id>.idx    (`<id>.idx` present: its blobs exist); see `pack`
 //!   entries/ab/<key>  one JSON record per cache entry (see `entry`)
 //!   tmp/              work in progress; swept when the store is opened
 //!   index/            sled, rebuildable from blobs/ + entries/
@@ -40,6 +43,7 @@ pub mod gc;
 pub mod ingest;
 pub mod lock;
 pub mod materialize;
+pub mod pack;
 pub mod quarantine;
 pub mod syncs;
 pub mod tree;
@@ -61,7 +65,9 @@ use error::IoContext;
 use lock::StoreLock;
 
 pub const FORMAT_NAME: &str = "dagfs-store";
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
+/// Older versions this dagfs opens (and upgrades: 1 had no `packs/`).
+const FORMAT_UPGRADES: [u32; 1] = [1];
 
 /// An open store. Holds the store lock for its whole life.
 #[derive(Debug)]
@@ -75,6 +81,9 @@ pub struct Store {
     /// Names in the store (blobs/, entries/) changed since the last `syncfs`
     /// started: `sync_changes` has something to make durable.
     changed: std::sync::atomic::AtomicBool,
+    packs: pack::Packs,
+    /// `blobs/`, opened once: `has_blob` looks names up relative to it.
+    blobs_dir: std::sync::OnceLock<Option<File>>,
     _lock: StoreLock,
 }
 
@@ -103,6 +112,8 @@ pub struct Staged {
     /// Digests written by `stage_bytes`, so identical content (two empty
     /// directories of one output, say) is staged once.
     bytes_staged: std::collections::HashSet<Digest>,
+    /// Small blobs from `stage_bytes`, appended to packs (see `pack`).
+    packs: Vec<pack::PackWriter>,
 }
 
 #[derive(Debug)]
@@ -117,7 +128,7 @@ struct StagedBlob {
 
 impl Staged {
     pub fn is_empty(&self) -> bool {
-        self.blobs.is_empty() && self.entries.is_empty()
+        self.blobs.is_empty() && self.entries.is_empty() && self.packs.iter().all(|p| p.len() == 0)
     }
     pub fn blob_count(&self) -> usize {
         self.blobs.len()
@@ -133,6 +144,12 @@ impl Staged {
             fs::rename(&b.tmp, &to).at(&to)?;
             b.tmp = to;
         }
+        for (n, p) in self.packs.iter_mut().enumerate() {
+            // NB: the writer's descriptor follows the rename.
+            let to = dir.join(format!("{prefix}-pack-{n}.pack"));
+            fs::rename(&p.path, &to).at(&to)?;
+            p.path = to;
+        }
         Ok(())
     }
 
@@ -140,6 +157,7 @@ impl Staged {
     pub fn append(&mut self, other: Staged) {
         self.blobs.extend(other.blobs);
         self.entries.extend(other.entries);
+        self.packs.extend(other.packs);
     }
 
     /// Take the staged entry records out (for `Store::publish_entries`).
@@ -193,9 +211,12 @@ impl Store {
             gate: SyncGate::default(),
             blob_generation: blob_generation.into(),
             changed: false.into(),
+            packs: pack::Packs::new(root.join("packs")),
+            blobs_dir: std::sync::OnceLock::new(),
             _lock: lock,
         };
         store.init_layout()?;
+        store.upgrade_format()?;
         store.sweep_tmp()?;
         Ok(store)
     }
@@ -205,13 +226,8 @@ impl Store {
         if format.exists() {
             return Ok(());
         }
-        for top in ["blobs", "entries"] {
-            for b in 0..=255u8 {
-                let d = self.root.join(top).join(crate::hash::to_hex(&[b]));
-                fs::create_dir_all(&d).at(&d)?;
-            }
-        }
-        for d in ["tmp", "index"] {
+        // NB: the 256 shards of each are made when first written to.
+        for d in ["blobs", "entries", "tmp", "index", "packs"] {
             fs::create_dir_all(self.root.join(d)).at(self.root.join(d))?;
         }
         // FORMAT last: its presence means the layout is complete.
@@ -223,12 +239,35 @@ impl Store {
         self.sync()
     }
 
+    /// A store of an older format this dagfs can read: record the current
+    /// one (atomically, durably) before anything of the new format is
+    /// written, so an older dagfs refuses the store instead of misreading it.
+    fn upgrade_format(&self) -> Result<()> {
+        let format = self.root.join("FORMAT");
+        let text = fs::read_to_string(&format).at(&format)?;
+        if format_version(&text) == Some(FORMAT_VERSION) {
+            return Ok(());
+        }
+        fs::create_dir_all(&self.packs.dir).at(&self.packs.dir)?;
+        let tmp = self.root.join("FORMAT.tmp");
+        let mut f = File::create(&tmp).at(&tmp)?;
+        write!(f, "{FORMAT_NAME}\nversion {FORMAT_VERSION}\n").at(&tmp)?;
+        f.sync_all().at(&tmp)?;
+        fs::rename(&tmp, &format).at(&format)?;
+        self.root_fd.sync_all().at(&self.root)
+    }
+
     /// Remove leftovers of crashed processes. Safe: we hold the lock, so no
-    /// other process has work in progress under `tmp/`.
+    /// other process has work in progress under `tmp/`. A pack whose index
+    /// was never renamed in (a crash between the two renames) goes too:
+    /// none of its blobs exist yet.
     fn sweep_tmp(&self) -> Result<()> {
         let tmp = self.tmp_root();
         for e in fs::read_dir(&tmp).at(&tmp)? {
             let p = e.at(&tmp)?.path();
+            remove_all(&p)?;
+        }
+        for p in pack::Packs::list_dir(&self.packs.dir)?.1 {
             remove_all(&p)?;
         }
         Ok(())
@@ -265,7 +304,103 @@ impl Store {
     }
 
     pub fn has_blob(&self, d: &Digest) -> bool {
-        self.blob_path(d).exists()
+        self.has_loose_blob(d) || self.packs.find(d).is_some()
+    }
+
+    /// Is blob `d` a loose file? (One `fstatat` of `ab/<hex>` under an open
+    /// `blobs/`: no walk of the store's whole path per lookup.)
+    fn has_loose_blob(&self, d: &Digest) -> bool {
+        let dir = self.blobs_dir.get_or_init(|| {
+            fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC)
+                .open(self.root.join("blobs"))
+                .ok()
+        });
+        let Some(dir) = dir else {
+            return self.blob_path(d).exists();
+        };
+        let hex = d.to_hex();
+        let mut name = [0u8; 2 + 1 + 64 + 1];
+        name[..2].copy_from_slice(&hex.as_bytes()[..2]);
+        name[2] = b'/';
+        name[3..67].copy_from_slice(hex.as_bytes());
+        let c = std::ffi::CStr::from_bytes_with_nul(&name).expect("one NUL, at the end");
+        // SAFETY: a valid directory descriptor, a NUL-terminated name, and a
+        // stat buffer the kernel fills.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        let rc = unsafe {
+            libc::fstatat(
+                dir.as_raw_fd(),
+                c.as_ptr(),
+                &mut st,
+                libc::AT_SYMLINK_NOFOLLOW,
+            )
+        };
+        rc == 0
+    }
+
+    /// The directory of the packs (see `pack`).
+    pub fn packs_dir(&self) -> &Path {
+        &self.packs.dir
+    }
+
+    /// Every readable pack (a pack whose index does not load is left out:
+    /// `fsck` reports it).
+    pub fn packs(&self) -> std::sync::Arc<Vec<std::sync::Arc<pack::Pack>>> {
+        self.packs.all()
+    }
+
+    /// Where blob `d` is: a loose file, or a range of a pack (loose first).
+    pub fn locate(&self, d: &Digest) -> Option<BlobLocation> {
+        let p = self.blob_path(d);
+        if p.exists() {
+            return Some(BlobLocation::Loose(p));
+        }
+        self.packs
+            .find(d)
+            .map(|(pack, offset, len)| BlobLocation::Packed { pack, offset, len })
+    }
+
+    /// Blob `d`'s bytes as stored, unchecked (gc's walk, fsck's hashing).
+    pub fn read_blob_unchecked(&self, d: &Digest) -> Result<Vec<u8>> {
+        match self.locate(d) {
+            Some(BlobLocation::Loose(p)) => fs::read(&p).at(&p),
+            Some(BlobLocation::Packed { pack, offset, len }) => pack
+                .read_raw(offset, len)
+                .at(pack.pack_path(&self.packs.dir)),
+            None => Err(StoreError::Missing(*d)),
+        }
+    }
+
+    /// Size of blob `d`.
+    pub fn blob_size(&self, d: &Digest) -> Result<u64> {
+        let p = self.blob_path(d);
+        match fs::metadata(&p) {
+            Ok(m) => Ok(m.len()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => match self.packs.find(d) {
+                Some((_, _, len)) => Ok(u64::from(len)),
+                None => Err(StoreError::Missing(*d)),
+            },
+            Err(e) => Err(StoreError::Io { path: p, source: e }),
+        }
+    }
+
+    /// Copy blob `d` to a new file `dst` (a reflink where the filesystem
+    /// can, for a loose blob). Never a hard link: see `materialize`.
+    pub fn copy_blob(&self, d: &Digest, dst: &Path) -> Result<()> {
+        let p = self.blob_path(d);
+        match fs::copy(&p, dst) {
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !p.exists() => {
+                let bytes = self.read_blob(d)?;
+                fs::write(dst, bytes).at(dst)
+            }
+            Err(e) => Err(StoreError::Io {
+                path: dst.to_path_buf(),
+                source: e,
+            }),
+        }
     }
 
     /// The blob generation: it changes only when a blob may be removed, so
@@ -290,20 +425,33 @@ impl Store {
         Ok(())
     }
 
-    pub fn open_blob(&self, d: &Digest) -> Result<File> {
+    /// Open blob `d` for reading: its file, or (packed) its bytes, checked
+    /// against its name as they are read from the pack.
+    pub fn open_blob(&self, d: &Digest) -> Result<BlobReader> {
         let p = self.blob_path(d);
-        File::open(&p).map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => StoreError::Missing(*d),
-            _ => StoreError::Io { path: p, source: e },
-        })
+        match File::open(&p) {
+            Ok(f) => Ok(BlobReader::File(f)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => match self.packs.find(d) {
+                Some((pack, _, _)) => match pack.read(d, &self.packs.dir)? {
+                    Some(b) => Ok(BlobReader::Bytes(std::io::Cursor::new(b))),
+                    None => Err(StoreError::Missing(*d)),
+                },
+                None => Err(StoreError::Missing(*d)),
+            },
+            Err(e) => Err(StoreError::Io { path: p, source: e }),
+        }
     }
 
     /// Read a whole blob, checking its bytes against its name.
     pub fn read_blob(&self, d: &Digest) -> Result<Vec<u8>> {
-        let mut buf = Vec::new();
-        self.open_blob(d)?
-            .read_to_end(&mut buf)
-            .at(self.blob_path(d))?;
+        let buf = match self.open_blob(d)? {
+            BlobReader::Bytes(c) => return Ok(c.into_inner()),
+            BlobReader::File(mut f) => {
+                let mut buf = Vec::new();
+                f.read_to_end(&mut buf).at(self.blob_path(d))?;
+                buf
+            }
+        };
         if Digest::of(&buf) != *d {
             return Err(StoreError::Corrupt {
                 digest: *d,
@@ -327,6 +475,19 @@ impl Store {
     /// blob already exists. Durable only after `commit`.
     pub fn stage_bytes(&self, dir: &Path, bytes: &[u8], staged: &mut Staged) -> Result<Digest> {
         let digest = Digest::of(bytes);
+        if bytes.len() <= pack::MAX_PACKED {
+            if !self.has_blob(&digest) && staged.bytes_staged.insert(digest) {
+                if staged.packs.is_empty() {
+                    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+                    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let path = dir.join(format!("pack-{n}.pack"));
+                    staged.packs.push(pack::PackWriter::create(path)?);
+                }
+                let w = staged.packs.last_mut().expect("just made");
+                w.add(digest, bytes)?;
+            }
+            return Ok(digest);
+        }
         if !self.has_blob(&digest) && staged.bytes_staged.insert(digest) {
             let tmp = dir.join(format!("blob-{}", digest.to_hex()));
             // NB: created read-only (the descriptor still writes), which
@@ -384,12 +545,144 @@ impl Store {
     /// the staged entry records, to be given to `publish_entries` (callers
     /// batch those, so one `syncfs` covers many entries).
     pub fn commit_blobs(&self, mut staged: Staged) -> Result<Vec<(PathBuf, Digest)>> {
-        if !staged.blobs.is_empty() {
+        let mut finished = Vec::new();
+        for w in std::mem::take(&mut staged.packs) {
+            if w.len() == 0 {
+                let _ = fs::remove_file(&w.path);
+            } else if w.len() >= pack::MIN_PACK {
+                finished.push(w.finish()?);
+            } else {
+                // Too few to be worth a pack: loose files.
+                let dir = w.path.parent().map(Path::to_path_buf).unwrap_or_default();
+                for (digest, bytes) in w.into_blobs()? {
+                    let tmp = dir.join(format!("blob-{}", digest.to_hex()));
+                    match fs::OpenOptions::new()
+                        .write(true)
+                        .create_new(true)
+                        .mode(0o444)
+                        .open(&tmp)
+                    {
+                        Ok(mut f) => f.write_all(&bytes).at(&tmp)?,
+                        // The same content from another part of the batch.
+                        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                        Err(e) => {
+                            return Err(StoreError::Io {
+                                path: tmp,
+                                source: e,
+                            })
+                        }
+                    }
+                    staged.blobs.push(StagedBlob {
+                        tmp,
+                        digest,
+                        inode: None,
+                        read_only: umask_keeps_0444(),
+                    });
+                }
+            }
+        }
+        if !staged.blobs.is_empty() || !finished.is_empty() {
             self.sync()?; // NB: data durable before any name in blobs/ points at it.
             self.note_change();
             self.publish_blobs(&staged.blobs)?;
+            for f in finished {
+                self.publish_pack(f)?;
+            }
         }
         Ok(staged.take_entries())
+    }
+
+    /// Rename a finished pack into `packs/`: the pack, then its index (its
+    /// blobs exist from then on). Its bytes are durable already.
+    pub(crate) fn publish_pack(&self, f: pack::FinishedPack) -> Result<()> {
+        let dir = &self.packs.dir;
+        fs::create_dir_all(dir).at(dir)?;
+        let pack_to = dir.join(format!("{}.pack", f.id));
+        let idx_to = dir.join(format!("{}.idx", f.id));
+        // NB: the id names the index table, so an existing pack of that id
+        // holds the same blobs at the same places.
+        for (from, to) in [(&f.pack, &pack_to), (&f.idx, &idx_to)] {
+            match rename_noreplace(from, to) {
+                Ok(()) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+                    let _ = fs::remove_file(from);
+                }
+                Err(e) => {
+                    return Err(StoreError::Io {
+                        path: to.clone(),
+                        source: e,
+                    })
+                }
+            }
+        }
+        let loaded = pack::Pack::load(dir, &f.id).map_err(|b| StoreError::Corrupt {
+            digest: Digest::default(),
+            path: b.path,
+            reason: format!("a pack just written does not load: {}", b.reason),
+        })?;
+        let loaded = std::sync::Arc::new(loaded);
+        self.packs.update(|l| {
+            if !l.iter().any(|p| p.id == loaded.id) {
+                l.push(loaded);
+            }
+        });
+        Ok(())
+    }
+
+    /// Remove pack `id` (its index first: its blobs are gone from then on).
+    /// NB: callers raise the blob generation first.
+    pub(crate) fn remove_pack(&self, id: &str) -> Result<()> {
+        let dir = &self.packs.dir;
+        self.note_change();
+        for ext in ["idx", "pack"] {
+            let p = dir.join(format!("{id}.{ext}"));
+            match fs::remove_file(&p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(StoreError::Io { path: p, source: e }),
+            }
+        }
+        self.packs.update(|l| l.retain(|p| p.id != id));
+        Ok(())
+    }
+
+    /// Write the blobs of pack `id` that `keep` accepts into a new pack (or
+    /// loose files, if few), durably, then remove the old pack. Returns the
+    /// (count, bytes) dropped. NB: raises the blob generation before the
+    /// old pack goes.
+    pub(crate) fn repack(
+        &self,
+        old: &pack::Pack,
+        mut keep: impl FnMut(&Digest) -> bool,
+    ) -> Result<(u64, u64)> {
+        let work = self.tempdir("repack-")?;
+        let mut staged = Staged::default();
+        let mut dropped = (0u64, 0u64);
+        let old_path = old.pack_path(&self.packs.dir);
+        let mut kept = 0usize;
+        for (d, off, len) in old.rows() {
+            if !keep(&d) {
+                dropped.0 += 1;
+                dropped.1 += u64::from(len);
+                continue;
+            }
+            let bytes = old.read_raw(off, len).at(&old_path)?;
+            if staged.packs.is_empty() {
+                staged
+                    .packs
+                    .push(pack::PackWriter::create(work.path().join("repack.pack"))?);
+            }
+            staged.packs[0].add(d, &bytes)?;
+            kept += 1;
+        }
+        if kept > 0 {
+            self.commit_blobs(staged)?;
+            // NB: the new names durable before the old ones go.
+            self.sync()?;
+        }
+        self.new_blob_generation()?;
+        self.remove_pack(&old.id)?;
+        Ok(dropped)
     }
 
     /// Second half of `commit`: one `syncfs` makes every blob name committed
@@ -408,7 +701,7 @@ impl Store {
         for (tmp, key) in entries {
             if keep(key) {
                 let dst = self.entry_path(key);
-                fs::rename(tmp, &dst).at(&dst)?;
+                rename_into_shard(tmp, &dst, |a, b| fs::rename(a, b)).at(&dst)?;
             } else {
                 let _ = fs::remove_file(tmp);
             }
@@ -444,7 +737,7 @@ impl Store {
         if !b.read_only {
             fs::set_permissions(&b.tmp, fs::Permissions::from_mode(0o444)).at(&b.tmp)?;
         }
-        match rename_noreplace(&b.tmp, &dst) {
+        match rename_into_shard(&b.tmp, &dst, rename_noreplace) {
             Ok(()) => {}
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) => return Ok(()),
             Err(e) => {
@@ -560,7 +853,17 @@ impl Store {
     pub fn blobs_with_prefix(&self, prefix: &str) -> Result<Vec<Digest>> {
         let shard = self.root.join("blobs").join(&prefix[..2]);
         let mut out = Vec::new();
-        for e in fs::read_dir(&shard).at(&shard)? {
+        let listing = match fs::read_dir(&shard) {
+            Ok(rd) => rd.collect::<Vec<_>>(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => {
+                return Err(StoreError::Io {
+                    path: shard,
+                    source: e,
+                })
+            }
+        };
+        for e in listing {
             let name = e.at(&shard)?.file_name();
             if let Some(d) = name
                 .to_str()
@@ -568,6 +871,13 @@ impl Store {
                 .and_then(Digest::from_hex)
             {
                 out.push(d);
+            }
+        }
+        for p in self.packs.all().iter() {
+            for d in p.with_prefix(prefix) {
+                if !out.contains(&d) {
+                    out.push(d);
+                }
             }
         }
         Ok(out)
@@ -645,9 +955,10 @@ fn check_root(root: &Path) -> Result<()> {
 /// Holds a `lock` and nothing but parts of the layout `init_layout` makes:
 /// a store whose creation is in progress (or was interrupted).
 fn being_created(root: &Path) -> bool {
-    const LAYOUT: [&str; 8] = [
+    const LAYOUT: [&str; 9] = [
         "lock",
         "blobs",
+        "packs",
         "entries",
         "tmp",
         "index",
@@ -670,12 +981,10 @@ fn check_format(path: &Path, text: &str) -> Result<()> {
             reason: "FORMAT names another format".into(),
         });
     }
-    let version = lines
-        .next()
-        .and_then(|l| l.strip_prefix("version "))
-        .and_then(|v| v.trim().parse::<u32>().ok());
-    match version {
+    let _ = lines.next();
+    match format_version(text) {
         Some(FORMAT_VERSION) => Ok(()),
+        Some(v) if FORMAT_UPGRADES.contains(&v) => Ok(()),
         _ => Err(StoreError::Format {
             path: path.to_path_buf(),
             found: text.lines().nth(1).unwrap_or("").to_string(),
@@ -684,7 +993,64 @@ fn check_format(path: &Path, text: &str) -> Result<()> {
     }
 }
 
-/// `renameat2(RENAME_NOREPLACE)`: never replaces an existing file.
+/// `rename(from, to)` by `how`, making `to`'s shard directory first if it
+/// is not there yet (shards are made on first use).
+fn rename_into_shard(
+    from: &Path,
+    to: &Path,
+    how: impl Fn(&Path, &Path) -> std::io::Result<()>,
+) -> std::io::Result<()> {
+    match how(from, to) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && from.exists() => {
+            if let Some(shard) = to.parent() {
+                match fs::create_dir(shard) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            how(from, to)
+        }
+        r => r,
+    }
+}
+
+/// The version a FORMAT file's text names.
+fn format_version(text: &str) -> Option<u32> {
+    text.lines()
+        .nth(1)
+        .and_then(|l| l.strip_prefix("version "))
+        .and_then(|v| v.trim().parse::<u32>().ok())
+}
+
+/// Where a blob is stored (`Store::locate`).
+#[derive(Debug, Clone)]
+pub enum BlobLocation {
+    Loose(PathBuf),
+    Packed {
+        pack: std::sync::Arc<pack::Pack>,
+        offset: u64,
+        len: u32,
+    },
+}
+
+/// An open blob (`Store::open_blob`): a loose file, or a packed blob's
+/// bytes (already checked against its name).
+#[derive(Debug)]
+pub enum BlobReader {
+    File(File),
+    Bytes(std::io::Cursor<Vec<u8>>),
+}
+
+impl Read for BlobReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            BlobReader::File(f) => f.read(buf),
+            BlobReader::Bytes(c) => c.read(buf),
+        }
+    }
+}
+
 /// Whether this process's umask leaves a file created with mode 0444 at
 /// 0444 (read once from /proc; unknown: no).
 fn umask_keeps_0444() -> bool {
@@ -830,6 +1196,134 @@ mod tests {
         let err = Store::open(t.path(), &mut |_| {}).unwrap_err();
         assert!(matches!(err, StoreError::NotAStore { .. }), "{err}");
         assert!(t.path().join("precious.txt").exists());
+    }
+
+    /// `n` distinct small blobs staged and committed in one batch.
+    fn stage_many(s: &Store, n: usize, tag: &str) -> Vec<(Digest, Vec<u8>)> {
+        let work = s.tempdir("t").unwrap();
+        let mut st = Staged::default();
+        let blobs: Vec<(Digest, Vec<u8>)> = (0..n)
+            .map(|i| {
+                let b = format!("{tag} {i} ").repeat(1 + i % 7).into_bytes();
+                (s.stage_bytes(work.path(), &b, &mut st).unwrap(), b)
+            })
+            .collect();
+        s.commit(st).unwrap();
+        blobs
+    }
+
+    fn pack_files(s: &Store) -> Vec<String> {
+        let mut v: Vec<String> = dir_names(s.packs_dir())
+            .unwrap()
+            .into_iter()
+            .map(|n| n.to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn a_batch_of_small_blobs_is_one_pack_and_a_few_are_loose_files() {
+        let t = tempfile::tempdir().unwrap();
+        let s = open(t.path());
+        let few = stage_many(&s, pack::MIN_PACK - 1, "few");
+        assert!(pack_files(&s).is_empty());
+        for (d, b) in &few {
+            assert_eq!(&fs::read(s.blob_path(d)).unwrap(), b, "loose");
+        }
+        let many = stage_many(&s, 500, "many");
+        assert_eq!(pack_files(&s).len(), 2, "{:?}", pack_files(&s));
+        let dst = t.path().join("copy");
+        for (d, b) in &many {
+            assert!(!s.blob_path(d).exists(), "packed, not loose");
+            assert!(s.has_blob(d));
+            assert_eq!(&s.read_blob(d).unwrap(), b);
+            assert_eq!(s.blob_size(d).unwrap(), b.len() as u64);
+            assert!(s.blobs_with_prefix(&d.to_hex()[..6]).unwrap().contains(d));
+            let _ = fs::remove_file(&dst);
+            s.copy_blob(d, &dst).unwrap();
+            assert_eq!(&fs::read(&dst).unwrap(), b);
+        }
+        // Another process (a reopen) finds them too.
+        drop(s);
+        let s = open(t.path());
+        assert!(many.iter().all(|(d, b)| s.read_blob(d).unwrap() == *b));
+        assert_eq!(FORMAT_VERSION, 2);
+    }
+
+    #[test]
+    fn a_pack_renamed_in_without_its_index_is_removed_at_open() {
+        let t = tempfile::tempdir().unwrap();
+        let s = open(t.path());
+        let many = stage_many(&s, 100, "m");
+        let idx = pack_files(&s)
+            .into_iter()
+            .find(|n| n.ends_with(".idx"))
+            .unwrap();
+        // As if the process died between the two renames.
+        fs::remove_file(s.packs_dir().join(&idx)).unwrap();
+        drop(s);
+        let s = open(t.path());
+        assert!(pack_files(&s).is_empty());
+        assert!(many.iter().all(|(d, _)| !s.has_blob(d)));
+    }
+
+    #[test]
+    fn gc_rewrites_a_pack_without_its_dead_blobs_and_quarantine_takes_one_out() {
+        let t = tempfile::tempdir().unwrap();
+        let s = open(t.path());
+        let many = stage_many(&s, 300, "g");
+        let live: std::collections::HashSet<Digest> =
+            many.iter().step_by(3).map(|(d, _)| *d).collect();
+        let gen = s.blob_generation();
+        let future = std::time::SystemTime::now() + std::time::Duration::from_secs(3600);
+        let dry = gc::sweep(&s, &live, future, true).unwrap();
+        assert!(
+            many.iter().all(|(d, _)| s.has_blob(d)),
+            "a dry run removes nothing"
+        );
+        let rep = gc::sweep(&s, &live, future, false).unwrap();
+        assert_eq!(rep, dry);
+        assert_eq!(rep.blobs_removed as usize, many.len() - live.len());
+        assert!(
+            s.blob_generation() > gen,
+            "generation raised before removal"
+        );
+        for (d, b) in &many {
+            match live.contains(d) {
+                true => assert_eq!(&s.read_blob(d).unwrap(), b),
+                false => assert!(!s.has_blob(d)),
+            }
+        }
+        // A blob young enough is kept.
+        let past = std::time::SystemTime::UNIX_EPOCH;
+        let rep = gc::sweep(&s, &std::collections::HashSet::new(), past, false).unwrap();
+        assert_eq!(rep.blobs_removed, 0);
+        assert_eq!(rep.blobs_kept_young as usize, live.len());
+
+        let (victim, bytes) = many.iter().find(|(d, _)| live.contains(d)).unwrap();
+        assert!(s.quarantine_blob(victim, "test").unwrap());
+        assert!(!s.has_blob(victim));
+        let q = s.quarantine_dir().join("blobs").join(victim.to_hex());
+        assert_eq!(&fs::read(q).unwrap(), bytes);
+        for (d, b) in many.iter().filter(|(d, _)| live.contains(d) && d != victim) {
+            assert_eq!(&s.read_blob(d).unwrap(), b);
+        }
+    }
+
+    #[test]
+    fn a_version_1_store_is_upgraded_when_opened() {
+        let t = tempfile::tempdir().unwrap();
+        drop(open(t.path()));
+        fs::write(t.path().join("FORMAT"), "dagfs-store\nversion 1\n").unwrap();
+        fs::remove_dir(t.path().join("packs")).unwrap();
+        let s = open(t.path());
+        assert_eq!(
+            fs::read_to_string(t.path().join("FORMAT")).unwrap(),
+            "dagfs-store\nversion 2\n"
+        );
+        stage_many(&s, 100, "u");
+        assert_eq!(pack_files(&s).len(), 2);
     }
 
     #[test]

@@ -51,8 +51,32 @@ impl Store {
     }
 
     /// Move blob `d` into quarantine. Ok(false) if it is not in `blobs/`.
+    ///
+    /// A packed blob: its bytes as stored are copied out and that copy is
+    /// quarantined (durably), then every pack holding it is rewritten
+    /// without it (`Store::repack`).
     pub fn quarantine_blob(&self, d: &Digest, reason: &str) -> Result<bool> {
-        self.quarantine_path(&self.blob_path(d), Kind::Blob, &d.to_hex(), reason)
+        let loose = self.blob_path(d);
+        let holding: Vec<_> = self
+            .packs()
+            .iter()
+            .filter(|p| p.find(d).is_some())
+            .cloned()
+            .collect();
+        if loose.exists() || holding.is_empty() {
+            return self.quarantine_path(&loose, Kind::Blob, &d.to_hex(), reason);
+        }
+        let work = self.tempdir("quarantine-")?;
+        let copy = work.path().join(d.to_hex());
+        let (off, len) = holding[0].find(d).expect("filtered");
+        let bytes = holding[0].read_raw(off, len).unwrap_or_default();
+        fs::write(&copy, bytes).at(&copy)?;
+        let reason = format!("{reason} (from pack {})", holding[0].id);
+        let moved = self.quarantine_path(&copy, Kind::Blob, &d.to_hex(), &reason)?;
+        for p in holding {
+            self.repack(&p, |x| x != d)?;
+        }
+        Ok(moved)
     }
 
     /// Move the record of entry `key` into quarantine (the entry is gone

@@ -47,7 +47,7 @@ use super::dirty::Dirty;
 use super::scan::Meta;
 use crate::hash::Digest;
 use crate::index::Index;
-use crate::store::{Node, Store, TreeEntry};
+use crate::store::{Node, TreeEntry};
 
 const VERSION: u8 = 2;
 const META: usize = 8 * 5 + 4;
@@ -475,13 +475,12 @@ impl<'a> StatCache<'a> {
 
     /// Check the records against the disk (see the module doc): None when
     /// they cannot vouch for anything (no complete root record of the
-    /// current blob generation, or its tree is gone), else the recorded
+    /// current blob generation), else the recorded
     /// result and what differs from it now.
     pub fn validate(
         &self,
         root: &Path,
         generation: u64,
-        store: &Store,
         threads: usize,
     ) -> crate::index::Result<Option<Validated>> {
         let raw = self.index.stat_scan(&self.root_id)?;
@@ -490,7 +489,10 @@ impl<'a> StatCache<'a> {
             .filter_map(|(k, v)| Some((&k[16..], DirView::parse(v)?)))
             .collect();
         let base = match recs.get(&b""[..]).and_then(|r| r.head.root) {
-            Some(b) if b.generation == generation && store.has_blob(&b.tree) => b,
+            // NB: blobs are removed only after the generation is raised, so
+            // the recorded tree is still stored (no lookup: with packs, the
+            // first lookup loads their indexes).
+            Some(b) if b.generation == generation => b,
             _ => return Ok(None),
         };
         // The directories reachable from the root's record.

@@ -94,8 +94,6 @@ struct Visitor<'a> {
     /// The directory of the last file stat'ed (entries come mostly grouped
     /// by directory): `fstatat` from it skips a full path lookup per file.
     dir: Option<(PathBuf, std::fs::File)>,
-    /// Open blob directories of the store, for the same reason.
-    blob_dirs: HashMap<PathBuf, std::fs::File>,
     /// The stat-cache record of the directory of the last file looked up.
     recs: Option<(PathBuf, Arc<DirRec>)>,
 }
@@ -140,7 +138,6 @@ impl<'s> ParallelVisitorBuilder<'s> for Builder<'s> {
             ctx: self.0,
             part: Part::default(),
             dir: None,
-            blob_dirs: HashMap::new(),
             recs: None,
         })
     }
@@ -305,7 +302,7 @@ impl Visitor<'_> {
             self.part.work = Some((Staged::default(), store.tempdir("sync-")?));
         }
         let (staged, work) = self.part.work.as_mut().expect("just set");
-        match hash_stable(path, store, work.path(), staged, &ctx.retries) {
+        match hash_stable(path, store, work.path(), staged, &ctx.retries, Some(meta)) {
             Ok((d, size, meta)) => {
                 // NB: git's racy rule: a write within the timestamp
                 // granularity after this scan could leave the stat unchanged.
@@ -356,22 +353,8 @@ impl Visitor<'_> {
         stat_at(fd, name)
     }
 
-    /// `Store::has_blob`, through an open blob directory.
     fn has_blob(&mut self, d: &Digest) -> bool {
-        let store = &self.ctx.cache.store;
-        let path = store.blob_path(d);
-        let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
-            return store.has_blob(d);
-        };
-        if !self.blob_dirs.contains_key(dir) {
-            match open_dir(dir) {
-                Ok(f) => {
-                    self.blob_dirs.insert(dir.to_path_buf(), f);
-                }
-                Err(_) => return store.has_blob(d),
-            }
-        }
-        stat_at(&self.blob_dirs[dir], name).is_ok()
+        self.ctx.cache.store.has_blob(d)
     }
 }
 
@@ -495,7 +478,7 @@ pub(crate) fn walk(
     let mut plan = plan;
     let mut validated = false;
     if plan.is_none() {
-        if let Some(v) = stat_cache.validate(root, generation, &cache.store, threads)? {
+        if let Some(v) = stat_cache.validate(root, generation, threads)? {
             if v.dirty.is_empty() {
                 let out = ScanOutput {
                     tree: v.base.tree,

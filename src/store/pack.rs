@@ -1,0 +1,499 @@
+//! Pack files: many small blobs in one file, as git and restic keep them.
+//!
+//! A blob's identity does not change: it is still named by the BLAKE3 of
+//! its bytes, and every read checks them against it. Only where the bytes
+//! live changes. One file per blob costs an inode allocation and two
+//! directory insertions per blob, which for a tree of small files costs
+//! far more than reading and hashing it (measured: 100,000 files of
+//! 1-1,024 bytes, 2.3 s to create as files plus 0.8 s to sync, against
+//! 0.05 s to append to one file).
+//!
+//! ```text
+//! <store>/packs/<id>.pack   "dagfs-pack 1\n\0\0\0" (16 bytes), then records:
+//!                           digest (32) ‖ length (u32 LE) ‖ the bytes
+//! <store>/packs/<id>.idx    "dagfs-idx 1\n\0\0\0\0" (16 bytes), count (u64 LE),
+//!                           count × [digest (32) ‖ offset of the bytes
+//!                           (u64 LE) ‖ length (u32 LE)], sorted by digest,
+//!                           then the BLAKE3 of everything before it (32)
+//! ```
+//!
+//! `<id>` is the hex BLAKE3 of the index's table. A pack's blobs exist once
+//! its `.idx` does: the `.pack` is renamed in first, then the `.idx` (both
+//! written under `tmp/` and made durable by `syncfs` before either rename,
+//! as loose blobs are). A `.pack` without an `.idx` is a crash between the
+//! two renames: removed when the store is opened.
+//!
+//! Packs are never modified. Removing blobs from a pack (gc, quarantine)
+//! writes a new pack of the blobs that stay, then raises the blob
+//! generation, then removes the old `.idx` and `.pack`.
+//!
+//! Only blobs up to `MAX_PACKED` bytes are packed, and only in batches of
+//! at least `MIN_PACK`: a commit of a few small blobs (a watched change, a
+//! task's logs) writes them as loose files, so packs stay few and large.
+
+use std::fs::{self, File};
+use std::io::{BufWriter, Write};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use super::error::{IoContext, Result, StoreError};
+use crate::hash::Digest;
+
+/// Blobs up to this size go into packs (larger ones are loose files).
+pub const MAX_PACKED: usize = 64 * 1024;
+/// A batch with fewer packable blobs than this writes them loose.
+pub const MIN_PACK: usize = 64;
+
+const PACK_MAGIC: &[u8; 16] = b"dagfs-pack 1\n\0\0\0";
+const IDX_MAGIC: &[u8; 16] = b"dagfs-idx 1\n\0\0\0\0";
+/// Per-record header in a pack: digest and length.
+const REC_HEAD: u64 = 32 + 4;
+/// Per-blob row of an index table.
+const ROW: usize = 32 + 8 + 4;
+
+/// A pack being written under `tmp/`.
+#[derive(Debug)]
+pub(crate) struct PackWriter {
+    pub path: PathBuf,
+    out: BufWriter<File>,
+    offset: u64,
+    rows: Vec<(Digest, u64, u32)>,
+}
+
+impl PackWriter {
+    pub fn create(path: PathBuf) -> Result<PackWriter> {
+        let f = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o444)
+            .open(&path)
+            .at(&path)?;
+        let mut out = BufWriter::with_capacity(1 << 20, f);
+        out.write_all(PACK_MAGIC).at(&path)?;
+        Ok(PackWriter {
+            path,
+            out,
+            offset: PACK_MAGIC.len() as u64,
+            rows: Vec::new(),
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    /// Append one blob (at most `MAX_PACKED` bytes).
+    pub fn add(&mut self, digest: Digest, bytes: &[u8]) -> Result<()> {
+        debug_assert!(bytes.len() <= MAX_PACKED);
+        let len = bytes.len() as u32;
+        self.out.write_all(digest.as_bytes()).at(&self.path)?;
+        self.out.write_all(&len.to_le_bytes()).at(&self.path)?;
+        self.out.write_all(bytes).at(&self.path)?;
+        self.rows.push((digest, self.offset + REC_HEAD, len));
+        self.offset += REC_HEAD + u64::from(len);
+        Ok(())
+    }
+
+    /// Flush the pack, write its index next to it: (pack, idx, id).
+    pub fn finish(mut self) -> Result<FinishedPack> {
+        self.out.flush().at(&self.path)?;
+        drop(self.out);
+        self.rows.sort_by_key(|r| r.0);
+        self.rows.dedup_by(|a, b| a.0 == b.0);
+        let mut table = Vec::with_capacity(self.rows.len() * ROW);
+        for (d, off, len) in &self.rows {
+            table.extend_from_slice(d.as_bytes());
+            table.extend_from_slice(&off.to_le_bytes());
+            table.extend_from_slice(&len.to_le_bytes());
+        }
+        let id = blake3::hash(&table).to_hex().to_string();
+        let mut idx = Vec::with_capacity(IDX_MAGIC.len() + 8 + table.len() + 32);
+        idx.extend_from_slice(IDX_MAGIC);
+        idx.extend_from_slice(&(self.rows.len() as u64).to_le_bytes());
+        idx.extend_from_slice(&table);
+        let sum = blake3::hash(&idx);
+        idx.extend_from_slice(sum.as_bytes());
+        let idx_path = self.path.with_extension("idx");
+        fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o444)
+            .open(&idx_path)
+            .and_then(|mut f| f.write_all(&idx))
+            .at(&idx_path)?;
+        Ok(FinishedPack {
+            pack: self.path,
+            idx: idx_path,
+            id,
+        })
+    }
+
+    /// The blobs written so far, read back (to store them loose instead).
+    pub fn into_blobs(mut self) -> Result<Vec<(Digest, Vec<u8>)>> {
+        self.out.flush().at(&self.path)?;
+        let f = File::open(&self.path).at(&self.path)?;
+        let mut out = Vec::with_capacity(self.rows.len());
+        for (d, off, len) in &self.rows {
+            let mut b = vec![0u8; *len as usize];
+            f.read_exact_at(&mut b, *off).at(&self.path)?;
+            out.push((*d, b));
+        }
+        drop(f);
+        let _ = fs::remove_file(&self.path);
+        Ok(out)
+    }
+}
+
+/// A pack written and indexed under `tmp/`, ready to be published.
+#[derive(Debug)]
+pub(crate) struct FinishedPack {
+    pub pack: PathBuf,
+    pub idx: PathBuf,
+    pub id: String,
+}
+
+/// A published pack: its index in memory and its file open.
+#[derive(Debug)]
+pub struct Pack {
+    pub id: String,
+    /// The index table (`count` rows of `ROW` bytes, sorted by digest).
+    table: Vec<u8>,
+    file: File,
+    /// Size of the `.pack` file.
+    pub size: u64,
+    /// When the pack was published (its index's ctime).
+    pub published: std::time::SystemTime,
+}
+
+/// Why a pack's index was refused.
+#[derive(Debug)]
+pub struct BadPack {
+    pub path: PathBuf,
+    pub reason: String,
+}
+
+impl Pack {
+    /// Load `<dir>/<id>.idx` and open its pack, checking the index whole:
+    /// magic, checksum, order, and that every range lies in the pack.
+    pub fn load(dir: &Path, id: &str) -> std::result::Result<Pack, BadPack> {
+        let idx_path = dir.join(format!("{id}.idx"));
+        let pack_path = dir.join(format!("{id}.pack"));
+        let bad = |path: &Path, reason: String| BadPack {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let idx = fs::read(&idx_path).map_err(|e| bad(&idx_path, e.to_string()))?;
+        let published = fs::metadata(&idx_path)
+            .map(|m| {
+                use std::os::unix::fs::MetadataExt;
+                std::time::UNIX_EPOCH
+                    + std::time::Duration::new(
+                        m.ctime().max(0) as u64,
+                        m.ctime_nsec().clamp(0, 999_999_999) as u32,
+                    )
+            })
+            .map_err(|e| bad(&idx_path, e.to_string()))?;
+        let head = IDX_MAGIC.len() + 8;
+        if idx.len() < head + 32 || &idx[..IDX_MAGIC.len()] != IDX_MAGIC {
+            return Err(bad(&idx_path, "not a pack index".into()));
+        }
+        let (body, sum) = idx.split_at(idx.len() - 32);
+        if blake3::hash(body).as_bytes() != sum {
+            return Err(bad(&idx_path, "checksum mismatch".into()));
+        }
+        let count = u64::from_le_bytes(idx[16..24].try_into().expect("8 bytes"));
+        let table = &body[head..];
+        if count.checked_mul(ROW as u64) != Some(table.len() as u64) {
+            return Err(bad(&idx_path, format!("{count} rows do not fit its size")));
+        }
+        if blake3::hash(table).to_hex().as_str() != id {
+            return Err(bad(&idx_path, "named for another table".into()));
+        }
+        let file = File::open(&pack_path).map_err(|e| bad(&pack_path, e.to_string()))?;
+        let size = file
+            .metadata()
+            .map_err(|e| bad(&pack_path, e.to_string()))?
+            .len();
+        let mut head_bytes = [0u8; 16];
+        if file.read_exact_at(&mut head_bytes, 0).is_err() || &head_bytes != PACK_MAGIC {
+            return Err(bad(&pack_path, "not a pack".into()));
+        }
+        let pack = Pack {
+            id: id.to_string(),
+            table: table.to_vec(),
+            file,
+            size,
+            published,
+        };
+        let mut prev: Option<Digest> = None;
+        for (d, off, len) in pack.rows() {
+            if prev.is_some_and(|p| p >= d) {
+                return Err(bad(&idx_path, "rows out of order".into()));
+            }
+            prev = Some(d);
+            if off < REC_HEAD || off + u64::from(len) > size || len as usize > MAX_PACKED {
+                return Err(bad(&idx_path, format!("blob {d} lies outside the pack")));
+            }
+        }
+        Ok(pack)
+    }
+
+    fn row(&self, i: usize) -> (Digest, u64, u32) {
+        let r = &self.table[i * ROW..(i + 1) * ROW];
+        let d = Digest(r[..32].try_into().expect("32 bytes"));
+        let off = u64::from_le_bytes(r[32..40].try_into().expect("8 bytes"));
+        let len = u32::from_le_bytes(r[40..44].try_into().expect("4 bytes"));
+        (d, off, len)
+    }
+
+    pub fn count(&self) -> usize {
+        self.table.len() / ROW
+    }
+
+    /// Every (digest, offset, length), by digest.
+    pub fn rows(&self) -> impl Iterator<Item = (Digest, u64, u32)> + '_ {
+        (0..self.count()).map(|i| self.row(i))
+    }
+
+    /// Where blob `d` lies: (offset, length).
+    pub fn find(&self, d: &Digest) -> Option<(u64, u32)> {
+        let (mut lo, mut hi) = (0, self.count());
+        while lo < hi {
+            let mid = (lo + hi) / 2;
+            let r = self.row(mid);
+            match r.0.cmp(d) {
+                std::cmp::Ordering::Less => lo = mid + 1,
+                std::cmp::Ordering::Greater => hi = mid,
+                std::cmp::Ordering::Equal => return Some((r.1, r.2)),
+            }
+        }
+        None
+    }
+
+    /// The digests whose hex starts with `prefix`.
+    pub fn with_prefix<'a>(&'a self, prefix: &'a str) -> impl Iterator<Item = Digest> + 'a {
+        let whole: Vec<u8> = (0..prefix.len() / 2)
+            .filter_map(|i| u8::from_str_radix(prefix.get(2 * i..2 * i + 2)?, 16).ok())
+            .collect();
+        let start = {
+            let (mut lo, mut hi) = (0, self.count());
+            while lo < hi {
+                let mid = (lo + hi) / 2;
+                if &self.row(mid).0.as_bytes()[..] < whole.as_slice() {
+                    lo = mid + 1;
+                } else {
+                    hi = mid;
+                }
+            }
+            lo
+        };
+        (start..self.count())
+            .map(|i| self.row(i).0)
+            .take_while(move |d| d.as_bytes().starts_with(&whole))
+            .filter(move |d| d.to_hex().starts_with(prefix))
+    }
+
+    /// The stored bytes at (`off`, `len`), unchecked (what fsck hashes).
+    pub fn read_raw(&self, off: u64, len: u32) -> std::io::Result<Vec<u8>> {
+        let mut b = vec![0u8; len as usize];
+        self.file.read_exact_at(&mut b, off)?;
+        Ok(b)
+    }
+
+    /// Blob `d`'s bytes, checked against its name.
+    pub fn read(&self, d: &Digest, dir: &Path) -> Result<Option<Vec<u8>>> {
+        let Some((off, len)) = self.find(d) else {
+            return Ok(None);
+        };
+        let path = self.pack_path(dir);
+        let b = self.read_raw(off, len).at(&path)?;
+        if Digest::of(&b) != *d {
+            return Err(StoreError::Corrupt {
+                digest: *d,
+                path,
+                reason: format!("its {len} bytes in the pack do not match its digest"),
+            });
+        }
+        Ok(Some(b))
+    }
+
+    pub fn pack_path(&self, dir: &Path) -> PathBuf {
+        dir.join(format!("{}.pack", self.id))
+    }
+
+    pub fn idx_path(&self, dir: &Path) -> PathBuf {
+        dir.join(format!("{}.idx", self.id))
+    }
+}
+
+/// The published packs of a store, loaded on first use. NB: the store's
+/// owner holds its lock, so only this process adds or removes packs.
+#[derive(Debug)]
+pub(crate) struct Packs {
+    pub dir: PathBuf,
+    loaded: RwLock<Option<Arc<Vec<Arc<Pack>>>>>,
+}
+
+impl Packs {
+    pub fn new(dir: PathBuf) -> Packs {
+        Packs {
+            dir,
+            loaded: RwLock::new(None),
+        }
+    }
+
+    /// The ids of `<dir>/*.idx`, and the `.pack` files that have no index.
+    pub fn list_dir(dir: &Path) -> Result<(Vec<String>, Vec<PathBuf>)> {
+        let rd = match fs::read_dir(dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok((Vec::new(), Vec::new()))
+            }
+            Err(e) => {
+                return Err(StoreError::Io {
+                    path: dir.into(),
+                    source: e,
+                })
+            }
+        };
+        let (mut ids, mut packs) = (Vec::new(), Vec::new());
+        for e in rd {
+            let name = e.at(dir)?.file_name();
+            let name = name.to_string_lossy();
+            if let Some(id) = name.strip_suffix(".idx") {
+                ids.push(id.to_string());
+            } else if let Some(id) = name.strip_suffix(".pack") {
+                packs.push(id.to_string());
+            }
+        }
+        ids.sort();
+        let orphans = packs
+            .into_iter()
+            .filter(|p| ids.binary_search(p).is_err())
+            .map(|p| dir.join(format!("{p}.pack")))
+            .collect();
+        Ok((ids, orphans))
+    }
+
+    /// Every loadable pack (a damaged index is skipped here; fsck reports it).
+    pub fn all(&self) -> Arc<Vec<Arc<Pack>>> {
+        if let Some(l) = self
+            .loaded
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+        {
+            return l.clone();
+        }
+        let mut w = self.loaded.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(l) = w.as_ref() {
+            return l.clone();
+        }
+        let ids = Self::list_dir(&self.dir).map(|r| r.0).unwrap_or_default();
+        let list: Arc<Vec<Arc<Pack>>> = Arc::new(
+            ids.iter()
+                .filter_map(|id| Pack::load(&self.dir, id).ok().map(Arc::new))
+                .collect(),
+        );
+        *w = Some(list.clone());
+        list
+    }
+
+    /// The pack holding `d`, and where in it.
+    pub fn find(&self, d: &Digest) -> Option<(Arc<Pack>, u64, u32)> {
+        self.all()
+            .iter()
+            .find_map(|p| p.find(d).map(|(o, l)| (p.clone(), o, l)))
+    }
+
+    /// Change the loaded set (after publishing or removing packs).
+    pub fn update(&self, f: impl FnOnce(&mut Vec<Arc<Pack>>)) {
+        let current = self.all();
+        let mut w = self.loaded.write().unwrap_or_else(|p| p.into_inner());
+        let mut list: Vec<Arc<Pack>> = w.as_deref().cloned().unwrap_or_else(|| (*current).clone());
+        f(&mut list);
+        *w = Some(Arc::new(list));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, blobs: &[&[u8]]) -> FinishedPack {
+        let mut w = PackWriter::create(dir.join("p.pack")).unwrap();
+        for b in blobs {
+            w.add(Digest::of(b), b).unwrap();
+        }
+        w.finish().unwrap()
+    }
+
+    fn publish(dir: &Path, f: &FinishedPack) {
+        fs::rename(&f.pack, dir.join(format!("{}.pack", f.id))).unwrap();
+        fs::rename(&f.idx, dir.join(format!("{}.idx", f.id))).unwrap();
+    }
+
+    #[test]
+    fn packed_blobs_read_back_and_are_checked() {
+        let t = tempfile::tempdir().unwrap();
+        let blobs: Vec<Vec<u8>> = (0..300u32)
+            .map(|i| i.to_le_bytes().repeat(i as usize % 50))
+            .collect();
+        let refs: Vec<&[u8]> = blobs.iter().map(|b| b.as_slice()).collect();
+        let f = write(t.path(), &refs);
+        publish(t.path(), &f);
+        let p = Pack::load(t.path(), &f.id).unwrap();
+        // The empty blob appears once (i % 50 == 0 repeats it).
+        assert_eq!(p.count(), 295);
+        for b in &blobs {
+            assert_eq!(
+                p.read(&Digest::of(b), t.path()).unwrap().as_deref(),
+                Some(&b[..])
+            );
+        }
+        assert!(p.read(&Digest::of(b"absent"), t.path()).unwrap().is_none());
+        let d = Digest::of(&blobs[7]);
+        let hex = d.to_hex();
+        assert!(p.with_prefix(&hex[..5]).any(|x| x == d));
+        assert!(p
+            .with_prefix(&hex[..8])
+            .all(|x| x.to_hex().starts_with(&hex[..8])));
+
+        // One flipped byte in a blob: that read fails, the others do not.
+        let (off, _) = p.find(&d).unwrap();
+        let path = p.pack_path(t.path());
+        let mut bytes = fs::read(&path).unwrap();
+        bytes[off as usize] ^= 1;
+        fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+        fs::write(&path, &bytes).unwrap();
+        let p = Pack::load(t.path(), &f.id).unwrap();
+        assert!(matches!(
+            p.read(&d, t.path()),
+            Err(StoreError::Corrupt { .. })
+        ));
+        assert!(p.read(&Digest::of(&blobs[8]), t.path()).unwrap().is_some());
+    }
+
+    #[test]
+    fn a_damaged_index_is_refused() {
+        let t = tempfile::tempdir().unwrap();
+        let f = write(t.path(), &[b"a", b"b", b"c"]);
+        publish(t.path(), &f);
+        let idx = t.path().join(format!("{}.idx", f.id));
+        let good = fs::read(&idx).unwrap();
+        fs::set_permissions(&idx, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+        for i in 0..good.len() {
+            let mut b = good.clone();
+            b[i] ^= 0x40;
+            fs::write(&idx, &b).unwrap();
+            assert!(Pack::load(t.path(), &f.id).is_err(), "byte {i} flipped");
+        }
+        for n in 0..good.len() {
+            fs::write(&idx, &good[..n]).unwrap();
+            assert!(Pack::load(t.path(), &f.id).is_err(), "cut at {n}");
+        }
+        fs::write(&idx, &good).unwrap();
+        assert!(Pack::load(t.path(), &f.id).is_ok());
+    }
+}
