@@ -5,7 +5,8 @@ Generates TREE under WORKDIR: 100,000 files (--files) of 1-1024 random bytes
 (unique contents), 100 per directory, in 1,000 directories under 100
 (d000/e0 .. d099/e9). The store is WORKDIR/store, on the same filesystem.
 Everything runs with a warm page cache (TREE was just written, and each
-baseline reads it before it is timed).
+baseline reads it before it is timed), after a sync(2) that waits for the
+set-up's writes to reach the disk.
 
   initial snapshot   `dagfs sync TREE` into the empty store (1 run: it is
                      the first one by definition) vs
@@ -110,6 +111,13 @@ def main():
     subprocess.run(git + ["add", "-A"], check=True, env=env)
     subprocess.run(git + ["commit", "-q", "-m", "tree"], check=True, env=env)
     subprocess.run(["rsync", "-a", tree + "/", copy + "/"], check=True)
+
+    # NB: the set-up just wrote ~300,000 files (tree, git objects, copy);
+    # measure in a steady state, not while the kernel writes them back
+    # (that would land on whichever timed command flushes anything).
+    log("sync: waiting for the set-up's writes to reach the disk")
+    os.sync()
+    time.sleep(2)
 
     dagfs = [a.dagfs, "--store", store]
     rows = []

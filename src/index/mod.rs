@@ -606,15 +606,13 @@ impl Index {
         Ok(())
     }
 
-    /// Every (key, value) under `prefix`.
-    pub fn stat_scan(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        self.statcache
+    /// Every (key, value) under `prefix`. NB: sled's own buffers (shared,
+    /// not copied: a rescan reads every record of a tree).
+    pub fn stat_scan(&self, prefix: &[u8]) -> Result<Vec<(sled::IVec, sled::IVec)>> {
+        Ok(self
+            .statcache
             .scan_prefix(prefix)
-            .map(|kv| {
-                let (k, v) = kv?;
-                Ok((k.to_vec(), v.to_vec()))
-            })
-            .collect()
+            .collect::<std::result::Result<Vec<_>, _>>()?)
     }
 
     /// Every key under `prefix`.

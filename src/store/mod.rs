@@ -581,7 +581,21 @@ impl Store {
                 }
             }
         }
-        if !staged.blobs.is_empty() || !finished.is_empty() {
+        if staged.blobs.is_empty() && !finished.is_empty() {
+            // Packs only: fsync just their files, where `syncfs` would wait
+            // for every other writer's dirty data on the filesystem too;
+            // then the renames, made durable by fsync of `packs/`.
+            for f in &finished {
+                for p in [&f.pack, &f.idx] {
+                    File::open(p).and_then(|f| f.sync_data()).at(p)?;
+                }
+            }
+            for f in finished {
+                self.publish_pack(f)?;
+            }
+            let dir = &self.packs.dir;
+            File::open(dir).and_then(|f| f.sync_all()).at(dir)?;
+        } else if !staged.blobs.is_empty() || !finished.is_empty() {
             self.sync()?; // NB: data durable before any name in blobs/ points at it.
             self.note_change();
             self.publish_blobs(&staged.blobs)?;
