@@ -1,5 +1,6 @@
 //! Crash safety: `dagfs run` (embedded), or the daemon running it, is killed
-//! with SIGKILL at random points while it ingests many files; after every
+//! with SIGKILL at random points while it ingests many files (and so is
+//! `dagfs sync`, which stores small files in packs); after every
 //! kill the store must be consistent: every blob's bytes match its name (no
 //! partial blob is ever visible), every entry on disk names only blobs that
 //! exist, every run that reported success before a kill is fully present,
@@ -73,6 +74,47 @@ fn listing(d: &Path) -> Vec<fs::DirEntry> {
     }
 }
 
+/// The blobs of every pack whose index exists, read with this test's own
+/// reading of the format (README, "Store on disk"): (hex digest, bytes).
+/// Asserts each index whole (checksum, order, ranges, record headers).
+fn packed_blobs(store: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    for e in listing(&store.join("packs")) {
+        let name = e.file_name().into_string().unwrap();
+        let Some(id) = name.strip_suffix(".idx") else {
+            continue;
+        };
+        let idx = fs::read(e.path()).unwrap();
+        let pack = fs::read(store.join("packs").join(format!("{id}.pack")))
+            .unwrap_or_else(|e| panic!("pack {id} has an index but no pack: {e}"));
+        assert_eq!(&pack[..16], b"dagfs-pack 1\n\0\0\0", "pack {id}");
+        let (body, sum) = idx.split_at(idx.len() - 32);
+        assert_eq!(blake3::hash(body).as_bytes(), sum, "index {id} checksum");
+        let count = u64::from_le_bytes(body[16..24].try_into().unwrap()) as usize;
+        let table = &body[24..];
+        assert_eq!(table.len(), count * 44, "index {id} size");
+        assert_eq!(blake3::hash(table).to_hex().as_str(), id, "index {id} name");
+        let mut prev: Option<&[u8]> = None;
+        for row in table.chunks(44) {
+            let d = &row[..32];
+            assert!(prev.map_or(true, |p| p < d), "index {id} order");
+            prev = Some(d);
+            let off = u64::from_le_bytes(row[32..40].try_into().unwrap()) as usize;
+            let len = u32::from_le_bytes(row[40..44].try_into().unwrap()) as usize;
+            assert_eq!(&pack[off - 36..off - 4], d, "record header in pack {id}");
+            assert_eq!(
+                u32::from_le_bytes(pack[off - 4..off].try_into().unwrap()) as usize,
+                len
+            );
+            out.push((
+                Digest(d.try_into().unwrap()).to_hex(),
+                pack[off..off + len].to_vec(),
+            ));
+        }
+    }
+    out
+}
+
 /// Check every invariant; returns the number of entries.
 fn check_store(store: &Path) -> usize {
     // Every visible blob has exactly the bytes its name says.
@@ -89,6 +131,20 @@ fn check_store(store: &Path) -> usize {
             blobs.insert(name);
         }
     }
+    let mut packed = std::collections::HashMap::new();
+    for (name, bytes) in packed_blobs(store) {
+        assert_eq!(
+            blake3::hash(&bytes).to_hex().as_str(),
+            name,
+            "partial or wrong packed blob {name}"
+        );
+        blobs.insert(name.clone());
+        packed.insert(name, bytes);
+    }
+    let read_blob = |d: &Digest| match packed.get(&d.to_hex()) {
+        Some(b) => b.clone(),
+        None => fs::read(blob_path(store, d)).unwrap(),
+    };
     // Every entry names only blobs that exist (walking its whole tree).
     let mut entries = 0;
     for shard in listing(&store.join("entries")) {
@@ -110,7 +166,7 @@ fn check_store(store: &Path) -> usize {
                     "entry {} names missing tree {t}",
                     entry.key
                 );
-                let tree = Tree::decode(&fs::read(blob_path(store, &t)).unwrap()).unwrap();
+                let tree = Tree::decode(&read_blob(&t)).unwrap();
                 for te in tree.entries {
                     match te.node {
                         Node::Dir { digest } => stack.push(digest),
@@ -441,5 +497,150 @@ fn sigkill_of_the_daemon_mid_run_never_leaves_a_wrong_blob_or_dangling_entry() {
     assert!(
         r.kills > 0,
         "no daemon was killed: the kill points are too late"
+    );
+}
+
+/// Every snapshot in the store's sync logs names a tree that is whole:
+/// every tree and file blob under it stored (loose or packed) with the
+/// bytes its name says (`check_store` checked those).
+fn check_snapshots(store: &Path) -> usize {
+    let mut blobs: HashSet<String> = packed_blobs(store).into_iter().map(|b| b.0).collect();
+    for shard in listing(&store.join("blobs")) {
+        for e in listing(&shard.path()) {
+            blobs.insert(e.file_name().into_string().unwrap());
+        }
+    }
+    let packed: std::collections::HashMap<String, Vec<u8>> =
+        packed_blobs(store).into_iter().collect();
+    let read = |d: &Digest| match packed.get(&d.to_hex()) {
+        Some(b) => b.clone(),
+        None => fs::read(blob_path(store, d)).unwrap(),
+    };
+    let mut n = 0;
+    for log in listing(&store.join("syncs")) {
+        let v: serde_json::Value = serde_json::from_slice(&fs::read(log.path()).unwrap())
+            .expect("sync logs are never partial");
+        for snap in v["snapshots"].as_array().unwrap() {
+            n += 1;
+            let mut stack = vec![Digest::from_hex(snap["tree"].as_str().unwrap()).unwrap()];
+            while let Some(t) = stack.pop() {
+                assert!(
+                    blobs.contains(&t.to_hex()),
+                    "snapshot names missing tree {t}"
+                );
+                for te in Tree::decode(&read(&t)).unwrap().entries {
+                    match te.node {
+                        Node::Dir { digest } => stack.push(digest),
+                        Node::File { digest, .. } => assert!(
+                            blobs.contains(&digest.to_hex()),
+                            "snapshot names missing blob {digest}"
+                        ),
+                        Node::Symlink { .. } => {}
+                    }
+                }
+            }
+        }
+    }
+    n
+}
+
+/// A tree of 2,000 small files (packed) and a few large ones (loose), whose
+/// contents depend on `round` in a fifth of the files.
+fn write_tree(dir: &Path, round: u32) {
+    for d in 0..20 {
+        let sub = dir.join(format!("d{d:02}"));
+        fs::create_dir_all(&sub).unwrap();
+        for f in 0..100 {
+            let salt = if (d * 100 + f) % 5 == (round % 5) as usize {
+                round
+            } else {
+                0
+            };
+            fs::write(
+                sub.join(format!("f{f:02}")),
+                format!("{d} {f} {salt}\n").repeat(1 + f % 9),
+            )
+            .unwrap();
+        }
+    }
+    fs::write(dir.join("large"), format!("{round}\n").repeat(40_000)).unwrap();
+}
+
+fn sync_cmd(store: &Path, dir: &Path) -> Command {
+    let mut c = Command::new(BIN);
+    c.arg("--store")
+        .arg(store)
+        .args(["sync", "--json"])
+        .arg(dir);
+    c.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    c
+}
+
+/// The tree digest a completed `dagfs sync --json` reports.
+fn synced_tree(store: &Path, dir: &Path) -> String {
+    let o = sync_cmd(store, dir).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    v["tree"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn sigkill_of_a_sync_never_leaves_a_wrong_blob_or_a_snapshot_naming_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    let dir = tmp.path().join("tree");
+    let mut seed = seed() ^ 0x5157;
+    write_tree(&dir, u32::MAX);
+    let t = std::time::Instant::now();
+    synced_tree(&tmp.path().join("warm"), &dir);
+    let mut window = Window {
+        ms: (t.elapsed().as_millis() as f64 * 1.2).max(50.0),
+    };
+    fs::remove_dir_all(tmp.path().join("warm")).unwrap();
+    let mut r = Rounds::new(store, kills_wanted(20));
+    while let Some(round) = r.next() {
+        write_tree(&dir, round);
+        let mut child = sync_cmd(&r.store, &dir)
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(window.draw(&mut seed));
+        if child.try_wait().unwrap().is_none() {
+            child.kill().unwrap();
+        }
+        let status = child.wait().unwrap();
+        let killed = status.signal() == Some(libc::SIGKILL);
+        window.update(killed);
+        r.after(round, killed, status.success());
+        check_snapshots(&r.store);
+        assert!(
+            !listing(&r.store.join("packs")).iter().any(|e| {
+                let n = e.file_name().into_string().unwrap();
+                n.strip_suffix(".pack")
+                    .is_some_and(|id| !r.store.join("packs").join(format!("{id}.idx")).exists())
+            }),
+            "round {round}: a pack without its index survived an open"
+        );
+        // The next sync, after whatever the kill left (stat-cache records
+        // included), snapshots exactly what a fresh store does.
+        let fresh = tmp.path().join(format!("fresh-{round}"));
+        let want = synced_tree(&fresh, &dir);
+        fs::remove_dir_all(&fresh).unwrap();
+        assert_eq!(synced_tree(&r.store, &dir), want, "round {round}");
+    }
+    let snapshots = check_snapshots(&r.store);
+    eprintln!(
+        "{} ({snapshots} snapshots in the last store)",
+        r.summary(&window)
+    );
+    assert!(
+        r.completed > 0,
+        "no sync completed: the kill points are too early"
+    );
+    assert!(
+        r.kills > 0,
+        "no sync was killed: the kill points are too late"
     );
 }

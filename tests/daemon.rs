@@ -416,13 +416,19 @@ fn packed_blobs_read_through_the_mount_and_a_corrupt_one_is_eio_and_quarantined(
     assert!(packs.iter().any(|n| n.ends_with(".idx")), "{packs:?}");
     // One small file's bytes flipped inside the pack (before any read).
     let victim = content(7);
-    let pack = packs.iter().find(|n| n.ends_with(".pack")).unwrap();
-    let pack = e.store.join("packs").join(pack);
-    let mut bytes = fs::read(&pack).unwrap();
-    let at = bytes
-        .windows(victim.len())
-        .position(|w| w == victim.as_bytes())
-        .unwrap();
+    // NB: a sync's walker threads write a pack each: find the victim's.
+    let (pack, mut bytes, at) = packs
+        .iter()
+        .filter(|n| n.ends_with(".pack"))
+        .find_map(|n| {
+            let p = e.store.join("packs").join(n);
+            let b = fs::read(&p).unwrap();
+            let at = b
+                .windows(victim.len())
+                .position(|w| w == victim.as_bytes())?;
+            Some((p, b, at))
+        })
+        .expect("the victim's bytes in a pack");
     bytes[at] ^= 0x20;
     fs::set_permissions(&pack, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
     fs::write(&pack, &bytes).unwrap();
