@@ -623,8 +623,14 @@ impl Cache {
     /// Make everything done so far durable: store first, then index.
     pub fn flush(&self) -> Result<()> {
         self.store.sync_changes()?;
-        self.index.set_flushed_ms(now_ms())?;
-        self.index.flush()?;
+        // NB: the flush time is recorded only when something was written:
+        // an older one makes `reconcile` check more entries, never fewer,
+        // and a process that wrote nothing (a rescan that found nothing
+        // changed) then writes and fsyncs nothing.
+        if self.index.flush()? > 0 {
+            self.index.set_flushed_ms(now_ms())?;
+            self.index.flush()?;
+        }
         Ok(())
     }
 }
@@ -669,6 +675,20 @@ fn reconcile(store: &Store, index: &Index, dirty: bool) -> Result<usize> {
 /// was killed (see `reconcile`).
 fn dirty_marker(store: &Store) -> std::path::PathBuf {
     store.root().join("dirty")
+}
+
+impl Cache {
+    /// Close the cache of a process that exits next: flush (as `drop`
+    /// does), then leave the rest to the exit. sled's own teardown would
+    /// only fsync its file again (after this flush, that covers its free
+    /// segments, which it zeroes at every open) and walk its page table;
+    /// the kernel closes the files and releases both locks.
+    pub fn close_for_exit(self: Box<Self>) {
+        if self.flush().is_ok() {
+            let _ = std::fs::remove_file(dirty_marker(&self.store));
+            std::mem::forget(self);
+        }
+    }
 }
 
 impl Drop for Cache {

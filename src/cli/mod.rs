@@ -314,7 +314,7 @@ pub fn main() -> i32 {
                 a,
                 &mut |a| match client::connect(&d) {
                     Ok(Some(client)) => remote(client, Cmd::Run(a)).unwrap_or_else(fail),
-                    Ok(None) => embedded(d.clone(), Cmd::Run(a)),
+                    Ok(None) => embedded(d.clone(), Cmd::Run(a), false),
                     Err(e) => fail(e.into()),
                 },
                 &dir,
@@ -327,15 +327,16 @@ pub fn main() -> i32 {
             };
             match client::connect(&dir) {
                 Ok(Some(client)) => remote(client, cmd).unwrap_or_else(fail),
-                Ok(None) => embedded(dir, cmd),
+                Ok(None) => embedded(dir, cmd, true),
                 Err(e) => fail(e.into()),
             }
         }
     }
 }
 
-/// Run `cmd` in this process.
-fn embedded(dir: PathBuf, cmd: Cmd) -> i32 {
+/// Run `cmd` in this process; `exits`: the process exits right after
+/// (not so for each round of `run --watch`).
+fn embedded(dir: PathBuf, cmd: Cmd, exits: bool) -> i32 {
     let stdout = std::io::stdout();
     let stderr = std::io::stderr();
     let (mut out, mut err) = (stdout.lock(), stderr.lock());
@@ -347,7 +348,16 @@ fn embedded(dir: PathBuf, cmd: Cmd) -> i32 {
         env: &env,
     };
     let mut src = CacheSource::Embedded { dir, cache: None };
-    execute_to_code(cmd, &mut src, &mut io, &Ctx::default())
+    let code = execute_to_code(cmd, &mut src, &mut io, &Ctx::default());
+    if let CacheSource::Embedded {
+        cache: Some(cache), ..
+    } = src
+    {
+        if exits {
+            cache.close_for_exit();
+        }
+    }
+    code
 }
 
 /// Run `cmd` in the daemon serving the store.

@@ -276,9 +276,10 @@ impl Index {
         })
     }
 
-    pub fn flush(&self) -> Result<()> {
-        self.db.flush()?;
-        Ok(())
+    /// Make every write so far durable; returns how many bytes that took
+    /// (0: nothing was written since the last flush).
+    pub fn flush(&self) -> Result<usize> {
+        Ok(self.db.flush()?)
     }
 
     pub fn get(&self, key: &Digest) -> Result<Option<EntryMeta>> {

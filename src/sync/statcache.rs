@@ -470,6 +470,12 @@ impl<'a> StatCache<'a> {
     /// Make the writes `record` and `unlisted` collected.
     pub fn apply(&self) -> crate::index::Result<()> {
         let ops = std::mem::take(&mut *lock(&self.ops));
+        // NB: nothing to write, nothing written: an empty batch still
+        // appends to sled's log, which the flush after a rescan that
+        // changed nothing would then fsync.
+        if ops.is_empty() {
+            return Ok(());
+        }
         self.index.stat_apply(ops)
     }
 
@@ -630,13 +636,19 @@ fn check_dir(abs: &Path, rec: &DirView, dirty: &mut Dirty) -> u64 {
         .ok()
         .map(|st| Meta::of_stat(&st));
     let head = &rec.head;
-    if head.dir.is_none() || head.dir_racy || now != head.dir {
+    let same_names = !(head.dir.is_none() || head.dir_racy || now != head.dir);
+    if !same_names {
         dirty.mark(abs.to_path_buf(), false);
     }
     if !head.complete {
         dirty.mark(abs.to_path_buf(), true);
     }
     for (name, was) in IGNORE_FILES.iter().zip(&head.ignore) {
+        // NB: no name appears in a directory without changing its mtime,
+        // so an ignore file that was absent still is.
+        if was.is_none() && same_names {
+            continue;
+        }
         if stat(name.as_bytes()) != *was {
             dirty.mark(abs.join(name), false);
         }
