@@ -962,3 +962,103 @@ fn rescans_equal_a_fresh_full_sync_after_random_edits() {
     assert_eq!(v["new_snapshot"], false);
     assert_eq!(v["stat_cache_hits"], v["files"]);
 }
+
+/// The stat-cache copy a one-shot sync validates while it opens the index
+/// (`statcache::Copy`) is used only when its root record is the index's: a
+/// stale copy (from before the last change) or a damaged one changes
+/// nothing in what the sync finds; a copy behind the index in a file's
+/// stat alone (a touch) agrees, and costs at most a re-read.
+#[test]
+fn a_stale_or_damaged_stat_cache_copy_is_never_trusted_over_the_index() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (store, dir) = (tmp.path().join("store"), tmp.path().join("src"));
+    write(&dir.join("sub/a"), b"alpha");
+    write(&dir.join("sub/b"), b"bravo");
+    write(&dir.join("c"), b"charlie");
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let (_, v, err) = sync(&store, &dir, &[]);
+    assert_eq!(v["hashed"], 3, "{err}");
+    let first_tree = v["tree"].as_str().unwrap().to_string();
+    let copies: Vec<PathBuf> = fs::read_dir(store.join("statcache"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(copies.len(), 1, "one copy per synced root: {copies:?}");
+    let copy = &copies[0];
+    let first = fs::read(copy).unwrap();
+
+    write(&dir.join("sub/a"), b"alpha, longer now");
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let (_, v, err) = sync(&store, &dir, &[]);
+    assert_eq!(v["hashed"], 1, "{err}");
+    let tree = v["tree"].clone();
+    let second = fs::read(copy).unwrap();
+    assert_ne!(first, second, "the copy follows the index");
+
+    let unchanged = |what: &str| {
+        let (code, v, err) = sync(&store, &dir, &[]);
+        assert_eq!(code, 0, "{what}: {err}");
+        assert_eq!(v["tree"], tree, "{what}");
+        assert_eq!(v["hashed"], 0, "{what}");
+        assert_eq!(
+            v["changes"].as_array().map(Vec::len),
+            Some(0),
+            "{what}: {v:#}"
+        );
+    };
+    // A copy from before the last change: its root record differs.
+    fs::write(copy, &first).unwrap();
+    unchanged("a stale copy");
+    // A damaged copy: its checksum fails.
+    let mut bad = fs::read(copy).unwrap();
+    let mid = bad.len() / 2;
+    bad[mid] ^= 1;
+    fs::write(copy, &bad).unwrap();
+    unchanged("a damaged copy");
+    fs::write(copy, b"").unwrap();
+    unchanged("an empty copy");
+    // A forged copy, whole and matching the disk but for the root's tree,
+    // which names the earlier snapshot (still stored): only its root
+    // record's disagreement with the index keeps it from being believed.
+    unchanged("a fresh copy");
+    let hex_bytes = |h: &str| -> Vec<u8> {
+        (0..32)
+            .map(|i| u8::from_str_radix(&h[2 * i..2 * i + 2], 16).unwrap())
+            .collect()
+    };
+    let (t1, t2) = (hex_bytes(&first_tree), hex_bytes(tree.as_str().unwrap()));
+    let mut forged = fs::read(copy).unwrap();
+    let body = forged.len() - 32;
+    let mut n = 0;
+    for i in 0..body - 32 {
+        if forged[i..i + 32] == t2[..] {
+            forged[i..i + 32].copy_from_slice(&t1);
+            n += 1;
+        }
+    }
+    assert!(n > 0, "the root's tree is in the copy");
+    let sum = blake3::hash(&forged[..body]);
+    forged[body..].copy_from_slice(sum.as_bytes());
+    fs::write(copy, &forged).unwrap();
+    unchanged("a forged copy");
+
+    // Behind in a stat alone: b touched (same bytes), the copy from before.
+    let before_touch = fs::read(copy).unwrap();
+    let f = fs::File::options()
+        .write(true)
+        .open(dir.join("sub/b"))
+        .unwrap();
+    f.set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(5))
+        .unwrap();
+    drop(f);
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let (code, v, err) = sync(&store, &dir, &[]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(v["tree"], tree);
+    fs::write(copy, &before_touch).unwrap();
+    let (code, v, err) = sync(&store, &dir, &[]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(v["tree"], tree, "a copy behind in a stat");
+    assert_eq!(v["changes"].as_array().map(Vec::len), Some(0), "{v:#}");
+    unchanged("the copy written by that sync");
+}

@@ -74,7 +74,6 @@ pub fn sync(a: SyncArgs, src: &mut CacheSource, io: &mut Io, ctx: &Ctx) -> Resul
         .dir
         .clone()
         .expect("clap: dir required without --list/--stop");
-    let cache = src.get(io)?;
     let opts = ScanOptions {
         include: a.include.clone(),
         exclude: a.exclude.clone(),
@@ -82,6 +81,16 @@ pub fn sync(a: SyncArgs, src: &mut CacheSource, io: &mut Io, ctx: &Ctx) -> Resul
         skip: Vec::new(),
         threads: 0,
     };
+    // A one-shot sync in this process: validate the stat-cache copy while
+    // the cache opens (see `sync::prevalidate`).
+    let pre = match &*src {
+        CacheSource::Embedded {
+            dir: store,
+            cache: None,
+        } if !a.watch && ctx.syncs.is_none() => sync::prevalidate(store, &dir, &opts),
+        _ => None,
+    };
+    let cache = src.get(io)?;
     if a.watch {
         if let Some(w) = &ctx.watches {
             // The daemon owns the watch: report the first snapshot and return.
@@ -138,7 +147,7 @@ pub fn sync(a: SyncArgs, src: &mut CacheSource, io: &mut Io, ctx: &Ctx) -> Resul
             &held
         }
         None => {
-            owned = sync::sync_dir(cache, &dir, a.name.as_deref(), &opts)?;
+            owned = sync::sync_dir_prevalidated(cache, &dir, a.name.as_deref(), &opts, pre)?;
             &owned
         }
     };

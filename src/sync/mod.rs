@@ -147,6 +147,18 @@ pub fn sync_dir(
     name: Option<&str>,
     opts: &ScanOptions,
 ) -> Result<SyncReport, SyncError> {
+    sync_dir_prevalidated(cache, dir, name, opts, None)
+}
+
+/// `sync_dir`, given the validation `prevalidate` started before the
+/// cache was opened.
+pub fn sync_dir_prevalidated(
+    cache: &Cache,
+    dir: &Path,
+    name: Option<&str>,
+    opts: &ScanOptions,
+    pre: Option<Prevalidated>,
+) -> Result<SyncReport, SyncError> {
     let t = Target::new(cache, dir, name, opts)?;
     let walked = walk::walk(
         cache,
@@ -155,8 +167,37 @@ pub fn sync_dir(
         &t.opts,
         None,
         &mut walk::Totals::new(),
+        pre,
     )?;
     t.record(cache, walked.out)
+}
+
+/// A validation of `dir`'s stat-cache copy (`statcache::Copy`), running
+/// while the process opens the cache.
+pub struct Prevalidated {
+    store: PathBuf,
+    handle: std::thread::JoinHandle<Option<statcache::Copy>>,
+}
+
+/// Start validating `dir`'s stat-cache copy in store `store` (not yet
+/// opened): for a one-shot `dagfs sync`, whose fixed cost is mostly opening
+/// the index. None if `dir` does not resolve (the sync reports that).
+pub fn prevalidate(store: &Path, dir: &Path, opts: &ScanOptions) -> Option<Prevalidated> {
+    let root = std::fs::canonicalize(dir).ok()?;
+    let id = root_id(&root, opts);
+    let threads = match opts.threads {
+        0 => crate::exec::scheduler::default_jobs(),
+        n => n,
+    };
+    let s = store.to_path_buf();
+    let handle = std::thread::Builder::new()
+        .name("statcache-copy".into())
+        .spawn(move || statcache::Copy::validate(&s, &root, &id, threads))
+        .ok()?;
+    Some(Prevalidated {
+        store: store.to_path_buf(),
+        handle,
+    })
 }
 
 /// A directory about to be synced under a name: checked, with its log.
@@ -281,7 +322,7 @@ impl Incremental {
     ) -> Result<(Incremental, SyncReport), SyncError> {
         let t = Target::new(cache, dir, name, opts)?;
         let mut totals = walk::Totals::new();
-        let walked = walk::walk(cache, &t.root, &t.id, &t.opts, None, &mut totals)?;
+        let walked = walk::walk(cache, &t.root, &t.id, &t.opts, None, &mut totals, None)?;
         let r = t.record(cache, walked.out)?;
         let inc = Incremental {
             base: r.scan.tree,
@@ -311,6 +352,7 @@ impl Incremental {
             &t.opts,
             plan.map(std::sync::Arc::new),
             &mut self.totals,
+            None,
         )?;
         let r = t.record(cache, walked.out)?;
         self.base = r.scan.tree;

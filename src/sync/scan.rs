@@ -174,7 +174,7 @@ pub fn scan(
     root_id: &[u8; 16],
     opts: &ScanOptions,
 ) -> Result<ScanOutput, SyncError> {
-    Ok(walk(cache, root, root_id, opts, None, &mut Totals::new())?.out)
+    Ok(walk(cache, root, root_id, opts, None, &mut Totals::new(), None)?.out)
 }
 
 /// Store one host file (stable read, as in `scan`) and return its digest.

@@ -494,73 +494,203 @@ impl<'a> StatCache<'a> {
             .iter()
             .filter_map(|(k, v)| Some((&k[16..], DirView::parse(v)?)))
             .collect();
-        let base = match recs.get(&b""[..]).and_then(|r| r.head.root) {
-            // NB: blobs are removed only after the generation is raised, so
-            // the recorded tree is still stored (no lookup: with packs, the
-            // first lookup loads their indexes).
-            Some(b) if b.generation == generation => b,
-            _ => return Ok(None),
+        Ok(check(&recs, root, generation, threads))
+    }
+
+    /// The root's record as the index holds it (raw), if any.
+    pub fn root_record(&self) -> crate::index::Result<Option<Vec<u8>>> {
+        self.index.stat_get(&key(&self.root_id, b""))
+    }
+
+    /// Write every record of this root to its copy under `<store>/statcache/`
+    /// (see `Copy`). Best effort: without it, the next sync reads the index.
+    pub fn write_copy(&self, store: &Path) {
+        let Ok(raw) = self.index.stat_scan(&self.root_id) else {
+            return;
         };
-        // The directories reachable from the root's record.
-        let mut dirty = Dirty::default();
-        let mut list: Vec<(PathBuf, &DirView)> = Vec::new();
-        let mut totals = Vec::new();
-        let mut stack = vec![Vec::new()];
-        while let Some(rel) = stack.pop() {
-            let abs = if rel.is_empty() {
-                root.to_path_buf()
-            } else {
-                root.join(std::ffi::OsStr::from_bytes(&rel))
-            };
-            let Some(rec) = recs.get(rel.as_slice()) else {
-                dirty.mark(abs, true);
-                continue;
-            };
-            for s in &rec.subdirs {
-                let mut r = rel.clone();
-                if !r.is_empty() {
-                    r.push(b'/');
-                }
-                r.extend_from_slice(s);
-                stack.push(r);
-            }
-            if let Some((d, files, bytes)) = rec.head.tree {
-                totals.push((d, (files, bytes)));
-            }
-            list.push((abs, rec));
+        let mut b = Vec::with_capacity(
+            COPY_MAGIC.len()
+                + 8
+                + raw
+                    .iter()
+                    .map(|(k, v)| 8 + k.len() + v.len())
+                    .sum::<usize>()
+                + 32,
+        );
+        b.extend_from_slice(COPY_MAGIC);
+        b.extend_from_slice(&(raw.len() as u64).to_le_bytes());
+        for (k, v) in &raw {
+            let rel = &k[16..];
+            b.extend_from_slice(&(rel.len() as u32).to_le_bytes());
+            b.extend_from_slice(rel);
+            b.extend_from_slice(&(v.len() as u32).to_le_bytes());
+            b.extend_from_slice(v);
         }
-        let next = std::sync::atomic::AtomicUsize::new(0);
-        let checked = std::sync::atomic::AtomicU64::new(0);
-        let found: Mutex<Dirty> = Mutex::new(Dirty::default());
-        std::thread::scope(|s| {
-            for _ in 0..threads.clamp(1, 16) {
-                s.spawn(|| {
-                    let mut mine = Dirty::default();
-                    let mut ok = 0u64;
-                    loop {
-                        let i = next.fetch_add(16, std::sync::atomic::Ordering::Relaxed);
-                        let Some(chunk) = list.get(i..(i + 16).min(list.len())) else {
-                            break;
-                        };
-                        if chunk.is_empty() {
-                            break;
-                        }
-                        for (abs, rec) in chunk {
-                            ok += check_dir(abs, rec, &mut mine);
-                        }
-                    }
-                    lock(&found).merge(mine);
-                    checked.fetch_add(ok, std::sync::atomic::Ordering::Relaxed);
-                });
+        let sum = blake3::hash(&b);
+        b.extend_from_slice(sum.as_bytes());
+        let path = copy_path(store, &self.root_id);
+        let Some(dir) = path.parent() else { return };
+        let tmp = dir.join(format!(".tmp-{}", std::process::id()));
+        let ok = std::fs::create_dir_all(dir).is_ok()
+            && std::fs::write(&tmp, &b).is_ok()
+            && std::fs::rename(&tmp, &path).is_ok();
+        if !ok {
+            let _ = std::fs::remove_file(&tmp);
+        }
+    }
+}
+
+/// The validation itself (`StatCache::validate`), over records however read.
+fn check(
+    recs: &HashMap<&[u8], DirView>,
+    root: &Path,
+    generation: u64,
+    threads: usize,
+) -> Option<Validated> {
+    let base = match recs.get(&b""[..]).and_then(|r| r.head.root) {
+        // NB: blobs are removed only after the generation is raised, so
+        // the recorded tree is still stored (no lookup: with packs, the
+        // first lookup loads their indexes).
+        Some(b) if b.generation == generation => b,
+        _ => return None,
+    };
+    // The directories reachable from the root's record.
+    let mut dirty = Dirty::default();
+    let mut list: Vec<(PathBuf, &DirView)> = Vec::new();
+    let mut totals = Vec::new();
+    let mut stack = vec![Vec::new()];
+    while let Some(rel) = stack.pop() {
+        let abs = if rel.is_empty() {
+            root.to_path_buf()
+        } else {
+            root.join(std::ffi::OsStr::from_bytes(&rel))
+        };
+        let Some(rec) = recs.get(rel.as_slice()) else {
+            dirty.mark(abs, true);
+            continue;
+        };
+        for s in &rec.subdirs {
+            let mut r = rel.clone();
+            if !r.is_empty() {
+                r.push(b'/');
             }
-        });
-        dirty.merge(found.into_inner().unwrap_or_else(|p| p.into_inner()));
-        Ok(Some(Validated {
-            base,
-            dirty,
-            checked: checked.into_inner(),
-            totals,
-        }))
+            r.extend_from_slice(s);
+            stack.push(r);
+        }
+        if let Some((d, files, bytes)) = rec.head.tree {
+            totals.push((d, (files, bytes)));
+        }
+        list.push((abs, rec));
+    }
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let checked = std::sync::atomic::AtomicU64::new(0);
+    let found: Mutex<Dirty> = Mutex::new(Dirty::default());
+    std::thread::scope(|s| {
+        for _ in 0..threads.clamp(1, 16) {
+            s.spawn(|| {
+                let mut mine = Dirty::default();
+                let mut ok = 0u64;
+                loop {
+                    let i = next.fetch_add(16, std::sync::atomic::Ordering::Relaxed);
+                    let Some(chunk) = list.get(i..(i + 16).min(list.len())) else {
+                        break;
+                    };
+                    if chunk.is_empty() {
+                        break;
+                    }
+                    for (abs, rec) in chunk {
+                        ok += check_dir(abs, rec, &mut mine);
+                    }
+                }
+                lock(&found).merge(mine);
+                checked.fetch_add(ok, std::sync::atomic::Ordering::Relaxed);
+            });
+        }
+    });
+    dirty.merge(found.into_inner().unwrap_or_else(|p| p.into_inner()));
+    Some(Validated {
+        base,
+        dirty,
+        checked: checked.into_inner(),
+        totals,
+    })
+}
+
+/// A copy of one root's records in a plain file, `<store>/statcache/<root
+/// id>`, that a one-shot `dagfs sync` validates against the disk *while*
+/// it opens the index (sled's open is most of a rescan's fixed cost). The
+/// index stays the truth: the copy's result is used only if its root record
+/// is byte for byte the index's (`Copy::agrees`). That is enough: every
+/// change of content changes the root's tree digest, so equal root
+/// records mean equal trees; a copy behind the index in anything else (a
+/// file's stat after a touch) can only mark more paths dirty, which are
+/// then read again, never fewer. Layout: magic, count (u64 LE), per
+/// record: relative directory (u32 length, bytes), record (u32 length,
+/// bytes); then the BLAKE3 of everything before. Written with a rename and
+/// no fsync: a torn or lost copy fails its checksum or disagrees.
+pub(crate) struct Copy {
+    root_record: Vec<u8>,
+    generation: u64,
+    pub validated: Validated,
+}
+
+const COPY_MAGIC: &[u8; 16] = b"dagfs-statcopy1\n";
+
+fn copy_path(store: &Path, root_id: &[u8; 16]) -> PathBuf {
+    store.join("statcache").join(crate::hash::to_hex(root_id))
+}
+
+impl Copy {
+    /// Read the copy for `root_id` in store `store` (not opened: no lock
+    /// is held) and validate it against `root`. None if there is no copy,
+    /// it is damaged, or it cannot vouch for anything.
+    pub fn validate(store: &Path, root: &Path, root_id: &[u8; 16], threads: usize) -> Option<Copy> {
+        let b = std::fs::read(copy_path(store, root_id)).ok()?;
+        if b.len() < COPY_MAGIC.len() + 8 + 32 || &b[..16] != COPY_MAGIC {
+            return None;
+        }
+        let (body, sum) = b.split_at(b.len() - 32);
+        if blake3::hash(body).as_bytes() != sum {
+            return None;
+        }
+        let count = u64::from_le_bytes(body[16..24].try_into().ok()?);
+        let mut r = &body[24..];
+        fn take<'b>(r: &mut &'b [u8]) -> Option<&'b [u8]> {
+            let n = u32::from_le_bytes(r.get(..4)?.try_into().ok()?) as usize;
+            let v = r.get(4..4usize.checked_add(n)?)?;
+            *r = &r[4 + n..];
+            Some(v)
+        }
+        let mut raw = Vec::new();
+        for _ in 0..count {
+            let k = take(&mut r)?;
+            let v = take(&mut r)?;
+            raw.push((k, v));
+        }
+        if !r.is_empty() {
+            return None;
+        }
+        let generation = match std::fs::read_to_string(store.join("blob-generation")) {
+            Ok(t) => t.trim().parse().ok()?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+            Err(_) => return None,
+        };
+        let root_record = raw.iter().find(|(k, _)| k.is_empty())?.1.to_vec();
+        let recs: HashMap<&[u8], DirView> = raw
+            .iter()
+            .filter_map(|(k, v)| Some((*k, DirView::parse(v)?)))
+            .collect();
+        let validated = check(&recs, root, generation, threads)?;
+        Some(Copy {
+            root_record,
+            generation,
+            validated,
+        })
+    }
+
+    /// Does the index agree (see the type's doc)?
+    pub fn agrees(&self, root_record: Option<&[u8]>, generation: u64) -> bool {
+        self.generation == generation && root_record == Some(self.root_record.as_slice())
     }
 }
 

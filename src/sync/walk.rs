@@ -438,6 +438,7 @@ pub(crate) fn walk(
     opts: &ScanOptions,
     plan: Option<Arc<Plan>>,
     totals: &mut Totals,
+    pre: Option<super::Prevalidated>,
 ) -> Result<Walked, SyncError> {
     let scan_start = now_ns();
     let mut walker = ignore::WalkBuilder::new(root);
@@ -477,9 +478,29 @@ pub(crate) fn walk(
     let generation = cache.store.blob_generation();
     let mut plan = plan;
     let mut validated = false;
+    // A one-shot sync: its records' copy, validated while the index opened
+    // (see `statcache::Copy`), and kept current for the next one.
+    let mut write_copy = None;
     if plan.is_none() {
-        if let Some(v) = stat_cache.validate(root, generation, threads)? {
+        let mut from_copy = None;
+        if let Some(p) = pre {
+            if let Some(c) = p.handle.join().ok().flatten() {
+                if c.agrees(stat_cache.root_record()?.as_deref(), generation) {
+                    from_copy = Some(c.validated);
+                }
+            }
+            write_copy = Some(p.store);
+        }
+        let copy_used = from_copy.is_some();
+        let v = match from_copy {
+            Some(v) => Some(v),
+            None => stat_cache.validate(root, generation, threads)?,
+        };
+        if let Some(v) = v {
             if v.dirty.is_empty() {
+                if let Some(store) = write_copy.filter(|_| !copy_used) {
+                    stat_cache.write_copy(&store);
+                }
                 let out = ScanOutput {
                     tree: v.base.tree,
                     files: v.base.files,
@@ -684,6 +705,9 @@ pub(crate) fn walk(
         stat_cache.unlisted(&listed_dirs)?;
     }
     stat_cache.apply()?;
+    if let Some(store) = &write_copy {
+        stat_cache.write_copy(store);
+    }
     if validated {
         out.reused = out.files.saturating_sub(out.hashed);
     }
