@@ -89,6 +89,10 @@ pub struct Store {
 
 const BLOB_GENERATION: &str = "blob-generation";
 
+/// A commit of at most this many loose blobs (and no packs) fsyncs each
+/// file and directory instead of the whole filesystem.
+const FSYNC_EACH: usize = 8;
+
 /// Group commit state for `Store::sync`.
 #[derive(Debug, Default)]
 struct SyncGate {
@@ -595,6 +599,26 @@ impl Store {
             }
             let dir = &self.packs.dir;
             File::open(dir).and_then(|f| f.sync_all()).at(dir)?;
+        } else if finished.is_empty() && (1..=FSYNC_EACH).contains(&staged.blobs.len()) {
+            // A few loose blobs (a watched change, a rescan that found one
+            // file changed): fsync each and its shard, where `syncfs` would
+            // wait for every other writer's dirty data too.
+            for b in &staged.blobs {
+                File::open(&b.tmp).and_then(|f| f.sync_data()).at(&b.tmp)?;
+            }
+            self.publish_blobs(&staged.blobs)?;
+            let mut dirs: Vec<PathBuf> = staged
+                .blobs
+                .iter()
+                .filter_map(|b| self.blob_path(&b.digest).parent().map(Path::to_path_buf))
+                .collect();
+            dirs.sort();
+            dirs.dedup();
+            // NB: `blobs/` too: a shard may have been made just now.
+            dirs.push(self.root.join("blobs"));
+            for d in dirs {
+                File::open(&d).and_then(|f| f.sync_all()).at(&d)?;
+            }
         } else if !staged.blobs.is_empty() || !finished.is_empty() {
             self.sync()?; // NB: data durable before any name in blobs/ points at it.
             self.note_change();

@@ -505,36 +505,40 @@ impl<'a> StatCache<'a> {
     /// Write every record of this root to its copy under `<store>/statcache/`
     /// (see `Copy`). Best effort: without it, the next sync reads the index.
     pub fn write_copy(&self, store: &Path) {
+        use std::io::Write;
         let Ok(raw) = self.index.stat_scan(&self.root_id) else {
             return;
         };
-        let mut b = Vec::with_capacity(
-            COPY_MAGIC.len()
-                + 8
-                + raw
-                    .iter()
-                    .map(|(k, v)| 8 + k.len() + v.len())
-                    .sum::<usize>()
-                + 32,
-        );
-        b.extend_from_slice(COPY_MAGIC);
-        b.extend_from_slice(&(raw.len() as u64).to_le_bytes());
-        for (k, v) in &raw {
-            let rel = &k[16..];
-            b.extend_from_slice(&(rel.len() as u32).to_le_bytes());
-            b.extend_from_slice(rel);
-            b.extend_from_slice(&(v.len() as u32).to_le_bytes());
-            b.extend_from_slice(v);
-        }
-        let sum = blake3::hash(&b);
-        b.extend_from_slice(sum.as_bytes());
         let path = copy_path(store, &self.root_id);
         let Some(dir) = path.parent() else { return };
         let tmp = dir.join(format!(".tmp-{}", std::process::id()));
-        let ok = std::fs::create_dir_all(dir).is_ok()
-            && std::fs::write(&tmp, &b).is_ok()
-            && std::fs::rename(&tmp, &path).is_ok();
-        if !ok {
+        let write = || -> std::io::Result<()> {
+            std::fs::create_dir_all(dir)?;
+            // NB: streamed and hashed as written: no second copy in memory.
+            let mut h = blake3::Hasher::new();
+            let mut w = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&tmp)?);
+            let mut put = |b: &[u8]| -> std::io::Result<()> {
+                h.update(b);
+                w.write_all(b)
+            };
+            put(COPY_MAGIC)?;
+            put(&(raw.len() as u64).to_le_bytes())?;
+            for (k, v) in &raw {
+                let rel = &k[16..];
+                put(&(rel.len() as u32).to_le_bytes())?;
+                put(rel)?;
+                put(&(v.len() as u32).to_le_bytes())?;
+                put(v)?;
+            }
+            w.write_all(h.finalize().as_bytes())?;
+            w.into_inner().map_err(|e| e.into_error())?;
+            // NB: the old copy is unlinked first, so the rename replaces
+            // nothing: ext4 flushes a file renamed over another at once
+            // (auto_da_alloc), which this cache does not need.
+            let _ = std::fs::remove_file(&path);
+            std::fs::rename(&tmp, &path)
+        };
+        if write().is_err() {
             let _ = std::fs::remove_file(&tmp);
         }
     }
