@@ -1062,3 +1062,48 @@ fn a_stale_or_damaged_stat_cache_copy_is_never_trusted_over_the_index() {
     assert_eq!(v["changes"].as_array().map(Vec::len), Some(0), "{v:#}");
     unchanged("the copy written by that sync");
 }
+
+/// A sync that waited for the store lock does not take its copy's
+/// validation from before the wait: an edit made meanwhile is in it.
+#[test]
+fn a_sync_that_waited_for_the_store_lock_sees_edits_made_while_it_waited() {
+    use std::os::fd::AsRawFd;
+    let tmp = tempfile::tempdir().unwrap();
+    let (store, dir) = (tmp.path().join("store"), tmp.path().join("src"));
+    write(&dir.join("a"), b"alpha");
+    write(&dir.join("b"), b"bravo");
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let (code, _, err) = sync(&store, &dir, &[]);
+    assert_eq!(code, 0, "{err}");
+    let (_, v, _) = sync(&store, &dir, &[]);
+    assert_eq!(v["hashed"], 0);
+    // Hold the store's lock as another owner would.
+    let lock = fs::File::options()
+        .read(true)
+        .write(true)
+        .open(store.join("lock"))
+        .unwrap();
+    assert_eq!(unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) }, 0);
+    let child = Command::new(BIN)
+        .arg("--store")
+        .arg(&store)
+        .arg("sync")
+        .arg(&dir)
+        .arg("--json")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    write(&dir.join("a"), b"alpha, edited while the sync waited");
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    drop(lock);
+    let o = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("waiting for the store lock"), "{err}");
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["hashed"], 1, "{v:#}");
+    assert_eq!(v["changes"].as_array().map(Vec::len), Some(1), "{v:#}");
+}

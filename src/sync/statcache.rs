@@ -636,7 +636,14 @@ pub(crate) struct Copy {
     root_record: Vec<u8>,
     generation: u64,
     pub validated: Validated,
+    /// When the validation ended.
+    done: std::time::Instant,
 }
+
+/// How old a copy's validation may be when it is used: it stands for the
+/// disk as it was then (a sync that waited for the store lock validates
+/// again).
+const COPY_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(1);
 
 const COPY_MAGIC: &[u8; 16] = b"dagfs-statcopy1\n";
 
@@ -689,12 +696,16 @@ impl Copy {
             root_record,
             generation,
             validated,
+            done: std::time::Instant::now(),
         })
     }
 
-    /// Does the index agree (see the type's doc)?
+    /// Does the index agree (see the type's doc), and is the validation
+    /// recent (`COPY_MAX_AGE`)?
     pub fn agrees(&self, root_record: Option<&[u8]>, generation: u64) -> bool {
-        self.generation == generation && root_record == Some(self.root_record.as_slice())
+        self.generation == generation
+            && root_record == Some(self.root_record.as_slice())
+            && self.done.elapsed() <= COPY_MAX_AGE
     }
 }
 
