@@ -353,8 +353,9 @@ pub(crate) struct StatCache<'a> {
     ops: Mutex<Vec<Op>>,
 }
 
-/// An index write: a put (Some) or a delete (None).
-type Op = (Vec<u8>, Option<Vec<u8>>);
+/// An index write: a put (Some) or a delete (None), by key (`apply`
+/// returns them by relative directory).
+pub(crate) type Op = (Vec<u8>, Option<Vec<u8>>);
 
 impl<'a> StatCache<'a> {
     pub fn new(index: &'a Index, root_id: &[u8; 16]) -> StatCache<'a> {
@@ -468,15 +469,20 @@ impl<'a> StatCache<'a> {
     }
 
     /// Make the writes `record` and `unlisted` collected.
-    pub fn apply(&self) -> crate::index::Result<()> {
+    /// Returns them (relative directory, record or None for a removal).
+    pub fn apply(&self) -> crate::index::Result<Vec<Op>> {
         let ops = std::mem::take(&mut *lock(&self.ops));
         // NB: nothing to write, nothing written: an empty batch still
         // appends to sled's log, which the flush after a rescan that
         // changed nothing would then fsync.
         if ops.is_empty() {
-            return Ok(());
+            return Ok(ops);
         }
-        self.index.stat_apply(ops)
+        self.index.stat_apply(ops.clone())?;
+        Ok(ops
+            .into_iter()
+            .map(|(k, v)| (k[16..].to_vec(), v))
+            .collect())
     }
 
     /// Check the records against the disk (see the module doc): None when
@@ -505,42 +511,72 @@ impl<'a> StatCache<'a> {
     /// Write every record of this root to its copy under `<store>/statcache/`
     /// (see `Copy`). Best effort: without it, the next sync reads the index.
     pub fn write_copy(&self, store: &Path) {
-        use std::io::Write;
         let Ok(raw) = self.index.stat_scan(&self.root_id) else {
             return;
         };
-        let path = copy_path(store, &self.root_id);
-        let Some(dir) = path.parent() else { return };
-        let tmp = dir.join(format!(".tmp-{}", std::process::id()));
-        let write = || -> std::io::Result<()> {
-            std::fs::create_dir_all(dir)?;
-            // NB: streamed and hashed as written: no second copy in memory.
-            let mut h = blake3::Hasher::new();
-            let mut w = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&tmp)?);
-            let mut put = |b: &[u8]| -> std::io::Result<()> {
-                h.update(b);
-                w.write_all(b)
-            };
-            put(COPY_MAGIC)?;
-            put(&(raw.len() as u64).to_le_bytes())?;
-            for (k, v) in &raw {
-                let rel = &k[16..];
-                put(&(rel.len() as u32).to_le_bytes())?;
-                put(rel)?;
-                put(&(v.len() as u32).to_le_bytes())?;
-                put(v)?;
+        let recs: Vec<(&[u8], &[u8])> = raw.iter().map(|(k, v)| (&k[16..], &v[..])).collect();
+        write_copy_file(store, &self.root_id, &recs);
+    }
+
+    /// `write_copy` from the copy this sync validated, `base`, with the
+    /// writes `apply` made on top: no scan of the index. (What `base` was
+    /// behind the index in stays behind: that only marks paths dirty.)
+    pub fn write_copy_over(
+        &self,
+        store: &Path,
+        base: Vec<(Vec<u8>, Vec<u8>)>,
+        applied: Vec<Op>,
+    ) {
+        let mut m: std::collections::BTreeMap<Vec<u8>, Vec<u8>> = base.into_iter().collect();
+        for (k, v) in applied {
+            match v {
+                Some(v) => {
+                    m.insert(k, v);
+                }
+                None => {
+                    m.remove(&k);
+                }
             }
-            w.write_all(h.finalize().as_bytes())?;
-            w.into_inner().map_err(|e| e.into_error())?;
-            // NB: the old copy is unlinked first, so the rename replaces
-            // nothing: ext4 flushes a file renamed over another at once
-            // (auto_da_alloc), which this cache does not need.
-            let _ = std::fs::remove_file(&path);
-            std::fs::rename(&tmp, &path)
-        };
-        if write().is_err() {
-            let _ = std::fs::remove_file(&tmp);
         }
+        let recs: Vec<(&[u8], &[u8])> = m.iter().map(|(k, v)| (&k[..], &v[..])).collect();
+        write_copy_file(store, &self.root_id, &recs);
+    }
+}
+
+/// Write a root's records (relative directory, record; in key order) as its
+/// copy. Best effort.
+fn write_copy_file(store: &Path, root_id: &[u8; 16], raw: &[(&[u8], &[u8])]) {
+    use std::io::Write;
+    let path = copy_path(store, root_id);
+    let Some(dir) = path.parent() else { return };
+    let tmp = dir.join(format!(".tmp-{}", std::process::id()));
+    let write = || -> std::io::Result<()> {
+        std::fs::create_dir_all(dir)?;
+        // NB: streamed and hashed as written: no second copy in memory.
+        let mut h = blake3::Hasher::new();
+        let mut w = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&tmp)?);
+        let mut put = |b: &[u8]| -> std::io::Result<()> {
+            h.update(b);
+            w.write_all(b)
+        };
+        put(COPY_MAGIC)?;
+        put(&(raw.len() as u64).to_le_bytes())?;
+        for (rel, v) in raw {
+            put(&(rel.len() as u32).to_le_bytes())?;
+            put(rel)?;
+            put(&(v.len() as u32).to_le_bytes())?;
+            put(v)?;
+        }
+        w.write_all(h.finalize().as_bytes())?;
+        w.into_inner().map_err(|e| e.into_error())?;
+        // NB: the old copy is unlinked first, so the rename replaces
+        // nothing: ext4 flushes a file renamed over another at once
+        // (auto_da_alloc), which this cache does not need.
+        let _ = std::fs::remove_file(&path);
+        std::fs::rename(&tmp, &path)
+    };
+    if write().is_err() {
+        let _ = std::fs::remove_file(&tmp);
     }
 }
 
@@ -633,6 +669,8 @@ fn check(
 /// bytes); then the BLAKE3 of everything before. Written with a rename and
 /// no fsync: a torn or lost copy fails its checksum or disagrees.
 pub(crate) struct Copy {
+    /// Its records: (relative directory, record), in key order.
+    pub records: Vec<(Vec<u8>, Vec<u8>)>,
     root_record: Vec<u8>,
     generation: u64,
     pub validated: Validated,
@@ -692,7 +730,9 @@ impl Copy {
             .filter_map(|(k, v)| Some((*k, DirView::parse(v)?)))
             .collect();
         let validated = check(&recs, root, generation, threads)?;
+        let records = raw.iter().map(|(k, v)| (k.to_vec(), v.to_vec())).collect();
         Some(Copy {
+            records,
             root_record,
             generation,
             validated,

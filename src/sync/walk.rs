@@ -481,12 +481,14 @@ pub(crate) fn walk(
     // A one-shot sync: its records' copy, validated while the index opened
     // (see `statcache::Copy`), and kept current for the next one.
     let mut write_copy = None;
+    let mut copy_records = None;
     if plan.is_none() {
         let mut from_copy = None;
         if let Some(p) = pre {
             if let Some(c) = p.handle.join().ok().flatten() {
                 if c.agrees(stat_cache.root_record()?.as_deref(), generation) {
                     from_copy = Some(c.validated);
+                    copy_records = Some(c.records);
                 }
             }
             write_copy = Some(p.store);
@@ -704,9 +706,11 @@ pub(crate) fn walk(
     if full {
         stat_cache.unlisted(&listed_dirs)?;
     }
-    stat_cache.apply()?;
-    if let Some(store) = &write_copy {
-        stat_cache.write_copy(store);
+    let applied = stat_cache.apply()?;
+    match (&write_copy, copy_records) {
+        (Some(store), Some(base)) => stat_cache.write_copy_over(store, base, applied),
+        (Some(store), None) => stat_cache.write_copy(store),
+        _ => {}
     }
     if validated {
         out.reused = out.files.saturating_sub(out.hashed);
