@@ -521,24 +521,19 @@ impl<'a> StatCache<'a> {
     /// `write_copy` from the copy this sync validated, `base`, with the
     /// writes `apply` made on top: no scan of the index. (What `base` was
     /// behind the index in stays behind: that only marks paths dirty.)
-    pub fn write_copy_over(
-        &self,
-        store: &Path,
-        base: Vec<(Vec<u8>, Vec<u8>)>,
-        applied: Vec<Op>,
-    ) {
-        let mut m: std::collections::BTreeMap<Vec<u8>, Vec<u8>> = base.into_iter().collect();
+    pub fn write_copy_over(&self, store: &Path, base: &Copy, applied: &[Op]) {
+        let mut m: std::collections::BTreeMap<&[u8], &[u8]> = base.records().collect();
         for (k, v) in applied {
             match v {
                 Some(v) => {
                     m.insert(k, v);
                 }
                 None => {
-                    m.remove(&k);
+                    m.remove(&k[..]);
                 }
             }
         }
-        let recs: Vec<(&[u8], &[u8])> = m.iter().map(|(k, v)| (&k[..], &v[..])).collect();
+        let recs: Vec<(&[u8], &[u8])> = m.into_iter().collect();
         write_copy_file(store, &self.root_id, &recs);
     }
 }
@@ -669,11 +664,14 @@ fn check(
 /// bytes); then the BLAKE3 of everything before. Written with a rename and
 /// no fsync: a torn or lost copy fails its checksum or disagrees.
 pub(crate) struct Copy {
-    /// Its records: (relative directory, record), in key order.
-    pub records: Vec<(Vec<u8>, Vec<u8>)>,
+    /// The file, and where its records lie in it: (relative directory,
+    /// record) as (start, end) pairs, in key order. NB: not copied out on
+    /// the way to a result (this is a rescan's critical path).
+    bytes: Vec<u8>,
+    spans: Vec<[usize; 4]>,
     root_record: Vec<u8>,
     generation: u64,
-    pub validated: Validated,
+    pub validated: Option<Validated>,
     /// When the validation ended.
     done: std::time::Instant,
 }
@@ -730,14 +728,28 @@ impl Copy {
             .filter_map(|(k, v)| Some((*k, DirView::parse(v)?)))
             .collect();
         let validated = check(&recs, root, generation, threads)?;
-        let records = raw.iter().map(|(k, v)| (k.to_vec(), v.to_vec())).collect();
+        let at = |s: &[u8]| s.as_ptr() as usize - b.as_ptr() as usize;
+        let spans = raw
+            .iter()
+            .map(|(k, v)| [at(k), at(k) + k.len(), at(v), at(v) + v.len()])
+            .collect();
+        drop(recs);
+        drop(raw);
         Some(Copy {
-            records,
+            bytes: b,
+            spans,
             root_record,
             generation,
-            validated,
+            validated: Some(validated),
             done: std::time::Instant::now(),
         })
+    }
+
+    /// Its records: (relative directory, record), in key order.
+    pub fn records(&self) -> impl Iterator<Item = (&[u8], &[u8])> + '_ {
+        self.spans
+            .iter()
+            .map(|s| (&self.bytes[s[0]..s[1]], &self.bytes[s[2]..s[3]]))
     }
 
     /// Does the index agree (see the type's doc), and is the validation

@@ -487,8 +487,9 @@ pub(crate) fn walk(
         if let Some(p) = pre {
             if let Some(c) = p.handle.join().ok().flatten() {
                 if c.agrees(stat_cache.root_record()?.as_deref(), generation) {
-                    from_copy = Some(c.validated);
-                    copy_records = Some(c.records);
+                    let mut c = c;
+                    from_copy = c.validated.take();
+                    copy_records = Some(c);
                 }
             }
             write_copy = Some(p.store);
@@ -708,7 +709,7 @@ pub(crate) fn walk(
     }
     let applied = stat_cache.apply()?;
     match (&write_copy, copy_records) {
-        (Some(store), Some(base)) => stat_cache.write_copy_over(store, base, applied),
+        (Some(store), Some(base)) => stat_cache.write_copy_over(store, &base, &applied),
         (Some(store), None) => stat_cache.write_copy(store),
         _ => {}
     }
