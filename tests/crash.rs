@@ -299,6 +299,25 @@ impl Window {
     }
 }
 
+/// Let `child` run to a kill point drawn from `window`, SIGKILL it if it
+/// is still running, and adapt the window: its exit status, and whether
+/// the signal killed it (NB: judged by the status: a run may end on its
+/// own between the look and the signal, and then it was not killed).
+fn kill_at_random_point(
+    mut child: std::process::Child,
+    window: &mut Window,
+    seed: &mut u64,
+) -> (std::process::ExitStatus, bool) {
+    std::thread::sleep(window.draw(seed));
+    if child.try_wait().unwrap().is_none() {
+        child.kill().unwrap();
+    }
+    let status = child.wait().unwrap();
+    let killed = status.signal() == Some(libc::SIGKILL);
+    window.update(killed);
+    (status, killed)
+}
+
 fn run(store: &Path, dir: &Path) -> Command {
     let mut c = Command::new(BIN);
     c.arg("--store")
@@ -396,16 +415,8 @@ fn sigkill_at_random_points_never_leaves_a_wrong_blob_or_dangling_entry() {
     let mut r = Rounds::new(store, kills_wanted(20));
     while let Some(round) = r.next() {
         fs::write(dir.join("dagfs.toml"), pipeline(round)).unwrap();
-        let mut child = run(&r.store, &dir).spawn().unwrap();
-        std::thread::sleep(window.draw(&mut seed));
-        if child.try_wait().unwrap().is_none() {
-            child.kill().unwrap();
-        }
-        let status = child.wait().unwrap();
-        // NB: by its status: a run may end on its own between the look
-        // and the signal, and then it was not killed.
-        let killed = status.signal() == Some(libc::SIGKILL);
-        window.update(killed);
+        let child = run(&r.store, &dir).spawn().unwrap();
+        let (status, killed) = kill_at_random_point(child, &mut window, &mut seed);
         r.after(round, killed, status.success());
         if status.success() {
             // Reported success: the whole run is present, so a re-run is all hits.
@@ -602,17 +613,11 @@ fn sigkill_of_a_sync_never_leaves_a_wrong_blob_or_a_snapshot_naming_one() {
     let mut r = Rounds::new(store, kills_wanted(20));
     while let Some(round) = r.next() {
         write_tree(&dir, round);
-        let mut child = sync_cmd(&r.store, &dir)
+        let child = sync_cmd(&r.store, &dir)
             .stdout(Stdio::null())
             .spawn()
             .unwrap();
-        std::thread::sleep(window.draw(&mut seed));
-        if child.try_wait().unwrap().is_none() {
-            child.kill().unwrap();
-        }
-        let status = child.wait().unwrap();
-        let killed = status.signal() == Some(libc::SIGKILL);
-        window.update(killed);
+        let (status, killed) = kill_at_random_point(child, &mut window, &mut seed);
         r.after(round, killed, status.success());
         check_snapshots(&r.store);
         assert!(
