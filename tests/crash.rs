@@ -115,36 +115,59 @@ fn packed_blobs(store: &Path) -> Vec<(String, Vec<u8>)> {
     out
 }
 
-/// Check every invariant; returns the number of entries.
-fn check_store(store: &Path) -> usize {
-    // Every visible blob has exactly the bytes its name says.
-    let mut blobs = HashSet::new();
-    for shard in listing(&store.join("blobs")) {
-        for e in listing(&shard.path()) {
-            let name = e.file_name().into_string().unwrap();
-            let bytes = fs::read(e.path()).unwrap();
+/// Every visible blob, loose or packed, each checked to have exactly the
+/// bytes its name says.
+struct Stored<'s> {
+    store: &'s Path,
+    /// Hex names of every blob.
+    names: HashSet<String>,
+    packed: std::collections::HashMap<String, Vec<u8>>,
+}
+
+impl Stored<'_> {
+    fn of(store: &Path) -> Stored<'_> {
+        let mut names = HashSet::new();
+        for shard in listing(&store.join("blobs")) {
+            for e in listing(&shard.path()) {
+                let name = e.file_name().into_string().unwrap();
+                let bytes = fs::read(e.path()).unwrap();
+                assert_eq!(
+                    blake3::hash(&bytes).to_hex().as_str(),
+                    name,
+                    "partial or wrong blob {name}"
+                );
+                names.insert(name);
+            }
+        }
+        let mut packed = std::collections::HashMap::new();
+        for (name, bytes) in packed_blobs(store) {
             assert_eq!(
                 blake3::hash(&bytes).to_hex().as_str(),
                 name,
-                "partial or wrong blob {name}"
+                "partial or wrong packed blob {name}"
             );
-            blobs.insert(name);
+            names.insert(name.clone());
+            packed.insert(name, bytes);
+        }
+        Stored {
+            store,
+            names,
+            packed,
         }
     }
-    let mut packed = std::collections::HashMap::new();
-    for (name, bytes) in packed_blobs(store) {
-        assert_eq!(
-            blake3::hash(&bytes).to_hex().as_str(),
-            name,
-            "partial or wrong packed blob {name}"
-        );
-        blobs.insert(name.clone());
-        packed.insert(name, bytes);
+
+    fn read(&self, d: &Digest) -> Vec<u8> {
+        match self.packed.get(&d.to_hex()) {
+            Some(b) => b.clone(),
+            None => fs::read(blob_path(self.store, d)).unwrap(),
+        }
     }
-    let read_blob = |d: &Digest| match packed.get(&d.to_hex()) {
-        Some(b) => b.clone(),
-        None => fs::read(blob_path(store, d)).unwrap(),
-    };
+}
+
+/// Check every invariant; returns the number of entries.
+fn check_store(store: &Path) -> usize {
+    let stored = Stored::of(store);
+    let (blobs, read_blob) = (&stored.names, |d: &Digest| stored.read(d));
     // Every entry names only blobs that exist (walking its whole tree).
     let mut entries = 0;
     for shard in listing(&store.join("entries")) {
@@ -513,20 +536,10 @@ fn sigkill_of_the_daemon_mid_run_never_leaves_a_wrong_blob_or_dangling_entry() {
 
 /// Every snapshot in the store's sync logs names a tree that is whole:
 /// every tree and file blob under it stored (loose or packed) with the
-/// bytes its name says (`check_store` checked those).
+/// bytes its name says (`Stored::of` checks those).
 fn check_snapshots(store: &Path) -> usize {
-    let mut blobs: HashSet<String> = packed_blobs(store).into_iter().map(|b| b.0).collect();
-    for shard in listing(&store.join("blobs")) {
-        for e in listing(&shard.path()) {
-            blobs.insert(e.file_name().into_string().unwrap());
-        }
-    }
-    let packed: std::collections::HashMap<String, Vec<u8>> =
-        packed_blobs(store).into_iter().collect();
-    let read = |d: &Digest| match packed.get(&d.to_hex()) {
-        Some(b) => b.clone(),
-        None => fs::read(blob_path(store, d)).unwrap(),
-    };
+    let stored = Stored::of(store);
+    let (blobs, read) = (&stored.names, |d: &Digest| stored.read(d));
     let mut n = 0;
     for log in listing(&store.join("syncs")) {
         let v: serde_json::Value = serde_json::from_slice(&fs::read(log.path()).unwrap())

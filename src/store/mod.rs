@@ -195,20 +195,7 @@ impl Store {
             r => r?,
         }
         let root_fd = File::open(root).at(root)?;
-        let generation = root.join(BLOB_GENERATION);
-        let blob_generation = match fs::read_to_string(&generation) {
-            Ok(t) => t.trim().parse().map_err(|_| StoreError::NotAStore {
-                path: generation.clone(),
-                reason: format!("{BLOB_GENERATION} holds {t:?}, not a number"),
-            })?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
-            Err(e) => {
-                return Err(StoreError::Io {
-                    path: generation,
-                    source: e,
-                })
-            }
-        };
+        let blob_generation = read_blob_generation(root)?;
         let store = Store {
             root: root.to_path_buf(),
             root_fd,
@@ -479,37 +466,20 @@ impl Store {
     /// blob already exists. Durable only after `commit`.
     pub fn stage_bytes(&self, dir: &Path, bytes: &[u8], staged: &mut Staged) -> Result<Digest> {
         let digest = Digest::of(bytes);
-        if bytes.len() <= pack::MAX_PACKED {
-            if !self.has_blob(&digest) && staged.bytes_staged.insert(digest) {
-                if staged.packs.is_empty() {
-                    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-                    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    let path = dir.join(format!("pack-{n}.pack"));
-                    staged.packs.push(pack::PackWriter::create(path)?);
-                }
-                let w = staged.packs.last_mut().expect("just made");
-                w.add(digest, bytes)?;
-            }
+        if self.has_blob(&digest) || !staged.bytes_staged.insert(digest) {
             return Ok(digest);
         }
-        if !self.has_blob(&digest) && staged.bytes_staged.insert(digest) {
-            let tmp = dir.join(format!("blob-{}", digest.to_hex()));
-            // NB: created read-only (the descriptor still writes), which
-            // saves a chmod per blob at publish, unless the umask would
-            // take bits off 0444.
-            fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o444)
-                .open(&tmp)
-                .and_then(|mut f| f.write_all(bytes))
-                .at(&tmp)?;
-            staged.blobs.push(StagedBlob {
-                tmp,
-                digest,
-                inode: None,
-                read_only: umask_keeps_0444(),
-            });
+        if bytes.len() <= pack::MAX_PACKED {
+            if staged.packs.is_empty() {
+                static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+                let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let path = dir.join(format!("pack-{n}.pack"));
+                staged.packs.push(pack::PackWriter::create(path)?);
+            }
+            let w = staged.packs.last_mut().expect("just made");
+            w.add(digest, bytes)?;
+        } else {
+            stage_loose(dir, digest, bytes, staged)?;
         }
         Ok(digest)
     }
@@ -559,29 +529,7 @@ impl Store {
                 // Too few to be worth a pack: loose files.
                 let dir = w.path.parent().map(Path::to_path_buf).unwrap_or_default();
                 for (digest, bytes) in w.into_blobs()? {
-                    let tmp = dir.join(format!("blob-{}", digest.to_hex()));
-                    match fs::OpenOptions::new()
-                        .write(true)
-                        .create_new(true)
-                        .mode(0o444)
-                        .open(&tmp)
-                    {
-                        Ok(mut f) => f.write_all(&bytes).at(&tmp)?,
-                        // The same content from another part of the batch.
-                        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-                        Err(e) => {
-                            return Err(StoreError::Io {
-                                path: tmp,
-                                source: e,
-                            })
-                        }
-                    }
-                    staged.blobs.push(StagedBlob {
-                        tmp,
-                        digest,
-                        inode: None,
-                        read_only: umask_keeps_0444(),
-                    });
+                    stage_loose(&dir, digest, &bytes, &mut staged)?;
                 }
             }
         }
@@ -1028,6 +976,52 @@ fn check_format(path: &Path, text: &str) -> Result<()> {
             found: text.lines().nth(1).unwrap_or("").to_string(),
             supported: format!("version {FORMAT_VERSION}"),
         }),
+    }
+}
+
+/// Write `bytes` (named `digest`) as a loose blob file under `dir`, staged
+/// in `staged`. NB: created read-only (the descriptor still writes), which
+/// saves a chmod per blob at publish, unless the umask would take bits off
+/// 0444. A file of that name there already (the same content from another
+/// part of the batch) is left as it is.
+fn stage_loose(dir: &Path, digest: Digest, bytes: &[u8], staged: &mut Staged) -> Result<()> {
+    let tmp = dir.join(format!("blob-{}", digest.to_hex()));
+    match fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o444)
+        .open(&tmp)
+    {
+        Ok(mut f) => f.write_all(bytes).at(&tmp)?,
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(()),
+        Err(e) => {
+            return Err(StoreError::Io {
+                path: tmp,
+                source: e,
+            })
+        }
+    }
+    staged.blobs.push(StagedBlob {
+        tmp,
+        digest,
+        inode: None,
+        read_only: umask_keeps_0444(),
+    });
+    Ok(())
+}
+
+/// The blob generation recorded in the store at `root` (see
+/// `Store::blob_generation`); absent: 0. Read without the lock by
+/// `sync`'s stat-cache copy, which checks it again under the lock.
+pub(crate) fn read_blob_generation(root: &Path) -> Result<u64> {
+    let path = root.join(BLOB_GENERATION);
+    match fs::read_to_string(&path) {
+        Ok(t) => t.trim().parse().map_err(|_| StoreError::NotAStore {
+            reason: format!("{BLOB_GENERATION} holds {t:?}, not a number"),
+            path,
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+        Err(e) => Err(StoreError::Io { path, source: e }),
     }
 }
 

@@ -717,11 +717,7 @@ impl Copy {
         if !r.is_empty() {
             return None;
         }
-        let generation = match std::fs::read_to_string(store.join("blob-generation")) {
-            Ok(t) => t.trim().parse().ok()?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
-            Err(_) => return None,
-        };
+        let generation = crate::store::read_blob_generation(store).ok()?;
         let root_record = raw.iter().find(|(k, _)| k.is_empty())?.1.to_vec();
         let recs: HashMap<&[u8], DirView> = raw
             .iter()
