@@ -493,9 +493,14 @@ fn a_watched_sync_is_owned_by_the_daemon_and_shown_under_syncs() {
         fs::read_to_string(e.mnt.join("syncs/code/a.txt")).unwrap(),
         "alpha\n"
     );
-    let first = fs::read_link(e.mnt.join("syncs/code@1")).unwrap();
-    assert!(first.starts_with("../trees/"), "{first:?}");
-    assert_eq!(fs::read_link(e.mnt.join("syncs/code")).unwrap(), first);
+    // Directories (not links), naming the snapshot's tree.
+    let digest = |p: &str| xattr_text(&e.mnt.join(p), "user.dagfs.digest");
+    let first = digest("syncs/code@1");
+    assert_eq!(first.len(), 64, "{first:?}");
+    assert!(fs::symlink_metadata(e.mnt.join("syncs/code"))
+        .unwrap()
+        .is_dir());
+    assert_eq!(digest("syncs/code"), first);
     // The client is gone; the daemon's watch takes the next change.
     fs::write(src.join("b.txt"), "beta\n").unwrap();
     wait_for("the watch's second snapshot under /syncs", || {
@@ -533,7 +538,7 @@ fn a_watched_sync_is_owned_by_the_daemon_and_shown_under_syncs() {
     assert!(text(&stop).contains("2 snapshots"), "{}", text(&stop));
     fs::write(src.join("c.txt"), "gamma\n").unwrap();
     std::thread::sleep(Duration::from_millis(700));
-    assert!(fs::read_link(e.mnt.join("syncs/code@3")).is_err());
+    assert!(fs::metadata(e.mnt.join("syncs/code@3")).is_err());
     let list = dagfs(&e.store, &["sync", "--list"]).output().unwrap();
     assert!(text(&list).contains("not watched"), "{}", text(&list));
     let missing = dagfs(&e.store, &["sync", "--stop", "code"])
@@ -635,4 +640,28 @@ fn allow_other_mounts_ro_nosuid_nodev_with_default_permissions() {
     assert!(text(&o).contains("Permission denied"), "{}", text(&o));
     // The mounting user still reads it.
     assert_eq!(fs::read_to_string(&file).unwrap(), "data\n");
+}
+
+/// A user xattr of `p`, as text.
+fn xattr_text(p: &std::path::Path, name: &str) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap();
+    let name = std::ffi::CString::new(name).unwrap();
+    let mut buf = vec![0u8; 256];
+    // SAFETY: both strings are NUL-terminated; the buffer is as long as said.
+    let n = unsafe {
+        libc::getxattr(
+            path.as_ptr(),
+            name.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    assert!(
+        n >= 0,
+        "getxattr {p:?}: {}",
+        std::io::Error::last_os_error()
+    );
+    buf.truncate(n as usize);
+    String::from_utf8(buf).unwrap()
 }

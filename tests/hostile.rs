@@ -674,10 +674,9 @@ fn reals(dirs: &[Dir]) -> Vec<Vec<u8>> {
 /// Which digests a node shows, for the "only the store's own objects" check.
 fn digests_of(node: &Node) -> Vec<Digest> {
     match node {
-        Node::KeyRoot { ctx, output, .. } => vec![ctx.key, *output],
+        Node::KeyRoot { output, .. } => vec![node.entry_key().expect("an entry's root"), *output],
         Node::Dir { tree, .. } => vec![*tree],
         Node::File { digest, .. } | Node::Blob { digest, .. } => vec![*digest],
-        Node::DagLink { key, .. } | Node::RunLink { key, .. } => vec![*key],
         _ => Vec::new(),
     }
 }

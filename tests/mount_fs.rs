@@ -551,12 +551,24 @@ fn dags_runs_why_and_dagfs_files_show_the_live_index() {
     let dags = m.mnt.join("dags");
     assert_eq!(text(run("ls", &[&dags])), "app\n");
     assert_eq!(text(run("ls", &[&dags.join("app")])), "build\nreport\n");
+    // A directory, not a link: `find`, `grep -r`, `du` walk it.
     let link = dags.join("app/build");
+    assert!(fs::symlink_metadata(&link).unwrap().is_dir());
     assert_eq!(
-        fs::read_link(&link).unwrap(),
-        PathBuf::from(format!("../../keys/{key}"))
+        xattr(&link, "user.dagfs.key", 256, false),
+        Ok(key.clone().into_bytes())
     );
     assert_eq!(fs::read(link.join("hello.txt")).unwrap(), b"hello\n");
+    let found = text(run(
+        "find",
+        &[
+            &dags.join("app"),
+            &PathBuf::from("-type"),
+            &PathBuf::from("f"),
+        ],
+    ));
+    assert!(found.contains("/app/build/hello.txt"), "{found}");
+    assert!(found.contains("/app/report/size.txt"), "{found}");
     assert_eq!(
         fs::read_to_string(dags.join("app/report/size.txt"))
             .unwrap()
@@ -573,9 +585,11 @@ fn dags_runs_why_and_dagfs_files_show_the_live_index() {
         fs::read_link(m.mnt.join("runs/latest")).unwrap(),
         PathBuf::from(&id)
     );
+    let run_task = m.mnt.join("runs").join(&id).join("build");
+    assert!(fs::symlink_metadata(&run_task).unwrap().is_dir());
     assert_eq!(
-        fs::read_link(m.mnt.join("runs").join(&id).join("build")).unwrap(),
-        PathBuf::from(format!("../../keys/{key}"))
+        xattr(&run_task, "user.dagfs.key", 256, false),
+        Ok(key.clone().into_bytes())
     );
     assert_eq!(
         fs::read(m.mnt.join("runs/latest/build/hello.txt")).unwrap(),
@@ -643,7 +657,7 @@ fn xattrs_tell_key_task_and_digest() {
     let f = k.join("hello.txt");
     assert_eq!(get(&f, "user.dagfs.digest"), Ok(hello.clone()));
     assert_eq!(get(&f, "user.dagfs.key"), Ok(key.clone()));
-    assert_eq!(get(&f, "user.dagfs.task"), Err(libc::ENODATA));
+    assert_eq!(get(&f, "user.dagfs.task"), Ok("app/build".into()));
     assert_eq!(get(&f, "user.nope"), Err(libc::ENODATA));
     let sub = k.join("src/deep");
     assert_eq!(get(&sub, "user.dagfs.key"), Ok(key.clone()));
@@ -653,17 +667,19 @@ fn xattrs_tell_key_task_and_digest() {
     assert_eq!(xattr(&f, "user.dagfs.digest", 0, false), Ok(b"64".to_vec()));
     assert_eq!(xattr(&f, "user.dagfs.digest", 10, false), Err(libc::ERANGE));
 
-    // The dags and runs links: following them gives the entry's identity
-    // (the kernel itself refuses user.* attributes on a symlink).
-    let link = m.mnt.join("dags/app/build");
-    let follow = |p: &Path, n: &str| xattr(p, n, 256, true).map(|v| String::from_utf8(v).unwrap());
-    assert_eq!(follow(&link, "user.dagfs.key"), Ok(key.clone()));
-    assert_eq!(follow(&link, "user.dagfs.task"), Ok("app/build".into()));
+    // The dags and runs directories carry the entry's identity, down to
+    // their files.
+    let dag = m.mnt.join("dags/app/build");
+    assert_eq!(get(&dag, "user.dagfs.key"), Ok(key.clone()));
+    assert_eq!(get(&dag, "user.dagfs.task"), Ok("app/build".into()));
     assert_eq!(
-        follow(&m.mnt.join("runs/latest/build"), "user.dagfs.key"),
+        get(&dag.join("hello.txt"), "user.dagfs.task"),
+        Ok("app/build".into())
+    );
+    assert_eq!(
+        get(&m.mnt.join("runs/latest/build"), "user.dagfs.key"),
         Ok(key.clone())
     );
-    assert_eq!(get(&link, "user.dagfs.key"), Err(libc::ENODATA));
 
     // Outside /keys there is no key, but digests still.
     let tree = m.mnt.join("trees").join(&output);

@@ -144,6 +144,17 @@ impl StoreView for CacheView {
         Ok(out)
     }
 
+    fn task_latest(&self, dag: &str, task: &str) -> Result<Option<(Digest, u64)>, ViewError> {
+        match self.cache.index.latest_moved(dag, task)? {
+            Some((key, ms)) if self.cache.index.get(&key)?.is_some() => Ok(Some((key, ms))),
+            _ => Ok(None),
+        }
+    }
+
+    fn sync_stamp(&self, name: &str, path: &[u8]) -> Result<Option<(Digest, u64)>, ViewError> {
+        Ok(self.cache.index.stamp(name, path)?)
+    }
+
     fn runs(&self) -> Result<Vec<u64>, ViewError> {
         Ok(self.cache.index.run_ids()?)
     }

@@ -785,12 +785,19 @@ pub fn run(
             .nodes
             .iter()
             .zip(&outcomes)
-            .map(|(nd, o)| RunTask {
-                task: nd.name.clone(),
-                key: o.key,
-                route: o.route.map(|r| r.as_str().to_string()).unwrap_or_default(),
-                status: o.status.as_str().to_string(),
-                miss_reason: o.miss_reason.map(|r| r.as_str().to_string()),
+            .map(|(nd, o)| {
+                let since_ms = match (o.key, cache.index.latest_moved(&plan.dag, &nd.name)) {
+                    (Some(k), Ok(Some((l, ms)))) if k == l && ms != 0 => Some(ms),
+                    _ => None,
+                };
+                RunTask {
+                    task: nd.name.clone(),
+                    key: o.key,
+                    route: o.route.map(|r| r.as_str().to_string()).unwrap_or_default(),
+                    status: o.status.as_str().to_string(),
+                    miss_reason: o.miss_reason.map(|r| r.as_str().to_string()),
+                    since_ms,
+                }
             })
             .collect(),
     };

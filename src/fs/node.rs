@@ -6,15 +6,25 @@
 //! /keys /trees /blobs    Top(..)      static, permanent inodes 2..=8
 //! /dags /runs /why /.dagfs
 //! /keys/<key>            KeyRoot      output tree root of an entry
-//! /keys/<key>/…          Dir/File/Symlink (within: that key)
-//! /trees/<digest>/…      Dir/File/Symlink (within: no key)
+//! /keys/<key>/…          Dir/File/Symlink (within: that entry)
+//! /trees/<digest>/…      Dir/File/Symlink (within: nothing)
 //! /blobs/<digest>        Blob
-//! /dags/<dag>            DagDir       /dags/<dag>/<task>  DagLink
-//! /runs/<id>             RunDir       /runs/<id>/<task>   RunLink
+//! /dags/<dag>            DagDir       /dags/<dag>/<task>  KeyRoot (the latest key)
+//! /runs/<id>             RunDir       /runs/<id>/<task>   KeyRoot (that run's key)
 //! /runs/latest           Latest
 //! /why/<dag>             WhyDir       /why/<dag>/<task>   Why
 //! /.dagfs/stats|metrics  Stats, Metrics
+//! /syncs/<name>[@<seq>]  Dir          a snapshot's tree (within: that snapshot)
 //! ```
+//!
+//! `/dags/<dag>/<task>`, `/runs/<id>/<task>` and `/syncs/<name>` are
+//! directories (not links), so `find`, `grep -r`, `du` and `rsync -a` walk
+//! them; `user.dagfs.key` and `/keys` still name the entry. Every node
+//! carries its mtime (`Ctx`; see `ops` for the rules). A path whose content
+//! can change (`/dags/<dag>/<task>`, `/syncs/<name>`) resolves to a node
+//! whose inode name includes what it shows (`Found::canonical`: key and
+//! time, or snapshot), so new content is a new inode, never old pages or
+//! attributes under the same number.
 //!
 //! `/keys` lists every key; `/trees` and `/blobs` list nothing (they are
 //! lookup-only: enumerating every blob of a store is never what a user
@@ -91,37 +101,66 @@ impl Top {
     }
 }
 
-/// Where a node of a stored tree was reached from: under `/keys/<key>` it
-/// carries the key (xattr `user.dagfs.key`, mtime = the entry's creation).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct KeyCtx {
-    pub key: Digest,
-    pub created_ms: u64,
+/// Where a node of a stored tree was reached from, and its mtime.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ctx {
+    /// The entry it is part of (under `/keys`, `/dags`, `/runs`): its key
+    /// and `dag/task` (xattrs `user.dagfs.key`, `user.dagfs.task`).
+    pub entry: Option<(Digest, Arc<str>)>,
+    /// This node's mtime (Unix ms).
+    pub mtime_ms: u64,
+    /// Under `/syncs`: the snapshot, and this directory's path in it (a
+    /// file or link shares its directory's).
+    pub sync: Option<Arc<SyncAt>>,
+}
+
+impl Ctx {
+    /// Everything under an entry's root shows the root's mtime.
+    pub fn entry(key: Digest, task: &str, mtime_ms: u64) -> Ctx {
+        Ctx {
+            entry: Some((key, Arc::from(task))),
+            mtime_ms,
+            sync: None,
+        }
+    }
+}
+
+/// A directory of a sync snapshot (`sync::stamps` gives its mtimes).
+#[derive(Debug, PartialEq, Eq)]
+pub struct SyncAt {
+    pub name: Arc<str>,
+    /// Relative path in the snapshot ("" at its root).
+    pub path: Box<[u8]>,
+    /// When the snapshot was taken.
+    pub snap_ms: u64,
+    /// When the stamps' history began (None: no base record for this log:
+    /// a path without a record falls back to `snap_ms`).
+    pub base_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Node {
     Root,
     Top(Top),
+    /// An entry's output root: `/keys/<key>`, `/dags/<dag>/<task>`,
+    /// `/runs/<id>/<task>` (`ctx.entry` is set).
     KeyRoot {
-        ctx: KeyCtx,
+        ctx: Ctx,
         output: Digest,
-        /// `dag/task`
-        task: String,
     },
     Dir {
         tree: Digest,
-        within: Option<KeyCtx>,
+        within: Option<Ctx>,
     },
     File {
         digest: Digest,
         size: u64,
         exec: bool,
-        within: Option<KeyCtx>,
+        within: Option<Ctx>,
     },
     Symlink {
         target: Box<[u8]>,
-        within: Option<KeyCtx>,
+        within: Option<Ctx>,
     },
     Blob {
         digest: Digest,
@@ -130,18 +169,8 @@ pub enum Node {
     DagDir {
         dag: String,
     },
-    DagLink {
-        dag: String,
-        task: String,
-        key: Digest,
-    },
     RunDir {
         id: u64,
-    },
-    RunLink {
-        dag: String,
-        task: String,
-        key: Digest,
     },
     Latest {
         id: u64,
@@ -155,11 +184,6 @@ pub enum Node {
     },
     Stats,
     Metrics,
-    /// `/syncs/<name>` (the latest snapshot) or `/syncs/<name>@<seq>`: a
-    /// link to the snapshot's tree.
-    SyncLink {
-        tree: Digest,
-    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -240,7 +264,9 @@ fn tree_kind(n: &tree::Node) -> Kind {
 }
 
 /// What a lookup found: the node, and the name its inode derives from when
-/// that differs from the name asked for (a prefix resolves to the full hex).
+/// that differs from the name asked for: a prefix resolves to the full hex,
+/// a path whose content can change to a name of what it shows now. Either
+/// way the kernel may keep the name's entry a second only.
 pub struct Found {
     pub node: Node,
     pub canonical: Option<Vec<u8>>,
@@ -259,11 +285,6 @@ impl Found {
         let canonical = (asked != full.as_slice()).then_some(full);
         Ok(Found { node, canonical })
     }
-}
-
-/// `../../keys/<hex>`: where dags and runs links point.
-pub fn key_link(key: &Digest) -> Vec<u8> {
-    format!("../../keys/{}", key.to_hex()).into_bytes()
 }
 
 pub const XATTR_KEY: &str = "user.dagfs.key";
@@ -285,11 +306,7 @@ impl Node {
             | Node::Why { .. }
             | Node::Stats
             | Node::Metrics => Kind::File,
-            Node::Symlink { .. }
-            | Node::DagLink { .. }
-            | Node::RunLink { .. }
-            | Node::SyncLink { .. }
-            | Node::Latest { .. } => Kind::Symlink,
+            Node::Symlink { .. } | Node::Latest { .. } => Kind::Symlink,
         }
     }
 
@@ -304,24 +321,26 @@ impl Node {
             Node::Root
             | Node::Top(_)
             | Node::DagDir { .. }
-            | Node::DagLink { .. }
             | Node::RunDir { .. }
-            | Node::RunLink { .. }
-            | Node::SyncLink { .. }
             | Node::Latest { .. }
             | Node::WhyDir { .. } => Lifetime::Live,
         }
     }
 
-    /// The entry this node belongs to, if it is under `/keys/<key>`.
-    pub fn key_ctx(&self) -> Option<KeyCtx> {
+    /// Where this node of a stored tree was reached from, and its mtime.
+    pub fn ctx(&self) -> Option<&Ctx> {
         match self {
-            Node::KeyRoot { ctx, .. } => Some(*ctx),
+            Node::KeyRoot { ctx, .. } => Some(ctx),
             Node::Dir { within, .. } | Node::File { within, .. } | Node::Symlink { within, .. } => {
-                *within
+                within.as_ref()
             }
             _ => None,
         }
+    }
+
+    /// The key of the entry this node is part of.
+    pub fn entry_key(&self) -> Option<Digest> {
+        self.ctx().and_then(|c| c.entry.as_ref()).map(|e| e.0)
     }
 
     /// The blob holding a regular file's bytes, and its size.
@@ -346,11 +365,11 @@ impl Node {
         }
     }
 
-    /// The stored tree this directory node shows, and the key it is within.
-    pub fn tree(&self) -> Option<(Digest, Option<KeyCtx>)> {
+    /// The stored tree this directory node shows, and where it is.
+    pub fn tree(&self) -> Option<(Digest, Option<&Ctx>)> {
         match self {
-            Node::KeyRoot { ctx, output, .. } => Some((*output, Some(*ctx))),
-            Node::Dir { tree, within } => Some((*tree, *within)),
+            Node::KeyRoot { ctx, output } => Some((*output, Some(ctx))),
+            Node::Dir { tree, within } => Some((*tree, within.as_ref())),
             _ => None,
         }
     }
@@ -359,9 +378,7 @@ impl Node {
     pub fn link_target(&self) -> Option<Vec<u8>> {
         match self {
             Node::Symlink { target, .. } => Some(target.to_vec()),
-            Node::DagLink { key, .. } | Node::RunLink { key, .. } => Some(key_link(key)),
             Node::Latest { id } => Some(id.to_string().into_bytes()),
-            Node::SyncLink { tree } => Some(format!("../trees/{}", tree.to_hex()).into_bytes()),
             _ => None,
         }
     }
@@ -370,21 +387,15 @@ impl Node {
     pub fn xattrs(&self) -> Vec<(&'static str, Vec<u8>)> {
         let hex = |d: &Digest| d.to_hex().into_bytes();
         let mut out = Vec::new();
-        if let Some(ctx) = self.key_ctx() {
-            out.push((XATTR_KEY, hex(&ctx.key)));
+        if let Some((key, task)) = self.ctx().and_then(|c| c.entry.as_ref()) {
+            out.push((XATTR_KEY, hex(key)));
+            out.push((XATTR_TASK, task.as_bytes().to_vec()));
         }
         match self {
-            Node::KeyRoot { output, task, .. } => {
-                out.push((XATTR_TASK, task.clone().into_bytes()));
-                out.push((XATTR_DIGEST, hex(output)));
-            }
-            Node::Dir { tree, .. } | Node::SyncLink { tree } => out.push((XATTR_DIGEST, hex(tree))),
+            Node::KeyRoot { output, .. } => out.push((XATTR_DIGEST, hex(output))),
+            Node::Dir { tree, .. } => out.push((XATTR_DIGEST, hex(tree))),
             Node::File { digest, .. } | Node::Blob { digest, .. } => {
                 out.push((XATTR_DIGEST, hex(digest)))
-            }
-            Node::DagLink { dag, task, key } | Node::RunLink { dag, task, key } => {
-                out.push((XATTR_KEY, hex(key)));
-                out.push((XATTR_TASK, format!("{dag}/{task}").into_bytes()));
             }
             _ => {}
         }
@@ -398,8 +409,9 @@ pub struct Resolver<'a> {
     pub trees: &'a TreeCache,
 }
 
-/// The node of entry `e` of a stored tree.
-pub fn child_of_tree(e: &tree::TreeEntry, within: Option<KeyCtx>) -> Node {
+/// The node of entry `e` of a stored tree, within `within` (whose mtime
+/// it shows: see `Resolver::tree_node` for snapshots).
+pub fn child_of_tree(e: &tree::TreeEntry, within: Option<Ctx>) -> Node {
     match &e.node {
         tree::Node::File { size, digest, exec } => Node::File {
             digest: *digest,
@@ -418,16 +430,110 @@ pub fn child_of_tree(e: &tree::TreeEntry, within: Option<KeyCtx>) -> Node {
     }
 }
 
+/// `prefix/name` (`name` alone at the root).
+fn join(prefix: &[u8], name: &[u8]) -> Box<[u8]> {
+    let mut p = prefix.to_vec();
+    if !p.is_empty() {
+        p.push(b'/');
+    }
+    p.extend_from_slice(name);
+    p.into_boxed_slice()
+}
+
 impl Resolver<'_> {
+    /// The node of entry `e` of the directory whose context is `within`.
+    /// Under `/syncs` each node gets its own mtime, from its stamp.
+    pub fn tree_node(&self, e: &tree::TreeEntry, within: Option<&Ctx>) -> Result<Node, FsError> {
+        let Some(at) = within.and_then(|c| c.sync.as_ref()) else {
+            return Ok(child_of_tree(e, within.cloned()));
+        };
+        let path = join(&at.path, &e.name);
+        let mtime_ms = self.stamped(at, &path, &crate::sync::stamps::node_digest(&e.node))?;
+        let sync = match e.node {
+            tree::Node::Dir { .. } => Arc::new(SyncAt {
+                name: at.name.clone(),
+                path,
+                snap_ms: at.snap_ms,
+                base_ms: at.base_ms,
+            }),
+            _ => at.clone(),
+        };
+        let ctx = Ctx {
+            entry: None,
+            mtime_ms,
+            sync: Some(sync),
+        };
+        Ok(child_of_tree(e, Some(ctx)))
+    }
+
+    /// The mtime of `path` showing `digest` in a snapshot of `at.name`:
+    /// when the path took that content (`sync::stamps`); without a record,
+    /// when the history began; else the snapshot's time.
+    fn stamped(&self, at: &SyncAt, path: &[u8], digest: &Digest) -> Result<u64, FsError> {
+        Ok(match self.view.sync_stamp(&at.name, path)? {
+            Some((d, ms)) if d == *digest => ms,
+            None => at.base_ms.unwrap_or(at.snap_ms),
+            Some(_) => at.snap_ms,
+        })
+    }
+
     fn tree_child(
         &self,
         tree: &Digest,
         name: &[u8],
-        within: Option<KeyCtx>,
+        within: Option<&Ctx>,
     ) -> Result<Found, FsError> {
         let t = self.trees.get(self.view, tree)?;
         let e = t.find(name).ok_or(FsError::NotFound)?;
-        Found::plain(child_of_tree(e, within))
+        Found::plain(self.tree_node(e, within)?)
+    }
+
+    /// The output root of entry `key`, showing mtime `mtime_ms` (None: the
+    /// entry's creation).
+    fn entry_root(&self, key: &Digest, mtime_ms: Option<u64>) -> Result<Node, FsError> {
+        let e = self.view.entry(key)?.ok_or(FsError::NotFound)?;
+        let task = format!("{}/{}", e.dag, e.task);
+        Ok(Node::KeyRoot {
+            ctx: Ctx::entry(*key, &task, mtime_ms.unwrap_or(e.created_ms)),
+            output: e.output,
+        })
+    }
+
+    /// `/syncs/<name>` (`seq` None: the latest snapshot) or `<name>@<seq>`.
+    fn sync_root(&self, name: &str, seq: Option<u64>) -> Result<Found, FsError> {
+        let log = self.view.sync_log(name)?.ok_or(FsError::NotFound)?;
+        let snap = match seq {
+            None => log.latest(),
+            Some(s) => log.snapshots.iter().find(|x| x.seq == s),
+        }
+        .ok_or(FsError::NotFound)?;
+        // NB: a base record of another history (not this log's first
+        // snapshot) vouches for nothing.
+        let first = log.snapshots.first().map(|s| s.tree);
+        let base_ms = match self.view.sync_stamp(name, crate::sync::stamps::MARK)? {
+            Some((d, ms)) if Some(d) == first => Some(ms),
+            _ => None,
+        };
+        let at = SyncAt {
+            name: Arc::from(name),
+            path: Box::from(&b""[..]),
+            snap_ms: snap.created_ms,
+            base_ms,
+        };
+        let mtime_ms = self.stamped(&at, b"", &snap.tree)?;
+        let node = Node::Dir {
+            tree: snap.tree,
+            within: Some(Ctx {
+                entry: None,
+                mtime_ms,
+                sync: Some(Arc::new(at)),
+            }),
+        };
+        // The latest is a new inode for each snapshot (module doc).
+        let canonical = seq
+            .is_none()
+            .then(|| format!("{name}\0{}", snap.seq).into_bytes());
+        Ok(Found { node, canonical })
     }
 
     /// `name` in the directory `parent`.
@@ -439,16 +545,7 @@ impl Resolver<'_> {
             Node::Top(Top::Keys) => {
                 let prefix = names::hex_prefix(name).ok_or(FsError::NotFound)?;
                 let key = v.resolve_key(&prefix)?.ok_or(FsError::NotFound)?;
-                let e = v.entry(&key)?.ok_or(FsError::NotFound)?;
-                let node = Node::KeyRoot {
-                    ctx: KeyCtx {
-                        key,
-                        created_ms: e.created_ms,
-                    },
-                    output: e.output,
-                    task: format!("{}/{}", e.dag, e.task),
-                };
-                Found::named(node, name, &key)
+                Found::named(self.entry_root(&key, None)?, name, &key)
             }
             Node::Top(Top::Trees) => {
                 let prefix = names::hex_prefix(name).ok_or(FsError::NotFound)?;
@@ -503,34 +600,26 @@ impl Resolver<'_> {
                 if !crate::sync::valid_name(sync) {
                     return Err(FsError::NotFound);
                 }
-                let log = v.sync_log(sync)?.ok_or(FsError::NotFound)?;
-                let snap = match seq {
-                    None => log.latest(),
-                    Some(s) => log.snapshots.iter().find(|x| x.seq == s),
-                };
-                Found::plain(Node::SyncLink {
-                    tree: snap.ok_or(FsError::NotFound)?.tree,
-                })
+                self.sync_root(sync, seq)
             }
             Node::Top(Top::Meta) => match name {
                 b"stats" => Found::plain(Node::Stats),
                 b"metrics" => Found::plain(Node::Metrics),
                 _ => Err(FsError::NotFound),
             },
-            Node::KeyRoot { ctx, output, .. } => self.tree_child(output, name, Some(*ctx)),
-            Node::Dir { tree, within } => self.tree_child(tree, name, *within),
+            Node::KeyRoot { ctx, output } => self.tree_child(output, name, Some(ctx)),
+            Node::Dir { tree, within } => self.tree_child(tree, name, within.as_ref()),
             Node::DagDir { dag } => {
                 let task = names::label(name).ok_or(FsError::NotFound)?;
-                let key = v
-                    .tasks(dag)?
-                    .into_iter()
-                    .find(|(t, _)| t == task)
-                    .ok_or(FsError::NotFound)?
-                    .1;
-                Found::plain(Node::DagLink {
-                    dag: dag.clone(),
-                    task: task.to_string(),
-                    key,
+                let (key, moved) = v.task_latest(dag, task)?.ok_or(FsError::NotFound)?;
+                let node = self.entry_root(&key, (moved != 0).then_some(moved))?;
+                let ms = node.ctx().map_or(0, |c| c.mtime_ms);
+                // A new inode whenever the latest key or its time moves
+                // (module doc).
+                let canonical = format!("{task}\0{}\0{ms}", key.to_hex()).into_bytes();
+                Ok(Found {
+                    node,
+                    canonical: Some(canonical),
                 })
             }
             Node::RunDir { id } => {
@@ -542,11 +631,9 @@ impl Resolver<'_> {
                     .find(|t| t.task == task)
                     .ok_or(FsError::NotFound)?;
                 let key = t.key.ok_or(FsError::NotFound)?;
-                Found::plain(Node::RunLink {
-                    dag: rec.dag.clone(),
-                    task: task.to_string(),
-                    key,
-                })
+                // NB: a record from before `since_ms` shows the run's end.
+                let ms = t.since_ms.unwrap_or(rec.finished_ms);
+                Found::plain(self.entry_root(&key, Some(ms))?)
             }
             Node::WhyDir { dag } => {
                 let task = names::label(name).ok_or(FsError::NotFound)?;
@@ -599,7 +686,7 @@ impl Resolver<'_> {
                                 .map(move |s| format!("{}@{s}", log.name).into_bytes()),
                         )
                     })
-                    .map(|n| (n, Kind::Symlink))
+                    .map(|n| (n, Kind::Dir))
                     .collect(),
             ),
             Node::KeyRoot { output, .. } => Entries::Tree(self.trees.get(v, output)?),
@@ -610,7 +697,7 @@ impl Resolver<'_> {
                     return Err(FsError::NotFound);
                 }
                 let kind = if matches!(dir, Node::DagDir { .. }) {
-                    Kind::Symlink
+                    Kind::Dir
                 } else {
                     Kind::File
                 };
@@ -618,14 +705,16 @@ impl Resolver<'_> {
             }
             Node::RunDir { id } => {
                 let rec = v.run(*id)?.ok_or(FsError::NotFound)?;
-                names(
-                    rec.tasks
-                        .into_iter()
-                        .filter(|t| t.key.is_some())
-                        .map(|t| t.task)
-                        .collect(),
-                    Kind::Symlink,
-                )
+                let mut tasks = Vec::new();
+                for t in rec.tasks {
+                    // NB: only those whose entry is still cached resolve.
+                    if let Some(k) = t.key {
+                        if v.entry(&k)?.is_some() {
+                            tasks.push(t.task);
+                        }
+                    }
+                }
+                names(tasks, Kind::Dir)
             }
             _ => return Err(FsError::NotDir),
         })
@@ -659,11 +748,10 @@ mod tests {
     #[test]
     fn xattrs_name_the_identity() {
         let key = Digest::of(b"k");
-        let ctx = KeyCtx { key, created_ms: 5 };
+        let ctx = Ctx::entry(key, "app/build", 5);
         let root = Node::KeyRoot {
-            ctx,
+            ctx: ctx.clone(),
             output: Digest::of(b"o"),
-            task: "app/build".into(),
         };
         let names: Vec<&str> = root.xattrs().iter().map(|(n, _)| *n).collect();
         assert_eq!(names, [XATTR_KEY, XATTR_TASK, XATTR_DIGEST]);
@@ -679,7 +767,7 @@ mod tests {
             within: Some(ctx),
         };
         assert_eq!(file.xattrs()[0], (XATTR_KEY, key.to_hex().into_bytes()));
-        assert_eq!(file.xattrs()[1].1, Digest::of(b"f").to_hex().into_bytes());
-        assert_eq!(key_link(&key).len(), 11 + 64);
+        assert_eq!(file.xattrs()[1], (XATTR_TASK, b"app/build".to_vec()));
+        assert_eq!(file.xattrs()[2].1, Digest::of(b"f").to_hex().into_bytes());
     }
 }

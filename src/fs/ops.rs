@@ -30,9 +30,21 @@
 //!   every file and directory: live directories change mtime as they change
 //!   (above), so theirs are re-read, at most a second late.
 //! - Modes: directories 0555 (nlink 2), files 0444 or 0555 if executable,
-//!   symlinks 0777; mtime is the entry's creation under `/keys/<key>`, the
-//!   snapshot time for generated files, now for live directories, the mount
-//!   time elsewhere.
+//!   symlinks 0777.
+//! - Times (atime = mtime = ctime), so that make, ninja and cargo reading
+//!   through the mount rebuild exactly when content changes, also across
+//!   remounts: every path whose content can change shows an mtime that
+//!   moves forward with it and stays put otherwise.
+//!   - `/keys/<key>/…`: the entry's creation (the content never changes);
+//!   - `/dags/<dag>/<task>/…`: when that key became the task's latest
+//!     (`Index::set_latest`), so a return to an older cached output is
+//!     newer, not older, than what was there;
+//!   - `/runs/<id>/<task>/…`: the same time as of that run (`/runs/latest`
+//!     follows the newest run);
+//!   - `/syncs/<name>[@<seq>]/…`: per path, the time of the snapshot that
+//!     first showed its content (`sync::stamps`);
+//!   - generated files: their snapshot's time; live directories: now;
+//!     `/trees`, `/blobs` and the root: the mount time.
 //! - Directory offsets are `index + 1` into `., .., entries…` of a listing
 //!   decoded once (at offset 0, or at opendir): no duplicates or gaps
 //!   across calls, constant work per entry. A listing with attributes
@@ -55,9 +67,7 @@ use fuser::{
 use super::error::FsError;
 use super::handle::{Handle, Listing, Source};
 use super::inode::Ino;
-use super::node::{
-    child_of_tree, static_node, Entries, Found, Kind, Lifetime, Node, Resolver, Top,
-};
+use super::node::{static_node, Entries, Found, Kind, Lifetime, Node, Resolver, Top};
 use super::passthrough::ReadPath;
 use super::unopened::Snapshot;
 use super::view::BlobData;
@@ -207,8 +217,8 @@ impl DagFs {
                 (FileType::RegularFile, perm, size, 1)
             }
         };
-        if let Some(c) = node.key_ctx() {
-            time = UNIX_EPOCH + Duration::from_millis(c.created_ms);
+        if let Some(c) = node.ctx() {
+            time = UNIX_EPOCH + Duration::from_millis(c.mtime_ms);
         } else if node.kind() == Kind::Dir && node.lifetime() == Lifetime::Live {
             // NB: a new mtime at each getattr makes the kernel drop its cached
             // listing of the directory then, at most a TTL after a change.
@@ -511,6 +521,17 @@ impl DagFs {
                 return Ino(t.ino());
             }
         }
+        // NB: a live path's inode derives from what it shows now.
+        if let Ok((pnode, _)) = self.node(parent) {
+            if matches!(*pnode, Node::DagDir { .. } | Node::Top(Top::Syncs)) {
+                if let Ok(Found {
+                    canonical: Some(c), ..
+                }) = self.resolver().child(&pnode, name)
+                {
+                    return self.inodes.peek(parent, &c);
+                }
+            }
+        }
         self.inodes.peek(parent, name)
     }
 
@@ -548,8 +569,8 @@ impl DagFs {
         Ok(())
     }
 
-    /// The node and attributes of entry `i` (`name`) of listing `l` of
-    /// directory `dnode`, for readdirplus.
+    /// The node, attributes and inode name of entry `i` (`name`) of
+    /// listing `l` of directory `dnode`, for readdirplus.
     fn plus_child(
         &self,
         l: &Listing,
@@ -557,16 +578,21 @@ impl DagFs {
         i: u64,
         name: &[u8],
         pid: u32,
-    ) -> Result<(Node, FileAttr, Duration), FsError> {
-        let node = match l.entries.tree_entry((i - 2) as usize) {
-            Some(e) => child_of_tree(e, dnode.tree().and_then(|(_, within)| within)),
-            None => self.resolver().child(dnode, name)?.node,
+    ) -> Result<(Found, FileAttr, Duration), FsError> {
+        let found = match l.entries.tree_entry((i - 2) as usize) {
+            Some(e) => Found {
+                node: self
+                    .resolver()
+                    .tree_node(e, dnode.tree().and_then(|(_, within)| within))?,
+                canonical: None,
+            },
+            None => self.resolver().child(dnode, name)?,
         };
-        let attr = self.attr(Ino(0), &node, pid)?;
-        // NB: one TTL for both: the shorter (attributes), as names listed
-        // are canonical, never prefixes.
-        let ttl = ttls(&node, false).0;
-        Ok((node, attr, ttl))
+        let attr = self.attr(Ino(0), &found.node, pid)?;
+        // NB: one TTL for both: the shorter. Names listed are never
+        // prefixes, but a live path's (with a canonical name) is short.
+        let (attr_ttl, entry_ttl) = ttls(&found.node, found.canonical.is_some());
+        Ok((found, attr, attr_ttl.min(entry_ttl)))
     }
 
     pub(super) fn do_readdirplus(
@@ -601,12 +627,15 @@ impl DagFs {
             } else {
                 let (name, _) = l.entry(i).expect("index below count");
                 match self.plus_child(&l, &dnode, i, &name, pid) {
-                    Ok((node, mut attr, ttl)) => {
+                    Ok((Found { node, canonical }, mut attr, ttl)) => {
                         // NB: recorded before it is sent (the number could
                         // change otherwise), undone if it does not fit.
                         let ino = match node {
                             Node::Top(t) => Ino(t.ino()),
-                            node => self.inodes.remember(dir, &name, node),
+                            node => {
+                                let key = canonical.as_deref().unwrap_or(&name);
+                                self.inodes.remember(dir, key, node)
+                            }
                         };
                         attr.ino = INodeNo(ino.0);
                         let full = reply.add(

@@ -186,7 +186,7 @@ impl DagFs {
     /// the entry it was read under); the error answers the request EIO.
     pub(super) fn found_corrupt(&self, node: &Node, d: &Digest) -> FsError {
         self.blob_files.forget(d);
-        let key = node.key_ctx().map(|c| c.key);
+        let key = node.entry_key();
         match self.view.quarantine(d, key.as_ref()) {
             Ok(()) => {
                 self.verifier.quarantined.fetch_add(1, Ordering::Relaxed);

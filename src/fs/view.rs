@@ -81,6 +81,21 @@ pub trait StoreView: Send + Sync + 'static {
     fn syncs(&self) -> Result<Vec<SyncLog>, ViewError> {
         Ok(Vec::new())
     }
+    /// A task's latest key and when it became the latest (Unix ms; 0:
+    /// unknown), if that key is still cached.
+    fn task_latest(&self, dag: &str, task: &str) -> Result<Option<(Digest, u64)>, ViewError> {
+        Ok(self
+            .tasks(dag)?
+            .into_iter()
+            .find(|(t, _)| t == task)
+            .map(|(_, k)| (k, 0)))
+    }
+    /// The stamp of `path` in sync `name` (`sync::stamps`): the content it
+    /// took last and when (Unix ms).
+    fn sync_stamp(&self, name: &str, path: &[u8]) -> Result<Option<(Digest, u64)>, ViewError> {
+        let _ = (name, path);
+        Ok(None)
+    }
     /// The log of one synced directory; `name` is a valid sync name.
     fn sync_log(&self, name: &str) -> Result<Option<SyncLog>, ViewError> {
         Ok(self.syncs()?.into_iter().find(|l| l.name == name))

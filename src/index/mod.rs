@@ -7,7 +7,7 @@
 //! | tree        | key                              | value                      |
 //! |-------------|----------------------------------|----------------------------|
 //! | `entries`   | cache key (32)                   | `EntryMeta` (binary, v1)   |
-//! | `latest`    | dag ‖ 0x00 ‖ task                | key (32)                   |
+//! | `latest`    | dag ‖ 0x00 ‖ task                | key (32) ‖ moved ms (u64 LE): when it became the latest (older records: key only) |
 //! | `lru`       | last use ms (u64 BE) ‖ key (32)  | empty                      |
 //! | `expiry`    | expires ms (u64 BE) ‖ key (32)   | empty                      |
 //! | `runs`      | run id (u64 BE)                  | `RunRecord` (JSON)         |
@@ -15,6 +15,7 @@
 //! | `config`    | `policy`                         | `CachePolicy` (JSON)       |
 //! | `statdirs`  | root id (16) ‖ relative dir path | its files' stats + digests (see `sync::statcache`) |
 //! | `dropped`   | cache key (32)                   | why (UTF-8): entries fsck or a verified read dropped as corrupt, until the key is inserted again |
+//! | `stamps`    | sync name ‖ 0x00 ‖ relative path | digest (32) ‖ since ms (u64 LE): when that path of the synced directory last took this content (see `set_stamps`) |
 //!
 //! Memory: sled keeps a page-table record per node of at most 16 keys,
 //! so the index's resident size after opening grows with the number of
@@ -172,6 +173,10 @@ pub struct RunTask {
     /// `ok`, `failed`, `skipped`.
     pub status: String,
     pub miss_reason: Option<String>,
+    /// When `key` became the task's latest, as of this run (the mtime of
+    /// `/runs/<id>/<task>`); absent in older records.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -195,6 +200,7 @@ pub struct Index {
     config: sled::Tree,
     statcache: sled::Tree,
     dropped: sled::Tree,
+    stamps: sled::Tree,
 }
 
 const C_ENTRIES: &str = "entries";
@@ -204,6 +210,41 @@ fn lru_key(ms: u64, key: &Digest) -> [u8; 40] {
     let mut k = [0u8; 40];
     k[..8].copy_from_slice(&ms.to_be_bytes());
     k[8..].copy_from_slice(key.as_bytes());
+    k
+}
+
+/// A `latest` record: the key and when it became the task's latest.
+fn latest_value(key: &Digest, moved_ms: u64) -> [u8; 40] {
+    let mut v = [0u8; 40];
+    v[..32].copy_from_slice(key.as_bytes());
+    v[32..].copy_from_slice(&moved_ms.to_le_bytes());
+    v
+}
+
+/// (key, moved ms) of a `latest` record; an older record holds the key
+/// alone (moved ms 0: unknown).
+fn decode_latest(v: &[u8]) -> Result<(Digest, u64)> {
+    match v.len() {
+        32 => Ok((digest_of("latest", v)?, 0)),
+        40 => Ok((
+            digest_of("latest", &v[..32])?,
+            u64::from_le_bytes(v[32..].try_into().expect("8 bytes")),
+        )),
+        _ => Err(corrupt("latest", "value is not a key and a time")),
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn stamp_key(sync: &str, path: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(sync.len() + 1 + path.len());
+    k.extend_from_slice(sync.as_bytes());
+    k.push(0);
+    k.extend_from_slice(path);
     k
 }
 
@@ -272,6 +313,7 @@ impl Index {
             config: db.open_tree("config")?,
             statcache: db.open_tree("statdirs")?,
             dropped: db.open_tree("dropped")?,
+            stamps: db.open_tree("stamps")?,
             db,
         })
     }
@@ -315,8 +357,7 @@ impl Index {
                 &[],
             )?;
         }
-        self.latest
-            .insert(latest_key(&meta.dag, &meta.task), key.as_bytes())?;
+        self.set_latest(&meta.dag, &meta.task, key)?;
         self.dropped.remove(key.as_bytes())?;
         self.add(C_ENTRIES, 1)?;
         self.add(C_BYTES, meta.size as i64)?;
@@ -394,16 +435,35 @@ impl Index {
     }
 
     /// Make `key` the task's latest (a hit, possibly on an entry another
-    /// pipeline or an older run produced).
-    pub fn set_latest(&self, dag: &str, task: &str, key: &Digest) -> Result<()> {
-        self.latest.insert(latest_key(dag, task), key.as_bytes())?;
-        Ok(())
+    /// pipeline or an older run produced). Returns when it became the
+    /// latest: now if it was not already, else the time it did (nothing is
+    /// written then). NB: that time is the mtime `/dags/<dag>/<task>` shows,
+    /// so it moves forward whenever the content there changes, also back to
+    /// an older entry, and never otherwise (`fs::ops`).
+    pub fn set_latest(&self, dag: &str, task: &str, key: &Digest) -> Result<u64> {
+        let k = latest_key(dag, task);
+        if let Some(v) = self.latest.get(&k)? {
+            if let Ok((old, moved)) = decode_latest(&v) {
+                if old == *key && moved != 0 {
+                    return Ok(moved);
+                }
+            }
+        }
+        let now = now_ms();
+        self.latest.insert(k, &latest_value(key, now)[..])?;
+        Ok(now)
     }
 
     pub fn latest(&self, dag: &str, task: &str) -> Result<Option<Digest>> {
+        Ok(self.latest_moved(dag, task)?.map(|(k, _)| k))
+    }
+
+    /// The task's latest key and when it became the latest (0: unknown, an
+    /// index written before that was recorded).
+    pub fn latest_moved(&self, dag: &str, task: &str) -> Result<Option<(Digest, u64)>> {
         self.latest
             .get(latest_key(dag, task))?
-            .map(|v| digest_of("latest", &v))
+            .map(|v| decode_latest(&v))
             .transpose()
     }
 
@@ -419,7 +479,7 @@ impl Index {
             let mut parts = k.splitn(2, |b| *b == 0);
             let d = String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned();
             let t = String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned();
-            out.push((d, t, digest_of("latest", &v)?));
+            out.push((d, t, decode_latest(&v)?.0));
         }
         Ok(out)
     }
@@ -625,6 +685,49 @@ impl Index {
             .collect()
     }
 
+    // --- sync stamps ---
+
+    /// When `path` of sync `name` last took content `digest` (None: no
+    /// record, so unchanged since the sync's first snapshot).
+    pub fn stamp(&self, sync: &str, path: &[u8]) -> Result<Option<(Digest, u64)>> {
+        let Some(v) = self.stamps.get(stamp_key(sync, path))? else {
+            return Ok(None);
+        };
+        if v.len() != 40 {
+            return Err(corrupt("stamps", "value is not a digest and a time"));
+        }
+        Ok(Some((
+            digest_of("stamps", &v[..32])?,
+            u64::from_le_bytes(v[32..].try_into().expect("8 bytes")),
+        )))
+    }
+
+    /// Record that each `(path, digest)` of sync `name` took its content at
+    /// `since_ms`, in one batch.
+    pub fn set_stamps<'p>(
+        &self,
+        sync: &str,
+        since_ms: u64,
+        stamps: impl IntoIterator<Item = (&'p [u8], Digest)>,
+    ) -> Result<()> {
+        let mut b = sled::Batch::default();
+        for (path, d) in stamps {
+            b.insert(stamp_key(sync, path), &latest_value(&d, since_ms)[..]);
+        }
+        self.stamps.apply_batch(b)?;
+        Ok(())
+    }
+
+    /// Forget every stamp of sync `name` (its history starts again).
+    pub fn clear_stamps(&self, sync: &str) -> Result<()> {
+        let mut b = sled::Batch::default();
+        for k in self.stamps.scan_prefix(stamp_key(sync, b"")).keys() {
+            b.remove(k?);
+        }
+        self.stamps.apply_batch(b)?;
+        Ok(())
+    }
+
     // --- config ---
 
     /// Record that everything indexed so far has its entry record durable
@@ -709,9 +812,13 @@ impl Index {
             }
             n += 1;
         }
+        // NB: moved now, not at the entry's creation: what `/dags` showed
+        // before may have been another entry, made the latest later, and an
+        // mtime going back would hide the change from make.
+        let now = now_ms();
         for ((dag, task), (_, key)) in newest {
             self.latest
-                .insert(latest_key(&dag, &task), key.as_bytes())?;
+                .insert(latest_key(&dag, &task), &latest_value(&key, now)[..])?;
         }
         Ok(n)
     }

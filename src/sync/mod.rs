@@ -10,6 +10,7 @@ pub mod changes;
 pub mod dirty;
 pub mod scan;
 pub mod shared;
+pub mod stamps;
 mod statcache;
 mod walk;
 pub mod watch;
@@ -269,10 +270,20 @@ impl Target {
         let new_snapshot = previous != Some(out.tree);
         if new_snapshot {
             let seq = self.log.latest().map_or(1, |s| s.seq + 1);
+            let created_ms = now_ms();
+            // NB: stamps durable before the log names the snapshot.
+            stamps::record(
+                &cache.store,
+                &cache.index,
+                &self.name,
+                previous.as_ref(),
+                &out.tree,
+                created_ms,
+            )?;
             self.log.snapshots.push(Snapshot {
                 seq,
                 tree: out.tree,
-                created_ms: now_ms(),
+                created_ms,
                 files: out.files,
                 bytes: out.bytes,
             });
