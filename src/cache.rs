@@ -612,10 +612,12 @@ impl Cache {
 
     /// Insert an entry's index record, leaving its task's latest key as it is.
     fn reindex(&self, key: &Digest, meta: &EntryMeta) -> Result<()> {
-        let latest = self.index.latest(&meta.dag, &meta.task)?;
+        let latest = self.index.latest_moved(&meta.dag, &meta.task)?;
         self.index.insert(key, meta)?;
-        if let Some(l) = latest {
-            self.index.set_latest(&meta.dag, &meta.task, &l)?;
+        // NB: exactly as it was, time included (it is `/dags`' mtime).
+        if let Some((l, moved)) = latest {
+            self.index
+                .restore_latest(&meta.dag, &meta.task, &l, moved)?;
         }
         Ok(())
     }

@@ -523,7 +523,13 @@ impl DagFs {
         }
         // NB: a live path's inode derives from what it shows now.
         if let Ok((pnode, _)) = self.node(parent) {
-            if matches!(*pnode, Node::DagDir { .. } | Node::Top(Top::Syncs)) {
+            let live = match *pnode {
+                Node::DagDir { .. } => true,
+                // NB: `<name>@<n>` is fixed: only `<name>` has a canonical name.
+                Node::Top(Top::Syncs) => !name.contains(&b'@'),
+                _ => false,
+            };
+            if live {
                 if let Ok(Found {
                     canonical: Some(c), ..
                 }) = self.resolver().child(&pnode, name)

@@ -454,6 +454,18 @@ impl Index {
         Ok(now)
     }
 
+    /// Put back a `latest_moved` record exactly as it was (moved 0: as an
+    /// older index had it).
+    pub fn restore_latest(&self, dag: &str, task: &str, key: &Digest, moved_ms: u64) -> Result<()> {
+        let k = latest_key(dag, task);
+        if moved_ms == 0 {
+            self.latest.insert(k, key.as_bytes())?;
+        } else {
+            self.latest.insert(k, &latest_value(key, moved_ms)[..])?;
+        }
+        Ok(())
+    }
+
     pub fn latest(&self, dag: &str, task: &str) -> Result<Option<Digest>> {
         Ok(self.latest_moved(dag, task)?.map(|(k, _)| k))
     }
@@ -841,6 +853,39 @@ mod tests {
             exit_status,
             duration_ms: 0,
         }
+    }
+
+    #[test]
+    fn latest_moves_only_when_its_key_changes() {
+        let t = tempfile::tempdir().unwrap();
+        let ix = Index::open(t.path()).unwrap();
+        let (a, b) = (Digest::of(b"a"), Digest::of(b"b"));
+        let t1 = ix.set_latest("d", "t", &a).unwrap();
+        assert_eq!(ix.latest_moved("d", "t").unwrap(), Some((a, t1)));
+        std::thread::sleep(std::time::Duration::from_millis(3));
+        assert_eq!(
+            ix.set_latest("d", "t", &a).unwrap(),
+            t1,
+            "same key: same time"
+        );
+        let t2 = ix.set_latest("d", "t", &b).unwrap();
+        assert!(t2 > t1);
+        std::thread::sleep(std::time::Duration::from_millis(3));
+        let t3 = ix.set_latest("d", "t", &a).unwrap();
+        assert!(t3 > t2, "back to an older key is a move forward");
+        ix.restore_latest("d", "t", &b, t2).unwrap();
+        assert_eq!(ix.latest_moved("d", "t").unwrap(), Some((b, t2)));
+        // An older index's record: the key alone, time unknown.
+        ix.restore_latest("d", "t", &a, 0).unwrap();
+        assert_eq!(ix.latest_moved("d", "t").unwrap(), Some((a, 0)));
+        assert!(
+            ix.set_latest("d", "t", &a).unwrap() > 0,
+            "upgraded on its next use"
+        );
+        assert_eq!(
+            ix.latest_all(None).unwrap(),
+            vec![("d".into(), "t".into(), a)]
+        );
     }
 
     #[test]
