@@ -1,12 +1,19 @@
 //! dagfs: a content-addressed cache for the outputs of DAG pipelines.
 //!
-//! Layers, dependencies pointing down (see DESIGN.md):
+//! Layers, dependencies pointing down (see ARCHITECTURE.md, "1. Layers",
+//! for each layer's "may call" line and the imports that still point up):
 //!
 //! ```text
+//! cli      argument parsing, output, progress, exit codes (in the binary:
+//!          src/main.rs, src/cli/)
+//! daemon   the socket server and client, sessions, mount table, watched syncs
+//! fs       the FUSE view: node model, inodes, handles, reads, verified reads
+//! sync     host directories as snapshots: walk, stat cache, watch, stamps
 //! exec     DAG model, pipelines, keys, scheduling, running tasks
-//! cache    store + index + policy: lookups, publishing, eviction, gc
-//! index    sled trees and their encodings
-//! store    blobs, Merkle trees, ingest, entries, sweep
+//! cache    store + index + policy: lookups, publishing, eviction, gc, fsck
+//! index    sled trees and their encodings, statistics, policy
+//! store    blobs, packs, Merkle trees, ingest, entries, sync logs, sweep,
+//!          fsck, quarantine
 //! hash     Digest, hex, BLAKE3 contexts
 //! ```
 //!

@@ -1,4 +1,4 @@
-//! fs: the FUSE view of the cache (see DESIGN.md "The mounted tree").
+//! fs: the FUSE view of the cache (see ARCHITECTURE.md, "5. The mounted tree").
 //!
 //! Owns: the mount and everything the kernel holds through it: inodes
 //! (`inode`), open handles (`handle`), decoded trees (`tree_cache`), the

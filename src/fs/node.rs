@@ -1,5 +1,5 @@
 //! What a path under the mount names, and how a name resolves in a
-//! directory (see DESIGN.md "The mounted tree").
+//! directory (see ARCHITECTURE.md, "5. The mounted tree").
 //!
 //! ```text
 //! /                      Root
