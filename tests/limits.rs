@@ -116,6 +116,59 @@ fn wait_dead(pid: i32) -> bool {
     dead(pid)
 }
 
+/// Host pids of the processes whose command line contains `marker`. NB: a
+/// task runs in its own PID namespace, so the pids it sees (`$!`, `$$`)
+/// are not the host's: tests find its processes by a marker instead.
+fn pids_with(marker: &str) -> Vec<i32> {
+    let me = std::process::id() as i32;
+    let mut out = Vec::new();
+    for e in fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        let cmd = fs::read(e.path().join("cmdline")).unwrap_or_default();
+        if cmd.windows(marker.len()).any(|w| w == marker.as_bytes()) && !dead(pid) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// True once no process carrying `marker` runs.
+fn wait_gone(marker: &str) -> bool {
+    let until = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < until {
+        if pids_with(marker).is_empty() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    pids_with(marker).is_empty()
+}
+
+/// The parent chain of `pid` (host pids).
+fn ancestors(mut pid: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    while pid > 1 {
+        let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            break;
+        };
+        let Some(ppid) = stat
+            .rsplit_once(')')
+            .and_then(|(_, r)| r.split_whitespace().nth(1))
+            .and_then(|p| p.parse().ok())
+        else {
+            break;
+        };
+        out.push(ppid);
+        pid = ppid;
+    }
+    out
+}
+
 fn read_pid(path: &Path) -> i32 {
     fs::read_to_string(path)
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
@@ -128,14 +181,19 @@ fn read_pid(path: &Path) -> i32 {
 // timeout
 // ---------------------------------------------------------------------------
 
-const SLOW: &str = "sleep 30 & echo $! > child.pid; wait";
+/// A task whose background child (`sleep 30.<n>`, the marker) outlives
+/// the shell unless killed; `child.pid` says it started.
+fn slow(n: u32) -> String {
+    format!("sleep 30.{n} & echo $! > child.pid; wait")
+}
 
 #[test]
 fn task_past_its_timeout_is_killed_with_its_group_and_not_cached() {
     let s = Sandbox::new();
     let dir = s.pipeline(&format!(
-        "[tasks.slow]\nrun = \"{SLOW}\"\ntimeout = \"1s\"\n\
-         [tasks.after]\nrun = \"echo hi > $DAGFS_OUT/x\"\ndeps = [\"slow\"]\n"
+        "[tasks.slow]\nrun = \"{}\"\ntimeout = \"1s\"\n\
+         [tasks.after]\nrun = \"echo hi > $DAGFS_OUT/x\"\ndeps = [\"slow\"]\n",
+        slow(1101)
     ));
     let t0 = Instant::now();
     let o = s.run(&[]);
@@ -150,8 +208,8 @@ fn task_past_its_timeout_is_killed_with_its_group_and_not_cached() {
     assert!(o.stderr.contains("skip  after"), "{}", o.stderr);
     // Without the timeout the run would take the 30 s of `sleep`.
     assert!(took < Duration::from_secs(20), "took {took:?}");
-    let pid = read_pid(&dir.join("child.pid"));
-    assert!(wait_dead(pid), "the task's background child {pid} survived");
+    read_pid(&dir.join("child.pid"));
+    assert!(wait_gone("30.1101"), "the task's background child survived");
     assert_eq!(s.entries(), 0);
     // Never cached: it runs (and times out) again.
     let o = s.run(&[]);
@@ -163,8 +221,9 @@ fn task_past_its_timeout_is_killed_with_its_group_and_not_cached() {
 fn run_timeout_is_a_default_a_task_can_override() {
     let s = Sandbox::new();
     let dir = s.pipeline(&format!(
-        "[tasks.slow]\nrun = \"{SLOW}\"\n\
-         [tasks.quick]\nrun = \"sleep 2; echo ok > $DAGFS_OUT/x\"\ntimeout = \"1m\"\n"
+        "[tasks.slow]\nrun = \"{}\"\n\
+         [tasks.quick]\nrun = \"sleep 2; echo ok > $DAGFS_OUT/x\"\ntimeout = \"1m\"\n",
+        slow(1102)
     ));
     let o = s.run(&["--timeout", "1s", "--keep-going"]);
     assert_eq!(o.code, 1, "{}", o.stderr);
@@ -175,7 +234,8 @@ fn run_timeout_is_a_default_a_task_can_override() {
     );
     // `quick` outlives the run's 1 s default under its own 1 m.
     assert!(o.stderr.contains("ran   quick"), "{}", o.stderr);
-    assert!(wait_dead(read_pid(&dir.join("child.pid"))));
+    read_pid(&dir.join("child.pid"));
+    assert!(wait_gone("30.1102"));
     let o = s.run(&["--timeout", "soon"]);
     assert_eq!(o.code, 2, "{}", o.stderr);
     assert!(o.stderr.contains("--timeout"), "{}", o.stderr);
@@ -236,7 +296,7 @@ fn a_task_writing_past_max_output_is_killed_while_it_runs() {
     // It writes without end: only a bound checked while it runs stops it
     // (the timeout is a backstop, and its message fails the test).
     let dir = s.pipeline(
-        "[tasks.flood]\nrun = \"echo $$ > flood.pid; while :; do head -c 65536 /dev/zero; done > $DAGFS_OUT/x\"\n\
+        "[tasks.flood]\nrun = \": flood-1103; echo $$ > flood.pid; while :; do head -c 65536 /dev/zero; done > $DAGFS_OUT/x\"\n\
          max_output = \"4M\"\ntimeout = \"60s\"\n",
     );
     let t = Instant::now();
@@ -251,12 +311,8 @@ fn a_task_writing_past_max_output_is_killed_while_it_runs() {
         o.stderr
     );
     assert!(took < Duration::from_secs(30), "took {took:?}");
-    let pid: i32 = fs::read_to_string(dir.join("flood.pid"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    assert!(wait_dead(pid), "the task's shell {pid} still runs");
+    read_pid(&dir.join("flood.pid"));
+    assert!(wait_gone("flood-1103"), "the task's shell still runs");
     assert_eq!(s.entries(), 0);
     assert_eq!(s.files_under("tmp"), Vec::<String>::new());
     // Nothing of the refused output was stored: the only blobs are its logs.
@@ -507,10 +563,20 @@ fn a_task_run_by_the_daemon_cannot_use_its_socket() {
 #[test]
 fn run_timeout_reaches_the_daemon_that_runs_the_task() {
     let s = Sandbox::new();
-    let dir = s.pipeline(&format!(
-        "[tasks.slow]\nrun = \"echo $PPID > parent.pid; {SLOW}\"\n"
-    ));
+    let dir = s.pipeline(&format!("[tasks.slow]\nrun = \"{}\"\n", slow(1104)));
     let Some(d) = Daemon::start(&s) else { return };
+    // Who runs the task: the parent chain of its background child, seen
+    // from the host while it runs.
+    let watcher = std::thread::spawn(|| {
+        let until = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < until {
+            if let Some(p) = pids_with("30.1104").first() {
+                return ancestors(*p);
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        Vec::new()
+    });
     let o = s.run(&["--timeout", "1s"]);
     assert_eq!(o.code, 1, "{}", o.stderr);
     assert!(
@@ -518,8 +584,9 @@ fn run_timeout_reaches_the_daemon_that_runs_the_task() {
         "{}",
         o.stderr
     );
-    let pid = read_pid(&dir.join("child.pid"));
-    assert!(wait_dead(pid), "the task's background child {pid} survived");
+    read_pid(&dir.join("child.pid"));
+    assert!(wait_gone("30.1104"), "the task's background child survived");
     // It was the daemon that ran it (and passed `--timeout` on).
-    assert_eq!(read_pid(&dir.join("parent.pid")), d.pid);
+    let chain = watcher.join().unwrap();
+    assert!(chain.contains(&d.pid), "{chain:?} (daemon {})", d.pid);
 }

@@ -286,6 +286,14 @@ pub fn run(a: RunArgs, src: &mut CacheSource, io: &mut Io, ctx: &Ctx) -> Result<
             let _ = writeln!(err, "dagfs: warning: `{name}` was not kept: the cache policy leaves no room (every entry is in use by this run)");
         }
     }
+    if let Some(dagfs::exec::isolate::Status::Off(why)) = dagfs::exec::isolate::probed() {
+        if !why.starts_with("DAGFS_ISOLATION") {
+            let _ = writeln!(
+                err,
+                "dagfs: warning: tasks ran without isolation: {why}; a task could write its inputs or the store, and its background processes are killed by process group only"
+            );
+        }
+    }
     let _ = writeln!(err, "{}", summary(&report));
     if let Some(path) = &a.trace {
         write_trace(path, &report)

@@ -2,8 +2,11 @@
 //! trait, so tests can substitute a fake.
 //!
 //! `ShellRunner` runs `sh -c COMMAND` in its own process group with a
-//! scrubbed environment, stdin from /dev/null and stdout/stderr to files.
-//! When the shell exits, the whole group is killed, so no leftover
+//! scrubbed environment, stdin from /dev/null and stdout/stderr to files,
+//! isolated (`isolate`: its own PID and mount namespaces, the store
+//! read-only but for its output and temporary directory) where the command
+//! asks and the kernel allows. When the shell exits, the whole group is
+//! killed (and, isolated, every process of its namespace), so no leftover
 //! background process can still write into the output while it is ingested.
 //! A command with a `timeout` that is still running when it expires has its
 //! whole group killed the same way (before the shell is reaped, so the
@@ -42,6 +45,8 @@ pub struct Command {
     /// Kill the command's process group once the regular files under this
     /// directory add up to more than this many bytes.
     pub output_limit: Option<(PathBuf, u64)>,
+    /// Run it isolated (`isolate`), where the kernel allows.
+    pub isolation: Option<super::isolate::Isolation>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,8 +74,8 @@ impl Runner for ShellRunner {
         // NB: registered under the lock it is spawned under, so `task_of`
         // cannot look at one of its processes before its group is known.
         let mut groups = TASK_GROUPS.lock().unwrap_or_else(|p| p.into_inner());
-        let mut child = std::process::Command::new("/bin/sh")
-            .arg("-c")
+        let mut sh = std::process::Command::new("/bin/sh");
+        sh.arg("-c")
             .arg(&cmd.script)
             .current_dir(&cmd.cwd)
             .env_clear()
@@ -78,8 +83,16 @@ impl Runner for ShellRunner {
             .stdin(Stdio::null())
             .stdout(File::create(&cmd.stdout)?)
             .stderr(File::create(&cmd.stderr)?)
-            .process_group(0)
-            .spawn()?;
+            .process_group(0);
+        if let Some(iso) = &cmd.isolation {
+            use super::isolate::{status, Prepared, Status};
+            match status() {
+                Status::Root => Prepared::new(iso, false)?.install(&mut sh),
+                Status::User => Prepared::new(iso, true)?.install(&mut sh),
+                Status::Off(_) => {}
+            }
+        }
+        let mut child = sh.spawn()?;
         let pgid = child.id() as i32;
         groups.insert(pgid);
         drop(groups);

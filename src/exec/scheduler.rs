@@ -122,7 +122,7 @@ impl Materializer {
                 d.to_hex(),
                 std::thread::current().id()
             ));
-            store.copy_blob(d, &tmp).map_err(|e| e.to_string())?;
+            store.copy_blob(d, &tmp).map_err(input_error)?;
             std::fs::rename(&tmp, &p).map_err(|e| format!("{}: {e}", p.display()))?;
         }
         Ok(p)
@@ -138,11 +138,20 @@ impl Materializer {
             .clone();
         cell.get_or_init(|| {
             let p = self.root.join(d.to_hex());
-            materialize(store, d, &p)
-                .map(|_| p)
-                .map_err(|e| e.to_string())
+            materialize(store, d, &p).map(|_| p).map_err(input_error)
         })
         .clone()
+    }
+}
+
+/// A failure to give a task its inputs, as its error. Damaged stored bytes
+/// are never handed to a task (`Store::copy_blob` checks them).
+fn input_error(e: crate::store::StoreError) -> String {
+    match e {
+        crate::store::StoreError::Corrupt { .. } => format!(
+            "an input is damaged in the store, so the task was not run: {e} (`dagfs fsck --repair` drops what is damaged; the next run then stores it again)"
+        ),
+        e => e.to_string(),
     }
 }
 

@@ -92,6 +92,10 @@ impl Job for ShellJob {
             stderr: ctx.work_dir.join("stderr"),
             timeout: self.timeout,
             output_limit: ctx.max_output.map(|m| (ctx.out_dir.to_path_buf(), m)),
+            isolation: Some(super::isolate::Isolation {
+                store: ctx.store.root().to_path_buf(),
+                writable: vec![ctx.out_dir.to_path_buf(), tmp.clone()],
+            }),
         };
         let exit = self
             .runner

@@ -1,0 +1,326 @@
+//! Task isolation: each task's shell runs as PID 1 of its own PID namespace
+//! and in its own mount namespace, where the whole store is read-only but
+//! for the task's own `$DAGFS_OUT` and `$TMPDIR`.
+//!
+//! What that gives (issue 13 of the tracker):
+//! - No process a task started outlives it: when its shell (the
+//!   namespace's init) exits, the kernel kills every process left in the
+//!   namespace, `setsid` or double fork included, and the shell's exit is
+//!   seen only once they are gone. So ingest never publishes a file some
+//!   process could still write.
+//! - A task cannot write the store: not its blobs, packs, entries or index
+//!   (`$DAGFS_OUT/../../..` leads to a read-only mount), not the shared,
+//!   verified copies of its inputs (`$DAGFS_IN`, `$DAGFS_INPUTS`), not
+//!   another task's output. Root included: a read-only mount is EROFS to
+//!   every user.
+//!
+//! How: after fork, before exec (`Prepared::enter`, async-signal-safe:
+//! everything it needs is prepared before the fork), the child unshares
+//! (`CLONE_NEWNS | CLONE_NEWPID`, and `CLONE_NEWUSER` with its own uid
+//! and gid mapped to themselves when not root), makes every mount private,
+//! binds the store onto itself, binds each writable directory onto itself,
+//! remounts the store's bind read-only (the writable binds are mounts of
+//! their own, so they stay writable), then forks: the grandchild, PID 1 of
+//! the new namespace, mounts its own `/proc` and goes on to exec the shell; the child closes every
+//! other descriptor (the spawner's exec-error pipe among them) and waits
+//! for it, exiting with its status (`128 + signal` if it was killed).
+//!
+//! Where the kernel refuses (no user namespaces for a normal user, a
+//! container without `CAP_SYS_ADMIN`), tasks run as before, in their own
+//! process group, killed with it when the shell exits: `status()` says
+//! which, and why. The first task to run probes it once per process.
+//! `DAGFS_ISOLATION=off` turns it off.
+//!
+//! May call: `libc`, `nix` (errno). Owns nothing on disk.
+
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+/// What a task may and may not write.
+#[derive(Debug, Clone)]
+pub struct Isolation {
+    /// Read-only to the task.
+    pub store: PathBuf,
+    /// Directories under `store` the task may write (its output, its
+    /// temporary directory). They must exist.
+    pub writable: Vec<PathBuf>,
+}
+
+/// Whether tasks run isolated in this process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Status {
+    /// As root: PID and mount namespaces.
+    Root,
+    /// As a normal user, inside a user namespace.
+    User,
+    /// Not isolated, and why.
+    Off(String),
+}
+
+static STATUS: OnceLock<Status> = OnceLock::new();
+
+/// How tasks run in this process (probed once, at the first call).
+pub fn status() -> &'static Status {
+    STATUS.get_or_init(probe)
+}
+
+/// The probed status, if a task has run (so asking costs nothing).
+pub fn probed() -> Option<&'static Status> {
+    STATUS.get()
+}
+
+fn probe() -> Status {
+    if std::env::var_os("DAGFS_ISOLATION").is_some_and(|v| v == "off") {
+        return Status::Off("DAGFS_ISOLATION=off".into());
+    }
+    let user = !nix::unistd::geteuid().is_root();
+    let dir = match tempfile::tempdir() {
+        Ok(d) => d,
+        Err(e) => return Status::Off(format!("no temporary directory to probe in: {e}")),
+    };
+    let w = dir.path().join("w");
+    if let Err(e) = std::fs::create_dir(&w) {
+        return Status::Off(format!("{}: {e}", w.display()));
+    }
+    let iso = Isolation {
+        store: dir.path().to_path_buf(),
+        writable: vec![w.clone()],
+    };
+    let prepared = match Prepared::new(&iso, user) {
+        Ok(p) => p,
+        Err(e) => return Status::Off(e.to_string()),
+    };
+    // The probe checks what a task relies on: its writable directory is,
+    // the rest of the store is not, and it runs as PID 1.
+    let script = format!(
+        "[ $$ = 1 ] && : > '{w}/ok' && ! (: > '{d}/no') 2>/dev/null",
+        w = w.display(),
+        d = dir.path().display()
+    );
+    let mut cmd = std::process::Command::new("/bin/sh");
+    cmd.arg("-c").arg(script);
+    cmd.stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    prepared.install(&mut cmd);
+    match cmd.output() {
+        Ok(o) if o.status.success() && w.join("ok").exists() => {
+            if user {
+                Status::User
+            } else {
+                Status::Root
+            }
+        }
+        Ok(o) => Status::Off(format!(
+            "the kernel refused namespaces ({})",
+            String::from_utf8_lossy(&o.stderr).trim()
+        )),
+        Err(e) => Status::Off(format!("the kernel refused namespaces ({e})")),
+    }
+}
+
+/// Everything the child needs, made before the fork.
+pub(crate) struct Prepared {
+    store: CString,
+    writable: Vec<CString>,
+    /// The store mount's flags that a remount must keep (locked in a user
+    /// namespace).
+    keep: libc::c_ulong,
+    /// For a user namespace: the uid_map and gid_map lines.
+    user: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+fn cstr(p: &Path) -> std::io::Result<CString> {
+    CString::new(p.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::other(format!("{}: NUL in path", p.display())))
+}
+
+impl Prepared {
+    pub(crate) fn new(iso: &Isolation, user: bool) -> std::io::Result<Prepared> {
+        let vfs = nix::sys::statvfs::statvfs(&iso.store).map_err(std::io::Error::from)?;
+        use nix::sys::statvfs::FsFlags as F;
+        let f = vfs.flags();
+        let mut keep = 0;
+        for (st, ms) in [
+            (F::ST_NOSUID, libc::MS_NOSUID),
+            (F::ST_NODEV, libc::MS_NODEV),
+            (F::ST_NOEXEC, libc::MS_NOEXEC),
+            (F::ST_NOATIME, libc::MS_NOATIME),
+            (F::ST_NODIRATIME, libc::MS_NODIRATIME),
+            (F::ST_RELATIME, libc::MS_RELATIME),
+        ] {
+            if f.contains(st) {
+                keep |= ms;
+            }
+        }
+        let user = user.then(|| {
+            let uid = nix::unistd::geteuid().as_raw();
+            let gid = nix::unistd::getegid().as_raw();
+            (
+                format!("{uid} {uid} 1").into_bytes(),
+                format!("{gid} {gid} 1").into_bytes(),
+            )
+        });
+        Ok(Prepared {
+            store: cstr(&iso.store)?,
+            writable: iso
+                .writable
+                .iter()
+                .map(|w| cstr(w))
+                .collect::<std::io::Result<_>>()?,
+            keep,
+            user,
+        })
+    }
+
+    /// Run `cmd` isolated.
+    pub(crate) fn install(self, cmd: &mut std::process::Command) {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: `enter` makes only async-signal-safe calls (raw
+        // syscalls) and allocates nothing.
+        unsafe {
+            cmd.pre_exec(move || self.enter());
+        }
+    }
+
+    /// In the forked child, before exec. See the module doc.
+    fn enter(&self) -> std::io::Result<()> {
+        // NB: std reports only the errno to the spawner; the step is for
+        // reading the code.
+        let err = |_step: &str| -> std::io::Result<()> { Err(std::io::Error::last_os_error()) };
+        let mut flags = libc::CLONE_NEWNS | libc::CLONE_NEWPID;
+        if self.user.is_some() {
+            flags |= libc::CLONE_NEWUSER;
+        }
+        // SAFETY (every block below): raw syscalls on NUL-terminated strings
+        // and buffers owned by `self`, which outlives the call.
+        if unsafe { libc::unshare(flags) } != 0 {
+            return err("unshare");
+        }
+        if let Some((uid_map, gid_map)) = &self.user {
+            for (file, line) in [
+                (&b"/proc/self/setgroups\0"[..], &b"deny"[..]),
+                (b"/proc/self/uid_map\0", uid_map),
+                (b"/proc/self/gid_map\0", gid_map),
+            ] {
+                let fd = unsafe { libc::open(file.as_ptr().cast(), libc::O_WRONLY) };
+                if fd < 0 {
+                    return err("open map");
+                }
+                let n = unsafe { libc::write(fd, line.as_ptr().cast(), line.len()) };
+                unsafe { libc::close(fd) };
+                if n != line.len() as isize {
+                    return err("write map");
+                }
+            }
+        }
+        let none = std::ptr::null();
+        let root = b"/\0";
+        if unsafe {
+            libc::mount(
+                none,
+                root.as_ptr().cast(),
+                none,
+                libc::MS_REC | libc::MS_PRIVATE,
+                std::ptr::null(),
+            )
+        } != 0
+        {
+            return err("make mounts private");
+        }
+        let store = self.store.as_ptr();
+        if unsafe {
+            libc::mount(
+                store,
+                store,
+                none,
+                libc::MS_BIND | libc::MS_REC,
+                std::ptr::null(),
+            )
+        } != 0
+        {
+            return err("bind the store");
+        }
+        for w in &self.writable {
+            let w = w.as_ptr();
+            if unsafe { libc::mount(w, w, none, libc::MS_BIND, std::ptr::null()) } != 0 {
+                return err("bind a writable directory");
+            }
+        }
+        let ro = libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | self.keep;
+        if unsafe { libc::mount(none, store, none, ro, std::ptr::null()) } != 0 {
+            return err("make the store read-only");
+        }
+        match unsafe { libc::fork() } {
+            -1 => err("fork"),
+            0 => {
+                // PID 1 of the new namespace: its own /proc, so that pids a
+                // task sees (`$!`, `ps`) and /proc agree (best effort: a
+                // kernel that refuses leaves the host's); then exec the shell.
+                let proc_ = b"proc\0";
+                let target = b"/proc\0";
+                unsafe {
+                    libc::mount(
+                        proc_.as_ptr().cast(),
+                        target.as_ptr().cast(),
+                        proc_.as_ptr().cast(),
+                        libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+                        std::ptr::null(),
+                    )
+                };
+                Ok(())
+            }
+            pid => {
+                // The spawner waits for its exec-error pipe to close: this
+                // process never execs, so it lets go of every descriptor.
+                close_from(3);
+                let mut st = 0;
+                loop {
+                    let r = unsafe { libc::waitpid(pid, &mut st, 0) };
+                    if r == pid {
+                        break;
+                    }
+                    if r < 0 && std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR)
+                    {
+                        unsafe { libc::_exit(127) };
+                    }
+                }
+                let code = if libc::WIFEXITED(st) {
+                    libc::WEXITSTATUS(st)
+                } else {
+                    128 + libc::WTERMSIG(st)
+                };
+                unsafe { libc::_exit(code) }
+            }
+        }
+    }
+}
+
+/// Close every descriptor from `first` on.
+fn close_from(first: u32) {
+    // SAFETY: close_range takes two numbers and flags; closing our own
+    // descriptors in a process that will only wait and exit.
+    let r = unsafe { libc::syscall(libc::SYS_close_range, first, u32::MAX, 0) };
+    if r != 0 {
+        for fd in first as i32..4096 {
+            // SAFETY: as above, one descriptor at a time.
+            unsafe { libc::close(fd) };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn probe_says_what_it_found() {
+        let s = probe();
+        eprintln!("isolation: {s:?}");
+        if nix::unistd::geteuid().is_root() {
+            assert_eq!(s, Status::Root, "root can unshare here");
+        }
+    }
+}
