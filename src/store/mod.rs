@@ -377,20 +377,54 @@ impl Store {
         }
     }
 
-    /// Copy blob `d` to a new file `dst` (a reflink where the filesystem
-    /// can, for a loose blob). Never a hard link: see `materialize`.
+    /// Copy blob `d` to a new file `dst`, checking the bytes against `d` as
+    /// they are copied: a task's inputs are never bytes other than those
+    /// its key names (a mismatch is `Corrupt`, and `dst` is removed). Never
+    /// a hard link: see `materialize`.
     pub fn copy_blob(&self, d: &Digest, dst: &Path) -> Result<()> {
         let p = self.blob_path(d);
-        match fs::copy(&p, dst) {
-            Ok(_) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !p.exists() => {
+        let mut src = match File::open(&p) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                // Packed: `read_blob` checks the bytes.
                 let bytes = self.read_blob(d)?;
-                fs::write(dst, bytes).at(dst)
+                return fs::write(dst, bytes).at(dst);
             }
-            Err(e) => Err(StoreError::Io {
-                path: dst.to_path_buf(),
-                source: e,
-            }),
+            Err(e) => return Err(StoreError::Io { path: p, source: e }),
+        };
+        let copied = (|| -> std::io::Result<Digest> {
+            let mut out = File::create(dst)?;
+            let mut h = blake3::Hasher::new();
+            let mut buf = vec![0u8; 256 << 10];
+            loop {
+                let n = match src.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(e),
+                };
+                h.update(&buf[..n]);
+                out.write_all(&buf[..n])?;
+            }
+            Ok(Digest::from_blake3(h.finalize()))
+        })();
+        match copied {
+            Ok(got) if got == *d => Ok(()),
+            Ok(got) => {
+                let _ = fs::remove_file(dst);
+                Err(StoreError::Corrupt {
+                    digest: *d,
+                    path: p,
+                    reason: format!("its bytes hash to {got}"),
+                })
+            }
+            Err(e) => {
+                let _ = fs::remove_file(dst);
+                Err(StoreError::Io {
+                    path: dst.to_path_buf(),
+                    source: e,
+                })
+            }
         }
     }
 
@@ -520,7 +554,7 @@ impl Store {
     /// batch those, so one `syncfs` covers many entries).
     pub fn commit_blobs(&self, mut staged: Staged) -> Result<Vec<(PathBuf, Digest)>> {
         let mut finished = Vec::new();
-        for w in std::mem::take(&mut staged.packs) {
+        for w in merge_small_packs(std::mem::take(&mut staged.packs))? {
             if w.len() == 0 {
                 let _ = fs::remove_file(&w.path);
             } else if w.len() >= pack::MIN_PACK {
@@ -1066,6 +1100,30 @@ pub enum BlobLocation {
     },
 }
 
+/// Pack writers of one commit (a sync's walker threads write one each),
+/// with those too small to be a pack of their own (`MIN_PACK`) moved into
+/// another when together they are enough: whether a small file is packed
+/// does not depend on how the walk happened to share the files out.
+fn merge_small_packs(mut ws: Vec<pack::PackWriter>) -> Result<Vec<pack::PackWriter>> {
+    ws.sort_by_key(|w| std::cmp::Reverse(w.len()));
+    let total: usize = ws.iter().map(|w| w.len()).sum();
+    if ws.len() < 2 || total < pack::MIN_PACK {
+        return Ok(ws);
+    }
+    // Sorted largest first: the small ones (the tail) join the largest.
+    let first_small = ws
+        .iter()
+        .position(|w| w.len() < pack::MIN_PACK)
+        .unwrap_or(ws.len())
+        .max(1);
+    for w in ws.split_off(first_small) {
+        for (d, b) in w.into_blobs()? {
+            ws[0].add(d, &b)?;
+        }
+    }
+    Ok(ws)
+}
+
 /// An open blob (`Store::open_blob`): a loose file, or a packed blob's
 /// bytes (already checked against its name).
 #[derive(Debug)]
@@ -1252,6 +1310,36 @@ mod tests {
             .collect();
         v.sort();
         v
+    }
+
+    /// Regression: a sync's walker threads stage a pack each; one that got
+    /// fewer than `MIN_PACK` small files left them loose (and a test that
+    /// looked for a file in a pack failed under load).
+    #[test]
+    fn small_batches_of_one_commit_are_packed_together() {
+        let t = tempfile::tempdir().unwrap();
+        let s = open(t.path());
+        let work = s.tempdir("t").unwrap();
+        let mut all = Staged::default();
+        let mut blobs = Vec::new();
+        for (part, n) in [
+            (0, pack::MIN_PACK / 2),
+            (1, pack::MIN_PACK / 2 + 1),
+            (2, 200),
+        ] {
+            let mut st = Staged::default();
+            for i in 0..n {
+                let b = format!("part {part} blob {i}").into_bytes();
+                blobs.push((s.stage_bytes(work.path(), &b, &mut st).unwrap(), b));
+            }
+            all.append(st);
+        }
+        s.commit(all).unwrap();
+        assert_eq!(pack_files(&s).len(), 2, "one pack: {:?}", pack_files(&s));
+        for (d, b) in &blobs {
+            assert!(!s.blob_path(d).exists(), "packed, not loose");
+            assert_eq!(&s.read_blob(d).unwrap(), b);
+        }
     }
 
     #[test]
