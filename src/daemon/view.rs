@@ -104,8 +104,10 @@ impl StoreView for CacheView {
 
     fn open_blob(&self, d: &Digest) -> std::io::Result<BlobData> {
         use crate::store::{BlobReader, StoreError};
-        match std::fs::File::open(self.cache.store.blob_path(d)) {
+        match self.cache.store.open_loose(d) {
             Ok(f) => return Ok(BlobData::File(f)),
+            // A symlink planted where a blob should be.
+            Err(e) if e.raw_os_error() == Some(libc::ELOOP) => return Ok(BlobData::Corrupt),
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
             Err(_) => {}
         }

@@ -383,14 +383,14 @@ impl Store {
     /// a hard link: see `materialize`.
     pub fn copy_blob(&self, d: &Digest, dst: &Path) -> Result<()> {
         let p = self.blob_path(d);
-        let mut src = match File::open(&p) {
+        let mut src = match self.open_loose(d) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 // Packed: `read_blob` checks the bytes.
                 let bytes = self.read_blob(d)?;
                 return fs::write(dst, bytes).at(dst);
             }
-            Err(e) => return Err(StoreError::Io { path: p, source: e }),
+            Err(e) => return Err(self.loose_error(d, e)),
         };
         let copied = (|| -> std::io::Result<Digest> {
             let mut out = File::create(dst)?;
@@ -450,11 +450,34 @@ impl Store {
         Ok(())
     }
 
+    /// Open loose blob `d`'s file, read-only, never through a symlink
+    /// planted in its place (that is `Corrupt`: a blob is a regular file).
+    pub fn open_loose(&self, d: &Digest) -> std::io::Result<File> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let p = self.blob_path(d);
+        fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(p)
+    }
+
+    fn loose_error(&self, d: &Digest, e: std::io::Error) -> StoreError {
+        let path = self.blob_path(d);
+        if e.raw_os_error() == Some(libc::ELOOP) {
+            StoreError::Corrupt {
+                digest: *d,
+                path,
+                reason: "a symlink where a blob should be".into(),
+            }
+        } else {
+            StoreError::Io { path, source: e }
+        }
+    }
+
     /// Open blob `d` for reading: its file, or (packed) its bytes, checked
     /// against its name as they are read from the pack.
     pub fn open_blob(&self, d: &Digest) -> Result<BlobReader> {
-        let p = self.blob_path(d);
-        match File::open(&p) {
+        match self.open_loose(d) {
             Ok(f) => Ok(BlobReader::File(f)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => match self.packs.find(d) {
                 Some((pack, _, _)) => match pack.read(d, &self.packs.dir)? {
@@ -463,7 +486,7 @@ impl Store {
                 },
                 None => Err(StoreError::Missing(*d)),
             },
-            Err(e) => Err(StoreError::Io { path: p, source: e }),
+            Err(e) => Err(self.loose_error(d, e)),
         }
     }
 
