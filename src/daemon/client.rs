@@ -58,7 +58,16 @@ pub fn connect(store: &Path) -> Result<Option<Client>, ClientError> {
         pid: None,
         mountpoint: None,
     };
-    protocol::write_json(&mut stream, protocol::HELLO, &hello).map_err(io_err)?;
+    if let Err(e) = protocol::write_json(&mut stream, protocol::HELLO, &hello) {
+        // A daemon that refused us without reading our HELLO (older ones
+        // did) has still written why before it closed: report that.
+        return match protocol::read_frame(&mut stream) {
+            Ok((protocol::ERROR, p)) => Err(ClientError::Refused(
+                String::from_utf8_lossy(&p).into_owned(),
+            )),
+            _ => Err(io_err(e)),
+        };
+    }
     match protocol::read_frame(&mut stream)? {
         (protocol::HELLO, p) => Ok(Some(Client {
             stream,
