@@ -144,7 +144,20 @@ impl Cache {
         policy: CachePolicy,
         on_wait: &mut dyn FnMut(&str),
     ) -> Result<Cache> {
-        let store = Store::open(dir, on_wait)?;
+        Self::from_store(Store::open(dir, on_wait)?, policy)
+    }
+
+    /// As `open`, asking `waiting` while the store lock is held elsewhere
+    /// whether to go on (see `store::lock::Waiting`).
+    pub fn open_waiting(
+        dir: &Path,
+        policy: CachePolicy,
+        waiting: &mut crate::store::lock::Waiting<'_>,
+    ) -> Result<Cache> {
+        Self::from_store(Store::open_waiting(dir, waiting)?, policy)
+    }
+
+    fn from_store(store: Store, policy: CachePolicy) -> Result<Cache> {
         let mut notes = Vec::new();
         let index = match open_index(&store.index_dir()) {
             Ok(i) => i,

@@ -7,7 +7,7 @@
 //! daemon detached (new session, output to `<store>/daemon.log`) and returns
 //! once the mount is live, or fails with the daemon's reason.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use clap::Args;
 use serde::{Deserialize, Serialize};
 
-use dagfs::cache::Cache;
+use dagfs::cache::{Cache, CacheError};
 use dagfs::daemon::protocol::{Hello, PROTOCOL};
 use dagfs::daemon::server::{Server, ServerConfig};
 use dagfs::daemon::view::CacheView;
@@ -28,6 +28,7 @@ use dagfs::exec::scheduler::Change;
 use dagfs::fs::invalidate::Invalidator;
 use dagfs::fs::{self as dfs, DagFs, FsCounters, FsOptions, Passthrough, Verify};
 use dagfs::index::CachePolicy;
+use dagfs::store::StoreError;
 
 use super::{serve_request, store_dir, CliError, Ctx};
 
@@ -163,6 +164,9 @@ pub fn mount(store: Option<PathBuf>, a: MountArgs) -> Result<(), CliError> {
     });
     let result = (|| {
         recover_stale(&mnt)?;
+        if let Some(served) = served_by(&store) {
+            return Err(CliError::Mount(served));
+        }
         if let Ok(Some(m)) = mounts::find(&mnt) {
             if m.fstype == mounts::FSTYPE {
                 return Err(CliError::Mount(format!(
@@ -189,6 +193,45 @@ pub fn mount(store: Option<PathBuf>, a: MountArgs) -> Result<(), CliError> {
             .write_all(format!("error: {e}\n").as_bytes());
     }
     result
+}
+
+/// Whether a daemon already serves `store` (one answers on its socket),
+/// and where.
+fn served_by(store: &Path) -> Option<String> {
+    match client::connect(store) {
+        Ok(Some(c)) => Some(format!(
+            "store already served by pid {} at {}",
+            c.server.pid.map_or("?".into(), |p| p.to_string()),
+            c.server.mountpoint.as_deref().unwrap_or("?")
+        )),
+        Ok(None) => None,
+        Err(e) => Some(format!("store already served by a daemon ({e})")),
+    }
+}
+
+/// A stop signal (SIGTERM, SIGINT, SIGHUP: blocked in every thread) that
+/// is pending, taken off the queue.
+fn pending_stop_signal(sigs: &nix::sys::signal::SigSet) -> Option<i32> {
+    let zero = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid signal set and timeout; no siginfo wanted.
+    let sig = unsafe { libc::sigtimedwait(sigs.as_ref(), std::ptr::null_mut(), &zero) };
+    (sig > 0).then_some(sig)
+}
+
+/// Whether nobody reads the readiness pipe any more (the `dagfs mount`
+/// that started this daemon is gone).
+fn reader_gone(fd: &OwnedFd) -> bool {
+    let mut p = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: 0,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, no wait.
+    let n = unsafe { libc::poll(&mut p, 1, 0) };
+    n > 0 && p.revents & libc::POLLERR != 0
 }
 
 /// Start `mount -f` as a detached daemon and wait until it reports.
@@ -230,18 +273,21 @@ fn detach(store: &Path, mnt: &Path, a: &MountArgs) -> Result<(), CliError> {
     }
     let child = cmd.spawn().map_err(|e| fail("starting the daemon", e))?;
     drop(w);
-    // One line: "ok PID" or "error: ..." (the daemon keeps the pipe open).
-    let mut report = Vec::new();
-    let mut pipe = std::fs::File::from(r);
-    let mut byte = [0u8; 1];
-    while let Ok(1) = pipe.read(&mut byte) {
-        if byte[0] == b'\n' {
-            break;
+    // Lines "wait: ..." (passed on), then one "ok PID" or "error: ..."
+    // (the daemon keeps the pipe open).
+    let mut pipe = std::io::BufReader::new(std::fs::File::from(r));
+    let mut line = String::new();
+    let report = loop {
+        line.clear();
+        if !matches!(std::io::BufRead::read_line(&mut pipe, &mut line), Ok(n) if n > 0) {
+            break String::new();
         }
-        report.push(byte[0]);
-    }
-    let report = String::from_utf8_lossy(&report);
-    let report = report.trim();
+        match line.trim().strip_prefix("wait: ") {
+            Some(msg) => eprintln!("dagfs: {msg}"),
+            None => break line.trim().to_string(),
+        }
+    };
+    let report = report.as_str();
     if let Some(rest) = report.strip_prefix("ok") {
         let pid = rest.trim();
         eprintln!(
@@ -281,16 +327,41 @@ fn limit_malloc_arenas() {
 fn serve(store: &Path, mnt: &Path, o: &MountOpts, ready: Option<&OwnedFd>) -> Result<(), CliError> {
     limit_malloc_arenas();
     let sigs = super::block_stop_signals();
-    let cache = Arc::new(Cache::open_with(
-        store,
-        CachePolicy::default(),
-        &mut |holder| {
-            eprintln!(
-                "dagfs: waiting for the store lock on {} (held by {holder})",
+    let mut told = false;
+    let cache = Cache::open_waiting(store, CachePolicy::default(), &mut |holder| {
+        use std::ops::ControlFlow::{Break, Continue};
+        if let Some(sig) = pending_stop_signal(&sigs) {
+            return Break(format!(
+                "stopped by signal {sig} while waiting for the store lock on {} (held by {holder})",
+                store.display()
+            ));
+        }
+        // NB: checked on every poll, not only once: the holder may be a
+        // daemon that had not bound its socket yet.
+        if let Some(served) = served_by(store) {
+            return Break(served);
+        }
+        if ready.is_some_and(reader_gone) {
+            return Break("the `dagfs mount` that started this daemon is gone".into());
+        }
+        if !std::mem::replace(&mut told, true) {
+            let msg = format!(
+                "waiting for the store lock on {} (held by {holder})",
                 store.display()
             );
-        },
-    )?);
+            eprintln!("dagfs: {msg}");
+            if let Some(fd) = ready {
+                let _ = std::fs::File::from(fd.try_clone().expect("dup ready fd"))
+                    .write_all(format!("wait: {msg}\n").as_bytes());
+            }
+        }
+        Continue(())
+    })
+    .map_err(|e| match e {
+        CacheError::Store(StoreError::GaveUp { reason, .. }) => CliError::Mount(reason),
+        e => e.into(),
+    })?;
+    let cache = Arc::new(cache);
     for note in cache.notes() {
         eprintln!("dagfs: {note}");
     }

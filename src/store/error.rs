@@ -42,6 +42,9 @@ pub enum StoreError {
     TooLarge { path: PathBuf, limit: u64 },
     #[error("{path}: changed while it was being stored ({what})")]
     Changed { path: PathBuf, what: String },
+    /// A waiter for the store lock (`path`) stopped waiting.
+    #[error("{reason}")]
+    GaveUp { path: PathBuf, reason: String },
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;

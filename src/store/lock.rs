@@ -4,10 +4,20 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
+use std::ops::ControlFlow;
 use std::os::fd::AsRawFd;
 use std::path::Path;
 
-use super::error::{IoContext, Result};
+use super::error::{IoContext, Result, StoreError};
+
+/// How often a waiter checks the lock (and asks its `Waiting` whether to
+/// keep waiting).
+const POLL: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Called while a process waits for the lock: at once, then every `POLL`,
+/// with the holder's description; `Break(reason)` stops waiting (the open
+/// fails with `StoreError::GaveUp`).
+pub type Waiting<'a> = dyn FnMut(&str) -> ControlFlow<String> + 'a;
 
 #[derive(Debug)]
 pub struct StoreLock {
@@ -23,9 +33,10 @@ pub fn holder(path: &Path) -> Option<String> {
 }
 
 impl StoreLock {
-    /// Take the lock, waiting if another process holds it. `on_wait` is
-    /// called once, with the holder's description, before blocking.
-    pub fn acquire(path: &Path, on_wait: &mut dyn FnMut(&str)) -> Result<StoreLock> {
+    /// Take the lock; while another process holds it, ask `waiting` every
+    /// `POLL` whether to go on (so a waiter can notice a signal, or that
+    /// waiting has become pointless).
+    pub fn acquire(path: &Path, waiting: &mut Waiting<'_>) -> Result<StoreLock> {
         let mut file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -33,10 +44,15 @@ impl StoreLock {
             .truncate(false)
             .open(path)
             .at(path)?;
-        if !try_flock(&file, libc::LOCK_EX | libc::LOCK_NB).at(path)? {
+        while !try_flock(&file, libc::LOCK_EX | libc::LOCK_NB).at(path)? {
             let who = holder(path).unwrap_or_else(|| "another process".into());
-            on_wait(&who);
-            try_flock(&file, libc::LOCK_EX).at(path)?;
+            if let ControlFlow::Break(reason) = waiting(&who) {
+                return Err(StoreError::GaveUp {
+                    path: path.to_path_buf(),
+                    reason,
+                });
+            }
+            std::thread::sleep(POLL);
         }
         let me = format!(
             "pid {} ({})\n",

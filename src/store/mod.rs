@@ -174,6 +174,18 @@ impl Store {
     /// Open (creating if absent or empty) the store at `root`, waiting for
     /// the lock if another process holds it.
     pub fn open(root: &Path, on_wait: &mut dyn FnMut(&str)) -> Result<Store> {
+        let mut told = false;
+        Self::open_waiting(root, &mut |who| {
+            if !std::mem::replace(&mut told, true) {
+                on_wait(who);
+            }
+            std::ops::ControlFlow::Continue(())
+        })
+    }
+
+    /// As `open`, asking `waiting` while the lock is held elsewhere whether
+    /// to go on (see `lock::Waiting`).
+    pub fn open_waiting(root: &Path, waiting: &mut lock::Waiting<'_>) -> Result<Store> {
         fs::create_dir_all(root).at(root)?;
         // NB: absolute, so "is this output under tmp/?" (take over vs copy)
         // compares like with like.
@@ -188,7 +200,7 @@ impl Store {
             Err(StoreError::NotAStore { .. }) if being_created(root) => {}
             Err(e) => return Err(e),
         }
-        let lock = StoreLock::acquire(&root.join("lock"), on_wait)?;
+        let lock = StoreLock::acquire(&root.join("lock"), waiting)?;
         match check_root(root) {
             // An interrupted creation: init_layout completes it.
             Err(StoreError::NotAStore { .. }) if being_created(root) => {}
