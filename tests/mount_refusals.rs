@@ -204,3 +204,54 @@ fn a_daemon_waiting_for_the_store_lock_stops_on_sigterm() {
     assert!(log.contains("while waiting for the store lock"), "{log}");
     assert!(!is_dagfs_mount(&mnt));
 }
+
+/// Regression: `dagfs mount $STORE/blobs` (or `entries/`, `packs/`,
+/// `index/`, `tmp/`) was accepted, and an `fsck --repair` through that
+/// daemon then dropped every entry.
+#[test]
+fn mount_point_inside_the_store_is_refused() {
+    let e = env();
+    let o = dagfs(&e.store, &["stats"]).output().unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    for sub in [
+        "",
+        "blobs",
+        "entries",
+        "packs",
+        "index",
+        "tmp",
+        "blobs/../tmp",
+    ] {
+        let mnt = e.store.join(sub);
+        fs::create_dir_all(&mnt).unwrap();
+        let o = mount_must_exit(&e.store, &mnt, &[]);
+        assert_eq!(o.status.code(), Some(12), "{sub}: {}", text(&o));
+        assert!(
+            text(&o).contains("is inside the store"),
+            "{sub}: {}",
+            text(&o)
+        );
+    }
+    // Through a symlink to it, too.
+    let link = e.root.join("link");
+    std::os::unix::fs::symlink(e.store.join("blobs"), &link).unwrap();
+    let o = mount_must_exit(&e.store, &link, &[]);
+    assert_eq!(o.status.code(), Some(12), "{}", text(&o));
+    let o = dagfs(&e.store, &["fsck"]).output().unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+}
+
+/// The store inside the mount point would be hidden by the mount.
+#[test]
+fn store_inside_the_mount_point_is_refused() {
+    let e = env();
+    for store in [e.root.join("store"), e.root.join("new/store")] {
+        let o = mount_must_exit(&store, &e.root, &[]);
+        assert_eq!(o.status.code(), Some(12), "{}", text(&o));
+        assert!(
+            text(&o).contains("is inside the mount point"),
+            "{}",
+            text(&o)
+        );
+    }
+}

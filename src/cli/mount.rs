@@ -182,6 +182,7 @@ pub fn mount(store: Option<PathBuf>, a: MountArgs) -> Result<(), CliError> {
                 mnt.display()
             )));
         }
+        check_apart(&store, &mnt)?;
         if a.foreground {
             serve(&store, &mnt, &opts, ready.as_ref())
         } else {
@@ -193,6 +194,47 @@ pub fn mount(store: Option<PathBuf>, a: MountArgs) -> Result<(), CliError> {
             .write_all(format!("error: {e}\n").as_bytes());
     }
     result
+}
+
+/// `p` with symlinks and `..` resolved, also when its last components do
+/// not exist yet (a store `mount` is about to create).
+fn resolved(p: &Path) -> PathBuf {
+    let mut missing = Vec::new();
+    let mut at = p;
+    loop {
+        if let Ok(real) = std::fs::canonicalize(at) {
+            return missing.iter().rev().fold(real, |acc, c| acc.join(c));
+        }
+        match (at.parent(), at.file_name()) {
+            (Some(parent), Some(name)) => {
+                missing.push(name.to_os_string());
+                at = parent;
+            }
+            _ => return p.to_path_buf(),
+        }
+    }
+}
+
+/// Refuse a mount point inside the store (the mount would hide `blobs/`,
+/// `index/`, … from the daemon itself, and a repair through it would drop
+/// every entry) and a store inside the mount point (hidden by the mount).
+fn check_apart(store: &Path, mnt: &Path) -> Result<(), CliError> {
+    let (store, mnt) = (resolved(store), resolved(mnt));
+    if mnt.starts_with(&store) {
+        return Err(CliError::Mount(format!(
+            "{} is inside the store {}: choose a mount point outside it",
+            mnt.display(),
+            store.display()
+        )));
+    }
+    if store.starts_with(&mnt) {
+        return Err(CliError::Mount(format!(
+            "the store {} is inside the mount point {}, which would hide it: choose a mount point outside it",
+            store.display(),
+            mnt.display()
+        )));
+    }
+    Ok(())
 }
 
 /// Whether a daemon already serves `store` (one answers on its socket),
