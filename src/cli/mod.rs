@@ -69,6 +69,7 @@ pub enum Cmd {
     Run(run::RunArgs),
     /// Cache statistics (persist across runs)
     Stats {
+        /// Print the statistics as JSON (hit rate included)
         #[arg(long)]
         json: bool,
     },
@@ -79,19 +80,27 @@ pub enum Cmd {
     },
     /// A task's key components, and what differs from its previous key
     Explain {
+        /// Pipeline file
         #[arg(short = 'f', long = "file", default_value = "dagfs.toml")]
         file: PathBuf,
+        /// The task to explain (its name in the pipeline file)
         task: String,
     },
     /// Print a stored file (or list a directory): DAG/TASK/PATH or KEYPREFIX/PATH
-    Cat { path: String },
+    Cat {
+        /// What to print: DAG/TASK/PATH or KEYPREFIX/PATH
+        path: String,
+    },
     /// Show or set the store's cache policy (max_entries, max_bytes, ttl; "none" clears)
     Config {
+        /// The setting to show or set: max_entries, max_bytes or ttl [default: show all]
         key: Option<String>,
+        /// Its new value (a count, a size like 10G, a duration like 7d), or "none"
         value: Option<String>,
     },
     /// Apply the cache policy, then remove blobs no entry references
     Gc {
+        /// Only report what would be expired, evicted and removed
         #[arg(long)]
         dry_run: bool,
     },
@@ -120,7 +129,10 @@ pub enum Cmd {
     /// Serve the store as a read-only filesystem at MOUNTPOINT (starts the daemon)
     Mount(mount::MountArgs),
     /// Stop the daemon serving MOUNTPOINT and unmount it
-    Umount { mountpoint: PathBuf },
+    Umount {
+        /// The directory a dagfs daemon serves
+        mountpoint: PathBuf,
+    },
 }
 
 impl Cmd {
@@ -481,5 +493,35 @@ fn execute(cmd: Cmd, src: &mut CacheSource, io: &mut Io, ctx: &Ctx) -> Result<()
         Cmd::Mount(_) | Cmd::Umount { .. } => Err(CliError::Usage(
             "mount/umount run only from the command line".into(),
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Regression: `--help` listed options and positionals without a word
+    /// of what they are (`stats --json`, `gc --dry-run`, `explain -f`,
+    /// `<TASK>`, `<PATH>`, `[KEY] [VALUE]`, `<MOUNTPOINT>`).
+    #[test]
+    fn every_option_and_positional_has_a_description() {
+        use clap::CommandFactory;
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for a in cmd.get_arguments() {
+                let builtin = matches!(a.get_id().as_str(), "help" | "version");
+                if !builtin && !a.is_hide_set() && a.get_help().is_none() {
+                    missing.push(format!("{path} {}", a.get_id()));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                if sub.get_about().is_none() && sub.get_name() != "help" {
+                    missing.push(format!("{path} {} (the command)", sub.get_name()));
+                }
+                walk(sub, &format!("{path} {}", sub.get_name()), missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&Cli::command(), "dagfs", &mut missing);
+        assert!(missing.is_empty(), "no description: {missing:?}");
     }
 }

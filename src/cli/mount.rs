@@ -34,6 +34,7 @@ use super::{serve_request, store_dir, CliError, Ctx};
 
 #[derive(Args, Debug, Clone, Serialize, Deserialize)]
 pub struct MountArgs {
+    /// The directory to serve the store at (empty, outside the store)
     pub mountpoint: PathBuf,
     /// Stay in the foreground (otherwise: detach once the mount is live)
     #[arg(short = 'f', long)]
