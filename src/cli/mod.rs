@@ -7,6 +7,7 @@
 //! `execute` with writers that stream back). Errors become exit codes in
 //! exactly one place, `CliError::exit_code`.
 
+mod cat;
 mod inspect;
 mod mount;
 mod run;
@@ -86,9 +87,10 @@ pub enum Cmd {
         /// The task to explain (its name in the pipeline file)
         task: String,
     },
-    /// Print a stored file (or list a directory): DAG/TASK/PATH or KEYPREFIX/PATH
+    /// Print a stored file (or list a directory), following symlinks inside the tree
     Cat {
-        /// What to print: DAG/TASK/PATH or KEYPREFIX/PATH
+        /// What to print: DAG/TASK/PATH, KEYPREFIX/PATH, a sync snapshot
+        /// NAME@N/PATH (N a number or `latest`), or TREEDIGEST/PATH
         path: String,
     },
     /// Show or set the store's cache policy (max_entries, max_bytes, ttl; "none" clears)
@@ -479,7 +481,7 @@ fn execute(cmd: Cmd, src: &mut CacheSource, io: &mut Io, ctx: &Ctx) -> Result<()
             let c = src.get(io)?;
             inspect::ls(c, dag.as_deref(), io)
         }
-        Cmd::Cat { path } => inspect::cat(src.get(io)?, &path, io),
+        Cmd::Cat { path } => cat::cat(src.get(io)?, &path, io),
         Cmd::Config { key, value } => inspect::config(src.get(io)?, key, value, io),
         Cmd::Gc { dry_run } => inspect::gc(src.get(io)?, dry_run, io),
         Cmd::Sync(args) => sync::sync(args, src, io, ctx),

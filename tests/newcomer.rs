@@ -1,0 +1,116 @@
+//! Small things a newcomer hit (issue 11, item 8), each pinned by a test
+//! that drives the real `dagfs` binary in its own temporary store.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+mod common;
+
+use common::{dagfs, text};
+
+struct Env {
+    _tmp: tempfile::TempDir,
+    root: PathBuf,
+    store: PathBuf,
+}
+
+fn env() -> Env {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().to_path_buf();
+    Env {
+        store: root.join("store"),
+        root,
+        _tmp: tmp,
+    }
+}
+
+fn run(store: &Path, args: &[&str]) -> Output {
+    dagfs(store, args).output().unwrap()
+}
+
+fn ok(store: &Path, args: &[&str]) -> String {
+    let o = run(store, args);
+    assert!(o.status.success(), "dagfs {args:?}: {}", text(&o));
+    String::from_utf8(o.stdout).unwrap()
+}
+
+/// A pipeline `p` whose task `t` leaves `f.txt`, a link `l -> f.txt`, a
+/// directory link `dl -> d`, `d/g.txt` and a link climbing out.
+fn links_pipeline(e: &Env) -> PathBuf {
+    let dir = e.root.join("p");
+    fs::create_dir_all(&dir).unwrap();
+    fs::write(
+        dir.join("dagfs.toml"),
+        r#"
+name = "p"
+[tasks.t]
+run = "cd $DAGFS_OUT && echo file > f.txt && ln -s f.txt l && mkdir d && echo g > d/g.txt && ln -s d dl && ln -s ../../etc/passwd out && ln -s /etc/passwd abs && ln -s ../f.txt d/up"
+"#,
+    )
+    .unwrap();
+    dir.join("dagfs.toml")
+}
+
+/// Regression: `dagfs cat` of a symlink printed its target, and a path
+/// through a directory symlink was refused.
+#[test]
+fn cat_follows_symlinks_inside_the_tree() {
+    let e = env();
+    let f = links_pipeline(&e);
+    ok(&e.store, &["run", "-f", f.to_str().unwrap()]);
+    assert_eq!(ok(&e.store, &["cat", "p/t/l"]), "file\n");
+    assert_eq!(ok(&e.store, &["cat", "p/t/dl/g.txt"]), "g\n");
+    assert_eq!(ok(&e.store, &["cat", "p/t/dl/up"]), "file\n");
+    assert_eq!(ok(&e.store, &["cat", "p/t/d/../f.txt"]), "file\n");
+    for (path, why) in [
+        ("p/t/out", "climbs out of the stored tree"),
+        ("p/t/abs", "outside the stored tree"),
+        ("p/t/f.txt/x", "not a directory"),
+    ] {
+        let o = run(&e.store, &["cat", path]);
+        assert_eq!(o.status.code(), Some(10), "{path}: {}", text(&o));
+        assert!(text(&o).contains(why), "{path}: {}", text(&o));
+    }
+}
+
+/// Regression: `dagfs cat` could not read sync snapshots (`NAME@N/PATH`)
+/// or a tree by its digest.
+#[test]
+fn cat_reads_sync_snapshots_and_trees() {
+    let e = env();
+    let src = e.root.join("src");
+    fs::create_dir_all(src.join("sub")).unwrap();
+    fs::write(src.join("sub/a.txt"), "one\n").unwrap();
+    ok(&e.store, &["sync", src.to_str().unwrap(), "--name", "s"]);
+    fs::write(src.join("sub/a.txt"), "two\n").unwrap();
+    let report = ok(
+        &e.store,
+        &["sync", src.to_str().unwrap(), "--name", "s", "--json"],
+    );
+    assert_eq!(ok(&e.store, &["cat", "s@1/sub/a.txt"]), "one\n");
+    assert_eq!(ok(&e.store, &["cat", "s@2/sub/a.txt"]), "two\n");
+    assert_eq!(ok(&e.store, &["cat", "s@latest/sub/a.txt"]), "two\n");
+    assert_eq!(ok(&e.store, &["cat", "s@1/sub"]), "a.txt\n");
+    let v: serde_json::Value = serde_json::from_str(&report).unwrap();
+    let tree = find_tree_digest(&v).unwrap_or_else(|| panic!("no tree digest in {report}"));
+    assert_eq!(
+        ok(&e.store, &["cat", &format!("{tree}/sub/a.txt")]),
+        "two\n"
+    );
+    assert_eq!(
+        ok(&e.store, &["cat", &format!("{}/sub/a.txt", &tree[..12])]),
+        "two\n"
+    );
+    for (spec, code) in [("s@3/sub/a.txt", 10), ("nosuch@1/x", 10), ("s@x/a", 2)] {
+        let o = run(&e.store, &["cat", spec]);
+        assert_eq!(o.status.code(), Some(code), "{spec}: {}", text(&o));
+    }
+}
+
+/// The snapshot's tree digest in a `sync --json` report.
+fn find_tree_digest(v: &serde_json::Value) -> Option<String> {
+    ["tree", "digest", "root"]
+        .iter()
+        .find_map(|k| v.get(*k).and_then(|t| t.as_str()).map(str::to_string))
+}
