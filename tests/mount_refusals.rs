@@ -255,3 +255,24 @@ fn store_inside_the_mount_point_is_refused() {
         );
     }
 }
+
+/// Regression: mounting over a non-empty directory silently hid what was
+/// in it; now it takes `-o nonempty`.
+#[test]
+fn non_empty_mount_point_needs_nonempty() {
+    let e = env();
+    let mnt = e.root.join("mnt");
+    fs::create_dir_all(&mnt).unwrap();
+    fs::write(mnt.join("precious.txt"), "mine\n").unwrap();
+    let o = mount_must_exit(&e.store, &mnt, &[]);
+    assert_eq!(o.status.code(), Some(12), "{}", text(&o));
+    assert!(text(&o).contains("is not empty"), "{}", text(&o));
+    assert!(text(&o).contains("-o nonempty"), "{}", text(&o));
+    let m = Mounted::with_options(&e.store, &mnt, "passthrough=off,nonempty");
+    assert!(mnt.join("keys").is_dir(), "mounted over it");
+    drop(m);
+    assert_eq!(
+        fs::read_to_string(mnt.join("precious.txt")).unwrap(),
+        "mine\n"
+    );
+}

@@ -43,7 +43,8 @@ pub struct MountArgs {
     /// passthrough=auto|on|off, debug, threads=N, verify=first-open|always|off
     /// (re-hash a blob before serving it: at its first read, at every open
     /// and read from offset 0, or never; a mismatch is EIO and the blob goes
-    /// to <store>/quarantine/)
+    /// to <store>/quarantine/), nonempty (mount over a directory that has
+    /// files, hiding them)
     #[arg(short = 'o', value_name = "OPTS")]
     pub options: Vec<String>,
     /// (internal) report readiness on this file descriptor
@@ -59,6 +60,8 @@ struct MountOpts {
     threads: Option<usize>,
     store: Option<PathBuf>,
     verify: Verify,
+    /// Mount over a directory that has files (they are hidden meanwhile).
+    nonempty: bool,
 }
 
 /// Options generic mount tools pass that mean nothing (or what we always do).
@@ -75,6 +78,7 @@ fn parse_opts(list: &[String]) -> Result<MountOpts, CliError> {
         threads: None,
         store: None,
         verify: Verify::FirstOpen,
+        nonempty: false,
     };
     for opt in list
         .iter()
@@ -89,6 +93,7 @@ fn parse_opts(list: &[String]) -> Result<MountOpts, CliError> {
             ("allow_other", None) => o.allow_other = true,
             ("default_permissions", None) => {}
             ("debug", None) => o.debug = true,
+            ("nonempty", None) => o.nonempty = true,
             ("rw", None) => return Err(CliError::Usage("-o rw: dagfs mounts are read-only".into())),
             ("store", Some(s)) => o.store = Some(PathBuf::from(s)),
             ("passthrough", Some("auto")) => o.passthrough = Passthrough::Auto,
@@ -106,7 +111,7 @@ fn parse_opts(list: &[String]) -> Result<MountOpts, CliError> {
             }
             (k, None) if IGNORED.contains(&k) || k == "relatime" => {}
             (k, _) if k.starts_with("x-") => {}
-            _ => return Err(CliError::Usage(format!("unknown mount option `{opt}` (allow_other, ro, store=DIR, passthrough=auto|on|off, debug, threads=N, verify=first-open|always|off)"))),
+            _ => return Err(CliError::Usage(format!("unknown mount option `{opt}` (allow_other, ro, store=DIR, passthrough=auto|on|off, debug, threads=N, verify=first-open|always|off, nonempty)"))),
         }
     }
     Ok(o)
@@ -164,6 +169,12 @@ pub fn mount(store: Option<PathBuf>, a: MountArgs) -> Result<(), CliError> {
         unsafe { OwnedFd::from_raw_fd(fd) }
     });
     let result = (|| {
+        if store.exists() && !store.is_dir() {
+            return Err(CliError::Mount(format!(
+                "the store {} is not a directory",
+                store.display()
+            )));
+        }
         recover_stale(&mnt)?;
         if let Some(served) = served_by(&store) {
             return Err(CliError::Mount(served));
@@ -184,6 +195,12 @@ pub fn mount(store: Option<PathBuf>, a: MountArgs) -> Result<(), CliError> {
             )));
         }
         check_apart(&store, &mnt)?;
+        if !opts.nonempty && dir_has_entries(&mnt) {
+            return Err(CliError::Mount(format!(
+                "{} is not empty: the mount would hide what is in it (-o nonempty mounts over it anyway)",
+                mnt.display()
+            )));
+        }
         if a.foreground {
             serve(&store, &mnt, &opts, ready.as_ref())
         } else {
@@ -236,6 +253,12 @@ fn check_apart(store: &Path, mnt: &Path) -> Result<(), CliError> {
         )));
     }
     Ok(())
+}
+
+/// Whether `dir` lists anything (an unreadable one counts as empty: the
+/// mount itself then says what is wrong).
+fn dir_has_entries(dir: &Path) -> bool {
+    std::fs::read_dir(dir).is_ok_and(|mut rd| rd.next().is_some())
 }
 
 /// Whether a daemon already serves `store` (one answers on its socket),
