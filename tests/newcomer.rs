@@ -114,3 +114,69 @@ fn find_tree_digest(v: &serde_json::Value) -> Option<String> {
         .iter()
         .find_map(|k| v.get(*k).and_then(|t| t.as_str()).map(str::to_string))
 }
+
+/// Regression: a `--store` that is a regular file was reported as a daemon
+/// error (exit 11, `daemon at …/daemon.sock: Not a directory`).
+#[test]
+fn a_store_that_is_a_file_is_a_store_error() {
+    let e = env();
+    fs::create_dir_all(&e.root).unwrap();
+    let file = e.root.join("file");
+    fs::write(&file, "not a store").unwrap();
+    for args in [
+        &["stats"][..],
+        &["ls"],
+        &["cat", "a/b/c"],
+        &["sync", "--list"],
+    ] {
+        let o = run(&file, args);
+        assert_eq!(o.status.code(), Some(8), "{args:?}: {}", text(&o));
+        assert!(
+            text(&o).contains("not a directory"),
+            "{args:?}: {}",
+            text(&o)
+        );
+        assert!(!text(&o).contains("daemon"), "{args:?}: {}", text(&o));
+    }
+    let mnt = e.root.join("mnt");
+    fs::create_dir_all(&mnt).unwrap();
+    let o = run(&file, &["mount", mnt.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(12), "{}", text(&o));
+    assert!(text(&o).contains("is not a directory"), "{}", text(&o));
+}
+
+/// Regression: `dagfs sync` of a missing directory was a store error
+/// (exit 8); it is "not found" (10), and a file is a usage error (2).
+#[test]
+fn sync_of_a_missing_directory_is_not_found() {
+    let e = env();
+    let missing = e.root.join("nope");
+    let o = run(&e.store, &["sync", missing.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(10), "{}", text(&o));
+    assert!(text(&o).contains("no such directory"), "{}", text(&o));
+    let file = e.root.join("f");
+    fs::write(&file, "x").unwrap();
+    let o = run(&e.store, &["sync", file.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("not a directory"), "{}", text(&o));
+}
+
+/// `explain` of a task the pipeline does not have exits 7, as `run` does;
+/// the exit-code table in `--help` said 10 ("cat/explain target").
+#[test]
+fn explain_of_an_unknown_task_exits_7_as_documented() {
+    let e = env();
+    let f = links_pipeline(&e);
+    let o = run(&e.store, &["explain", "-f", f.to_str().unwrap(), "nosuch"]);
+    assert_eq!(o.status.code(), Some(7), "{}", text(&o));
+    assert!(text(&o).contains("nosuch"), "{}", text(&o));
+    let help = ok(&e.store, &["--help"]);
+    let line = |code: &str| {
+        help.lines()
+            .find(|l| l.trim_start().starts_with(code))
+            .unwrap_or_else(|| panic!("no exit code {code} in --help: {help}"))
+            .to_string()
+    };
+    assert!(line("7 ").contains("explain"), "{}", line("7 "));
+    assert!(!line("10 ").contains("explain"), "{}", line("10 "));
+}

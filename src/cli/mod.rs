@@ -39,10 +39,10 @@ Exit codes:
   4   duplicate task name
   5   unknown dependency
   6   dependency cycle (printed as a -> b -> c -> a)
-  7   unknown task named on the command line
+  7   unknown task named on the command line (run, explain)
   8   store error (I/O, lock, corruption)
   9   store format not supported by this dagfs
-  10  not found (cat/explain target, umount of something not mounted)
+  10  not found (the target of cat, the DAG of ls, the directory of sync, umount of something not mounted)
   11  daemon error (refused connection, protocol version mismatch)
   12  mount failed
   13  sync conflict (a file kept changing while it was read)

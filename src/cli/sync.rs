@@ -74,6 +74,23 @@ pub fn sync(a: SyncArgs, src: &mut CacheSource, io: &mut Io, ctx: &Ctx) -> Resul
         .dir
         .clone()
         .expect("clap: dir required without --list/--stop");
+    match std::fs::metadata(&dir) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => {
+            return Err(CliError::Usage(format!(
+                "{}: not a directory (dagfs sync snapshots directories)",
+                dir.display()
+            )))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(CliError::NotFound(format!(
+                "{}: no such directory",
+                dir.display()
+            )))
+        }
+        // Anything else (permissions, …) is reported by the scan itself.
+        Err(_) => {}
+    }
     let opts = ScanOptions {
         include: a.include.clone(),
         exclude: a.exclude.clone(),

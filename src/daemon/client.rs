@@ -33,11 +33,13 @@ pub fn connect(store: &Path) -> Result<Option<Client>, ClientError> {
     let sock = store.join("daemon.sock");
     let mut stream = match UnixStream::connect(&sock) {
         Ok(s) => s,
+        // NB: ENOTDIR: the store is not a directory, so no daemon serves
+        // it; opening it says what is wrong.
         Err(e)
             if matches!(
                 e.kind(),
                 io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused
-            ) =>
+            ) || e.raw_os_error() == Some(libc::ENOTDIR) =>
         {
             return Ok(None)
         }

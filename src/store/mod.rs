@@ -186,6 +186,12 @@ impl Store {
     /// As `open`, asking `waiting` while the lock is held elsewhere whether
     /// to go on (see `lock::Waiting`).
     pub fn open_waiting(root: &Path, waiting: &mut lock::Waiting<'_>) -> Result<Store> {
+        if fs::metadata(root).is_ok_and(|m| !m.is_dir()) {
+            return Err(StoreError::NotAStore {
+                path: root.to_path_buf(),
+                reason: "not a directory".into(),
+            });
+        }
         fs::create_dir_all(root).at(root)?;
         // NB: absolute, so "is this output under tmp/?" (take over vs copy)
         // compares like with like.
