@@ -180,3 +180,128 @@ fn explain_of_an_unknown_task_exits_7_as_documented() {
     assert!(line("7 ").contains("explain"), "{}", line("7 "));
     assert!(!line("10 ").contains("explain"), "{}", line("10 "));
 }
+
+/// Releases the gated tasks of `status_line_shows_running_and_queued_apart`
+/// and kills the run on every path.
+struct Gate {
+    dir: PathBuf,
+    child: std::process::Child,
+}
+
+impl Drop for Gate {
+    fn drop(&mut self) {
+        let _ = fs::write(self.dir.join("go"), "");
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The status line's last state in a terminal's output (`\r` redraws).
+fn status_lines(tty: &str) -> Vec<String> {
+    let plain: String = {
+        // Drop ANSI escapes (`ESC [ ... letter`).
+        let mut out = String::new();
+        let mut chars = tty.chars().peekable();
+        while let Some(c) = chars.next() {
+            if c == '\x1b' {
+                for d in chars.by_ref() {
+                    if d.is_ascii_alphabetic() {
+                        break;
+                    }
+                }
+            } else {
+                out.push(c);
+            }
+        }
+        out
+    };
+    plain
+        .split(['\r', '\n'])
+        .filter(|l| l.starts_with('[') && l.contains(" running"))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Regression: with `-j2`, the terminal's status line said `6 running`
+/// while two ran: every miss handed to the workers counted as running.
+#[test]
+fn status_line_shows_running_and_queued_apart() {
+    let have_script = std::process::Command::new("script")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !have_script {
+        eprintln!("skipping: needs script(1) for a terminal");
+        return;
+    }
+    let e = env();
+    let gate = e.root.join("gate");
+    fs::create_dir_all(&gate).unwrap();
+    let dir = e.root.join("j");
+    fs::create_dir_all(&dir).unwrap();
+    let mut toml = String::from("name = \"j\"\n");
+    for i in 0..6 {
+        // Each task waits (at most 30 s) until the test lets it finish.
+        toml += &format!(
+            "[tasks.t{i}]\nenv = [\"DAGFS_TEST_GATE\"]\nrun = 'touch \"$DAGFS_TEST_GATE/started-$DAGFS_TASK\"; i=0; while [ ! -e \"$DAGFS_TEST_GATE/go\" ] && [ $i -lt 3000 ]; do sleep 0.01; i=$((i+1)); done; echo $DAGFS_TASK > $DAGFS_OUT/x'\n"
+        );
+    }
+    fs::write(dir.join("dagfs.toml"), toml).unwrap();
+    let log = e.root.join("tty.log");
+    let cmd = format!(
+        "{} --store {} run -j2 -f {}",
+        common::BIN,
+        e.store.display(),
+        dir.join("dagfs.toml").display()
+    );
+    let child = std::process::Command::new("script")
+        .args(["-qefc", &cmd, "/dev/null"])
+        .env("DAGFS_TEST_GATE", &gate)
+        .env_remove("DAGFS_STORE")
+        .stdin(std::process::Stdio::null())
+        .stdout(fs::File::create(&log).unwrap())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut g = Gate {
+        dir: gate.clone(),
+        child,
+    };
+    let started = || {
+        fs::read_dir(&gate)
+            .unwrap()
+            .filter(|e| {
+                let n = e.as_ref().unwrap().file_name();
+                n.to_string_lossy().starts_with("started-")
+            })
+            .count()
+    };
+    common::wait_for("two tasks to start", || started() == 2);
+    common::wait_for("the status line to show 2 running and 4 queued", || {
+        let t = fs::read_to_string(&log).unwrap_or_default();
+        status_lines(&t)
+            .last()
+            .is_some_and(|l| l.contains(" 2 running") && l.ends_with("; 4 queued"))
+    });
+    assert_eq!(started(), 2, "-j2 ran more than two at once");
+    fs::write(gate.join("go"), "").unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let status = loop {
+        if let Some(st) = g.child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(std::time::Instant::now() < deadline, "the run did not end");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
+    let t = fs::read_to_string(&log).unwrap();
+    assert!(status.success(), "{t}");
+    for l in status_lines(&t) {
+        let n: usize = l
+            .split(" running")
+            .next()
+            .and_then(|h| h.rsplit(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no count in {l:?}"));
+        assert!(n <= 2, "more than -j2 running: {l:?}");
+    }
+}
