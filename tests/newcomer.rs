@@ -305,3 +305,52 @@ fn status_line_shows_running_and_queued_apart() {
         assert!(n <= 2, "more than -j2 running: {l:?}");
     }
 }
+
+/// Regression: `dagfs stats` listed a hit route (`content`) the README
+/// never explained. Every route and miss reason it prints is documented.
+#[test]
+fn every_route_and_miss_reason_in_stats_is_documented() {
+    let e = env();
+    let v: serde_json::Value = serde_json::from_str(&ok(&e.store, &["stats", "--json"])).unwrap();
+    let readme = fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let stats_doc = readme
+        .split("Statistics persist in the index")
+        .nth(1)
+        .and_then(|s| s.split("\n\n").next())
+        .expect("README documents the statistics");
+    for field in ["hits_by_route", "misses_by_reason"] {
+        let names = v[field]
+            .as_object()
+            .unwrap_or_else(|| panic!("{field} in {v}"));
+        assert!(!names.is_empty());
+        for name in names.keys() {
+            assert!(
+                stats_doc.contains(&format!("`{name}`")),
+                "{field} `{name}` is not explained in the README's statistics paragraph"
+            );
+        }
+    }
+}
+
+/// Regression: `scripts/demo` built and showed no `mount-dagfs`, the mount
+/// helper `mount -t dagfs` runs.
+#[test]
+fn demo_builds_and_shows_the_mount_helper() {
+    let bin = Path::new(common::BIN);
+    if !bin.with_file_name("mount-dagfs").exists() {
+        eprintln!("skipping: mount-dagfs is not built (cargo build --workspace)");
+        return;
+    }
+    let demo = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/demo");
+    let o = std::process::Command::new(demo)
+        .env("DAGFS_BIN", bin)
+        .env_remove("DAGFS_STORE")
+        .env_remove("KEEP")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(t.contains("the mount helper"), "{t}");
+    assert!(t.contains("mount.dagfs: would run: "), "{t}");
+}
