@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use clap::Args;
 use serde::{Deserialize, Serialize};
 
+use dagfs::cache::Cache;
 use dagfs::index::stats::format_size;
 use dagfs::sync::{self, ChangeKind, ScanOptions};
 
@@ -128,6 +129,9 @@ pub fn sync(a: SyncArgs, src: &mut CacheSource, io: &mut Io, ctx: &Ctx) -> Resul
                 })
             }
             .map_err(CliError::Output)?;
+            if let Some(note) = ignored_lockfile(cache, &r) {
+                let _ = writeln!(io.err, "dagfs: note: {note}");
+            }
             return Ok(());
         }
         let sigs = super::block_stop_signals();
@@ -173,7 +177,31 @@ pub fn sync(a: SyncArgs, src: &mut CacheSource, io: &mut Io, ctx: &Ctx) -> Resul
     } else {
         print_text(io.out, r)
     };
-    res.map_err(CliError::Output)
+    res.map_err(CliError::Output)?;
+    if let Some(note) = ignored_lockfile(cache, r) {
+        let _ = writeln!(io.err, "dagfs: note: {note}");
+    }
+    Ok(())
+}
+
+/// A crate (or workspace) whose `Cargo.lock` an ignore file left out of the
+/// snapshot cannot be built from it read-only: cargo then writes a new one
+/// (`failed to write …/Cargo.lock: Read-only file system`). Say so, with
+/// the way to keep it. Only the synced root is checked (one stat).
+fn ignored_lockfile(cache: &Cache, r: &sync::SyncReport) -> Option<String> {
+    let lock = r.root.join("Cargo.lock");
+    if !lock.is_file() {
+        return None;
+    }
+    let tree = cache.store.read_tree(&r.snapshot.tree).ok()?;
+    if tree.find(b"Cargo.toml").is_none() || tree.find(b"Cargo.lock").is_some() {
+        return None;
+    }
+    Some(format!(
+        "{} is ignored (.gitignore, .dagfsignore or --exclude), so a cargo build from this snapshot must write one and fails on the read-only mount; a line `!Cargo.lock` in {} keeps it",
+        lock.display(),
+        r.root.join(".dagfsignore").display()
+    ))
 }
 
 fn watch_error(e: WatchError) -> CliError {
