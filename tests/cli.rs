@@ -1689,7 +1689,12 @@ fn hello_c_example_caches_and_reruns_only_what_an_edit_affects() {
     assert!(sb
         .cat_str("hello-c/report/report.txt")
         .contains("Hello again, dagfs!"));
-    assert_eq!(sb.cat_str("hello-c/package/latest"), "bin/hello\n");
+    // A symlink is followed inside the tree (`latest -> bin/hello`).
+    assert_eq!(
+        sb.cat("hello-c/package/latest"),
+        sb.cat("hello-c/package/bin/hello")
+    );
+    assert!(sb.cat_str("hello-c/package").contains("latest@"));
     assert_eq!(sb.cat_str("hello-c/package/var"), "", "empty dir kept");
 }
 

@@ -362,7 +362,20 @@ pub fn explain(
         Arc::new(ShellRunner),
         io.env,
         cache,
-    )?;
+    )
+    .map_err(|e| match (&e, cache.store.read_only()) {
+        // A changed input's snapshot must be stored to key it: that
+        // failed, writing inside the store.
+        (ExecError::Input { reason, .. }, Some(why))
+            if reason.contains(&*cache.store.root().to_string_lossy()) =>
+        {
+            CliError::ReadOnly(format!(
+            "{e}: the store {} cannot be written ({why}), and an input of `{task}` changed since it was: explaining it would store the input's new snapshot",
+            cache.store.root().display()
+        ))
+        }
+        _ => e.into(),
+    })?;
 
     let current = explain::current(cache, &plan, task)?;
     let text = explain::text(cache, &pipeline.name, task, &current)?;

@@ -138,6 +138,23 @@ pub enum Cmd {
 }
 
 impl Cmd {
+    /// What of this command writes to the store, if it does (refused on a
+    /// store this process cannot write).
+    fn writes(&self) -> Option<&'static str> {
+        match self {
+            Cmd::Run(_) => Some("`dagfs run` stores outputs and records runs"),
+            Cmd::Gc { dry_run: false } => Some("`dagfs gc` removes entries and blobs"),
+            Cmd::Config { value: Some(_), .. } => Some("`dagfs config KEY VALUE` sets the policy"),
+            Cmd::Sync(a) if !a.list && a.stop.is_none() => Some("`dagfs sync` stores snapshots"),
+            Cmd::Fsck { repair: true, .. } => Some("`dagfs fsck --repair` repairs it"),
+            Cmd::Fsck {
+                rebuild_index: true,
+                ..
+            } => Some("`dagfs fsck --rebuild-index` rebuilds its index"),
+            _ => None,
+        }
+    }
+
     /// Make relative paths absolute against `cwd` (before sending a command
     /// to a daemon, whose working directory is not ours).
     fn absolutize(&mut self, cwd: &Path) {
@@ -180,6 +197,9 @@ pub enum CliError {
     Daemon(#[from] ClientError),
     #[error("{0}")]
     Mount(String),
+    /// A writing command on a store this process cannot write.
+    #[error("{0}")]
+    ReadOnly(String),
     #[error(transparent)]
     Sync(#[from] dagfs::sync::SyncError),
     /// Tasks failed; already reported.
@@ -231,6 +251,7 @@ impl CliError {
             CliError::Output(_) => 8,
             CliError::Daemon(_) => 11,
             CliError::Mount(_) => 12,
+            CliError::ReadOnly(_) => 8,
             CliError::Sync(e) => match e {
                 dagfs::sync::SyncError::Conflict { .. } => 13,
                 dagfs::sync::SyncError::Unreadable { .. } => 14,
@@ -473,6 +494,15 @@ fn store_dir(
 /// Run one command against `src`. The same code serves embedded and daemon
 /// mode.
 fn execute(cmd: Cmd, src: &mut CacheSource, io: &mut Io, ctx: &Ctx) -> Result<(), CliError> {
+    if let Some(what) = cmd.writes() {
+        let cache = src.get(io)?;
+        if let Some(why) = cache.store.read_only() {
+            return Err(CliError::ReadOnly(format!(
+                "the store {} cannot be written ({why}): {what}; stats, ls, cat, explain, sync --list, fsck and mount only read it",
+                cache.store.root().display()
+            )));
+        }
+    }
     match cmd {
         Cmd::Run(args) => run::run(args, src, io, ctx),
         Cmd::Explain { file, task } => inspect::explain(&file, &task, src, io),

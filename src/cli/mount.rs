@@ -264,6 +264,21 @@ fn dir_has_entries(dir: &Path) -> bool {
 /// Whether a daemon already serves `store` (one answers on its socket),
 /// and where.
 fn served_by(store: &Path) -> Option<String> {
+    if dagfs::store::read_only_reason(store).is_some() {
+        // A read-only store's daemon has no socket: its mount tells.
+        let me = std::fs::canonicalize(store).ok()?;
+        let live = mounts::mounts().ok()?.into_iter().find(|m| {
+            m.fstype == mounts::FSTYPE
+                && std::fs::canonicalize(&m.source).is_ok_and(|s| s == me)
+                && !mounts::is_stale(&m.mountpoint)
+        });
+        return live.map(|m| {
+            format!(
+                "store already served at {} (a read-only store's daemon)",
+                m.mountpoint.display()
+            )
+        });
+    }
     match client::connect(store) {
         Ok(Some(c)) => Some(format!(
             "store already served by pid {} at {}",
@@ -300,11 +315,26 @@ fn reader_gone(fd: &OwnedFd) -> bool {
     n > 0 && p.revents & libc::POLLERR != 0
 }
 
+/// Where a detached daemon logs: `<store>/daemon.log`, or for a store this
+/// process cannot write, a file named after the store in the runtime (or
+/// temporary) directory.
+fn log_path(store: &Path) -> PathBuf {
+    if dagfs::store::read_only_reason(store).is_none() {
+        return store.join("daemon.log");
+    }
+    let dir = std::env::var_os("XDG_RUNTIME_DIR")
+        .map(PathBuf::from)
+        .filter(|d| d.is_dir())
+        .unwrap_or_else(std::env::temp_dir);
+    let id = blake3::hash(store.as_os_str().as_encoded_bytes()).to_hex();
+    dir.join(format!("dagfs-daemon-{}.log", &id[..16]))
+}
+
 /// Start `mount -f` as a detached daemon and wait until it reports.
 fn detach(store: &Path, mnt: &Path, a: &MountArgs) -> Result<(), CliError> {
     let fail = |what: &str, e: std::io::Error| CliError::Mount(format!("{what}: {e}"));
     std::fs::create_dir_all(store).map_err(|e| fail(&store.display().to_string(), e))?;
-    let log_path = store.join("daemon.log");
+    let log_path = log_path(store);
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -475,29 +505,43 @@ fn serve(store: &Path, mnt: &Path, o: &MountOpts, ready: Option<&OwnedFd>) -> Re
     let (stop_tx, stop_rx) = crossbeam::channel::bounded::<()>(8);
     let handler_cache = cache.clone();
     let release_cache = cache.clone();
-    let mut server = Server::start(ServerConfig {
-        socket: store.join("daemon.sock"),
-        hello: Hello {
-            protocol: PROTOCOL,
-            agent: client::agent(),
-            pid: Some(std::process::id()),
-            mountpoint: Some(mnt.display().to_string()),
-        },
-        handler: Arc::new(move |session, req, out, err| {
-            let mut ctx = ctx.clone();
-            ctx.session = Some(session);
-            serve_request(req, out, err, &handler_cache, &ctx)
-        }),
-        on_session_end: Arc::new(move |session| release_cache.release(session)),
-        gauges,
-        on_shutdown: stop_tx.clone(),
-    })
-    .map_err(|e| {
-        CliError::Mount(format!(
-            "{}: cannot listen: {e}",
-            store.join("daemon.sock").display()
-        ))
-    })?;
+    // NB: a store this process cannot write has no socket (it would live
+    // in the store): commands then run embedded, reading it, and the
+    // daemon stops with its mount.
+    let read_only = cache.store.read_only().is_some();
+    let mut server = if read_only {
+        eprintln!(
+            "dagfs: the store {} is read-only: no socket (commands read it directly)",
+            store.display()
+        );
+        None
+    } else {
+        Some(
+            Server::start(ServerConfig {
+                socket: store.join("daemon.sock"),
+                hello: Hello {
+                    protocol: PROTOCOL,
+                    agent: client::agent(),
+                    pid: Some(std::process::id()),
+                    mountpoint: Some(mnt.display().to_string()),
+                },
+                handler: Arc::new(move |session, req, out, err| {
+                    let mut ctx = ctx.clone();
+                    ctx.session = Some(session);
+                    serve_request(req, out, err, &handler_cache, &ctx)
+                }),
+                on_session_end: Arc::new(move |session| release_cache.release(session)),
+                gauges,
+                on_shutdown: stop_tx.clone(),
+            })
+            .map_err(|e| {
+                CliError::Mount(format!(
+                    "{}: cannot listen: {e}",
+                    store.join("daemon.sock").display()
+                ))
+            })?,
+        )
+    };
     {
         let tx = stop_tx.clone();
         std::thread::spawn(move || {
@@ -531,7 +575,9 @@ fn serve(store: &Path, mnt: &Path, o: &MountOpts, ready: Option<&OwnedFd>) -> Re
     );
     let _ = stop_rx.recv();
     eprintln!("dagfs: stopping: letting running requests finish");
-    server.stop();
+    if let Some(server) = server.as_mut() {
+        server.stop();
+    }
     watches.stop_all();
     cache.flush()?;
     drop(session);
@@ -588,6 +634,14 @@ pub fn umount(mnt: &Path) -> Result<(), CliError> {
                 std::thread::sleep(Duration::from_millis(10));
             }
             eprintln!("dagfs: unmounted {}", mnt.display());
+        }
+        _ if dagfs::store::read_only_reason(&store).is_some() && !mounts::is_stale(&mnt) => {
+            mounts::lazy_unmount(&mnt)
+                .map_err(|e| CliError::Mount(format!("{}: {e}", mnt.display())))?;
+            eprintln!(
+                "dagfs: unmounted {} (the daemon of a read-only store has no socket; it stops with its mount)",
+                mnt.display()
+            );
         }
         _ => {
             mounts::lazy_unmount(&mnt)

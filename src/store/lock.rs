@@ -21,7 +21,8 @@ pub type Waiting<'a> = dyn FnMut(&str) -> ControlFlow<String> + 'a;
 
 #[derive(Debug)]
 pub struct StoreLock {
-    _file: File,
+    /// None: a read-only store without a lock file (nobody can write it).
+    _file: Option<File>,
 }
 
 /// Who holds a lock, as written in the lock file.
@@ -62,7 +63,37 @@ impl StoreLock {
         file.set_len(0).at(path)?;
         file.seek(SeekFrom::Start(0)).at(path)?;
         file.write_all(me.as_bytes()).at(path)?;
-        Ok(StoreLock { _file: file })
+        Ok(StoreLock { _file: Some(file) })
+    }
+}
+
+impl StoreLock {
+    /// No lock (a read-only store's reader once its index is copied).
+    pub fn none() -> StoreLock {
+        StoreLock { _file: None }
+    }
+
+    /// A reader's lock on a store it cannot write: shared, waiting (as
+    /// `acquire`) while a writer holds it; none if there is no lock file.
+    pub fn shared(path: &Path, waiting: &mut Waiting<'_>) -> Result<StoreLock> {
+        let file = match File::open(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(StoreLock { _file: None })
+            }
+            Err(e) => return Err(e).at(path),
+        };
+        while !try_flock(&file, libc::LOCK_SH | libc::LOCK_NB).at(path)? {
+            let who = holder(path).unwrap_or_else(|| "another process".into());
+            if let ControlFlow::Break(reason) = waiting(&who) {
+                return Err(StoreError::GaveUp {
+                    path: path.to_path_buf(),
+                    reason,
+                });
+            }
+            std::thread::sleep(POLL);
+        }
+        Ok(StoreLock { _file: Some(file) })
     }
 }
 

@@ -84,6 +84,9 @@ pub struct Store {
     packs: pack::Packs,
     /// `blobs/`, opened once: `has_blob` looks names up relative to it.
     blobs_dir: std::sync::OnceLock<Option<File>>,
+    /// Why this process cannot write the store (a read-only filesystem, no
+    /// write permission), if it cannot: it is opened to read only.
+    read_only: Option<String>,
     _lock: StoreLock,
 }
 
@@ -192,6 +195,9 @@ impl Store {
                 reason: "not a directory".into(),
             });
         }
+        if let Some(why) = read_only_reason(root) {
+            return Self::open_read_only(root, why, waiting);
+        }
         fs::create_dir_all(root).at(root)?;
         // NB: absolute, so "is this output under tmp/?" (take over vs copy)
         // compares like with like.
@@ -222,12 +228,65 @@ impl Store {
             changed: false.into(),
             packs: pack::Packs::new(root.join("packs")),
             blobs_dir: std::sync::OnceLock::new(),
+            read_only: None,
             _lock: lock,
         };
         store.init_layout()?;
         store.upgrade_format()?;
         store.sweep_tmp()?;
         Ok(store)
+    }
+
+    /// A store this process cannot write: nothing is created, upgraded or
+    /// swept, and its lock is taken shared (so a writer that can, the
+    /// export's owner, waits for readers and they for it) if it has one.
+    fn open_read_only(
+        root: &Path,
+        why: std::io::Error,
+        waiting: &mut lock::Waiting<'_>,
+    ) -> Result<Store> {
+        let root = &fs::canonicalize(root).at(root)?;
+        let format = root.join("FORMAT");
+        let text = fs::read_to_string(&format).map_err(|e| StoreError::NotAStore {
+            path: root.to_path_buf(),
+            reason: format!("read-only ({why}) and no FORMAT file ({e})"),
+        })?;
+        check_format(&format, &text)?;
+        if format_version(&text) != Some(FORMAT_VERSION) {
+            return Err(StoreError::Format {
+                path: format,
+                found: text.lines().nth(1).unwrap_or("").to_string(),
+                supported: format!(
+                    "version {FORMAT_VERSION}; this older one is upgraded when opened, which a read-only store cannot be"
+                ),
+            });
+        }
+        let lock = StoreLock::shared(&root.join("lock"), waiting)?;
+        Ok(Store {
+            root: root.to_path_buf(),
+            root_fd: File::open(root).at(root)?,
+            gate: SyncGate::default(),
+            blob_generation: read_blob_generation(root)?.into(),
+            changed: false.into(),
+            packs: pack::Packs::new(root.join("packs")),
+            blobs_dir: std::sync::OnceLock::new(),
+            read_only: Some(why.to_string()),
+            _lock: lock,
+        })
+    }
+
+    /// A read-only store's shared lock is held only while its index is
+    /// copied (see `Cache`): a reader must not hold up the store's writer.
+    pub fn release_read_lock(&mut self) {
+        if self.read_only.is_some() {
+            self._lock = StoreLock::none();
+        }
+    }
+
+    /// Why this process cannot write the store, if it cannot (it was
+    /// opened to read only).
+    pub fn read_only(&self) -> Option<&str> {
+        self.read_only.as_deref()
     }
 
     fn init_layout(&self) -> Result<()> {
@@ -1031,6 +1090,17 @@ fn stage_loose(dir: &Path, digest: Digest, bytes: &[u8], staged: &mut Staged) ->
 /// The blob generation recorded in the store at `root` (see
 /// `Store::blob_generation`); absent: 0. Read without the lock by
 /// `sync`'s stat-cache copy, which checks it again under the lock.
+/// Why this process cannot write the store directory `root`, if it exists
+/// and it cannot: a read-only filesystem (a CVMFS-like distribution, a
+/// read-only export) or no write permission (another user's store).
+pub fn read_only_reason(root: &Path) -> Option<std::io::Error> {
+    use nix::unistd::AccessFlags;
+    match nix::unistd::access(root, AccessFlags::W_OK) {
+        Err(e @ (nix::errno::Errno::EROFS | nix::errno::Errno::EACCES)) => Some(e.into()),
+        _ => None,
+    }
+}
+
 pub(crate) fn read_blob_generation(root: &Path) -> Result<u64> {
     let path = root.join(BLOB_GENERATION);
     match fs::read_to_string(&path) {
