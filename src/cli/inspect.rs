@@ -31,7 +31,7 @@ pub fn stats(cache: &Cache, json: bool, io: &mut Io) -> Result<(), CliError> {
     o.write_all(text.as_bytes()).map_err(CliError::Output)
 }
 
-fn age(ms: u64) -> String {
+pub(super) fn age(ms: u64) -> String {
     let s = now_ms().saturating_sub(ms) / 1000;
     match s {
         0..=59 => format!("{s}s"),

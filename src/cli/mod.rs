@@ -145,7 +145,9 @@ impl Cmd {
             Cmd::Run(_) => Some("`dagfs run` stores outputs and records runs"),
             Cmd::Gc { dry_run: false } => Some("`dagfs gc` removes entries and blobs"),
             Cmd::Config { value: Some(_), .. } => Some("`dagfs config KEY VALUE` sets the policy"),
-            Cmd::Sync(a) if !a.list && a.stop.is_none() => Some("`dagfs sync` stores snapshots"),
+            Cmd::Sync(a) if !a.list && a.stop.is_none() && a.log.is_none() => {
+                Some("`dagfs sync` stores snapshots")
+            }
             Cmd::Fsck { repair: true, .. } => Some("`dagfs fsck --repair` repairs it"),
             Cmd::Fsck {
                 rebuild_index: true,
@@ -300,6 +302,25 @@ pub enum CacheSource {
 }
 
 impl CacheSource {
+    /// The store and why this process cannot write it, if it cannot.
+    /// NB: without opening it (a one-shot sync overlaps that with work).
+    fn read_only(&self) -> Option<(PathBuf, String)> {
+        let cache = match self {
+            CacheSource::Daemon(c) => Some(&**c),
+            CacheSource::Embedded { cache, .. } => cache.as_deref(),
+        };
+        match (cache, self) {
+            (Some(c), _) => c
+                .store
+                .read_only()
+                .map(|why| (c.store.root().to_path_buf(), why.to_string())),
+            (None, CacheSource::Embedded { dir, .. }) => {
+                dagfs::store::read_only_reason(dir).map(|e| (dir.clone(), e.to_string()))
+            }
+            (None, CacheSource::Daemon(_)) => None,
+        }
+    }
+
     pub fn get(&mut self, io: &mut Io) -> Result<&Cache, CliError> {
         match self {
             CacheSource::Daemon(c) => Ok(c),
@@ -495,11 +516,10 @@ fn store_dir(
 /// mode.
 fn execute(cmd: Cmd, src: &mut CacheSource, io: &mut Io, ctx: &Ctx) -> Result<(), CliError> {
     if let Some(what) = cmd.writes() {
-        let cache = src.get(io)?;
-        if let Some(why) = cache.store.read_only() {
+        if let Some((root, why)) = src.read_only() {
             return Err(CliError::ReadOnly(format!(
                 "the store {} cannot be written ({why}): {what}; stats, ls, cat, explain, sync --list, fsck and mount only read it",
-                cache.store.root().display()
+                root.display()
             )));
         }
     }

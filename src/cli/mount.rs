@@ -562,6 +562,11 @@ fn serve(store: &Path, mnt: &Path, o: &MountOpts, ready: Option<&OwnedFd>) -> Re
             }
         });
     }
+    // NB: before reporting ready, so `dagfs sync --list` right after
+    // `dagfs mount` shows the watches a previous daemon had.
+    if !read_only {
+        watches.resume();
+    }
     if let Some(fd) = ready {
         let _ = std::fs::File::from(fd.try_clone().expect("dup ready fd"))
             .write_all(format!("ok {}\n", std::process::id()).as_bytes());

@@ -19,6 +19,8 @@
 //!                     `quarantine`), never deleted; `fsck` finds them
 //!   blob-generation   a counter, "N\n": raised (durably) before any blob is
 //!                     removed (gc, quarantine); absent: 0
+//!   watches.json      the syncs a daemon watches, re-armed by the next one
+//!                     (see `watchlist`)
 //! ```
 //!
 //! The blob generation lets a cache of "this blob is stored" skip the
@@ -47,6 +49,7 @@ pub mod pack;
 pub mod quarantine;
 pub mod syncs;
 pub mod tree;
+pub mod watchlist;
 
 use std::ffi::OsStr;
 use std::fs::{self, File};
