@@ -6,6 +6,9 @@
 //! protected entry), gc, index recovery, and fsck (the store's checks from
 //! `store::fsck`, plus index ↔ `entries/` agreement, run while no pipeline
 //! ingests: `Cache::fsck` waits for running ones and holds new ones).
+//! A store this process cannot write (`Store::read_only`) is opened on a
+//! private copy of its index (sled writes even to read): nothing is
+//! written to the store, and the copy goes with the cache.
 //! May call: `store`, `index`.
 
 use std::collections::HashSet;

@@ -1,6 +1,10 @@
 //! The store lock: one process owns a store at a time (`<store>/lock`, an
-//! `flock`). The holder writes its pid and command into the file so a waiter
-//! can say whom it waits for.
+//! exclusive `flock`). The holder writes its pid and command into the file
+//! so a waiter can say whom it waits for. A waiter polls (`POLL`) and asks
+//! its `Waiting` each time whether to go on, so it can stop on a signal or
+//! when waiting has become pointless (a daemon already serves the store).
+//! A process that cannot write the store (read-only) takes it shared, only
+//! while it copies the index (see `Cache`).
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};

@@ -28,6 +28,10 @@
 //! ever added in between. (Deleting blobs by hand is damage: `fsck` finds
 //! what it breaks.)
 //!
+//! A store this process cannot write (a read-only filesystem, no write
+//! permission) is opened to read (`Store::read_only`): nothing is
+//! created, upgraded or swept, and its lock is taken shared.
+//!
 //! Write order (crash safety): new content is written under `tmp/`, then
 //! `syncfs` makes it durable, then it is renamed into `blobs/` with
 //! `RENAME_NOREPLACE` (an existing blob is never rewritten). An entry record
