@@ -189,6 +189,8 @@ mod tests {
             ["allow_other", "passthrough=off", "debug", "threads=4"]
         );
         assert_eq!(forward("verify=always,verify=off"), ["verify=off"]);
+        // dagfs refuses a non-empty mount point without it.
+        assert_eq!(forward("nonempty"), ["nonempty"]);
         assert!(normalize(&opts("verify=sometimes"), false, false).is_err());
     }
 
