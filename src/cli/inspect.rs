@@ -366,12 +366,11 @@ pub fn explain(
     .map_err(|e| match (&e, cache.store.read_only()) {
         // A changed input's snapshot must be stored to key it: that
         // failed, writing inside the store.
-        (ExecError::Input { reason, .. }, Some(why))
+        (ExecError::Input { reason, .. }, Some(_))
             if reason.contains(&*cache.store.root().to_string_lossy()) =>
         {
             CliError::ReadOnly(format!(
-            "{e}: the store {} cannot be written ({why}), and an input of `{task}` changed since it was: explaining it would store the input's new snapshot",
-            cache.store.root().display()
+            "{e}: an input of `{task}` changed since the store was written, and explaining it would store the input's new snapshot"
         ))
         }
         _ => e.into(),

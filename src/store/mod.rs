@@ -290,6 +290,18 @@ impl Store {
         }
     }
 
+    /// Fails (`ReadOnly`) for a store this process cannot write: a read-only
+    /// store serves what it holds, and nothing new.
+    fn writable(&self) -> Result<()> {
+        match &self.read_only {
+            Some(why) => Err(StoreError::ReadOnly {
+                path: self.root.clone(),
+                reason: why.clone(),
+            }),
+            None => Ok(()),
+        }
+    }
+
     /// Why this process cannot write the store, if it cannot (it was
     /// opened to read only).
     pub fn read_only(&self) -> Option<&str> {
@@ -362,6 +374,14 @@ impl Store {
 
     /// A fresh private directory under `tmp/`, removed when dropped.
     pub fn tempdir(&self, prefix: &str) -> Result<tempfile::TempDir> {
+        if self.read_only.is_some() {
+            // Work that only hashes what the store holds already.
+            let tmp = std::env::temp_dir();
+            return tempfile::Builder::new()
+                .prefix(prefix)
+                .tempdir_in(&tmp)
+                .at(tmp);
+        }
         tempfile::Builder::new()
             .prefix(prefix)
             .tempdir_in(self.tmp_root())
@@ -553,6 +573,7 @@ impl Store {
         if self.has_blob(&digest) || !staged.bytes_staged.insert(digest) {
             return Ok(digest);
         }
+        self.writable()?;
         if bytes.len() <= pack::MAX_PACKED {
             if staged.packs.is_empty() {
                 static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -603,6 +624,9 @@ impl Store {
     /// the staged entry records, to be given to `publish_entries` (callers
     /// batch those, so one `syncfs` covers many entries).
     pub fn commit_blobs(&self, mut staged: Staged) -> Result<Vec<(PathBuf, Digest)>> {
+        if !staged.blobs.is_empty() || !staged.packs.is_empty() {
+            self.writable()?;
+        }
         let mut finished = Vec::new();
         for w in std::mem::take(&mut staged.packs) {
             if w.len() == 0 {
