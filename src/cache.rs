@@ -6,6 +6,9 @@
 //! protected entry), gc, index recovery, and fsck (the store's checks from
 //! `store::fsck`, plus index ↔ `entries/` agreement, run while no pipeline
 //! ingests: `Cache::fsck` waits for running ones and holds new ones).
+//! A store this process cannot write (`Store::read_only`) is opened on a
+//! private copy of its index (sled writes even to read): nothing is
+//! written to the store, and the copy goes with the cache.
 //! May call: `store`, `index`.
 
 use std::collections::HashSet;
@@ -51,6 +54,10 @@ pub struct Cache {
     /// repair entries and the index while nothing publishes.
     gate: std::sync::RwLock<()>,
     notes: Vec<String>,
+    /// A read-only store's index is a private copy (sled writes even to
+    /// read); removed when the cache is. NB: after `index`, so dropped
+    /// after it.
+    index_copy: Option<tempfile::TempDir>,
 }
 
 /// A running ingest, registered until dropped (see `Cache::begin_ingest`).
@@ -144,7 +151,23 @@ impl Cache {
         policy: CachePolicy,
         on_wait: &mut dyn FnMut(&str),
     ) -> Result<Cache> {
-        let store = Store::open(dir, on_wait)?;
+        Self::from_store(Store::open(dir, on_wait)?, policy)
+    }
+
+    /// As `open`, asking `waiting` while the store lock is held elsewhere
+    /// whether to go on (see `store::lock::Waiting`).
+    pub fn open_waiting(
+        dir: &Path,
+        policy: CachePolicy,
+        waiting: &mut crate::store::lock::Waiting<'_>,
+    ) -> Result<Cache> {
+        Self::from_store(Store::open_waiting(dir, waiting)?, policy)
+    }
+
+    fn from_store(store: Store, policy: CachePolicy) -> Result<Cache> {
+        if store.read_only().is_some() {
+            return Self::from_read_only(store, policy);
+        }
         let mut notes = Vec::new();
         let index = match open_index(&store.index_dir()) {
             Ok(i) => i,
@@ -187,6 +210,38 @@ impl Cache {
             next_ingest: Default::default(),
             gate: Default::default(),
             notes,
+            index_copy: None,
+        })
+    }
+
+    /// A store this process cannot write: its index is copied to a private
+    /// temporary directory (under the shared store lock, so the copy is
+    /// consistent) and opened there; the lock is then released, so a
+    /// reader never holds up the store's writer. What readers record
+    /// (statistics, the stat cache) stays in the copy.
+    fn from_read_only(mut store: Store, policy: CachePolicy) -> Result<Cache> {
+        let copy = tempfile::Builder::new()
+            .prefix("dagfs-index-")
+            .tempdir()
+            .map_err(|source| StoreError::Io {
+                path: std::env::temp_dir(),
+                source,
+            })?;
+        let dst = copy.path().join("index");
+        copy_dir(&store.index_dir(), &dst)?;
+        store.release_read_lock();
+        let index = Index::open(&dst)?;
+        let stored = index.policy()?;
+        Ok(Cache {
+            store,
+            index,
+            policy: std::sync::Mutex::new(stored.overlay(policy)),
+            leases: Default::default(),
+            ingests: Default::default(),
+            next_ingest: Default::default(),
+            gate: Default::default(),
+            notes: Vec::new(),
+            index_copy: Some(copy),
         })
     }
 
@@ -685,7 +740,13 @@ impl Cache {
     /// only fsync its file again (after this flush, that covers its free
     /// segments, which it zeroes at every open) and walk its page table;
     /// the kernel closes the files and releases both locks.
-    pub fn close_for_exit(self: Box<Self>) {
+    pub fn close_for_exit(mut self: Box<Self>) {
+        if let Some(copy) = self.index_copy.take() {
+            // Nothing of a read-only store to make durable; the copy goes.
+            drop(self);
+            drop(copy);
+            return;
+        }
         if self.flush().is_ok() {
             let _ = std::fs::remove_file(dirty_marker(&self.store));
             std::mem::forget(self);
@@ -695,10 +756,32 @@ impl Cache {
 
 impl Drop for Cache {
     fn drop(&mut self) {
+        if self.store.read_only().is_some() {
+            return;
+        }
         if self.flush().is_ok() {
             let _ = std::fs::remove_file(dirty_marker(&self.store));
         }
     }
+}
+
+/// Copy the directory tree `from` to `to` (files and directories).
+fn copy_dir(from: &Path, to: &Path) -> Result<()> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| StoreError::Io { path, source }
+    };
+    std::fs::create_dir_all(to).map_err(io(to))?;
+    for e in std::fs::read_dir(from).map_err(io(from))? {
+        let e = e.map_err(io(from))?;
+        let (src, dst) = (e.path(), to.join(e.file_name()));
+        if e.file_type().map_err(io(&src))?.is_dir() {
+            copy_dir(&src, &dst)?;
+        } else {
+            std::fs::copy(&src, &dst).map_err(io(&src))?;
+        }
+    }
+    Ok(())
 }
 
 /// Rebuild the index from `entries/`.

@@ -2,7 +2,7 @@
 //!
 //! | option | what the helper does |
 //! |---|---|
-//! | `allow_other`, `debug` | passed on (`dagfs` pairs `allow_other` with `default_permissions`) |
+//! | `allow_other`, `debug`, `nonempty` | passed on (`dagfs` pairs `allow_other` with `default_permissions`) |
 //! | `passthrough=auto\|on\|off`, `threads=N`, `verify=first-open\|always\|off` | checked, passed on; the last one given wins |
 //! | `nosuid`, `nodev`, `noexec`/`exec`, `noatime`/`relatime` | passed on (`dagfs` accepts them); of a pair, the last wins |
 //! | `store=PATH` | the store, instead of SOURCE; the last one wins; not passed on (it becomes `--store`) |
@@ -61,6 +61,7 @@ fn classify(name: &str) -> Option<Class> {
             slot: "allow_other",
         },
         "debug" => Class::Flag { slot: "debug" },
+        "nonempty" => Class::Flag { slot: "nonempty" },
         "nosuid" => Class::Flag { slot: "nosuid" },
         "nodev" => Class::Flag { slot: "nodev" },
         "noexec" | "exec" => Class::Flag { slot: "exec" },
@@ -188,6 +189,8 @@ mod tests {
             ["allow_other", "passthrough=off", "debug", "threads=4"]
         );
         assert_eq!(forward("verify=always,verify=off"), ["verify=off"]);
+        // dagfs refuses a non-empty mount point without it.
+        assert_eq!(forward("nonempty"), ["nonempty"]);
         assert!(normalize(&opts("verify=sometimes"), false, false).is_err());
     }
 

@@ -1,5 +1,5 @@
-//! Inspection and maintenance commands: stats, ls, explain, cat, config,
-//! gc, fsck.
+//! Inspection and maintenance commands: stats, ls, explain, config, gc,
+//! fsck (`cat` has its own file).
 
 use std::collections::HashSet;
 
@@ -9,11 +9,10 @@ use std::sync::Arc;
 use dagfs::cache::{now_ms, Cache};
 use dagfs::exec::runner::ShellRunner;
 use dagfs::exec::{explain, shell, ExecError, Pipeline};
-use dagfs::hash::HexPrefix;
 use dagfs::index::stats::{format_duration, format_size, parse_duration, parse_size};
 use dagfs::index::CachePolicy;
 use dagfs::store::fsck::{Phase, Progress, Report};
-use dagfs::store::{Manifest, Node};
+use dagfs::store::Manifest;
 use dagfs::KeyBuilder;
 
 use super::{CacheSource, CliError, Io};
@@ -32,7 +31,7 @@ pub fn stats(cache: &Cache, json: bool, io: &mut Io) -> Result<(), CliError> {
     o.write_all(text.as_bytes()).map_err(CliError::Output)
 }
 
-fn age(ms: u64) -> String {
+pub(super) fn age(ms: u64) -> String {
     let s = now_ms().saturating_sub(ms) / 1000;
     match s {
         0..=59 => format!("{s}s"),
@@ -78,85 +77,6 @@ pub fn ls(cache: &Cache, dag: Option<&str>, io: &mut Io) -> Result<(), CliError>
             None => format!("{name:<w$}  {}  {:>10}", key.short(), "(evicted)"),
         };
         writeln!(o, "{line}").map_err(CliError::Output)?;
-    }
-    Ok(())
-}
-
-/// Resolve `REF/PATH` to a node: REF is DAG/TASK or a key prefix.
-pub fn cat(cache: &Cache, spec: &str, io: &mut Io) -> Result<(), CliError> {
-    let parts: Vec<&str> = spec.split('/').filter(|p| !p.is_empty()).collect();
-    let not_found = || CliError::NotFound(format!("{spec}: not found"));
-    let (key, rest) = match parts.first().and_then(|p| HexPrefix::parse(p)) {
-        Some(prefix) => {
-            let keys = cache.index.keys_with_prefix(&prefix)?;
-            match keys.as_slice() {
-                [k] => (*k, &parts[1..]),
-                [] => return Err(not_found()),
-                _ => {
-                    return Err(CliError::Usage(format!(
-                        "key prefix {} is ambiguous ({} keys)",
-                        prefix.as_str(),
-                        keys.len()
-                    )))
-                }
-            }
-        }
-        None if parts.len() >= 2 => {
-            let k = cache
-                .index
-                .latest(parts[0], parts[1])?
-                .ok_or_else(not_found)?;
-            (k, &parts[2..])
-        }
-        None => {
-            return Err(CliError::Usage(format!(
-                "{spec}: want DAG/TASK/PATH or KEYPREFIX/PATH"
-            )))
-        }
-    };
-    let meta = cache.index.get(&key)?.ok_or_else(|| {
-        CliError::NotFound(format!("{spec}: key {} is no longer cached", key.short()))
-    })?;
-    let mut node = Node::Dir {
-        digest: meta.output,
-    };
-    for (i, comp) in rest.iter().enumerate() {
-        let Node::Dir { digest } = node else {
-            return Err(not_found());
-        };
-        let tree = cache.store.read_tree(&digest)?;
-        let e = tree.find(comp.as_bytes()).ok_or_else(not_found)?;
-        if matches!(e.node, Node::Symlink { .. }) && i + 1 < rest.len() {
-            return Err(CliError::NotFound(format!(
-                "{spec}: `{comp}` is a symlink (not followed)"
-            )));
-        }
-        node = e.node.clone();
-    }
-    let o = &mut *io.out;
-    match node {
-        Node::File { digest, .. } => {
-            let mut f = cache.store.open_blob(&digest)?;
-            std::io::copy(&mut f, o).map_err(CliError::Output)?;
-        }
-        Node::Symlink { target } => {
-            o.write_all(&target)
-                .and_then(|_| o.write_all(b"\n"))
-                .map_err(CliError::Output)?;
-        }
-        Node::Dir { digest } => {
-            for e in cache.store.read_tree(&digest)?.entries {
-                let suffix = match e.node {
-                    Node::Dir { .. } => "/",
-                    Node::Symlink { .. } => "@",
-                    Node::File { exec: true, .. } => "*",
-                    _ => "",
-                };
-                o.write_all(&e.name)
-                    .and_then(|_| writeln!(o, "{suffix}"))
-                    .map_err(CliError::Output)?;
-            }
-        }
     }
     Ok(())
 }
@@ -442,7 +362,19 @@ pub fn explain(
         Arc::new(ShellRunner),
         io.env,
         cache,
-    )?;
+    )
+    .map_err(|e| match (&e, cache.store.read_only()) {
+        // A changed input's snapshot must be stored to key it: that
+        // failed, writing inside the store.
+        (ExecError::Input { reason, .. }, Some(_))
+            if reason.contains(&*cache.store.root().to_string_lossy()) =>
+        {
+            CliError::ReadOnly(format!(
+            "{e}: an input of `{task}` changed since the store was written, and explaining it would store the input's new snapshot"
+        ))
+        }
+        _ => e.into(),
+    })?;
 
     let current = explain::current(cache, &plan, task)?;
     let text = explain::text(cache, &pipeline.name, task, &current)?;

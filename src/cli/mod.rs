@@ -7,6 +7,7 @@
 //! `execute` with writers that stream back). Errors become exit codes in
 //! exactly one place, `CliError::exit_code`.
 
+mod cat;
 mod inspect;
 mod mount;
 mod run;
@@ -38,10 +39,10 @@ Exit codes:
   4   duplicate task name
   5   unknown dependency
   6   dependency cycle (printed as a -> b -> c -> a)
-  7   unknown task named on the command line
+  7   unknown task named on the command line (run, explain)
   8   store error (I/O, lock, corruption)
   9   store format not supported by this dagfs
-  10  not found (cat/explain target, umount of something not mounted)
+  10  not found (the target of cat, the DAG of ls, the directory of sync, umount of something not mounted)
   11  daemon error (refused connection, protocol version mismatch)
   12  mount failed
   13  sync conflict (a file kept changing while it was read)
@@ -69,6 +70,7 @@ pub enum Cmd {
     Run(run::RunArgs),
     /// Cache statistics (persist across runs)
     Stats {
+        /// Print the statistics as JSON (hit rate included)
         #[arg(long)]
         json: bool,
     },
@@ -79,19 +81,28 @@ pub enum Cmd {
     },
     /// A task's key components, and what differs from its previous key
     Explain {
+        /// Pipeline file
         #[arg(short = 'f', long = "file", default_value = "dagfs.toml")]
         file: PathBuf,
+        /// The task to explain (its name in the pipeline file)
         task: String,
     },
-    /// Print a stored file (or list a directory): DAG/TASK/PATH or KEYPREFIX/PATH
-    Cat { path: String },
+    /// Print a stored file (or list a directory), following symlinks inside the tree
+    Cat {
+        /// What to print: DAG/TASK/PATH, KEYPREFIX/PATH, a sync snapshot
+        /// NAME@N/PATH (N a number or `latest`), or TREEDIGEST/PATH
+        path: String,
+    },
     /// Show or set the store's cache policy (max_entries, max_bytes, ttl; "none" clears)
     Config {
+        /// The setting to show or set: max_entries, max_bytes or ttl [default: show all]
         key: Option<String>,
+        /// Its new value (a count, a size like 10G, a duration like 7d), or "none"
         value: Option<String>,
     },
     /// Apply the cache policy, then remove blobs no entry references
     Gc {
+        /// Only report what would be expired, evicted and removed
         #[arg(long)]
         dry_run: bool,
     },
@@ -120,10 +131,32 @@ pub enum Cmd {
     /// Serve the store as a read-only filesystem at MOUNTPOINT (starts the daemon)
     Mount(mount::MountArgs),
     /// Stop the daemon serving MOUNTPOINT and unmount it
-    Umount { mountpoint: PathBuf },
+    Umount {
+        /// The directory a dagfs daemon serves
+        mountpoint: PathBuf,
+    },
 }
 
 impl Cmd {
+    /// What of this command writes to the store, if it does (refused on a
+    /// store this process cannot write).
+    fn writes(&self) -> Option<&'static str> {
+        match self {
+            Cmd::Run(_) => Some("`dagfs run` stores outputs and records runs"),
+            Cmd::Gc { dry_run: false } => Some("`dagfs gc` removes entries and blobs"),
+            Cmd::Config { value: Some(_), .. } => Some("`dagfs config KEY VALUE` sets the policy"),
+            Cmd::Sync(a) if !a.list && a.stop.is_none() && a.log.is_none() => {
+                Some("`dagfs sync` stores snapshots")
+            }
+            Cmd::Fsck { repair: true, .. } => Some("`dagfs fsck --repair` repairs it"),
+            Cmd::Fsck {
+                rebuild_index: true,
+                ..
+            } => Some("`dagfs fsck --rebuild-index` rebuilds its index"),
+            _ => None,
+        }
+    }
+
     /// Make relative paths absolute against `cwd` (before sending a command
     /// to a daemon, whose working directory is not ours).
     fn absolutize(&mut self, cwd: &Path) {
@@ -166,6 +199,9 @@ pub enum CliError {
     Daemon(#[from] ClientError),
     #[error("{0}")]
     Mount(String),
+    /// A writing command on a store this process cannot write.
+    #[error("{0}")]
+    ReadOnly(String),
     #[error(transparent)]
     Sync(#[from] dagfs::sync::SyncError),
     /// Tasks failed; already reported.
@@ -217,6 +253,7 @@ impl CliError {
             CliError::Output(_) => 8,
             CliError::Daemon(_) => 11,
             CliError::Mount(_) => 12,
+            CliError::ReadOnly(_) => 8,
             CliError::Sync(e) => match e {
                 dagfs::sync::SyncError::Conflict { .. } => 13,
                 dagfs::sync::SyncError::Unreadable { .. } => 14,
@@ -265,6 +302,25 @@ pub enum CacheSource {
 }
 
 impl CacheSource {
+    /// The store and why this process cannot write it, if it cannot.
+    /// NB: without opening it (a one-shot sync overlaps that with work).
+    fn read_only(&self) -> Option<(PathBuf, String)> {
+        let cache = match self {
+            CacheSource::Daemon(c) => Some(&**c),
+            CacheSource::Embedded { cache, .. } => cache.as_deref(),
+        };
+        match (cache, self) {
+            (Some(c), _) => c
+                .store
+                .read_only()
+                .map(|why| (c.store.root().to_path_buf(), why.to_string())),
+            (None, CacheSource::Embedded { dir, .. }) => {
+                dagfs::store::read_only_reason(dir).map(|e| (dir.clone(), e.to_string()))
+            }
+            (None, CacheSource::Daemon(_)) => None,
+        }
+    }
+
     pub fn get(&mut self, io: &mut Io) -> Result<&Cache, CliError> {
         match self {
             CacheSource::Daemon(c) => Ok(c),
@@ -459,6 +515,14 @@ fn store_dir(
 /// Run one command against `src`. The same code serves embedded and daemon
 /// mode.
 fn execute(cmd: Cmd, src: &mut CacheSource, io: &mut Io, ctx: &Ctx) -> Result<(), CliError> {
+    if let Some(what) = cmd.writes() {
+        if let Some((root, why)) = src.read_only() {
+            return Err(CliError::ReadOnly(format!(
+                "the store {} cannot be written ({why}): {what}; stats, ls, cat, explain, sync --list, fsck and mount only read it",
+                root.display()
+            )));
+        }
+    }
     match cmd {
         Cmd::Run(args) => run::run(args, src, io, ctx),
         Cmd::Explain { file, task } => inspect::explain(&file, &task, src, io),
@@ -467,7 +531,7 @@ fn execute(cmd: Cmd, src: &mut CacheSource, io: &mut Io, ctx: &Ctx) -> Result<()
             let c = src.get(io)?;
             inspect::ls(c, dag.as_deref(), io)
         }
-        Cmd::Cat { path } => inspect::cat(src.get(io)?, &path, io),
+        Cmd::Cat { path } => cat::cat(src.get(io)?, &path, io),
         Cmd::Config { key, value } => inspect::config(src.get(io)?, key, value, io),
         Cmd::Gc { dry_run } => inspect::gc(src.get(io)?, dry_run, io),
         Cmd::Sync(args) => sync::sync(args, src, io, ctx),
@@ -481,5 +545,35 @@ fn execute(cmd: Cmd, src: &mut CacheSource, io: &mut Io, ctx: &Ctx) -> Result<()
         Cmd::Mount(_) | Cmd::Umount { .. } => Err(CliError::Usage(
             "mount/umount run only from the command line".into(),
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Regression: `--help` listed options and positionals without a word
+    /// of what they are (`stats --json`, `gc --dry-run`, `explain -f`,
+    /// `<TASK>`, `<PATH>`, `[KEY] [VALUE]`, `<MOUNTPOINT>`).
+    #[test]
+    fn every_option_and_positional_has_a_description() {
+        use clap::CommandFactory;
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for a in cmd.get_arguments() {
+                let builtin = matches!(a.get_id().as_str(), "help" | "version");
+                if !builtin && !a.is_hide_set() && a.get_help().is_none() {
+                    missing.push(format!("{path} {}", a.get_id()));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                if sub.get_about().is_none() && sub.get_name() != "help" {
+                    missing.push(format!("{path} {} (the command)", sub.get_name()));
+                }
+                walk(sub, &format!("{path} {}", sub.get_name()), missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&Cli::command(), "dagfs", &mut missing);
+        assert!(missing.is_empty(), "no description: {missing:?}");
     }
 }

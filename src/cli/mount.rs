@@ -7,7 +7,7 @@
 //! daemon detached (new session, output to `<store>/daemon.log`) and returns
 //! once the mount is live, or fails with the daemon's reason.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use clap::Args;
 use serde::{Deserialize, Serialize};
 
-use dagfs::cache::Cache;
+use dagfs::cache::{Cache, CacheError};
 use dagfs::daemon::protocol::{Hello, PROTOCOL};
 use dagfs::daemon::server::{Server, ServerConfig};
 use dagfs::daemon::view::CacheView;
@@ -28,11 +28,13 @@ use dagfs::exec::scheduler::Change;
 use dagfs::fs::invalidate::Invalidator;
 use dagfs::fs::{self as dfs, DagFs, FsCounters, FsOptions, Passthrough, Verify};
 use dagfs::index::CachePolicy;
+use dagfs::store::StoreError;
 
 use super::{serve_request, store_dir, CliError, Ctx};
 
 #[derive(Args, Debug, Clone, Serialize, Deserialize)]
 pub struct MountArgs {
+    /// The directory to serve the store at (empty, outside the store)
     pub mountpoint: PathBuf,
     /// Stay in the foreground (otherwise: detach once the mount is live)
     #[arg(short = 'f', long)]
@@ -41,7 +43,8 @@ pub struct MountArgs {
     /// passthrough=auto|on|off, debug, threads=N, verify=first-open|always|off
     /// (re-hash a blob before serving it: at its first read, at every open
     /// and read from offset 0, or never; a mismatch is EIO and the blob goes
-    /// to <store>/quarantine/)
+    /// to <store>/quarantine/), nonempty (mount over a directory that has
+    /// files, hiding them)
     #[arg(short = 'o', value_name = "OPTS")]
     pub options: Vec<String>,
     /// (internal) report readiness on this file descriptor
@@ -57,6 +60,8 @@ struct MountOpts {
     threads: Option<usize>,
     store: Option<PathBuf>,
     verify: Verify,
+    /// Mount over a directory that has files (they are hidden meanwhile).
+    nonempty: bool,
 }
 
 /// Options generic mount tools pass that mean nothing (or what we always do).
@@ -73,6 +78,7 @@ fn parse_opts(list: &[String]) -> Result<MountOpts, CliError> {
         threads: None,
         store: None,
         verify: Verify::FirstOpen,
+        nonempty: false,
     };
     for opt in list
         .iter()
@@ -87,6 +93,7 @@ fn parse_opts(list: &[String]) -> Result<MountOpts, CliError> {
             ("allow_other", None) => o.allow_other = true,
             ("default_permissions", None) => {}
             ("debug", None) => o.debug = true,
+            ("nonempty", None) => o.nonempty = true,
             ("rw", None) => return Err(CliError::Usage("-o rw: dagfs mounts are read-only".into())),
             ("store", Some(s)) => o.store = Some(PathBuf::from(s)),
             ("passthrough", Some("auto")) => o.passthrough = Passthrough::Auto,
@@ -104,7 +111,7 @@ fn parse_opts(list: &[String]) -> Result<MountOpts, CliError> {
             }
             (k, None) if IGNORED.contains(&k) || k == "relatime" => {}
             (k, _) if k.starts_with("x-") => {}
-            _ => return Err(CliError::Usage(format!("unknown mount option `{opt}` (allow_other, ro, store=DIR, passthrough=auto|on|off, debug, threads=N, verify=first-open|always|off)"))),
+            _ => return Err(CliError::Usage(format!("unknown mount option `{opt}` (allow_other, ro, store=DIR, passthrough=auto|on|off, debug, threads=N, verify=first-open|always|off, nonempty)"))),
         }
     }
     Ok(o)
@@ -162,7 +169,16 @@ pub fn mount(store: Option<PathBuf>, a: MountArgs) -> Result<(), CliError> {
         unsafe { OwnedFd::from_raw_fd(fd) }
     });
     let result = (|| {
+        if store.exists() && !store.is_dir() {
+            return Err(CliError::Mount(format!(
+                "the store {} is not a directory",
+                store.display()
+            )));
+        }
         recover_stale(&mnt)?;
+        if let Some(served) = served_by(&store) {
+            return Err(CliError::Mount(served));
+        }
         if let Ok(Some(m)) = mounts::find(&mnt) {
             if m.fstype == mounts::FSTYPE {
                 return Err(CliError::Mount(format!(
@@ -175,6 +191,13 @@ pub fn mount(store: Option<PathBuf>, a: MountArgs) -> Result<(), CliError> {
         if !mnt.is_dir() {
             return Err(CliError::Mount(format!(
                 "{}: mountpoint does not exist or is not a directory",
+                mnt.display()
+            )));
+        }
+        check_apart(&store, &mnt)?;
+        if !opts.nonempty && dir_has_entries(&mnt) {
+            return Err(CliError::Mount(format!(
+                "{} is not empty: the mount would hide what is in it (-o nonempty mounts over it anyway)",
                 mnt.display()
             )));
         }
@@ -191,11 +214,127 @@ pub fn mount(store: Option<PathBuf>, a: MountArgs) -> Result<(), CliError> {
     result
 }
 
+/// `p` with symlinks and `..` resolved, also when its last components do
+/// not exist yet (a store `mount` is about to create).
+fn resolved(p: &Path) -> PathBuf {
+    let mut missing = Vec::new();
+    let mut at = p;
+    loop {
+        if let Ok(real) = std::fs::canonicalize(at) {
+            return missing.iter().rev().fold(real, |acc, c| acc.join(c));
+        }
+        match (at.parent(), at.file_name()) {
+            (Some(parent), Some(name)) => {
+                missing.push(name.to_os_string());
+                at = parent;
+            }
+            _ => return p.to_path_buf(),
+        }
+    }
+}
+
+/// Refuse a mount point inside the store (the mount would hide `blobs/`,
+/// `index/`, … from the daemon itself, and a repair through it would drop
+/// every entry) and a store inside the mount point (hidden by the mount).
+fn check_apart(store: &Path, mnt: &Path) -> Result<(), CliError> {
+    let (store, mnt) = (resolved(store), resolved(mnt));
+    if mnt.starts_with(&store) {
+        return Err(CliError::Mount(format!(
+            "{} is inside the store {}: choose a mount point outside it",
+            mnt.display(),
+            store.display()
+        )));
+    }
+    if store.starts_with(&mnt) {
+        return Err(CliError::Mount(format!(
+            "the store {} is inside the mount point {}, which would hide it: choose a mount point outside it",
+            store.display(),
+            mnt.display()
+        )));
+    }
+    Ok(())
+}
+
+/// Whether `dir` lists anything (an unreadable one counts as empty: the
+/// mount itself then says what is wrong).
+fn dir_has_entries(dir: &Path) -> bool {
+    std::fs::read_dir(dir).is_ok_and(|mut rd| rd.next().is_some())
+}
+
+/// Whether a daemon already serves `store` (one answers on its socket),
+/// and where.
+fn served_by(store: &Path) -> Option<String> {
+    if dagfs::store::read_only_reason(store).is_some() {
+        // A read-only store's daemon has no socket: its mount tells.
+        let me = std::fs::canonicalize(store).ok()?;
+        let live = mounts::mounts().ok()?.into_iter().find(|m| {
+            m.fstype == mounts::FSTYPE
+                && std::fs::canonicalize(&m.source).is_ok_and(|s| s == me)
+                && !mounts::is_stale(&m.mountpoint)
+        });
+        return live.map(|m| {
+            format!(
+                "store already served at {} (a read-only store's daemon)",
+                m.mountpoint.display()
+            )
+        });
+    }
+    match client::connect(store) {
+        Ok(Some(c)) => Some(format!(
+            "store already served by pid {} at {}",
+            c.server.pid.map_or("?".into(), |p| p.to_string()),
+            c.server.mountpoint.as_deref().unwrap_or("?")
+        )),
+        Ok(None) => None,
+        Err(e) => Some(format!("store already served by a daemon ({e})")),
+    }
+}
+
+/// A stop signal (SIGTERM, SIGINT, SIGHUP: blocked in every thread) that
+/// is pending, taken off the queue.
+fn pending_stop_signal(sigs: &nix::sys::signal::SigSet) -> Option<i32> {
+    let zero = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid signal set and timeout; no siginfo wanted.
+    let sig = unsafe { libc::sigtimedwait(sigs.as_ref(), std::ptr::null_mut(), &zero) };
+    (sig > 0).then_some(sig)
+}
+
+/// Whether nobody reads the readiness pipe any more (the `dagfs mount`
+/// that started this daemon is gone).
+fn reader_gone(fd: &OwnedFd) -> bool {
+    let mut p = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: 0,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, no wait.
+    let n = unsafe { libc::poll(&mut p, 1, 0) };
+    n > 0 && p.revents & libc::POLLERR != 0
+}
+
+/// Where a detached daemon logs: `<store>/daemon.log`, or for a store this
+/// process cannot write, a file named after the store in the runtime (or
+/// temporary) directory.
+fn log_path(store: &Path) -> PathBuf {
+    if dagfs::store::read_only_reason(store).is_none() {
+        return store.join("daemon.log");
+    }
+    let dir = std::env::var_os("XDG_RUNTIME_DIR")
+        .map(PathBuf::from)
+        .filter(|d| d.is_dir())
+        .unwrap_or_else(std::env::temp_dir);
+    let id = blake3::hash(store.as_os_str().as_encoded_bytes()).to_hex();
+    dir.join(format!("dagfs-daemon-{}.log", &id[..16]))
+}
+
 /// Start `mount -f` as a detached daemon and wait until it reports.
 fn detach(store: &Path, mnt: &Path, a: &MountArgs) -> Result<(), CliError> {
     let fail = |what: &str, e: std::io::Error| CliError::Mount(format!("{what}: {e}"));
     std::fs::create_dir_all(store).map_err(|e| fail(&store.display().to_string(), e))?;
-    let log_path = store.join("daemon.log");
+    let log_path = log_path(store);
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -230,18 +369,21 @@ fn detach(store: &Path, mnt: &Path, a: &MountArgs) -> Result<(), CliError> {
     }
     let child = cmd.spawn().map_err(|e| fail("starting the daemon", e))?;
     drop(w);
-    // One line: "ok PID" or "error: ..." (the daemon keeps the pipe open).
-    let mut report = Vec::new();
-    let mut pipe = std::fs::File::from(r);
-    let mut byte = [0u8; 1];
-    while let Ok(1) = pipe.read(&mut byte) {
-        if byte[0] == b'\n' {
-            break;
+    // Lines "wait: ..." (passed on), then one "ok PID" or "error: ..."
+    // (the daemon keeps the pipe open).
+    let mut pipe = std::io::BufReader::new(std::fs::File::from(r));
+    let mut line = String::new();
+    let report = loop {
+        line.clear();
+        if !matches!(std::io::BufRead::read_line(&mut pipe, &mut line), Ok(n) if n > 0) {
+            break String::new();
         }
-        report.push(byte[0]);
-    }
-    let report = String::from_utf8_lossy(&report);
-    let report = report.trim();
+        match line.trim().strip_prefix("wait: ") {
+            Some(msg) => eprintln!("dagfs: {msg}"),
+            None => break line.trim().to_string(),
+        }
+    };
+    let report = report.as_str();
     if let Some(rest) = report.strip_prefix("ok") {
         let pid = rest.trim();
         eprintln!(
@@ -281,16 +423,41 @@ fn limit_malloc_arenas() {
 fn serve(store: &Path, mnt: &Path, o: &MountOpts, ready: Option<&OwnedFd>) -> Result<(), CliError> {
     limit_malloc_arenas();
     let sigs = super::block_stop_signals();
-    let cache = Arc::new(Cache::open_with(
-        store,
-        CachePolicy::default(),
-        &mut |holder| {
-            eprintln!(
-                "dagfs: waiting for the store lock on {} (held by {holder})",
+    let mut told = false;
+    let cache = Cache::open_waiting(store, CachePolicy::default(), &mut |holder| {
+        use std::ops::ControlFlow::{Break, Continue};
+        if let Some(sig) = pending_stop_signal(&sigs) {
+            return Break(format!(
+                "stopped by signal {sig} while waiting for the store lock on {} (held by {holder})",
+                store.display()
+            ));
+        }
+        // NB: checked on every poll, not only once: the holder may be a
+        // daemon that had not bound its socket yet.
+        if let Some(served) = served_by(store) {
+            return Break(served);
+        }
+        if ready.is_some_and(reader_gone) {
+            return Break("the `dagfs mount` that started this daemon is gone".into());
+        }
+        if !std::mem::replace(&mut told, true) {
+            let msg = format!(
+                "waiting for the store lock on {} (held by {holder})",
                 store.display()
             );
-        },
-    )?);
+            eprintln!("dagfs: {msg}");
+            if let Some(fd) = ready {
+                let _ = std::fs::File::from(fd.try_clone().expect("dup ready fd"))
+                    .write_all(format!("wait: {msg}\n").as_bytes());
+            }
+        }
+        Continue(())
+    })
+    .map_err(|e| match e {
+        CacheError::Store(StoreError::GaveUp { reason, .. }) => CliError::Mount(reason),
+        e => e.into(),
+    })?;
+    let cache = Arc::new(cache);
     for note in cache.notes() {
         eprintln!("dagfs: {note}");
     }
@@ -338,29 +505,43 @@ fn serve(store: &Path, mnt: &Path, o: &MountOpts, ready: Option<&OwnedFd>) -> Re
     let (stop_tx, stop_rx) = crossbeam::channel::bounded::<()>(8);
     let handler_cache = cache.clone();
     let release_cache = cache.clone();
-    let mut server = Server::start(ServerConfig {
-        socket: store.join("daemon.sock"),
-        hello: Hello {
-            protocol: PROTOCOL,
-            agent: client::agent(),
-            pid: Some(std::process::id()),
-            mountpoint: Some(mnt.display().to_string()),
-        },
-        handler: Arc::new(move |session, req, out, err| {
-            let mut ctx = ctx.clone();
-            ctx.session = Some(session);
-            serve_request(req, out, err, &handler_cache, &ctx)
-        }),
-        on_session_end: Arc::new(move |session| release_cache.release(session)),
-        gauges,
-        on_shutdown: stop_tx.clone(),
-    })
-    .map_err(|e| {
-        CliError::Mount(format!(
-            "{}: cannot listen: {e}",
-            store.join("daemon.sock").display()
-        ))
-    })?;
+    // NB: a store this process cannot write has no socket (it would live
+    // in the store): commands then run embedded, reading it, and the
+    // daemon stops with its mount.
+    let read_only = cache.store.read_only().is_some();
+    let mut server = if read_only {
+        eprintln!(
+            "dagfs: the store {} is read-only: no socket (commands read it directly)",
+            store.display()
+        );
+        None
+    } else {
+        Some(
+            Server::start(ServerConfig {
+                socket: store.join("daemon.sock"),
+                hello: Hello {
+                    protocol: PROTOCOL,
+                    agent: client::agent(),
+                    pid: Some(std::process::id()),
+                    mountpoint: Some(mnt.display().to_string()),
+                },
+                handler: Arc::new(move |session, req, out, err| {
+                    let mut ctx = ctx.clone();
+                    ctx.session = Some(session);
+                    serve_request(req, out, err, &handler_cache, &ctx)
+                }),
+                on_session_end: Arc::new(move |session| release_cache.release(session)),
+                gauges,
+                on_shutdown: stop_tx.clone(),
+            })
+            .map_err(|e| {
+                CliError::Mount(format!(
+                    "{}: cannot listen: {e}",
+                    store.join("daemon.sock").display()
+                ))
+            })?,
+        )
+    };
     {
         let tx = stop_tx.clone();
         std::thread::spawn(move || {
@@ -381,6 +562,11 @@ fn serve(store: &Path, mnt: &Path, o: &MountOpts, ready: Option<&OwnedFd>) -> Re
             }
         });
     }
+    // NB: before reporting ready, so `dagfs sync --list` right after
+    // `dagfs mount` shows the watches a previous daemon had.
+    if !read_only {
+        watches.resume();
+    }
     if let Some(fd) = ready {
         let _ = std::fs::File::from(fd.try_clone().expect("dup ready fd"))
             .write_all(format!("ok {}\n", std::process::id()).as_bytes());
@@ -394,7 +580,9 @@ fn serve(store: &Path, mnt: &Path, o: &MountOpts, ready: Option<&OwnedFd>) -> Re
     );
     let _ = stop_rx.recv();
     eprintln!("dagfs: stopping: letting running requests finish");
-    server.stop();
+    if let Some(server) = server.as_mut() {
+        server.stop();
+    }
     watches.stop_all();
     cache.flush()?;
     drop(session);
@@ -451,6 +639,14 @@ pub fn umount(mnt: &Path) -> Result<(), CliError> {
                 std::thread::sleep(Duration::from_millis(10));
             }
             eprintln!("dagfs: unmounted {}", mnt.display());
+        }
+        _ if dagfs::store::read_only_reason(&store).is_some() && !mounts::is_stale(&mnt) => {
+            mounts::lazy_unmount(&mnt)
+                .map_err(|e| CliError::Mount(format!("{}: {e}", mnt.display())))?;
+            eprintln!(
+                "dagfs: unmounted {} (the daemon of a read-only store has no socket; it stops with its mount)",
+                mnt.display()
+            );
         }
         _ => {
             mounts::lazy_unmount(&mnt)

@@ -324,6 +324,32 @@ fn summary(r: &Report) -> String {
     s
 }
 
+/// The terminal's status line: running and queued apart (with `-j2`, two
+/// run however many wait for a worker).
+fn status_line(
+    (done, total): (usize, usize),
+    cached: usize,
+    failed: usize,
+    running: &[&str],
+    more: usize,
+    queued: usize,
+) -> String {
+    let mut s = format!(
+        "[{done}/{total}] {cached} cached, {failed} failed, {} running",
+        running.len() + more
+    );
+    if !running.is_empty() {
+        s += &format!(": {}", running.join(", "));
+        if more > 0 {
+            s += &format!(" +{more}");
+        }
+    }
+    if queued > 0 {
+        s += &format!("; {queued} queued");
+    }
+    s
+}
+
 /// Progress: a redrawn status line on a terminal, plain lines otherwise.
 struct Ui<'w> {
     total: usize,
@@ -331,7 +357,11 @@ struct Ui<'w> {
     done: usize,
     cached: usize,
     failed: usize,
+    /// Misses waiting for a free worker (`-j`).
+    queued: usize,
     running: Vec<usize>,
+    /// Something changed since the status line was drawn.
+    dirty: bool,
     last_draw: Instant,
     out: std::io::BufWriter<&'w mut dyn Write>,
 }
@@ -344,15 +374,23 @@ impl<'w> Ui<'w> {
             done: 0,
             cached: 0,
             failed: 0,
+            queued: 0,
             running: Vec::new(),
+            dirty: false,
             last_draw: Instant::now() - Duration::from_secs(1),
             out: std::io::BufWriter::new(err),
         }
     }
 
     fn event(&mut self, names: &[String], ev: Event<'_>) {
+        self.dirty |= !matches!(ev, Event::Tick);
         match ev {
-            Event::Started { idx } => self.running.push(idx),
+            Event::Tick => {}
+            Event::Queued { .. } => self.queued += 1,
+            Event::Started { idx } => {
+                self.queued = self.queued.saturating_sub(1);
+                self.running.push(idx);
+            }
             Event::Finished { idx, outcome } => {
                 self.running.retain(|&i| i != idx);
                 self.done += 1;
@@ -372,7 +410,9 @@ impl<'w> Ui<'w> {
                 }
             }
         }
-        if self.tty && self.last_draw.elapsed() >= Duration::from_millis(80) {
+        // NB: a change held back by the 80 ms limit is drawn at the next
+        // event or tick, so the line never stays stale while tasks run.
+        if self.tty && self.dirty && self.last_draw.elapsed() >= Duration::from_millis(80) {
             self.draw(names);
         }
     }
@@ -387,21 +427,19 @@ impl<'w> Ui<'w> {
         let more = self.running.len().saturating_sub(3);
         let _ = write!(
             self.out,
-            "\r\x1b[K[{}/{}] {} cached, {} failed, {} running: {}{}",
-            self.done,
-            self.total,
-            self.cached,
-            self.failed,
-            self.running.len(),
-            running.join(", "),
-            if more > 0 {
-                format!(" +{more}")
-            } else {
-                String::new()
-            }
+            "\r\x1b[K{}",
+            status_line(
+                (self.done, self.total),
+                self.cached,
+                self.failed,
+                &running,
+                more,
+                self.queued
+            )
         );
         let _ = self.out.flush();
         self.last_draw = Instant::now();
+        self.dirty = false;
     }
 
     fn clear(&mut self) {

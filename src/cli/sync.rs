@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use clap::Args;
 use serde::{Deserialize, Serialize};
 
+use dagfs::cache::Cache;
 use dagfs::index::stats::format_size;
 use dagfs::sync::{self, ChangeKind, ScanOptions};
 
@@ -15,7 +16,7 @@ use super::{CacheSource, CliError, Ctx, Io};
 #[derive(Args, Debug, Clone, Serialize, Deserialize)]
 pub struct SyncArgs {
     /// The directory to snapshot
-    #[arg(required_unless_present_any = ["list", "stop"])]
+    #[arg(required_unless_present_any = ["list", "stop", "log"])]
     pub dir: Option<PathBuf>,
     /// Record it under this name [default: the directory's base name]
     #[arg(long)]
@@ -42,6 +43,10 @@ pub struct SyncArgs {
     /// Stop the daemon's watch of NAME
     #[arg(long, value_name = "NAME", conflicts_with_all = ["dir", "watch"])]
     pub stop: Option<String>,
+    /// Show what each snapshot of NAME changed (NAME@N: snapshot N only,
+    /// every changed path)
+    #[arg(long, value_name = "NAME[@N]", conflicts_with_all = ["dir", "watch", "stop", "list"])]
+    pub log: Option<String>,
 }
 
 /// How many changed paths the text report lists.
@@ -50,6 +55,9 @@ const LIST: usize = 20;
 pub fn sync(a: SyncArgs, src: &mut CacheSource, io: &mut Io, ctx: &Ctx) -> Result<(), CliError> {
     if a.list {
         return list_syncs(src, io, ctx, a.json);
+    }
+    if let Some(spec) = &a.log {
+        return change_log(src.get(io)?, spec, a.json, io);
     }
     if let Some(name) = &a.stop {
         let Some(w) = &ctx.watches else {
@@ -74,6 +82,23 @@ pub fn sync(a: SyncArgs, src: &mut CacheSource, io: &mut Io, ctx: &Ctx) -> Resul
         .dir
         .clone()
         .expect("clap: dir required without --list/--stop");
+    match std::fs::metadata(&dir) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => {
+            return Err(CliError::Usage(format!(
+                "{}: not a directory (dagfs sync snapshots directories)",
+                dir.display()
+            )))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(CliError::NotFound(format!(
+                "{}: no such directory",
+                dir.display()
+            )))
+        }
+        // Anything else (permissions, …) is reported by the scan itself.
+        Err(_) => {}
+    }
     let opts = ScanOptions {
         include: a.include.clone(),
         exclude: a.exclude.clone(),
@@ -111,6 +136,9 @@ pub fn sync(a: SyncArgs, src: &mut CacheSource, io: &mut Io, ctx: &Ctx) -> Resul
                 })
             }
             .map_err(CliError::Output)?;
+            if let Some(note) = ignored_lockfile(cache, &r) {
+                let _ = writeln!(io.err, "dagfs: note: {note}");
+            }
             return Ok(());
         }
         let sigs = super::block_stop_signals();
@@ -156,7 +184,31 @@ pub fn sync(a: SyncArgs, src: &mut CacheSource, io: &mut Io, ctx: &Ctx) -> Resul
     } else {
         print_text(io.out, r)
     };
-    res.map_err(CliError::Output)
+    res.map_err(CliError::Output)?;
+    if let Some(note) = ignored_lockfile(cache, r) {
+        let _ = writeln!(io.err, "dagfs: note: {note}");
+    }
+    Ok(())
+}
+
+/// A crate (or workspace) whose `Cargo.lock` an ignore file left out of the
+/// snapshot cannot be built from it read-only: cargo then writes a new one
+/// (`failed to write …/Cargo.lock: Read-only file system`). Say so, with
+/// the way to keep it. Only the synced root is checked (one stat).
+fn ignored_lockfile(cache: &Cache, r: &sync::SyncReport) -> Option<String> {
+    let lock = r.root.join("Cargo.lock");
+    if !lock.is_file() {
+        return None;
+    }
+    let tree = cache.store.read_tree(&r.snapshot.tree).ok()?;
+    if tree.find(b"Cargo.toml").is_none() || tree.find(b"Cargo.lock").is_some() {
+        return None;
+    }
+    Some(format!(
+        "{} is ignored (.gitignore, .dagfsignore or --exclude), so a cargo build from this snapshot must write one and fails on the read-only mount; a line `!Cargo.lock` in {} keeps it",
+        lock.display(),
+        r.root.join(".dagfsignore").display()
+    ))
 }
 
 fn watch_error(e: WatchError) -> CliError {
@@ -166,6 +218,89 @@ fn watch_error(e: WatchError) -> CliError {
         WatchError::AlreadyWatched { .. } => CliError::Usage(e.to_string()),
         WatchError::Spawn(e) => CliError::Output(e),
     }
+}
+
+/// `dagfs sync --log NAME[@N]`: each snapshot's change set against the
+/// one before it (the first: everything added), computed from the
+/// recorded trees (equal subtrees are skipped, so the cost is what
+/// changed). With `@N` only that snapshot, every changed path listed.
+fn change_log(cache: &Cache, spec: &str, json: bool, io: &mut Io) -> Result<(), CliError> {
+    let (name, only) = match spec.split_once('@') {
+        Some((n, seq)) => (
+            n,
+            Some(seq.parse::<u64>().map_err(|_| {
+                CliError::Usage(format!("--log {spec}: want NAME or NAME@N (N a number)"))
+            })?),
+        ),
+        None => (spec, None),
+    };
+    let log = cache.store.sync_log(name)?.ok_or_else(|| {
+        CliError::NotFound(format!(
+            "no synced directory named `{name}` (`dagfs sync --list` shows them)"
+        ))
+    })?;
+    if let Some(n) = only {
+        if !log.snapshots.iter().any(|s| s.seq == n) {
+            return Err(CliError::NotFound(format!(
+                "`{name}` has no snapshot {n} (`dagfs sync --log {name}` lists them)"
+            )));
+        }
+    }
+    let lossy = |p: &[u8]| String::from_utf8_lossy(p).into_owned();
+    let mut docs = Vec::new();
+    let mut text = String::new();
+    let mut previous = None;
+    for snap in &log.snapshots {
+        let prev = previous.replace(snap.tree);
+        if only.is_some_and(|n| n != snap.seq) {
+            continue;
+        }
+        let changes = dagfs::sync::changes::diff(&cache.store, prev.as_ref(), &snap.tree)?;
+        if json {
+            docs.push(serde_json::json!({
+                "name": log.name,
+                "seq": snap.seq,
+                "tree": snap.tree,
+                "previous": prev,
+                "created_ms": snap.created_ms,
+                "files": snap.files,
+                "bytes": snap.bytes,
+                "changes": changes.changes.iter().map(|c| serde_json::json!({"path": lossy(&c.path), "kind": c.kind})).collect::<Vec<_>>(),
+                "counts": ChangeKind::ALL.iter().map(|k| (k.as_str(), changes.count(*k))).collect::<std::collections::BTreeMap<_, _>>(),
+            }));
+            continue;
+        }
+        let counts: Vec<String> = ChangeKind::ALL
+            .iter()
+            .map(|k| format!("{} {}", changes.count(*k), k.as_str()))
+            .collect();
+        text += &format!(
+            "{}@{}  {} ago  {} files, {}, tree {}  changes: {}\n",
+            log.name,
+            snap.seq,
+            super::inspect::age(snap.created_ms),
+            snap.files,
+            format_size(snap.bytes),
+            snap.tree.short(),
+            counts.join(", ")
+        );
+        let limit = if only.is_some() { usize::MAX } else { LIST };
+        for c in changes.changes.iter().take(limit) {
+            text += &format!("  {:<13} {}\n", c.kind.as_str(), lossy(&c.path));
+        }
+        if changes.changes.len() > limit {
+            text += &format!(
+                "  … and {} more (`dagfs sync --log {}@{}` lists them all)\n",
+                changes.changes.len() - limit,
+                log.name,
+                snap.seq
+            );
+        }
+    }
+    if json {
+        text = serde_json::to_string_pretty(&docs).expect("json") + "\n";
+    }
+    io.out.write_all(text.as_bytes()).map_err(CliError::Output)
 }
 
 /// `dagfs sync --list`: every recorded sync, and whether the daemon

@@ -33,11 +33,13 @@ pub fn connect(store: &Path) -> Result<Option<Client>, ClientError> {
     let sock = store.join("daemon.sock");
     let mut stream = match UnixStream::connect(&sock) {
         Ok(s) => s,
+        // NB: ENOTDIR: the store is not a directory, so no daemon serves
+        // it; opening it says what is wrong.
         Err(e)
             if matches!(
                 e.kind(),
                 io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused
-            ) =>
+            ) || e.raw_os_error() == Some(libc::ENOTDIR) =>
         {
             return Ok(None)
         }
@@ -58,7 +60,16 @@ pub fn connect(store: &Path) -> Result<Option<Client>, ClientError> {
         pid: None,
         mountpoint: None,
     };
-    protocol::write_json(&mut stream, protocol::HELLO, &hello).map_err(io_err)?;
+    if let Err(e) = protocol::write_json(&mut stream, protocol::HELLO, &hello) {
+        // A daemon that refused us without reading our HELLO (older ones
+        // did) has still written why before it closed: report that.
+        return match protocol::read_frame(&mut stream) {
+            Ok((protocol::ERROR, p)) => Err(ClientError::Refused(
+                String::from_utf8_lossy(&p).into_owned(),
+            )),
+            _ => Err(io_err(e)),
+        };
+    }
     match protocol::read_frame(&mut stream)? {
         (protocol::HELLO, p) => Ok(Some(Client {
             stream,

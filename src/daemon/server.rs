@@ -129,39 +129,41 @@ fn refuse(stream: &mut UnixStream, why: &str) {
     let _ = protocol::write_frame(stream, protocol::ERROR, why.as_bytes());
 }
 
-fn session(sh: &Shared, id: u64, mut stream: UnixStream) {
+/// Why this peer may not use the socket, if it may not.
+fn refusal(stream: &UnixStream) -> Option<String> {
     let me = nix::unistd::geteuid().as_raw();
-    match peer(&stream) {
+    match peer(stream) {
         Ok((uid, pid)) if uid == me => {
-            if let Some(group) = crate::exec::runner::task_of(pid) {
-                let whose = if group > 0 {
-                    format!("belongs to task process group {group}")
-                } else {
-                    "is gone, and tasks are running".into()
-                };
-                // NB: take its HELLO first: refused before it is written,
-                // the client would see a broken pipe, not why.
-                let _ = protocol::read_frame(&mut stream);
-                return refuse(
-                    &mut stream,
-                    &format!("refused: pid {pid} {whose}: a task run by the daemon may not use its socket (read dependencies under $DAGFS_IN)"),
-                );
-            }
+            let group = crate::exec::runner::task_of(pid)?;
+            let whose = if group > 0 {
+                format!("belongs to task process group {group}")
+            } else {
+                "is gone, and tasks are running".into()
+            };
+            Some(format!("refused: pid {pid} {whose}: a task run by the daemon may not use its socket (read dependencies under $DAGFS_IN)"))
         }
-        Ok((uid, _)) => {
-            return refuse(
-                &mut stream,
-                &format!("refused: uid {uid} is not the store owner (uid {me})"),
-            )
-        }
-        Err(e) => {
-            return refuse(
-                &mut stream,
-                &format!("refused: cannot read peer credentials: {e}"),
-            )
-        }
+        Ok((uid, _)) => Some(format!(
+            "refused: uid {uid} is not the store owner (uid {me})"
+        )),
+        Err(e) => Some(format!("refused: cannot read peer credentials: {e}")),
     }
-    match protocol::read_frame(&mut stream) {
+}
+
+/// How long a refused peer has to send its HELLO.
+const REFUSED_HELLO_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+fn session(sh: &Shared, id: u64, mut stream: UnixStream) {
+    // NB: the HELLO is read before any refusal: closed with it unread, the
+    // client's write of it fails (broken pipe) and it never sees why.
+    let why = refusal(&stream);
+    if why.is_some() {
+        let _ = stream.set_read_timeout(Some(REFUSED_HELLO_WAIT));
+    }
+    let first = protocol::read_frame(&mut stream);
+    if let Some(why) = why {
+        return refuse(&mut stream, &why);
+    }
+    match first {
         Ok((protocol::HELLO, p)) => match protocol::parse_json::<Hello>("hello", &p) {
             Ok(h) if h.protocol == PROTOCOL => {}
             Ok(h) => {

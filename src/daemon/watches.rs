@@ -2,7 +2,9 @@
 //! running daemon starts one here and returns after its first snapshot;
 //! the watch keeps snapshotting DIR after the client has gone, until
 //! `dagfs sync --stop NAME` or the daemon stops. `dagfs sync --list` shows
-//! them.
+//! them. Each watch is recorded in the store (`store::watchlist`) when it
+//! starts and dropped by `--stop`, so a daemon started later re-arms it
+//! (`resume`).
 //!
 //! Owns: one thread per watch, running `sync::watch::watch`. Guarantees:
 //! at most one watch per sync name; `stop` returns only once the watch's
@@ -19,6 +21,7 @@ use std::thread::JoinHandle;
 use crossbeam::channel::{self, Sender};
 
 use crate::cache::Cache;
+use crate::store::watchlist::WatchRecord;
 use crate::sync::{self, ScanOptions, SyncError, SyncReport};
 
 #[derive(Debug, thiserror::Error)]
@@ -118,6 +121,13 @@ impl Watches {
         if let Some(old) = watches.remove(&name) {
             finish(old);
         }
+        let record = WatchRecord {
+            name: name.clone(),
+            root: root.display().to_string(),
+            include: opts.include.clone(),
+            exclude: opts.exclude.clone(),
+            skip_unreadable: opts.skip_unreadable,
+        };
         let info = Arc::new(Mutex::new(WatchInfo {
             name: name.clone(),
             root: root.clone(),
@@ -190,6 +200,9 @@ impl Watches {
         // the same name waits and then finds this one.
         match first_rx.recv() {
             Ok(Ok(report)) => {
+                if let Err(e) = self.cache.store.set_watch_record(&name, Some(record)) {
+                    eprintln!("dagfs: sync {name}: the watch runs, but a later daemon will not re-arm it: {e}");
+                }
                 watches.insert(name, w);
                 Ok(report)
             }
@@ -215,12 +228,79 @@ impl Watches {
             .collect()
     }
 
-    /// Stop the watch of `name`; returns once its thread has ended.
+    /// Stop the watch of `name` (and drop its record: later daemons do
+    /// not re-arm it); returns once its thread has ended.
     pub fn stop(&self, name: &str) -> Result<WatchInfo, WatchError> {
-        let w = lock(&self.watches)
+        let mut watches = lock(&self.watches);
+        let w = watches
             .remove(name)
             .ok_or_else(|| WatchError::NotWatched(name.to_string()))?;
+        if let Err(e) = self.cache.store.set_watch_record(name, None) {
+            eprintln!("dagfs: sync {name}: stopped, but its record stays (a later daemon re-arms it): {e}");
+        }
+        drop(watches);
         Ok(finish(w))
+    }
+
+    /// Re-arm every watch recorded in the store (a daemon starting). One
+    /// that cannot start (its directory gone, …) stays listed with its
+    /// error, and recorded, until `dagfs sync --stop`. Returns how many run.
+    pub fn resume(&self) -> usize {
+        let records = match self.cache.store.watch_records() {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("dagfs: cannot re-arm the recorded watches: {e}");
+                return 0;
+            }
+        };
+        let mut running = 0;
+        for r in records {
+            let opts = ScanOptions {
+                include: r.include.clone(),
+                exclude: r.exclude.clone(),
+                skip_unreadable: r.skip_unreadable,
+                ..ScanOptions::default()
+            };
+            match self.start(Path::new(&r.root), Some(&r.name), opts) {
+                Ok(report) => {
+                    running += 1;
+                    eprintln!(
+                        "dagfs: sync {}: watch re-armed ({}), snapshot {}",
+                        r.name, r.root, report.snapshot.seq
+                    );
+                }
+                Err(e) => {
+                    eprintln!("dagfs: sync {}: cannot re-arm its watch: {e}", r.name);
+                    let (stop, _) = channel::bounded(1);
+                    let latest_seq = self
+                        .cache
+                        .store
+                        .sync_log(&r.name)
+                        .ok()
+                        .flatten()
+                        .and_then(|l| l.latest().map(|s| s.seq))
+                        .unwrap_or(0);
+                    let info = WatchInfo {
+                        name: r.name.clone(),
+                        root: PathBuf::from(&r.root),
+                        snapshots: 0,
+                        latest_seq,
+                        last_changes: 0,
+                        last_ms: 0,
+                        error: Some(format!("could not be re-armed: {e}")),
+                    };
+                    lock(&self.watches).insert(
+                        r.name,
+                        Watch {
+                            info: Arc::new(Mutex::new(info)),
+                            stop,
+                            thread: None,
+                        },
+                    );
+                }
+            }
+        }
+        running
     }
 
     /// Stop every watch (the daemon is stopping).

@@ -224,6 +224,8 @@ impl Default for Options {
 
 /// Messages to a run's coordinator.
 enum Msg {
+    /// A worker began a job.
+    Began { idx: usize },
     /// A worker finished a job.
     Done(Box<WorkDone>),
     /// A key this run joined finished in whichever run executed it: its
@@ -235,6 +237,9 @@ enum Msg {
 }
 
 type Waiters = Vec<(channel::Sender<Msg>, usize)>;
+
+/// How long the run waits for its workers before it emits `Event::Tick`.
+const TICK: Duration = Duration::from_millis(100);
 
 /// Keys being executed, and who waits for each.
 #[derive(Default)]
@@ -361,8 +366,20 @@ impl Outcome {
 }
 
 pub enum Event<'a> {
-    Started { idx: usize },
-    Finished { idx: usize, outcome: &'a Outcome },
+    /// A miss handed to the workers; it waits for a free one (`-j`).
+    Queued {
+        idx: usize,
+    },
+    /// A worker began executing it.
+    Started {
+        idx: usize,
+    },
+    /// Nothing happened for `TICK` (a progress display may redraw).
+    Tick,
+    Finished {
+        idx: usize,
+        outcome: &'a Outcome,
+    },
 }
 
 #[derive(Debug)]
@@ -491,9 +508,16 @@ pub fn run(
         for w in 0..jobs {
             let (work_rx, done_tx, mats, store) =
                 (work_rx.clone(), done_tx.clone(), &mats, &cache.store);
+            let gauge = opts.running.clone();
             s.spawn(move || {
                 let dir = WorkerDir::new(&mats.root.join(format!("w{w}")));
                 for item in work_rx.iter() {
+                    // NB: counted as running from here, not when queued:
+                    // with -j2, two run however many wait.
+                    if let Some(g) = &gauge {
+                        g.fetch_add(1, Ordering::Relaxed);
+                    }
+                    let _ = done_tx.send(Msg::Began { idx: item.idx });
                     let start = t0.elapsed();
                     let result = match &dir {
                         Ok(dir) => execute(store, mats, dir, &item),
@@ -617,7 +641,7 @@ pub fn run(
                     uncommitted.clear();
                 }
                 outcomes_reason(&mut outcomes, i, reason);
-                (book.observe)(Event::Started { idx: i });
+                (book.observe)(Event::Queued { idx: i });
                 work_tx
                     .send(WorkItem {
                         idx: i,
@@ -631,14 +655,25 @@ pub fn run(
                     })
                     .expect("workers alive");
                 running += 1;
-                if let Some(g) = &opts.running {
-                    g.fetch_add(1, Ordering::Relaxed);
-                }
             }
             if running == 0 && joining.is_empty() {
                 break;
             }
-            let done = match done_rx.recv().expect("this run holds a sender") {
+            let msg = match done_rx.recv_timeout(TICK) {
+                Ok(m) => m,
+                Err(channel::RecvTimeoutError::Timeout) => {
+                    (book.observe)(Event::Tick);
+                    continue;
+                }
+                Err(channel::RecvTimeoutError::Disconnected) => {
+                    unreachable!("this run holds a sender")
+                }
+            };
+            let done = match msg {
+                Msg::Began { idx } => {
+                    (book.observe)(Event::Started { idx });
+                    continue;
+                }
                 Msg::Done(done) => *done,
                 Msg::Joined { idx, result } => {
                     let Some((key, reason)) = joining.remove(&idx) else {

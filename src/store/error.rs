@@ -42,6 +42,13 @@ pub enum StoreError {
     TooLarge { path: PathBuf, limit: u64 },
     #[error("{path}: changed while it was being stored ({what})")]
     Changed { path: PathBuf, what: String },
+    /// New content for a store this process cannot write (`path`: the
+    /// store).
+    #[error("{path}: the store cannot be written ({reason}), and this content is not in it")]
+    ReadOnly { path: PathBuf, reason: String },
+    /// A waiter for the store lock (`path`) stopped waiting.
+    #[error("{reason}")]
+    GaveUp { path: PathBuf, reason: String },
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;

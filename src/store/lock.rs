@@ -1,17 +1,32 @@
 //! The store lock: one process owns a store at a time (`<store>/lock`, an
-//! `flock`). The holder writes its pid and command into the file so a waiter
-//! can say whom it waits for.
+//! exclusive `flock`). The holder writes its pid and command into the file
+//! so a waiter can say whom it waits for. A waiter polls (`POLL`) and asks
+//! its `Waiting` each time whether to go on, so it can stop on a signal or
+//! when waiting has become pointless (a daemon already serves the store).
+//! A process that cannot write the store (read-only) takes it shared, only
+//! while it copies the index (see `Cache`).
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
+use std::ops::ControlFlow;
 use std::os::fd::AsRawFd;
 use std::path::Path;
 
-use super::error::{IoContext, Result};
+use super::error::{IoContext, Result, StoreError};
+
+/// How often a waiter checks the lock (and asks its `Waiting` whether to
+/// keep waiting).
+const POLL: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Called while a process waits for the lock: at once, then every `POLL`,
+/// with the holder's description; `Break(reason)` stops waiting (the open
+/// fails with `StoreError::GaveUp`).
+pub type Waiting<'a> = dyn FnMut(&str) -> ControlFlow<String> + 'a;
 
 #[derive(Debug)]
 pub struct StoreLock {
-    _file: File,
+    /// None: a read-only store without a lock file (nobody can write it).
+    _file: Option<File>,
 }
 
 /// Who holds a lock, as written in the lock file.
@@ -23,9 +38,10 @@ pub fn holder(path: &Path) -> Option<String> {
 }
 
 impl StoreLock {
-    /// Take the lock, waiting if another process holds it. `on_wait` is
-    /// called once, with the holder's description, before blocking.
-    pub fn acquire(path: &Path, on_wait: &mut dyn FnMut(&str)) -> Result<StoreLock> {
+    /// Take the lock; while another process holds it, ask `waiting` every
+    /// `POLL` whether to go on (so a waiter can notice a signal, or that
+    /// waiting has become pointless).
+    pub fn acquire(path: &Path, waiting: &mut Waiting<'_>) -> Result<StoreLock> {
         let mut file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -33,10 +49,15 @@ impl StoreLock {
             .truncate(false)
             .open(path)
             .at(path)?;
-        if !try_flock(&file, libc::LOCK_EX | libc::LOCK_NB).at(path)? {
+        while !try_flock(&file, libc::LOCK_EX | libc::LOCK_NB).at(path)? {
             let who = holder(path).unwrap_or_else(|| "another process".into());
-            on_wait(&who);
-            try_flock(&file, libc::LOCK_EX).at(path)?;
+            if let ControlFlow::Break(reason) = waiting(&who) {
+                return Err(StoreError::GaveUp {
+                    path: path.to_path_buf(),
+                    reason,
+                });
+            }
+            std::thread::sleep(POLL);
         }
         let me = format!(
             "pid {} ({})\n",
@@ -46,7 +67,37 @@ impl StoreLock {
         file.set_len(0).at(path)?;
         file.seek(SeekFrom::Start(0)).at(path)?;
         file.write_all(me.as_bytes()).at(path)?;
-        Ok(StoreLock { _file: file })
+        Ok(StoreLock { _file: Some(file) })
+    }
+}
+
+impl StoreLock {
+    /// No lock (a read-only store's reader once its index is copied).
+    pub fn none() -> StoreLock {
+        StoreLock { _file: None }
+    }
+
+    /// A reader's lock on a store it cannot write: shared, waiting (as
+    /// `acquire`) while a writer holds it; none if there is no lock file.
+    pub fn shared(path: &Path, waiting: &mut Waiting<'_>) -> Result<StoreLock> {
+        let file = match File::open(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(StoreLock { _file: None })
+            }
+            Err(e) => return Err(e).at(path),
+        };
+        while !try_flock(&file, libc::LOCK_SH | libc::LOCK_NB).at(path)? {
+            let who = holder(path).unwrap_or_else(|| "another process".into());
+            if let ControlFlow::Break(reason) = waiting(&who) {
+                return Err(StoreError::GaveUp {
+                    path: path.to_path_buf(),
+                    reason,
+                });
+            }
+            std::thread::sleep(POLL);
+        }
+        Ok(StoreLock { _file: Some(file) })
     }
 }
 

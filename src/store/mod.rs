@@ -19,12 +19,18 @@
 //!                     `quarantine`), never deleted; `fsck` finds them
 //!   blob-generation   a counter, "N\n": raised (durably) before any blob is
 //!                     removed (gc, quarantine); absent: 0
+//!   watches.json      the syncs a daemon watches, re-armed by the next one
+//!                     (see `watchlist`)
 //! ```
 //!
 //! The blob generation lets a cache of "this blob is stored" skip the
 //! check while the generation it was made in is current: blobs are only
 //! ever added in between. (Deleting blobs by hand is damage: `fsck` finds
 //! what it breaks.)
+//!
+//! A store this process cannot write (a read-only filesystem, no write
+//! permission) is opened to read (`Store::read_only`): nothing is
+//! created, upgraded or swept, and its lock is taken shared.
 //!
 //! Write order (crash safety): new content is written under `tmp/`, then
 //! `syncfs` makes it durable, then it is renamed into `blobs/` with
@@ -47,6 +53,7 @@ pub mod pack;
 pub mod quarantine;
 pub mod syncs;
 pub mod tree;
+pub mod watchlist;
 
 use std::ffi::OsStr;
 use std::fs::{self, File};
@@ -84,6 +91,9 @@ pub struct Store {
     packs: pack::Packs,
     /// `blobs/`, opened once: `has_blob` looks names up relative to it.
     blobs_dir: std::sync::OnceLock<Option<File>>,
+    /// Why this process cannot write the store (a read-only filesystem, no
+    /// write permission), if it cannot: it is opened to read only.
+    read_only: Option<String>,
     _lock: StoreLock,
 }
 
@@ -174,6 +184,27 @@ impl Store {
     /// Open (creating if absent or empty) the store at `root`, waiting for
     /// the lock if another process holds it.
     pub fn open(root: &Path, on_wait: &mut dyn FnMut(&str)) -> Result<Store> {
+        let mut told = false;
+        Self::open_waiting(root, &mut |who| {
+            if !std::mem::replace(&mut told, true) {
+                on_wait(who);
+            }
+            std::ops::ControlFlow::Continue(())
+        })
+    }
+
+    /// As `open`, asking `waiting` while the lock is held elsewhere whether
+    /// to go on (see `lock::Waiting`).
+    pub fn open_waiting(root: &Path, waiting: &mut lock::Waiting<'_>) -> Result<Store> {
+        if fs::metadata(root).is_ok_and(|m| !m.is_dir()) {
+            return Err(StoreError::NotAStore {
+                path: root.to_path_buf(),
+                reason: "not a directory".into(),
+            });
+        }
+        if let Some(why) = read_only_reason(root) {
+            return Self::open_read_only(root, why, waiting);
+        }
         fs::create_dir_all(root).at(root)?;
         // NB: absolute, so "is this output under tmp/?" (take over vs copy)
         // compares like with like.
@@ -188,7 +219,7 @@ impl Store {
             Err(StoreError::NotAStore { .. }) if being_created(root) => {}
             Err(e) => return Err(e),
         }
-        let lock = StoreLock::acquire(&root.join("lock"), on_wait)?;
+        let lock = StoreLock::acquire(&root.join("lock"), waiting)?;
         match check_root(root) {
             // An interrupted creation: init_layout completes it.
             Err(StoreError::NotAStore { .. }) if being_created(root) => {}
@@ -204,12 +235,77 @@ impl Store {
             changed: false.into(),
             packs: pack::Packs::new(root.join("packs")),
             blobs_dir: std::sync::OnceLock::new(),
+            read_only: None,
             _lock: lock,
         };
         store.init_layout()?;
         store.upgrade_format()?;
         store.sweep_tmp()?;
         Ok(store)
+    }
+
+    /// A store this process cannot write: nothing is created, upgraded or
+    /// swept, and its lock is taken shared (so a writer that can, the
+    /// export's owner, waits for readers and they for it) if it has one.
+    fn open_read_only(
+        root: &Path,
+        why: std::io::Error,
+        waiting: &mut lock::Waiting<'_>,
+    ) -> Result<Store> {
+        let root = &fs::canonicalize(root).at(root)?;
+        let format = root.join("FORMAT");
+        let text = fs::read_to_string(&format).map_err(|e| StoreError::NotAStore {
+            path: root.to_path_buf(),
+            reason: format!("read-only ({why}) and no FORMAT file ({e})"),
+        })?;
+        check_format(&format, &text)?;
+        if format_version(&text) != Some(FORMAT_VERSION) {
+            return Err(StoreError::Format {
+                path: format,
+                found: text.lines().nth(1).unwrap_or("").to_string(),
+                supported: format!(
+                    "version {FORMAT_VERSION}; this older one is upgraded when opened, which a read-only store cannot be"
+                ),
+            });
+        }
+        let lock = StoreLock::shared(&root.join("lock"), waiting)?;
+        Ok(Store {
+            root: root.to_path_buf(),
+            root_fd: File::open(root).at(root)?,
+            gate: SyncGate::default(),
+            blob_generation: read_blob_generation(root)?.into(),
+            changed: false.into(),
+            packs: pack::Packs::new(root.join("packs")),
+            blobs_dir: std::sync::OnceLock::new(),
+            read_only: Some(why.to_string()),
+            _lock: lock,
+        })
+    }
+
+    /// A read-only store's shared lock is held only while its index is
+    /// copied (see `Cache`): a reader must not hold up the store's writer.
+    pub fn release_read_lock(&mut self) {
+        if self.read_only.is_some() {
+            self._lock = StoreLock::none();
+        }
+    }
+
+    /// Fails (`ReadOnly`) for a store this process cannot write: a read-only
+    /// store serves what it holds, and nothing new.
+    fn writable(&self) -> Result<()> {
+        match &self.read_only {
+            Some(why) => Err(StoreError::ReadOnly {
+                path: self.root.clone(),
+                reason: why.clone(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Why this process cannot write the store, if it cannot (it was
+    /// opened to read only).
+    pub fn read_only(&self) -> Option<&str> {
+        self.read_only.as_deref()
     }
 
     fn init_layout(&self) -> Result<()> {
@@ -278,6 +374,14 @@ impl Store {
 
     /// A fresh private directory under `tmp/`, removed when dropped.
     pub fn tempdir(&self, prefix: &str) -> Result<tempfile::TempDir> {
+        if self.read_only.is_some() {
+            // Work that only hashes what the store holds already.
+            let tmp = std::env::temp_dir();
+            return tempfile::Builder::new()
+                .prefix(prefix)
+                .tempdir_in(&tmp)
+                .at(tmp);
+        }
         tempfile::Builder::new()
             .prefix(prefix)
             .tempdir_in(self.tmp_root())
@@ -526,6 +630,7 @@ impl Store {
         if self.has_blob(&digest) || !staged.bytes_staged.insert(digest) {
             return Ok(digest);
         }
+        self.writable()?;
         if bytes.len() <= pack::MAX_PACKED {
             if staged.packs.is_empty() {
                 static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -576,6 +681,9 @@ impl Store {
     /// the staged entry records, to be given to `publish_entries` (callers
     /// batch those, so one `syncfs` covers many entries).
     pub fn commit_blobs(&self, mut staged: Staged) -> Result<Vec<(PathBuf, Digest)>> {
+        if !staged.blobs.is_empty() || !staged.packs.is_empty() {
+            self.writable()?;
+        }
         let mut finished = Vec::new();
         for w in merge_small_packs(std::mem::take(&mut staged.packs))? {
             if w.len() == 0 {
@@ -1070,6 +1178,17 @@ fn stage_loose(dir: &Path, digest: Digest, bytes: &[u8], staged: &mut Staged) ->
 /// The blob generation recorded in the store at `root` (see
 /// `Store::blob_generation`); absent: 0. Read without the lock by
 /// `sync`'s stat-cache copy, which checks it again under the lock.
+/// Why this process cannot write the store directory `root`, if it exists
+/// and it cannot: a read-only filesystem (a CVMFS-like distribution, a
+/// read-only export) or no write permission (another user's store).
+pub fn read_only_reason(root: &Path) -> Option<std::io::Error> {
+    use nix::unistd::AccessFlags;
+    match nix::unistd::access(root, AccessFlags::W_OK) {
+        Err(e @ (nix::errno::Errno::EROFS | nix::errno::Errno::EACCES)) => Some(e.into()),
+        _ => None,
+    }
+}
+
 pub(crate) fn read_blob_generation(root: &Path) -> Result<u64> {
     let path = root.join(BLOB_GENERATION);
     match fs::read_to_string(&path) {
