@@ -277,3 +277,38 @@ fn the_store_is_out_of_reach_of_a_task_the_daemon_runs() {
     evil_repro(&sb, o);
     drop(m);
 }
+
+/// Issue 13: `dagfs cat` verifies what it prints (as the mount does), and
+/// never follows a symlink planted where a blob should be.
+#[test]
+fn cat_prints_only_verified_bytes_and_never_follows_a_planted_link() {
+    let sb = Sb::new(
+        As::Me,
+        "name = \"p\"\n[tasks.a]\nrun = \"echo first-file > $DAGFS_OUT/f; echo second-file > $DAGFS_OUT/g\"\n",
+    );
+    let o = sb.run();
+    assert!(o.status.success(), "{}", text(&o));
+    let blob = |content: &[u8]| {
+        let d = blake3::hash(content).to_hex().to_string();
+        sb.store.join("blobs").join(&d[..2]).join(&d)
+    };
+    // A flipped bit: nothing printed, a store error naming the blob.
+    let f = blob(b"first-file\n");
+    let mut bytes = fs::read(&f).unwrap();
+    bytes[0] ^= 1;
+    fs::set_permissions(&f, fs::Permissions::from_mode(0o644)).unwrap();
+    fs::write(&f, &bytes).unwrap();
+    let o = sb.dagfs(&["cat", "p/a/f"]);
+    assert_eq!(o.status.code(), Some(8), "{}", text(&o));
+    assert!(o.stdout.is_empty(), "printed {:?}", o.stdout);
+    assert!(text(&o).contains("corrupt"), "{}", text(&o));
+    // A link planted in the store is not followed.
+    let secret = sb.root.join("secret");
+    fs::write(&secret, "do-not-print\n").unwrap();
+    let g = blob(b"second-file\n");
+    fs::remove_file(&g).unwrap();
+    std::os::unix::fs::symlink(&secret, &g).unwrap();
+    let o = sb.dagfs(&["cat", "p/a/g"]);
+    assert_eq!(o.status.code(), Some(8), "{}", text(&o));
+    assert!(!text(&o).contains("do-not-print"), "{}", text(&o));
+}

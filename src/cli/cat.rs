@@ -23,7 +23,12 @@ pub fn cat(cache: &Cache, spec: &str, io: &mut Io) -> Result<(), CliError> {
     let (root, rest) = root_of(cache, spec, &parts)?;
     match walk(cache, spec, root, rest)? {
         Node::File { digest, .. } => {
+            // NB: checked whole before a byte is printed, as the mount does
+            // (a packed blob's bytes are checked as they are read).
             let mut f = cache.store.open_blob(&digest)?;
+            if let dagfs::store::BlobReader::File(file) = &mut f {
+                check(&digest, file, &cache.store.blob_path(&digest))?;
+            }
             std::io::copy(&mut f, io.out).map_err(CliError::Output)?;
         }
         Node::Dir { digest } => {
@@ -42,6 +47,29 @@ pub fn cat(cache: &Cache, spec: &str, io: &mut Io) -> Result<(), CliError> {
         }
         Node::Symlink { .. } => unreachable!("walk follows every symlink"),
     }
+    Ok(())
+}
+
+/// Hash `file` (blob `d`'s) to its end and rewind it: `Corrupt` unless its
+/// bytes are `d`'s.
+fn check(d: &Digest, file: &mut std::fs::File, path: &std::path::Path) -> Result<(), CliError> {
+    use std::io::{Seek, SeekFrom};
+    let io_err = |e: std::io::Error| dagfs::store::StoreError::Io {
+        path: path.to_path_buf(),
+        source: e,
+    };
+    let mut h = blake3::Hasher::new();
+    h.update_reader(&mut *file).map_err(io_err)?;
+    let got = Digest::from_blake3(h.finalize());
+    if got != *d {
+        return Err(dagfs::store::StoreError::Corrupt {
+            digest: *d,
+            path: path.to_path_buf(),
+            reason: format!("its bytes hash to {got}; `dagfs fsck --repair` drops what is damaged"),
+        }
+        .into());
+    }
+    file.seek(SeekFrom::Start(0)).map_err(io_err)?;
     Ok(())
 }
 
