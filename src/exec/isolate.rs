@@ -139,7 +139,10 @@ fn cstr(p: &Path) -> std::io::Result<CString> {
 
 impl Prepared {
     pub(crate) fn new(iso: &Isolation, user: bool) -> std::io::Result<Prepared> {
-        let vfs = nix::sys::statvfs::statvfs(&iso.store).map_err(std::io::Error::from)?;
+        // NB: absolute and resolved: the child has already changed to the
+        // task's working directory when it mounts.
+        let store = std::fs::canonicalize(&iso.store)?;
+        let vfs = nix::sys::statvfs::statvfs(&store).map_err(std::io::Error::from)?;
         use nix::sys::statvfs::FsFlags as F;
         let f = vfs.flags();
         let mut keep = 0;
@@ -164,11 +167,11 @@ impl Prepared {
             )
         });
         Ok(Prepared {
-            store: cstr(&iso.store)?,
+            store: cstr(&store)?,
             writable: iso
                 .writable
                 .iter()
-                .map(|w| cstr(w))
+                .map(|w| cstr(&std::fs::canonicalize(w)?))
                 .collect::<std::io::Result<_>>()?,
             keep,
             user,
