@@ -5,8 +5,10 @@
 //! its task digest and its dependencies' *output* digests, looks it up,
 //! joins identical keys already running, and hands misses to `jobs` worker
 //! threads (crossbeam channels). Workers run the job, ingest its output
-//! (hash + rename) and commit the blobs and the entry record durably; the
-//! coordinator then publishes the entry into the index under the policy.
+//! (hash + rename into a staging area) and stage its entry record; the
+//! coordinator indexes the entry under the policy at once and makes blobs
+//! and records durable in group commits (`Store::commit_blobs`, then
+//! `publish_entries`), the last before the index is flushed at the end.
 //! Failures are never published. Fail-fast stops dispatching after the first
 //! failure (running jobs finish); otherwise everything not downstream of a
 //! failure runs. Nodes that never became ready are `Skipped`.

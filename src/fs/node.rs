@@ -3,8 +3,8 @@
 //!
 //! ```text
 //! /                      Root
-//! /keys /trees /blobs    Top(..)      static, permanent inodes 2..=8
-//! /dags /runs /why /.dagfs
+//! /keys /trees /blobs    Top(..)      static, permanent inodes 2..=9
+//! /dags /runs /why /.dagfs /syncs
 //! /keys/<key>            KeyRoot      output tree root of an entry
 //! /keys/<key>/…          Dir/File/Symlink (within: that entry)
 //! /trees/<digest>/…      Dir/File/Symlink (within: nothing)

@@ -43,8 +43,9 @@
 //!     follows the newest run);
 //!   - `/syncs/<name>[@<seq>]/…`: per path, the time of the snapshot that
 //!     first showed its content (`sync::stamps`);
-//!   - generated files: their snapshot's time; live directories: now;
-//!     `/trees`, `/blobs` and the root: the mount time.
+//!   - generated files: their snapshot's time; live directories (the
+//!     root, the top directories, `/dags/<dag>`, `/runs/<id>`): now;
+//!     under `/trees/<digest>` and `/blobs/<digest>`: the mount time.
 //! - Directory offsets are `index + 1` into `., .., entries…` of a listing
 //!   decoded once (at offset 0, or at opendir): no duplicates or gaps
 //!   across calls, constant work per entry. A listing with attributes

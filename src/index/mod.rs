@@ -1,6 +1,8 @@
 //! The index: sled trees over the store, for fast lookups. Never the source
-//! of truth: everything here but the statistics can be rebuilt from
-//! `entries/` (`Index::rebuild`).
+//! of truth for entries: `entries`, `latest`, `lru` and `expiry` are
+//! rebuilt from `entries/` (`Index::rebuild`); the rest (statistics, runs,
+//! the policy, `dropped`, the stat cache, sync stamps) is history or a
+//! cache whose loss costs a rerun or a rescan, never a wrong answer.
 //!
 //! Owns: `<store>/index/`. May call: `hash`, `store` (types only).
 //!
@@ -11,8 +13,8 @@
 //! | `lru`       | last use ms (u64 BE) ‖ key (32)  | empty                      |
 //! | `expiry`    | expires ms (u64 BE) ‖ key (32)   | empty                      |
 //! | `runs`      | run id (u64 BE)                  | `RunRecord` (JSON)         |
-//! | `stats`     | counter name                     | u64 LE                     |
-//! | `config`    | `policy`                         | `CachePolicy` (JSON)       |
+//! | `stats`     | counter name (`run_seq`: the last run id) | u64 LE            |
+//! | `config`    | `policy`; `flushed_ms`           | `CachePolicy` (JSON); u64 LE: when the index was last flushed with its entries durable |
 //! | `statdirs`  | root id (16) ‖ relative dir path | its files' stats + digests (see `sync::statcache`) |
 //! | `dropped`   | cache key (32)                   | why (UTF-8): entries fsck or a verified read dropped as corrupt, until the key is inserted again |
 //! | `stamps`    | sync name ‖ 0x00 ‖ relative path | digest (32) ‖ since ms (u64 LE): when that path of the synced directory last took this content (see `set_stamps`) |

@@ -2,18 +2,18 @@
 //!
 //! ```text
 //! <store>/quarantine/
-//!   blobs/<hex>[.<ms>]     blobs whose bytes do not match their name
-//!   entries/<key>[.<ms>]   entry records that do not decode, whose key does
+//!   blobs/<hex>[.<ms>-<n>] blobs whose bytes do not match their name
+//!   entries/<key>[.<ms>-<n>] entry records that do not decode, whose key does
 //!                          not match their manifest, or that name a damaged
 //!                          or missing blob
-//!   stray/<name>[.<ms>]    files that have no business under blobs/ or entries/
+//!   stray/<name>[.<ms>-<n>] files that have no business under blobs/ or entries/
 //!   log                    one line per move: `<unix ms> <kind> <name> <reason>`
 //! ```
 //!
 //! Owns: `<store>/quarantine/`. May call: `hash`.
 //! Guarantees: a file is moved by one `rename` on the store's filesystem
 //! (never copied, never deleted), under a name that is never reused: a second
-//! quarantine of the same name gets a `.<ms>` suffix. The move is made
+//! quarantine of the same name gets a `.<ms>-<n>` suffix. The move is made
 //! durable (`syncfs`) before `quarantine_*` returns, so a blob that was
 //! reported quarantined is not back under `blobs/` after a crash. Moving a
 //! file that is already gone is not an error (`Ok(false)`): fsck and a
