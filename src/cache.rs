@@ -51,6 +51,9 @@ pub struct Cache {
     /// repair entries and the index while nothing publishes.
     gate: std::sync::RwLock<()>,
     notes: Vec<String>,
+    /// This process released the store's reserve to open it: it gives
+    /// back what it did not use when it closes (see `store::reserve`).
+    released_reserve: bool,
 }
 
 /// A running ingest, registered until dropped (see `Cache::begin_ingest`).
@@ -146,7 +149,16 @@ impl Cache {
     ) -> Result<Cache> {
         let store = Store::open(dir, on_wait)?;
         let mut notes = Vec::new();
-        let index = match open_index(&store.index_dir()) {
+        // NB: before the index opens: sled writes a snapshot at every open.
+        let mut released = store.release_reserve_if_full();
+        let opened = match open_index(&store.index_dir()) {
+            Err(e) if e.is_no_space() && !released && store.release_reserve() => {
+                released = true;
+                open_index(&store.index_dir())
+            }
+            r => r,
+        };
+        let index = match opened {
             Ok(i) => i,
             Err(e) if index_is_corrupt(&e) => {
                 // NB: moved aside, never deleted: it may hold statistics.
@@ -178,7 +190,7 @@ impl Cache {
             ));
         }
         let stored = index.policy()?;
-        Ok(Cache {
+        let mut cache = Cache {
             store,
             index,
             policy: std::sync::Mutex::new(stored.overlay(policy)),
@@ -187,7 +199,25 @@ impl Cache {
             next_ingest: Default::default(),
             gate: Default::default(),
             notes,
-        })
+            released_reserve: released,
+        };
+        if released {
+            // A full disk: what a failed run left (blobs no entry names)
+            // goes, so the reserve can be made again and the next run that
+            // fits works.
+            let freed = cache.gc(false, &HashSet::new())?;
+            let made = cache.store.ensure_reserve().unwrap_or(false);
+            cache.notes.push(format!(
+                "the store's filesystem is full: released the store's reserve to open it, swept {} unreferenced blobs ({}){}",
+                freed.sweep.blobs_removed,
+                crate::index::stats::format_size(freed.sweep.bytes_removed),
+                if made { "" } else { "; free space, `dagfs gc` or `dagfs config max_bytes` before the next run" }
+            ));
+        } else {
+            // NB: best effort; a run checks it again (`scheduler::run`).
+            let _ = cache.store.ensure_reserve();
+        }
+        Ok(cache)
     }
 
     /// Messages about recovery done while opening (for the CLI to print).
@@ -425,6 +455,11 @@ impl Cache {
         let mut roots = Vec::new();
         for key in self.store.entry_keys()? {
             if let Some(e) = self.store.read_entry(&key)? {
+                if !dry_run {
+                    // A record a failed index flush left out: indexed, so
+                    // the policy can evict it (it is a whole entry).
+                    self.index.adopt(&key, &EntryMeta::from_entry(&e))?;
+                }
                 roots.extend([e.output, e.stdout, e.stderr]);
                 // NB: an entry keeps the input snapshots its key names.
                 roots.extend(e.manifest.inputs.iter().map(|(_, d)| *d));
@@ -435,6 +470,9 @@ impl Cache {
         }
         let live = gc::reachable(&self.store, roots)?;
         let sweep = gc::sweep(&self.store, &live, self.sweep_cutoff(), dry_run)?;
+        if !dry_run {
+            let _ = self.store.ensure_reserve();
+        }
         Ok(GcReport {
             expired,
             evicted,
@@ -686,7 +724,15 @@ impl Cache {
     pub fn close_for_exit(self: Box<Self>) {
         if self.flush().is_ok() {
             let _ = std::fs::remove_file(dirty_marker(&self.store));
+            self.restore_reserve();
             std::mem::forget(self);
+        }
+    }
+
+    /// Give back what was released of the reserve and not used.
+    fn restore_reserve(&self) {
+        if self.released_reserve {
+            let _ = self.store.restore_reserve();
         }
     }
 }
@@ -696,6 +742,7 @@ impl Drop for Cache {
         if self.flush().is_ok() {
             let _ = std::fs::remove_file(dirty_marker(&self.store));
         }
+        self.restore_reserve();
     }
 }
 

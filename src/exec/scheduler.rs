@@ -607,6 +607,23 @@ pub fn run(
                     pending.extend(cache.store.commit_blobs(std::mem::take(&mut batch))?);
                     uncommitted.clear();
                 }
+                if let Some(full) = no_reserve(&cache.store) {
+                    // NB: a task never eats the space the commands that
+                    // free space need (see `store::reserve`).
+                    owned.remove(&key);
+                    opts.inflight.finish(&key, Err(full.clone()));
+                    let mut o = Outcome::new(Status::Failed);
+                    o.error = Some(full);
+                    o.miss_reason = Some(reason);
+                    o.route = Some(Route::Miss);
+                    o.key = Some(key);
+                    o.start = at;
+                    if opts.fail_fast {
+                        stop = true;
+                    }
+                    book.finish(i, o, &mut outcomes, &mut ready);
+                    continue;
+                }
                 outcomes_reason(&mut outcomes, i, reason);
                 (book.observe)(Event::Started { idx: i });
                 work_tx
@@ -764,51 +781,67 @@ pub fn run(
         .collect();
     // Bookkeeping happens even when coordination failed half-way, so what
     // was published is accounted for.
-    for (r, c) in &hits {
-        cache.index.add("hits", *c)?;
-        cache.index.add(&format!("hit.{}", r.as_str()), *c)?;
-    }
-    for (r, c) in &misses {
-        cache.index.add("misses", *c)?;
-        cache.index.add(&format!("miss.{}", r.as_str()), *c)?;
-    }
-    let (expired, more_evicted) = cache.enforce(&protected, now_ms(), false, &policy)?;
-    let record = RunRecord {
-        id: run_id,
-        dag: plan.dag.clone(),
-        started_ms,
-        finished_ms: now_ms(),
-        ok: outcomes
-            .iter()
-            .all(|o| matches!(o.status, Status::Cached | Status::Executed)),
-        tasks: plan
-            .nodes
-            .iter()
-            .zip(&outcomes)
-            .map(|(nd, o)| RunTask {
-                task: nd.name.clone(),
-                key: o.key,
-                route: o.route.map(|r| r.as_str().to_string()).unwrap_or_default(),
-                status: o.status.as_str().to_string(),
-                miss_reason: o.miss_reason.map(|r| r.as_str().to_string()),
-            })
-            .collect(),
+    let finished = (|| -> Result<(u64, u64)> {
+        for (r, c) in &hits {
+            cache.index.add("hits", *c)?;
+            cache.index.add(&format!("hit.{}", r.as_str()), *c)?;
+        }
+        for (r, c) in &misses {
+            cache.index.add("misses", *c)?;
+            cache.index.add(&format!("miss.{}", r.as_str()), *c)?;
+        }
+        let (expired, more_evicted) = cache.enforce(&protected, now_ms(), false, &policy)?;
+        let record = RunRecord {
+            id: run_id,
+            dag: plan.dag.clone(),
+            started_ms,
+            finished_ms: now_ms(),
+            ok: outcomes
+                .iter()
+                .all(|o| matches!(o.status, Status::Cached | Status::Executed)),
+            tasks: plan
+                .nodes
+                .iter()
+                .zip(&outcomes)
+                .map(|(nd, o)| RunTask {
+                    task: nd.name.clone(),
+                    key: o.key,
+                    route: o.route.map(|r| r.as_str().to_string()).unwrap_or_default(),
+                    status: o.status.as_str().to_string(),
+                    miss_reason: o.miss_reason.map(|r| r.as_str().to_string()),
+                })
+                .collect(),
+        };
+        cache.index.put_run(&record)?;
+        pending.extend(cache.store.commit_blobs(batch)?);
+        // NB: entries evicted while pending are dropped, not resurrected.
+        let index = &cache.index;
+        cache
+            .store
+            .publish_entries(&pending, |k| matches!(index.get(k), Ok(Some(_))))?;
+        cache.flush()?;
+        Ok((expired, more_evicted))
+    })();
+    let (expired, more_evicted) = match (finished, finish_err) {
+        (Ok(e), None) => e,
+        (r, first) => {
+            // A commit failed (a full disk, say): the index must not name
+            // an entry whose record was never published. Best effort; what
+            // is left, the `dirty` marker makes the next open drop.
+            for k in &protected {
+                if !cache.store.entry_path(k).exists() {
+                    let _ = cache.index.remove(k);
+                }
+            }
+            let _ = cache.flush();
+            let _ = remove_all(run_tmp.path());
+            return Err(first.or(r.err()).expect("one failed"));
+        }
     };
-    cache.index.put_run(&record)?;
-    pending.extend(cache.store.commit_blobs(batch)?);
-    // NB: entries evicted while pending are dropped, not resurrected.
-    let index = &cache.index;
-    cache
-        .store
-        .publish_entries(&pending, |k| matches!(index.get(k), Ok(Some(_))))?;
-    cache.flush()?;
     if let Some(f) = &opts.on_change {
         f(Change::Run(run_id));
     }
     let _ = remove_all(run_tmp.path());
-    if let Some(e) = finish_err {
-        return Err(e);
-    }
     Ok(Report {
         run_id,
         dag: plan.dag.clone(),
@@ -1043,6 +1076,26 @@ fn disk_full(store: &Store) -> Option<String> {
             at.display()
         )
     })
+}
+
+/// Why a task may not run now: the store's reserve is gone and cannot be
+/// made again (the filesystem is full). None: it may run.
+fn no_reserve(store: &Store) -> Option<String> {
+    match store.ensure_reserve() {
+        Ok(true) => None,
+        Ok(false) => Some(format!(
+            "not run: the store's filesystem is full ({} free at {}; a task runs only with the store's {} reserve in place and as much again free); `dagfs gc` or freeing space fixes it",
+            crate::index::stats::format_size(
+                crate::store::reserve::free_bytes(store.root()).unwrap_or(0)
+            ),
+            store.root().display(),
+            crate::index::stats::format_size(crate::store::reserve::RESERVE),
+        )),
+        Err(e) if e.is_no_space() => Some(format!("not run: {e}")),
+        // NB: a store the reserve cannot be written in for another reason
+        // (permissions): the task's own writes will tell.
+        Err(_) => None,
+    }
 }
 
 /// The last 20 lines (at most 4 KiB) of a log file.

@@ -19,6 +19,7 @@
 //!                     `quarantine`), never deleted; `fsck` finds them
 //!   blob-generation   a counter, "N\n": raised (durably) before any blob is
 //!                     removed (gc, quarantine); absent: 0
+//!   reserve           space held for a full disk (see `reserve`)
 //! ```
 //!
 //! The blob generation lets a cache of "this blob is stored" skip the
@@ -45,6 +46,7 @@ pub mod lock;
 pub mod materialize;
 pub mod pack;
 pub mod quarantine;
+pub mod reserve;
 pub mod syncs;
 pub mod tree;
 
