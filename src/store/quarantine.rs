@@ -7,6 +7,8 @@
 //!                          not match their manifest, or that name a damaged
 //!                          or missing blob
 //!   stray/<name>[.<ms>]    files that have no business under blobs/ or entries/
+//!   syncs/<name>[.<ms>]    sync logs that do not decode, or name a damaged
+//!                          snapshot (a fresh history starts under the name)
 //!   log                    one line per move: `<unix ms> <kind> <name> <reason>`
 //! ```
 //!
@@ -33,6 +35,7 @@ pub enum Kind {
     Blob,
     Entry,
     Stray,
+    Sync,
 }
 
 impl Kind {
@@ -41,6 +44,7 @@ impl Kind {
             Kind::Blob => "blobs",
             Kind::Entry => "entries",
             Kind::Stray => "stray",
+            Kind::Sync => "syncs",
         }
     }
 }

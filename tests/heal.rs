@@ -1,0 +1,179 @@
+//! The store heals (issue 12): damaged sync records, lost packs and blobs,
+//! a damaged index, deleted top-level directories. Each test damages a
+//! store the way bit rot or a careless hand would, then checks that fsck
+//! reports it, repair fixes it without deleting anything, and the next
+//! command does the right thing.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+mod common;
+
+use common::{dagfs, text};
+
+struct Out {
+    code: i32,
+    out: String,
+}
+
+fn run(store: &Path, args: &[&str]) -> Out {
+    let o = dagfs(store, args).output().expect("spawn dagfs");
+    Out {
+        code: o.status.code().expect("dagfs exited by a signal"),
+        out: text(&o),
+    }
+}
+
+fn sync_json(store: &Path, dir: &Path) -> (i32, serde_json::Value, String) {
+    let o = dagfs(store, &["sync", dir.to_str().unwrap(), "--json"])
+        .output()
+        .unwrap();
+    let v = serde_json::from_slice(&o.stdout).unwrap_or(serde_json::Value::Null);
+    (o.status.code().unwrap_or(-1), v, text(&o))
+}
+
+/// A directory of `n` small files (enough to be packed) and one large one.
+fn tree(at: &Path, n: usize, tag: &str) -> PathBuf {
+    fs::create_dir_all(at.join("sub")).unwrap();
+    for i in 0..n {
+        fs::write(at.join("sub").join(format!("f{i}")), format!("{tag} {i}\n")).unwrap();
+    }
+    fs::write(at.join("big"), tag.repeat(100_000)).unwrap();
+    at.to_path_buf()
+}
+
+fn quarantined(store: &Path, kind: &str) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(store.join("quarantine").join(kind))
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// Regression (issue 12, item 2): a truncated `syncs/NAME` made `fsck`
+/// (and `--repair`) exit 8, `dagfs sync` of any directory exit 8 and
+/// `/syncs` answer EIO. Now fsck reports it (repairable), other syncs go
+/// on, and the next sync of that name starts a fresh history.
+#[test]
+fn a_truncated_sync_record_is_a_problem_fsck_reports_and_stops_nothing_else() {
+    let t = tempfile::tempdir().unwrap();
+    let store = t.path().join("store");
+    let a = tree(&t.path().join("a"), 100, "a");
+    let b = tree(&t.path().join("b"), 100, "b");
+    for d in [&a, &b] {
+        let (code, _, out) = sync_json(&store, d);
+        assert_eq!(code, 0, "{out}");
+    }
+    let rec = store.join("syncs/a");
+    let bytes = fs::read(&rec).unwrap();
+    fs::write(&rec, &bytes[..bytes.len() / 2]).unwrap();
+
+    let o = run(&store, &["fsck"]);
+    assert_eq!(o.code, 17, "found, repairable: {}", o.out);
+    assert!(
+        o.out.contains("bad-sync-record") && o.out.contains("syncs/a"),
+        "{}",
+        o.out
+    );
+    // Other syncs are unaffected: a rescan, the list, the mount.
+    fs::write(b.join("new"), "x").unwrap();
+    let (code, v, out) = sync_json(&store, &b);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(v["seq"], 2, "{v}");
+    let o = run(&store, &["sync", "--list"]);
+    assert_eq!(o.code, 0, "{}", o.out);
+    assert!(o.out.contains('b'), "{}", o.out);
+
+    // The next sync of the damaged name starts a fresh history.
+    let (code, v, out) = sync_json(&store, &a);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(v["seq"], 1, "{v}");
+    assert!(
+        v["notes"][0].as_str().unwrap().contains("fresh history"),
+        "{v}"
+    );
+    assert_eq!(quarantined(&store, "syncs"), ["a"]);
+    let o = run(&store, &["fsck"]);
+    assert_eq!(o.code, 0, "{}", o.out);
+
+    // fsck --repair quarantines one, keeping the rest.
+    let bytes = fs::read(store.join("syncs/b")).unwrap();
+    fs::write(store.join("syncs/b"), &bytes[..10]).unwrap();
+    let o = run(&store, &["fsck", "--repair"]);
+    assert_eq!(o.code, 19, "found and repaired: {}", o.out);
+    assert_eq!(quarantined(&store, "syncs").len(), 2);
+    assert!(store.join("syncs/a").exists());
+    let o = run(&store, &["fsck"]);
+    assert_eq!(o.code, 0, "{}", o.out);
+}
+
+/// Regression (issue 12, item 2): a sync record whose latest tree digest
+/// was damaged made every later `dagfs sync` of that directory fail.
+#[test]
+fn a_sync_record_naming_a_missing_tree_starts_a_fresh_history() {
+    let t = tempfile::tempdir().unwrap();
+    let store = t.path().join("store");
+    let a = tree(&t.path().join("a"), 10, "a");
+    let (code, v, out) = sync_json(&store, &a);
+    assert_eq!(code, 0, "{out}");
+    let good = v["tree"].as_str().unwrap().to_string();
+    let rec = store.join("syncs/a");
+    let bogus = "0".repeat(64);
+    let damaged = fs::read_to_string(&rec).unwrap().replace(&good, &bogus);
+    fs::write(&rec, damaged).unwrap();
+    let o = run(&store, &["fsck"]);
+    assert_eq!(o.code, 21, "found, not repairable: {}", o.out);
+    assert!(o.out.contains("sync-snapshot"), "{}", o.out);
+    for round in 0..2 {
+        let (code, v, out) = sync_json(&store, &a);
+        assert_eq!(code, 0, "round {round}: {out}");
+        assert_eq!(v["seq"], 1, "round {round}: {v}");
+        assert_eq!(v["tree"], good.as_str(), "round {round}: {v}");
+    }
+    assert_eq!(quarantined(&store, "syncs"), ["a"]);
+    let o = run(&store, &["fsck"]);
+    assert_eq!(o.code, 0, "{}", o.out);
+}
+
+/// Regression (issue 12, item 2): `/syncs` answered EIO for every synced
+/// directory when one record was damaged.
+#[test]
+fn the_mount_serves_the_other_syncs_when_one_record_is_damaged() {
+    let t = tempfile::tempdir().unwrap();
+    let store = t.path().join("store");
+    let a = tree(&t.path().join("a"), 10, "a");
+    let b = tree(&t.path().join("b"), 10, "b");
+    for d in [&a, &b] {
+        let (code, _, out) = sync_json(&store, d);
+        assert_eq!(code, 0, "{out}");
+    }
+    fs::write(store.join("syncs/a"), "{\"name\": \"a\", \"ro").unwrap();
+    let mnt = t.path().join("mnt");
+    fs::create_dir(&mnt).unwrap();
+    let probe = dagfs(
+        &store,
+        &["mount", mnt.to_str().unwrap(), "-o", "passthrough=off"],
+    )
+    .output()
+    .unwrap();
+    if !probe.status.success() {
+        eprintln!("SKIPPED: cannot mount: {}", text(&probe));
+        return;
+    }
+    let _ = run(&store, &["umount", mnt.to_str().unwrap()]);
+    common::wait_for("the mount to go", || !common::is_dagfs_mount(&mnt));
+    let m = common::Mounted::new(&store, &mnt);
+    let names: Vec<String> = fs::read_dir(m.mnt.join("syncs"))
+        .expect("list /syncs")
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(names.contains(&"b".to_string()), "{names:?}");
+    assert_eq!(
+        fs::read_to_string(m.mnt.join("syncs/b/sub/f3")).unwrap(),
+        "b 3\n"
+    );
+}
