@@ -506,6 +506,12 @@ impl Cache {
         progress.set_phase(Phase::Waiting);
         let _quiet = self.gate.write().unwrap_or_else(|p| p.into_inner());
         let mut entries = fsck::scan_entries(&self.store, &mut blobs, rederive, progress)?;
+        if blobs.any_missing() {
+            // Blobs were lost (a pack or file deleted by hand): whatever
+            // vouches for them being stored (the sync stat cache) must
+            // check again, so the next `dagfs sync` stores them again.
+            self.store.new_blob_generation()?;
+        }
         progress.set_phase(Phase::Index);
         let (orphans, orphan_bytes) = fsck::orphans(&blobs, &entries);
         let mut report = Report {

@@ -367,6 +367,11 @@ impl BlobScan {
         s
     }
 
+    /// Whether something references a blob the store does not have.
+    pub fn any_missing(&self) -> bool {
+        self.states.values().any(|(s, _)| *s == BlobState::Missing)
+    }
+
     pub fn damaged(&self) -> impl Iterator<Item = Digest> + '_ {
         self.states
             .iter()

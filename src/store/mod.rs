@@ -251,9 +251,10 @@ impl Store {
     }
 
     /// Remove leftovers of crashed processes. Safe: we hold the lock, so no
-    /// other process has work in progress under `tmp/`. A pack whose index
-    /// was never renamed in (a crash between the two renames) goes too:
-    /// none of its blobs exist yet.
+    /// other process has work in progress under `tmp/`. A pack without its
+    /// index (a crash between the two renames, or an index lost) goes to
+    /// quarantine, never deleted; the blob generation is raised first, in
+    /// case its blobs were known to be stored (see `quarantine_path`).
     fn sweep_tmp(&self) -> Result<()> {
         let tmp = self.tmp_root();
         for e in fs::read_dir(&tmp).at(&tmp)? {
@@ -261,7 +262,19 @@ impl Store {
             remove_all(&p)?;
         }
         for p in pack::Packs::list_dir(&self.packs.dir)?.1 {
-            remove_all(&p)?;
+            let name = format!(
+                "packs_{}",
+                p.file_name()
+                    .map(|n| n.to_string_lossy())
+                    .unwrap_or_default()
+            );
+            self.new_blob_generation()?;
+            self.quarantine_path(
+                &p,
+                quarantine::Kind::Stray,
+                &name,
+                "open: a pack without its .idx",
+            )?;
         }
         Ok(())
     }
@@ -1286,7 +1299,7 @@ mod tests {
     }
 
     #[test]
-    fn a_pack_renamed_in_without_its_index_is_removed_at_open() {
+    fn a_pack_renamed_in_without_its_index_is_quarantined_at_open() {
         let t = tempfile::tempdir().unwrap();
         let s = open(t.path());
         let many = stage_many(&s, 100, "m");
@@ -1297,9 +1310,19 @@ mod tests {
         // As if the process died between the two renames.
         fs::remove_file(s.packs_dir().join(&idx)).unwrap();
         drop(s);
+        let gen = read_blob_generation(t.path()).unwrap();
         let s = open(t.path());
         assert!(pack_files(&s).is_empty());
         assert!(many.iter().all(|(d, _)| !s.has_blob(d)));
+        // Regression (issue 12, item 3): it was deleted, and nothing that
+        // vouched for its blobs was told.
+        let q = s.quarantined(quarantine::Kind::Stray).unwrap();
+        assert_eq!(q.len(), 1, "{q:?}");
+        assert!(
+            q[0].starts_with("packs_") && q[0].ends_with(".pack"),
+            "{q:?}"
+        );
+        assert!(s.blob_generation() > gen);
     }
 
     #[test]
