@@ -161,16 +161,20 @@ impl Cache {
         let index = match opened {
             Ok(i) => i,
             Err(e) if index_is_corrupt(&e) => {
-                // NB: moved aside, never deleted: it may hold statistics.
-                let aside = store.root().join(format!("index.broken-{}", now_ms()));
-                std::fs::rename(store.index_dir(), &aside).map_err(|source| StoreError::Io {
-                    path: aside.clone(),
-                    source,
-                })?;
+                // NB: quarantined, never deleted: it may hold statistics.
+                let name = format!("broken-{}", now_ms());
+                store.quarantine_path(
+                    &store.index_dir(),
+                    crate::store::quarantine::Kind::Index,
+                    &name,
+                    &format!("open: {e}"),
+                )?;
+                let aside = store.quarantine_dir().join("index").join(&name);
                 let index = Index::open(&store.index_dir())?;
                 let n = rebuild(&store, &index)?;
+                let policy = restore_policy(&store, &index)?;
                 notes.push(format!(
-                    "index did not open ({e}); moved it to {} and rebuilt it from {n} entries",
+                    "index did not open ({e}); moved it to {} and rebuilt it from {n} entries; {policy}; lost: its statistics (hits, misses, evictions, runs) and the sync stat cache (the next sync reads every file)",
                     aside.display()
                 ));
                 index
@@ -749,6 +753,36 @@ impl Drop for Cache {
             let _ = std::fs::remove_file(dirty_marker(&self.store));
         }
         self.restore_reserve();
+    }
+}
+
+/// After a rebuild from scratch: put back the policy from its copy beside
+/// `FORMAT` (see `store::policy`). Returns what was done, for the note.
+fn restore_policy(store: &Store, index: &Index) -> Result<String> {
+    match store.read_policy() {
+        Ok(Some(body)) => match serde_json::from_slice::<CachePolicy>(&body) {
+            Ok(p) => {
+                index.set_policy(&p)?;
+                Ok("the cache policy was restored from its copy".into())
+            }
+            Err(e) => Ok(format!(
+                "the cache policy's copy does not decode ({e}): policy lost"
+            )),
+        },
+        Ok(None) => Ok("no cache policy was set".into()),
+        Err(e) => Ok(format!("{e}: policy lost")),
+    }
+}
+
+impl Cache {
+    /// Set the store's cache policy: in the index, and its copy beside
+    /// `FORMAT` (which an index rebuild reads back).
+    pub fn store_policy(&self, p: CachePolicy) -> Result<()> {
+        self.index.set_policy(&p)?;
+        self.store
+            .write_policy(&serde_json::to_vec(&p).expect("policy serializes"))?;
+        self.set_policy(p);
+        Ok(())
     }
 }
 

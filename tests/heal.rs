@@ -279,3 +279,53 @@ fn a_damaged_packed_blob_is_stored_again_after_repair() {
     let o = run(&store, &["fsck"]);
     assert_eq!(o.code, 0, "{}", o.out);
 }
+
+/// Regression (issue 12, item 5): after a damaged `index/` was rebuilt,
+/// `max_bytes` and `ttl` were silently `none`, and the broken index was
+/// left at the top of the store. Now the policy comes back from its copy,
+/// the note says what was lost, and the broken index is in quarantine.
+#[test]
+fn an_index_rebuilt_from_scratch_keeps_the_cache_policy() {
+    let t = tempfile::tempdir().unwrap();
+    let store = t.path().join("store");
+    for (k, v) in [
+        ("max_bytes", "1073741824"),
+        ("ttl", "1d"),
+        ("max_entries", "50"),
+    ] {
+        let o = run(&store, &["config", k, v]);
+        assert_eq!(o.code, 0, "{}", o.out);
+    }
+    let before = run(&store, &["config"]).out;
+    fs::write(store.join("index/conf"), b"\xff\x00 not a sled config").unwrap();
+    let o = run(&store, &["config"]);
+    assert_eq!(o.code, 0, "{}", o.out);
+    assert!(
+        o.out.contains("rebuilt it from 0 entries")
+            && o.out.contains("policy was restored")
+            && o.out.contains("lost: its statistics"),
+        "{}",
+        o.out
+    );
+    assert_eq!(run(&store, &["config"]).out, before, "policy kept");
+    let q = quarantined(&store, "index");
+    assert_eq!(q.len(), 1, "{q:?}");
+    assert!(q[0].starts_with("broken-"), "{q:?}");
+    let top: Vec<String> = fs::read_dir(&store)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        !top.iter().any(|n| n.starts_with("index.broken")),
+        "{top:?}"
+    );
+
+    // A damaged copy is not trusted: the index's policy stands.
+    let copy = store.join("policy");
+    let mut b = fs::read(&copy).unwrap();
+    let n = b.len();
+    b[n - 3] ^= 1;
+    fs::write(&copy, b).unwrap();
+    let o = run(&store, &["config"]);
+    assert_eq!(o.out, before);
+}

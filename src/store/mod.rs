@@ -20,6 +20,7 @@
 //!   blob-generation   a counter, "N\n": raised (durably) before any blob is
 //!                     removed (gc, quarantine); absent: 0
 //!   reserve           space held for a full disk (see `reserve`)
+//!   policy            a checksummed copy of the cache policy (see `policy`)
 //! ```
 //!
 //! The blob generation lets a cache of "this blob is stored" skip the
@@ -45,6 +46,7 @@ pub mod ingest;
 pub mod lock;
 pub mod materialize;
 pub mod pack;
+pub mod policy;
 pub mod quarantine;
 pub mod reserve;
 pub mod syncs;

@@ -9,6 +9,7 @@
 //!   stray/<name>[.<ms>]    files that have no business under blobs/ or entries/
 //!   syncs/<name>[.<ms>]    sync logs that do not decode, or name a damaged
 //!                          snapshot (a fresh history starts under the name)
+//!   index/broken-<ms>/     an index (sled) that did not open, rebuilt
 //!   log                    one line per move: `<unix ms> <kind> <name> <reason>`
 //! ```
 //!
@@ -36,6 +37,7 @@ pub enum Kind {
     Entry,
     Stray,
     Sync,
+    Index,
 }
 
 impl Kind {
@@ -45,6 +47,7 @@ impl Kind {
             Kind::Entry => "entries",
             Kind::Stray => "stray",
             Kind::Sync => "syncs",
+            Kind::Index => "index",
         }
     }
 }
