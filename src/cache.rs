@@ -149,6 +149,17 @@ impl Cache {
     ) -> Result<Cache> {
         let store = Store::open(dir, on_wait)?;
         let mut notes = Vec::new();
+        if !store.recreated().is_empty() {
+            notes.push(format!(
+                "the store had lost its top directories {}: made them again (`dagfs fsck` tells what their loss broke)",
+                store
+                    .recreated()
+                    .iter()
+                    .map(|d| format!("{d}/"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
         // NB: before the index opens: sled writes a snapshot at every open.
         let mut released = store.release_reserve_if_full();
         let opened = match open_index(&store.index_dir()) {

@@ -329,3 +329,48 @@ fn an_index_rebuilt_from_scratch_keeps_the_cache_policy() {
     let o = run(&store, &["config"]);
     assert_eq!(o.out, before);
 }
+
+/// Regression (issue 12, item 9): with `blobs/` or `entries/` deleted,
+/// every command failed with "No such file or directory", and repair did
+/// not make them again.
+#[test]
+fn deleted_top_level_directories_are_made_again() {
+    let t = tempfile::tempdir().unwrap();
+    let store = t.path().join("store");
+    let p = t.path().join("p");
+    fs::create_dir(&p).unwrap();
+    fs::write(
+        p.join("dagfs.toml"),
+        "[tasks.a]\nrun = \"echo hi > $DAGFS_OUT/x\"\n\
+         [tasks.b]\nrun = \"cat $DAGFS_IN/a/x > $DAGFS_OUT/y\"\ndeps = [\"a\"]\n",
+    )
+    .unwrap();
+    let file = p.join("dagfs.toml");
+    let pipeline = ["run", "-f", file.to_str().unwrap()];
+    assert_eq!(run(&store, &pipeline).code, 0);
+    for gone in [
+        &["blobs", "entries"][..],
+        &["packs", "tmp"],
+        &["blobs", "entries", "packs", "tmp"],
+    ] {
+        for d in gone {
+            fs::remove_dir_all(store.join(d)).unwrap();
+        }
+        let o = run(&store, &["stats"]);
+        assert_eq!(o.code, 0, "{gone:?}: {}", o.out);
+        if gone.contains(&"entries") {
+            assert!(o.out.contains("made them again"), "{}", o.out);
+        }
+        for d in gone {
+            assert!(store.join(d).is_dir(), "{d} made again");
+        }
+        let o = run(&store, &["fsck", "--repair"]);
+        assert!(matches!(o.code, 0 | 19), "{gone:?}: {}", o.out);
+        let o = run(&store, &pipeline);
+        assert_eq!(o.code, 0, "{gone:?}: {}", o.out);
+        let o = run(&store, &["cat", "p/b/y"]);
+        assert_eq!((o.code, o.out.as_str()), (0, "hi\n"), "{gone:?}");
+        let o = run(&store, &["fsck"]);
+        assert_eq!(o.code, 0, "{gone:?}: {}", o.out);
+    }
+}

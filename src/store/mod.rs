@@ -88,8 +88,13 @@ pub struct Store {
     packs: pack::Packs,
     /// `blobs/`, opened once: `has_blob` looks names up relative to it.
     blobs_dir: std::sync::OnceLock<Option<File>>,
+    /// Top directories `open` made again (see `heal_layout`).
+    recreated: Vec<&'static str>,
     _lock: StoreLock,
 }
+
+/// The directories every store has.
+const TOP_DIRS: [&str; 5] = ["blobs", "entries", "tmp", "index", "packs"];
 
 const BLOB_GENERATION: &str = "blob-generation";
 
@@ -200,7 +205,7 @@ impl Store {
         }
         let root_fd = File::open(root).at(root)?;
         let blob_generation = read_blob_generation(root)?;
-        let store = Store {
+        let mut store = Store {
             root: root.to_path_buf(),
             root_fd,
             gate: SyncGate::default(),
@@ -208,6 +213,7 @@ impl Store {
             changed: false.into(),
             packs: pack::Packs::new(root.join("packs")),
             blobs_dir: std::sync::OnceLock::new(),
+            recreated: Vec::new(),
             _lock: lock,
         };
         store.init_layout()?;
@@ -216,13 +222,13 @@ impl Store {
         Ok(store)
     }
 
-    fn init_layout(&self) -> Result<()> {
+    fn init_layout(&mut self) -> Result<()> {
         let format = self.root.join("FORMAT");
         if format.exists() {
-            return Ok(());
+            return self.heal_layout();
         }
         // NB: the 256 shards of each are made when first written to.
-        for d in ["blobs", "entries", "tmp", "index", "packs"] {
+        for d in TOP_DIRS {
             fs::create_dir_all(self.root.join(d)).at(self.root.join(d))?;
         }
         // FORMAT last: its presence means the layout is complete.
@@ -232,6 +238,38 @@ impl Store {
         f.sync_all().at(&tmp)?;
         fs::rename(&tmp, &format).at(&format)?;
         self.sync()
+    }
+
+    /// Make again the top directories of a store that lost some (deleted
+    /// by hand): every command would fail on them. What they held is lost
+    /// already; `fsck` reports what that breaks. A store that cannot be
+    /// written (read-only) is left as it is.
+    fn heal_layout(&mut self) -> Result<()> {
+        for d in TOP_DIRS {
+            let p = self.root.join(d);
+            if fs::symlink_metadata(&p).is_ok() {
+                continue;
+            }
+            match fs::create_dir(&p) {
+                Ok(()) => self.recreated.push(d),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::EROFS | libc::EACCES | libc::EPERM)
+                    ) => {}
+                Err(e) => return Err(StoreError::Io { path: p, source: e }),
+            }
+        }
+        if !self.recreated.is_empty() {
+            self.root_fd.sync_all().at(&self.root)?;
+        }
+        Ok(())
+    }
+
+    /// Top directories `open` had to make again (see `heal_layout`).
+    pub fn recreated(&self) -> &[&'static str] {
+        &self.recreated
     }
 
     /// A store of an older format this dagfs can read: record the current
