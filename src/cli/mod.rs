@@ -218,7 +218,8 @@ impl CliError {
             CliError::Daemon(_) => 11,
             CliError::Mount(_) => 12,
             CliError::Sync(e) => match e {
-                dagfs::sync::SyncError::Conflict { .. } => 13,
+                dagfs::sync::SyncError::Conflict { .. }
+                | dagfs::sync::SyncError::Vanished { .. } => 13,
                 dagfs::sync::SyncError::Unreadable { .. } => 14,
                 dagfs::sync::SyncError::Usage(_) => 2,
                 dagfs::sync::SyncError::Store(s) => store(s),

@@ -37,6 +37,11 @@ pub enum SyncError {
     /// A file kept changing while it was read.
     #[error("conflict: {path} {what}")]
     Conflict { path: PathBuf, what: String },
+    /// A file listed a moment ago is gone (deleted, or renamed away, as
+    /// editors and `git checkout` do): the walk leaves it out; only a
+    /// caller that asked for that very file reports it.
+    #[error("conflict: {path} was deleted while it was read")]
+    Vanished { path: PathBuf },
     #[error("{0}")]
     Usage(String),
     #[error(transparent)]
