@@ -1,0 +1,98 @@
+//! Smaller ways an unlucky or hostile user could hurt the store (issue 12,
+//! items 7, 8 and 10): inputs through symlinks, hard links during ingest,
+//! long task names, escape sequences in task output.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+mod common;
+
+use common::{dagfs, text};
+
+struct Out {
+    code: i32,
+    out: String,
+}
+
+fn run_in(store: &Path, dir: &Path, args: &[&str]) -> Out {
+    let o = dagfs(store, args).current_dir(dir).output().expect("spawn");
+    Out {
+        code: o.status.code().expect("exited by a signal"),
+        out: text(&o),
+    }
+}
+
+fn pipeline(root: &Path, toml: &str) -> PathBuf {
+    let p = root.join("p");
+    fs::create_dir_all(&p).unwrap();
+    fs::write(p.join("dagfs.toml"), toml).unwrap();
+    p
+}
+
+/// Regression (issue 12, item 7): `inputs = ["root/etc/shadow"]` with
+/// `root -> /` hashed and stored `/etc/shadow` (the check was on the text
+/// of the path). An input's path may not go through a symlink.
+#[test]
+fn an_input_through_a_symlinked_directory_is_refused() {
+    let t = tempfile::tempdir().unwrap();
+    let store = t.path().join("store");
+    let outside = t.path().join("outside");
+    fs::create_dir(&outside).unwrap();
+    fs::write(outside.join("secret"), "not yours\n").unwrap();
+    let p = pipeline(
+        t.path(),
+        "[tasks.a]\nrun = \"cat $DAGFS_INPUTS/root/secret > $DAGFS_OUT/x\"\ninputs = [\"root/secret\"]\n",
+    );
+    std::os::unix::fs::symlink(&outside, p.join("root")).unwrap();
+    let o = run_in(&store, &p, &["run"]);
+    assert_eq!(o.code, 3, "{}", o.out);
+    assert!(
+        o.out
+            .contains("input `root/secret` of task `a`: root is a symlink"),
+        "{}",
+        o.out
+    );
+    // Nothing of it was stored.
+    let blobs = store.join("blobs");
+    let stored: Vec<_> = walk(&blobs)
+        .into_iter()
+        .filter(|f| fs::read(f).unwrap() == b"not yours\n")
+        .collect();
+    assert!(stored.is_empty(), "{stored:?}");
+    // Deeper: a link in the middle of the path.
+    fs::create_dir(p.join("real")).unwrap();
+    std::os::unix::fs::symlink(&outside, p.join("real/link")).unwrap();
+    fs::write(
+        p.join("dagfs.toml"),
+        "[tasks.a]\nrun = \"true\"\ninputs = [\"real/link/secret\"]\n",
+    )
+    .unwrap();
+    let o = run_in(&store, &p, &["run"]);
+    assert_eq!(o.code, 3, "{}", o.out);
+    assert!(o.out.contains("real/link is a symlink"), "{}", o.out);
+    // An input that is itself a link is hashed as a link: allowed.
+    fs::write(
+        p.join("dagfs.toml"),
+        "[tasks.a]\nrun = \"true\"\ninputs = [\"root\"]\n",
+    )
+    .unwrap();
+    let o = run_in(&store, &p, &["run"]);
+    assert_eq!(o.code, 0, "{}", o.out);
+}
+
+fn walk(d: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![d.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = fs::read_dir(&d) else { continue };
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
