@@ -96,3 +96,45 @@ fn walk(d: &Path) -> Vec<PathBuf> {
     }
     out
 }
+
+/// Regression (issue 12, item 6): the store was created 0755 (blobs 0444),
+/// so every local user could read every output, even a file a task wrote
+/// with mode 000. A new store is private to its owner; a directory made
+/// beforehand (the way to share with a group) keeps its mode.
+#[test]
+fn a_new_store_is_private_to_its_owner() {
+    use std::os::unix::fs::PermissionsExt;
+    let t = tempfile::tempdir().unwrap();
+    fs::set_permissions(t.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let store = t.path().join("new/store");
+    let p = pipeline(
+        t.path(),
+        "[tasks.a]\nrun = \"echo secret > $DAGFS_OUT/x; chmod 000 $DAGFS_OUT/x\"\n",
+    );
+    let o = run_in(&store, &p, &["run"]);
+    assert_eq!(o.code, 0, "{}", o.out);
+    let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode(&store), 0o700);
+    // Another user cannot read the task's output (where we can switch).
+    let blob = walk(&store.join("blobs"))
+        .into_iter()
+        .find(|f| fs::read(f).unwrap() == b"secret\n")
+        .expect("the output's blob");
+    if nix::unistd::geteuid().is_root() {
+        let o = std::process::Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "cat"])
+            .arg(&blob)
+            .output();
+        match o {
+            Ok(o) => assert!(!o.status.success(), "nobody read {}", blob.display()),
+            Err(e) => eprintln!("SKIPPED the other-user read: no setpriv ({e})"),
+        }
+    }
+    // Shared with a group: made beforehand, kept as it is.
+    let shared = t.path().join("shared");
+    fs::create_dir(&shared).unwrap();
+    fs::set_permissions(&shared, fs::Permissions::from_mode(0o2750)).unwrap();
+    let o = run_in(&shared, &p, &["run"]);
+    assert_eq!(o.code, 0, "{}", o.out);
+    assert_eq!(mode(&shared), 0o2750);
+}

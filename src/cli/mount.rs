@@ -194,7 +194,7 @@ pub fn mount(store: Option<PathBuf>, a: MountArgs) -> Result<(), CliError> {
 /// Start `mount -f` as a detached daemon and wait until it reports.
 fn detach(store: &Path, mnt: &Path, a: &MountArgs) -> Result<(), CliError> {
     let fail = |what: &str, e: std::io::Error| CliError::Mount(format!("{what}: {e}"));
-    std::fs::create_dir_all(store).map_err(|e| fail(&store.display().to_string(), e))?;
+    dagfs::store::create_store_dir(store).map_err(|e| CliError::Mount(e.to_string()))?;
     let log_path = store.join("daemon.log");
     let log = std::fs::OpenOptions::new()
         .create(true)

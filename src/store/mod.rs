@@ -183,7 +183,7 @@ impl Store {
     /// Open (creating if absent or empty) the store at `root`, waiting for
     /// the lock if another process holds it.
     pub fn open(root: &Path, on_wait: &mut dyn FnMut(&str)) -> Result<Store> {
-        fs::create_dir_all(root).at(root)?;
+        create_store_dir(root)?;
         // NB: absolute, so "is this output under tmp/?" (take over vs copy)
         // compares like with like.
         let root = &fs::canonicalize(root).at(root)?;
@@ -962,6 +962,22 @@ impl Store {
         }
         Ok(out)
     }
+}
+
+/// Make the store's directory (and any missing parent) private to its
+/// owner, 0700: outputs are readable only through it. A directory that
+/// exists is left as it is, which is the way to share a store with a
+/// group: make it first (`install -d -m 2750 -g GROUP DIR`).
+pub fn create_store_dir(root: &Path) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    if root.is_dir() {
+        return Ok(());
+    }
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(root)
+        .at(root)
 }
 
 /// Files a new store directory may already hold: the lock, and a detached
