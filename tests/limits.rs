@@ -537,6 +537,29 @@ fn full_disk_at_any_fill_level_never_wedges_the_store() {
     );
 }
 
+/// Regression (issue 12, item 8): a file with other hard links is copied
+/// at ingest, and each link was copied: 200 links to a 10 MB file took
+/// 2 GB during ingest. On a 48 MiB filesystem that failed the task; each
+/// inode is now copied once.
+#[test]
+fn hard_links_to_one_file_are_copied_once() {
+    let Some(tmpfs) = Tmpfs::mount("48m") else {
+        return;
+    };
+    let s = Sandbox::with_store(tmpfs.at.join("store"));
+    s.pipeline(
+        "[tasks.links]\nrun = \"head -c 10000000 /dev/urandom > $DAGFS_OUT/f; \
+         for i in $(seq 1 200); do ln $DAGFS_OUT/f $DAGFS_OUT/l$i; done\"\n",
+    );
+    let o = s.run(&[]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let o = s.dagfs(&["ls"]);
+    assert!(o.stdout.contains("201"), "201 files: {}", o.stdout);
+    let o = s.dagfs(&["fsck"]);
+    assert_eq!(o.code, 0, "{}{}", o.stdout, o.stderr);
+    assert!(free_bytes(&tmpfs.at) > 20 << 20, "one copy kept, not 200");
+}
+
 // ---------------------------------------------------------------------------
 // tasks and the daemon's socket
 // ---------------------------------------------------------------------------

@@ -122,8 +122,8 @@ struct GateState {
 pub struct Staged {
     blobs: Vec<StagedBlob>,
     entries: Vec<(PathBuf, Digest)>,
-    /// Digests written by `stage_bytes`, so identical content (two empty
-    /// directories of one output, say) is staged once.
+    /// Digests staged (by `stage_bytes` or `stage_file`), so identical
+    /// content (two empty directories of one output, say) is staged once.
     bytes_staged: std::collections::HashSet<Digest>,
     /// Small blobs from `stage_bytes`, appended to packs (see `pack`).
     packs: Vec<pack::PackWriter>,
@@ -145,6 +145,11 @@ impl Staged {
     }
     pub fn blob_count(&self) -> usize {
         self.blobs.len()
+    }
+
+    /// Whether blob `d` is staged in this batch already.
+    pub(crate) fn has_digest(&self, d: &Digest) -> bool {
+        self.bytes_staged.contains(d)
     }
 
     /// Move every staged blob file into `dir` (same filesystem, under
@@ -547,6 +552,7 @@ impl Store {
         inode: Option<(u64, u64)>,
         staged: &mut Staged,
     ) {
+        staged.bytes_staged.insert(digest);
         staged.blobs.push(StagedBlob {
             tmp,
             digest,
