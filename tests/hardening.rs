@@ -138,3 +138,77 @@ fn a_new_store_is_private_to_its_owner() {
     assert_eq!(o.code, 0, "{}", o.out);
     assert_eq!(mode(&shared), 0o2750);
 }
+
+/// Regression (issue 12, item 10): `sync /proc/1` exited 8 on a symlink
+/// it may not read (`/proc/1/exe: Permission denied`), where
+/// `--skip-unreadable` should leave it out (and without it, exit 14).
+#[test]
+fn an_unreadable_symlink_is_skipped_with_skip_unreadable() {
+    if std::fs::read_link("/proc/1/exe").is_ok() {
+        eprintln!("SKIPPED: /proc/1/exe is readable here");
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let store = t.path().join("store");
+    let o = run_in(
+        &store,
+        t.path(),
+        &["sync", "/proc/1", "--name", "init", "--skip-unreadable"],
+    );
+    assert_eq!(o.code, 0, "{}", &o.out[o.out.len().saturating_sub(2000)..]);
+    assert!(o.out.contains("/proc/1/exe"), "listed as left out");
+    let o = run_in(&store, t.path(), &["sync", "/proc/1", "--name", "init2"]);
+    assert_eq!(o.code, 14, "{}", &o.out[o.out.len().saturating_sub(2000)..]);
+}
+
+/// Regression (issue 12, item 10): a task name over 128 characters got
+/// "may use only letters, digits …" instead of the limit.
+#[test]
+fn a_task_name_too_long_names_the_limit() {
+    let t = tempfile::tempdir().unwrap();
+    let store = t.path().join("store");
+    let name = "a".repeat(129);
+    let p = pipeline(t.path(), &format!("[tasks.{name}]\nrun = \"true\"\n"));
+    let o = run_in(&store, &p, &["run"]);
+    assert_eq!(o.code, 3, "{}", o.out);
+    assert!(
+        o.out
+            .contains("is 129 bytes long; a name may be at most 128"),
+        "{}",
+        o.out
+    );
+    assert!(!o.out.contains("may use only"), "{}", o.out);
+    let p = pipeline(
+        t.path(),
+        &format!("[tasks.{}]\nrun = \"true\"\n", &name[..128]),
+    );
+    assert_eq!(run_in(&store, &p, &["run"]).code, 0);
+}
+
+/// Regression (issue 12, item 10): a failed task's stderr reached the
+/// terminal raw, escape sequences included (a task could retitle the
+/// terminal, clear it, or hide lines).
+#[test]
+fn task_output_escape_sequences_are_shown_not_obeyed() {
+    let t = tempfile::tempdir().unwrap();
+    let store = t.path().join("store");
+    let p = pipeline(
+        t.path(),
+        "[tasks.a]\nrun = \"printf 'red \\\\033[31mX\\\\033]0;title\\\\007 bs\\\\rover\\\\n' >&2; exit 1\"\n\
+         [tasks.b]\nrun = \"printf 'ok \\\\033[2J\\\\n' >&2\"\n",
+    );
+    let o = dagfs(&store, &["run", "-v", "--keep-going", "-j", "1"])
+        .current_dir(&p)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let err = o.stderr;
+    assert!(!err.contains(&0x1b), "{}", String::from_utf8_lossy(&err));
+    assert!(!err.contains(&0x07) && !err.contains(&b'\r'));
+    let err = String::from_utf8_lossy(&err);
+    assert!(
+        err.contains("red \\x1b[31mX\\x1b]0;title\\x07 bs\\x0dover"),
+        "{err}"
+    );
+    assert!(err.contains("ok \\x1b[2J"), "-v output too: {err}");
+}

@@ -226,6 +226,10 @@ impl Visitor<'_> {
                 Some(n @ Node::Symlink { .. }) => n.clone(),
                 _ => match read_symlink(path) {
                     Err(SyncError::Vanished { .. }) => return Ok(()),
+                    Err(SyncError::Unreadable { path, .. }) if ctx.opts.skip_unreadable => {
+                        self.part.unreadable.push(path);
+                        return Ok(());
+                    }
                     r => r?,
                 },
             }
@@ -373,6 +377,10 @@ fn read_symlink(path: &Path) -> Result<Node, SyncError> {
         .map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => SyncError::Vanished {
                 path: path.to_path_buf(),
+            },
+            std::io::ErrorKind::PermissionDenied => SyncError::Unreadable {
+                path: path.to_path_buf(),
+                reason: e.to_string(),
             },
             _ => SyncError::Io {
                 path: path.to_path_buf(),
