@@ -269,6 +269,22 @@ impl Target {
             }
             Err(e) => return Err(e.into()),
         };
+        let mut log = log;
+        if log.root != root.display().to_string()
+            && !log.snapshots.is_empty()
+            && !Path::new(&log.root).is_dir()
+        {
+            // The name's directory is gone (or the log's record of it is
+            // damaged): the name is free; its history goes to quarantine.
+            let why = format!("names {}, which is not a directory", log.root);
+            cache
+                .store
+                .quarantine_sync_log(&name, &format!("sync: {why}"))?;
+            notes.push(format!(
+                "the sync log of `{name}` {why}: moved to quarantine/syncs/, a fresh history starts"
+            ));
+            log = fresh();
+        }
         if log.root != root.display().to_string() && !log.snapshots.is_empty() {
             return Err(SyncError::Usage(format!(
                 "sync name `{name}` already names {}; pass --name to sync {} under another name",
@@ -289,6 +305,25 @@ impl Target {
     /// Record a scan as the latest snapshot (if its tree is new) and report
     /// the change set from the previous one.
     fn record(mut self, cache: &Cache, out: scan::ScanOutput) -> Result<SyncReport, SyncError> {
+        if let Some(gone) = self
+            .log
+            .snapshots
+            .iter()
+            .find(|s| !cache.store.has_blob(&s.tree))
+        {
+            // A snapshot whose tree is not stored (a digest damaged in the
+            // log, or a tree lost): the history goes to quarantine, a
+            // fresh one starts.
+            let (name, seq, tree) = (&self.name, gone.seq, gone.tree);
+            cache.store.quarantine_sync_log(
+                name,
+                &format!("sync: snapshot {seq} names tree {tree}, which is not stored"),
+            )?;
+            self.notes.push(format!(
+                "snapshot {seq} of `{name}` names tree {tree}, which is not stored: its log moved to quarantine/syncs/, a fresh history starts"
+            ));
+            self.log.snapshots.clear();
+        }
         let mut previous = self.log.latest().map(|s| s.tree);
         let changes = match changes::diff(&cache.store, previous.as_ref(), &out.tree) {
             Ok(c) => c,
