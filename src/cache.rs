@@ -525,7 +525,9 @@ impl Cache {
             // Blobs were lost (a pack or file deleted by hand): whatever
             // vouches for them being stored (the sync stat cache) must
             // check again, so the next `dagfs sync` stores them again.
-            self.store.new_blob_generation()?;
+            // NB: best effort: a store fsck may not write (read-only) is
+            // still checked.
+            let _ = self.store.new_blob_generation();
         }
         progress.set_phase(Phase::Index);
         let (orphans, orphan_bytes) = fsck::orphans(&blobs, &entries);
