@@ -238,3 +238,65 @@ fn a_watch_survives_git_checkout_of_a_large_tree() {
     w.wait_for("the checked-out tree", |v| v["tree"] == want.as_str());
     assert!(w.alive());
 }
+
+/// Regression (issue 12, item 4): under editor saves, the daemon's watch
+/// showed `watch FAILED` and `/syncs/NAME` went stale. Now it stays
+/// watched and its latest snapshot reaches the final state.
+#[test]
+fn a_daemon_watch_survives_editors_saving_by_rename() {
+    let t = tempfile::tempdir().unwrap();
+    let store = t.path().join("store");
+    let dir = t.path().join("d");
+    fs::create_dir(&dir).unwrap();
+    let names = ["a.txt", "b.txt", "c.txt"];
+    for n in names {
+        fs::write(dir.join(n), "start\n").unwrap();
+    }
+    let mnt = t.path().join("mnt");
+    fs::create_dir(&mnt).unwrap();
+    let probe = dagfs(
+        &store,
+        &["mount", mnt.to_str().unwrap(), "-o", "passthrough=off"],
+    )
+    .output()
+    .unwrap();
+    if !probe.status.success() {
+        eprintln!("SKIPPED: cannot mount: {}", text(&probe));
+        return;
+    }
+    let _ = dagfs(&store, &["umount", mnt.to_str().unwrap()]).output();
+    common::wait_for("the mount to go", || !common::is_dagfs_mount(&mnt));
+    let _m = common::Mounted::new(&store, &mnt);
+    let o = dagfs(
+        &store,
+        &["sync", dir.to_str().unwrap(), "--watch", "--name", "d"],
+    )
+    .output()
+    .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let list = || {
+        let o = dagfs(&store, &["sync", "--list", "--json"])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", text(&o));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        v.as_array().unwrap()[0].clone()
+    };
+    let until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < until {
+        save_like_editors(&dir, &names, 40);
+        let l = list();
+        assert_eq!(l["watched"], true, "{l}");
+    }
+    let want = fresh_tree(&dir);
+    common::wait_for("the daemon's watch to reach the final state", || {
+        let l = list();
+        assert!(l["watch_error"].is_null(), "{l}");
+        l["latest"]["tree"] == want.as_str()
+    });
+    let listed: Vec<String> = fs::read_dir(mnt.join("syncs"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(listed.contains(&"d".to_string()), "{listed:?}");
+}
