@@ -781,67 +781,59 @@ pub fn run(
         .collect();
     // Bookkeeping happens even when coordination failed half-way, so what
     // was published is accounted for.
-    let finished = (|| -> Result<(u64, u64)> {
-        for (r, c) in &hits {
-            cache.index.add("hits", *c)?;
-            cache.index.add(&format!("hit.{}", r.as_str()), *c)?;
-        }
-        for (r, c) in &misses {
-            cache.index.add("misses", *c)?;
-            cache.index.add(&format!("miss.{}", r.as_str()), *c)?;
-        }
-        let (expired, more_evicted) = cache.enforce(&protected, now_ms(), false, &policy)?;
-        let record = RunRecord {
-            id: run_id,
-            dag: plan.dag.clone(),
-            started_ms,
-            finished_ms: now_ms(),
-            ok: outcomes
-                .iter()
-                .all(|o| matches!(o.status, Status::Cached | Status::Executed)),
-            tasks: plan
-                .nodes
-                .iter()
-                .zip(&outcomes)
-                .map(|(nd, o)| RunTask {
-                    task: nd.name.clone(),
-                    key: o.key,
-                    route: o.route.map(|r| r.as_str().to_string()).unwrap_or_default(),
-                    status: o.status.as_str().to_string(),
-                    miss_reason: o.miss_reason.map(|r| r.as_str().to_string()),
-                })
-                .collect(),
-        };
-        cache.index.put_run(&record)?;
-        pending.extend(cache.store.commit_blobs(batch)?);
-        // NB: entries evicted while pending are dropped, not resurrected.
-        let index = &cache.index;
-        cache
-            .store
-            .publish_entries(&pending, |k| matches!(index.get(k), Ok(Some(_))))?;
-        cache.flush()?;
-        Ok((expired, more_evicted))
-    })();
-    let (expired, more_evicted) = match (finished, finish_err) {
-        (Ok(e), None) => e,
-        (r, first) => {
-            // A commit failed (a full disk, say): the index must not name
-            // an entry whose record was never published. Best effort; what
-            // is left, the `dirty` marker makes the next open drop.
-            for k in &protected {
-                if !cache.store.entry_path(k).exists() {
-                    let _ = cache.index.remove(k);
-                }
-            }
-            let _ = cache.flush();
-            let _ = remove_all(run_tmp.path());
-            return Err(first.or(r.err()).expect("one failed"));
-        }
+    // NB: until disarmed, a failed commit (a full disk, say) leaves the
+    // index naming no entry whose record was never published.
+    let unpublished = Unpublished {
+        cache,
+        keys: &protected,
+        armed: true,
     };
+    for (r, c) in &hits {
+        cache.index.add("hits", *c)?;
+        cache.index.add(&format!("hit.{}", r.as_str()), *c)?;
+    }
+    for (r, c) in &misses {
+        cache.index.add("misses", *c)?;
+        cache.index.add(&format!("miss.{}", r.as_str()), *c)?;
+    }
+    let (expired, more_evicted) = cache.enforce(&protected, now_ms(), false, &policy)?;
+    let record = RunRecord {
+        id: run_id,
+        dag: plan.dag.clone(),
+        started_ms,
+        finished_ms: now_ms(),
+        ok: outcomes
+            .iter()
+            .all(|o| matches!(o.status, Status::Cached | Status::Executed)),
+        tasks: plan
+            .nodes
+            .iter()
+            .zip(&outcomes)
+            .map(|(nd, o)| RunTask {
+                task: nd.name.clone(),
+                key: o.key,
+                route: o.route.map(|r| r.as_str().to_string()).unwrap_or_default(),
+                status: o.status.as_str().to_string(),
+                miss_reason: o.miss_reason.map(|r| r.as_str().to_string()),
+            })
+            .collect(),
+    };
+    cache.index.put_run(&record)?;
+    pending.extend(cache.store.commit_blobs(batch)?);
+    // NB: entries evicted while pending are dropped, not resurrected.
+    let index = &cache.index;
+    cache
+        .store
+        .publish_entries(&pending, |k| matches!(index.get(k), Ok(Some(_))))?;
+    cache.flush()?;
     if let Some(f) = &opts.on_change {
         f(Change::Run(run_id));
     }
     let _ = remove_all(run_tmp.path());
+    if let Some(e) = finish_err {
+        return Err(e);
+    }
+    unpublished.disarm();
     Ok(Report {
         run_id,
         dag: plan.dag.clone(),
@@ -851,6 +843,36 @@ pub fn run(
         evicted: evicted + more_evicted,
         expired,
     })
+}
+
+/// Entries this run put in the index, checked when a run ends early
+/// (a commit failed): those whose record was never published are removed
+/// from the index again (best effort; what is left, the `dirty` marker
+/// makes the next open drop).
+struct Unpublished<'a> {
+    cache: &'a Cache,
+    keys: &'a HashSet<Digest>,
+    armed: bool,
+}
+
+impl Unpublished<'_> {
+    fn disarm(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for Unpublished<'_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        for k in self.keys {
+            if !self.cache.store.entry_path(k).exists() {
+                let _ = self.cache.index.remove(k);
+            }
+        }
+        let _ = self.cache.flush();
+    }
 }
 
 struct Book<'a> {
