@@ -93,6 +93,9 @@ impl Server {
                         .spawn({
                             let sh = sh.clone();
                             move || {
+                                // NB: a client that connects and says
+                                // nothing is dropped, not kept.
+                                let _ = stream.set_read_timeout(Some(HANDSHAKE_TIMEOUT));
                                 let g = &sh.cfg.gauges;
                                 g.sessions.fetch_add(1, Ordering::SeqCst);
                                 g.sessions_total.fetch_add(1, Ordering::SeqCst);
@@ -153,8 +156,6 @@ fn refuse(stream: &mut UnixStream, why: &str) {
 }
 
 fn session(sh: &Shared, id: u64, mut stream: UnixStream) {
-    // NB: a client that connects and says nothing is dropped, not kept.
-    let _ = stream.set_read_timeout(Some(HANDSHAKE_TIMEOUT));
     let me = nix::unistd::geteuid().as_raw();
     match peer(&stream) {
         Ok((uid, pid)) if uid == me => {

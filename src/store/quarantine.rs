@@ -7,10 +7,10 @@
 //!                          not match their manifest, or that name a damaged
 //!                          or missing blob
 //!   stray/<name>[.<ms>]    files that have no business under blobs/ or entries/
-//!   syncs/<name>[.<ms>]    sync logs that do not decode, or name a damaged
-//!                          snapshot (a fresh history starts under the name)
-//!   index/broken-<ms>/     an index (sled) that did not open, rebuilt
 //!   log                    one line per move: `<unix ms> <kind> <name> <reason>`
+//!   syncs/<name>[.<ms>]    sync logs that do not decode, or name a tree not
+//!                          stored (a fresh history starts under the name)
+//!   index/broken-<ms>/     an index (sled) that did not open, rebuilt
 //! ```
 //!
 //! Owns: `<store>/quarantine/`. May call: `hash`.
