@@ -58,6 +58,9 @@ pub struct Cache {
     /// read); removed when the cache is. NB: after `index`, so dropped
     /// after it.
     index_copy: Option<tempfile::TempDir>,
+    /// This process released the store's reserve to open it: it gives
+    /// back what it did not use when it closes (see `store::reserve`).
+    released_reserve: bool,
 }
 
 /// A running ingest, registered until dropped (see `Cache::begin_ingest`).
@@ -169,19 +172,43 @@ impl Cache {
             return Self::from_read_only(store, policy);
         }
         let mut notes = Vec::new();
-        let index = match open_index(&store.index_dir()) {
+        if !store.recreated().is_empty() {
+            notes.push(format!(
+                "the store had lost its top directories {}: made them again (`dagfs fsck` tells what their loss broke)",
+                store
+                    .recreated()
+                    .iter()
+                    .map(|d| format!("{d}/"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        // NB: before the index opens: sled writes a snapshot at every open.
+        let mut released = store.release_reserve_if_full();
+        let opened = match open_index(&store.index_dir()) {
+            Err(e) if e.is_no_space() && !released && store.release_reserve() => {
+                released = true;
+                open_index(&store.index_dir())
+            }
+            r => r,
+        };
+        let index = match opened {
             Ok(i) => i,
             Err(e) if index_is_corrupt(&e) => {
-                // NB: moved aside, never deleted: it may hold statistics.
-                let aside = store.root().join(format!("index.broken-{}", now_ms()));
-                std::fs::rename(store.index_dir(), &aside).map_err(|source| StoreError::Io {
-                    path: aside.clone(),
-                    source,
-                })?;
+                // NB: quarantined, never deleted: it may hold statistics.
+                let name = format!("broken-{}", now_ms());
+                store.quarantine_path(
+                    &store.index_dir(),
+                    crate::store::quarantine::Kind::Index,
+                    &name,
+                    &format!("open: {e}"),
+                )?;
+                let aside = store.quarantine_dir().join("index").join(&name);
                 let index = Index::open(&store.index_dir())?;
                 let n = rebuild(&store, &index)?;
+                let policy = restore_policy(&store, &index)?;
                 notes.push(format!(
-                    "index did not open ({e}); moved it to {} and rebuilt it from {n} entries",
+                    "index did not open ({e}); moved it to {} and rebuilt it from {n} entries; {policy}; lost: its statistics (hits, misses, evictions, runs) and the sync stat cache (the next sync reads every file)",
                     aside.display()
                 ));
                 index
@@ -201,7 +228,7 @@ impl Cache {
             ));
         }
         let stored = index.policy()?;
-        Ok(Cache {
+        let mut cache = Cache {
             store,
             index,
             policy: std::sync::Mutex::new(stored.overlay(policy)),
@@ -211,7 +238,25 @@ impl Cache {
             gate: Default::default(),
             notes,
             index_copy: None,
-        })
+            released_reserve: released,
+        };
+        if released {
+            // A full disk: what a failed run left (blobs no entry names)
+            // goes, so the reserve can be made again and the next run that
+            // fits works.
+            let freed = cache.gc(false, &HashSet::new())?;
+            let made = cache.store.ensure_reserve().unwrap_or(false);
+            cache.notes.push(format!(
+                "the store's filesystem is full: released the store's reserve to open it, swept {} unreferenced blobs ({}){}",
+                freed.sweep.blobs_removed,
+                crate::index::stats::format_size(freed.sweep.bytes_removed),
+                if made { "" } else { "; free space, `dagfs gc` or `dagfs config max_bytes` before the next run" }
+            ));
+        } else {
+            // NB: best effort; a run checks it again (`scheduler::run`).
+            let _ = cache.store.ensure_reserve();
+        }
+        Ok(cache)
     }
 
     /// A store this process cannot write: its index is copied to a private
@@ -242,6 +287,7 @@ impl Cache {
             gate: Default::default(),
             notes: Vec::new(),
             index_copy: Some(copy),
+            released_reserve: false,
         })
     }
 
@@ -480,6 +526,11 @@ impl Cache {
         let mut roots = Vec::new();
         for key in self.store.entry_keys()? {
             if let Some(e) = self.store.read_entry(&key)? {
+                if !dry_run {
+                    // A record a failed index flush left out: indexed, so
+                    // the policy can evict it (it is a whole entry).
+                    self.index.adopt(&key, &EntryMeta::from_entry(&e))?;
+                }
                 roots.extend([e.output, e.stdout, e.stderr]);
                 // NB: an entry keeps the input snapshots its key names.
                 roots.extend(e.manifest.inputs.iter().map(|(_, d)| *d));
@@ -490,6 +541,9 @@ impl Cache {
         }
         let live = gc::reachable(&self.store, roots)?;
         let sweep = gc::sweep(&self.store, &live, self.sweep_cutoff(), dry_run)?;
+        if !dry_run {
+            let _ = self.store.ensure_reserve();
+        }
         Ok(GcReport {
             expired,
             evicted,
@@ -523,6 +577,14 @@ impl Cache {
         progress.set_phase(Phase::Waiting);
         let _quiet = self.gate.write().unwrap_or_else(|p| p.into_inner());
         let mut entries = fsck::scan_entries(&self.store, &mut blobs, rederive, progress)?;
+        if blobs.any_missing() {
+            // Blobs were lost (a pack or file deleted by hand): whatever
+            // vouches for them being stored (the sync stat cache) must
+            // check again, so the next `dagfs sync` stores them again.
+            // NB: best effort: a store fsck may not write (read-only) is
+            // still checked.
+            let _ = self.store.new_blob_generation();
+        }
         progress.set_phase(Phase::Index);
         let (orphans, orphan_bytes) = fsck::orphans(&blobs, &entries);
         let mut report = Report {
@@ -749,7 +811,15 @@ impl Cache {
         }
         if self.flush().is_ok() {
             let _ = std::fs::remove_file(dirty_marker(&self.store));
+            self.restore_reserve();
             std::mem::forget(self);
+        }
+    }
+
+    /// Give back what was released of the reserve and not used.
+    fn restore_reserve(&self) {
+        if self.released_reserve {
+            let _ = self.store.restore_reserve();
         }
     }
 }
@@ -762,6 +832,37 @@ impl Drop for Cache {
         if self.flush().is_ok() {
             let _ = std::fs::remove_file(dirty_marker(&self.store));
         }
+        self.restore_reserve();
+    }
+}
+
+/// After a rebuild from scratch: put back the policy from its copy beside
+/// `FORMAT` (see `store::policy`). Returns what was done, for the note.
+fn restore_policy(store: &Store, index: &Index) -> Result<String> {
+    match store.read_policy() {
+        Ok(Some(body)) => match serde_json::from_slice::<CachePolicy>(&body) {
+            Ok(p) => {
+                index.set_policy(&p)?;
+                Ok("the cache policy was restored from its copy".into())
+            }
+            Err(e) => Ok(format!(
+                "the cache policy's copy does not decode ({e}): policy lost"
+            )),
+        },
+        Ok(None) => Ok("no cache policy was set".into()),
+        Err(e) => Ok(format!("{e}: policy lost")),
+    }
+}
+
+impl Cache {
+    /// Set the store's cache policy: in the index, and its copy beside
+    /// `FORMAT` (which an index rebuild reads back).
+    pub fn store_policy(&self, p: CachePolicy) -> Result<()> {
+        self.index.set_policy(&p)?;
+        self.store
+            .write_policy(&serde_json::to_vec(&p).expect("policy serializes"))?;
+        self.set_policy(p);
+        Ok(())
     }
 }
 

@@ -479,6 +479,143 @@ fn full_disk_fails_the_task_clearly_and_changes_nothing_stored() {
     assert_eq!(o.code, 0, "{}{}", o.stdout, o.stderr);
 }
 
+/// Bytes free on the filesystem holding `at`.
+fn free_bytes(at: &Path) -> u64 {
+    let st = nix::sys::statvfs::statvfs(at).expect("statvfs");
+    st.blocks_available() as u64 * st.fragment_size() as u64
+}
+
+/// Write zeros to `path` until it is `bytes` long, or the disk is full.
+fn fill(path: &Path, bytes: u64) {
+    use std::io::Write;
+    let mut f = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .unwrap();
+    let chunk = vec![0u8; 64 << 10];
+    let mut left = bytes;
+    while left > 0 {
+        let n = left.min(chunk.len() as u64) as usize;
+        match f.write(&chunk[..n]) {
+            Ok(0) | Err(_) => break,
+            Ok(w) => left -= w as u64,
+        }
+    }
+}
+
+/// Regression (issue 12, item 1): a run whose output fits but whose commit
+/// or index flush does not left the store wedged: every later command
+/// (`stats`, `gc`, `fsck`, `run`) failed with ENOSPC, and the index named
+/// an entry whose record was never written. At each fill level: the run
+/// works or fails saying the filesystem is full; with the disk still full
+/// (then filled to the last byte) `stats`, `gc`, `fsck` work and find the
+/// store clean with nothing stored lost; with room again, the run works.
+#[test]
+fn full_disk_at_any_fill_level_never_wedges_the_store() {
+    let Some(tmpfs) = Tmpfs::mount("16m") else {
+        return;
+    };
+    // The big task stores about 3.3 MiB: these levels leave the task itself
+    // short of space, its commit, its index flush, and room to spare.
+    let mut levels_kib = vec![0, 64, 1024, 2048, 3072, 3840];
+    levels_kib.extend((3872..4480).step_by(32));
+    // Where the output fits and its pack, entry or index flush may not.
+    levels_kib.extend((4100..4160).step_by(4));
+    levels_kib.push(6144);
+    levels_kib.sort();
+    let mut outcomes = Vec::new();
+    for leave in levels_kib {
+        let s = Sandbox::with_store(tmpfs.at.join("store"));
+        let filler = tmpfs.at.join("filler");
+        let _ = fs::remove_file(&filler);
+        let _ = fs::remove_dir_all(&s.store);
+        s.pipeline("[tasks.small]\nrun = \"echo ok > $DAGFS_OUT/x\"\n");
+        let o = s.run(&[]);
+        assert_eq!(o.code, 0, "{}", o.stderr);
+        let before = ls_rows(&s);
+        s.pipeline(&format!(
+            "[tasks.small]\nrun = \"echo ok > $DAGFS_OUT/x\"\n\
+             [tasks.big]\nrun = \"head -c 3000000 /dev/urandom > $DAGFS_OUT/big; \
+             for i in $(seq 1 300); do echo $i {leave} > $DAGFS_OUT/f$i; done\"\n"
+        ));
+        let free = free_bytes(&tmpfs.at);
+        fill(&filler, free.saturating_sub(leave << 10));
+        let o = s.run(&[]);
+        assert!(
+            o.code == 0 || o.stderr.contains("the store's filesystem is full"),
+            "{leave} KiB free: exit {}: {}",
+            o.code,
+            o.stderr
+        );
+        assert!(matches!(o.code, 0 | 1 | 8), "{leave} KiB: {}", o.stderr);
+        let ran = o.code == 0;
+        outcomes.push((
+            leave,
+            o.code,
+            o.stderr.lines().last().unwrap_or("").to_string(),
+        ));
+        // Still full, then full to the last byte.
+        for last_byte in [false, true] {
+            if last_byte {
+                fill(&filler, u64::MAX);
+            }
+            let what = format!("{leave} KiB free, filled to the last byte: {last_byte}");
+            for cmd in [
+                &["stats"][..],
+                &["gc"],
+                &["fsck"],
+                &["fsck", "--repair"],
+                &["ls"],
+            ] {
+                let o = s.dagfs(cmd);
+                assert_eq!(o.code, 0, "{what}: dagfs {cmd:?}: {}{}", o.stdout, o.stderr);
+            }
+            let rows = ls_rows(&s);
+            assert!(
+                before.iter().all(|r| rows.contains(r)),
+                "{what}: lost {before:?} -> {rows:?}"
+            );
+            if ran {
+                assert_eq!(rows.len(), before.len() + 1, "{what}: {rows:?}");
+            }
+        }
+        fs::remove_file(&filler).unwrap();
+        let o = s.run(&[]);
+        assert_eq!(o.code, 0, "{leave} KiB, with room again: {}", o.stderr);
+        let o = s.dagfs(&["fsck"]);
+        assert_eq!(o.code, 0, "{leave} KiB: {}{}", o.stdout, o.stderr);
+    }
+    eprintln!("{outcomes:#?}");
+    assert!(
+        outcomes.iter().any(|o| o.1 == 0) && outcomes.iter().any(|o| o.1 != 0),
+        "the levels no longer span a full disk and room to spare: {outcomes:?}"
+    );
+}
+
+/// Regression (issue 12, item 8): a file with other hard links is copied
+/// at ingest, and each link was copied: 200 links to a 10 MB file took
+/// 2 GB during ingest. On a 48 MiB filesystem that failed the task; each
+/// inode is now copied once.
+#[test]
+fn hard_links_to_one_file_are_copied_once() {
+    let Some(tmpfs) = Tmpfs::mount("48m") else {
+        return;
+    };
+    let s = Sandbox::with_store(tmpfs.at.join("store"));
+    s.pipeline(
+        "[tasks.links]\nrun = \"head -c 10000000 /dev/urandom > $DAGFS_OUT/f; \
+         for i in $(seq 1 200); do ln $DAGFS_OUT/f $DAGFS_OUT/l$i; done\"\n",
+    );
+    let o = s.run(&[]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let o = s.dagfs(&["ls"]);
+    assert!(o.stdout.contains("201"), "201 files: {}", o.stdout);
+    let o = s.dagfs(&["fsck"]);
+    assert_eq!(o.code, 0, "{}{}", o.stdout, o.stderr);
+    assert!(free_bytes(&tmpfs.at) > 20 << 20, "one copy kept, not 200");
+}
+
 // ---------------------------------------------------------------------------
 // tasks and the daemon's socket
 // ---------------------------------------------------------------------------

@@ -149,8 +149,7 @@ pub fn config(
             )))
         }
     }
-    cache.index.set_policy(&p)?;
-    cache.set_policy(p);
+    cache.store_policy(p)?;
     let (expired, evicted) = cache.enforce(&HashSet::new(), now_ms(), true, &p)?;
     cache.flush()?;
     let o = &mut *io.out;

@@ -255,7 +255,8 @@ impl CliError {
             CliError::Mount(_) => 12,
             CliError::ReadOnly(_) => 8,
             CliError::Sync(e) => match e {
-                dagfs::sync::SyncError::Conflict { .. } => 13,
+                dagfs::sync::SyncError::Conflict { .. }
+                | dagfs::sync::SyncError::Vanished { .. } => 13,
                 dagfs::sync::SyncError::Unreadable { .. } => 14,
                 dagfs::sync::SyncError::Usage(_) => 2,
                 dagfs::sync::SyncError::Store(s) => store(s),

@@ -333,7 +333,7 @@ fn log_path(store: &Path) -> PathBuf {
 /// Start `mount -f` as a detached daemon and wait until it reports.
 fn detach(store: &Path, mnt: &Path, a: &MountArgs) -> Result<(), CliError> {
     let fail = |what: &str, e: std::io::Error| CliError::Mount(format!("{what}: {e}"));
-    std::fs::create_dir_all(store).map_err(|e| fail(&store.display().to_string(), e))?;
+    dagfs::store::create_store_dir(store).map_err(|e| CliError::Mount(e.to_string()))?;
     let log_path = log_path(store);
     let log = std::fs::OpenOptions::new()
         .create(true)

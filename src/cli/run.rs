@@ -263,11 +263,11 @@ pub fn run(a: RunArgs, src: &mut CacheSource, io: &mut Io, ctx: &Ctx) -> Result<
             let _ = writeln!(
                 err,
                 "dagfs: task `{name}` failed: {}",
-                o.error.as_deref().unwrap_or("?")
+                visible(o.error.as_deref().unwrap_or("?"))
             );
             if let Some(tail) = &o.log_tail {
                 for line in tail.lines() {
-                    let _ = writeln!(err, "  | {line}");
+                    let _ = writeln!(err, "  | {}", visible(line));
                 }
             }
         }
@@ -278,7 +278,7 @@ pub fn run(a: RunArgs, src: &mut CacheSource, io: &mut Io, ctx: &Ctx) -> Result<
                     .filter(|b| !b.is_empty())
                 {
                     let _ = writeln!(err, "--- {name} {label}");
-                    let _ = err.write_all(&bytes);
+                    let _ = err.write_all(visible(&String::from_utf8_lossy(&bytes)).as_bytes());
                 }
             }
         }
@@ -462,7 +462,10 @@ fn line(name: &str, o: &Outcome) -> String {
             o.duration.as_secs_f64(),
             o.miss_reason.map(|r| r.as_str()).unwrap_or("miss")
         ),
-        Status::Failed => format!("FAIL  {name}  {}", o.error.as_deref().unwrap_or("")),
+        Status::Failed => format!(
+            "FAIL  {name}  {}",
+            visible(o.error.as_deref().unwrap_or(""))
+        ),
         Status::Skipped => format!("skip  {name}"),
     }
 }
@@ -498,4 +501,25 @@ fn write_trace(path: &std::path::Path, r: &Report) -> std::io::Result<()> {
         path,
         serde_json::to_vec_pretty(&doc).expect("trace serializes"),
     )
+}
+
+/// `s` with control characters (escape sequences, carriage returns, bells)
+/// shown as `\xNN` / `\u{NNNN}`: a task's output is text to read, not
+/// commands for the terminal. Newlines and tabs stay.
+fn visible(s: &str) -> std::borrow::Cow<'_, str> {
+    if !s.chars().any(|c| c.is_control() && c != '\n' && c != '\t') {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 16);
+    for c in s.chars() {
+        match c {
+            '\n' | '\t' => out.push(c),
+            c if c.is_control() && (c as u32) < 0x100 => {
+                out.push_str(&format!("\\x{:02x}", c as u32))
+            }
+            c if c.is_control() => out.push_str(&format!("\\u{{{:04x}}}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }

@@ -381,6 +381,7 @@ fn print_json(
             "counts": ChangeKind::ALL.iter().map(|k| (k.as_str(), r.changes.count(*k))).collect::<std::collections::BTreeMap<_, _>>(),
             "unreadable": r.scan.unreadable,
             "special": r.scan.special,
+            "notes": r.notes,
         });
         let text = if pretty {
             serde_json::to_string_pretty(&v)
@@ -393,6 +394,9 @@ fn print_json(
 
 fn print_text(o: &mut dyn std::io::Write, r: &sync::SyncReport) -> std::io::Result<()> {
     let lossy = |p: &[u8]| String::from_utf8_lossy(p).into_owned();
+    for n in &r.notes {
+        writeln!(o, "dagfs: {n}")?;
+    }
     writeln!(
         o,
         "sync {}: snapshot {} (tree {}) of {}: {} files, {}; hashed {}, stat cache {}, {} retries",

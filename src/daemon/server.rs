@@ -31,8 +31,16 @@ pub struct ServerConfig {
     pub on_shutdown: crossbeam::channel::Sender<()>,
 }
 
+/// Connections served at once; one more is refused at once (each holds a
+/// thread: 1,000 idle connections held 1,016 threads).
+pub const MAX_CONNECTIONS: u64 = 128;
+/// A connection that has not finished its HELLO after this long is closed.
+pub const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 struct Shared {
     cfg: ServerConfig,
+    /// Connections being served (see `MAX_CONNECTIONS`).
+    open: AtomicU64,
     stopping: AtomicBool,
     /// Requests running now.
     active: Mutex<u64>,
@@ -56,6 +64,7 @@ impl Server {
         std::fs::set_permissions(&cfg.socket, std::fs::Permissions::from_mode(0o600))?;
         let shared = Arc::new(Shared {
             cfg,
+            open: AtomicU64::new(0),
             stopping: AtomicBool::new(false),
             active: Mutex::new(0),
             idle: Condvar::new(),
@@ -69,19 +78,36 @@ impl Server {
                     if sh.stopping.load(Ordering::SeqCst) {
                         break;
                     }
-                    let Ok(stream) = conn else { continue };
+                    let Ok(mut stream) = conn else { continue };
+                    if sh.open.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
+                        sh.open.fetch_sub(1, Ordering::SeqCst);
+                        // NB: one small frame: the socket buffer takes it.
+                        let _ = stream.set_write_timeout(Some(std::time::Duration::from_millis(100)));
+                        refuse(&mut stream, &format!("refused: the daemon serves {MAX_CONNECTIONS} connections at most; try again when one ends"));
+                        continue;
+                    }
                     let id = next_id.fetch_add(1, Ordering::SeqCst);
                     let sh = sh.clone();
-                    let _ = std::thread::Builder::new()
+                    let spawned = std::thread::Builder::new()
                         .name(format!("dagfs-session-{id}"))
-                        .spawn(move || {
-                            let g = &sh.cfg.gauges;
-                            g.sessions.fetch_add(1, Ordering::SeqCst);
-                            g.sessions_total.fetch_add(1, Ordering::SeqCst);
-                            session(&sh, id, stream);
-                            (sh.cfg.on_session_end)(id);
-                            g.sessions.fetch_sub(1, Ordering::SeqCst);
+                        .spawn({
+                            let sh = sh.clone();
+                            move || {
+                                // NB: a client that connects and says
+                                // nothing is dropped, not kept.
+                                let _ = stream.set_read_timeout(Some(HANDSHAKE_TIMEOUT));
+                                let g = &sh.cfg.gauges;
+                                g.sessions.fetch_add(1, Ordering::SeqCst);
+                                g.sessions_total.fetch_add(1, Ordering::SeqCst);
+                                session(&sh, id, stream);
+                                (sh.cfg.on_session_end)(id);
+                                g.sessions.fetch_sub(1, Ordering::SeqCst);
+                                sh.open.fetch_sub(1, Ordering::SeqCst);
+                            }
                         });
+                    if spawned.is_err() {
+                        sh.open.fetch_sub(1, Ordering::SeqCst);
+                    }
                 }
             })?;
         Ok(Server {
@@ -180,6 +206,7 @@ fn session(sh: &Shared, id: u64, mut stream: UnixStream) {
     if protocol::write_json(&mut stream, protocol::HELLO, &sh.cfg.hello).is_err() {
         return;
     }
+    let _ = stream.set_read_timeout(None);
     loop {
         let (kind, payload) = match protocol::read_frame(&mut stream) {
             Ok(f) => f,

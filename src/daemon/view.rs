@@ -61,6 +61,9 @@ fn unique(v: Vec<Digest>) -> Option<Digest> {
 }
 
 impl StoreView for CacheView {
+    fn blob_generation(&self) -> u64 {
+        self.cache.store.blob_generation()
+    }
     fn keys_after(&self, after: Option<&Digest>, max: usize) -> Result<Vec<Digest>, ViewError> {
         Ok(self.cache.index.keys_after(after, max)?)
     }

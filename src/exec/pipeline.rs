@@ -83,12 +83,26 @@ pub struct Pipeline {
 /// Characters allowed in task and pipeline names (they become path
 /// components under the mount).
 pub fn valid_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 128
+    name_problem(s).is_none()
+}
+
+/// The longest name a task or pipeline may have.
+pub const MAX_NAME: usize = 128;
+
+/// What is wrong with a task or pipeline name, said to the user.
+pub fn name_problem(s: &str) -> Option<String> {
+    if s.len() > MAX_NAME {
+        return Some(format!(
+            "is {} bytes long; a name may be at most {MAX_NAME}",
+            s.len()
+        ));
+    }
+    let ok = !s.is_empty()
         && s != "."
         && s != ".."
         && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"_-.+@".contains(&b))
+            .all(|b| b.is_ascii_alphanumeric() || b"_-.+@".contains(&b));
+    (!ok).then(|| "may use only letters, digits and `_-.+@`".to_string())
 }
 
 fn valid_env_name(s: &str) -> bool {
@@ -138,9 +152,9 @@ impl Pipeline {
         };
         let name = match &raw.name {
             Some(n) => {
-                if !valid_name(n.get_ref()) {
+                if let Some(why) = name_problem(n.get_ref()) {
                     return Err(ExecError::Config(format!(
-                        "{}pipeline name {:?} may use only letters, digits and `_-.+@`",
+                        "{}pipeline name {:?} {why}",
                         locate(file, text, n.span().start),
                         n.get_ref()
                     )));
@@ -169,11 +183,8 @@ impl Pipeline {
         let mut spans = Vec::new();
         for (tname, t) in &raw.tasks {
             let name = tname.get_ref();
-            if !valid_name(name) {
-                return Err(bad(
-                    tname.span(),
-                    format!("task name {name:?} may use only letters, digits and `_-.+@`"),
-                ));
+            if let Some(why) = name_problem(name) {
+                return Err(bad(tname.span(), format!("task name {name:?} {why}")));
             }
             let t_span = t.span();
             let t = t.get_ref();

@@ -642,6 +642,23 @@ pub fn run(
                     pending.extend(cache.store.commit_blobs(std::mem::take(&mut batch))?);
                     uncommitted.clear();
                 }
+                if let Some(full) = no_reserve(&cache.store) {
+                    // NB: a task never eats the space the commands that
+                    // free space need (see `store::reserve`).
+                    owned.remove(&key);
+                    opts.inflight.finish(&key, Err(full.clone()));
+                    let mut o = Outcome::new(Status::Failed);
+                    o.error = Some(full);
+                    o.miss_reason = Some(reason);
+                    o.route = Some(Route::Miss);
+                    o.key = Some(key);
+                    o.start = at;
+                    if opts.fail_fast {
+                        stop = true;
+                    }
+                    book.finish(i, o, &mut outcomes, &mut ready);
+                    continue;
+                }
                 outcomes_reason(&mut outcomes, i, reason);
                 (book.observe)(Event::Queued { idx: i });
                 work_tx
@@ -810,6 +827,13 @@ pub fn run(
         .collect();
     // Bookkeeping happens even when coordination failed half-way, so what
     // was published is accounted for.
+    // NB: until disarmed, a failed commit (a full disk, say) leaves the
+    // index naming no entry whose record was never published.
+    let unpublished = Unpublished {
+        cache,
+        keys: &protected,
+        armed: true,
+    };
     for (r, c) in &hits {
         cache.index.add("hits", *c)?;
         cache.index.add(&format!("hit.{}", r.as_str()), *c)?;
@@ -862,6 +886,7 @@ pub fn run(
     if let Some(e) = finish_err {
         return Err(e);
     }
+    unpublished.disarm();
     Ok(Report {
         run_id,
         dag: plan.dag.clone(),
@@ -871,6 +896,36 @@ pub fn run(
         evicted: evicted + more_evicted,
         expired,
     })
+}
+
+/// Entries this run put in the index, checked when a run ends early
+/// (a commit failed): those whose record was never published are removed
+/// from the index again (best effort; what is left, the `dirty` marker
+/// makes the next open drop).
+struct Unpublished<'a> {
+    cache: &'a Cache,
+    keys: &'a HashSet<Digest>,
+    armed: bool,
+}
+
+impl Unpublished<'_> {
+    fn disarm(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for Unpublished<'_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        for k in self.keys {
+            if !self.cache.store.entry_path(k).exists() {
+                let _ = self.cache.index.remove(k);
+            }
+        }
+        let _ = self.cache.flush();
+    }
 }
 
 struct Book<'a> {
@@ -1096,6 +1151,26 @@ fn disk_full(store: &Store) -> Option<String> {
             at.display()
         )
     })
+}
+
+/// Why a task may not run now: the store's reserve is gone and cannot be
+/// made again (the filesystem is full). None: it may run.
+fn no_reserve(store: &Store) -> Option<String> {
+    match store.ensure_reserve() {
+        Ok(true) => None,
+        Ok(false) => Some(format!(
+            "not run: the store's filesystem is full ({} free at {}; a task runs only with the store's {} reserve in place and as much again free); `dagfs gc` or freeing space fixes it",
+            crate::index::stats::format_size(
+                crate::store::reserve::free_bytes(store.root()).unwrap_or(0)
+            ),
+            store.root().display(),
+            crate::index::stats::format_size(crate::store::reserve::RESERVE),
+        )),
+        Err(e) if e.is_no_space() => Some(format!("not run: {e}")),
+        // NB: a store the reserve cannot be written in for another reason
+        // (permissions): the task's own writes will tell.
+        Err(_) => None,
+    }
 }
 
 /// The last 20 lines (at most 4 KiB) of a log file.

@@ -12,7 +12,7 @@
 //! `TMPDIR`.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::error::{ExecError, Result};
@@ -164,12 +164,14 @@ pub fn plan_with_env(
             let d = match input_cache.get(path) {
                 Some(d) => *d,
                 None => {
+                    let bad = |reason: String| ExecError::Input {
+                        task: t.name.clone(),
+                        input: path.clone(),
+                        reason,
+                    };
+                    through_symlink(&dir, path).map_err(bad)?;
                     let d =
-                        snapshot_input(cache, &dir.join(path)).map_err(|e| ExecError::Input {
-                            task: t.name.clone(),
-                            input: path.clone(),
-                            reason: e.to_string(),
-                        })?;
+                        snapshot_input(cache, &dir.join(path)).map_err(|e| bad(e.to_string()))?;
                     input_cache.insert(path.clone(), d);
                     d
                 }
@@ -221,4 +223,31 @@ pub fn plan_with_env(
         dag: p.name.clone(),
         nodes,
     })
+}
+
+/// Refuse an input whose path goes through a symlink (`root/etc/shadow`
+/// with `root -> /`): the pipeline's text names a path inside its
+/// directory, and a link on the way would take it anywhere. The last
+/// component may be a link: it is hashed as a link, never followed.
+/// (The path itself is relative, without `..`: checked when parsed.)
+fn through_symlink(dir: &Path, input: &str) -> std::result::Result<(), String> {
+    let comps: Vec<_> = Path::new(input).components().collect();
+    let mut at = dir.to_path_buf();
+    for (i, c) in comps.iter().enumerate() {
+        at.push(c);
+        if i + 1 == comps.len() {
+            break;
+        }
+        match std::fs::symlink_metadata(&at) {
+            Ok(md) if md.file_type().is_symlink() => {
+                let shown: PathBuf = comps[..=i].iter().collect();
+                return Err(format!(
+                    "{} is a symlink; an input's path may not go through one (name the directory it points to, inside the pipeline directory)",
+                    shown.display()
+                ));
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }

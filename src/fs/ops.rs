@@ -383,24 +383,26 @@ impl DagFs {
         let mut packed = None;
         let file = self
             .blob_files
-            .get(&digest, || match self.view.open_blob(&digest) {
-                Ok(BlobData::File(f)) => {
-                    self.counters.pread_opens.fetch_add(1, Ordering::Relaxed);
-                    Ok(f)
+            .get(&digest, self.view.blob_generation(), || {
+                match self.view.open_blob(&digest) {
+                    Ok(BlobData::File(f)) => {
+                        self.counters.pread_opens.fetch_add(1, Ordering::Relaxed);
+                        Ok(f)
+                    }
+                    // NB: not held open: a packed blob is small, read whole.
+                    Ok(BlobData::Bytes(b)) => {
+                        packed = Some(b);
+                        Err(FsError::NotFound)
+                    }
+                    Ok(BlobData::Corrupt) => Err(self.found_corrupt(&node, &digest)),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound && size == 0 => {
+                        Err(FsError::NotFound)
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                        Err(FsError::MissingBlob(digest))
+                    }
+                    Err(e) => Err(e.into()),
                 }
-                // NB: not held open: a packed blob is small, read whole.
-                Ok(BlobData::Bytes(b)) => {
-                    packed = Some(b);
-                    Err(FsError::NotFound)
-                }
-                Ok(BlobData::Corrupt) => Err(self.found_corrupt(&node, &digest)),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound && size == 0 => {
-                    Err(FsError::NotFound)
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    Err(FsError::MissingBlob(digest))
-                }
-                Err(e) => Err(e.into()),
             });
         match file {
             Ok(f) => {

@@ -8,7 +8,7 @@
 //! nothing but std. Guarantees:
 //!
 //! - At most `BLOB_FILES` blob files are held open, least recently used
-//!   out first.
+//!   out first, and none across a change of the store's blob generation.
 //! - A generated file (`/why/…`, `/.dagfs/*`) is one snapshot for size
 //!   (getattr), page cache validity (its mtime is the snapshot's time) and
 //!   reads, per process: a process that reads it through (the kernel asks
@@ -35,18 +35,29 @@ const SNAPSHOT_MAX_AGE: Duration = Duration::from_secs(1);
 const SNAPSHOTS: usize = 256;
 const LISTINGS: usize = 64;
 
+/// Open blob files, and the store's blob generation they were opened in.
 #[derive(Default)]
-pub struct BlobFiles(Mutex<VecDeque<(Digest, Arc<File>)>>);
+pub struct BlobFiles(
+    Mutex<VecDeque<(Digest, Arc<File>)>>,
+    std::sync::atomic::AtomicU64,
+);
 
 impl BlobFiles {
-    /// The open blob `d`, opening it with `open` if it is not held.
+    /// The open blob `d`, opening it with `open` if it is not held. When
+    /// the store's blob `generation` moved on (gc or quarantine may have
+    /// removed blobs), every held file is closed first: a removed blob's
+    /// space returns once nothing holds it open.
     pub fn get(
         &self,
         d: &Digest,
+        generation: u64,
         open: impl FnOnce() -> Result<File, FsError>,
     ) -> Result<Arc<File>, FsError> {
         {
             let mut q = lock(&self.0);
+            if self.1.swap(generation, std::sync::atomic::Ordering::AcqRel) != generation {
+                q.clear();
+            }
             if let Some(i) = q.iter().position(|(k, _)| k == d) {
                 let hit = q.remove(i).expect("index in range");
                 let f = hit.1.clone();
@@ -266,14 +277,45 @@ mod tests {
             File::open("/dev/null").map_err(FsError::from)
         };
         let d = |i: u8| Digest([i; 32]);
-        files.get(&d(0), open).unwrap();
-        files.get(&d(0), open).unwrap();
+        files.get(&d(0), 0, open).unwrap();
+        files.get(&d(0), 0, open).unwrap();
         assert_eq!(opened.get(), 1);
         for i in 1..=BLOB_FILES as u8 {
-            files.get(&d(i), open).unwrap();
+            files.get(&d(i), 0, open).unwrap();
         }
         assert_eq!(lock(&files.0).len(), BLOB_FILES);
-        files.get(&d(0), open).unwrap();
+        files.get(&d(0), 0, open).unwrap();
         assert_eq!(opened.get(), BLOB_FILES + 2, "the oldest was closed");
+    }
+
+    /// Regression (issue 12, item 10): the daemon kept up to 32 files open
+    /// on blobs gc had deleted, so their space returned late.
+    #[test]
+    fn a_new_blob_generation_closes_every_held_blob_file() {
+        let t = tempfile::tempdir().unwrap();
+        let files = BlobFiles::default();
+        let paths: Vec<_> = (0..4u8).map(|i| t.path().join(format!("b{i}"))).collect();
+        let held: Vec<Arc<File>> = paths
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                std::fs::write(p, b"x").unwrap();
+                files
+                    .get(&Digest([i as u8; 32]), 7, || {
+                        File::open(p).map_err(FsError::from)
+                    })
+                    .unwrap()
+            })
+            .collect();
+        assert!(held.iter().all(|f| Arc::strong_count(f) == 2), "held");
+        // gc removed blobs: the next read, of anything, closes them all.
+        let other = t.path().join("other");
+        std::fs::write(&other, b"y").unwrap();
+        files
+            .get(&Digest([9; 32]), 8, || {
+                File::open(&other).map_err(FsError::from)
+            })
+            .unwrap();
+        assert!(held.iter().all(|f| Arc::strong_count(f) == 1), "closed");
     }
 }

@@ -100,6 +100,11 @@ pub trait StoreView: Send + Sync + 'static {
     fn sync_log(&self, name: &str) -> Result<Option<SyncLog>, ViewError> {
         Ok(self.syncs()?.into_iter().find(|l| l.name == name))
     }
+    /// The store's blob generation (see `store::Store::blob_generation`):
+    /// it moves on when gc or quarantine may remove blobs. 0: never.
+    fn blob_generation(&self) -> u64 {
+        0
+    }
     /// A verified read found blob `blob` corrupt: move it out of the store
     /// (into quarantine) and, if it was read under `/keys/<key>`, drop that
     /// entry so it misses and re-runs. A view over no store cannot.

@@ -2,7 +2,7 @@
 
 #[derive(Debug, thiserror::Error)]
 pub enum IndexError {
-    #[error("index database: {0}")]
+    #[error("{}", sled_message(.0))]
     Sled(#[from] sled::Error),
     /// A record that does not decode: the index needs `dagfs fsck --rebuild-index`.
     #[error("corrupt index record in {tree}: {reason}")]
@@ -10,3 +10,20 @@ pub enum IndexError {
 }
 
 pub type Result<T, E = IndexError> = std::result::Result<T, E>;
+
+/// `index database: error`, or, for ENOSPC, the message every full disk gets.
+fn sled_message(e: &sled::Error) -> String {
+    match e {
+        sled::Error::Io(io) if io.raw_os_error() == Some(libc::ENOSPC) => format!(
+            "the store's filesystem is full (index database: {io}); `dagfs gc` or freeing space fixes it"
+        ),
+        e => format!("index database: {e}"),
+    }
+}
+
+impl IndexError {
+    /// sled failed because the filesystem is full.
+    pub fn is_no_space(&self) -> bool {
+        matches!(self, IndexError::Sled(sled::Error::Io(io)) if io.raw_os_error() == Some(libc::ENOSPC))
+    }
+}

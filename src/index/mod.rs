@@ -366,6 +366,21 @@ impl Index {
         Ok(())
     }
 
+    /// Index a record `entries/` holds and the index lacks (a run whose
+    /// index flush failed), keeping its task's `latest` if it has one.
+    /// Returns whether it was added.
+    pub fn adopt(&self, key: &Digest, meta: &EntryMeta) -> Result<bool> {
+        if self.get(key)?.is_some() || self.dropped(key)?.is_some() {
+            return Ok(false);
+        }
+        let latest = self.latest(&meta.dag, &meta.task)?;
+        self.insert(key, meta)?;
+        if let Some(l) = latest {
+            self.set_latest(&meta.dag, &meta.task, &l)?;
+        }
+        Ok(true)
+    }
+
     /// Record a use: moves the entry to the young end of the LRU order.
     pub fn touch(&self, key: &Digest, meta: &mut EntryMeta, now_ms: u64) -> Result<()> {
         if meta.last_used_ms == now_ms {

@@ -6,7 +6,7 @@ use crate::hash::Digest;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("{path}: {source}")]
+    #[error("{}", io_message(path, source))]
     Io {
         path: PathBuf,
         source: std::io::Error,
@@ -49,6 +49,25 @@ pub enum StoreError {
     /// A waiter for the store lock (`path`) stopped waiting.
     #[error("{reason}")]
     GaveUp { path: PathBuf, reason: String },
+}
+
+/// `path: error`, or, for ENOSPC, the message every full disk gets.
+fn io_message(path: &std::path::Path, e: &std::io::Error) -> String {
+    if e.raw_os_error() == Some(libc::ENOSPC) {
+        format!(
+            "the store's filesystem is full ({}: {e}); `dagfs gc` or freeing space fixes it",
+            path.display()
+        )
+    } else {
+        format!("{}: {e}", path.display())
+    }
+}
+
+impl StoreError {
+    /// An I/O error that says the filesystem is full.
+    pub fn is_no_space(&self) -> bool {
+        matches!(self, StoreError::Io { source, .. } if source.raw_os_error() == Some(libc::ENOSPC))
+    }
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;

@@ -62,6 +62,8 @@ pub enum ProblemKind {
     BadTree,
     /// A sync snapshot that references a missing or corrupt blob.
     SyncSnapshot,
+    /// A sync log (`syncs/<name>`) that does not decode.
+    BadSyncRecord,
     /// The index lists a key that has no entry record.
     IndexOrphan,
     /// The index's record of an entry differs from the entry record.
@@ -85,6 +87,7 @@ impl ProblemKind {
             ProblemKind::CorruptReference => "corrupt-reference",
             ProblemKind::BadTree => "bad-tree",
             ProblemKind::SyncSnapshot => "sync-snapshot",
+            ProblemKind::BadSyncRecord => "bad-sync-record",
             ProblemKind::IndexOrphan => "index-orphan",
             ProblemKind::IndexStale => "index-stale",
             ProblemKind::IndexTotals => "index-totals",
@@ -117,6 +120,8 @@ impl Problem {
         subject: impl Into<String>,
         detail: impl Into<String>,
     ) -> Problem {
+        // NB: a damaged snapshot is healed by syncing its directory again
+        // (the same bytes store the same blobs), not by dropping history.
         let repairable = !matches!(kind, ProblemKind::SyncSnapshot);
         Problem {
             kind,
@@ -362,6 +367,11 @@ impl BlobScan {
         s
     }
 
+    /// Whether something references a blob the store does not have.
+    pub fn any_missing(&self) -> bool {
+        self.states.values().any(|(s, _)| *s == BlobState::Missing)
+    }
+
     pub fn damaged(&self) -> impl Iterator<Item = Digest> + '_ {
         self.states
             .iter()
@@ -550,6 +560,8 @@ pub struct EntryScan {
     /// Every blob an entry, a sync snapshot or an input names (reachable).
     pub reachable: HashSet<Digest>,
     pub sync_snapshots: u64,
+    /// Sync logs that do not decode (names).
+    bad_syncs: Vec<String>,
 }
 
 /// Walk the tree `root` (and everything under it), calling `bad` for each
@@ -730,7 +742,16 @@ pub fn scan_entries(
     // depend on them, so their state is not the entry's problem.
     out.reachable.extend(super::gc::reachable(store, logs)?);
     let mut seen = HashSet::new();
-    for log in store.sync_logs()? {
+    let (logs, damaged) = store.sync_logs_checked()?;
+    for (name, why) in damaged {
+        out.problems.push(Problem::new(
+            ProblemKind::BadSyncRecord,
+            format!("syncs/{name}"),
+            format!("{why} (the next `dagfs sync` under this name starts a fresh history)"),
+        ));
+        out.bad_syncs.push(name);
+    }
+    for log in logs {
         for snap in &log.snapshots {
             out.sync_snapshots += 1;
             let name = format!("syncs/{}@{}", log.name, snap.seq);
@@ -834,6 +855,16 @@ pub fn repair_store(store: &Store, blobs: &mut BlobScan, entries: &mut EntryScan
             .filter(|p| p.kind == ProblemKind::StrayFile && p.subject == subject)
         {
             mark(p, r.clone(), "quarantined");
+        }
+    }
+    for name in &entries.bad_syncs {
+        let r = store
+            .quarantine_sync_log(name, "fsck: bad-sync-record")
+            .map_err(|e| e.to_string());
+        moved += u64::from(matches!(r, Ok(true)));
+        let subject = format!("syncs/{name}");
+        for p in entries.problems.iter_mut().filter(|p| p.subject == subject) {
+            mark(p, r.clone(), "quarantined: a fresh history starts");
         }
     }
     moved

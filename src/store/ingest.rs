@@ -102,6 +102,10 @@ pub fn ingest_dir_limited(root: &Path, mut sink: Sink<'_>, limits: Limits) -> Re
         depth: 0,
     }];
     let mut out = Ingested::default();
+    // Files with other hard links, by inode: each is read (and copied) once
+    // per ingest; 200 links to one 10 MB file took 2 GB of copies.
+    let mut linked: std::collections::HashMap<(u64, u64), (Digest, u64, bool)> =
+        std::collections::HashMap::new();
     let mut i = 0;
     while i < dirs.len() {
         let dir = dirs[i].path.clone();
@@ -158,11 +162,21 @@ pub fn ingest_dir_limited(root: &Path, mut sink: Sink<'_>, limits: Limits) -> Re
                     Some(limit) if over(bytes) => Err(StoreError::TooLarge { path, limit }),
                     _ => Ok(()),
                 };
+                let md = e.metadata().at(&path)?;
                 if limits.max_bytes.is_some() {
-                    let len = e.metadata().at(&path)?.len();
-                    limit(out.bytes.saturating_add(len), path.clone())?;
+                    limit(out.bytes.saturating_add(md.len()), path.clone())?;
                 }
-                let (digest, size, exec) = file_blob(&at, &path, None, &mut sink)?;
+                let inode = (md.nlink() > 1).then(|| (md.dev(), md.ino()));
+                let (digest, size, exec) = match inode.and_then(|k| linked.get(&k)) {
+                    Some(&seen) => seen,
+                    None => {
+                        let r = file_blob(&at, &path, None, &mut sink)?;
+                        if let Some(k) = inode {
+                            linked.insert(k, r);
+                        }
+                        r
+                    }
+                };
                 out.files += 1;
                 out.bytes += size;
                 limit(out.bytes, path)?;
@@ -439,7 +453,10 @@ fn file_blob(
                 let tmp = work.join(format!("copy-{}", staged.blob_count()));
                 let mut w = File::create(&tmp).at(&tmp)?;
                 let (digest, size) = hash_reader(&mut f, Some(&mut w), path)?;
-                if !store.has_blob(&digest) {
+                if store.has_blob(&digest) || staged.has_digest(&digest) {
+                    // NB: not kept until the run ends: space is what a copy costs.
+                    let _ = fs::remove_file(&tmp);
+                } else {
                     store.stage_file(tmp, digest, None, staged);
                 }
                 Ok((digest, size, exec))

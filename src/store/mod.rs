@@ -21,6 +21,8 @@
 //!                     removed (gc, quarantine); absent: 0
 //!   watches.json      the syncs a daemon watches, re-armed by the next one
 //!                     (see `watchlist`)
+//!   reserve           space held for a full disk (see `reserve`)
+//!   policy            a checksummed copy of the cache policy (see `policy`)
 //! ```
 //!
 //! The blob generation lets a cache of "this blob is stored" skip the
@@ -50,7 +52,9 @@ pub mod ingest;
 pub mod lock;
 pub mod materialize;
 pub mod pack;
+pub mod policy;
 pub mod quarantine;
+pub mod reserve;
 pub mod syncs;
 pub mod tree;
 pub mod watchlist;
@@ -94,8 +98,13 @@ pub struct Store {
     /// Why this process cannot write the store (a read-only filesystem, no
     /// write permission), if it cannot: it is opened to read only.
     read_only: Option<String>,
+    /// Top directories `open` made again (see `heal_layout`).
+    recreated: Vec<&'static str>,
     _lock: StoreLock,
 }
+
+/// The directories every store has.
+const TOP_DIRS: [&str; 5] = ["blobs", "entries", "tmp", "index", "packs"];
 
 const BLOB_GENERATION: &str = "blob-generation";
 
@@ -123,8 +132,8 @@ struct GateState {
 pub struct Staged {
     blobs: Vec<StagedBlob>,
     entries: Vec<(PathBuf, Digest)>,
-    /// Digests written by `stage_bytes`, so identical content (two empty
-    /// directories of one output, say) is staged once.
+    /// Digests staged (by `stage_bytes` or `stage_file`), so identical
+    /// content (two empty directories of one output, say) is staged once.
     bytes_staged: std::collections::HashSet<Digest>,
     /// Small blobs from `stage_bytes`, appended to packs (see `pack`).
     packs: Vec<pack::PackWriter>,
@@ -146,6 +155,11 @@ impl Staged {
     }
     pub fn blob_count(&self) -> usize {
         self.blobs.len()
+    }
+
+    /// Whether blob `d` is staged in this batch already.
+    pub(crate) fn has_digest(&self, d: &Digest) -> bool {
+        self.bytes_staged.contains(d)
     }
 
     /// Move every staged blob file into `dir` (same filesystem, under
@@ -205,7 +219,7 @@ impl Store {
         if let Some(why) = read_only_reason(root) {
             return Self::open_read_only(root, why, waiting);
         }
-        fs::create_dir_all(root).at(root)?;
+        create_store_dir(root)?;
         // NB: absolute, so "is this output under tmp/?" (take over vs copy)
         // compares like with like.
         let root = &fs::canonicalize(root).at(root)?;
@@ -227,7 +241,7 @@ impl Store {
         }
         let root_fd = File::open(root).at(root)?;
         let blob_generation = read_blob_generation(root)?;
-        let store = Store {
+        let mut store = Store {
             root: root.to_path_buf(),
             root_fd,
             gate: SyncGate::default(),
@@ -236,6 +250,7 @@ impl Store {
             packs: pack::Packs::new(root.join("packs")),
             blobs_dir: std::sync::OnceLock::new(),
             read_only: None,
+            recreated: Vec::new(),
             _lock: lock,
         };
         store.init_layout()?;
@@ -278,6 +293,7 @@ impl Store {
             packs: pack::Packs::new(root.join("packs")),
             blobs_dir: std::sync::OnceLock::new(),
             read_only: Some(why.to_string()),
+            recreated: Vec::new(),
             _lock: lock,
         })
     }
@@ -308,13 +324,13 @@ impl Store {
         self.read_only.as_deref()
     }
 
-    fn init_layout(&self) -> Result<()> {
+    fn init_layout(&mut self) -> Result<()> {
         let format = self.root.join("FORMAT");
         if format.exists() {
-            return Ok(());
+            return self.heal_layout();
         }
         // NB: the 256 shards of each are made when first written to.
-        for d in ["blobs", "entries", "tmp", "index", "packs"] {
+        for d in TOP_DIRS {
             fs::create_dir_all(self.root.join(d)).at(self.root.join(d))?;
         }
         // FORMAT last: its presence means the layout is complete.
@@ -324,6 +340,38 @@ impl Store {
         f.sync_all().at(&tmp)?;
         fs::rename(&tmp, &format).at(&format)?;
         self.sync()
+    }
+
+    /// Make again the top directories of a store that lost some (deleted
+    /// by hand): every command would fail on them. What they held is lost
+    /// already; `fsck` reports what that breaks. A store that cannot be
+    /// written (read-only) is left as it is.
+    fn heal_layout(&mut self) -> Result<()> {
+        for d in TOP_DIRS {
+            let p = self.root.join(d);
+            if fs::symlink_metadata(&p).is_ok() {
+                continue;
+            }
+            match fs::create_dir(&p) {
+                Ok(()) => self.recreated.push(d),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::EROFS | libc::EACCES | libc::EPERM)
+                    ) => {}
+                Err(e) => return Err(StoreError::Io { path: p, source: e }),
+            }
+        }
+        if !self.recreated.is_empty() {
+            self.root_fd.sync_all().at(&self.root)?;
+        }
+        Ok(())
+    }
+
+    /// Top directories `open` had to make again (see `heal_layout`).
+    pub fn recreated(&self) -> &[&'static str] {
+        &self.recreated
     }
 
     /// A store of an older format this dagfs can read: record the current
@@ -345,9 +393,10 @@ impl Store {
     }
 
     /// Remove leftovers of crashed processes. Safe: we hold the lock, so no
-    /// other process has work in progress under `tmp/`. A pack whose index
-    /// was never renamed in (a crash between the two renames) goes too:
-    /// none of its blobs exist yet.
+    /// other process has work in progress under `tmp/`. A pack without its
+    /// index (a crash between the two renames, or an index lost) goes to
+    /// quarantine, never deleted; the blob generation is raised first, in
+    /// case its blobs were known to be stored (see `quarantine_path`).
     fn sweep_tmp(&self) -> Result<()> {
         let tmp = self.tmp_root();
         for e in fs::read_dir(&tmp).at(&tmp)? {
@@ -355,7 +404,19 @@ impl Store {
             remove_all(&p)?;
         }
         for p in pack::Packs::list_dir(&self.packs.dir)?.1 {
-            remove_all(&p)?;
+            let name = format!(
+                "packs_{}",
+                p.file_name()
+                    .map(|n| n.to_string_lossy())
+                    .unwrap_or_default()
+            );
+            self.new_blob_generation()?;
+            self.quarantine_path(
+                &p,
+                quarantine::Kind::Stray,
+                &name,
+                "open: a pack without its .idx",
+            )?;
         }
         Ok(())
     }
@@ -654,6 +715,7 @@ impl Store {
         inode: Option<(u64, u64)>,
         staged: &mut Staged,
     ) {
+        staged.bytes_staged.insert(digest);
         staged.blobs.push(StagedBlob {
             tmp,
             digest,
@@ -1072,6 +1134,22 @@ impl Store {
         }
         Ok(out)
     }
+}
+
+/// Make the store's directory (and any missing parent) private to its
+/// owner, 0700: outputs are readable only through it. A directory that
+/// exists is left as it is, which is the way to share a store with a
+/// group: make it first (`install -d -m 2750 -g GROUP DIR`).
+pub fn create_store_dir(root: &Path) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    if root.is_dir() {
+        return Ok(());
+    }
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(root)
+        .at(root)
 }
 
 /// Files a new store directory may already hold: the lock, and a detached
@@ -1514,7 +1592,7 @@ mod tests {
     }
 
     #[test]
-    fn a_pack_renamed_in_without_its_index_is_removed_at_open() {
+    fn a_pack_renamed_in_without_its_index_is_quarantined_at_open() {
         let t = tempfile::tempdir().unwrap();
         let s = open(t.path());
         let many = stage_many(&s, 100, "m");
@@ -1525,9 +1603,19 @@ mod tests {
         // As if the process died between the two renames.
         fs::remove_file(s.packs_dir().join(&idx)).unwrap();
         drop(s);
+        let gen = read_blob_generation(t.path()).unwrap();
         let s = open(t.path());
         assert!(pack_files(&s).is_empty());
         assert!(many.iter().all(|(d, _)| !s.has_blob(d)));
+        // Regression (issue 12, item 3): it was deleted, and nothing that
+        // vouched for its blobs was told.
+        let q = s.quarantined(quarantine::Kind::Stray).unwrap();
+        assert_eq!(q.len(), 1, "{q:?}");
+        assert!(
+            q[0].starts_with("packs_") && q[0].ends_with(".pack"),
+            "{q:?}"
+        );
+        assert!(s.blob_generation() > gen);
     }
 
     #[test]

@@ -8,6 +8,9 @@
 //!                          or missing blob
 //!   stray/<name>[.<ms>-<n>] files that have no business under blobs/ or entries/
 //!   log                    one line per move: `<unix ms> <kind> <name> <reason>`
+//!   syncs/<name>[.<ms>]    sync logs that do not decode, or name a tree not
+//!                          stored (a fresh history starts under the name)
+//!   index/broken-<ms>/     an index (sled) that did not open, rebuilt
 //! ```
 //!
 //! Owns: `<store>/quarantine/`. May call: `hash`.
@@ -33,6 +36,8 @@ pub enum Kind {
     Blob,
     Entry,
     Stray,
+    Sync,
+    Index,
 }
 
 impl Kind {
@@ -41,6 +46,8 @@ impl Kind {
             Kind::Blob => "blobs",
             Kind::Entry => "entries",
             Kind::Stray => "stray",
+            Kind::Sync => "syncs",
+            Kind::Index => "index",
         }
     }
 }

@@ -34,6 +34,9 @@ impl SyncLog {
     }
 }
 
+/// A sync log that does not decode: (name, why).
+pub type Damaged = (String, String);
+
 impl Store {
     fn syncs_dir(&self) -> std::path::PathBuf {
         self.root().join("syncs")
@@ -42,13 +45,19 @@ impl Store {
     pub fn sync_log(&self, name: &str) -> Result<Option<SyncLog>> {
         let p = self.syncs_dir().join(name);
         match fs::read(&p) {
-            Ok(b) => serde_json::from_slice(&b)
-                .map(Some)
-                .map_err(|e| StoreError::Corrupt {
+            Ok(b) => match serde_json::from_slice::<SyncLog>(&b) {
+                Ok(log) if log.name == name => Ok(Some(log)),
+                Ok(log) => Err(StoreError::Corrupt {
+                    digest: Digest::default(),
+                    path: p,
+                    reason: format!("sync log: names {:?}, filed as {name:?}", log.name),
+                }),
+                Err(e) => Err(StoreError::Corrupt {
                     digest: Digest::default(),
                     path: p,
                     reason: format!("sync log: {e}"),
                 }),
+            },
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(StoreError::Io { path: p, source: e }),
         }
@@ -72,20 +81,44 @@ impl Store {
         self.sync()
     }
 
+    /// Every sync log that decodes. A damaged one (`sync_logs_checked`)
+    /// is left out: it stops nothing about the other syncs.
     pub fn sync_logs(&self) -> Result<Vec<SyncLog>> {
+        Ok(self.sync_logs_checked()?.0)
+    }
+
+    /// Every sync log that decodes, and the damaged ones: (name, why).
+    pub fn sync_logs_checked(&self) -> Result<(Vec<SyncLog>, Vec<Damaged>)> {
         let dir = self.syncs_dir();
-        let mut out = Vec::new();
+        let (mut out, mut damaged) = (Vec::new(), Vec::new());
         for name in super::dir_names(&dir)? {
-            if let Some(log) = name
-                .to_str()
-                .map(|n| self.sync_log(n))
-                .transpose()?
-                .flatten()
-            {
-                out.push(log);
+            let Some(n) = name.to_str() else {
+                damaged.push((
+                    name.to_string_lossy().into_owned(),
+                    "name is not UTF-8".into(),
+                ));
+                continue;
+            };
+            match self.sync_log(n) {
+                Ok(Some(log)) => out.push(log),
+                Ok(None) => {}
+                Err(StoreError::Corrupt { reason, .. }) => damaged.push((n.to_string(), reason)),
+                Err(e) => return Err(e),
             }
         }
         out.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(out)
+        damaged.sort();
+        Ok((out, damaged))
+    }
+
+    /// Move the sync log `name` into quarantine (`quarantine/syncs/`): the
+    /// next `dagfs sync` under that name starts a fresh history.
+    pub fn quarantine_sync_log(&self, name: &str, reason: &str) -> Result<bool> {
+        self.quarantine_path(
+            &self.syncs_dir().join(name),
+            super::quarantine::Kind::Sync,
+            name,
+            reason,
+        )
     }
 }

@@ -38,6 +38,11 @@ pub enum SyncError {
     /// A file kept changing while it was read.
     #[error("conflict: {path} {what}")]
     Conflict { path: PathBuf, what: String },
+    /// A file listed a moment ago is gone (deleted, or renamed away, as
+    /// editors and `git checkout` do): the walk leaves it out; only a
+    /// caller that asked for that very file reports it.
+    #[error("conflict: {path} was deleted while it was read")]
+    Vanished { path: PathBuf },
     #[error("{0}")]
     Usage(String),
     #[error(transparent)]
@@ -65,6 +70,8 @@ pub struct SyncReport {
     pub previous: Option<Digest>,
     pub changes: ChangeSet,
     pub scan: scan::ScanOutput,
+    /// Recovery done on the way (a damaged log quarantined), for the CLI.
+    pub notes: Vec<String>,
 }
 
 /// A sync name: letters, digits and `_-.+`, like task names.
@@ -210,6 +217,7 @@ struct Target {
     /// With the store and mounts to skip.
     opts: ScanOptions,
     log: SyncLog,
+    notes: Vec<String>,
 }
 
 impl Target {
@@ -241,11 +249,43 @@ impl Target {
         // The stat cache is per (directory, filters): other filters, other files.
         let id = root_id(&root, opts);
         let opts = with_skips(cache, opts);
-        let log = cache.store.sync_log(&name)?.unwrap_or_else(|| SyncLog {
+        let fresh = || SyncLog {
             name: name.clone(),
             root: root.display().to_string(),
             snapshots: Vec::new(),
-        });
+        };
+        let mut notes = Vec::new();
+        let log = match cache.store.sync_log(&name) {
+            Ok(log) => log.unwrap_or_else(fresh),
+            // NB: a damaged log stops nothing: it goes to quarantine and a
+            // fresh history starts.
+            Err(StoreError::Corrupt { reason, .. }) => {
+                cache
+                    .store
+                    .quarantine_sync_log(&name, &format!("sync: {reason}"))?;
+                notes.push(format!(
+                    "the sync log of `{name}` was damaged ({reason}): moved to quarantine/syncs/, a fresh history starts"
+                ));
+                fresh()
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let mut log = log;
+        if log.root != root.display().to_string()
+            && !log.snapshots.is_empty()
+            && !Path::new(&log.root).is_dir()
+        {
+            // The name's directory is gone (or the log's record of it is
+            // damaged): the name is free; its history goes to quarantine.
+            let why = format!("names {}, which is not a directory", log.root);
+            cache
+                .store
+                .quarantine_sync_log(&name, &format!("sync: {why}"))?;
+            notes.push(format!(
+                "the sync log of `{name}` {why}: moved to quarantine/syncs/, a fresh history starts"
+            ));
+            log = fresh();
+        }
         if log.root != root.display().to_string() && !log.snapshots.is_empty() {
             return Err(SyncError::Usage(format!(
                 "sync name `{name}` already names {}; pass --name to sync {} under another name",
@@ -259,14 +299,53 @@ impl Target {
             id,
             opts,
             log,
+            notes,
         })
     }
 
     /// Record a scan as the latest snapshot (if its tree is new) and report
     /// the change set from the previous one.
     fn record(mut self, cache: &Cache, out: scan::ScanOutput) -> Result<SyncReport, SyncError> {
-        let previous = self.log.latest().map(|s| s.tree);
-        let changes = changes::diff(&cache.store, previous.as_ref(), &out.tree)?;
+        if let Some(gone) = self
+            .log
+            .snapshots
+            .iter()
+            .find(|s| !cache.store.has_blob(&s.tree))
+        {
+            // A snapshot whose tree is not stored (a digest damaged in the
+            // log, or a tree lost): the history goes to quarantine, a
+            // fresh one starts.
+            let (name, seq, tree) = (&self.name, gone.seq, gone.tree);
+            cache.store.quarantine_sync_log(
+                name,
+                &format!("sync: snapshot {seq} names tree {tree}, which is not stored"),
+            )?;
+            self.notes.push(format!(
+                "snapshot {seq} of `{name}` names tree {tree}, which is not stored: its log moved to quarantine/syncs/, a fresh history starts"
+            ));
+            self.log.snapshots.clear();
+        }
+        let mut previous = self.log.latest().map(|s| s.tree);
+        let changes = match changes::diff(&cache.store, previous.as_ref(), &out.tree) {
+            Ok(c) => c,
+            Err(e @ (StoreError::Missing(_) | StoreError::Corrupt { .. }))
+                if previous.is_some_and(|p| !tree_intact(&cache.store, &p)) =>
+            {
+                // The log's latest snapshot names a damaged or missing
+                // tree: its history goes to quarantine, a fresh one starts.
+                let name = &self.name;
+                cache
+                    .store
+                    .quarantine_sync_log(name, &format!("sync: latest snapshot: {e}"))?;
+                self.notes.push(format!(
+                    "the latest snapshot of `{name}` names a damaged tree ({e}): its log moved to quarantine/syncs/, a fresh history starts"
+                ));
+                self.log.snapshots.clear();
+                previous = None;
+                changes::diff(&cache.store, None, &out.tree)?
+            }
+            Err(e) => return Err(e.into()),
+        };
         let new_snapshot = previous != Some(out.tree);
         if new_snapshot {
             let seq = self.log.latest().map_or(1, |s| s.seq + 1);
@@ -298,8 +377,24 @@ impl Target {
             previous,
             changes,
             scan: out,
+            notes: self.notes,
         })
     }
+}
+
+/// Whether tree `d` and every tree under it read back whole.
+fn tree_intact(store: &crate::store::Store, d: &Digest) -> bool {
+    let mut stack = vec![*d];
+    while let Some(d) = stack.pop() {
+        let Ok(t) = store.read_tree(&d) else {
+            return false;
+        };
+        stack.extend(t.entries.iter().filter_map(|e| match e.node {
+            crate::store::Node::Dir { digest, .. } => Some(digest),
+            _ => None,
+        }));
+    }
+    true
 }
 
 /// Keeps one directory's snapshot current from dirty paths (`--watch`):

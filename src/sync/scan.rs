@@ -289,9 +289,8 @@ pub(crate) fn hash_stable(
                     })
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    return Err(SyncError::Conflict {
+                    return Err(SyncError::Vanished {
                         path: path.to_path_buf(),
-                        what: "was deleted during the scan".into(),
                     })
                 }
                 Err(e) => {
@@ -334,6 +333,15 @@ pub(crate) fn hash_stable(
             // Not the file the walk listed (swapped, or moved): read again.
             Err(crate::store::StoreError::Changed { what, .. }) => {
                 last = what;
+                continue;
+            }
+            // Gone between its stat and its open: the next attempt's stat
+            // says whether it is back (a rename over it) or gone.
+            Err(crate::store::StoreError::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                last = "was deleted while it was read".into();
+                unconfirmed = None;
                 continue;
             }
             Err(crate::store::StoreError::Io { source, .. })

@@ -171,6 +171,15 @@ impl Visitor<'_> {
         let ctx = self.ctx;
         let e = match entry {
             Ok(e) => e,
+            // A directory gone between its listing and its own (a
+            // `git checkout` removing it): not part of the snapshot.
+            Err(err)
+                if err
+                    .io_error()
+                    .is_some_and(|e| e.kind() == std::io::ErrorKind::NotFound) =>
+            {
+                return Ok(());
+            }
             Err(err) => {
                 let path = error_path(&err, ctx.root);
                 if ctx.opts.skip_unreadable {
@@ -215,7 +224,14 @@ impl Visitor<'_> {
         let node = if ft.is_symlink() {
             match old {
                 Some(n @ Node::Symlink { .. }) => n.clone(),
-                _ => read_symlink(path)?,
+                _ => match read_symlink(path) {
+                    Err(SyncError::Vanished { .. }) => return Ok(()),
+                    Err(SyncError::Unreadable { path, .. }) if ctx.opts.skip_unreadable => {
+                        self.part.unreadable.push(path);
+                        return Ok(());
+                    }
+                    r => r?,
+                },
             }
         } else if ft.is_file() {
             match old {
@@ -249,12 +265,9 @@ impl Visitor<'_> {
         let store = &ctx.cache.store;
         let meta = match self.lstat(path) {
             Ok(m) => m,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(SyncError::Conflict {
-                    path: path.to_path_buf(),
-                    what: "was deleted during the scan".into(),
-                })
-            }
+            // NB: deleted or renamed away since it was listed (an editor's
+            // save): a normal event, not an error; left out.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) if ctx.opts.skip_unreadable => {
                 let _ = e;
                 self.part.unreadable.push(path.to_path_buf());
@@ -326,6 +339,7 @@ impl Visitor<'_> {
                 self.part.unreadable.push(path);
                 Ok(None)
             }
+            Err(SyncError::Vanished { .. }) => Ok(None),
             Err(e) => Err(e),
         }
     }
@@ -360,9 +374,18 @@ impl Visitor<'_> {
 
 fn read_symlink(path: &Path) -> Result<Node, SyncError> {
     let target = std::fs::read_link(path)
-        .map_err(|e| SyncError::Io {
-            path: path.to_path_buf(),
-            source: e,
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => SyncError::Vanished {
+                path: path.to_path_buf(),
+            },
+            std::io::ErrorKind::PermissionDenied => SyncError::Unreadable {
+                path: path.to_path_buf(),
+                reason: e.to_string(),
+            },
+            _ => SyncError::Io {
+                path: path.to_path_buf(),
+                source: e,
+            },
         })?
         .into_os_string()
         .into_encoded_bytes();

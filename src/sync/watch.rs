@@ -247,7 +247,9 @@ pub fn watch(
             }
             // A file changed while it was read: its own events follow, and
             // the pass is taken again once they settle.
-            Err(SyncError::Conflict { .. }) if conflicts < MAX_CONFLICTS => {
+            Err(SyncError::Conflict { .. } | SyncError::Vanished { .. })
+                if conflicts < MAX_CONFLICTS =>
+            {
                 conflicts += 1;
                 pending.merge(dirty);
             }
