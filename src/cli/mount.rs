@@ -1,11 +1,16 @@
 //! `dagfs mount` and `dagfs umount`: the daemon's lifecycle.
 //!
 //! `mount -f` is the daemon: it takes the store lock, mounts the FUSE view,
-//! serves `<store>/daemon.sock`, and runs until `dagfs umount`, SIGTERM/
-//! SIGINT/SIGHUP, or an external `umount`; then it lets running requests
-//! finish, flushes the index and unmounts. Without `-f`, `mount` starts that
-//! daemon detached (new session, output to `<store>/daemon.log`) and returns
-//! once the mount is live, or fails with the daemon's reason.
+//! serves `<store>/daemon.sock` (not for a store this process cannot
+//! write: that daemon has no socket), re-arms the recorded watches, and
+//! runs until `dagfs umount`, SIGTERM/SIGINT/SIGHUP, or an external
+//! `umount`; then it lets running requests finish, flushes the index and
+//! unmounts. Without `-f`, `mount` starts that daemon detached (new
+//! session, output to `<store>/daemon.log`, or for a read-only store a log
+//! in the runtime directory, see `log_path`) and returns once the mount is
+//! live, or fails with the daemon's reason. A store a daemon already
+//! serves, a mount point inside the store (or holding it) and a non-empty
+//! mount point (without `-o nonempty`) are refused first.
 
 use std::io::Write;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};

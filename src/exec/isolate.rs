@@ -31,7 +31,8 @@
 //! which, and why. The first task to run probes it once per process.
 //! `DAGFS_ISOLATION=off` turns it off.
 //!
-//! May call: `libc`, `nix` (errno). Owns nothing on disk.
+//! May call: `libc`, `nix` (statvfs, ids, errno), `tempfile` (the probe's
+//! directory); nothing else of the crate. Owns nothing on disk.
 
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;

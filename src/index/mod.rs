@@ -367,8 +367,9 @@ impl Index {
     }
 
     /// Index a record `entries/` holds and the index lacks (a run whose
-    /// index flush failed), keeping its task's `latest` if it has one.
-    /// Returns whether it was added.
+    /// index flush failed), keeping its task's `latest` key if it has one
+    /// (NB: its moved time becomes now, as `insert` moved it). Returns
+    /// whether it was added.
     pub fn adopt(&self, key: &Digest, meta: &EntryMeta) -> Result<bool> {
         if self.get(key)?.is_some() || self.dropped(key)?.is_some() {
             return Ok(false);

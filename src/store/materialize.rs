@@ -1,9 +1,10 @@
 //! Materialize a stored tree as a read-only directory (a task's
 //! `$DAGFS_IN/<dep>` until a FUSE mount serves it).
 //!
-//! NB: files are *copied* (`std::fs::copy` uses `copy_file_range`, which
-//! reflinks where the filesystem can), never hard-linked: a task running as
-//! root could write through a 0444 link and corrupt the blob.
+//! NB: files are *copied* by `Store::copy_blob`, which hashes the bytes as
+//! it copies them (a mismatch is `Corrupt`, and the copy is removed), never
+//! hard-linked: a task running as root could write through a 0444 link and
+//! corrupt the blob.
 
 use std::fs;
 use std::os::unix::fs::{symlink, PermissionsExt};

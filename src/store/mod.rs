@@ -15,8 +15,8 @@
 //!   entries/ab/<key>  one JSON record per cache entry (see `entry`)
 //!   tmp/              work in progress; swept when the store is opened
 //!   index/            sled, rebuildable from blobs/ + entries/
-//!   quarantine/       damaged files moved out of blobs/ and entries/ (see
-//!                     `quarantine`), never deleted; `fsck` finds them
+//!   quarantine/       damaged files moved out of blobs/, entries/, packs/,
+//!                     syncs/ and index/ (see `quarantine`), never deleted
 //!   blob-generation   a counter, "N\n": raised (durably) before any blob is
 //!                     removed (gc, quarantine); absent: 0
 //!   watches.json      the syncs a daemon watches, re-armed by the next one
@@ -1253,9 +1253,6 @@ fn stage_loose(dir: &Path, digest: Digest, bytes: &[u8], staged: &mut Staged) ->
     Ok(())
 }
 
-/// The blob generation recorded in the store at `root` (see
-/// `Store::blob_generation`); absent: 0. Read without the lock by
-/// `sync`'s stat-cache copy, which checks it again under the lock.
 /// Why this process cannot write the store directory `root`, if it exists
 /// and it cannot: a read-only filesystem (a CVMFS-like distribution, a
 /// read-only export) or no write permission (another user's store).
@@ -1267,6 +1264,9 @@ pub fn read_only_reason(root: &Path) -> Option<std::io::Error> {
     }
 }
 
+/// The blob generation recorded in the store at `root` (see
+/// `Store::blob_generation`); absent: 0. Read without the lock by
+/// `sync`'s stat-cache copy, which checks it again under the lock.
 pub(crate) fn read_blob_generation(root: &Path) -> Result<u64> {
     let path = root.join(BLOB_GENERATION);
     match fs::read_to_string(&path) {

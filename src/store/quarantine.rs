@@ -6,9 +6,11 @@
 //!   entries/<key>[.<ms>-<n>] entry records that do not decode, whose key does
 //!                          not match their manifest, or that name a damaged
 //!                          or missing blob
-//!   stray/<name>[.<ms>-<n>] files that have no business under blobs/ or entries/
+//!   stray/<name>[.<ms>-<n>] files that have no business under blobs/ or entries/,
+//!                          and `packs_<id>.pack`: a pack found without its
+//!                          `.idx` when the store was opened
 //!   log                    one line per move: `<unix ms> <kind> <name> <reason>`
-//!   syncs/<name>[.<ms>]    sync logs that do not decode, or name a tree not
+//!   syncs/<name>[.<ms>-<n>] sync logs that do not decode, or name a tree not
 //!                          stored (a fresh history starts under the name)
 //!   index/broken-<ms>/     an index (sled) that did not open, rebuilt
 //! ```

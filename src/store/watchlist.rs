@@ -11,7 +11,9 @@
 //! sync --stop`; a daemon that stops keeps it. Written whole, atomically
 //! (`tmp/` then rename, both made durable): a crash leaves the old list or
 //! the new one. A missing file is an empty list; an unreadable one is
-//! `Corrupt` (the daemon reports it and watches nothing rather than guess).
+//! `Corrupt` (the daemon reports it and watches nothing rather than guess),
+//! and the next `set_watch_record` replaces it (with only the record it
+//! adds, or with none after a `--stop`).
 
 use std::fs;
 
