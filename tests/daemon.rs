@@ -14,6 +14,7 @@ use std::time::Duration;
 mod common;
 
 use common::{dagfs, is_dagfs_mount, pid_alive, text, wait_for, Mounted, BIN};
+use dagfs::hash::Digest;
 
 /// Lazily unmounts a (possibly dead) dagfs mount on drop, whatever happened.
 struct LazyUnmount(PathBuf);
@@ -721,4 +722,43 @@ fn xattr_text(p: &std::path::Path, name: &str) -> String {
     );
     buf.truncate(n as usize);
     String::from_utf8(buf).unwrap()
+}
+
+/// Regression (issue 12.10): the daemon held files of blobs gc had deleted
+/// (up to 32) until the mount's next read, so their space came back late.
+#[test]
+fn gc_through_the_daemon_lets_go_of_deleted_blob_files_at_once() {
+    let e = env();
+    let toml = |v: u32| {
+        format!("name = \"app\"\n[tasks.big]\nrun = \"echo version-{v} > $DAGFS_OUT/big; head -c 300000 /dev/zero >> $DAGFS_OUT/big\"\n")
+    };
+    let file = pipeline(&e.root.join("p"), &toml(1));
+    let f = file.to_str().unwrap();
+    let m = Mounted::new(&e.store, &e.mnt);
+    let ok = |args: &[&str]| {
+        let o = dagfs(&e.store, args).output().unwrap();
+        assert!(o.status.success(), "{args:?}: {}", text(&o));
+    };
+    ok(&["run", "-f", f]);
+    // A read through the mount: the daemon holds the blob's file open.
+    let big = fs::read(e.mnt.join("dags/app/big/big")).unwrap();
+    assert!(big.starts_with(b"version-1\n"));
+    let mut bytes = b"version-1\n".to_vec();
+    bytes.resize(10 + 300_000, 0);
+    let hex = Digest::of(&bytes).to_hex();
+    let held = || {
+        fs::read_dir(format!("/proc/{}/fd", m.pid))
+            .unwrap()
+            .filter_map(|d| fs::read_link(d.ok()?.path()).ok())
+            .any(|t| t.to_string_lossy().contains(&hex))
+    };
+    assert!(held(), "the read leaves the blob's file held");
+    // The entry is evicted by a second version, and gc removes its blob.
+    ok(&["config", "max_entries", "1"]);
+    fs::write(&file, toml(2)).unwrap();
+    ok(&["run", "-f", f]);
+    ok(&["gc"]);
+    assert!(!e.store.join("blobs").join(&hex[..2]).join(&hex).exists());
+    assert!(!held(), "the daemon still holds the deleted blob's file");
+    drop(m);
 }

@@ -493,7 +493,8 @@ fn serve(store: &Path, mnt: &Path, o: &MountOpts, ready: Option<&OwnedFd>) -> Re
         }
         std::thread::sleep(Duration::from_millis(5));
     }
-    let invalidator = Invalidator::new(inodes, session.notifier());
+    let invalidator = Arc::new(Invalidator::new(inodes, session.notifier()));
+    let on_removed = invalidator.clone();
     let watches = Arc::new(Watches::new(cache.clone(), gauges.watches.clone()));
     let ctx = Ctx {
         watches: Some(watches.clone()),
@@ -533,7 +534,14 @@ fn serve(store: &Path, mnt: &Path, o: &MountOpts, ready: Option<&OwnedFd>) -> Re
                 handler: Arc::new(move |session, req, out, err| {
                     let mut ctx = ctx.clone();
                     ctx.session = Some(session);
-                    serve_request(req, out, err, &handler_cache, &ctx)
+                    let generation = handler_cache.store.blob_generation();
+                    let r = serve_request(req, out, err, &handler_cache, &ctx);
+                    // NB: blobs removed (gc, fsck --repair): the mount lets
+                    // go of their files now (their space returns).
+                    if handler_cache.store.blob_generation() != generation {
+                        on_removed.blobs_removed();
+                    }
+                    r
                 }),
                 on_session_end: Arc::new(move |session| release_cache.release(session)),
                 gauges,

@@ -20,11 +20,16 @@ use super::unopened::Snapshots;
 
 /// A mount's inode table and generated-file snapshots, shared with its
 /// invalidator.
-pub struct Inodes(pub(super) Arc<InodeTable<Node>>, pub(super) Arc<Snapshots>);
+pub struct Inodes(
+    pub(super) Arc<InodeTable<Node>>,
+    pub(super) Arc<Snapshots>,
+    pub(super) Arc<super::unopened::BlobFiles>,
+);
 
 pub struct Invalidator {
     inodes: Arc<InodeTable<Node>>,
     snapshots: Arc<Snapshots>,
+    blob_files: Arc<super::unopened::BlobFiles>,
     notifier: Notifier,
 }
 
@@ -33,6 +38,7 @@ impl Invalidator {
         Invalidator {
             inodes: inodes.0,
             snapshots: inodes.1,
+            blob_files: inodes.2,
             notifier,
         }
     }
@@ -62,6 +68,13 @@ impl Invalidator {
             self.inval_inode(dir);
             self.inval_inode(self.inodes.peek(dir, task.as_bytes()));
         }
+    }
+
+    /// Blobs were removed from the store (gc, quarantine): close every blob
+    /// file the mount holds open, so their space returns now, not at the
+    /// mount's next read.
+    pub fn blobs_removed(&self) {
+        self.blob_files.clear();
     }
 
     /// A run finished: `/runs/latest` moved and `/runs/<id>` appeared.

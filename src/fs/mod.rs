@@ -141,7 +141,7 @@ pub struct DagFs {
     verifier: verify::Verifier,
     /// Open blobs, generated-file snapshots and live listings, for requests
     /// that come without a handle.
-    blob_files: unopened::BlobFiles,
+    blob_files: Arc<unopened::BlobFiles>,
     snapshots: Arc<unopened::Snapshots>,
     listings: unopened::Listings,
     /// `/keys`, listed a page at a time.
@@ -157,7 +157,11 @@ pub struct DagFs {
 impl DagFs {
     /// What `invalidate::Invalidator` needs to name this mount's inodes.
     pub fn inodes(&self) -> invalidate::Inodes {
-        invalidate::Inodes(self.inodes.clone(), self.snapshots.clone())
+        invalidate::Inodes(
+            self.inodes.clone(),
+            self.snapshots.clone(),
+            self.blob_files.clone(),
+        )
     }
 
     pub fn new(view: Arc<dyn StoreView>, opts: &FsOptions, counters: Arc<FsCounters>) -> DagFs {

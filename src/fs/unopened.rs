@@ -74,6 +74,11 @@ impl BlobFiles {
 }
 
 impl BlobFiles {
+    /// Close every held file.
+    pub fn clear(&self) {
+        lock(&self.0).clear();
+    }
+
     /// Close `d` if it is held (it was found corrupt and moved away).
     pub fn forget(&self, d: &Digest) {
         lock(&self.0).retain(|(k, _)| k != d);

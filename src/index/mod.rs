@@ -374,10 +374,11 @@ impl Index {
         if self.get(key)?.is_some() || self.dropped(key)?.is_some() {
             return Ok(false);
         }
-        let latest = self.latest(&meta.dag, &meta.task)?;
+        let latest = self.latest_moved(&meta.dag, &meta.task)?;
         self.insert(key, meta)?;
-        if let Some(l) = latest {
-            self.set_latest(&meta.dag, &meta.task, &l)?;
+        // NB: exactly as it was, time included (it is `/dags`' mtime).
+        if let Some((l, moved)) = latest {
+            self.restore_latest(&meta.dag, &meta.task, &l, moved)?;
         }
         Ok(true)
     }
