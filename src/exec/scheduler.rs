@@ -1159,7 +1159,7 @@ fn no_reserve(store: &Store) -> Option<String> {
     match store.ensure_reserve() {
         Ok(true) => None,
         Ok(false) => Some(format!(
-            "not run: the store's filesystem is full ({} free at {}; a task runs only with the store's {} reserve in place and as much again free); `dagfs gc` or freeing space fixes it",
+            "not run: the store's filesystem is full ({} free at {}; a task runs only with the store's {} reserve in place, and making it again needs that much free and as much again); `dagfs gc` or freeing space fixes it",
             crate::index::stats::format_size(
                 crate::store::reserve::free_bytes(store.root()).unwrap_or(0)
             ),

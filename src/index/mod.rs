@@ -368,7 +368,7 @@ impl Index {
 
     /// Index a record `entries/` holds and the index lacks (a run whose
     /// index flush failed), keeping its task's `latest` key if it has one
-    /// (NB: its moved time becomes now, as `insert` moved it). Returns
+    /// (and the time it became the latest: it is `/dags`' mtime). Returns
     /// whether it was added.
     pub fn adopt(&self, key: &Digest, meta: &EntryMeta) -> Result<bool> {
         if self.get(key)?.is_some() || self.dropped(key)?.is_some() {
