@@ -312,3 +312,44 @@ fn cat_prints_only_verified_bytes_and_never_follows_a_planted_link() {
     assert_eq!(o.status.code(), Some(8), "{}", text(&o));
     assert!(!text(&o).contains("do-not-print"), "{}", text(&o));
 }
+
+/// Issue 13: a task reading its declared inputs in place (from its working
+/// directory, as hello-c does) reads the snapshot its key names: an edit
+/// made on the host while it runs is not seen, and it cannot write them.
+#[test]
+fn inputs_read_in_place_are_the_snapshot_the_key_names() {
+    let sb = Sb::new(
+        As::Me,
+        r#"
+name = "p"
+[tasks.slow]
+run = "touch started; while [ ! -e go ]; do sleep 0.01; done; cat data.txt > $DAGFS_OUT/o; (echo CORRUPT > data.txt) 2>/dev/null; true"
+inputs = ["data.txt"]
+"#,
+    );
+    let p = sb.root.join("p");
+    let child = {
+        let mut c = Command::new(BIN);
+        c.arg("--store")
+            .arg(&sb.store)
+            .args(["run", "-v"])
+            .current_dir(&p)
+            .env_remove("DAGFS_ISOLATION")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        c.spawn().unwrap()
+    };
+    common::wait_for("the task to start", || p.join("started").exists());
+    // Edited on the host after it was hashed, while the task runs.
+    fs::write(p.join("data.txt"), "edited\n").unwrap();
+    fs::write(p.join("go"), "").unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(
+        sb.cat("p/slow/o"),
+        "original\n",
+        "the task read what its key names"
+    );
+    assert_eq!(fs::read_to_string(p.join("data.txt")).unwrap(), "edited\n");
+}

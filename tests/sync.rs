@@ -501,30 +501,34 @@ fn task_inputs_are_snapshots_read_back_exactly_as_keyed() {
     write(&p.join("src/a.txt"), b"one\n");
     write(&p.join("src/.gitignore"), b"*.tmp\n");
     write(&p.join("conf.ini"), b"x=1\n");
-    // The task edits the host file before reading its input: it must still
-    // read the snapshot its key was computed from.
+    // The task tries to edit the host file before reading its input: it
+    // cannot (isolated, its declared inputs are the read-only snapshot), and
+    // reads the snapshot its key was computed from, in place or under
+    // $DAGFS_INPUTS.
     write(
         &p.join("dagfs.toml"),
         br#"name = "snap"
 [tasks.use]
-run = 'echo edited > src/a.txt; cat $DAGFS_INPUTS/src/a.txt $DAGFS_INPUTS/conf.ini > $DAGFS_OUT/seen'
+run = '(echo edited > src/a.txt) 2>/dev/null; cat src/a.txt $DAGFS_INPUTS/src/a.txt $DAGFS_INPUTS/conf.ini > $DAGFS_OUT/seen'
 inputs = ["src/", "conf.ini"]
 "#,
     );
     let (code, err) = run(&store, &p);
     assert_eq!(code, 0, "{err}");
-    assert_eq!(cat(&store, "snap/use/seen"), "one\nx=1\n");
-    // The host file now says "edited": a real change, so the task re-runs.
+    assert_eq!(cat(&store, "snap/use/seen"), "one\none\nx=1\n");
+    assert_eq!(fs::read_to_string(p.join("src/a.txt")).unwrap(), "one\n");
+    // The host file edited: a real change, so the task re-runs.
+    write(&p.join("src/a.txt"), b"edited\n");
     let (_, err) = run(&store, &p);
     assert!(err.contains("1 executed"), "{err}");
-    assert_eq!(cat(&store, "snap/use/seen"), "edited\nx=1\n");
+    assert_eq!(cat(&store, "snap/use/seen"), "edited\nedited\nx=1\n");
     // An ignored file does not enter the snapshot, so it changes no key.
     write(&p.join("src/scratch.tmp"), b"noise");
     fs::write(
         p.join("dagfs.toml"),
         fs::read_to_string(p.join("dagfs.toml"))
             .unwrap()
-            .replace("echo edited > src/a.txt; ", ""),
+            .replace("(echo edited > src/a.txt) 2>/dev/null; ", ""),
     )
     .unwrap();
     let (_, err) = run(&store, &p);

@@ -47,6 +47,15 @@ pub struct Isolation {
     /// Directories under `store` the task may write (its output, its
     /// temporary directory). They must exist.
     pub writable: Vec<PathBuf>,
+    /// (snapshot, host path): each declared input's snapshot, mounted
+    /// read-only over the host path it was taken of, so a task reading its
+    /// inputs in place reads exactly what its key names (an edit during the
+    /// run is not seen, and the task cannot write them). Best effort: a
+    /// host path that vanished is left as it is.
+    pub in_place: Vec<(PathBuf, PathBuf)>,
+    /// The task's working directory (entered again after the mounts, which
+    /// may cover it).
+    pub cwd: PathBuf,
 }
 
 /// Whether tasks run isolated in this process.
@@ -88,6 +97,8 @@ fn probe() -> Status {
     let iso = Isolation {
         store: dir.path().to_path_buf(),
         writable: vec![w.clone()],
+        in_place: Vec::new(),
+        cwd: dir.path().to_path_buf(),
     };
     let prepared = match Prepared::new(&iso, user) {
         Ok(p) => p,
@@ -131,6 +142,9 @@ pub(crate) struct Prepared {
     keep: libc::c_ulong,
     /// For a user namespace: the uid_map and gid_map lines.
     user: Option<(Vec<u8>, Vec<u8>)>,
+    /// (source, target, flags to keep) of each input mounted in place.
+    in_place: Vec<(CString, CString, libc::c_ulong)>,
+    cwd: CString,
 }
 
 fn cstr(p: &Path) -> std::io::Result<CString> {
@@ -143,20 +157,21 @@ impl Prepared {
         // NB: absolute and resolved: the child has already changed to the
         // task's working directory when it mounts.
         let store = std::fs::canonicalize(&iso.store)?;
-        let vfs = nix::sys::statvfs::statvfs(&store).map_err(std::io::Error::from)?;
-        use nix::sys::statvfs::FsFlags as F;
-        let f = vfs.flags();
-        let mut keep = 0;
-        for (st, ms) in [
-            (F::ST_NOSUID, libc::MS_NOSUID),
-            (F::ST_NODEV, libc::MS_NODEV),
-            (F::ST_NOEXEC, libc::MS_NOEXEC),
-            (F::ST_NOATIME, libc::MS_NOATIME),
-            (F::ST_NODIRATIME, libc::MS_NODIRATIME),
-            (F::ST_RELATIME, libc::MS_RELATIME),
-        ] {
-            if f.contains(st) {
-                keep |= ms;
+        let keep = kept_flags(&store)?;
+        let mut in_place = Vec::new();
+        for (src, dst) in &iso.in_place {
+            use std::os::unix::fs::PermissionsExt;
+            // NB: an input that vanished since it was hashed stays vanished;
+            // an executable file stays the host's (a file input's snapshot
+            // keeps no mode, and a script run in place must stay runnable).
+            let Ok(md) = std::fs::metadata(dst) else {
+                continue;
+            };
+            if md.is_file() && md.permissions().mode() & 0o111 != 0 {
+                continue;
+            }
+            if let (Ok(src), Ok(dst)) = (std::fs::canonicalize(src), std::fs::canonicalize(dst)) {
+                in_place.push((cstr(&src)?, cstr(&dst)?, kept_flags(&src)?));
             }
         }
         let user = user.then(|| {
@@ -176,6 +191,8 @@ impl Prepared {
                 .collect::<std::io::Result<_>>()?,
             keep,
             user,
+            in_place,
+            cwd: cstr(&iso.cwd)?,
         })
     }
 
@@ -257,6 +274,27 @@ impl Prepared {
         if unsafe { libc::mount(none, store, none, ro, std::ptr::null()) } != 0 {
             return err("make the store read-only");
         }
+        for (src, dst, keep) in &self.in_place {
+            let (src, dst) = (src.as_ptr(), dst.as_ptr());
+            // NB: best effort, as the module doc says; the remount makes
+            // sure the snapshot is read-only whatever it was mounted from.
+            if unsafe {
+                libc::mount(
+                    src,
+                    dst,
+                    none,
+                    libc::MS_BIND | libc::MS_REC,
+                    std::ptr::null(),
+                )
+            } == 0
+            {
+                let ro = libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | keep;
+                unsafe { libc::mount(none, dst, none, ro, std::ptr::null()) };
+            }
+        }
+        if !self.in_place.is_empty() && unsafe { libc::chdir(self.cwd.as_ptr()) } != 0 {
+            return err("enter the working directory again");
+        }
         match unsafe { libc::fork() } {
             -1 => err("fork"),
             0 => {
@@ -300,6 +338,29 @@ impl Prepared {
             }
         }
     }
+}
+
+/// The mount flags of `p`'s filesystem that a remount of a bind of it must
+/// keep (they are locked in a user namespace).
+fn kept_flags(p: &Path) -> std::io::Result<libc::c_ulong> {
+    use nix::sys::statvfs::FsFlags as F;
+    let f = nix::sys::statvfs::statvfs(p)
+        .map_err(std::io::Error::from)?
+        .flags();
+    let mut keep = 0;
+    for (st, ms) in [
+        (F::ST_NOSUID, libc::MS_NOSUID),
+        (F::ST_NODEV, libc::MS_NODEV),
+        (F::ST_NOEXEC, libc::MS_NOEXEC),
+        (F::ST_NOATIME, libc::MS_NOATIME),
+        (F::ST_NODIRATIME, libc::MS_NODIRATIME),
+        (F::ST_RELATIME, libc::MS_RELATIME),
+    ] {
+        if f.contains(st) {
+            keep |= ms;
+        }
+    }
+    Ok(keep)
 }
 
 /// Close every descriptor from `first` on.

@@ -33,6 +33,8 @@ pub struct ShellJob {
     /// (path as declared, snapshot digest, kind).
     inputs: Vec<(String, Digest, InputKind)>,
     script: String,
+    /// The pipeline file's directory (inputs are relative to it).
+    base: PathBuf,
     cwd: PathBuf,
     env: Vec<(String, String)>,
     task: String,
@@ -58,6 +60,9 @@ impl Job for ShellJob {
                 .any(|d| p != *d && (d.is_empty() || d == &"." || p.starts_with(&format!("{d}/"))))
         };
         let mut made = std::collections::HashSet::new();
+        // Each declared input's snapshot, mounted over the host path where
+        // the task is isolated: what it reads in place is what was hashed.
+        let mut in_place = Vec::new();
         for (path, digest, kind) in &self.inputs {
             if covered(path) || !made.insert(path.trim_end_matches('/')) {
                 continue;
@@ -74,6 +79,7 @@ impl Job for ShellJob {
             }
             std::os::unix::fs::symlink(&src, &link)
                 .map_err(|e| format!("{}: {e}", link.display()))?;
+            in_place.push((src, self.base.join(path.trim_end_matches('/'))));
         }
         let tmp = ctx.work_dir.join("tmp");
         std::fs::create_dir_all(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
@@ -95,6 +101,8 @@ impl Job for ShellJob {
             isolation: Some(super::isolate::Isolation {
                 store: ctx.store.root().to_path_buf(),
                 writable: vec![ctx.out_dir.to_path_buf(), tmp.clone()],
+                in_place,
+                cwd: self.cwd.clone(),
             }),
         };
         let exit = self
@@ -202,6 +210,7 @@ pub fn plan_with_env(
             runner: runner.clone(),
             inputs: job_inputs,
             script: t.run.clone(),
+            base: dir.clone(),
             cwd: dir.join(&t.cwd),
             env: job_env,
             task: t.name.clone(),
