@@ -6,10 +6,10 @@
 mod common;
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
-use common::{dagfs, text, wait_for, Mounted};
+use common::{dagfs, text, wait_for, Env, Mounted};
 
 fn fuse_available() -> bool {
     Path::new("/dev/fuse").exists()
@@ -22,24 +22,11 @@ fn have(tool: &str) -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
-struct Env {
-    _tmp: tempfile::TempDir,
-    root: PathBuf,
-    store: PathBuf,
-    mnt: PathBuf,
-}
-
+/// `common::env` with its mount point made.
 fn env() -> Env {
-    let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path().to_path_buf();
-    let (store, mnt) = (root.join("store"), root.join("mnt"));
-    fs::create_dir_all(&mnt).unwrap();
-    Env {
-        _tmp: tmp,
-        root,
-        store,
-        mnt,
-    }
+    let e = common::env();
+    fs::create_dir_all(&e.mnt).unwrap();
+    e
 }
 
 fn ok(o: Output, what: &str) -> String {

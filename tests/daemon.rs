@@ -13,7 +13,7 @@ use std::time::Duration;
 
 mod common;
 
-use common::{dagfs, is_dagfs_mount, pid_alive, text, wait_for, Mounted, BIN};
+use common::{dagfs, env, is_dagfs_mount, pid_alive, text, wait_for, Mounted, BIN};
 use dagfs::hash::Digest;
 
 /// Lazily unmounts a (possibly dead) dagfs mount on drop, whatever happened.
@@ -24,24 +24,6 @@ impl Drop for LazyUnmount {
         if is_dagfs_mount(&self.0) {
             let _ = Command::new("umount").arg("-l").arg(&self.0).status();
         }
-    }
-}
-
-struct Env {
-    _tmp: tempfile::TempDir,
-    root: PathBuf,
-    store: PathBuf,
-    mnt: PathBuf,
-}
-
-fn env() -> Env {
-    let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path().to_path_buf();
-    Env {
-        store: root.join("store"),
-        mnt: root.join("mnt"),
-        root,
-        _tmp: tmp,
     }
 }
 

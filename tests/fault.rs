@@ -17,13 +17,12 @@
 //! Needs root (a tmpfs); skips, saying so, without.
 
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 mod common;
 
-use common::{dagfs, text};
+use common::{dagfs, fill, free_bytes, text};
 
 struct Tmpfs {
     _dir: tempfile::TempDir,
@@ -71,28 +70,6 @@ impl Rng {
     }
     fn below(&mut self, n: u64) -> u64 {
         self.next() % n.max(1)
-    }
-}
-
-fn free_bytes(at: &Path) -> u64 {
-    let st = nix::sys::statvfs::statvfs(at).expect("statvfs");
-    st.blocks_available() as u64 * st.fragment_size() as u64
-}
-
-fn fill(path: &Path, bytes: u64) {
-    let mut f = fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .unwrap();
-    let chunk = vec![0u8; 64 << 10];
-    let mut left = bytes;
-    while left > 0 {
-        let n = left.min(chunk.len() as u64) as usize;
-        match f.write(&chunk[..n]) {
-            Ok(0) | Err(_) => break,
-            Ok(w) => left -= w as u64,
-        }
     }
 }
 

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::BIN;
+use common::{fill, free_bytes, BIN};
 
 struct Sandbox {
     _tmp: tempfile::TempDir,
@@ -477,31 +477,6 @@ fn full_disk_fails_the_task_clearly_and_changes_nothing_stored() {
     assert_eq!(s.entries(), 3);
     let o = s.dagfs(&["fsck"]);
     assert_eq!(o.code, 0, "{}{}", o.stdout, o.stderr);
-}
-
-/// Bytes free on the filesystem holding `at`.
-fn free_bytes(at: &Path) -> u64 {
-    let st = nix::sys::statvfs::statvfs(at).expect("statvfs");
-    st.blocks_available() as u64 * st.fragment_size() as u64
-}
-
-/// Write zeros to `path` until it is `bytes` long, or the disk is full.
-fn fill(path: &Path, bytes: u64) {
-    use std::io::Write;
-    let mut f = fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .unwrap();
-    let chunk = vec![0u8; 64 << 10];
-    let mut left = bytes;
-    while left > 0 {
-        let n = left.min(chunk.len() as u64) as usize;
-        match f.write(&chunk[..n]) {
-            Ok(0) | Err(_) => break,
-            Ok(w) => left -= w as u64,
-        }
-    }
 }
 
 /// Regression (issue 12, item 1): a run whose output fits but whose commit

@@ -12,23 +12,7 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{dagfs, is_dagfs_mount, text, wait_for, Mounted};
-
-struct Env {
-    _tmp: tempfile::TempDir,
-    root: PathBuf,
-    store: PathBuf,
-}
-
-fn env() -> Env {
-    let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path().to_path_buf();
-    Env {
-        store: root.join("store"),
-        root,
-        _tmp: tmp,
-    }
-}
+use common::{dagfs, env, is_dagfs_mount, text, wait_for, Mounted};
 
 /// A child process killed and reaped on drop, whatever happened.
 struct Reaped(Child);

@@ -7,23 +7,7 @@ use std::process::Output;
 
 mod common;
 
-use common::{dagfs, text};
-
-struct Env {
-    _tmp: tempfile::TempDir,
-    root: PathBuf,
-    store: PathBuf,
-}
-
-fn env() -> Env {
-    let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path().to_path_buf();
-    Env {
-        store: root.join("store"),
-        root,
-        _tmp: tmp,
-    }
-}
+use common::{dagfs, env, text, Env};
 
 fn run(store: &Path, args: &[&str]) -> Output {
     dagfs(store, args).output().unwrap()

@@ -5,30 +5,12 @@
 //! Every mount is owned by a `Mounted` guard that unmounts on drop.
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Output;
 
 mod common;
 
-use common::{dagfs, text, wait_for, Mounted};
-
-struct Env {
-    _tmp: tempfile::TempDir,
-    root: PathBuf,
-    store: PathBuf,
-    mnt: PathBuf,
-}
-
-fn env() -> Env {
-    let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path().to_path_buf();
-    Env {
-        store: root.join("store"),
-        mnt: root.join("mnt"),
-        root,
-        _tmp: tmp,
-    }
-}
+use common::{dagfs, env, text, wait_for, Mounted};
 
 fn run(store: &Path, args: &[&str]) -> Output {
     dagfs(store, args).output().unwrap()

@@ -73,12 +73,24 @@ impl Mounted {
 
     /// Mounted with `-o OPTS`.
     pub fn with_options(store: &Path, mnt: &Path, opts: &str) -> Mounted {
+        Mounted::try_with_options(store, mnt, opts).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Mounted (`passthrough=off`), or why `dagfs mount` failed (for tests
+    /// that skip where FUSE cannot be had).
+    pub fn try_new(store: &Path, mnt: &Path) -> Result<Mounted, String> {
+        Mounted::try_with_options(store, mnt, "passthrough=off")
+    }
+
+    fn try_with_options(store: &Path, mnt: &Path, opts: &str) -> Result<Mounted, String> {
         // NB: not create_dir_all: on a stale mount, stat fails and mkdir says EEXIST.
         let _ = fs::create_dir(mnt);
         let o = dagfs(store, &["mount", mnt.to_str().unwrap(), "-o", opts])
             .output()
             .unwrap();
-        assert!(o.status.success(), "mount failed: {}", text(&o));
+        if !o.status.success() {
+            return Err(format!("mount failed: {}", text(&o)));
+        }
         let t = text(&o);
         let pid: i32 = t
             .split("daemon pid ")
@@ -91,11 +103,11 @@ impl Mounted {
             is_dagfs_mount(mnt),
             "mount returned before the mount was live"
         );
-        Mounted {
+        Ok(Mounted {
             store: store.to_path_buf(),
             mnt: mnt.to_path_buf(),
             pid,
-        }
+        })
     }
 }
 
@@ -115,5 +127,50 @@ impl Drop for Mounted {
             // SAFETY: our own child daemon.
             unsafe { libc::kill(self.pid, libc::SIGKILL) };
         }
+    }
+}
+
+/// Bytes free on the filesystem holding `at`.
+pub fn free_bytes(at: &Path) -> u64 {
+    let st = nix::sys::statvfs::statvfs(at).expect("statvfs");
+    st.blocks_available() as u64 * st.fragment_size() as u64
+}
+
+/// Write zeros to `path` until it is `bytes` long, or the disk is full.
+pub fn fill(path: &Path, bytes: u64) {
+    use std::io::Write;
+    let mut f = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .unwrap();
+    let chunk = vec![0u8; 64 << 10];
+    let mut left = bytes;
+    while left > 0 {
+        let n = left.min(chunk.len() as u64) as usize;
+        match f.write(&chunk[..n]) {
+            Ok(0) | Err(_) => break,
+            Ok(w) => left -= w as u64,
+        }
+    }
+}
+
+/// A scratch directory with a store path and a mount point path in it
+/// (neither made).
+pub struct Env {
+    pub _tmp: tempfile::TempDir,
+    pub root: PathBuf,
+    pub store: PathBuf,
+    pub mnt: PathBuf,
+}
+
+pub fn env() -> Env {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().to_path_buf();
+    Env {
+        store: root.join("store"),
+        mnt: root.join("mnt"),
+        root,
+        _tmp: tmp,
     }
 }
