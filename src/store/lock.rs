@@ -49,16 +49,7 @@ impl StoreLock {
             .truncate(false)
             .open(path)
             .at(path)?;
-        while !try_flock(&file, libc::LOCK_EX | libc::LOCK_NB).at(path)? {
-            let who = holder(path).unwrap_or_else(|| "another process".into());
-            if let ControlFlow::Break(reason) = waiting(&who) {
-                return Err(StoreError::GaveUp {
-                    path: path.to_path_buf(),
-                    reason,
-                });
-            }
-            std::thread::sleep(POLL);
-        }
+        wait_for_lock(&file, path, libc::LOCK_EX, waiting)?;
         let me = format!(
             "pid {} ({})\n",
             std::process::id(),
@@ -87,16 +78,7 @@ impl StoreLock {
             }
             Err(e) => return Err(e).at(path),
         };
-        while !try_flock(&file, libc::LOCK_SH | libc::LOCK_NB).at(path)? {
-            let who = holder(path).unwrap_or_else(|| "another process".into());
-            if let ControlFlow::Break(reason) = waiting(&who) {
-                return Err(StoreError::GaveUp {
-                    path: path.to_path_buf(),
-                    reason,
-                });
-            }
-            std::thread::sleep(POLL);
-        }
+        wait_for_lock(&file, path, libc::LOCK_SH, waiting)?;
         Ok(StoreLock { _file: Some(file) })
     }
 }
@@ -116,4 +98,25 @@ fn try_flock(file: &File, op: libc::c_int) -> std::io::Result<bool> {
             _ => return Err(err),
         }
     }
+}
+
+/// Take `op` (`LOCK_EX`, `LOCK_SH`) on `file`, polling while another
+/// process holds it and asking `waiting` (told who) whether to go on.
+fn wait_for_lock(
+    file: &File,
+    path: &Path,
+    op: libc::c_int,
+    waiting: &mut Waiting<'_>,
+) -> Result<()> {
+    while !try_flock(file, op | libc::LOCK_NB).at(path)? {
+        let who = holder(path).unwrap_or_else(|| "another process".into());
+        if let ControlFlow::Break(reason) = waiting(&who) {
+            return Err(StoreError::GaveUp {
+                path: path.to_path_buf(),
+                reason,
+            });
+        }
+        std::thread::sleep(POLL);
+    }
+    Ok(())
 }
