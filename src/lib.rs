@@ -35,6 +35,7 @@ pub mod exec;
 pub mod fs;
 pub mod hash;
 pub mod index;
+pub mod remote;
 pub mod store;
 pub mod sync;
 

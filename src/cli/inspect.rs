@@ -88,16 +88,28 @@ pub fn config(
     io: &mut Io,
 ) -> Result<(), CliError> {
     let mut p = cache.index.policy()?;
+    let rcfg = dagfs::remote::RemoteConfig::load(cache.store.root())?;
+    if let (Some(v), true) = (
+        &value,
+        super::remote_tier::KEYS.contains(&key.as_deref().unwrap_or("")),
+    ) {
+        let cfg = super::remote_tier::set(cache, key.as_deref().unwrap_or(""), v)?;
+        return io
+            .out
+            .write_all(super::remote_tier::show(&cfg).as_bytes())
+            .map_err(CliError::Output);
+    }
     let show = |p: &CachePolicy| {
         format!(
-            "max_entries = {}\nmax_bytes = {}\nttl = {}\n",
+            "max_entries = {}\nmax_bytes = {}\nttl = {}\n{}",
             p.max_entries
                 .map(|n| n.to_string())
                 .unwrap_or_else(|| "none".into()),
             p.max_size_bytes
                 .map(|n| n.to_string())
                 .unwrap_or_else(|| "none".into()),
-            p.ttl.map(format_duration).unwrap_or_else(|| "none".into())
+            p.ttl.map(format_duration).unwrap_or_else(|| "none".into()),
+            super::remote_tier::show(&rcfg)
         )
     };
     let Some(key) = key else {
@@ -113,7 +125,8 @@ pub fn config(
             .map(str::to_string);
         let line = line.ok_or_else(|| {
             CliError::Usage(format!(
-                "unknown setting `{key}` (max_entries, max_bytes, ttl)"
+                "unknown setting `{key}` (max_entries, max_bytes, ttl, {})",
+                super::remote_tier::KEYS.join(", ")
             ))
         })?;
         return writeln!(io.out, "{}", line.split(" = ").nth(1).unwrap_or(""))
@@ -145,7 +158,8 @@ pub fn config(
         }
         _ => {
             return Err(CliError::Usage(format!(
-                "unknown setting `{key}` (max_entries, max_bytes, ttl)"
+                "unknown setting `{key}` (max_entries, max_bytes, ttl, {})",
+                super::remote_tier::KEYS.join(", ")
             )))
         }
     }

@@ -10,6 +10,7 @@
 mod cat;
 mod inspect;
 mod mount;
+mod remote_tier;
 mod run;
 mod sync;
 
@@ -47,6 +48,7 @@ Exit codes:
   12  mount failed
   13  sync conflict (a file kept changing while it was read)
   14  sync: unreadable file (see --skip-unreadable)
+  15  remote: the server cannot be reached, or results could not be uploaded (remote status, remote flush)
   16-23  fsck found problems: 16 + a bitmask of
          1  problems found
          2  problems repaired (--repair)
@@ -130,6 +132,11 @@ pub enum Cmd {
     Sync(sync::SyncArgs),
     /// Serve the store as a read-only filesystem at MOUNTPOINT (starts the daemon)
     Mount(mount::MountArgs),
+    /// The remote cache (REAPI v2): status, or upload what is queued
+    Remote {
+        #[command(subcommand)]
+        cmd: remote_tier::RemoteCmd,
+    },
     /// Stop the daemon serving MOUNTPOINT and unmount it
     Umount {
         /// The directory a dagfs daemon serves
@@ -145,6 +152,9 @@ impl Cmd {
             Cmd::Run(_) => Some("`dagfs run` stores outputs and records runs"),
             Cmd::Gc { dry_run: false } => Some("`dagfs gc` removes entries and blobs"),
             Cmd::Config { value: Some(_), .. } => Some("`dagfs config KEY VALUE` sets the policy"),
+            Cmd::Remote {
+                cmd: remote_tier::RemoteCmd::Flush,
+            } => Some("`dagfs remote flush` empties its upload queue"),
             Cmd::Sync(a) if !a.list && a.stop.is_none() && a.log.is_none() => {
                 Some("`dagfs sync` stores snapshots")
             }
@@ -204,6 +214,8 @@ pub enum CliError {
     ReadOnly(String),
     #[error(transparent)]
     Sync(#[from] dagfs::sync::SyncError),
+    #[error(transparent)]
+    Remote(#[from] dagfs::remote::RemoteError),
     /// Tasks failed; already reported.
     #[error("")]
     TasksFailed,
@@ -254,6 +266,14 @@ impl CliError {
             CliError::Daemon(_) => 11,
             CliError::Mount(_) => 12,
             CliError::ReadOnly(_) => 8,
+            CliError::Remote(e) => match e {
+                dagfs::remote::RemoteError::BadUrl { .. } => 2,
+                dagfs::remote::RemoteError::Config { .. }
+                | dagfs::remote::RemoteError::Io { .. } => 8,
+                dagfs::remote::RemoteError::Cache(CacheError::Store(s)) => store(s),
+                dagfs::remote::RemoteError::Cache(_) => 8,
+                _ => 15,
+            },
             CliError::Sync(e) => match e {
                 dagfs::sync::SyncError::Conflict { .. }
                 | dagfs::sync::SyncError::Vanished { .. } => 13,
@@ -535,6 +555,7 @@ fn execute(cmd: Cmd, src: &mut CacheSource, io: &mut Io, ctx: &Ctx) -> Result<()
         Cmd::Cat { path } => cat::cat(src.get(io)?, &path, io),
         Cmd::Config { key, value } => inspect::config(src.get(io)?, key, value, io),
         Cmd::Gc { dry_run } => inspect::gc(src.get(io)?, dry_run, io),
+        Cmd::Remote { cmd } => remote_tier::run(cmd, src.get(io)?, io),
         Cmd::Sync(args) => sync::sync(args, src, io, ctx),
         Cmd::Fsck {
             rebuild_index: true,

@@ -52,6 +52,13 @@ pub struct RunArgs {
     /// the pipeline file, and run again whenever one changes (Ctrl-C stops)
     #[arg(long)]
     pub watch: bool,
+    /// Use this remote cache for this run (grpc://HOST:PORT[/INSTANCE],
+    /// grpcs://…), over `DAGFS_REMOTE` and the store's `remote` setting
+    #[arg(long, value_name = "URL", conflicts_with = "no_remote")]
+    remote: Option<String>,
+    /// No remote cache for this run
+    #[arg(long)]
+    no_remote: bool,
     /// Run only these tasks and what they depend on
     tasks: Vec<String>,
 }
@@ -218,6 +225,15 @@ pub fn run(a: RunArgs, src: &mut CacheSource, io: &mut Io, ctx: &Ctx) -> Result<
     if a.jobs == Some(0) {
         return Err(CliError::Usage("-j must be at least 1".into()));
     }
+    if let Some(u) = &a.remote {
+        dagfs::remote::RemoteUrl::parse(u)?;
+    }
+    if let Some(u) = (io.env)("DAGFS_REMOTE").filter(|u| !u.is_empty() && u != "none") {
+        if a.remote.is_none() && !a.no_remote {
+            dagfs::remote::RemoteUrl::parse(&u)
+                .map_err(|e| CliError::Usage(format!("DAGFS_REMOTE: {e}")))?;
+        }
+    }
     // Validate everything before touching the store.
     let mut pipeline = Pipeline::load(&a.file)?;
     for t in &mut pipeline.tasks {
@@ -232,6 +248,12 @@ pub fn run(a: RunArgs, src: &mut CacheSource, io: &mut Io, ctx: &Ctx) -> Result<
     // pipeline itself was validated above, before anything was touched.
     let cache = src.get(io)?;
     let plan = shell::plan_with_env(&pipeline, &a.tasks, Arc::new(ShellRunner), io.env, cache)?;
+    let flag = if a.no_remote {
+        Some("none")
+    } else {
+        a.remote.as_deref()
+    };
+    let remote = super::remote_tier::for_run(cache, flag, io)?;
     let opts = Options {
         jobs: a.jobs.unwrap_or_else(scheduler::default_jobs),
         fail_fast: !a.keep_going,
@@ -242,6 +264,9 @@ pub fn run(a: RunArgs, src: &mut CacheSource, io: &mut Io, ctx: &Ctx) -> Result<
         inputs_via: ctx.inputs_via.clone(),
         running: ctx.running.clone(),
         on_change: ctx.on_change.clone(),
+        tier: remote
+            .clone()
+            .map(|r| r as Arc<dyn dagfs::exec::scheduler::Tier>),
     };
     let names: Vec<String> = plan.nodes.iter().map(|n| n.name.clone()).collect();
     let tty = io.stderr_tty;
@@ -295,6 +320,9 @@ pub fn run(a: RunArgs, src: &mut CacheSource, io: &mut Io, ctx: &Ctx) -> Result<
         }
     }
     let _ = writeln!(err, "{}", summary(&report));
+    if let Some(r) = &remote {
+        super::remote_tier::after_run(r, cache, io);
+    }
     if let Some(path) = &a.trace {
         write_trace(path, &report)
             .map_err(|e| CliError::Usage(format!("--trace {}: {e}", path.display())))?;

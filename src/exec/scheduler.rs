@@ -197,6 +197,8 @@ pub struct Options {
     /// Told when a task's latest key is set and when the run is recorded
     /// (the daemon invalidates the mount's live views).
     pub on_change: Option<Arc<OnChange>>,
+    /// Asked on a local miss; told about every entry kept.
+    pub tier: Option<Arc<dyn Tier>>,
 }
 
 /// What changed in the store's live views.
@@ -207,6 +209,26 @@ pub enum Change<'a> {
 }
 
 pub type OnChange = dyn Fn(Change<'_>) + Send + Sync;
+
+/// A second tier behind the local store (`remote::Remote`; a trait so that
+/// `exec` does not depend on it). The scheduler asks it on a local miss
+/// and tells it what it published.
+pub trait Tier: Send + Sync {
+    /// On a local miss of `entry.key` (`entry` holds the key, dag, task and
+    /// manifest with its deps): make it an ordinary local entry, committed
+    /// and published, if the tier has it. Never fails the run.
+    fn fetch(
+        &self,
+        cache: &Cache,
+        entry: &Entry,
+        protected: &HashSet<Digest>,
+        policy: &CachePolicy,
+    ) -> Option<crate::index::EntryMeta>;
+    /// `entry` was published in the index; its record is not durable yet
+    /// (anything this writes is made durable by the commit's `syncfs`
+    /// before the record is renamed in).
+    fn produced(&self, cache: &Cache, entry: &Entry);
+}
 
 impl Default for Options {
     fn default() -> Self {
@@ -220,6 +242,7 @@ impl Default for Options {
             inputs_via: None,
             running: None,
             on_change: None,
+            tier: None,
         }
     }
 }
@@ -579,35 +602,46 @@ pub fn run(
                 }
                 owned.insert(key);
                 let mut reason = MissReason::SkipCache;
+                let mut found = None;
                 if !opts.no_cache && node.cache {
                     match cache.lookup_with(&key, now, &policy)? {
-                        Lookup::Hit(mut meta) => {
-                            cache.index.touch(&key, &mut meta, now)?;
-                            if let Some(s) = opts.session {
-                                cache.lease(s, [key]);
-                            }
-                            owned.remove(&key);
-                            opts.inflight.finish(&key, Ok(meta.output));
-                            cache.index.set_latest(&plan.dag, &node.name, &key)?;
-                            if let Some(f) = &opts.on_change {
-                                f(Change::Task {
-                                    dag: &plan.dag,
-                                    task: &node.name,
-                                });
-                            }
-                            protected.insert(key);
-                            *hits.entry(Route::Key).or_default() += 1;
-                            let mut o = Outcome::new(Status::Cached);
-                            o.route = Some(Route::Key);
-                            o.key = Some(key);
-                            o.output = Some(meta.output);
-                            o.start = at;
-                            o.duration = t0.elapsed() - at;
-                            book.finish(i, o, &mut outcomes, &mut ready);
-                            continue;
-                        }
+                        Lookup::Hit(meta) => found = Some((meta, Route::Key)),
                         Lookup::Miss(r) => reason = r,
                     }
+                }
+                if let (None, Some(tier), false) =
+                    (&found, &opts.tier, reason == MissReason::SkipCache)
+                {
+                    let previous = cache.index.latest(&plan.dag, &node.name)?;
+                    let e = skeleton(plan, node, key, deps.clone(), previous);
+                    found = tier
+                        .fetch(cache, &e, &protected, &policy)
+                        .map(|m| (m, Route::Remote));
+                }
+                if let Some((mut meta, route)) = found {
+                    cache.index.touch(&key, &mut meta, now)?;
+                    if let Some(s) = opts.session {
+                        cache.lease(s, [key]);
+                    }
+                    owned.remove(&key);
+                    opts.inflight.finish(&key, Ok(meta.output));
+                    cache.index.set_latest(&plan.dag, &node.name, &key)?;
+                    if let Some(f) = &opts.on_change {
+                        f(Change::Task {
+                            dag: &plan.dag,
+                            task: &node.name,
+                        });
+                    }
+                    protected.insert(key);
+                    *hits.entry(route).or_default() += 1;
+                    let mut o = Outcome::new(Status::Cached);
+                    o.route = Some(route);
+                    o.key = Some(key);
+                    o.output = Some(meta.output);
+                    o.start = at;
+                    o.duration = t0.elapsed() - at;
+                    book.finish(i, o, &mut outcomes, &mut ready);
+                    continue;
                 }
                 let previous = cache.index.latest(&plan.dag, &node.name)?;
                 if reason == MissReason::New {
@@ -618,26 +652,7 @@ pub fn run(
                     };
                 }
                 *misses.entry(reason).or_default() += 1;
-                let mut manifest = node.manifest.clone();
-                manifest.name = node.name.clone();
-                manifest.deps = deps;
-                let entry = Entry {
-                    format: crate::store::entry::ENTRY_FORMAT,
-                    key,
-                    dag: plan.dag.clone(),
-                    task: node.name.clone(),
-                    manifest,
-                    output: Digest::default(),
-                    size: 0,
-                    files: 0,
-                    created_ms: 0,
-                    duration_ms: 0,
-                    exit_status: 0,
-                    stdout: Digest::default(),
-                    stderr: Digest::default(),
-                    ttl_secs: node.ttl.map(|d| d.as_secs()),
-                    previous,
-                };
+                let entry = skeleton(plan, node, key, deps, previous);
                 if node.deps.iter().any(|d| uncommitted.contains(d)) {
                     pending.extend(cache.store.commit_blobs(std::mem::take(&mut batch))?);
                     uncommitted.clear();
@@ -743,6 +758,9 @@ pub fn run(
             match done.result {
                 Ok((entry, mut staged)) => {
                     let published = cache.publish(&entry, &protected, &policy)?;
+                    if let (true, Some(t)) = (published.kept, &opts.tier) {
+                        t.produced(cache, &entry);
+                    }
                     if let Some(s) = opts.session {
                         cache.lease(s, [entry.key]);
                     }
@@ -960,6 +978,36 @@ impl Book<'_> {
 }
 
 /// Remember a dispatched node's miss reason until its result comes back.
+/// The entry a miss of `node` under `key` will produce (output fields empty).
+fn skeleton(
+    plan: &Plan,
+    node: &PlanNode,
+    key: Digest,
+    deps: Vec<(String, Digest)>,
+    previous: Option<Digest>,
+) -> Entry {
+    let mut manifest = node.manifest.clone();
+    manifest.name = node.name.clone();
+    manifest.deps = deps;
+    Entry {
+        format: crate::store::entry::ENTRY_FORMAT,
+        key,
+        dag: plan.dag.clone(),
+        task: node.name.clone(),
+        manifest,
+        output: Digest::default(),
+        size: 0,
+        files: 0,
+        created_ms: 0,
+        duration_ms: 0,
+        exit_status: 0,
+        stdout: Digest::default(),
+        stderr: Digest::default(),
+        ttl_secs: node.ttl.map(|d| d.as_secs()),
+        previous,
+    }
+}
+
 fn outcomes_reason(outcomes: &mut [Option<Outcome>], i: usize, reason: MissReason) {
     let mut o = Outcome::new(Status::Skipped);
     o.miss_reason = Some(reason);

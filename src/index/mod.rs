@@ -203,6 +203,7 @@ pub struct Index {
     statcache: sled::Tree,
     dropped: sled::Tree,
     stamps: sled::Tree,
+    remote: sled::Tree,
 }
 
 const C_ENTRIES: &str = "entries";
@@ -316,6 +317,7 @@ impl Index {
             statcache: db.open_tree("statdirs")?,
             dropped: db.open_tree("dropped")?,
             stamps: db.open_tree("stamps")?,
+            remote: db.open_tree("remote")?,
             db,
         })
     }
@@ -660,8 +662,15 @@ impl Index {
             runs: self.counter("run_seq")?,
             hits_by_route: BTreeMap::new(),
             misses_by_reason: BTreeMap::new(),
+            remote: BTreeMap::new(),
         };
-        for r in [Route::Key, Route::Content, Route::Joined] {
+        for kv in self.stats.scan_prefix("remote.") {
+            let (k, v) = kv?;
+            if let (Ok(name), Ok(b)) = (std::str::from_utf8(&k[7..]), <[u8; 8]>::try_from(&v[..])) {
+                s.remote.insert(name.to_string(), u64::from_le_bytes(b));
+            }
+        }
+        for r in [Route::Key, Route::Content, Route::Joined, Route::Remote] {
             s.hits_by_route.insert(
                 r.as_str().into(),
                 self.counter(&format!("hit.{}", r.as_str()))?,
@@ -674,6 +683,22 @@ impl Index {
             );
         }
         Ok(s)
+    }
+
+    // --- remote digest map (owned by `remote`, opaque here) ---
+
+    pub fn remote_get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        Ok(self.remote.get(key)?.map(|v| v.to_vec()))
+    }
+
+    /// Insert the pairs in one batch.
+    pub fn remote_put(&self, rows: impl IntoIterator<Item = (Vec<u8>, Vec<u8>)>) -> Result<()> {
+        let mut b = sled::Batch::default();
+        for (k, v) in rows {
+            b.insert(k, v);
+        }
+        self.remote.apply_batch(b)?;
+        Ok(())
     }
 
     // --- stat cache (owned by `sync`, opaque here) ---

@@ -15,6 +15,8 @@ pub enum Route {
     Content,
     /// An identical task was already running; its result was shared.
     Joined,
+    /// Not stored here: fetched from the remote tier, verified, and stored.
+    Remote,
     /// Not found: the task ran.
     Miss,
 }
@@ -25,6 +27,7 @@ impl Route {
             Route::Key => "key",
             Route::Content => "content",
             Route::Joined => "joined",
+            Route::Remote => "remote",
             Route::Miss => "miss",
         }
     }
@@ -89,6 +92,11 @@ pub struct CacheStats {
     pub hits_by_route: BTreeMap<String, u64>,
     /// Misses by reason (`new`, `expired`, `input changed`, `skip-cache`, `missing`, `corrupt`).
     pub misses_by_reason: BTreeMap<String, u64>,
+    /// The remote tier's counters (`misses`, `rejected`, `errors`,
+    /// `bytes_down`, `bytes_up`, `wait_ms`, `local_only`, `uploaded`);
+    /// remote hits are `hits_by_route["remote"]`.
+    #[serde(default)]
+    pub remote: BTreeMap<String, u64>,
 }
 
 impl CacheStats {
@@ -179,6 +187,12 @@ impl CacheStats {
         for (k, v) in &self.misses_by_reason {
             o += &format!("  {k:<14}{v}\n");
         }
+        if !self.remote.is_empty() {
+            o += "remote:\n";
+            for (k, v) in &self.remote {
+                o += &format!("  {k:<14}{v}\n");
+            }
+        }
         o
     }
 
@@ -232,6 +246,15 @@ impl CacheStats {
             "counter",
             "Entries expired by TTL.",
             vec![(String::new(), self.expirations)],
+        );
+        metric(
+            "remote_total",
+            "counter",
+            "Remote tier counters (misses, rejected, errors, bytes_down, bytes_up, wait_ms, ...).",
+            self.remote
+                .iter()
+                .map(|(k, v)| (format!("{{what=\"{k}\"}}"), *v))
+                .collect(),
         );
         metric(
             "runs_total",
@@ -295,11 +318,11 @@ pub fn format_size(n: u64) -> String {
 
 pub fn format_duration(d: Duration) -> String {
     let s = d.as_secs();
-    if s % 86400 == 0 && s > 0 {
+    if s.is_multiple_of(86400) && s > 0 {
         format!("{}d", s / 86400)
-    } else if s % 3600 == 0 && s > 0 {
+    } else if s.is_multiple_of(3600) && s > 0 {
         format!("{}h", s / 3600)
-    } else if s % 60 == 0 && s > 0 {
+    } else if s.is_multiple_of(60) && s > 0 {
         format!("{}m", s / 60)
     } else {
         format!("{s}s")

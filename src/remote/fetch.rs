@@ -1,0 +1,352 @@
+//! The read path: on a local miss, the server's ActionResult for the
+//! recipe becomes an ordinary local entry, or nothing.
+//!
+//! Order: GetActionResult (short deadline) → the producer's entry record
+//! (its recipe must be ours) → the `Tree` → every file blob the store
+//! lacks (BatchReadBlobs under the server's limit, ByteStream above it),
+//! each checked against its REAPI digest → the dagfs trees rebuilt bottom
+//! up; the root must equal the record's output digest, and stdout/stderr
+//! their digests → blobs committed, then the entry published and its
+//! record renamed in (the scheduler's write order, `store/mod.rs`).
+
+use std::collections::{HashMap, HashSet};
+
+use bazel_remote_apis::build::bazel::remote::execution::v2 as re;
+use prost::Message;
+
+use crate::cache::Cache;
+use crate::hash::Digest;
+use crate::index::{CachePolicy, EntryMeta};
+use crate::store::tree::{Node, Tree};
+use crate::store::{Entry, Staged};
+
+use super::client::Conn;
+use super::mapping::{self, dkey, ActionMsgs, DigestFn};
+use super::{Remote, RemoteError};
+
+type Key = (String, i64);
+
+fn reject(key: &Digest, why: impl Into<String>) -> RemoteError {
+    RemoteError::Rejected {
+        key: key.short(),
+        why: why.into(),
+    }
+}
+
+impl Remote {
+    pub(super) fn server_err(&self, what: String) -> RemoteError {
+        RemoteError::Server {
+            url: self.url.to_string(),
+            what,
+        }
+    }
+
+    /// Read `want` (deduplicated), small ones batched under the server's
+    /// limit, large ones by ByteStream; every blob checked against its
+    /// digest. A blob the server lacks is absent from the answer; a blob
+    /// whose bytes do not match is `Rejected`.
+    pub(super) fn read_blobs(
+        &self,
+        conn: &Conn,
+        key: &Digest,
+        want: &[re::Digest],
+    ) -> Result<HashMap<Key, Vec<u8>>, RemoteError> {
+        let mut seen = HashSet::new();
+        let want: Vec<_> = want
+            .iter()
+            .filter(|d| seen.insert(dkey(d)))
+            .cloned()
+            .collect();
+        let mut out = HashMap::new();
+        let mut batch: Vec<re::Digest> = Vec::new();
+        let mut batch_bytes = 0usize;
+        let mut got: Vec<(re::Digest, Vec<u8>)> = Vec::new();
+        let flush = |batch: &mut Vec<re::Digest>, got: &mut Vec<(re::Digest, Vec<u8>)>| {
+            if batch.is_empty() {
+                return Ok(());
+            }
+            let r = self.block(conn.batch_read(std::mem::take(batch)));
+            got.extend(r.map_err(|w| self.server_err(w))?);
+            Ok::<(), RemoteError>(())
+        };
+        for d in want {
+            let size = d.size_bytes.max(0) as usize;
+            if size > conn.max_batch {
+                if let Some(b) = self.block(conn.read(&d)).map_err(|w| self.server_err(w))? {
+                    got.push((d, b));
+                }
+                continue;
+            }
+            if batch_bytes + size > conn.max_batch {
+                flush(&mut batch, &mut got)?;
+                batch_bytes = 0;
+            }
+            batch_bytes += size;
+            batch.push(d);
+        }
+        flush(&mut batch, &mut got)?;
+        for (d, bytes) in got {
+            self.counters.add("bytes_down", bytes.len() as u64);
+            let real = conn.f.of(&bytes);
+            if real.hash != d.hash || real.size_bytes != d.size_bytes {
+                return Err(reject(
+                    key,
+                    format!("blob {}/{} has other bytes", d.hash, d.size_bytes),
+                ));
+            }
+            out.insert(dkey(&d), bytes);
+        }
+        Ok(out)
+    }
+
+    /// The read path (module header). Ok(None): the server has no result.
+    pub(super) fn fetch_entry(
+        &self,
+        cache: &Cache,
+        ours: &Entry,
+        protected: &HashSet<Digest>,
+        policy: &CachePolicy,
+    ) -> Result<Option<EntryMeta>, RemoteError> {
+        let conn = self.conn()?;
+        let f = conn.f;
+        let key = &ours.key;
+        let msgs = ActionMsgs::new(&ours.manifest, f);
+        let Some(ar) = self
+            .block(conn.get_action_result(&msgs.action_digest))
+            .map_err(|w| self.server_err(w))?
+        else {
+            return Ok(None);
+        };
+        if ar.exit_code != 0 {
+            return Err(reject(
+                key,
+                format!("it records exit code {}", ar.exit_code),
+            ));
+        }
+        let ef = ar
+            .output_files
+            .iter()
+            .find(|o| o.path == mapping::ENTRY_FILE)
+            .and_then(|o| o.digest.clone())
+            .ok_or_else(|| reject(key, "no dagfs entry record in it (not written by dagfs)"))?;
+        let od = ar
+            .output_directories
+            .iter()
+            .find(|o| o.path == mapping::OUT)
+            .and_then(|o| o.tree_digest.clone())
+            .ok_or_else(|| reject(key, "no output directory in it"))?;
+        let mut first = self.read_blobs(&conn, key, &[ef.clone(), od.clone()])?;
+        let missing = |d: &re::Digest| {
+            reject(
+                key,
+                format!("blob {}/{} is missing on the server", d.hash, d.size_bytes),
+            )
+        };
+        let theirs = first.remove(&dkey(&ef)).ok_or_else(|| missing(&ef))?;
+        let theirs = Entry::from_json(&theirs)
+            .map_err(|e| reject(key, format!("its entry record does not decode: {e}")))?;
+        let m = &ours.manifest;
+        if mapping::recipe(&theirs.manifest.task_digest, &theirs.manifest.deps)
+            != mapping::recipe(&m.task_digest, &m.deps)
+        {
+            return Err(reject(key, "its entry record is for another recipe"));
+        }
+        let tree = first.remove(&dkey(&od)).ok_or_else(|| missing(&od))?;
+        let tree = re::Tree::decode(&tree[..])
+            .map_err(|e| reject(key, format!("its Tree does not decode: {e}")))?;
+        let root = tree
+            .root
+            .clone()
+            .ok_or_else(|| reject(key, "its Tree has no root"))?;
+        let mut dirs: HashMap<Key, re::Directory> = HashMap::new();
+        for c in &tree.children {
+            dirs.insert(dkey(&f.of(&c.encode_to_vec())), c.clone());
+        }
+
+        // Every file blob: known (mapped, and stored here) or fetched.
+        let mut known: HashMap<Key, Digest> = HashMap::new();
+        let mut need: Vec<re::Digest> = Vec::new();
+        let logs = [
+            (ar.stdout_digest.clone(), theirs.stdout),
+            (ar.stderr_digest.clone(), theirs.stderr),
+        ];
+        let mut files: Vec<re::Digest> = Vec::new();
+        for d in std::iter::once(&root).chain(tree.children.iter()) {
+            files.extend(d.files.iter().filter_map(|fl| fl.digest.clone()));
+        }
+        for (rd, _) in &logs {
+            files.extend(rd.clone());
+        }
+        for rd in files {
+            match self.local_name(cache, f, &rd)? {
+                Some(b) => {
+                    known.insert(dkey(&rd), b);
+                }
+                None => need.push(rd),
+            }
+        }
+        let fetched = self.read_blobs(&conn, key, &need)?;
+        let stage_dir = cache.store.tempdir("remote-")?;
+        let mut staged = Staged::default();
+        let mut map_rows = Vec::new();
+        for rd in &need {
+            let bytes = fetched.get(&dkey(rd)).ok_or_else(|| missing(rd))?;
+            let b = cache
+                .store
+                .stage_bytes(stage_dir.path(), bytes, &mut staged)?;
+            if f == DigestFn::Sha256 {
+                map_rows.push((b, rd.hash.clone()));
+            }
+            known.insert(dkey(rd), b);
+        }
+        for (rd, want) in &logs {
+            let got = match rd {
+                Some(rd) => known.get(&dkey(rd)).copied(),
+                None => Some(
+                    cache
+                        .store
+                        .stage_bytes(stage_dir.path(), b"", &mut staged)?,
+                ),
+            };
+            if got != Some(*want) {
+                return Err(reject(
+                    key,
+                    "its stdout or stderr is not the one its record names",
+                ));
+            }
+        }
+
+        // Rebuild the trees bottom up.
+        let mut built: HashMap<Key, (Digest, u64, u64)> = HashMap::new();
+        let (out, size, nfiles) = self.build(
+            cache,
+            key,
+            &root,
+            &dirs,
+            &known,
+            &mut built,
+            stage_dir.path(),
+            &mut staged,
+            0,
+        )?;
+        if out != theirs.output {
+            return Err(reject(
+                key,
+                format!(
+                    "its tree rebuilds to {}, not the recorded output {}",
+                    out.short(),
+                    theirs.output.short()
+                ),
+            ));
+        }
+        let entry = Entry {
+            output: out,
+            size,
+            files: nfiles,
+            created_ms: theirs.created_ms,
+            duration_ms: theirs.duration_ms,
+            exit_status: 0,
+            stdout: theirs.stdout,
+            stderr: theirs.stderr,
+            ..ours.clone()
+        };
+        cache
+            .store
+            .stage_entry(stage_dir.path(), &entry, &mut staged)?;
+        let pending = cache.store.commit_blobs(staged)?;
+        self.remember(cache, &map_rows)?;
+        let published = cache.publish(&entry, protected, policy)?;
+        if !published.kept {
+            cache.store.publish_entries(&pending, |_| false)?;
+            return Ok(None);
+        }
+        let index = &cache.index;
+        cache
+            .store
+            .publish_entries(&pending, |k| matches!(index.get(k), Ok(Some(_))))?;
+        Ok(Some(EntryMeta::from_entry(&entry)))
+    }
+
+    /// The dagfs tree of `d` (staged), its size and file count.
+    #[allow(clippy::too_many_arguments)]
+    fn build(
+        &self,
+        cache: &Cache,
+        key: &Digest,
+        d: &re::Directory,
+        dirs: &HashMap<Key, re::Directory>,
+        known: &HashMap<Key, Digest>,
+        built: &mut HashMap<Key, (Digest, u64, u64)>,
+        stage: &std::path::Path,
+        staged: &mut Staged,
+        depth: usize,
+    ) -> Result<(Digest, u64, u64), RemoteError> {
+        if depth > 4096 {
+            return Err(reject(
+                key,
+                "its tree is deeper than 4096 levels (a cycle?)",
+            ));
+        }
+        let mut size = 0u64;
+        let mut files = 0u64;
+        let mut sub: Vec<(Key, (Digest, u64, u64))> = Vec::new();
+        for c in &d.directories {
+            let rd = c
+                .digest
+                .clone()
+                .ok_or_else(|| reject(key, "a directory has no digest"))?;
+            let k = dkey(&rd);
+            let r = match built.get(&k) {
+                Some(r) => *r,
+                None => {
+                    let child = dirs.get(&k).ok_or_else(|| {
+                        reject(key, format!("directory {} is not in its Tree", rd.hash))
+                    })?;
+                    let r = self.build(
+                        cache,
+                        key,
+                        child,
+                        dirs,
+                        known,
+                        built,
+                        stage,
+                        staged,
+                        depth + 1,
+                    )?;
+                    built.insert(k.clone(), r);
+                    r
+                }
+            };
+            size += r.1;
+            files += r.2;
+            sub.push((k, r));
+        }
+        let t: Tree = mapping::tree_of(
+            d,
+            |rd| {
+                known
+                    .get(&dkey(rd))
+                    .copied()
+                    .ok_or_else(|| format!("blob {} missing", rd.hash))
+            },
+            |rd| {
+                sub.iter()
+                    .find(|(k, _)| *k == dkey(rd))
+                    .map(|(_, r)| r.0)
+                    .ok_or_else(|| format!("directory {} missing", rd.hash))
+            },
+        )
+        .map_err(|w| reject(key, w))?;
+        for e in &t.entries {
+            if let Node::File { size: s, .. } = e.node {
+                size += s;
+                files += 1;
+            }
+        }
+        let bytes = t.encode();
+        Tree::decode(&bytes)
+            .map_err(|e| reject(key, format!("a directory is not a valid dagfs tree: {e}")))?;
+        let digest = cache.store.stage_bytes(stage, &bytes, staged)?;
+        Ok((digest, size, files))
+    }
+}
