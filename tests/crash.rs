@@ -97,7 +97,7 @@ fn packed_blobs(store: &Path) -> Vec<(String, Vec<u8>)> {
         let mut prev: Option<&[u8]> = None;
         for row in table.chunks(44) {
             let d = &row[..32];
-            assert!(prev.map_or(true, |p| p < d), "index {id} order");
+            assert!(prev.is_none_or(|p| p < d), "index {id} order");
             prev = Some(d);
             let off = u64::from_le_bytes(row[32..40].try_into().unwrap()) as usize;
             let len = u32::from_le_bytes(row[40..44].try_into().unwrap()) as usize;
@@ -393,7 +393,7 @@ impl Rounds {
             "{} kills in {round} rounds: the kill points are too late",
             self.kills
         );
-        if round > 0 && round % ROUNDS_PER_STORE == 0 {
+        if round > 0 && round.is_multiple_of(ROUNDS_PER_STORE) {
             self.store = fresh_store(&self.store, round);
             self.durable.clear();
         }

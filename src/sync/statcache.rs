@@ -408,7 +408,7 @@ impl<'a> StatCache<'a> {
         let mut new = DirRec {
             head: Head {
                 dir: seen.dir,
-                dir_racy: seen.dir.map_or(true, |m| m.racy(scan_start)),
+                dir_racy: seen.dir.is_none_or(|m| m.racy(scan_start)),
                 complete: true,
                 ignore: seen.ignore,
                 root,
@@ -880,7 +880,7 @@ mod tests {
                 ctime_ns: i as i64 * 7,
                 mode: 0o100644,
             },
-            racy: i % 2 == 0,
+            racy: i.is_multiple_of(2),
             generation: i * 3,
             digest: Digest::of(&i.to_le_bytes()),
         }
