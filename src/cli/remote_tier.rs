@@ -159,6 +159,14 @@ pub fn after_run(remote: &Remote, cache: &Cache, io: &mut Io) {
                 let _ = write!(err, "\r\x1b[K");
             }
             match r {
+                Ok(r) if r.uploaded == 0 && !r.failed.is_empty() => {
+                    let _ = writeln!(
+                        err,
+                        "remote: {} result{} left queued for `dagfs remote flush`",
+                        r.failed.len(),
+                        if r.failed.len() == 1 { "" } else { "s" }
+                    );
+                }
                 Ok(r) => {
                     let _ = writeln!(
                         err,

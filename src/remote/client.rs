@@ -150,7 +150,10 @@ impl Conn {
                     let mut msg = e.to_string();
                     let mut src = std::error::Error::source(&e);
                     while let Some(s) = src {
-                        msg = format!("{msg}: {s}");
+                        let t = s.to_string();
+                        if !msg.contains(&t) {
+                            msg = format!("{msg}: {t}");
+                        }
                         src = s.source();
                     }
                     return Err(format!("cannot connect: {msg}"));

@@ -21,6 +21,9 @@ pub enum RemoteError {
     /// result that does not rebuild the recorded output).
     #[error("remote result for {key} rejected: {why}")]
     Rejected { key: String, why: String },
+    /// Connecting failed (already counted and warned about).
+    #[error("remote {url}: {what}")]
+    Unreachable { url: String, what: String },
     /// Turned off after repeated errors for the rest of this process.
     #[error("remote {url} disabled after {errors} errors")]
     Disabled { url: String, errors: u32 },

@@ -214,7 +214,7 @@ impl Remote {
             }
             Err(what) => {
                 drop(c);
-                let e = RemoteError::Server {
+                let e = RemoteError::Unreachable {
                     url: self.url.to_string(),
                     what,
                 };
@@ -383,7 +383,7 @@ impl Tier for Remote {
                 ));
                 None
             }
-            Err(RemoteError::Disabled { .. }) => None,
+            Err(RemoteError::Disabled { .. } | RemoteError::Unreachable { .. }) => None,
             Err(e) => {
                 self.failed(&e, false);
                 None

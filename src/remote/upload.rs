@@ -133,7 +133,14 @@ impl Remote {
         if keys.is_empty() {
             return Ok(r);
         }
-        let conn = self.conn()?;
+        let conn = match self.conn() {
+            Ok(c) => c,
+            Err(e) => {
+                let why = e.to_string();
+                r.failed = keys.iter().map(|k| (k.to_hex(), why.clone())).collect();
+                return Ok(r);
+            }
+        };
         for (i, key) in keys.iter().enumerate() {
             match self.upload_one(cache, &conn, key, &mut r) {
                 Ok(Some(true)) => {
@@ -152,8 +159,13 @@ impl Remote {
                 }
                 Err(e) => {
                     r.failed.push((key.to_hex(), e.to_string()));
-                    self.failed(&e, false);
-                    if matches!(e, RemoteError::Disabled { .. }) || self.conn().is_err() {
+                    if !matches!(
+                        e,
+                        RemoteError::Disabled { .. } | RemoteError::Unreachable { .. }
+                    ) {
+                        self.failed(&e, false);
+                    }
+                    if self.conn().is_err() {
                         // The rest stay queued.
                         for k in &keys[i + 1..] {
                             r.failed

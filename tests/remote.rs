@@ -1,0 +1,656 @@
+//! The remote tier against a real REAPI v2 server: BuildGrid (in-memory
+//! CAS and action cache, `tests/reapi/buildgrid-cache.yml`), started by
+//! this harness on a free port of 127.0.0.1 and killed in every path.
+//! `scripts/buildgrid` installs it (scripts/test and .ci/run run it); the
+//! tests find its `bgd` through `DAGFS_BGD`, else where that script puts it.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{dagfs, env, text};
+
+// ---------------------------------------------------------------------------
+// the server
+// ---------------------------------------------------------------------------
+
+fn bgd() -> PathBuf {
+    if let Some(p) = std::env::var_os("DAGFS_BGD") {
+        return PathBuf::from(p);
+    }
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .expect("HOME or XDG_CACHE_HOME");
+    for v in ["0.4.4", "0.9.1"] {
+        let p = cache.join(format!("dagfs/buildgrid-{v}/bin/bgd"));
+        if p.exists() {
+            return p;
+        }
+    }
+    panic!("no BuildGrid: run scripts/buildgrid (scripts/test and .ci/run do), or set DAGFS_BGD");
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A BuildGrid serving 127.0.0.1:`port`, in its own process group, killed
+/// (the whole group) when dropped.
+struct BuildGrid {
+    child: Option<Child>,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl BuildGrid {
+    fn start() -> BuildGrid {
+        BuildGrid::start_on(free_port())
+    }
+
+    fn start_on(port: u16) -> BuildGrid {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/reapi/buildgrid-cache.yml"),
+        )
+        .unwrap()
+        .replace("127.0.0.1:50051", &format!("127.0.0.1:{port}"));
+        let cfg_path = dir.path().join("bgd.yml");
+        std::fs::write(&cfg_path, cfg).unwrap();
+        let log = std::fs::File::create(dir.path().join("bgd.log")).unwrap();
+        let child = Command::new(bgd())
+            .args(["server", "start"])
+            .arg(&cfg_path)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .process_group(0)
+            .spawn()
+            .expect("start bgd");
+        let mut bg = BuildGrid {
+            child: Some(child),
+            port,
+            dir,
+        };
+        bg.wait_ready();
+        bg
+    }
+
+    fn url(&self) -> String {
+        format!("grpc://127.0.0.1:{}", self.port)
+    }
+
+    /// Until GetCapabilities answers (about 3 s after start).
+    fn wait_ready(&mut self) {
+        let probe = self.dir.path().join("probe-store");
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            let o = dagfs(&probe, &["remote", "status"])
+                .env("DAGFS_REMOTE", self.url())
+                .output()
+                .unwrap();
+            if o.status.success() {
+                return;
+            }
+            if let Some(st) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!(
+                    "bgd exited ({st}): {}",
+                    std::fs::read_to_string(self.dir.path().join("bgd.log")).unwrap_or_default()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "BuildGrid did not answer GetCapabilities in 90 s: {}",
+                text(&o)
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: kill(2) on the process group this harness made.
+            unsafe {
+                libc::kill(-(c.id() as i32), libc::SIGKILL);
+            }
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for BuildGrid {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+// ---------------------------------------------------------------------------
+// pipelines and stores
+// ---------------------------------------------------------------------------
+
+/// Five tasks: a tree with a subdirectory, a symlink, an executable, a
+/// declared input, a dependency chain, and one file bigger than a
+/// BatchUpdateBlobs (so it travels by ByteStream).
+fn pipeline(dir: &Path, name: &str, leaf: &str) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join("input.txt"), "the input\n").unwrap();
+    let toml = format!(
+        r##"
+name = "{name}"
+
+[tasks.gen]
+run = 'cd "$DAGFS_OUT" && mkdir -p sub/deeper && echo hello > sub/a.txt && echo deep > sub/deeper/d.txt && echo world > b.txt && ln -s b.txt link && echo gen says hi'
+[tasks.copy]
+run = 'cp input.txt "$DAGFS_OUT/copied" && printf "#!/bin/sh\necho x\n" > "$DAGFS_OUT/tool" && chmod +x "$DAGFS_OUT/tool"'
+inputs = ["input.txt"]
+[tasks.big]
+run = 'i=0; while [ $i -lt 5200 ]; do printf "%01023d\n" $i; i=$((i+1)); done > "$DAGFS_OUT/big"; echo warn >&2'
+[tasks.join]
+run = 'cat "$DAGFS_IN/gen/sub/a.txt" "$DAGFS_IN/copy/copied" > "$DAGFS_OUT/joined"'
+deps = ["gen", "copy"]
+[tasks.{leaf}]
+run = 'wc -c < "$DAGFS_IN/big/big" > "$DAGFS_OUT/count"; cp "$DAGFS_IN/join/joined" "$DAGFS_OUT/"'
+deps = ["big", "join"]
+"##
+    );
+    let p = dir.join("dagfs.toml");
+    std::fs::write(&p, toml).unwrap();
+    p
+}
+
+fn run_in(store: &Path, file: &Path, args: &[&str]) -> Output {
+    let mut a = vec!["run", "-f", file.to_str().unwrap()];
+    a.extend_from_slice(args);
+    dagfs(store, &a)
+        .env_remove("DAGFS_REMOTE")
+        .env_remove("DAGFS_REMOTE_TOKEN")
+        .current_dir(file.parent().unwrap())
+        .output()
+        .unwrap()
+}
+
+fn ok(o: &Output) -> String {
+    let t = text(o);
+    assert!(o.status.success(), "exit {:?}: {t}", o.status.code());
+    t
+}
+
+fn config(store: &Path, key: &str, value: &str) {
+    let o = dagfs(store, &["config", key, value]).output().unwrap();
+    ok(&o);
+}
+
+/// task -> output digest, from the store's entry records.
+fn outputs(store: &Path) -> BTreeMap<String, String> {
+    let mut m = BTreeMap::new();
+    for shard in std::fs::read_dir(store.join("entries")).unwrap() {
+        for e in std::fs::read_dir(shard.unwrap().path()).unwrap() {
+            let v: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(e.unwrap().path()).unwrap()).unwrap();
+            m.insert(
+                v["task"].as_str().unwrap().to_string(),
+                v["output"].as_str().unwrap().to_string(),
+            );
+        }
+    }
+    m
+}
+
+fn outputs_keys(store: &Path) -> Vec<String> {
+    let mut v = Vec::new();
+    for shard in std::fs::read_dir(store.join("entries")).unwrap() {
+        for e in std::fs::read_dir(shard.unwrap().path()).unwrap() {
+            v.push(e.unwrap().file_name().to_string_lossy().into_owned());
+        }
+    }
+    v
+}
+
+fn entry_of(store: &Path, task: &str) -> dagfs::store::Entry {
+    for shard in std::fs::read_dir(store.join("entries")).unwrap() {
+        for e in std::fs::read_dir(shard.unwrap().path()).unwrap() {
+            let e =
+                dagfs::store::Entry::from_json(&std::fs::read(e.unwrap().path()).unwrap()).unwrap();
+            if e.task == task {
+                return e;
+            }
+        }
+    }
+    panic!("no entry for {task}");
+}
+
+fn fsck_clean(store: &Path) {
+    let o = dagfs(store, &["fsck"]).output().unwrap();
+    assert!(o.status.success(), "fsck: {}", text(&o));
+}
+
+fn lines<'a>(t: &'a str, prefix: &str) -> Vec<&'a str> {
+    t.lines().filter(|l| l.starts_with(prefix)).collect()
+}
+
+fn queued(store: &Path) -> usize {
+    std::fs::read_dir(store.join("remote-queue"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+// ---------------------------------------------------------------------------
+// tests
+// ---------------------------------------------------------------------------
+
+/// Two stores share through one server: the second executes nothing, its
+/// entries are whole (fsck), its outputs are the first's, and the same
+/// recipes under another pipeline name and task name hit too.
+#[test]
+fn two_stores_share_through_one_server() {
+    let bg = BuildGrid::start();
+    let e = env();
+    let (a, b, c) = (e.root.join("a"), e.root.join("b"), e.root.join("c"));
+    let file = pipeline(&e.root.join("p"), "shared", "report");
+    config(&a, "remote", &bg.url());
+    config(&a, "remote_upload", "on");
+    let t = ok(&run_in(&a, &file, &[]));
+    assert_eq!(lines(&t, "ran ").len(), 5, "{t}");
+    assert!(t.contains("remote: uploaded 5 results"), "{t}");
+    assert_eq!(queued(&a), 0);
+
+    // b reads only (upload is off by default) and executes nothing.
+    let t = ok(&run_in(&b, &file, &["--remote", &bg.url()]));
+    let hits = lines(&t, "hit ");
+    assert_eq!(hits.len(), 5, "{t}");
+    assert!(hits.iter().all(|l| l.ends_with("(remote)")), "{t}");
+    assert!(lines(&t, "ran ").is_empty(), "{t}");
+    assert!(t.contains("0 executed, 5 cached"), "{t}");
+    assert!(t.contains("remote: 5 hits, 0 misses, 0 rejected"), "{t}");
+    assert!(
+        !t.contains("uploading"),
+        "a read-only consumer uploads nothing: {t}"
+    );
+    fsck_clean(&b);
+    assert_eq!(outputs(&a), outputs(&b));
+    let cat = dagfs(&b, &["cat", "shared/report/count"]).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&cat.stdout).trim(), "5324800");
+    let cat = dagfs(&b, &["cat", "shared/gen/link"]).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&cat.stdout), "world\n");
+
+    // Now local: key hits, without the remote.
+    let t = ok(&run_in(&b, &file, &["--no-remote"]));
+    assert_eq!(lines(&t, "hit ").len(), 5, "{t}");
+    assert!(
+        lines(&t, "hit ").iter().all(|l| l.ends_with("(key)")),
+        "{t}"
+    );
+    let o = dagfs(&b, &["stats", "--json"]).output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["hits_by_route"]["remote"], 5, "{v}");
+    assert!(
+        v["remote"]["bytes_down"].as_u64().unwrap() >= 5_324_800,
+        "{v}"
+    );
+
+    // The same recipes in another pipeline, the leaf under another name.
+    let other = pipeline(&e.root.join("q"), "elsewhere", "summary");
+    let t = ok(&run_in(&c, &other, &["--remote", &bg.url()]));
+    assert_eq!(lines(&t, "hit ").len(), 5, "{t}");
+    assert!(t.contains("hit   summary"), "{t}");
+    fsck_clean(&c);
+
+    // A second upload of the same results sends no blob.
+    for k in outputs_keys(&a) {
+        std::fs::write(a.join("remote-queue").join(k), "").unwrap();
+    }
+    let t = ok(&dagfs(&a, &["remote", "flush"]).output().unwrap());
+    assert!(
+        t.contains("remote: uploaded 5 (0 blobs, 0 bytes sent"),
+        "{t}"
+    );
+}
+
+/// A server down from the start: one warning naming it, the run is the
+/// same as without a remote, the uploads stay queued; once a server
+/// answers, `dagfs remote flush` sends them.
+#[test]
+fn server_down_from_the_start_then_flush() {
+    let port = free_port();
+    let url = format!("grpc://127.0.0.1:{port}");
+    let e = env();
+    let (a, b) = (e.root.join("a"), e.root.join("b"));
+    let file = pipeline(&e.root.join("p"), "down", "report");
+    config(&a, "remote", &url);
+    config(&a, "remote_upload", "on");
+    let t = ok(&run_in(&a, &file, &[]));
+    assert_eq!(lines(&t, "ran ").len(), 5, "{t}");
+    let warnings: Vec<_> = t.lines().filter(|l| l.contains("warning")).collect();
+    assert_eq!(warnings.len(), 1, "{t}");
+    assert!(warnings[0].contains(&url), "{t}");
+    assert!(
+        t.contains("remote: 0 hits, 0 misses, 0 rejected, disabled after 1 errors"),
+        "{t}"
+    );
+    assert!(
+        t.contains("5 results left queued for `dagfs remote flush`"),
+        "{t}"
+    );
+    assert_eq!(queued(&a), 5);
+    fsck_clean(&a);
+    let o = dagfs(&a, &["remote", "status"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(15), "{}", text(&o));
+    let o = dagfs(&a, &["remote", "flush"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(15), "{}", text(&o));
+    assert!(text(&o).contains("not uploaded"), "{}", text(&o));
+
+    let bg = BuildGrid::start_on(port);
+    let o = dagfs(&a, &["remote", "flush"]).output().unwrap();
+    let t = ok(&o);
+    assert!(t.contains("remote: uploaded 5"), "{t}");
+    assert_eq!(queued(&a), 0);
+    let t = ok(&run_in(&b, &file, &["--remote", &bg.url()]));
+    assert!(t.contains("remote: 5 hits"), "{t}");
+    assert_eq!(outputs(&a), outputs(&b));
+}
+
+/// The server killed while a task runs: the run still succeeds, says so
+/// once, and keeps its uploads queued.
+#[test]
+fn server_killed_mid_run() {
+    let mut bg = BuildGrid::start();
+    let e = env();
+    let a = e.root.join("a");
+    let dir = e.root.join("p");
+    std::fs::create_dir_all(&dir).unwrap();
+    let (mark, go) = (e.root.join("started"), e.root.join("go"));
+    let mut toml = format!(
+        "[tasks.gate]\nrun = 'touch {}; while [ ! -e {} ]; do sleep 0.05; done; echo gate > \"$DAGFS_OUT/g\"'\n",
+        mark.display(),
+        go.display()
+    );
+    for i in 0..6 {
+        toml +=
+            &format!("[tasks.after{i}]\nrun = 'echo {i} > \"$DAGFS_OUT/o\"'\ndeps = [\"gate\"]\n");
+    }
+    let file = dir.join("dagfs.toml");
+    std::fs::write(&file, toml).unwrap();
+    config(&a, "remote", &bg.url());
+    config(&a, "remote_upload", "on");
+    let child = dagfs(&a, &["run", "-f", file.to_str().unwrap()])
+        .env_remove("DAGFS_REMOTE")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    common::wait_for("the gate task", || mark.exists());
+    bg.kill();
+    std::fs::write(&go, "").unwrap();
+    let o = child.wait_with_output().unwrap();
+    let t = ok(&o);
+    assert_eq!(lines(&t, "ran ").len(), 7, "{t}");
+    assert_eq!(
+        t.lines().filter(|l| l.contains("warning")).count(),
+        1,
+        "{t}"
+    );
+    let summary = t
+        .lines()
+        .find(|l| l.starts_with("remote: ") && l.contains("hits"))
+        .unwrap();
+    assert!(summary.contains("errors"), "{t}");
+    assert_eq!(queued(&a), 7, "{t}");
+    fsck_clean(&a);
+}
+
+/// `kill -9` while results upload, and while tasks run: no upload is lost
+/// (what was committed stays queued, `remote flush` sends it) and nothing
+/// wrong is uploaded (a consumer verifies every result: none rejected).
+#[test]
+fn kill_9_during_uploads_loses_nothing() {
+    let bg = BuildGrid::start();
+    let e = env();
+    let (a, b) = (e.root.join("a"), e.root.join("b"));
+    let dir = e.root.join("p");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut toml = String::from("name = \"many\"\n");
+    for i in 0..24 {
+        toml += &format!(
+            "[tasks.t{i}]\nrun = 'head -c 400000 /dev/urandom > \"$DAGFS_OUT/r\"; echo {i} > \"$DAGFS_OUT/i\"'\nenv = [\"ROUND\"]\n"
+        );
+    }
+    let file = dir.join("dagfs.toml");
+    std::fs::write(&file, toml).unwrap();
+    config(&a, "remote", &bg.url());
+    config(&a, "remote_upload", "on");
+    // Round 1: killed as the uploads start. Round 2: killed while tasks run.
+    for (round, at_upload) in [("1", true), ("2", false)] {
+        let mut child = dagfs(&a, &["run", "-j2", "-f", file.to_str().unwrap()])
+            .env("ROUND", round)
+            .env_remove("DAGFS_REMOTE")
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut err = BufReader::new(child.stderr.take().unwrap());
+        let mut seen = String::new();
+        let want = if at_upload {
+            "remote: uploading"
+        } else {
+            "ran   t5"
+        };
+        loop {
+            let mut l = String::new();
+            if err.read_line(&mut l).unwrap() == 0 {
+                panic!("the run ended before `{want}`: {seen}");
+            }
+            seen += &l;
+            if l.starts_with(want) {
+                break;
+            }
+        }
+        // SAFETY: kill(2) on a child this test started.
+        unsafe {
+            libc::kill(child.id() as i32, libc::SIGKILL);
+        }
+        let _ = child.wait();
+        assert!(
+            queued(&a) > 0,
+            "round {round}: nothing queued after the kill: {seen}"
+        );
+    }
+    // Whatever was committed is queued; flush sends it all.
+    let o = dagfs(&a, &["remote", "flush"]).output().unwrap();
+    let t = ok(&o);
+    assert_eq!(queued(&a), 0, "{t}");
+    fsck_clean(&a);
+    let produced = outputs(&a).len();
+    assert!(produced >= 24, "round 1 ran every task: {produced}");
+    // Every entry a has, b gets from the server, verified.
+    for round in ["1", "2"] {
+        let o = dagfs(
+            &b,
+            &["run", "-f", file.to_str().unwrap(), "--remote", &bg.url()],
+        )
+        .env("ROUND", round)
+        .output()
+        .unwrap();
+        let t = ok(&o);
+        assert!(t.contains(", 0 rejected"), "{t}");
+        let hits = lines(&t, "hit ").len();
+        let ran = lines(&t, "ran ").len();
+        assert_eq!(hits + ran, 24, "{t}");
+        if round == "1" {
+            assert_eq!(
+                hits, 24,
+                "round 1 committed everything before its kill: {t}"
+            );
+        }
+    }
+    fsck_clean(&b);
+}
+
+/// A poisoned action cache: one result names another task's tree, another
+/// carries another recipe's entry record. Both are rejected and counted,
+/// the tasks run, and the store stays clean.
+#[test]
+fn poisoned_results_are_rejected_and_the_tasks_run() {
+    use bazel_remote_apis::build::bazel::remote::execution::v2 as re;
+    use dagfs::remote::mapping::{ActionMsgs, DigestFn};
+    let bg = BuildGrid::start();
+    let e = env();
+    let (a, b) = (e.root.join("a"), e.root.join("b"));
+    let dir = e.root.join("p");
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("dagfs.toml");
+    std::fs::write(
+        &file,
+        "name = \"poison\"\n[tasks.one]\nrun = 'echo one > \"$DAGFS_OUT/f\"'\n[tasks.two]\nrun = 'echo two > \"$DAGFS_OUT/f\"; echo log'\n",
+    )
+    .unwrap();
+    config(&a, "remote", &bg.url());
+    config(&a, "remote_upload", "on");
+    ok(&run_in(&a, &file, &[]));
+    let (one, two) = (entry_of(&a, "one"), entry_of(&a, "two"));
+    let d1 = ActionMsgs::new(&one.manifest, DigestFn::Sha256).action_digest;
+    let d2 = ActionMsgs::new(&two.manifest, DigestFn::Sha256).action_digest;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut ac = re::action_cache_client::ActionCacheClient::connect(format!(
+            "http://127.0.0.1:{}",
+            bg.port
+        ))
+        .await
+        .unwrap();
+        let get = |d: re::Digest| re::GetActionResultRequest {
+            action_digest: Some(d),
+            ..Default::default()
+        };
+        let r1 = ac
+            .get_action_result(get(d1.clone()))
+            .await
+            .unwrap()
+            .into_inner();
+        let r2 = ac
+            .get_action_result(get(d2.clone()))
+            .await
+            .unwrap()
+            .into_inner();
+        // one: its own record, two's tree.
+        let mut p1 = r1.clone();
+        p1.output_directories = r2.output_directories.clone();
+        // two: one's record (another recipe). NB: a result naming a blob
+        // the server lacks (evicted) BuildGrid itself answers as a miss.
+        let mut p2 = r2.clone();
+        p2.output_files = r1.output_files.clone();
+        for (d, r) in [(d1, p1), (d2, p2)] {
+            ac.update_action_result(re::UpdateActionResultRequest {
+                action_digest: Some(d),
+                action_result: Some(r),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        }
+    });
+    let t = ok(&run_in(&b, &file, &["--remote", &bg.url()]));
+    assert_eq!(lines(&t, "ran ").len(), 2, "{t}");
+    assert!(t.contains("remote: 0 hits, 0 misses, 2 rejected"), "{t}");
+    assert!(t.contains("rebuilds to"), "{t}");
+    assert!(t.contains("another recipe"), "{t}");
+    fsck_clean(&b);
+    assert_eq!(outputs(&a), outputs(&b));
+    let o = dagfs(&b, &["stats", "--json"]).output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["remote"]["rejected"], 2, "{v}");
+}
+
+/// Settings and flags: bad URLs are refused with the reason (exit 2),
+/// `none` clears, `--remote`/`--no-remote`/`DAGFS_REMOTE`, and `remote
+/// status` without a remote.
+#[test]
+fn remote_settings_and_bad_urls() {
+    let e = env();
+    let s = &e.store;
+    for bad in [
+        "http://h:1",
+        "grpc://h",
+        "grpc://h:0",
+        "grpc://:80",
+        "grpc://h:1/a/../b",
+    ] {
+        let o = dagfs(s, &["config", "remote", bad]).output().unwrap();
+        assert_eq!(o.status.code(), Some(2), "{bad}: {}", text(&o));
+        assert!(text(&o).contains("bad remote URL"), "{}", text(&o));
+        assert!(text(&o).contains(bad), "{}", text(&o));
+    }
+    let o = dagfs(s, &["config", "remote_upload", "maybe"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    config(s, "remote", "grpcs://cache.example:443/team/ci");
+    let o = dagfs(s, &["config", "remote"]).output().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).trim(),
+        "grpcs://cache.example:443/team/ci"
+    );
+    let o = dagfs(s, &["config"]).output().unwrap();
+    assert!(text(&o).contains("remote_upload = off"), "{}", text(&o));
+    config(s, "remote", "none");
+    let o = dagfs(s, &["remote", "status"])
+        .env_remove("DAGFS_REMOTE")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("no remote configured"), "{}", text(&o));
+
+    let file = pipeline(&e.root.join("p"), "flags", "report");
+    let o = dagfs(
+        s,
+        &[
+            "run",
+            "-f",
+            file.to_str().unwrap(),
+            "--remote",
+            "grpc://nope",
+        ],
+    )
+    .output()
+    .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(!s.join("entries").exists() || outputs(s).is_empty());
+    let o = dagfs(s, &["run", "-f", file.to_str().unwrap()])
+        .env("DAGFS_REMOTE", "grpc://h:99999")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("DAGFS_REMOTE"), "{}", text(&o));
+    // --no-remote wins over DAGFS_REMOTE, even a bad one.
+    let o = dagfs(s, &["run", "-f", file.to_str().unwrap(), "--no-remote"])
+        .env("DAGFS_REMOTE", "grpc://127.0.0.1:1")
+        .output()
+        .unwrap();
+    let t = ok(&o);
+    assert!(!t.contains("remote:"), "{t}");
+    let o = dagfs(
+        s,
+        &[
+            "run",
+            "-f",
+            file.to_str().unwrap(),
+            "--remote",
+            "grpc://a:1",
+            "--no-remote",
+        ],
+    )
+    .output()
+    .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+}
