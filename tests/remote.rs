@@ -50,6 +50,11 @@ struct BuildGrid {
     child: Option<Child>,
     port: u16,
     dir: tempfile::TempDir,
+    /// `grpc` or `grpcs`.
+    scheme: &'static str,
+    /// Settings (`dagfs config`) and environment the readiness probe needs.
+    probe_config: Vec<(String, String)>,
+    probe_env: Vec<(String, String)>,
 }
 
 impl BuildGrid {
@@ -58,12 +63,31 @@ impl BuildGrid {
     }
 
     fn start_on(port: u16) -> BuildGrid {
-        let dir = tempfile::tempdir().unwrap();
         let cfg = std::fs::read_to_string(
             Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/reapi/buildgrid-cache.yml"),
         )
-        .unwrap()
-        .replace("127.0.0.1:50051", &format!("127.0.0.1:{port}"));
+        .unwrap();
+        BuildGrid::start_with(
+            tempfile::tempdir().unwrap(),
+            port,
+            &cfg,
+            "grpc",
+            vec![],
+            vec![],
+        )
+    }
+
+    /// BuildGrid under the configuration `cfg` (its `127.0.0.1:50051` made
+    /// `port`), probed over `scheme` with these settings and environment.
+    fn start_with(
+        dir: tempfile::TempDir,
+        port: u16,
+        cfg: &str,
+        scheme: &'static str,
+        probe_config: Vec<(String, String)>,
+        probe_env: Vec<(String, String)>,
+    ) -> BuildGrid {
+        let cfg = cfg.replace("127.0.0.1:50051", &format!("127.0.0.1:{port}"));
         let cfg_path = dir.path().join("bgd.yml");
         std::fs::write(&cfg_path, cfg).unwrap();
         let log = std::fs::File::create(dir.path().join("bgd.log")).unwrap();
@@ -80,22 +104,29 @@ impl BuildGrid {
             child: Some(child),
             port,
             dir,
+            scheme,
+            probe_config,
+            probe_env,
         };
         bg.wait_ready();
         bg
     }
 
     fn url(&self) -> String {
-        format!("grpc://127.0.0.1:{}", self.port)
+        format!("{}://127.0.0.1:{}", self.scheme, self.port)
     }
 
     /// Until GetCapabilities answers (about 3 s after start).
     fn wait_ready(&mut self) {
         let probe = self.dir.path().join("probe-store");
+        for (k, v) in &self.probe_config {
+            config(&probe, k, v);
+        }
         let deadline = Instant::now() + Duration::from_secs(90);
         loop {
             let o = dagfs(&probe, &["remote", "status"])
                 .env("DAGFS_REMOTE", self.url())
+                .envs(self.probe_env.iter().map(|(k, v)| (k, v)))
                 .output()
                 .unwrap();
             if o.status.success() {
@@ -653,4 +684,137 @@ fn remote_settings_and_bad_urls() {
     .output()
     .unwrap();
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+}
+
+/// TLS (`grpcs://` with the CA in `remote_ca`) and a bearer token (a JWT
+/// BuildGrid checks), on loopback: without the token or the CA the server
+/// is unreachable (one warning, the run goes on); the token is never
+/// printed.
+#[test]
+fn tls_and_bearer_token() {
+    let bin = bgd();
+    let python = bin.with_file_name("python");
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_path_buf();
+    let o = Command::new(&python)
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/reapi/tls_token.py"))
+        .arg(&d)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "tls_token.py: {}", text(&o));
+    let token = std::fs::read_to_string(d.join("token"))
+        .unwrap()
+        .trim()
+        .to_string();
+    let cfg = format!(
+        r#"server:
+  - !channel
+    address: "127.0.0.1:50051"
+    insecure-mode: false
+    credentials:
+      tls-server-key: {key}
+      tls-server-cert: {cert}
+authorization:
+  method: jwt
+  secret: {secret}
+  algorithm: hs256
+storages:
+  - !lru-storage &cas
+    size: 256MB
+caches:
+  - !lru-action-cache &ac
+    storage: *cas
+    max-cached-refs: 100000
+    allow-updates: true
+instances:
+  - name: ""
+    services:
+      - !action-cache
+        cache: *ac
+      - !cas
+        storage: *cas
+      - !bytestream
+        storage: *cas
+thread-pool-size: 8
+"#,
+        key = d.join("server.key").display(),
+        cert = d.join("server.pem").display(),
+        secret = d.join("secret").display(),
+    );
+    let ca = d.join("ca.pem").to_str().unwrap().to_string();
+    let bg = BuildGrid::start_with(
+        dir,
+        free_port(),
+        &cfg,
+        "grpcs",
+        vec![("remote_ca".into(), ca.clone())],
+        vec![("DAGFS_REMOTE_TOKEN".into(), token.clone())],
+    );
+    let e = env();
+    let (a, b) = (e.root.join("a"), e.root.join("b"));
+    let file = pipeline(&e.root.join("p"), "tls", "report");
+    std::fs::write(e.root.join("token"), format!("{token}\n")).unwrap();
+    config(&a, "remote", &bg.url());
+    config(&a, "remote_ca", &ca);
+    config(
+        &a,
+        "remote_token_file",
+        e.root.join("token").to_str().unwrap(),
+    );
+    config(&a, "remote_upload", "on");
+    let t = ok(&run_in(&a, &file, &[]));
+    assert!(t.contains("remote: uploaded 5 results"), "{t}");
+    let o = dagfs(&a, &["remote", "status", "--json"]).output().unwrap();
+    let t = ok(&o);
+    assert!(t.contains("\"reachable\": true"), "{t}");
+    assert!(!t.contains(&token), "the token is printed: {t}");
+    let o = dagfs(&a, &["config"]).output().unwrap();
+    assert!(!text(&o).contains(&token), "{}", text(&o));
+
+    // b: the CA but no token: refused, the run goes on locally.
+    config(&b, "remote", &bg.url());
+    config(&b, "remote_ca", &ca);
+    let t = ok(&run_in(&b, &file, &[]));
+    assert_eq!(lines(&t, "ran ").len(), 5, "{t}");
+    assert_eq!(
+        t.lines().filter(|l| l.contains("warning")).count(),
+        1,
+        "{t}"
+    );
+    // A wrong token: refused too, and not printed.
+    let w = e.root.join("w");
+    config(&w, "remote", &bg.url());
+    config(&w, "remote_ca", &ca);
+    let o = dagfs(&w, &["run", "-f", file.to_str().unwrap()])
+        .env("DAGFS_REMOTE_TOKEN", "not-a-jwt-but-a-secret")
+        .current_dir(file.parent().unwrap())
+        .output()
+        .unwrap();
+    let t = ok(&o);
+    assert!(t.contains("warning"), "{t}");
+    assert!(!t.contains("not-a-jwt-but-a-secret"), "{t}");
+    // The token and no CA (system roots): the certificate is refused.
+    let c = e.root.join("c");
+    config(&c, "remote", &bg.url());
+    let o = dagfs(&c, &["run", "-f", file.to_str().unwrap()])
+        .env("DAGFS_REMOTE_TOKEN", &token)
+        .current_dir(file.parent().unwrap())
+        .output()
+        .unwrap();
+    let t = ok(&o);
+    assert_eq!(lines(&t, "ran ").len(), 5, "{t}");
+    assert!(t.contains("disabled after 1 errors"), "{t}");
+    // The token from the environment: every task from the server.
+    let d2 = e.root.join("d");
+    config(&d2, "remote", &bg.url());
+    config(&d2, "remote_ca", &ca);
+    let o = dagfs(&d2, &["run", "-f", file.to_str().unwrap()])
+        .env("DAGFS_REMOTE_TOKEN", &token)
+        .current_dir(file.parent().unwrap())
+        .output()
+        .unwrap();
+    let t = ok(&o);
+    assert!(t.contains("remote: 5 hits, 0 misses, 0 rejected"), "{t}");
+    assert!(!t.contains(&token), "{t}");
+    fsck_clean(&d2);
 }

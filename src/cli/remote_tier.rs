@@ -170,12 +170,17 @@ pub fn after_run(remote: &Remote, cache: &Cache, io: &mut Io) {
                 Ok(r) => {
                     let _ = writeln!(
                         err,
-                        "remote: uploaded {} result{} ({} blobs, {} bytes sent; {} blobs already there){}",
+                        "remote: uploaded {} result{} ({} blobs, {} bytes sent; {} blobs already there){}{}",
                         r.uploaded,
                         if r.uploaded == 1 { "" } else { "s" },
                         r.blobs_sent,
                         r.bytes_sent,
                         r.blobs_present,
+                        if r.local_only > 0 {
+                            format!("; {} kept local only (a name that is not UTF-8)", r.local_only)
+                        } else {
+                            String::new()
+                        },
                         if r.failed.is_empty() {
                             String::new()
                         } else {

@@ -5,7 +5,8 @@
 //!             deps sorted by name: (dep name, dep OUTPUT digest))
 //!           (the cache key without the task's name: the same step in two
 //!           pipelines or repositories shares one result)
-//! Command = {arguments: ["/bin/sh", "-c", command], env: declared values,
+//! Command = {arguments: ["/bin/sh", "-c", command],
+//!            env: declared names, each value as `blake3:<16 hex>` (values may be secrets),
 //!            working_directory: cwd, output_paths: ["out"]}   (for people browsing)
 //! Action  = {command_digest, input_root_digest: the empty Directory,
 //!            salt: the 32 recipe bytes}
@@ -95,9 +96,11 @@ impl ActionMsgs {
             .env
             .iter()
             .filter_map(|(k, v)| {
+                // NB: never the value itself: a declared variable may hold a
+                // secret, and the server is shared. The salt carries identity.
                 v.as_ref().map(|v| re::command::EnvironmentVariable {
                     name: k.clone(),
-                    value: v.clone(),
+                    value: format!("blake3:{}", &Digest::of(v.as_bytes()).to_hex()[..16]),
                 })
             })
             .collect();
