@@ -1,0 +1,479 @@
+//! The remote tier against a test double built on the REAPI crate's server
+//! stubs, for what a real BuildGrid cannot do: BLAKE3 (BuildGrid speaks
+//! SHA-256 only), a slow server, a server answering UNAVAILABLE, and a blob
+//! evicted after its result was written (BuildGrid checks the blobs of a
+//! result itself and answers a miss). Tests only; tests/remote.rs runs the
+//! rest against BuildGrid.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bazel_remote_apis::build::bazel::remote::execution::v2 as re;
+use bazel_remote_apis::google::bytestream as bs;
+use common::{dagfs, env, text};
+use tonic::{Request, Response, Status};
+
+#[derive(Default)]
+struct State {
+    /// hash hex -> bytes
+    cas: HashMap<String, Vec<u8>>,
+    ac: HashMap<String, re::ActionResult>,
+    /// Every GetActionResult waits this long.
+    delay: Duration,
+    /// Every call answers UNAVAILABLE.
+    unavailable: bool,
+    /// digest_function of every request seen.
+    functions: Vec<i32>,
+}
+
+#[derive(Clone, Default)]
+struct Double(Arc<Mutex<State>>);
+
+impl Double {
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.0.lock().unwrap()
+    }
+    fn check(&self, f: i32) -> Result<(), Status> {
+        let mut s = self.state();
+        s.functions.push(f);
+        if s.unavailable {
+            return Err(Status::unavailable("the double is down"));
+        }
+        Ok(())
+    }
+}
+
+fn b3(b: &[u8]) -> String {
+    blake3::hash(b).to_hex().to_string()
+}
+
+#[tonic::async_trait]
+impl re::capabilities_server::Capabilities for Double {
+    async fn get_capabilities(
+        &self,
+        _: Request<re::GetCapabilitiesRequest>,
+    ) -> Result<Response<re::ServerCapabilities>, Status> {
+        self.check(0)?;
+        Ok(Response::new(re::ServerCapabilities {
+            cache_capabilities: Some(re::CacheCapabilities {
+                digest_functions: vec![
+                    re::digest_function::Value::Sha256 as i32,
+                    re::digest_function::Value::Blake3 as i32,
+                ],
+                action_cache_update_capabilities: Some(re::ActionCacheUpdateCapabilities {
+                    update_enabled: true,
+                }),
+                max_batch_total_size_bytes: 1 << 20,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }))
+    }
+}
+
+#[tonic::async_trait]
+impl re::action_cache_server::ActionCache for Double {
+    async fn get_action_result(
+        &self,
+        r: Request<re::GetActionResultRequest>,
+    ) -> Result<Response<re::ActionResult>, Status> {
+        let r = r.into_inner();
+        self.check(r.digest_function)?;
+        let delay = self.state().delay;
+        tokio::time::sleep(delay).await;
+        let d = r.action_digest.unwrap_or_default();
+        match self.state().ac.get(&d.hash) {
+            Some(a) => Ok(Response::new(a.clone())),
+            None => Err(Status::not_found("no result")),
+        }
+    }
+    async fn update_action_result(
+        &self,
+        r: Request<re::UpdateActionResultRequest>,
+    ) -> Result<Response<re::ActionResult>, Status> {
+        let r = r.into_inner();
+        self.check(r.digest_function)?;
+        let a = r.action_result.unwrap_or_default();
+        self.state()
+            .ac
+            .insert(r.action_digest.unwrap_or_default().hash, a.clone());
+        Ok(Response::new(a))
+    }
+}
+
+type Stream<T> = std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<T, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl re::content_addressable_storage_server::ContentAddressableStorage for Double {
+    async fn find_missing_blobs(
+        &self,
+        r: Request<re::FindMissingBlobsRequest>,
+    ) -> Result<Response<re::FindMissingBlobsResponse>, Status> {
+        let r = r.into_inner();
+        self.check(r.digest_function)?;
+        let s = self.state();
+        Ok(Response::new(re::FindMissingBlobsResponse {
+            missing_blob_digests: r
+                .blob_digests
+                .into_iter()
+                .filter(|d| !s.cas.contains_key(&d.hash))
+                .collect(),
+        }))
+    }
+    async fn batch_update_blobs(
+        &self,
+        r: Request<re::BatchUpdateBlobsRequest>,
+    ) -> Result<Response<re::BatchUpdateBlobsResponse>, Status> {
+        let r = r.into_inner();
+        self.check(r.digest_function)?;
+        let mut out = Vec::new();
+        for q in r.requests {
+            let d = q.digest.unwrap_or_default();
+            // The double checks what it is sent, under BLAKE3.
+            let code = if b3(&q.data) == d.hash { 0 } else { 3 };
+            if code == 0 {
+                self.state().cas.insert(d.hash.clone(), q.data);
+            }
+            out.push(re::batch_update_blobs_response::Response {
+                digest: Some(d),
+                status: Some(bazel_remote_apis::google::rpc::Status {
+                    code,
+                    ..Default::default()
+                }),
+            });
+        }
+        Ok(Response::new(re::BatchUpdateBlobsResponse {
+            responses: out,
+        }))
+    }
+    async fn batch_read_blobs(
+        &self,
+        r: Request<re::BatchReadBlobsRequest>,
+    ) -> Result<Response<re::BatchReadBlobsResponse>, Status> {
+        let r = r.into_inner();
+        self.check(r.digest_function)?;
+        let s = self.state();
+        Ok(Response::new(re::BatchReadBlobsResponse {
+            responses: r
+                .digests
+                .into_iter()
+                .map(|d| {
+                    let (data, code) = match s.cas.get(&d.hash) {
+                        Some(b) => (b.clone(), 0),
+                        None => (Vec::new(), 5),
+                    };
+                    re::batch_read_blobs_response::Response {
+                        digest: Some(d),
+                        data,
+                        status: Some(bazel_remote_apis::google::rpc::Status {
+                            code,
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    }
+                })
+                .collect(),
+        }))
+    }
+    type GetTreeStream = Stream<re::GetTreeResponse>;
+    async fn get_tree(
+        &self,
+        _: Request<re::GetTreeRequest>,
+    ) -> Result<Response<Self::GetTreeStream>, Status> {
+        Err(Status::unimplemented("not in the double"))
+    }
+    async fn split_blob(
+        &self,
+        _: Request<re::SplitBlobRequest>,
+    ) -> Result<Response<re::SplitBlobResponse>, Status> {
+        Err(Status::unimplemented("not in the double"))
+    }
+    type GetChunkMappingStream = Stream<re::GetChunkMappingResponse>;
+    async fn get_chunk_mapping(
+        &self,
+        _: Request<re::GetChunkMappingRequest>,
+    ) -> Result<Response<Self::GetChunkMappingStream>, Status> {
+        Err(Status::unimplemented("not in the double"))
+    }
+    async fn splice_blob(
+        &self,
+        _: Request<re::SpliceBlobRequest>,
+    ) -> Result<Response<re::SpliceBlobResponse>, Status> {
+        Err(Status::unimplemented("not in the double"))
+    }
+    async fn register_chunk_mapping(
+        &self,
+        _: Request<tonic::Streaming<re::RegisterChunkMappingRequest>>,
+    ) -> Result<Response<re::RegisterChunkMappingResponse>, Status> {
+        Err(Status::unimplemented("not in the double"))
+    }
+}
+
+/// `[instance/]blobs/blake3/HASH/SIZE` or `…/uploads/UUID/blobs/blake3/HASH/SIZE`.
+fn hash_of(resource: &str) -> Option<String> {
+    let p: Vec<&str> = resource.split('/').collect();
+    let i = p.iter().position(|c| *c == "blobs")?;
+    match p.get(i + 1) {
+        Some(&"blake3") => p.get(i + 2).map(|s| s.to_string()),
+        other => other.map(|s| s.to_string()),
+    }
+}
+
+#[tonic::async_trait]
+impl bs::byte_stream_server::ByteStream for Double {
+    type ReadStream = Stream<bs::ReadResponse>;
+    async fn read(
+        &self,
+        r: Request<bs::ReadRequest>,
+    ) -> Result<Response<Self::ReadStream>, Status> {
+        self.check(-1)?;
+        let h = hash_of(&r.into_inner().resource_name)
+            .ok_or_else(|| Status::invalid_argument("name"))?;
+        let data = self
+            .state()
+            .cas
+            .get(&h)
+            .cloned()
+            .ok_or_else(|| Status::not_found("no blob"))?;
+        let chunks: Vec<Result<bs::ReadResponse, Status>> = data
+            .chunks(64 * 1024)
+            .map(|c| Ok(bs::ReadResponse { data: c.to_vec() }))
+            .collect();
+        Ok(Response::new(Box::pin(tokio_stream::iter(chunks))))
+    }
+    async fn write(
+        &self,
+        r: Request<tonic::Streaming<bs::WriteRequest>>,
+    ) -> Result<Response<bs::WriteResponse>, Status> {
+        self.check(-1)?;
+        let mut s = r.into_inner();
+        let mut name = String::new();
+        let mut data = Vec::new();
+        while let Some(m) = s.message().await? {
+            if name.is_empty() {
+                name = m.resource_name;
+            }
+            data.extend_from_slice(&m.data);
+        }
+        let h = hash_of(&name).ok_or_else(|| Status::invalid_argument("name"))?;
+        if b3(&data) != h {
+            return Err(Status::invalid_argument("digest mismatch"));
+        }
+        let n = data.len() as i64;
+        self.state().cas.insert(h, data);
+        Ok(Response::new(bs::WriteResponse { committed_size: n }))
+    }
+    async fn query_write_status(
+        &self,
+        _: Request<bs::QueryWriteStatusRequest>,
+    ) -> Result<Response<bs::QueryWriteStatusResponse>, Status> {
+        Err(Status::unimplemented("not in the double"))
+    }
+}
+
+/// The double serving on a free port of 127.0.0.1 from its own thread;
+/// stopped when dropped.
+struct Served {
+    double: Double,
+    port: u16,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Served {
+    fn start() -> Served {
+        let double = Double::default();
+        let d = double.clone();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let (ptx, prx) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                ptx.send(l.local_addr().unwrap().port()).unwrap();
+                tonic::transport::Server::builder()
+                    .add_service(re::capabilities_server::CapabilitiesServer::new(d.clone()))
+                    .add_service(re::action_cache_server::ActionCacheServer::new(d.clone()))
+                    .add_service(
+                        re::content_addressable_storage_server::ContentAddressableStorageServer::new(
+                            d.clone(),
+                        ),
+                    )
+                    .add_service(bs::byte_stream_server::ByteStreamServer::new(d))
+                    .serve_with_incoming_shutdown(
+                        tokio_stream::wrappers::TcpListenerStream::new(l),
+                        async {
+                            let _ = rx.await;
+                        },
+                    )
+                    .await
+                    .unwrap();
+            });
+        });
+        let port = prx.recv_timeout(Duration::from_secs(10)).unwrap();
+        Served {
+            double,
+            port,
+            stop: Some(tx),
+            thread: Some(thread),
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("grpc://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn pipeline(dir: &Path) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    let mut toml = String::from("name = \"dbl\"\n");
+    toml += "[tasks.big]\nrun = 'i=0; while [ $i -lt 1200 ]; do printf \"%01023d\\n\" $i; i=$((i+1)); done > \"$DAGFS_OUT/big\"'\n";
+    for i in 0..4 {
+        toml += &format!(
+            "[tasks.t{i}]\nrun = 'mkdir \"$DAGFS_OUT/d\" && echo {i} > \"$DAGFS_OUT/d/f\"'\n"
+        );
+    }
+    let p = dir.join("dagfs.toml");
+    std::fs::write(&p, toml).unwrap();
+    p
+}
+
+fn run(store: &Path, file: &Path, args: &[&str]) -> Output {
+    let mut a = vec!["run", "-f", file.to_str().unwrap()];
+    a.extend_from_slice(args);
+    dagfs(store, &a)
+        .env_remove("DAGFS_REMOTE")
+        .env_remove("DAGFS_REMOTE_TOKEN")
+        .output()
+        .unwrap()
+}
+
+fn ok(o: &Output) -> String {
+    let t = text(o);
+    assert!(o.status.success(), "exit {:?}: {t}", o.status.code());
+    t
+}
+
+fn config(store: &Path, k: &str, v: &str) {
+    ok(&dagfs(store, &["config", k, v]).output().unwrap());
+}
+
+fn fsck_clean(store: &Path) {
+    let o = dagfs(store, &["fsck"]).output().unwrap();
+    assert!(o.status.success(), "fsck: {}", text(&o));
+}
+
+/// BLAKE3 when the server offers it: blobs travel under their dagfs names
+/// (no second hash), and a second store gets every result.
+#[test]
+fn blake3_mode_uses_dagfs_names() {
+    let s = Served::start();
+    let e = env();
+    let (a, b) = (e.root.join("a"), e.root.join("b"));
+    let file = pipeline(&e.root.join("p"));
+    config(&a, "remote", &s.url());
+    config(&a, "remote_upload", "on");
+    let t = ok(&run(&a, &file, &[]));
+    assert!(t.contains("remote: uploaded 5 results"), "{t}");
+    let o = dagfs(&a, &["remote", "status", "--json"]).output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["digest_function"], "blake3", "{v}");
+    // The 1.2 MB file is above the double's 1 MiB batch: it went by ByteStream,
+    // under its dagfs name.
+    let big: Vec<u8> = (0..1200)
+        .flat_map(|i| format!("{i:01023}\n").into_bytes())
+        .collect();
+    assert!(s.double.state().cas.contains_key(&b3(&big)));
+    assert!(s
+        .double
+        .state()
+        .functions
+        .iter()
+        .all(|f| *f == -1 || *f == 0 || *f == re::digest_function::Value::Blake3 as i32));
+    let t = ok(&run(&b, &file, &["--remote", &s.url()]));
+    assert!(t.contains("remote: 5 hits, 0 misses, 0 rejected"), "{t}");
+    fsck_clean(&b);
+    let cat = dagfs(&b, &["cat", "dbl/big/big"]).output().unwrap();
+    assert_eq!(cat.stdout, big);
+}
+
+/// A blob evicted after its result was written: the result is rejected
+/// (missing blob), counted, and the task runs.
+#[test]
+fn evicted_blob_is_rejected_and_the_task_runs() {
+    let s = Served::start();
+    let e = env();
+    let (a, b) = (e.root.join("a"), e.root.join("b"));
+    let file = pipeline(&e.root.join("p"));
+    config(&a, "remote", &s.url());
+    config(&a, "remote_upload", "on");
+    ok(&run(&a, &file, &[]));
+    assert!(s.double.state().cas.remove(&b3(b"2\n")).is_some());
+    let t = ok(&run(&b, &file, &["--remote", &s.url()]));
+    assert!(t.contains("remote: 4 hits, 0 misses, 1 rejected"), "{t}");
+    assert!(t.contains("ran   t2"), "{t}");
+    assert!(t.contains("missing on the server"), "{t}");
+    fsck_clean(&b);
+}
+
+/// A server answering UNAVAILABLE, and a slow one (each lookup past its
+/// deadline): the run is the same as without a remote, with one warning,
+/// and the tier turns itself off after 3 errors.
+#[test]
+fn unavailable_and_slow_servers_are_turned_off() {
+    let s = Served::start();
+    let e = env();
+    let file = pipeline(&e.root.join("p"));
+    s.double.state().unavailable = true;
+    let t = ok(&run(&e.root.join("a"), &file, &["--remote", &s.url()]));
+    assert_eq!(
+        t.lines().filter(|l| l.starts_with("ran ")).count(),
+        5,
+        "{t}"
+    );
+    assert_eq!(
+        t.lines().filter(|l| l.contains("warning")).count(),
+        1,
+        "{t}"
+    );
+    assert!(t.contains("disabled after 1 errors"), "{t}");
+
+    s.double.state().unavailable = false;
+    s.double.state().delay = Duration::from_secs(5);
+    let t = ok(&run(
+        &e.root.join("b"),
+        &file,
+        &["--remote", &s.url(), "-j1"],
+    ));
+    assert_eq!(
+        t.lines().filter(|l| l.starts_with("ran ")).count(),
+        5,
+        "{t}"
+    );
+    assert_eq!(
+        t.lines().filter(|l| l.contains("warning")).count(),
+        1,
+        "{t}"
+    );
+    assert!(t.contains("no answer within"), "{t}");
+    assert!(t.contains("disabled after 3 errors"), "{t}");
+}
