@@ -137,6 +137,7 @@ impl Job for ClosureJob {
             stderr,
             timed_out: None,
             output_over: None,
+            hermetic: None,
         })
     }
 }

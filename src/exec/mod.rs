@@ -10,6 +10,7 @@ pub mod dag;
 pub mod error;
 pub mod executor;
 pub mod explain;
+pub mod hermetic;
 pub mod isolate;
 pub mod key;
 pub mod pipeline;

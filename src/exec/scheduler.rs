@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use crossbeam::channel;
 
 use super::error::Result;
+use super::hermetic::{Findings, Mode};
 use super::key::KeyBuilder;
 use crate::cache::{now_ms, Cache, Lookup};
 use crate::hash::Digest;
@@ -45,6 +46,9 @@ pub struct JobResult {
     /// Killed (with its process group) when its output, measured while it
     /// ran, had grown to this many bytes, past `JobContext::max_output`.
     pub output_over: Option<u64>,
+    /// What it read and wrote beyond its declaration (`hermetic`), where
+    /// the job looked.
+    pub hermetic: Option<super::hermetic::Checked>,
 }
 
 pub struct JobContext<'a> {
@@ -344,6 +348,8 @@ pub struct Outcome {
     pub start: Duration,
     pub duration: Duration,
     pub worker: usize,
+    /// What an executed task did beyond its declaration (`hermetic`).
+    pub hermetic: Option<Findings>,
 }
 
 impl Outcome {
@@ -363,6 +369,7 @@ impl Outcome {
             start: Duration::ZERO,
             duration: Duration::ZERO,
             worker: 0,
+            hermetic: None,
         }
     }
 }
@@ -637,6 +644,7 @@ pub fn run(
                     stderr: Digest::default(),
                     ttl_secs: node.ttl.map(|d| d.as_secs()),
                     previous,
+                    hermetic: None,
                 };
                 if node.deps.iter().any(|d| uncommitted.contains(d)) {
                     pending.extend(cache.store.commit_blobs(std::mem::take(&mut batch))?);
@@ -789,6 +797,7 @@ pub fn run(
                     o.exit_code = Some(entry.exit_status);
                     o.stdout = Some(entry.stdout);
                     o.stderr = Some(entry.stderr);
+                    o.hermetic = entry.hermetic.clone();
                 }
                 Err(f) => {
                     owned.remove(&done.key);
@@ -1073,6 +1082,32 @@ fn execute(
                 log_tail: log_tail(&res.stderr).or_else(|| log_tail(&res.stdout)),
             });
         }
+        let findings = match &res.hermetic {
+            None => None,
+            Some(c) => match (&c.findings, c.mode) {
+                (Ok(f), Mode::Strict) if f.undeclared() => {
+                    return Err(Failure {
+                        message: format!(
+                            "hermetic = \"strict\": {}",
+                            f.sentences(&item.entry.task).join("; ")
+                        ),
+                        exit_code: Some(res.exit_code),
+                        log_tail: None,
+                    });
+                }
+                (Err(why), Mode::Strict) => {
+                    return Err(Failure {
+                        message: format!(
+                            "hermetic = \"strict\", but its reads cannot be checked here: {why}"
+                        ),
+                        exit_code: Some(res.exit_code),
+                        log_tail: None,
+                    });
+                }
+                (Ok(f), _) => Some(f.clone()),
+                (Err(_), _) => None,
+            },
+        };
         let mut staged = Staged::default();
         let ingest_fail = |e: crate::store::StoreError| {
             let no_space = matches!(&e, crate::store::StoreError::Io { source, .. }
@@ -1118,6 +1153,7 @@ fn execute(
         entry.duration_ms = duration.as_millis() as u64;
         entry.stdout = stdout;
         entry.stderr = stderr;
+        entry.hermetic = findings;
         store
             .stage_entry(&mats.pending, &entry, &mut staged)
             .map_err(|e| fail(e.to_string()))?;

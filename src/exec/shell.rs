@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::error::{ExecError, Result};
+use super::hermetic::{self, Checked, Mode, Observed};
 use super::key::KeyBuilder;
 use super::pipeline::Pipeline;
 use super::runner::{Command, Runner};
@@ -40,6 +41,10 @@ pub struct ShellJob {
     task: String,
     dag: String,
     timeout: Option<std::time::Duration>,
+    hermetic: Mode,
+    /// Observed trees beyond the pipeline directory (`hermetic_scope`),
+    /// resolved.
+    scopes: Vec<PathBuf>,
 }
 
 impl Job for ShellJob {
@@ -103,18 +108,37 @@ impl Job for ShellJob {
                 writable: vec![ctx.out_dir.to_path_buf(), tmp.clone()],
                 in_place,
                 cwd: self.cwd.clone(),
+                observe: (self.hermetic != Mode::Off).then(|| {
+                    let mut trees = vec![self.base.clone()];
+                    trees.extend(self.scopes.iter().cloned());
+                    trees
+                }),
             }),
         };
         let exit = self
             .runner
             .run(&cmd)
             .map_err(|e| format!("could not start /bin/sh: {e}"))?;
+        let findings = match exit.observed {
+            Observed::NotAsked => None,
+            Observed::Unobservable(why) => Some(Err(why)),
+            Observed::Seen { seen, mounts } => {
+                let declared: Vec<String> = self.inputs.iter().map(|i| i.0.clone()).collect();
+                Some(Ok(hermetic::classify(
+                    &seen, &mounts, &self.base, &declared,
+                )))
+            }
+        };
         Ok(JobResult {
             exit_code: exit.code,
             stdout: cmd.stdout,
             stderr: cmd.stderr,
             timed_out: exit.timed_out.then_some(self.timeout).flatten(),
             output_over: exit.output_over,
+            hermetic: findings.map(|findings| Checked {
+                mode: self.hermetic,
+                findings,
+            }),
         })
     }
 }
@@ -200,6 +224,14 @@ pub fn plan_with_env(
             task_digest: Digest::default(),
             deps: Vec::new(),
         };
+        // NB: a strict task's entry vouches that it read nothing
+        // undeclared, which an entry made under "warn" or "off" does not:
+        // strict is part of the key (the others are not).
+        if t.hermetic == Mode::Strict {
+            manifest
+                .params
+                .push(("hermetic".into(), Digest::of(b"strict")));
+        }
         manifest.env.sort();
         manifest.inputs.sort();
         manifest.task_digest = KeyBuilder::task_digest(&manifest);
@@ -216,6 +248,20 @@ pub fn plan_with_env(
             task: t.name.clone(),
             dag: p.name.clone(),
             timeout: t.timeout,
+            hermetic: t.hermetic,
+            scopes: t
+                .hermetic_scope
+                .iter()
+                .map(|s| {
+                    std::fs::canonicalize(s).map_err(|e| {
+                        ExecError::Config(format!(
+                            "task `{}`: hermetic_scope {}: {e}",
+                            t.name,
+                            s.display()
+                        ))
+                    })
+                })
+                .collect::<Result<_>>()?,
         };
         local[i] = nodes.len();
         nodes.push(PlanNode {
