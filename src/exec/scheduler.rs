@@ -125,11 +125,7 @@ enum Msg {
 
 /// How long the run waits for its workers before it emits `Event::Tick`.
 const TICK: Duration = Duration::from_millis(100);
-pub fn default_jobs() -> usize {
-    std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
-}
+pub use crate::host::default_jobs;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Status {
