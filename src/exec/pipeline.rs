@@ -94,30 +94,7 @@ pub struct Pipeline {
     pub dag: Dag,
 }
 
-/// Characters allowed in task and pipeline names (they become path
-/// components under the mount).
-pub fn valid_name(s: &str) -> bool {
-    name_problem(s).is_none()
-}
-
-/// The longest name a task or pipeline may have.
-pub const MAX_NAME: usize = 128;
-
-/// What is wrong with a task or pipeline name, said to the user.
-pub fn name_problem(s: &str) -> Option<String> {
-    if s.len() > MAX_NAME {
-        return Some(format!(
-            "is {} bytes long; a name may be at most {MAX_NAME}",
-            s.len()
-        ));
-    }
-    let ok = !s.is_empty()
-        && s != "."
-        && s != ".."
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"_-.+@".contains(&b));
-    (!ok).then(|| "may use only letters, digits and `_-.+@`".to_string())
-}
+pub use crate::store::names::{name_from_path, name_problem, valid_name, MAX_NAME};
 
 fn valid_env_name(s: &str) -> bool {
     let mut b = s.bytes();
@@ -369,24 +346,6 @@ impl Pipeline {
 fn default_name(dir: &Path) -> String {
     let abs = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
     name_from_path(&abs, valid_name, "default")
-}
-
-/// `path`'s base name with every character `valid` refuses replaced by `_`,
-/// or `fallback` if that is still not a valid name.
-pub fn name_from_path(path: &Path, valid: fn(&str) -> bool, fallback: &str) -> String {
-    let base = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let cleaned: String = base
-        .chars()
-        .map(|c| if valid(&c.to_string()) { c } else { '_' })
-        .collect();
-    if valid(&cleaned) {
-        cleaned
-    } else {
-        fallback.into()
-    }
 }
 
 /// TOML reports a repeated `[tasks.x]` as a duplicate key; recover the name.

@@ -20,7 +20,7 @@ use super::hermetic::{self, Checked, Mode, Observed};
 use super::key::KeyBuilder;
 use super::pipeline::Pipeline;
 use super::runner::{Command, Runner};
-use super::scheduler::{Job, JobContext, JobResult, Plan, PlanNode};
+use super::scheduler::{Job, JobContext, JobError, JobResult, Plan, PlanNode};
 use crate::cache::Cache;
 use crate::hash::Digest;
 use crate::store::Manifest;
@@ -48,10 +48,10 @@ pub struct ShellJob {
 }
 
 impl Job for ShellJob {
-    fn run(&self, ctx: &JobContext<'_>) -> std::result::Result<JobResult, String> {
+    fn run(&self, ctx: &JobContext<'_>) -> std::result::Result<JobResult, JobError> {
         let input = ctx.materialize_deps()?;
         let snapshots = ctx.work_dir.join("inputs");
-        std::fs::create_dir_all(&snapshots).map_err(|e| format!("{}: {e}", snapshots.display()))?;
+        std::fs::create_dir_all(&snapshots).map_err(JobError::io(&snapshots))?;
         // NB: an input inside a declared directory input is already there.
         let dirs: Vec<&str> = self
             .inputs
@@ -79,15 +79,13 @@ impl Job for ShellJob {
             };
             let link = snapshots.join(path.trim_end_matches('/'));
             if let Some(parent) = link.parent() {
-                std::fs::create_dir_all(parent)
-                    .map_err(|e| format!("{}: {e}", parent.display()))?;
+                std::fs::create_dir_all(parent).map_err(JobError::io(parent))?;
             }
-            std::os::unix::fs::symlink(&src, &link)
-                .map_err(|e| format!("{}: {e}", link.display()))?;
+            std::os::unix::fs::symlink(&src, &link).map_err(JobError::io(&link))?;
             in_place.push((src, self.base.join(path.trim_end_matches('/'))));
         }
         let tmp = ctx.work_dir.join("tmp");
-        std::fs::create_dir_all(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
+        std::fs::create_dir_all(&tmp).map_err(JobError::io(&tmp))?;
         let mut env = self.env.clone();
         env.push(("DAGFS_OUT".into(), ctx.out_dir.display().to_string()));
         env.push(("DAGFS_IN".into(), input.display().to_string()));
@@ -115,10 +113,10 @@ impl Job for ShellJob {
                 }),
             }),
         };
-        let exit = self
-            .runner
-            .run(&cmd)
-            .map_err(|e| format!("could not start /bin/sh: {e}"))?;
+        let exit = self.runner.run(&cmd).map_err(|source| JobError::Spawn {
+            program: "/bin/sh".into(),
+            source,
+        })?;
         let findings = match exit.observed {
             Observed::NotAsked => None,
             Observed::Unobservable(why) => Some(Err(why)),
