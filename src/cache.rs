@@ -9,7 +9,7 @@
 //! A store this process cannot write (`Store::read_only`) is opened on a
 //! private copy of its index (sled writes even to read): nothing is
 //! written to the store, and the copy goes with the cache.
-//! May call: `store`, `index`.
+//! May call: `hash`, `store`, `index`.
 
 use std::collections::HashSet;
 use std::path::Path;

@@ -248,6 +248,7 @@ impl Remote {
             exit_status: 0,
             stdout: theirs.stdout,
             stderr: theirs.stderr,
+            hermetic: theirs.hermetic.clone(),
             ..ours.clone()
         };
         cache

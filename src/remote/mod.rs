@@ -10,8 +10,8 @@
 //! write path (`upload`) and its durable queue (`queue`,
 //! `<store>/remote-queue/`), the SHA-256 ↔ BLAKE3 map (index tree
 //! `remote`), the counters and the circuit breaker.
-//! May call: `hash`, `store`, `index`, `cache`, and `exec::scheduler`'s
-//! `Tier` trait (which it implements; `exec` does not know this module).
+//! May call: `hash`, `store`, `index`, `cache`, `exec::scheduler` (only
+//! the Tier trait, which it implements; `exec` does not know this module).
 //! Never the mounted tree.
 //!
 //! Guarantees: the remote never fails a run. Every error becomes one

@@ -51,6 +51,7 @@ pub mod gc;
 pub mod ingest;
 pub mod lock;
 pub mod materialize;
+pub mod names;
 pub mod pack;
 pub mod policy;
 pub mod quarantine;

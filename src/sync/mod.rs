@@ -1,8 +1,8 @@
 //! sync: host directories as content-addressed snapshots.
 //!
 //! Owns: scanning (`scan`), change sets (`changes`), and recording each
-//! snapshot in the store's sync log. May call: `hash`, `store`, `index`,
-//! `cache`. Guarantees: a snapshot's tree names only bytes that were stored
+//! snapshot in the store's sync log. May call: `hash`, `host` (the mount
+//! table, thread count), `store`, `index`, `cache`. Guarantees: a snapshot's tree names only bytes that were stored
 //! for it, and only bytes a file held for the whole of its read (else the
 //! sync retries, then fails with `Conflict` naming the path).
 
@@ -74,15 +74,8 @@ pub struct SyncReport {
     pub notes: Vec<String>,
 }
 
-/// A sync name: letters, digits and `_-.+`, like task names.
-pub fn valid_name(s: &str) -> bool {
-    crate::exec::pipeline::valid_name(s) && !s.contains('@')
-}
-
-/// The default name of a synced directory: its base name, cleaned.
-pub fn default_name(root: &Path) -> String {
-    crate::exec::pipeline::name_from_path(root, valid_name, "root")
-}
+/// Sync names (`store::names`): `valid_name` refuses `@`.
+pub use crate::store::names::{default_sync_name as default_name, valid_sync_name as valid_name};
 
 /// The stat-cache scope of a directory scanned with these filters.
 fn root_id(root: &Path, opts: &ScanOptions) -> [u8; 16] {
@@ -101,14 +94,8 @@ fn root_id(root: &Path, opts: &ScanOptions) -> [u8; 16] {
 fn with_skips(cache: &Cache, opts: &ScanOptions) -> ScanOptions {
     let mut opts = opts.clone();
     opts.skip.push(cache.store.root().to_path_buf());
-    if let Ok(mounts) = crate::daemon::mounts::mounts() {
-        opts.skip.extend(
-            mounts
-                .into_iter()
-                .filter(|m| m.fstype == crate::daemon::mounts::FSTYPE)
-                .map(|m| m.mountpoint),
-        );
-    }
+    opts.skip
+        .extend(crate::host::mounts::dagfs_mountpoints().unwrap_or_default());
     opts
 }
 
@@ -194,7 +181,7 @@ pub fn prevalidate(store: &Path, dir: &Path, opts: &ScanOptions) -> Option<Preva
     let root = std::fs::canonicalize(dir).ok()?;
     let id = root_id(&root, opts);
     let threads = match opts.threads {
-        0 => crate::exec::scheduler::default_jobs(),
+        0 => crate::host::default_jobs(),
         n => n,
     };
     let s = store.to_path_buf();

@@ -488,7 +488,7 @@ pub(crate) fn walk(
         walker.overrides(o.build().map_err(|e| SyncError::Usage(e.to_string()))?);
     }
     let threads = if opts.threads == 0 {
-        crate::exec::scheduler::default_jobs()
+        crate::host::default_jobs()
     } else {
         opts.threads
     };
