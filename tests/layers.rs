@@ -82,7 +82,7 @@ fn may_call(top: &Path, layers: &[String]) -> Option<(Vec<Vec<String>>, usize)> 
         };
         let mut chars = l.char_indices().peekable();
         while let Some((_, c)) = chars.next() {
-            if c == '.' && chars.peek().map_or(true, |(_, n)| n.is_whitespace()) {
+            if c == '.' && chars.peek().is_none_or(|(_, n)| n.is_whitespace()) {
                 break 'lines;
             }
             sentence.push(c);
