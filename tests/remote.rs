@@ -818,3 +818,47 @@ thread-pool-size: 8
     assert!(!t.contains(&token), "{t}");
     fsck_clean(&d2);
 }
+
+/// Through a daemon: a store served by `dagfs mount` fetches from and
+/// uploads to the remote the same way (the request's environment names
+/// the remote), and the fetched outputs read through the mount.
+#[test]
+fn through_the_daemon() {
+    let bg = BuildGrid::start();
+    let e = env();
+    let (a, b) = (e.root.join("a"), e.root.join("b"));
+    let file = pipeline(&e.root.join("p"), "daemon", "report");
+    config(&a, "remote_upload", "on");
+    let m = match common::Mounted::try_new(&a, &e.root.join("mnt-a")) {
+        Ok(m) => m,
+        Err(why) => {
+            eprintln!("skipping: {why}");
+            return;
+        }
+    };
+    let o = dagfs(&a, &["run", "-f", file.to_str().unwrap()])
+        .env("DAGFS_REMOTE", bg.url())
+        .current_dir(file.parent().unwrap())
+        .output()
+        .unwrap();
+    let t = ok(&o);
+    assert!(t.contains("remote: uploaded 5 results"), "{t}");
+    drop(m);
+    let m = common::Mounted::try_new(&b, &e.root.join("mnt-b")).unwrap();
+    let o = dagfs(&b, &["run", "-f", file.to_str().unwrap()])
+        .env("DAGFS_REMOTE", bg.url())
+        .current_dir(file.parent().unwrap())
+        .output()
+        .unwrap();
+    let t = ok(&o);
+    assert!(t.contains("remote: 5 hits, 0 misses, 0 rejected"), "{t}");
+    let joined = std::fs::read_to_string(m.mnt.join("dags/daemon/report/joined")).unwrap();
+    assert_eq!(joined, "hello\nthe input\n");
+    let stats = std::fs::read_to_string(m.mnt.join(".dagfs/metrics")).unwrap();
+    assert!(
+        stats.contains("dagfs_hits_total{route=\"remote\"} 5"),
+        "{stats}"
+    );
+    drop(m);
+    fsck_clean(&b);
+}
