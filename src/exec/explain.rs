@@ -167,6 +167,24 @@ pub fn text(cache: &Cache, dag: &str, task: &str, current: &Current) -> Result<S
             }
         }
     }
+    // A key answered without running: which entry answered it.
+    if let Some(origin) = match key {
+        Some(k) if cached => cache.store.read_entry(&k)?.and_then(|e| e.origin),
+        _ => None,
+    } {
+        o += &format!(
+            "\nanswered without running it (route `{}`) by entry {} of {}/{}{}\n",
+            origin.route,
+            origin.key.short(),
+            origin.dag,
+            origin.task,
+            if origin.route == "content" {
+                " in this store: the same recipe under another name"
+            } else {
+                " on the remote cache"
+            }
+        );
+    }
     // What the run that made the shown key (or the latest) read beyond
     // its declaration.
     let shown = match key {

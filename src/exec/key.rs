@@ -19,6 +19,8 @@
 //! cutoff).
 
 use crate::hash::{CanonicalHasher, Digest, CTX_KEY, CTX_TASK, CTX_VALUE};
+
+const CTX_RECIPE: &str = "dagfs remote recipe v1";
 use crate::store::Manifest;
 
 /// Builds task digests and cache keys (dagron's `CacheKeyBuilder`).
@@ -58,6 +60,21 @@ impl KeyBuilder {
         deps.sort();
         let mut h = CanonicalHasher::new(CTX_KEY);
         h.str(name).digest(task_digest).u64(deps.len() as u64);
+        for (n, d) in deps {
+            h.str(n).digest(d);
+        }
+        h.finish()
+    }
+
+    /// A task's recipe: its key without its name (task digest and the
+    /// dependencies' outputs), so the same step under another task or
+    /// pipeline name has the same recipe (the `content` route; the remote
+    /// tier's Action). Domain `dagfs remote recipe v1`.
+    pub fn recipe(task_digest: &Digest, deps: &[(String, Digest)]) -> Digest {
+        let mut deps: Vec<_> = deps.iter().collect();
+        deps.sort();
+        let mut h = CanonicalHasher::new(CTX_RECIPE);
+        h.digest(task_digest).u64(deps.len() as u64);
         for (n, d) in deps {
             h.str(n).digest(d);
         }

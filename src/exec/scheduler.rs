@@ -442,12 +442,23 @@ impl<'a> Coordinator<'a> {
                 None => MissReason::New,
             };
         }
-        if let (Some(tier), false) = (self.opts.tier.clone(), reason == MissReason::SkipCache) {
+        if reason != MissReason::SkipCache {
             let e = self.miss_entry(i, key, deps.clone(), previous);
-            if let Some(meta) = tier.fetch(self.cache, &e, &self.protected, &self.policy) {
-                self.release(key, Ok(meta.output));
+            let answer = match self.content_hit(&e)? {
+                Some(output) => Some((output, Route::Content)),
+                None => self.opts.tier.clone().and_then(|t| {
+                    t.fetch(self.cache, &e, &self.protected, &self.policy)
+                        .map(|m| (m.output, Route::Remote))
+                }),
+            };
+            if let Some((output, route)) = answer {
+                if route == Route::Remote {
+                    let recipe = KeyBuilder::recipe(&e.manifest.task_digest, &e.manifest.deps);
+                    self.cache.index.set_recipe(&recipe, &key)?;
+                }
+                self.release(key, Ok(output));
                 let took = self.t0.elapsed() - at;
-                return self.answered(i, key, meta.output, Route::Remote, at, took);
+                return self.answered(i, key, output, route, at, took);
             }
         }
         *self.misses.entry(reason).or_default() += 1;
@@ -522,6 +533,67 @@ impl<'a> Coordinator<'a> {
         }
     }
 
+    /// A key miss whose recipe (`KeyBuilder::recipe`: the key without the
+    /// task's name) is that of another stored entry, the same step under
+    /// another task or pipeline name: a new entry for this key with that
+    /// entry's output and logs, committed now (its record names the one
+    /// that answered, for `explain`). Closure tasks never: their code is
+    /// not part of their recipe.
+    fn content_hit(&mut self, e: &Entry) -> Result<Option<Digest>> {
+        if e.manifest.command == "closure" {
+            return Ok(None);
+        }
+        let recipe = KeyBuilder::recipe(&e.manifest.task_digest, &e.manifest.deps);
+        let Some(other) = self.cache.index.by_recipe(&recipe)? else {
+            return Ok(None);
+        };
+        if other == e.key
+            || !matches!(
+                self.cache.lookup_with(&other, now_ms(), &self.policy)?,
+                Lookup::Hit(_)
+            )
+        {
+            return Ok(None);
+        }
+        let Some(src) = self.cache.store.read_entry(&other)? else {
+            return Ok(None);
+        };
+        let entry = Entry {
+            output: src.output,
+            size: src.size,
+            files: src.files,
+            created_ms: now_ms(),
+            duration_ms: src.duration_ms,
+            exit_status: src.exit_status,
+            stdout: src.stdout,
+            stderr: src.stderr,
+            hermetic: src.hermetic.clone(),
+            origin: Some(crate::store::entry::Origin {
+                route: Route::Content.as_str().into(),
+                key: other,
+                dag: src.dag,
+                task: src.task,
+            }),
+            ..e.clone()
+        };
+        let dir = self.cache.store.tempdir("content-")?;
+        let mut staged = crate::store::Staged::default();
+        self.cache
+            .store
+            .stage_entry(dir.path(), &entry, &mut staged)?;
+        let pending = self.cache.store.commit_blobs(staged)?;
+        let published = self.cache.publish(&entry, &self.protected, &self.policy)?;
+        let index = &self.cache.index;
+        self.cache.store.publish_entries(&pending, |k| {
+            published.kept && matches!(index.get(k), Ok(Some(_)))
+        })?;
+        if !published.kept {
+            return Ok(None);
+        }
+        self.evicted += published.evicted.len() as u64;
+        Ok(Some(entry.output))
+    }
+
     /// The entry a miss of node `i` will produce, but for its output.
     fn miss_entry(
         &self,
@@ -551,6 +623,7 @@ impl<'a> Coordinator<'a> {
             ttl_secs: node.ttl.map(|d| d.as_secs()),
             previous,
             hermetic: None,
+            origin: None,
         }
     }
 
@@ -644,8 +717,12 @@ impl<'a> Coordinator<'a> {
         staged: crate::store::Staged,
     ) -> Result<Outcome> {
         let published = self.cache.publish(&entry, &self.protected, &self.policy)?;
-        if let (true, Some(t)) = (published.kept, &self.opts.tier) {
-            t.produced(self.cache, &entry);
+        if published.kept {
+            let recipe = KeyBuilder::recipe(&entry.manifest.task_digest, &entry.manifest.deps);
+            self.cache.index.set_recipe(&recipe, &entry.key)?;
+            if let Some(t) = &self.opts.tier {
+                t.produced(self.cache, &entry);
+            }
         }
         if let Some(s) = self.opts.session {
             self.cache.lease(s, [entry.key]);

@@ -204,6 +204,7 @@ pub struct Index {
     dropped: sled::Tree,
     stamps: sled::Tree,
     remote: sled::Tree,
+    recipes: sled::Tree,
 }
 
 const C_ENTRIES: &str = "entries";
@@ -318,6 +319,7 @@ impl Index {
             dropped: db.open_tree("dropped")?,
             stamps: db.open_tree("stamps")?,
             remote: db.open_tree("remote")?,
+            recipes: db.open_tree("recipes")?,
             db,
         })
     }
@@ -683,6 +685,23 @@ impl Index {
             );
         }
         Ok(s)
+    }
+
+    // --- recipes (the `content` route) ---
+
+    /// `key` is an entry whose task has this recipe (see `exec::key`).
+    pub fn set_recipe(&self, recipe: &Digest, key: &Digest) -> Result<()> {
+        self.recipes
+            .insert(recipe.as_bytes(), key.as_bytes().as_slice())?;
+        Ok(())
+    }
+
+    /// The last entry stored with this recipe, if any (it may be gone since).
+    pub fn by_recipe(&self, recipe: &Digest) -> Result<Option<Digest>> {
+        match self.recipes.get(recipe.as_bytes())? {
+            None => Ok(None),
+            Some(v) => digest_of("recipes", &v).map(Some),
+        }
     }
 
     // --- remote digest map (owned by `remote`, opaque here) ---

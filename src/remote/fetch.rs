@@ -249,6 +249,12 @@ impl Remote {
             stdout: theirs.stdout,
             stderr: theirs.stderr,
             hermetic: theirs.hermetic.clone(),
+            origin: Some(crate::store::entry::Origin {
+                route: "remote".into(),
+                key: theirs.key,
+                dag: theirs.dag.clone(),
+                task: theirs.task.clone(),
+            }),
             ..ours.clone()
         };
         cache

@@ -25,7 +25,7 @@ use bazel_remote_apis::build::bazel::remote::execution::v2 as re;
 use prost::Message;
 use sha2::Digest as _;
 
-use crate::hash::{CanonicalHasher, Digest};
+use crate::hash::Digest;
 use crate::store::tree::{Node, Tree, TreeEntry};
 use crate::store::Manifest;
 
@@ -33,7 +33,6 @@ use crate::store::Manifest;
 pub const OUT: &str = "out";
 /// The path of the producer's entry record in an ActionResult.
 pub const ENTRY_FILE: &str = ".dagfs/entry.json";
-const CTX_RECIPE: &str = "dagfs remote recipe v1";
 
 /// The digest function agreed with the server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,14 +71,7 @@ impl DigestFn {
 
 /// The recipe of a task: its key without its name (see the module header).
 pub fn recipe(task_digest: &Digest, deps: &[(String, Digest)]) -> Digest {
-    let mut deps: Vec<_> = deps.iter().collect();
-    deps.sort();
-    let mut h = CanonicalHasher::new(CTX_RECIPE);
-    h.digest(task_digest).u64(deps.len() as u64);
-    for (n, d) in deps {
-        h.str(n).digest(d);
-    }
-    h.finish()
+    crate::exec::key::KeyBuilder::recipe(task_digest, deps)
 }
 
 /// The messages that identify one recipe on the server.

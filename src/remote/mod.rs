@@ -11,7 +11,8 @@
 //! `<store>/remote-queue/`), the SHA-256 ↔ BLAKE3 map (index tree
 //! `remote`), the counters and the circuit breaker.
 //! May call: `hash`, `store`, `index`, `cache`, `exec::scheduler` (only
-//! the Tier trait, which it implements; `exec` does not know this module).
+//! the Tier trait, which it implements; `exec` does not know this module),
+//! `exec::key` (the recipe).
 //! Never the mounted tree.
 //!
 //! Guarantees: the remote never fails a run. Every error becomes one

@@ -58,6 +58,22 @@ pub struct Entry {
     /// (`exec::hermetic`); None: not observed. Absent in older records.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hermetic: Option<Findings>,
+    /// Where the output came from when this store did not run the task for
+    /// this key (a `content` or `remote` hit); None: it ran here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<Origin>,
+}
+
+/// How an entry was answered without running its task (`explain` says it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Origin {
+    /// `content` (another entry of this store with the same recipe) or
+    /// `remote` (the remote cache).
+    pub route: String,
+    /// The entry that answered: its key, pipeline and task.
+    pub key: Digest,
+    pub dag: String,
+    pub task: String,
 }
 
 impl Entry {
