@@ -18,7 +18,7 @@ use super::Msg;
 use crate::cache::now_ms;
 use crate::exec::hermetic::Mode;
 use crate::hash::Digest;
-use crate::index::stats::format_size;
+use crate::index::units::format_size;
 use crate::store::ingest::{ingest_dir_limited, ingest_file, Limits, Sink};
 use crate::store::{remove_all, Entry, Staged, Store, StoreError};
 
@@ -221,7 +221,7 @@ fn run_and_ingest(
         return Err(Failure::ran(
             format!(
                 "timed out after {} (killed with its process group)",
-                crate::index::stats::format_duration(limit)
+                crate::index::units::format_duration(limit)
             ),
             res.exit_code,
             &res,
