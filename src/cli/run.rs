@@ -10,7 +10,7 @@ use clap::Args;
 use dagfs::exec::runner::ShellRunner;
 use dagfs::exec::scheduler::{self, Event, Options, Outcome, Report, Status};
 use dagfs::exec::{shell, Pipeline};
-use dagfs::index::stats::{parse_duration, parse_size};
+use dagfs::index::units::{parse_duration, parse_size};
 use dagfs::index::CachePolicy;
 
 use super::{CacheSource, CliError, Ctx, Io};

@@ -279,6 +279,23 @@ impl ChildSide {
     }
 }
 
+/// The tag a child writes when it could not watch (`ChildSide::give_up`),
+/// followed by the errno.
+const GAVE_UP: u32 = u32::MAX;
+
+impl ChildSide {
+    /// In the forked child: a tree could not be bound or marked; tell the
+    /// parent (with the errno) that the task goes unwatched.
+    pub(crate) fn give_up(&self) {
+        let errno = std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
+        let mut rec = [0u8; 12];
+        rec[..4].copy_from_slice(&GAVE_UP.to_le_bytes());
+        rec[4..].copy_from_slice(&(errno as u64).to_le_bytes());
+        // SAFETY: as in `mark`.
+        unsafe { libc::write(self.ids, rec.as_ptr().cast(), rec.len()) };
+    }
+}
+
 /// The mount id of `path` relative to `dirfd` (`AT_EMPTY_PATH` in `flags`:
 /// of `dirfd` itself).
 fn mount_id(dirfd: RawFd, path: *const libc::c_char, flags: i32) -> std::io::Result<u64> {
@@ -372,6 +389,9 @@ impl Observer {
         for rec in buf.chunks_exact(12) {
             let tag = u32::from_le_bytes(rec[..4].try_into().unwrap_or_default());
             let id = u64::from_le_bytes(rec[4..].try_into().unwrap_or_default());
+            if tag == GAVE_UP {
+                return Err(std::io::Error::from_raw_os_error(id as i32));
+            }
             mounts.insert(id, tag);
         }
         let mut p = [0; 2];

@@ -294,16 +294,20 @@ impl Prepared {
         }
         // Observed trees first: the store's mounts, made next, sit on top
         // of them, so the task's own directories are never marked.
-        if let Some(w) = &self.watch {
+        // NB: a tree that cannot be bound or marked ends the watching, not
+        // the task: the parent is told (`ChildSide::give_up`) and says so.
+        let mut watch = self.watch;
+        if let Some(w) = watch {
             for (tag, s) in self.scopes.iter().enumerate() {
                 let p = s.as_ptr();
-                if unsafe {
+                let bound = unsafe {
                     libc::mount(p, p, none, libc::MS_BIND | libc::MS_REC, std::ptr::null())
-                } != 0
-                {
-                    return err("bind an observed tree");
+                } == 0;
+                if !bound || w.mark(s, tag as u32).is_err() {
+                    w.give_up();
+                    watch = None;
+                    break;
                 }
-                w.mark(s, tag as u32)?;
             }
         }
         let store = self.store.as_ptr();
@@ -345,8 +349,11 @@ impl Prepared {
             {
                 let ro = libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | keep;
                 unsafe { libc::mount(none, dst, none, ro, std::ptr::null()) };
-                if let Some(w) = &self.watch {
-                    w.mark(dst_c, (self.scopes.len() + i) as u32)?;
+                if let Some(w) = watch {
+                    if w.mark(dst_c, (self.scopes.len() + i) as u32).is_err() {
+                        w.give_up();
+                        watch = None;
+                    }
                 }
             }
         }

@@ -12,7 +12,7 @@ use toml::Spanned;
 use super::dag::{Dag, DagBuilder};
 use super::error::{ExecError, Result};
 use super::hermetic::Mode;
-use crate::index::stats::{parse_duration, parse_size};
+use crate::index::units::{parse_duration, parse_size};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

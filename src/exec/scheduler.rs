@@ -36,7 +36,7 @@ use crate::cache::{now_ms, Cache, Lookup};
 use crate::hash::Digest;
 use crate::index::{CachePolicy, MissReason, Route, RunRecord, RunTask};
 use crate::store::ingest::Limits;
-use crate::store::{remove_all, Entry, Manifest};
+use crate::store::{Entry, Manifest};
 use commit::{GroupCommit, Unpublished};
 use worker::{no_reserve, WorkDone, WorkItem};
 
@@ -285,8 +285,7 @@ pub fn run(
     let started_ms = now_ms();
     let mut co = Coordinator::new(cache, plan, opts, t0, observe);
     let _ingest = cache.begin_ingest();
-    let run_tmp = cache.store.tempdir("run-")?;
-    let mats = job::Materializer::new(run_tmp.path(), opts.inputs_via.clone())?;
+    let mats = job::Materializer::new(opts.inputs_via.clone());
     let jobs = opts.jobs.max(1);
     let coordinated = std::thread::scope(|s| {
         let gauge = opts.running.as_ref();
@@ -294,7 +293,8 @@ pub fn run(
             worker::spawn_workers(s, jobs, gauge, &mats, &cache.store, t0);
         co.coordinate(&work_tx, &done_tx, &done_rx)
     });
-    let (outcomes, evicted, expired) = co.conclude(run_id, started_ms, coordinated, &run_tmp)?;
+    let (outcomes, evicted, expired) = co.conclude(run_id, started_ms, coordinated)?;
+    drop(mats);
     Ok(Report {
         run_id,
         dag: plan.dag.clone(),
@@ -795,7 +795,6 @@ impl<'a> Coordinator<'a> {
         run_id: u64,
         started_ms: u64,
         coordinated: Result<()>,
-        run_tmp: &tempfile::TempDir,
     ) -> Result<(Vec<Outcome>, u64, u64)> {
         let (cache, opts) = (self.cache, self.opts);
         // NB: never leave another run waiting on a key this run abandoned.
@@ -838,7 +837,6 @@ impl<'a> Coordinator<'a> {
         if let Some(f) = &opts.on_change {
             f(Change::Run(run_id));
         }
-        let _ = remove_all(run_tmp.path());
         coordinated?;
         unpublished.disarm();
         Ok((outcomes, self.evicted + more_evicted, expired))

@@ -7,7 +7,7 @@
 //! each checked against its REAPI digest → the dagfs trees rebuilt bottom
 //! up; the root must equal the record's output digest, and stdout/stderr
 //! their digests → blobs committed, then the entry published and its
-//! record renamed in (the scheduler's write order, `store/mod.rs`).
+//! record renamed in (the scheduler's write order, `store/commit.rs`).
 
 use std::collections::{HashMap, HashSet};
 

@@ -8,10 +8,12 @@
 
 pub mod changes;
 pub mod dirty;
+mod hashing;
 pub mod scan;
 pub mod shared;
 pub mod stamps;
 mod statcache;
+mod types;
 mod walk;
 pub mod watch;
 
@@ -167,11 +169,11 @@ pub fn sync_dir_prevalidated(
     t.record(cache, walked.out)
 }
 
-/// A validation of `dir`'s stat-cache copy (`statcache::Copy`), running
+/// A validation of `dir`'s stat-cache copy (`statcache::DiskCopy`), running
 /// while the process opens the cache.
 pub struct Prevalidated {
     store: PathBuf,
-    handle: std::thread::JoinHandle<Option<statcache::Copy>>,
+    handle: std::thread::JoinHandle<Option<statcache::DiskCopy>>,
 }
 
 /// Start validating `dir`'s stat-cache copy in store `store` (not yet
@@ -187,7 +189,7 @@ pub fn prevalidate(store: &Path, dir: &Path, opts: &ScanOptions) -> Option<Preva
     let s = store.to_path_buf();
     let handle = std::thread::Builder::new()
         .name("statcache-copy".into())
-        .spawn(move || statcache::Copy::validate(&s, &root, &id, threads))
+        .spawn(move || statcache::DiskCopy::validate(&s, &root, &id, threads))
         .ok()?;
     Some(Prevalidated {
         store: store.to_path_buf(),

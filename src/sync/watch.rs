@@ -33,7 +33,7 @@ use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind};
 use notify::{RecursiveMode, Watcher};
 
 use super::dirty::Dirty;
-use super::scan::{Meta, RACY_NS};
+use super::types::{Meta, RACY_NS};
 use super::{Incremental, ScanOptions, SyncError, SyncReport};
 use crate::cache::Cache;
 

@@ -89,42 +89,70 @@ impl JobContext<'_> {
 type MatCell = Arc<OnceLock<Result<PathBuf, Arc<StoreError>>>>;
 
 /// Materializes each output tree once per run, shared by all tasks, and
-/// holds the run's staging directories.
+/// holds the run's scratch and staging directories, made when the first
+/// job needs them (a run that executes nothing creates and removes nothing)
+/// and removed when it is dropped.
 pub(super) struct Materializer {
-    pub(super) root: PathBuf,
-    /// Where workers stage entry records until the coordinator publishes them.
-    pub(super) pending: PathBuf,
-    /// Where workers move staged blobs until the coordinator commits them.
-    pub(super) staging: PathBuf,
+    scratch: OnceLock<Result<tempfile::TempDir, String>>,
     /// See `Options::inputs_via`.
     pub(super) via: Option<PathBuf>,
     done: Mutex<HashMap<Digest, MatCell>>,
 }
 
+impl Drop for Materializer {
+    fn drop(&mut self) {
+        // NB: `remove_all`, not the TempDir's own removal: materialized
+        // trees hold read-only directories.
+        if let Some(Ok(t)) = self.scratch.get() {
+            let _ = crate::store::remove_all(t.path());
+        }
+    }
+}
+
 impl Materializer {
-    /// The run's scratch layout under `root` (which exists).
-    pub(super) fn new(root: &Path, via: Option<PathBuf>) -> crate::store::Result<Materializer> {
-        let mats = Materializer {
-            root: root.to_path_buf(),
-            pending: root.join("entries"),
-            staging: root.join("staging"),
+    pub(super) fn new(via: Option<PathBuf>) -> Materializer {
+        Materializer {
+            scratch: OnceLock::new(),
             via,
             done: Mutex::new(HashMap::new()),
-        };
-        for d in [&mats.pending, &mats.staging] {
-            std::fs::create_dir(d).map_err(|e| StoreError::Io {
-                path: d.clone(),
-                source: e,
-            })?;
         }
-        Ok(mats)
+    }
+
+    /// The run's scratch directory in `store` (with `entries/` and
+    /// `staging/`), made on first use.
+    pub(super) fn root(&self, store: &Store) -> Result<&Path, JobError> {
+        let made = self.scratch.get_or_init(|| {
+            let t = store.tempdir("run-").map_err(|e| e.to_string())?;
+            for d in ["entries", "staging"] {
+                let p = t.path().join(d);
+                std::fs::create_dir(&p).map_err(|e| format!("{}: {e}", p.display()))?;
+            }
+            Ok(t)
+        });
+        match made {
+            Ok(t) => Ok(t.path()),
+            Err(e) => Err(JobError::Task(format!(
+                "cannot make the run's scratch directory: {e}"
+            ))),
+        }
+    }
+
+    /// Where workers stage entry records until the coordinator publishes them.
+    pub(super) fn pending(&self, store: &Store) -> Result<PathBuf, JobError> {
+        Ok(self.root(store)?.join("entries"))
+    }
+
+    /// Where workers move staged blobs until the coordinator commits them.
+    pub(super) fn staging(&self, store: &Store) -> Result<PathBuf, JobError> {
+        Ok(self.root(store)?.join("staging"))
     }
 
     /// A private read-only copy of one blob, made once per run.
     fn blob(&self, store: &Store, d: &Digest) -> Result<PathBuf, JobError> {
-        let p = self.root.join(format!("{}.blob", d.to_hex()));
+        let root = self.root(store)?;
+        let p = root.join(format!("{}.blob", d.to_hex()));
         if !p.exists() {
-            let tmp = self.root.join(format!(
+            let tmp = root.join(format!(
                 "{}.blob.{:?}",
                 d.to_hex(),
                 std::thread::current().id()
@@ -138,6 +166,7 @@ impl Materializer {
     }
 
     fn get(&self, store: &Store, d: &Digest) -> Result<PathBuf, JobError> {
+        let root = self.root(store)?.to_path_buf();
         let cell = self
             .done
             .lock()
@@ -146,7 +175,7 @@ impl Materializer {
             .or_default()
             .clone();
         cell.get_or_init(|| {
-            let p = self.root.join(d.to_hex());
+            let p = root.join(d.to_hex());
             materialize(store, d, &p).map(|_| p).map_err(Arc::new)
         })
         .clone()

@@ -18,7 +18,7 @@ use super::Msg;
 use crate::cache::now_ms;
 use crate::exec::hermetic::Mode;
 use crate::hash::Digest;
-use crate::index::stats::format_size;
+use crate::index::units::format_size;
 use crate::store::ingest::{ingest_dir_limited, ingest_file, Limits, Sink};
 use crate::store::{remove_all, Entry, Staged, Store, StoreError};
 
@@ -96,8 +96,14 @@ pub(super) fn spawn_workers<'scope>(
         let (work_rx, done_tx) = (work_rx.clone(), done_tx.clone());
         let gauge = gauge.cloned();
         s.spawn(move || {
-            let dir = WorkerDir::new(&mats.root.join(format!("w{w}")));
+            // NB: made for the first job, so a run that executes nothing
+            // creates (and removes) no directory at all.
+            let mut dir = None;
             for item in work_rx.iter() {
+                let dir = dir.get_or_insert_with(|| {
+                    mats.root(store)
+                        .and_then(|r| WorkerDir::new(&r.join(format!("w{w}"))))
+                });
                 // NB: counted as running from here, not when queued:
                 // with -j2, two run however many wait.
                 if let Some(g) = &gauge {
@@ -105,7 +111,7 @@ pub(super) fn spawn_workers<'scope>(
                 }
                 let _ = done_tx.send(Msg::Began { idx: item.idx });
                 let start = t0.elapsed();
-                let result = match &dir {
+                let result = match &*dir {
                     Ok(dir) => execute(store, mats, dir, &item),
                     Err(e) => Err(Failure::new(e.to_string())),
                 };
@@ -215,7 +221,7 @@ fn run_and_ingest(
         return Err(Failure::ran(
             format!(
                 "timed out after {} (killed with its process group)",
-                crate::index::stats::format_duration(limit)
+                crate::index::units::format_duration(limit)
             ),
             res.exit_code,
             &res,
@@ -298,10 +304,21 @@ fn run_and_ingest(
     entry.hermetic = findings;
     let stage_fail = |e: StoreError| Failure::new(e.to_string());
     store
-        .stage_entry(&mats.pending, &entry, &mut staged)
+        .stage_entry(
+            &mats
+                .pending(store)
+                .map_err(|e| Failure::new(e.to_string()))?,
+            &entry,
+            &mut staged,
+        )
         .map_err(stage_fail)?;
     staged
-        .relocate(&mats.staging, &format!("n{}", item.idx))
+        .relocate(
+            &mats
+                .staging(store)
+                .map_err(|e| Failure::new(e.to_string()))?,
+            &format!("n{}", item.idx),
+        )
         .map_err(stage_fail)?;
     Ok((entry, staged))
 }
