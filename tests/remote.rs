@@ -198,7 +198,10 @@ deps = ["big", "join"]
     p
 }
 
+/// Runs `dagfs run` there. NB: the store's lookups wait up to 20 s (not
+/// the default 2 s), so a loaded machine never turns a hit into a miss.
 fn run_in(store: &Path, file: &Path, args: &[&str]) -> Output {
+    patient(store);
     let mut a = vec!["run", "-f", file.to_str().unwrap()];
     a.extend_from_slice(args);
     dagfs(store, &a)
@@ -207,6 +210,10 @@ fn run_in(store: &Path, file: &Path, args: &[&str]) -> Output {
         .current_dir(file.parent().unwrap())
         .output()
         .unwrap()
+}
+
+fn patient(store: &Path) {
+    config(store, "remote_lookup_timeout", "20s");
 }
 
 fn ok(o: &Output) -> String {
@@ -289,6 +296,7 @@ fn two_stores_share_through_one_server() {
     let file = pipeline(&e.root.join("p"), "shared", "report");
     config(&a, "remote", &bg.url());
     config(&a, "remote_upload", "on");
+    patient(&a);
     let t = ok(&run_in(&a, &file, &[]));
     assert_eq!(lines(&t, "ran ").len(), 5, "{t}");
     assert!(t.contains("remote: uploaded 5 results"), "{t}");
@@ -412,6 +420,7 @@ fn server_killed_mid_run() {
     std::fs::write(&file, toml).unwrap();
     config(&a, "remote", &bg.url());
     config(&a, "remote_upload", "on");
+    patient(&a);
     let child = dagfs(&a, &["run", "-f", file.to_str().unwrap()])
         .env_remove("DAGFS_REMOTE")
         .stdout(Stdio::piped())
@@ -458,6 +467,7 @@ fn kill_9_during_uploads_loses_nothing() {
     std::fs::write(&file, toml).unwrap();
     config(&a, "remote", &bg.url());
     config(&a, "remote_upload", "on");
+    patient(&a);
     // Round 1: killed as the uploads start. Round 2: killed while tasks run.
     for (round, at_upload) in [("1", true), ("2", false)] {
         let mut child = dagfs(&a, &["run", "-j2", "-f", file.to_str().unwrap()])
@@ -502,6 +512,7 @@ fn kill_9_during_uploads_loses_nothing() {
     let produced = outputs(&a).len();
     assert!(produced >= 24, "round 1 ran every task: {produced}");
     // Every entry a has, b gets from the server, verified.
+    patient(&b);
     for round in ["1", "2"] {
         let o = dagfs(
             &b,
@@ -545,6 +556,7 @@ fn poisoned_results_are_rejected_and_the_tasks_run() {
     .unwrap();
     config(&a, "remote", &bg.url());
     config(&a, "remote_upload", "on");
+    patient(&a);
     ok(&run_in(&a, &file, &[]));
     let (one, two) = (entry_of(&a, "one"), entry_of(&a, "two"));
     let d1 = ActionMsgs::new(&one.manifest, DigestFn::Sha256).action_digest;
@@ -626,6 +638,15 @@ fn remote_settings_and_bad_urls() {
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    let o = dagfs(s, &["config", "remote_lookup_timeout", "soon"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    config(s, "remote_lookup_timeout", "500ms");
+    let o = dagfs(s, &["config", "remote_lookup_timeout"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "500ms");
     config(s, "remote", "grpcs://cache.example:443/team/ci");
     let o = dagfs(s, &["config", "remote"]).output().unwrap();
     assert_eq!(
@@ -785,6 +806,7 @@ thread-pool-size: 8
     let w = e.root.join("w");
     config(&w, "remote", &bg.url());
     config(&w, "remote_ca", &ca);
+    patient(&w);
     let o = dagfs(&w, &["run", "-f", file.to_str().unwrap()])
         .env("DAGFS_REMOTE_TOKEN", "not-a-jwt-but-a-secret")
         .current_dir(file.parent().unwrap())
@@ -796,6 +818,7 @@ thread-pool-size: 8
     // The token and no CA (system roots): the certificate is refused.
     let c = e.root.join("c");
     config(&c, "remote", &bg.url());
+    patient(&c);
     let o = dagfs(&c, &["run", "-f", file.to_str().unwrap()])
         .env("DAGFS_REMOTE_TOKEN", &token)
         .current_dir(file.parent().unwrap())
@@ -808,6 +831,7 @@ thread-pool-size: 8
     let d2 = e.root.join("d");
     config(&d2, "remote", &bg.url());
     config(&d2, "remote_ca", &ca);
+    patient(&d2);
     let o = dagfs(&d2, &["run", "-f", file.to_str().unwrap()])
         .env("DAGFS_REMOTE_TOKEN", &token)
         .current_dir(file.parent().unwrap())
@@ -829,6 +853,8 @@ fn through_the_daemon() {
     let (a, b) = (e.root.join("a"), e.root.join("b"));
     let file = pipeline(&e.root.join("p"), "daemon", "report");
     config(&a, "remote_upload", "on");
+    patient(&a);
+    patient(&b);
     let m = match common::Mounted::try_new(&a, &e.root.join("mnt-a")) {
         Ok(m) => m,
         Err(why) => {

@@ -477,3 +477,31 @@ fn unavailable_and_slow_servers_are_turned_off() {
     assert!(t.contains("no answer within"), "{t}");
     assert!(t.contains("disabled after 3 errors"), "{t}");
 }
+
+/// A name that is not UTF-8 (REAPI names are strings): that entry stays
+/// local, counted and said; the others travel.
+#[test]
+fn non_utf8_names_stay_local() {
+    let s = Served::start();
+    let e = env();
+    let (a, b) = (e.root.join("a"), e.root.join("b"));
+    let dir = e.root.join("p");
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("dagfs.toml");
+    std::fs::write(
+        &file,
+        "name = \"names\"\n[tasks.odd]\nrun = 'touch \"$DAGFS_OUT/$(printf \"\\377\")\"'\n[tasks.fine]\nrun = 'echo ok > \"$DAGFS_OUT/ok\"'\n",
+    )
+    .unwrap();
+    config(&a, "remote", &s.url());
+    config(&a, "remote_upload", "on");
+    let t = ok(&run(&a, &file, &[]));
+    assert!(t.contains("remote: uploaded 1 result"), "{t}");
+    assert!(t.contains("1 kept local only"), "{t}");
+    let t = ok(&run(&b, &file, &["--remote", &s.url()]));
+    assert!(t.contains("remote: 1 hits, 1 misses, 0 rejected"), "{t}");
+    assert!(t.contains("ran   odd"), "{t}");
+    let o = dagfs(&a, &["stats", "--json"]).output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["remote"]["local_only"], 1, "{v}");
+}

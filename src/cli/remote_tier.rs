@@ -27,7 +27,7 @@ pub enum RemoteCmd {
 }
 
 /// The settings `dagfs config` shows and sets for the remote.
-pub const KEYS: [&str; 7] = [
+pub const KEYS: [&str; 8] = [
     "remote",
     "remote_upload",
     "remote_digest",
@@ -35,6 +35,7 @@ pub const KEYS: [&str; 7] = [
     "remote_cert",
     "remote_key",
     "remote_token_file",
+    "remote_lookup_timeout",
 ];
 
 pub fn show(cfg: &RemoteConfig) -> String {
@@ -44,7 +45,7 @@ pub fn show(cfg: &RemoteConfig) -> String {
             .unwrap_or_else(|| "none".into())
     };
     format!(
-        "remote = {}\nremote_upload = {}\nremote_digest = {}\nremote_ca = {}\nremote_cert = {}\nremote_key = {}\nremote_token_file = {}\n",
+        "remote = {}\nremote_upload = {}\nremote_digest = {}\nremote_ca = {}\nremote_cert = {}\nremote_key = {}\nremote_token_file = {}\nremote_lookup_timeout = {}\n",
         cfg.url.as_deref().unwrap_or("none"),
         if cfg.upload { "on" } else { "off" },
         match cfg.digest {
@@ -56,6 +57,9 @@ pub fn show(cfg: &RemoteConfig) -> String {
         path(&cfg.cert),
         path(&cfg.key),
         path(&cfg.token_file),
+        cfg.lookup_timeout_ms
+            .map(|ms| format!("{}ms", ms))
+            .unwrap_or_else(|| "none".into()),
     )
 }
 
@@ -107,6 +111,26 @@ pub fn set(cache: &Cache, key: &str, value: &str) -> Result<RemoteConfig, CliErr
         "remote_cert" => cfg.cert = file(value)?,
         "remote_key" => cfg.key = file(value)?,
         "remote_token_file" => cfg.token_file = file(value)?,
+        "remote_lookup_timeout" => {
+            cfg.lookup_timeout_ms = if none {
+                None
+            } else {
+                let ms = value
+                    .strip_suffix("ms")
+                    .and_then(|n| n.parse::<u64>().ok())
+                    .or_else(|| {
+                        dagfs::index::stats::parse_duration(value)
+                            .map(|d| d.as_millis() as u64)
+                    })
+                    .filter(|ms| *ms > 0)
+                    .ok_or_else(|| {
+                        CliError::Usage(format!(
+                            "remote_lookup_timeout: {value:?} is not a duration like 500ms or 5s (or `none`)"
+                        ))
+                    })?;
+                Some(ms)
+            }
+        }
         _ => unreachable!("checked by the caller"),
     }
     cfg.save(root)?;

@@ -19,7 +19,8 @@ use super::mapping::DigestFn;
 
 /// Connecting gives up after this.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
-/// GetActionResult on a local miss: a slow remote must not slow a run.
+/// GetActionResult on a local miss, unless `remote_lookup_timeout` says
+/// otherwise: a slow remote must not slow a run.
 pub const LOOKUP_DEADLINE: Duration = Duration::from_secs(2);
 /// Any other call (blob transfers scale with their size: see `transfer_deadline`).
 pub const CALL_DEADLINE: Duration = Duration::from_secs(10);
@@ -48,6 +49,8 @@ pub struct Conn {
     pub caps: re::ServerCapabilities,
     /// The most bytes one BatchUpdate/BatchRead carries.
     pub max_batch: usize,
+    /// GetActionResult's deadline.
+    pub lookup_deadline: Duration,
     cas: ContentAddressableStorageClient<Svc>,
     ac: ActionCacheClient<Svc>,
     capc: CapabilitiesClient<Svc>,
@@ -217,6 +220,10 @@ impl Conn {
                 ..caps
             },
             max_batch,
+            lookup_deadline: cfg
+                .lookup_timeout_ms
+                .map(Duration::from_millis)
+                .unwrap_or(LOOKUP_DEADLINE),
             cas: ContentAddressableStorageClient::new(svc(&chan))
                 .max_decoding_message_size(64 << 20),
             ac: ActionCacheClient::new(svc(&chan)).max_decoding_message_size(64 << 20),
@@ -255,13 +262,13 @@ impl Conn {
             digest_function: self.f.proto(),
             ..Default::default()
         };
-        match tokio::time::timeout(LOOKUP_DEADLINE, ac.get_action_result(req)).await {
+        match tokio::time::timeout(self.lookup_deadline, ac.get_action_result(req)).await {
             Ok(Ok(r)) => Ok(Some(r.into_inner())),
             Ok(Err(s)) if s.code() == tonic::Code::NotFound => Ok(None),
             Ok(Err(s)) => Err(format!("GetActionResult: {}", status(s))),
             Err(_) => Err(format!(
                 "GetActionResult: no answer within {}s",
-                LOOKUP_DEADLINE.as_secs()
+                self.lookup_deadline.as_secs_f64()
             )),
         }
     }

@@ -126,6 +126,9 @@ pub struct RemoteConfig {
     /// A file holding the bearer token (its content is never printed).
     /// `DAGFS_REMOTE_TOKEN` overrides it.
     pub token_file: Option<PathBuf>,
+    /// GetActionResult's deadline on a local miss (default
+    /// `client::LOOKUP_DEADLINE`).
+    pub lookup_timeout_ms: Option<u64>,
 }
 
 pub const FILE: &str = "remote.json";
