@@ -209,7 +209,7 @@ impl Graph {
                         (State::Hit { .. }, Some(k), Some(c)) => {
                             c.index.get(&k).ok().flatten().map(|m| m.duration_ms)
                         }
-                        (State::Hit { .. }, ..) => None,
+                        (State::Hit { .. } | State::Skipped, ..) => None,
                         _ => t.duration_ms,
                     };
                     Node {
