@@ -210,32 +210,13 @@ pub fn dag(cache: &Cache, id: Option<u64>) -> Res {
         }
     );
     body += &legend(&g);
-    if g.nodes.len() > super::render::COMPACT_ABOVE {
+    let compact = g.nodes.len() > super::render::COMPACT_ABOVE;
+    if compact {
         let _ = write!(
             body,
-            "<p>{} tasks: drawn compact (hover a box for its name; click it for its page). Tasks that did not hit:</p><ul>",
+            "<p>{} tasks, drawn compact: hover a box for its name and state, click it for its page. The tasks that failed and ran are listed below.</p>",
             g.nodes.len()
         );
-        let mut shown = 0;
-        for n in g
-            .nodes
-            .iter()
-            .filter(|n| !matches!(n.state, State::Hit { .. }))
-        {
-            if shown == 50 {
-                body += "<li>…</li>";
-                break;
-            }
-            shown += 1;
-            let _ = write!(
-                body,
-                "<li><a href=\"{}\">{}</a> {}</li>",
-                esc(&link(n)),
-                esc(&n.name),
-                esc(&n.state.label())
-            );
-        }
-        body += "</ul>";
     }
     body += "<div class=\"dagbox\">";
     body += &svg(
@@ -246,6 +227,40 @@ pub fn dag(cache: &Cache, id: Option<u64>) -> Res {
         },
     );
     body += "</div>";
+    if compact {
+        // NB: at most `LISTED` names per group; the legend has the counts.
+        const LISTED: usize = 300;
+        let failed = |s: &State| matches!(s, State::Failed);
+        let ran = |s: &State| matches!(s, State::Ran { .. });
+        for (title, pick) in [
+            ("Failed", &failed as &dyn Fn(&State) -> bool),
+            ("Ran", &ran),
+        ] {
+            let group: Vec<&super::model::Node> =
+                g.nodes.iter().filter(|n| pick(&n.state)).collect();
+            if group.is_empty() {
+                continue;
+            }
+            let _ = write!(
+                body,
+                "<h2>{title} ({})</h2><p class=\"listed\">",
+                group.len()
+            );
+            for n in group.iter().take(LISTED) {
+                let _ = write!(
+                    body,
+                    "<a href=\"{}\" title=\"{}\">{}</a> ",
+                    esc(&link(n)),
+                    esc(&n.state.label()),
+                    esc(&n.name)
+                );
+            }
+            if group.len() > LISTED {
+                let _ = write!(body, "… and {} more", group.len() - LISTED);
+            }
+            body += "</p>";
+        }
+    }
     Ok(Reply::html(page(
         &format!("{} run {run}", rec.dag),
         "DAG",
