@@ -193,7 +193,17 @@ fn graph_errors_have_their_own_exit_codes() {
     assert_eq!(j["run"], serde_json::Value::Null);
 }
 
-/// A `dagfs ui` (or another child) killed in every path.
+/// A child killed in every path.
+struct KillOnDrop<'a>(&'a mut Child);
+
+impl Drop for KillOnDrop<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A `dagfs ui` killed in every path.
 struct Served {
     child: Child,
     url: String,
@@ -532,14 +542,7 @@ fn ui_says_the_store_is_busy_while_a_run_holds_it_then_shows_the_run() {
     .stderr(Stdio::null())
     .spawn()
     .unwrap();
-    struct Kill<'a>(&'a mut Child);
-    impl Drop for Kill<'_> {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let run = Kill(&mut run);
+    let run = KillOnDrop(&mut run);
     wait_for("the ui to see the store busy", || {
         json(&s.url, "/api/state")["busy"] == true
     });
@@ -590,8 +593,7 @@ fn the_daemon_serves_the_ui_on_request_and_runs_through_it_show_up() {
         .unwrap();
     assert!(String::from_utf8_lossy(&o.stdout).contains(&format!("already serves {url}")));
     assert!(get(&url, "/").body.contains("No runs yet"));
-    let file = known_pipeline(&e.root, &e.store);
-    let _ = file;
+    known_pipeline(&e.root, &e.store);
     let r = get(&url, "/");
     assert!(
         r.body
@@ -600,6 +602,64 @@ fn the_daemon_serves_the_ui_on_request_and_runs_through_it_show_up() {
         r.body
     );
     assert_eq!(json(&url, "/api/state")["latest_run"], 2);
+
+    // A run in progress shows live: its DAG with the running task.
+    let p = e.root.join("slow");
+    std::fs::create_dir_all(&p).unwrap();
+    let flag = e.root.join("go");
+    std::fs::write(
+        p.join("dagfs.toml"),
+        format!(
+            "name = \"slow\"\n[tasks.first]\nrun = \"true\"\n[tasks.wait]\nrun = \"while [ ! -e {} ]; do sleep 0.02; done\"\ndeps = [\"first\"]\ncache = false\n[tasks.after]\nrun = \"true\"\ndeps = [\"wait\"]\n",
+            flag.display()
+        ),
+    )
+    .unwrap();
+    let mut run = dagfs(
+        &e.store,
+        &["run", "-f", p.join("dagfs.toml").to_str().unwrap()],
+    )
+    .stdout(Stdio::null())
+    .stderr(Stdio::null())
+    .spawn()
+    .unwrap();
+    let run = KillOnDrop(&mut run);
+    wait_for("the live run on /", || {
+        get(&url, "/")
+            .body
+            .contains("data-task=\"wait\" data-state=\"running\"")
+    });
+    let r = get(&url, "/");
+    assert!(r.body.contains("In progress: slow"), "{}", r.body);
+    assert!(
+        r.body
+            .contains("data-task=\"after\" data-state=\"waiting\""),
+        "{}",
+        r.body
+    );
+    assert!(
+        r.body
+            .contains("data-task=\"first\" data-state=\"ran-new\""),
+        "{}",
+        r.body
+    );
+    assert!(json(&url, "/api/state")["note"]
+        .as_str()
+        .unwrap()
+        .contains("slow: 1 of 3 tasks done"));
+    std::fs::write(&flag, "").unwrap();
+    wait_for("the run to end", || {
+        json(&url, "/api/state")["latest_run"] == 3
+    });
+    drop(run);
+    let r = get(&url, "/");
+    assert!(!r.body.contains("In progress"), "{}", r.body);
+    assert!(
+        r.body
+            .contains("data-task=\"after\" data-state=\"ran-new\""),
+        "{}",
+        r.body
+    );
     drop(m);
     // The daemon stopped: so did its web view.
     let host = url.trim_start_matches("http://").trim_end_matches('/');

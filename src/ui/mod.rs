@@ -14,6 +14,7 @@
 
 pub mod html;
 pub mod layout;
+pub mod live;
 pub mod model;
 pub mod pages;
 pub mod render;

@@ -26,6 +26,11 @@ pub enum State {
     Skipped,
     /// Not in the run (a task added since, or outside `run TASK...`).
     NotRun,
+    /// A run in progress (`live`): not started yet, waiting for a free
+    /// worker, running.
+    Waiting,
+    Queued,
+    Running,
 }
 
 impl State {
@@ -47,6 +52,9 @@ impl State {
             State::Failed => "failed",
             State::Skipped => "skipped",
             State::NotRun => "not-run",
+            State::Waiting => "waiting",
+            State::Queued => "queued",
+            State::Running => "running",
         }
     }
 
@@ -59,6 +67,9 @@ impl State {
             State::Failed => "failed".into(),
             State::Skipped => "skipped".into(),
             State::NotRun => "not run".into(),
+            State::Waiting => "waiting".into(),
+            State::Queued => "queued".into(),
+            State::Running => "running".into(),
         }
     }
 
@@ -72,6 +83,9 @@ impl State {
             State::Failed => "failed".into(),
             State::Skipped => "skipped".into(),
             State::NotRun => "not-run".into(),
+            State::Waiting => "waiting".into(),
+            State::Queued => "queued".into(),
+            State::Running => "running".into(),
         }
     }
 
@@ -94,7 +108,9 @@ impl State {
             },
             State::Failed => ("#ef9a9a", "#b71c1c"),
             State::Skipped => ("#eeeeee", "#9e9e9e"),
-            State::NotRun => ("#ffffff", "#bdbdbd"),
+            State::NotRun | State::Waiting => ("#ffffff", "#bdbdbd"),
+            State::Queued => ("#fffde7", "#fbc02d"),
+            State::Running => ("#fff176", "#f57f17"),
         }
     }
 
@@ -282,6 +298,9 @@ fn order(s: &State) -> (u8, String) {
         State::Failed => (2, String::new()),
         State::Skipped => (3, String::new()),
         State::NotRun => (4, String::new()),
+        State::Running => (5, String::new()),
+        State::Queued => (6, String::new()),
+        State::Waiting => (7, String::new()),
     }
 }
 

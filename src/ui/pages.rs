@@ -181,9 +181,29 @@ fn legend(g: &Graph) -> String {
 }
 
 /// `/` and `/runs/<id>`: the run's DAG as inline SVG, each task a link.
-pub fn dag(cache: &Cache, id: Option<u64>) -> Res {
+pub fn dag(cache: &Cache, live: Option<&super::live::Live>, id: Option<u64>) -> Res {
     let mut body = String::new();
-    if let Some(n) = in_progress(cache) {
+    let running = live.map(|l| l.graphs()).unwrap_or_default();
+    for (g, done, started) in &running {
+        let _ = write!(
+            body,
+            "<section class=\"live-run\"><h2>In progress: {} <small>{done} of {} tasks done, started {}</small></h2>",
+            esc(&g.dag),
+            g.nodes.len(),
+            utc(*started)
+        );
+        body += &legend(g);
+        body += "<div class=\"dagbox\">";
+        body += &svg(
+            g,
+            &SvgOptions {
+                link: None,
+                standalone: false,
+            },
+        );
+        body += "</div></section><h2>The last run that ended</h2>";
+    }
+    if let (Some(n), true) = (in_progress(cache), running.is_empty()) {
         let _ = write!(
             body,
             "<p class=\"banner\" id=\"in-progress\">run {n} is in progress; this page updates when it ends</p>"
@@ -940,7 +960,7 @@ pub fn syncs_json(cache: &Cache) -> Res {
 
 /// `/api/state`: what the live script compares. `version` changes when a
 /// run starts or ends, an entry lands, or a sync takes a snapshot.
-pub fn state(cache: &Cache) -> Res {
+pub fn state(cache: &Cache, live: Option<&super::live::Live>) -> Res {
     let s = cache.index.stats().map_err(internal)?;
     let last = cache.index.last_run().map_err(internal)?.map(|r| r.id);
     let syncs: u64 = cache
@@ -952,11 +972,18 @@ pub fn state(cache: &Cache) -> Res {
         .sum();
     let progress = in_progress(cache);
     Ok(Reply::json(&serde_json::json!({
-        "version": format!("{}-{}-{}-{}-{syncs}", s.runs, last.unwrap_or(0), s.total_entries, s.total_size_bytes),
+        "version": format!("{}-{}-{}-{}-{syncs}-{}", s.runs, last.unwrap_or(0), s.total_entries, s.total_size_bytes, live.map_or(0, |l| l.version())),
         "latest_run": last,
         "in_progress": progress,
         "busy": false,
-        "note": progress.map(|n| format!("run {n} in progress")).unwrap_or_default(),
+        "note": live
+            .map(|l| l.graphs())
+            .unwrap_or_default()
+            .iter()
+            .map(|(g, done, _)| format!("{}: {done} of {} tasks done", g.dag, g.nodes.len()))
+            .next()
+            .or_else(|| progress.map(|n| format!("run {n} in progress")))
+            .unwrap_or_default(),
     })))
 }
 

@@ -25,13 +25,15 @@ use dagfs::index::CachePolicy;
 use dagfs::store::StoreError;
 
 use super::html::{esc, unurl};
+use super::live::Live;
 use super::pages::{self, Reply};
 use super::UiError;
 
 /// What the pages read.
 pub enum Source {
-    /// The daemon's cache (live: runs through the daemon change it).
-    Shared(Arc<Cache>),
+    /// The daemon's cache (runs through the daemon change it), and the
+    /// runs in progress in it.
+    Shared(Arc<Cache>, Arc<Live>),
     /// A store no daemon serves: opened for each request and closed
     /// after it, so `dagfs run` and the other commands are held up for
     /// one request at most. While another process holds the store, the
@@ -284,9 +286,9 @@ fn route(url: &str) -> Result<Route, Reply> {
     })
 }
 
-fn answer_with(cache: &Cache, r: &Route) -> Reply {
+fn answer_with(cache: &Cache, live: Option<&Live>, r: &Route) -> Reply {
     let res = match r {
-        Route::Dag(id) => pages::dag(cache, *id),
+        Route::Dag(id) => pages::dag(cache, live, *id),
         Route::Runs => pages::runs(cache),
         Route::Task(id, t) => pages::task(cache, *id, t),
         Route::File(k, p) => pages::file(cache, k, p),
@@ -297,7 +299,7 @@ fn answer_with(cache: &Cache, r: &Route) -> Reply {
         Route::TaskJson(id, t) => pages::task_json(cache, *id, t),
         Route::StatsJson => pages::stats_json(cache),
         Route::SyncsJson => pages::syncs_json(cache),
-        Route::State => pages::state(cache),
+        Route::State => pages::state(cache, live),
     };
     res.unwrap_or_else(|e| e)
 }
@@ -361,14 +363,14 @@ fn answer(url: &str, source: &Source, stale: &mut HashMap<String, Reply>) -> Rep
         Err(e) => return e,
     };
     match source {
-        Source::Shared(cache) => answer_with(cache, &r),
+        Source::Shared(cache, live) => answer_with(cache, Some(live), &r),
         Source::Store(dir) => {
             let opened = Cache::open_waiting(dir, CachePolicy::default(), &mut |holder| {
                 std::ops::ControlFlow::Break(holder.to_string())
             });
             match opened {
                 Ok(cache) => {
-                    let reply = answer_with(&cache, &r);
+                    let reply = answer_with(&cache, None, &r);
                     drop(cache);
                     if reply.status == 200 && reply.ctype.starts_with("text/html") {
                         if stale.len() >= 256 {
@@ -392,6 +394,7 @@ fn answer(url: &str, source: &Source, stale: &mut HashMap<String, Reply>) -> Rep
 #[derive(Default)]
 pub struct Servers {
     running: Mutex<Vec<Running>>,
+    live: Arc<Live>,
 }
 
 struct Running {
@@ -403,6 +406,11 @@ struct Running {
 }
 
 impl Servers {
+    /// The runs in progress, which every web view of the daemon shows.
+    pub fn live(&self) -> &Arc<Live> {
+        &self.live
+    }
+
     /// Serve `cache` on `listen` (or say where it already is); returns the
     /// URL.
     pub fn start(
@@ -422,10 +430,18 @@ impl Servers {
         let (server, addr) = bind(listen, token.as_deref())?;
         let server = Arc::new(server);
         let stop = Arc::new(AtomicBool::new(false));
-        let (s, st) = (server.clone(), stop.clone());
+        let (s, st, live) = (server.clone(), stop.clone(), self.live.clone());
         let thread = std::thread::Builder::new()
             .name("dagfs-ui".into())
-            .spawn(move || serve(&s, addr, &Source::Shared(cache), token.as_deref(), &st))
+            .spawn(move || {
+                serve(
+                    &s,
+                    addr,
+                    &Source::Shared(cache, live),
+                    token.as_deref(),
+                    &st,
+                )
+            })
             .map_err(|e| UiError::Listen(format!("starting the web view: {e}")))?;
         running.push(Running {
             asked: listen.to_string(),
