@@ -98,20 +98,55 @@ pub fn layout(n: usize, edges: &[(usize, usize)], p: &Params) -> Layout {
     // Wrap wide layers into rows of at most `max_row`.
     let max_row = p.max_row.max(1);
     let lines: Vec<&[usize]> = rows.iter().flat_map(|r| r.chunks(max_row)).collect();
+    // x: each node as near as it can be to the mean centre of its
+    // dependencies (already placed: rows go top down), in its row's order,
+    // never overlapping; a row whose nodes have no dependencies is packed
+    // from the left.
     let line_w = |line: &[usize]| -> f64 {
         line.iter().map(|&i| p.node_w[i]).sum::<f64>()
             + p.gap_x * line.len().saturating_sub(1) as f64
     };
-    let widest = lines.iter().map(|l| line_w(l)).fold(0f64, f64::max);
+    // NB: no row reaches past the widest row packed: drift to the right
+    // would otherwise add up row after row.
+    let cap = p.margin + lines.iter().map(|l| line_w(l)).fold(0f64, f64::max);
     let mut pos = vec![(0f64, 0f64); n];
+    let mut placed = vec![false; n];
+    let mut rights = Vec::with_capacity(lines.len());
     for (r, line) in lines.iter().enumerate() {
-        let mut x = p.margin + (widest - line_w(line)) / 2.0;
         let y = p.margin + r as f64 * (p.node_h + p.gap_y);
+        let mut right = p.margin - p.gap_x;
         for &i in *line {
+            let parents: Vec<f64> = pred[i]
+                .iter()
+                .filter(|&&j| placed[j])
+                .map(|&j| pos[j].0 + p.node_w[j] / 2.0)
+                .collect();
+            let want = if parents.is_empty() {
+                f64::MIN
+            } else {
+                parents.iter().sum::<f64>() / parents.len() as f64 - p.node_w[i] / 2.0
+            };
+            let x = want.max(right + p.gap_x);
             pos[i] = (x, y);
-            x += p.node_w[i] + p.gap_x;
+            right = x + p.node_w[i];
         }
+        let mut limit = cap;
+        for &i in line.iter().rev() {
+            pos[i].0 = pos[i].0.min(limit - p.node_w[i]);
+            limit = pos[i].0 - p.gap_x;
+        }
+        let mut left = p.margin;
+        for &i in *line {
+            pos[i].0 = pos[i].0.max(left);
+            left = pos[i].0 + p.node_w[i] + p.gap_x;
+        }
+        right = left - p.gap_x;
+        for &i in *line {
+            placed[i] = true;
+        }
+        rights.push(right);
     }
+    let widest = rights.iter().copied().fold(0f64, f64::max) - p.margin;
     let height = if lines.is_empty() {
         2.0 * p.margin
     } else {
@@ -152,6 +187,15 @@ mod tests {
         // Same layer, side by side without overlap.
         assert_eq!(l.pos[1].1, l.pos[2].1);
         assert!((l.pos[1].0 - l.pos[2].0).abs() >= 15.0);
+    }
+
+    #[test]
+    fn a_chain_is_drawn_straight_down() {
+        // 0 and 1 side by side; 2 under 1, 3 under 2.
+        let l = layout(4, &[(1, 2), (2, 3)], &params(4, 10));
+        assert_eq!(l.pos[1].0, l.pos[2].0);
+        assert_eq!(l.pos[2].0, l.pos[3].0);
+        assert!(l.pos[0].0 + 10.0 <= l.pos[1].0);
     }
 
     #[test]
