@@ -647,13 +647,18 @@ fn the_daemon_serves_the_ui_on_request_and_runs_through_it_show_up() {
         .as_str()
         .unwrap()
         .contains("slow: 1 of 3 tasks done"));
+    assert!(
+        r.body.contains("aria-label=\"slow · in progress\""),
+        "{}",
+        r.body
+    );
     std::fs::write(&flag, "").unwrap();
+    // NB: the record is written before the run leaves the live board.
     wait_for("the run to end", || {
-        json(&url, "/api/state")["latest_run"] == 3
+        json(&url, "/api/state")["latest_run"] == 3 && !get(&url, "/").body.contains("In progress")
     });
     drop(run);
     let r = get(&url, "/");
-    assert!(!r.body.contains("In progress"), "{}", r.body);
     assert!(
         r.body
             .contains("data-task=\"after\" data-state=\"ran-new\""),

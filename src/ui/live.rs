@@ -91,6 +91,7 @@ impl Live {
             .iter()
             .map(|r| {
                 let mut g = Graph::build(&r.dag, &r.names, &r.deps, None, None);
+                g.in_progress = true;
                 let mut done = 0;
                 for (n, p) in g.nodes.iter_mut().zip(&r.progress) {
                     n.state = match p {

@@ -150,6 +150,8 @@ pub struct Graph {
     pub ok: Option<bool>,
     pub started_ms: Option<u64>,
     pub finished_ms: Option<u64>,
+    /// A run still going (`live`).
+    pub in_progress: bool,
     pub nodes: Vec<Node>,
     /// (from, to): `to` depends on `from`; indexes into `nodes`.
     pub edges: Vec<(usize, usize)>,
@@ -256,6 +258,7 @@ impl Graph {
             ok: record.map(|r| r.ok),
             started_ms: record.map(|r| r.started_ms),
             finished_ms: record.map(|r| r.finished_ms),
+            in_progress: false,
             nodes,
             edges: edges.into_iter().collect(),
         }

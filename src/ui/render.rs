@@ -34,6 +34,7 @@ fn title(g: &Graph) -> String {
                 if ok { "ok" } else { "failed" }
             )
         }
+        _ if g.in_progress => format!("{} · in progress", g.dag),
         _ => format!("{} · no run yet", g.dag),
     }
 }
