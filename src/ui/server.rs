@@ -318,7 +318,10 @@ fn is_json(r: &Route) -> bool {
 
 /// The store is held by another process: `holder` says who.
 fn busy(url: &str, r: &Route, holder: &str, stale: &HashMap<String, Reply>) -> Reply {
-    let note = format!("the store is in use by {holder}; this page updates when it is free");
+    let mut note = format!("the store is in use by {holder}; this page updates when it is free");
+    if holder.contains(" mount") {
+        note += " (a daemon took the store: run `dagfs ui` again and the daemon serves this view, live)";
+    }
     if matches!(r, Route::State) {
         return Reply::json(&serde_json::json!({
             "version": "busy", "busy": true, "note": note,
