@@ -169,6 +169,8 @@ def main():
     ap.add_argument("--cold-reps", type=int, default=3, help="cold runs of dagfs and of xargs (3)")
     ap.add_argument("-j", "--jobs", type=int, default=2, help="dagfs -j and xargs -P (2)")
     ap.add_argument("--keep", action="store_true", help="keep the scratch directory")
+    ap.add_argument("--dagron-python", help="a Python (>= 3.12) with dagron 0.1.1 installed: adds the "
+                    "chain-1000 comparison with dagron's CachedDAGExecutor")
     args = ap.parse_args()
     if not os.access(args.dagfs, os.X_OK):
         sys.exit(f"bench: no executable dagfs at {args.dagfs}")
@@ -205,11 +207,45 @@ def main():
     print(f"  cold 1,000 trivial tasks <= 1.5x xargs -P{args.jobs}: {cold_ratio:.2f}x ({met})")
 
 
+def versus_dagron(args, bench, scratch, store, toml):
+    """The fully cached chain-1000, dagfs and dagron alternated run by run."""
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bench_dagron_chain.py")
+    cache = os.path.join(scratch, "dagron-cache")
+    argv = [args.dagron_python, script, "1000", cache]
+    out = os.path.join(scratch, "dagron.out")
+    code, fill, _ = spawn_timed(argv, stdout=out)
+    if code != 0 or "misses=1000" not in open(out).read():
+        sys.exit(f"bench: dagron cold fill failed (exit {code}): {open(out).read()}")
+    print(f"chain-1000 vs dagron: {args.reps} runs each, alternated ...", end="", flush=True)
+    dagfs_walls, dagron_walls, pairs = [], [], []
+    for _ in range(args.reps):
+        code, a, _ = bench.run(store, toml)
+        if code != 0:
+            sys.exit(f"bench: chain-1000: cached run exited {code}")
+        code, b, _ = spawn_timed(argv, stdout=out)
+        if code != 0 or "hits=1000 misses=0" not in open(out).read():
+            sys.exit(f"bench: dagron cached run was not all hits (exit {code}): {open(out).read()}")
+        dagfs_walls.append(a)
+        dagron_walls.append(b)
+        pairs.append(b / a)
+    _, rss = bench.checked_run(store, toml, 0, "chain-1000 check (vs dagron)")
+    ratio = statistics.median(pairs)
+    print(f" dagfs {fmt_s(statistics.median(dagfs_walls))}, dagron {fmt_s(statistics.median(dagron_walls))}: "
+          f"dagfs {ratio:.1f}x faster (median of pair ratios)")
+    return [
+        ["chain-1000 cached, paired", 1000, args.reps, fmt_s(statistics.median(dagfs_walls)),
+         fmt_us(statistics.median(dagfs_walls) / 1000), fmt_kib(rss), "", f"{ratio:.1f}x faster than dagron"],
+        ["chain-1000 cached, dagron 0.1.1", 1000, args.reps, fmt_s(statistics.median(dagron_walls)),
+         fmt_us(statistics.median(dagron_walls) / 1000), "", fmt_s(fill), "baseline"],
+    ]
+
+
 def run_all(args, scratch):
     bench = Bench(args, scratch)
     rows = []
     layers_median = None
 
+    chain_store = chain_toml = None
     for name, tasks in [("chain-1000 cached", chain(1000)),
                         ("wide-1000 cached", wide(1000)),
                         ("layers-10k cached", layers(100, 100))]:
@@ -230,8 +266,15 @@ def run_all(args, scratch):
         print(f" median {fmt_s(median)}")
         if n == 10000:
             layers_median = median
+        if name.startswith("chain"):
+            chain_store, chain_toml = store, toml
         rows.append([name, n, args.reps, fmt_s(median), fmt_us(median / n), fmt_kib(peak),
                      fmt_s(cold_wall), ""])
+
+    if args.dagron_python:
+        rows.extend(versus_dagron(args, bench, scratch, chain_store, chain_toml))
+    else:
+        print("chain-1000 vs dagron: skipped (no --dagron-python; scripts/bench-exec installs dagron where a Python >= 3.12 is found)")
 
     # Cold: dagfs vs xargs on the same 1,000 trivial commands.
     n = 1000

@@ -9,7 +9,7 @@
 //! A store this process cannot write (`Store::read_only`) is opened on a
 //! private copy of its index (sled writes even to read): nothing is
 //! written to the store, and the copy goes with the cache.
-//! May call: `store`, `index`.
+//! May call: `hash`, `store`, `index`.
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -249,7 +249,7 @@ impl Cache {
             cache.notes.push(format!(
                 "the store's filesystem is full: released the store's reserve to open it, swept {} unreferenced blobs ({}){}",
                 freed.sweep.blobs_removed,
-                crate::index::stats::format_size(freed.sweep.bytes_removed),
+                crate::index::units::format_size(freed.sweep.bytes_removed),
                 if made { "" } else { "; free space, `dagfs gc` or `dagfs config max_bytes` before the next run" }
             ));
         } else {
@@ -741,7 +741,7 @@ impl Cache {
 
     /// Make everything done so far durable: store first, then index.
     pub fn flush(&self) -> Result<()> {
-        self.store.sync_changes()?;
+        self.store.barrier_if_changed()?;
         // NB: the flush time is recorded only when something was written:
         // an older one makes `reconcile` check more entries, never fewer,
         // and a process that wrote nothing (a rescan that found nothing

@@ -1,19 +1,21 @@
 //! dagfs: a content-addressed cache for the outputs of DAG pipelines.
 //!
 //! Layers, dependencies pointing down (see ARCHITECTURE.md, "1. Layers",
-//! for each layer's "may call" line and the imports that still point up):
+//! for each layer's "may call" line; `tests/layers.rs` checks them):
 //!
 //! ```text
 //! cli      argument parsing, output, progress, exit codes (in the binary:
 //!          src/main.rs, src/cli/)
-//! daemon   the socket server and client, sessions, mount table, watched syncs
+//! daemon   the socket server and client, sessions, watched syncs, the
+//!          mount's StoreView over the cache
 //! fs       the FUSE view: node model, inodes, handles, reads, verified reads
-//! sync     host directories as snapshots: walk, stat cache, watch, stamps
 //! exec     DAG model, pipelines, keys, scheduling, running tasks
+//! sync     host directories as snapshots: walk, stat cache, watch, stamps
 //! cache    store + index + policy: lookups, publishing, eviction, gc, fsck
 //! index    sled trees and their encodings, statistics, policy
 //! store    blobs, packs, Merkle trees, ingest, entries, sync logs, sweep,
-//!          fsck, quarantine
+//!          fsck, quarantine, the name rules
+//! host     the mount table, the default thread count
 //! hash     Digest, hex, BLAKE3 contexts
 //! ```
 //!
@@ -34,6 +36,7 @@ pub mod daemon;
 pub mod exec;
 pub mod fs;
 pub mod hash;
+pub mod host;
 pub mod index;
 pub mod store;
 pub mod sync;

@@ -39,10 +39,10 @@ use dagfs::exec::scheduler::{self, Options};
 use dagfs::exec::{shell, Pipeline};
 use dagfs::fs::node::{Found, Node, Resolver, Top};
 use dagfs::fs::tree_cache::TreeCache;
+use dagfs::fs::view::RunInfo;
 use dagfs::fs::view::{EntryInfo, StoreView, ViewError};
 use dagfs::fs::{errno, mount, DagFs, FsCounters, FsOptions};
 use dagfs::hash::{Digest, HexPrefix};
-use dagfs::index::RunRecord;
 use dagfs::store::ingest::{ingest_dir, Sink};
 use dagfs::store::tree::{Node as TNode, Tree};
 use dagfs::store::{Staged, Store};
@@ -249,10 +249,10 @@ impl StoreView for Checked {
     fn keys_after(&self, after: Option<&Digest>, max: usize) -> Result<Vec<Digest>, ViewError> {
         self.0.keys_after(after, max)
     }
-    fn syncs(&self) -> Result<Vec<dagfs::store::syncs::SyncLog>, ViewError> {
+    fn syncs(&self) -> Result<Vec<dagfs::fs::view::SyncInfo>, ViewError> {
         self.0.syncs()
     }
-    fn sync_log(&self, name: &str) -> Result<Option<dagfs::store::syncs::SyncLog>, ViewError> {
+    fn sync_log(&self, name: &str) -> Result<Option<dagfs::fs::view::SyncInfo>, ViewError> {
         assert!(
             dagfs::sync::valid_name(name),
             "an unvalidated sync name reached the store: {name:?}"
@@ -294,7 +294,7 @@ impl StoreView for Checked {
     fn runs(&self) -> Result<Vec<u64>, ViewError> {
         self.0.runs()
     }
-    fn run(&self, id: u64) -> Result<Option<RunRecord>, ViewError> {
+    fn run(&self, id: u64) -> Result<Option<RunInfo>, ViewError> {
         self.0.run(id)
     }
     fn why(&self, dag: &str, task: &str) -> Result<Option<String>, ViewError> {

@@ -27,10 +27,10 @@ use dagfs::daemon::Gauges;
 use dagfs::exec::runner::ShellRunner;
 use dagfs::exec::scheduler::{self, Options, Report};
 use dagfs::exec::{shell, Pipeline};
+use dagfs::fs::view::RunInfo;
 use dagfs::fs::view::{EntryInfo, StoreView, ViewError};
 use dagfs::fs::{mount, DagFs, FsCounters, FsOptions, Passthrough};
 use dagfs::hash::HexPrefix;
-use dagfs::index::RunRecord;
 use dagfs::store::Tree;
 use dagfs::{Cache, CachePolicy, Digest};
 
@@ -810,7 +810,7 @@ impl StoreView for PanicView {
     fn runs(&self) -> Result<Vec<u64>, ViewError> {
         self.0.runs()
     }
-    fn run(&self, id: u64) -> Result<Option<RunRecord>, ViewError> {
+    fn run(&self, id: u64) -> Result<Option<RunInfo>, ViewError> {
         self.0.run(id)
     }
     fn why(&self, dag: &str, task: &str) -> Result<Option<String>, ViewError> {
@@ -1001,7 +1001,7 @@ impl StoreView for WideView {
     fn runs(&self) -> Result<Vec<u64>, ViewError> {
         Ok(vec![])
     }
-    fn run(&self, _: u64) -> Result<Option<RunRecord>, ViewError> {
+    fn run(&self, _: u64) -> Result<Option<RunInfo>, ViewError> {
         Ok(None)
     }
     fn why(&self, _: &str, _: &str) -> Result<Option<String>, ViewError> {

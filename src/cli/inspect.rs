@@ -9,7 +9,7 @@ use std::sync::Arc;
 use dagfs::cache::{now_ms, Cache};
 use dagfs::exec::runner::ShellRunner;
 use dagfs::exec::{explain, shell, ExecError, Pipeline};
-use dagfs::index::stats::{format_duration, format_size, parse_duration, parse_size};
+use dagfs::index::units::{format_duration, format_size, parse_duration, parse_size};
 use dagfs::index::CachePolicy;
 use dagfs::store::fsck::{Phase, Progress, Report};
 use dagfs::store::Manifest;

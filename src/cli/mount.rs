@@ -28,10 +28,11 @@ use dagfs::daemon::protocol::{Hello, PROTOCOL};
 use dagfs::daemon::server::{Server, ServerConfig};
 use dagfs::daemon::view::CacheView;
 use dagfs::daemon::watches::Watches;
-use dagfs::daemon::{client, mounts, Gauges};
+use dagfs::daemon::{client, Gauges};
 use dagfs::exec::scheduler::Change;
 use dagfs::fs::invalidate::Invalidator;
 use dagfs::fs::{self as dfs, DagFs, FsCounters, FsOptions, Passthrough, Verify};
+use dagfs::host::mounts;
 use dagfs::index::CachePolicy;
 use dagfs::store::StoreError;
 
@@ -142,7 +143,7 @@ fn recover_stale(mnt: &Path) -> Result<(), CliError> {
     }
     let m = mounts::find(mnt).map_err(|e| CliError::Mount(format!("reading mountinfo: {e}")))?;
     match m {
-        Some(m) if m.fstype == mounts::FSTYPE => {
+        Some(m) if m.is_dagfs() => {
             mounts::lazy_unmount(mnt).map_err(|e| {
                 CliError::Mount(format!(
                     "{}: lazy unmount of the dead mount: {e}",
@@ -189,7 +190,7 @@ pub fn mount(store: Option<PathBuf>, a: MountArgs) -> Result<(), CliError> {
             return Err(CliError::Mount(served));
         }
         if let Ok(Some(m)) = mounts::find(&mnt) {
-            if m.fstype == mounts::FSTYPE {
+            if m.is_dagfs() {
                 return Err(CliError::Mount(format!(
                     "{} is already a dagfs mount (of {})",
                     mnt.display(),
@@ -277,7 +278,7 @@ fn served_by(store: &Path) -> Option<String> {
         // A read-only store's daemon has no socket: its mount tells.
         let me = std::fs::canonicalize(store).ok()?;
         let live = mounts::mounts().ok()?.into_iter().find(|m| {
-            m.fstype == mounts::FSTYPE
+            m.is_dagfs()
                 && std::fs::canonicalize(&m.source).is_ok_and(|s| s == me)
                 && !mounts::is_stale(&m.mountpoint)
         });
@@ -497,7 +498,7 @@ fn serve(
     let session = dfs::mount(fs, mnt, &fs_opts)
         .map_err(|e| CliError::Mount(format!("cannot mount {}: {e}", mnt.display())))?;
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !matches!(mounts::find(mnt), Ok(Some(ref m)) if m.fstype == mounts::FSTYPE) {
+    while !mounts::is_dagfs_mount(mnt) {
         if Instant::now() > deadline {
             return Err(CliError::Mount(format!(
                 "{} did not appear in mountinfo within 10 s",
@@ -598,7 +599,7 @@ fn serve(
         let (tx, mnt) = (stop_tx.clone(), mnt.to_path_buf());
         std::thread::spawn(move || loop {
             std::thread::sleep(Duration::from_millis(250));
-            if !matches!(mounts::find(&mnt), Ok(Some(ref m)) if m.fstype == mounts::FSTYPE) {
+            if !mounts::is_dagfs_mount(&mnt) {
                 let _ = tx.send(());
                 return;
             }
@@ -629,11 +630,7 @@ fn serve(
     uis.stop_all();
     cache.flush()?;
     drop(session);
-    if mounts::find(mnt)
-        .ok()
-        .flatten()
-        .is_some_and(|m| m.fstype == mounts::FSTYPE)
-    {
+    if mounts::is_dagfs_mount(mnt) {
         let _ = mounts::lazy_unmount(mnt);
     }
     eprintln!("dagfs: unmounted {}", mnt.display());
@@ -655,7 +652,7 @@ pub fn umount(mnt: &Path) -> Result<(), CliError> {
             mnt.display()
         )));
     };
-    if m.fstype != mounts::FSTYPE {
+    if !m.is_dagfs() {
         return Err(CliError::Usage(format!(
             "{} is a {} mount, not dagfs",
             mnt.display(),
@@ -667,7 +664,7 @@ pub fn umount(mnt: &Path) -> Result<(), CliError> {
         Ok(Some(mut c)) => {
             c.shutdown()?;
             let deadline = Instant::now() + Duration::from_secs(60);
-            while matches!(mounts::find(&mnt), Ok(Some(ref m)) if m.fstype == mounts::FSTYPE) {
+            while mounts::is_dagfs_mount(&mnt) {
                 if Instant::now() > deadline {
                     return Err(CliError::Mount(format!(
                         "the daemon did not unmount {} within 60 s",

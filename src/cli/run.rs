@@ -10,7 +10,7 @@ use clap::Args;
 use dagfs::exec::runner::ShellRunner;
 use dagfs::exec::scheduler::{self, Event, Options, Outcome, Report, Status};
 use dagfs::exec::{shell, Pipeline};
-use dagfs::index::stats::{parse_duration, parse_size};
+use dagfs::index::units::{parse_duration, parse_size};
 use dagfs::index::CachePolicy;
 
 use super::{CacheSource, CliError, Ctx, Io};
@@ -292,6 +292,11 @@ pub fn run(a: RunArgs, src: &mut CacheSource, io: &mut Io, ctx: &Ctx) -> Result<
                 }
             }
         }
+        if let Some(f) = &o.hermetic {
+            for line in f.sentences(name) {
+                let _ = writeln!(err, "dagfs: warning: {}", visible(&line));
+            }
+        }
         if !o.kept {
             let _ = writeln!(err, "dagfs: warning: `{name}` was not kept: the cache policy leaves no room (every entry is in use by this run)");
         }
@@ -301,6 +306,20 @@ pub fn run(a: RunArgs, src: &mut CacheSource, io: &mut Io, ctx: &Ctx) -> Result<
             let _ = writeln!(
                 err,
                 "dagfs: warning: tasks ran without isolation: {why}; a task could write its inputs or the store, and its background processes are killed by process group only"
+            );
+        }
+    }
+    let looked_for = report.executed() + report.failed() > 0
+        && pipeline
+            .tasks
+            .iter()
+            .any(|t| t.hermetic != dagfs::exec::hermetic::Mode::Off);
+    if looked_for {
+        let root = dagfs::exec::isolate::probed() == Some(&dagfs::exec::isolate::Status::Root);
+        if let Some(why) = dagfs::exec::hermetic::unobservable(root) {
+            let _ = writeln!(
+                err,
+                "dagfs: note: undeclared reads and writes were not checked: {why}"
             );
         }
     }

@@ -6,7 +6,7 @@ use clap::Args;
 use serde::{Deserialize, Serialize};
 
 use dagfs::cache::Cache;
-use dagfs::index::stats::format_size;
+use dagfs::index::units::format_size;
 use dagfs::sync::{self, ChangeKind, ScanOptions};
 
 use dagfs::daemon::watches::WatchError;

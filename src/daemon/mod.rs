@@ -1,12 +1,18 @@
 //! daemon: owns the store while a mount is up; serves the FUSE mount and a
 //! Unix-socket API on which CLI commands run as they would embedded.
+//!
+//! May call: `fs` (the mount, through its `StoreView`: `view`), `exec`,
+//! `sync`, `cache`, `index`, `store`, `host`, `hash`.
 
 pub mod client;
-pub mod mounts;
 pub mod protocol;
 pub mod server;
 pub mod view;
 pub mod watches;
+
+/// The mount table lives in `host` (sync needs it too); kept here for its
+/// users.
+pub use crate::host::mounts;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;

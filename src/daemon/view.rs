@@ -5,7 +5,9 @@ use std::sync::Arc;
 
 use crate::cache::{Cache, CacheError};
 use crate::exec::explain;
-use crate::fs::view::{BlobData, EntryInfo, StoreView, ViewError};
+use crate::fs::view::{
+    BlobData, EntryInfo, RunInfo, RunTaskInfo, SnapshotInfo, StoreView, SyncInfo, ViewError,
+};
 use crate::hash::{Digest, HexPrefix};
 use crate::index::{IndexError, RunRecord};
 use crate::store::syncs::SyncLog;
@@ -164,22 +166,26 @@ impl StoreView for CacheView {
         Ok(self.cache.index.run_ids()?)
     }
 
-    fn syncs(&self) -> Result<Vec<SyncLog>, ViewError> {
-        self.cache
-            .store
-            .sync_logs()
-            .map_err(|e| ViewError::Other(e.to_string()))
+    fn sync_base(&self, name: &str) -> Result<Option<(Digest, u64)>, ViewError> {
+        Ok(self.cache.index.stamp(name, crate::sync::stamps::MARK)?)
     }
 
-    fn sync_log(&self, name: &str) -> Result<Option<SyncLog>, ViewError> {
-        self.cache
-            .store
-            .sync_log(name)
-            .map_err(|e| ViewError::Other(e.to_string()))
+    fn syncs(&self) -> Result<Vec<SyncInfo>, ViewError> {
+        match self.cache.store.sync_logs() {
+            Ok(logs) => Ok(logs.into_iter().map(sync_info).collect()),
+            Err(e) => Err(ViewError::Other(e.to_string())),
+        }
     }
 
-    fn run(&self, id: u64) -> Result<Option<RunRecord>, ViewError> {
-        Ok(self.cache.index.run(id)?)
+    fn sync_log(&self, name: &str) -> Result<Option<SyncInfo>, ViewError> {
+        match self.cache.store.sync_log(name) {
+            Ok(log) => Ok(log.map(sync_info)),
+            Err(e) => Err(ViewError::Other(e.to_string())),
+        }
+    }
+
+    fn run(&self, id: u64) -> Result<Option<RunInfo>, ViewError> {
+        Ok(self.cache.index.run(id)?.map(run_info))
     }
 
     fn why(&self, dag: &str, task: &str) -> Result<Option<String>, ViewError> {
@@ -208,5 +214,37 @@ impl StoreView for CacheView {
         let mut t = self.cache.index.stats()?.to_prometheus();
         t += &self.gauges.to_prometheus();
         Ok(t)
+    }
+}
+
+/// What the mount shows of a run record.
+fn run_info(r: RunRecord) -> RunInfo {
+    RunInfo {
+        finished_ms: r.finished_ms,
+        tasks: r
+            .tasks
+            .into_iter()
+            .map(|t| RunTaskInfo {
+                task: t.task,
+                key: t.key,
+                since_ms: t.since_ms,
+            })
+            .collect(),
+    }
+}
+
+/// What the mount shows of a sync log.
+fn sync_info(log: SyncLog) -> SyncInfo {
+    SyncInfo {
+        name: log.name,
+        snapshots: log
+            .snapshots
+            .iter()
+            .map(|s| SnapshotInfo {
+                seq: s.seq,
+                tree: s.tree,
+                created_ms: s.created_ms,
+            })
+            .collect(),
     }
 }

@@ -22,7 +22,9 @@ use std::time::Duration;
 use super::dag::Dag;
 use super::error::{ExecError, Result};
 use super::key::{CacheKey, KeyBuilder};
-use super::scheduler::{self, Job, JobContext, JobResult, Options, Plan, PlanNode, Status};
+use super::scheduler::{
+    self, Job, JobContext, JobError, JobResult, Options, Plan, PlanNode, Status,
+};
 use crate::cache::Cache;
 use crate::hash::Digest;
 use crate::index::Route;
@@ -112,31 +114,34 @@ impl TaskInputs {
 struct ClosureJob(Arc<TaskFn>);
 
 impl Job for ClosureJob {
-    fn run(&self, ctx: &JobContext<'_>) -> std::result::Result<JobResult, String> {
+    fn run(&self, ctx: &JobContext<'_>) -> std::result::Result<JobResult, JobError> {
         let mut deps = BTreeMap::new();
         for (name, digest) in ctx.deps {
             deps.insert(
                 name.clone(),
-                read_output(ctx.store, digest).map_err(|e| format!("input `{name}`: {e}"))?,
+                read_output(ctx.store, digest)
+                    .map_err(|e| JobError::Task(format!("input `{name}`: {e}")))?,
             );
         }
         let stdout = ctx.work_dir.join("stdout");
         let stderr = ctx.work_dir.join("stderr");
-        std::fs::write(&stdout, b"").map_err(|e| e.to_string())?;
+        std::fs::write(&stdout, b"").map_err(JobError::io(&stdout))?;
         let (code, err) = match (self.0)(&TaskInputs { deps }) {
             Ok(bytes) => {
-                std::fs::write(ctx.out_dir.join("output"), bytes).map_err(|e| e.to_string())?;
+                let output = ctx.out_dir.join("output");
+                std::fs::write(&output, bytes).map_err(JobError::io(&output))?;
                 (0, String::new())
             }
             Err(e) => (1, e),
         };
-        std::fs::write(&stderr, err).map_err(|e| e.to_string())?;
+        std::fs::write(&stderr, err).map_err(JobError::io(&stderr))?;
         Ok(JobResult {
             exit_code: code,
             stdout,
             stderr,
             timed_out: None,
             output_over: None,
+            hermetic: None,
         })
     }
 }

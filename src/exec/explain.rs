@@ -167,6 +167,30 @@ pub fn text(cache: &Cache, dag: &str, task: &str, current: &Current) -> Result<S
             }
         }
     }
+    // What the run that made the shown key (or the latest) read beyond
+    // its declaration.
+    let shown = match key {
+        Some(k) if cached => Some(k),
+        _ => previous,
+    };
+    if let Some(e) = shown
+        .map(|k| cache.store.read_entry(&k))
+        .transpose()?
+        .flatten()
+    {
+        if let Some(f) = &e.hermetic {
+            o += &format!("\nundeclared (hermetic), when {} ran:\n", e.key.short());
+            let t = f.explain();
+            if t.is_empty() {
+                o += "  nothing: every file it opened in scope was declared, and it opened every input\n";
+            } else {
+                o += &t;
+                for s in f.sentences(task) {
+                    o += &format!("  fix: {s}\n");
+                }
+            }
+        }
+    }
     Ok(o)
 }
 

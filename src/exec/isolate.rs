@@ -56,6 +56,9 @@ pub struct Isolation {
     /// The task's working directory (entered again after the mounts, which
     /// may cover it).
     pub cwd: PathBuf,
+    /// Observe the task's opens (`hermetic`) under these trees (the
+    /// pipeline directory first); None: do not.
+    pub observe: Option<Vec<PathBuf>>,
 }
 
 /// Whether tasks run isolated in this process.
@@ -99,8 +102,9 @@ fn probe() -> Status {
         writable: vec![w.clone()],
         in_place: Vec::new(),
         cwd: dir.path().to_path_buf(),
+        observe: None,
     };
-    let prepared = match Prepared::new(&iso, user) {
+    let prepared = match Prepared::new(&iso, user, None) {
         Ok(p) => p,
         Err(e) => return Status::Off(e.to_string()),
     };
@@ -145,6 +149,13 @@ pub(crate) struct Prepared {
     /// (source, target, flags to keep) of each input mounted in place.
     in_place: Vec<(CString, CString, libc::c_ulong)>,
     cwd: CString,
+    /// Trees bound onto themselves and marked (`hermetic`), and where the
+    /// marks go; None: not observed.
+    scopes: Vec<CString>,
+    watch: Option<super::hermetic::ChildSide>,
+    /// Each marked mount's host path, by tag: the scopes, then the inputs
+    /// mounted in place.
+    watched: Vec<super::hermetic::Watched>,
 }
 
 fn cstr(p: &Path) -> std::io::Result<CString> {
@@ -153,7 +164,11 @@ fn cstr(p: &Path) -> std::io::Result<CString> {
 }
 
 impl Prepared {
-    pub(crate) fn new(iso: &Isolation, user: bool) -> std::io::Result<Prepared> {
+    pub(crate) fn new(
+        iso: &Isolation,
+        user: bool,
+        observer: Option<&super::hermetic::Observer>,
+    ) -> std::io::Result<Prepared> {
         // NB: absolute and resolved: the child has already changed to the
         // task's working directory when it mounts.
         let store = std::fs::canonicalize(&iso.store)?;
@@ -174,6 +189,24 @@ impl Prepared {
                 in_place.push((cstr(&src)?, cstr(&dst)?, kept_flags(&src)?));
             }
         }
+        let mut scopes = Vec::new();
+        let mut watched = Vec::new();
+        let watch = match (observer, &iso.observe) {
+            (Some(o), Some(trees)) => {
+                for t in trees {
+                    let t = std::fs::canonicalize(t)?;
+                    scopes.push(cstr(&t)?);
+                    watched.push(super::hermetic::Watched { at: t });
+                }
+                for (_, dst, _) in &in_place {
+                    watched.push(super::hermetic::Watched {
+                        at: PathBuf::from(std::ffi::OsStr::from_bytes(dst.as_bytes())),
+                    });
+                }
+                Some(o.child_side())
+            }
+            _ => None,
+        };
         let user = user.then(|| {
             let uid = nix::unistd::geteuid().as_raw();
             let gid = nix::unistd::getegid().as_raw();
@@ -193,7 +226,15 @@ impl Prepared {
             user,
             in_place,
             cwd: cstr(&iso.cwd)?,
+            scopes,
+            watch,
+            watched,
         })
+    }
+
+    /// Each marked mount's host path, by tag (empty: not observed).
+    pub(crate) fn watched(&self) -> Vec<super::hermetic::Watched> {
+        self.watched.clone()
     }
 
     /// Run `cmd` isolated.
@@ -251,6 +292,24 @@ impl Prepared {
         {
             return err("make mounts private");
         }
+        // Observed trees first: the store's mounts, made next, sit on top
+        // of them, so the task's own directories are never marked.
+        // NB: a tree that cannot be bound or marked ends the watching, not
+        // the task: the parent is told (`ChildSide::give_up`) and says so.
+        let mut watch = self.watch;
+        if let Some(w) = watch {
+            for (tag, s) in self.scopes.iter().enumerate() {
+                let p = s.as_ptr();
+                let bound = unsafe {
+                    libc::mount(p, p, none, libc::MS_BIND | libc::MS_REC, std::ptr::null())
+                } == 0;
+                if !bound || w.mark(s, tag as u32).is_err() {
+                    w.give_up();
+                    watch = None;
+                    break;
+                }
+            }
+        }
         let store = self.store.as_ptr();
         if unsafe {
             libc::mount(
@@ -274,8 +333,8 @@ impl Prepared {
         if unsafe { libc::mount(none, store, none, ro, std::ptr::null()) } != 0 {
             return err("make the store read-only");
         }
-        for (src, dst, keep) in &self.in_place {
-            let (src, dst) = (src.as_ptr(), dst.as_ptr());
+        for (i, (src_c, dst_c, keep)) in self.in_place.iter().enumerate() {
+            let (src, dst) = (src_c.as_ptr(), dst_c.as_ptr());
             // NB: best effort, as the module doc says; the remount makes
             // sure the snapshot is read-only whatever it was mounted from.
             if unsafe {
@@ -290,9 +349,17 @@ impl Prepared {
             {
                 let ro = libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | keep;
                 unsafe { libc::mount(none, dst, none, ro, std::ptr::null()) };
+                if let Some(w) = watch {
+                    if w.mark(dst_c, (self.scopes.len() + i) as u32).is_err() {
+                        w.give_up();
+                        watch = None;
+                    }
+                }
             }
         }
-        if !self.in_place.is_empty() && unsafe { libc::chdir(self.cwd.as_ptr()) } != 0 {
+        if (!self.in_place.is_empty() || self.watch.is_some())
+            && unsafe { libc::chdir(self.cwd.as_ptr()) } != 0
+        {
             return err("enter the working directory again");
         }
         match unsafe { libc::fork() } {

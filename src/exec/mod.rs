@@ -2,7 +2,8 @@
 //! cache keys, the scheduler, and running tasks (shell commands, or
 //! closures for library users).
 //!
-//! May call: `hash`, `store`, `index`, `cache`. Tasks start only through
+//! May call: `hash`, `host`, `store`, `index`, `cache`, `sync` (task inputs
+//! are snapshotted by its scanner). Tasks start only through
 //! `runner::Runner`. Guarantees: a pipeline is fully validated before any
 //! task runs; graph algorithms are iterative; failures are never cached.
 
@@ -10,6 +11,7 @@ pub mod dag;
 pub mod error;
 pub mod executor;
 pub mod explain;
+pub mod hermetic;
 pub mod isolate;
 pub mod key;
 pub mod pipeline;

@@ -11,13 +11,17 @@ use toml::Spanned;
 
 use super::dag::{Dag, DagBuilder};
 use super::error::{ExecError, Result};
-use crate::index::stats::{parse_duration, parse_size};
+use super::hermetic::Mode;
+use crate::index::units::{parse_duration, parse_size};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawFile {
     name: Option<Spanned<String>>,
     max_output: Option<Spanned<String>>,
+    hermetic: Option<Spanned<String>>,
+    #[serde(default)]
+    hermetic_scope: Vec<Spanned<String>>,
     #[serde(default)]
     tasks: BTreeMap<Spanned<String>, Spanned<RawTask>>,
 }
@@ -40,6 +44,9 @@ struct RawTask {
     #[serde(default = "yes")]
     cache: bool,
     cwd: Option<Spanned<String>>,
+    hermetic: Option<Spanned<String>>,
+    #[serde(default)]
+    hermetic_scope: Vec<Spanned<String>>,
 }
 
 fn yes() -> bool {
@@ -66,6 +73,13 @@ pub struct TaskDef {
     pub cache: bool,
     /// Relative to the pipeline directory; "." by default.
     pub cwd: String,
+    /// Whether undeclared reads and writes are looked for, and what they
+    /// do (`exec::hermetic`): its own, else the pipeline's, else warn.
+    /// Not part of the key.
+    pub hermetic: Mode,
+    /// Absolute trees observed beside the pipeline directory: the
+    /// pipeline's `hermetic_scope`, then its own.
+    pub hermetic_scope: Vec<PathBuf>,
 }
 
 /// A parsed, validated pipeline.
@@ -80,30 +94,7 @@ pub struct Pipeline {
     pub dag: Dag,
 }
 
-/// Characters allowed in task and pipeline names (they become path
-/// components under the mount).
-pub fn valid_name(s: &str) -> bool {
-    name_problem(s).is_none()
-}
-
-/// The longest name a task or pipeline may have.
-pub const MAX_NAME: usize = 128;
-
-/// What is wrong with a task or pipeline name, said to the user.
-pub fn name_problem(s: &str) -> Option<String> {
-    if s.len() > MAX_NAME {
-        return Some(format!(
-            "is {} bytes long; a name may be at most {MAX_NAME}",
-            s.len()
-        ));
-    }
-    let ok = !s.is_empty()
-        && s != "."
-        && s != ".."
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"_-.+@".contains(&b));
-    (!ok).then(|| "may use only letters, digits and `_-.+@`".to_string())
-}
+pub use crate::store::names::{name_from_path, name_problem, valid_name, MAX_NAME};
 
 fn valid_env_name(s: &str) -> bool {
     let mut b = s.bytes();
@@ -178,6 +169,42 @@ impl Pipeline {
             })
         };
         let max_output = raw.max_output.as_ref().map(|s| size(s, "")).transpose()?;
+        let mode = |s: &Spanned<String>, whose: &str| {
+            Mode::parse(s.get_ref()).ok_or_else(|| {
+                bad(
+                    s.span(),
+                    format!(
+                        "{whose}hermetic {:?} is not one of \"warn\", \"strict\", \"off\"",
+                        s.get_ref()
+                    ),
+                )
+            })
+        };
+        let scope = |s: &Spanned<String>, whose: &str| {
+            let p = Path::new(s.get_ref());
+            if p.is_absolute() {
+                Ok(p.to_path_buf())
+            } else {
+                Err(bad(
+                    s.span(),
+                    format!(
+                        "{whose}hermetic_scope {:?} must be an absolute path (the pipeline directory is always observed)",
+                        s.get_ref()
+                    ),
+                ))
+            }
+        };
+        let hermetic = raw
+            .hermetic
+            .as_ref()
+            .map(|s| mode(s, ""))
+            .transpose()?
+            .unwrap_or_default();
+        let hermetic_scope = raw
+            .hermetic_scope
+            .iter()
+            .map(|s| scope(s, ""))
+            .collect::<Result<Vec<_>>>()?;
         let mut tasks = Vec::with_capacity(raw.tasks.len());
         let mut b = DagBuilder::default();
         let mut spans = Vec::new();
@@ -257,6 +284,15 @@ impl Pipeline {
                     c.get_ref().clone()
                 }
             };
+            let whose = format!("task `{name}`: ");
+            let t_hermetic = match &t.hermetic {
+                None => hermetic,
+                Some(s) => mode(s, &whose)?,
+            };
+            let mut t_scope = hermetic_scope.clone();
+            for s in &t.hermetic_scope {
+                t_scope.push(scope(s, &whose)?);
+            }
             b.push_node(name.clone());
             spans.push(t_span);
             for d in &t.deps {
@@ -274,6 +310,8 @@ impl Pipeline {
                 max_output: task_max,
                 cache: t.cache,
                 cwd,
+                hermetic: t_hermetic,
+                hermetic_scope: t_scope,
             });
         }
         let dag = b.build().map_err(|e| match e {
@@ -308,24 +346,6 @@ impl Pipeline {
 fn default_name(dir: &Path) -> String {
     let abs = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
     name_from_path(&abs, valid_name, "default")
-}
-
-/// `path`'s base name with every character `valid` refuses replaced by `_`,
-/// or `fallback` if that is still not a valid name.
-pub fn name_from_path(path: &Path, valid: fn(&str) -> bool, fallback: &str) -> String {
-    let base = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let cleaned: String = base
-        .chars()
-        .map(|c| if valid(&c.to_string()) { c } else { '_' })
-        .collect();
-    if valid(&cleaned) {
-        cleaned
-    } else {
-        fallback.into()
-    }
 }
 
 /// TOML reports a repeated `[tasks.x]` as a duplicate key; recover the name.

@@ -31,6 +31,8 @@ use std::process::Stdio;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use super::hermetic::{self, Observed};
+
 /// What to run.
 #[derive(Debug, Clone)]
 pub struct Command {
@@ -49,7 +51,7 @@ pub struct Command {
     pub isolation: Option<super::isolate::Isolation>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Exit {
     /// The exit code, or 128 + signal number.
     pub code: i32,
@@ -59,6 +61,8 @@ pub struct Exit {
     /// Killed because its output grew past `Command::output_limit`: the
     /// bytes measured then.
     pub output_over: Option<u64>,
+    /// What it opened, where the command's isolation asked (`hermetic`).
+    pub observed: super::hermetic::Observed,
 }
 
 pub trait Runner: Send + Sync {
@@ -84,15 +88,42 @@ impl Runner for ShellRunner {
             .stdout(File::create(&cmd.stdout)?)
             .stderr(File::create(&cmd.stderr)?)
             .process_group(0);
+        let mut observer = None;
+        let mut observed = Observed::NotAsked;
+        let mut mounts = Vec::new();
         if let Some(iso) = &cmd.isolation {
             use super::isolate::{status, Prepared, Status};
+            let root = *status() == Status::Root;
+            if iso.observe.is_some() {
+                match hermetic::unobservable(root) {
+                    Some(why) => observed = Observed::Unobservable(why),
+                    None => match hermetic::Observer::new() {
+                        Ok(o) => observer = Some(o),
+                        Err(e) => {
+                            observed = Observed::Unobservable(format!("fanotify refused: {e}"))
+                        }
+                    },
+                }
+            }
             match status() {
-                Status::Root => Prepared::new(iso, false)?.install(&mut sh),
-                Status::User => Prepared::new(iso, true)?.install(&mut sh),
+                Status::Root => {
+                    let p = Prepared::new(iso, false, observer.as_ref())?;
+                    mounts = p.watched();
+                    p.install(&mut sh)
+                }
+                Status::User => Prepared::new(iso, true, None)?.install(&mut sh),
                 Status::Off(_) => {}
             }
         }
         let mut child = sh.spawn()?;
+        let watching = match observer.map(|o| o.start()) {
+            None => None,
+            Some(Ok(w)) => Some(w),
+            Some(Err(e)) => {
+                observed = Observed::Unobservable(format!("cannot watch the task's opens: {e}"));
+                None
+            }
+        };
         let pgid = child.id() as i32;
         groups.insert(pgid);
         drop(groups);
@@ -129,6 +160,14 @@ impl Runner for ShellRunner {
         }
         let status = child.wait()?;
         kill_group(pgid);
+        // NB: isolated, the shell's exit is seen only once every process of
+        // its namespace is gone: nothing opens anything after this.
+        if let Some(w) = watching {
+            observed = match w.finish() {
+                Ok(seen) => Observed::Seen { seen, mounts },
+                Err(e) => Observed::Unobservable(format!("watching the task's opens failed: {e}")),
+            };
+        }
         let code = status
             .code()
             .unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
@@ -137,6 +176,7 @@ impl Runner for ShellRunner {
             duration: start.elapsed(),
             timed_out,
             output_over,
+            observed,
         })
     }
 }

@@ -16,10 +16,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::error::{ExecError, Result};
+use super::hermetic::{self, Checked, Mode, Observed};
 use super::key::KeyBuilder;
 use super::pipeline::Pipeline;
 use super::runner::{Command, Runner};
-use super::scheduler::{Job, JobContext, JobResult, Plan, PlanNode};
+use super::scheduler::{Job, JobContext, JobError, JobResult, Plan, PlanNode};
 use crate::cache::Cache;
 use crate::hash::Digest;
 use crate::store::Manifest;
@@ -40,13 +41,17 @@ pub struct ShellJob {
     task: String,
     dag: String,
     timeout: Option<std::time::Duration>,
+    hermetic: Mode,
+    /// Observed trees beyond the pipeline directory (`hermetic_scope`),
+    /// resolved.
+    scopes: Vec<PathBuf>,
 }
 
 impl Job for ShellJob {
-    fn run(&self, ctx: &JobContext<'_>) -> std::result::Result<JobResult, String> {
+    fn run(&self, ctx: &JobContext<'_>) -> std::result::Result<JobResult, JobError> {
         let input = ctx.materialize_deps()?;
         let snapshots = ctx.work_dir.join("inputs");
-        std::fs::create_dir_all(&snapshots).map_err(|e| format!("{}: {e}", snapshots.display()))?;
+        std::fs::create_dir_all(&snapshots).map_err(JobError::io(&snapshots))?;
         // NB: an input inside a declared directory input is already there.
         let dirs: Vec<&str> = self
             .inputs
@@ -74,15 +79,13 @@ impl Job for ShellJob {
             };
             let link = snapshots.join(path.trim_end_matches('/'));
             if let Some(parent) = link.parent() {
-                std::fs::create_dir_all(parent)
-                    .map_err(|e| format!("{}: {e}", parent.display()))?;
+                std::fs::create_dir_all(parent).map_err(JobError::io(parent))?;
             }
-            std::os::unix::fs::symlink(&src, &link)
-                .map_err(|e| format!("{}: {e}", link.display()))?;
+            std::os::unix::fs::symlink(&src, &link).map_err(JobError::io(&link))?;
             in_place.push((src, self.base.join(path.trim_end_matches('/'))));
         }
         let tmp = ctx.work_dir.join("tmp");
-        std::fs::create_dir_all(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
+        std::fs::create_dir_all(&tmp).map_err(JobError::io(&tmp))?;
         let mut env = self.env.clone();
         env.push(("DAGFS_OUT".into(), ctx.out_dir.display().to_string()));
         env.push(("DAGFS_IN".into(), input.display().to_string()));
@@ -103,18 +106,37 @@ impl Job for ShellJob {
                 writable: vec![ctx.out_dir.to_path_buf(), tmp.clone()],
                 in_place,
                 cwd: self.cwd.clone(),
+                observe: (self.hermetic != Mode::Off).then(|| {
+                    let mut trees = vec![self.base.clone()];
+                    trees.extend(self.scopes.iter().cloned());
+                    trees
+                }),
             }),
         };
-        let exit = self
-            .runner
-            .run(&cmd)
-            .map_err(|e| format!("could not start /bin/sh: {e}"))?;
+        let exit = self.runner.run(&cmd).map_err(|source| JobError::Spawn {
+            program: "/bin/sh".into(),
+            source,
+        })?;
+        let findings = match exit.observed {
+            Observed::NotAsked => None,
+            Observed::Unobservable(why) => Some(Err(why)),
+            Observed::Seen { seen, mounts } => {
+                let declared: Vec<String> = self.inputs.iter().map(|i| i.0.clone()).collect();
+                Some(Ok(hermetic::classify(
+                    &seen, &mounts, &self.base, &declared,
+                )))
+            }
+        };
         Ok(JobResult {
             exit_code: exit.code,
             stdout: cmd.stdout,
             stderr: cmd.stderr,
             timed_out: exit.timed_out.then_some(self.timeout).flatten(),
             output_over: exit.output_over,
+            hermetic: findings.map(|findings| Checked {
+                mode: self.hermetic,
+                findings,
+            }),
         })
     }
 }
@@ -200,6 +222,14 @@ pub fn plan_with_env(
             task_digest: Digest::default(),
             deps: Vec::new(),
         };
+        // NB: a strict task's entry vouches that it read nothing
+        // undeclared, which an entry made under "warn" or "off" does not:
+        // strict is part of the key (the others are not).
+        if t.hermetic == Mode::Strict {
+            manifest
+                .params
+                .push(("hermetic".into(), Digest::of(b"strict")));
+        }
         manifest.env.sort();
         manifest.inputs.sort();
         manifest.task_digest = KeyBuilder::task_digest(&manifest);
@@ -216,6 +246,20 @@ pub fn plan_with_env(
             task: t.name.clone(),
             dag: p.name.clone(),
             timeout: t.timeout,
+            hermetic: t.hermetic,
+            scopes: t
+                .hermetic_scope
+                .iter()
+                .map(|s| {
+                    std::fs::canonicalize(s).map_err(|e| {
+                        ExecError::Config(format!(
+                            "task `{}`: hermetic_scope {}: {e}",
+                            t.name,
+                            s.display()
+                        ))
+                    })
+                })
+                .collect::<Result<_>>()?,
         };
         local[i] = nodes.len();
         nodes.push(PlanNode {

@@ -4,7 +4,7 @@
 //! (`inode`), open handles (`handle`), decoded trees (`tree_cache`), the
 //! read path and passthrough backing files (`passthrough`). May call: the store only through
 //! `view::StoreView` (names, trees, blob paths opened read-only), `hash`,
-//! `store::tree` (types), `fuser`. Guarantees:
+//! `store::tree` (types), `store::names` (the name rules), `fuser`. Guarantees:
 //!
 //! - Everything is read-only: every write operation answers EROFS, as does
 //!   `open` for writing and `access(W_OK)`.

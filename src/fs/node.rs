@@ -448,7 +448,7 @@ impl Resolver<'_> {
             return Ok(child_of_tree(e, within.cloned()));
         };
         let path = join(&at.path, &e.name);
-        let mtime_ms = self.stamped(at, &path, &crate::sync::stamps::node_digest(&e.node))?;
+        let mtime_ms = self.stamped(at, &path, &e.node.content_digest())?;
         let sync = match e.node {
             tree::Node::Dir { .. } => Arc::new(SyncAt {
                 name: at.name.clone(),
@@ -510,7 +510,7 @@ impl Resolver<'_> {
         // NB: a base record of another history (not this log's first
         // snapshot) vouches for nothing.
         let first = log.snapshots.first().map(|s| s.tree);
-        let base_ms = match self.view.sync_stamp(name, crate::sync::stamps::MARK)? {
+        let base_ms = match self.view.sync_base(name)? {
             Some((d, ms)) if Some(d) == first => Some(ms),
             _ => None,
         };
@@ -597,7 +597,7 @@ impl Resolver<'_> {
                     ),
                     None => (name, None),
                 };
-                if !crate::sync::valid_name(sync) {
+                if !crate::store::names::valid_sync_name(sync) {
                     return Err(FsError::NotFound);
                 }
                 self.sync_root(sync, seq)

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use super::inode::lock;
 use super::view::{StoreView, ViewError};
 use crate::hash::Digest;
-use crate::store::Tree;
+use crate::store::tree::Tree;
 
 pub struct TreeCache {
     max_trees: usize,
@@ -86,9 +86,8 @@ impl TreeCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fs::view::EntryInfo;
+    use crate::fs::view::{EntryInfo, RunInfo};
     use crate::hash::HexPrefix;
-    use crate::index::RunRecord;
     use crate::store::tree::{Node, TreeEntry};
     use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -139,7 +138,7 @@ mod tests {
         fn runs(&self) -> Result<Vec<u64>, ViewError> {
             Ok(vec![])
         }
-        fn run(&self, _: u64) -> Result<Option<RunRecord>, ViewError> {
+        fn run(&self, _: u64) -> Result<Option<RunInfo>, ViewError> {
             Ok(None)
         }
         fn why(&self, _: &str, _: &str) -> Result<Option<String>, ViewError> {

@@ -1,11 +1,14 @@
 //! The narrow read interface the FUSE layer sees. `fs` never touches sled or
 //! the store's paths directly except through this trait; the daemon
 //! implements it over the cache (`daemon::view`), tests can fake it.
+//!
+//! What crosses it are the view's own types (`EntryInfo`, `RunInfo`,
+//! `SyncInfo`): only what the mount shows, so the index's and the sync
+//! log's records can change without `fs` noticing. Stored trees cross as
+//! `store::tree::Tree` (the tree format is what the mount lists).
 
 use crate::hash::{Digest, HexPrefix};
-use crate::index::RunRecord;
-use crate::store::syncs::SyncLog;
-use crate::store::Tree;
+use crate::store::tree::Tree;
 
 /// Errors a view can report. `fs::error::errno` maps them to errno values.
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +46,50 @@ pub struct EntryInfo {
     pub created_ms: u64,
 }
 
+/// What the mount shows of one run (`/runs/<id>`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunInfo {
+    /// Unix ms: the time shown for a task whose `since_ms` is unknown.
+    pub finished_ms: u64,
+    pub tasks: Vec<RunTaskInfo>,
+}
+
+/// One task of a run (`/runs/<id>/<task>`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunTaskInfo {
+    pub task: String,
+    /// Its cache key; None if it was never keyed (skipped).
+    pub key: Option<Digest>,
+    /// When that key became the task's latest (Unix ms), if known.
+    pub since_ms: Option<u64>,
+}
+
+/// What the mount shows of one synced directory (`/syncs/<name>`,
+/// `/syncs/<name>@<seq>`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncInfo {
+    pub name: String,
+    /// Oldest first.
+    pub snapshots: Vec<SnapshotInfo>,
+}
+
+impl SyncInfo {
+    pub fn latest(&self) -> Option<&SnapshotInfo> {
+        self.snapshots.last()
+    }
+}
+
+/// One snapshot of a synced directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SnapshotInfo {
+    /// 1, 2, … within its sync.
+    pub seq: u64,
+    /// Its root tree.
+    pub tree: Digest,
+    /// Unix ms.
+    pub created_ms: u64,
+}
+
 pub trait StoreView: Send + Sync + 'static {
     /// Up to `max` cache keys after `after` (from the first if None),
     /// ascending: `/keys` is listed a page at a time.
@@ -69,7 +116,7 @@ pub trait StoreView: Send + Sync + 'static {
     fn tasks(&self, dag: &str) -> Result<Vec<(String, Digest)>, ViewError>;
     /// Run ids, ascending.
     fn runs(&self) -> Result<Vec<u64>, ViewError>;
-    fn run(&self, id: u64) -> Result<Option<RunRecord>, ViewError>;
+    fn run(&self, id: u64) -> Result<Option<RunInfo>, ViewError>;
     /// The text of `/why/<dag>/<task>` (as `dagfs explain` prints it for the
     /// task's latest key).
     fn why(&self, dag: &str, task: &str) -> Result<Option<String>, ViewError>;
@@ -78,7 +125,7 @@ pub trait StoreView: Send + Sync + 'static {
     /// `/.dagfs/metrics`: Prometheus text format.
     fn metrics_text(&self) -> Result<String, ViewError>;
     /// Synced host directories' snapshot logs, by name (`/syncs`).
-    fn syncs(&self) -> Result<Vec<SyncLog>, ViewError> {
+    fn syncs(&self) -> Result<Vec<SyncInfo>, ViewError> {
         Ok(Vec::new())
     }
     /// A task's latest key and when it became the latest (Unix ms; 0:
@@ -96,8 +143,14 @@ pub trait StoreView: Send + Sync + 'static {
         let _ = (name, path);
         Ok(None)
     }
+    /// Sync `name`'s base record (`sync::stamps`): the first snapshot's
+    /// tree it vouches for and when that was taken (Unix ms).
+    fn sync_base(&self, name: &str) -> Result<Option<(Digest, u64)>, ViewError> {
+        let _ = name;
+        Ok(None)
+    }
     /// The log of one synced directory; `name` is a valid sync name.
-    fn sync_log(&self, name: &str) -> Result<Option<SyncLog>, ViewError> {
+    fn sync_log(&self, name: &str) -> Result<Option<SyncInfo>, ViewError> {
         Ok(self.syncs()?.into_iter().find(|l| l.name == name))
     }
     /// The store's blob generation (see `store::Store::blob_generation`):

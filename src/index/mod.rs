@@ -27,18 +27,21 @@
 //! removed from older indexes when they are opened.
 //!
 //! sled's background flush is off: the index becomes durable only at
-//! `flush()`, which callers run after `Store::sync`, so a durable index
+//! `flush()`, which callers run after `Store::barrier`, so a durable index
 //! record never refers to a non-durable entry file.
 
 pub mod error;
+pub mod policy;
 pub mod stats;
+pub mod units;
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
 pub use error::{IndexError, Result};
-pub use stats::{CachePolicy, CacheStats, MissReason, Route};
+pub use policy::CachePolicy;
+pub use stats::{CacheStats, MissReason, Route};
 
 use crate::hash::{Digest, HexPrefix};
 use crate::store::Entry;

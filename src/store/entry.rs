@@ -54,6 +54,10 @@ pub struct Entry {
     pub ttl_secs: Option<u64>,
     /// The task's latest key when this one was produced (for `explain`).
     pub previous: Option<Digest>,
+    /// What the run that produced it did beyond what it declared
+    /// (`exec::hermetic`); None: not observed. Absent in older records.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hermetic: Option<Findings>,
 }
 
 impl Entry {
@@ -64,4 +68,23 @@ impl Entry {
     pub fn from_json(b: &[u8]) -> Result<Entry, serde_json::Error> {
         serde_json::from_slice(b)
     }
+}
+
+/// What one run of a task did beyond what it declared. Paths under the
+/// pipeline directory are relative to it (directories end in `/`); others
+/// (in a `hermetic_scope`) are absolute. Each list is sorted.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Findings {
+    /// Files it read that are not among its inputs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub read: Vec<String>,
+    /// Directories it listed that are not among its inputs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub listed: Vec<String>,
+    /// Files it wrote outside `$DAGFS_OUT` and `$TMPDIR`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub wrote: Vec<String>,
+    /// Declared inputs it never opened (not an error: worth a look).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unread: Vec<String>,
 }

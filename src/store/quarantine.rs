@@ -142,7 +142,7 @@ impl Store {
             .and_then(|mut f| f.write_all(line.as_bytes()))
             .at(&log)?;
         // NB: durable before anyone is told the file is quarantined.
-        self.sync()?;
+        self.barrier()?;
         Ok(true)
     }
 

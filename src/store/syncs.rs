@@ -75,10 +75,10 @@ impl Store {
             serde_json::to_vec_pretty(log).expect("sync log serializes"),
         )
         .at(&tmp)?;
-        self.sync()?; // NB: the record's bytes durable before its name.
+        self.barrier()?; // NB: the record's bytes durable before its name.
         let dst = dir.join(&log.name);
         fs::rename(&tmp, &dst).at(&dst)?;
-        self.sync()
+        self.barrier()
     }
 
     /// Every sync log that decodes. A damaged one (`sync_logs_checked`)

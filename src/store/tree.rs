@@ -41,6 +41,17 @@ pub enum Node {
     },
 }
 
+impl Node {
+    /// One digest for what this node holds: a file's blob, a directory's
+    /// tree, the hash of a symlink's target. Sync stamps are keyed by it.
+    pub fn content_digest(&self) -> Digest {
+        match self {
+            Node::File { digest, .. } | Node::Dir { digest } => *digest,
+            Node::Symlink { target } => Digest::of(target),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TreeEntry {
     pub name: Vec<u8>,

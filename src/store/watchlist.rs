@@ -87,9 +87,9 @@ impl Store {
             serde_json::to_vec_pretty(&list).expect("watch list serializes"),
         )
         .at(&tmp)?;
-        self.sync()?; // NB: the list's bytes durable before its name.
+        self.barrier()?; // NB: the list's bytes durable before its name.
         let dst = self.root().join(FILE);
         fs::rename(&tmp, &dst).at(&dst)?;
-        self.sync()
+        self.barrier()
     }
 }

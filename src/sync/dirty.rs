@@ -12,11 +12,10 @@
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
-use super::scan::{DAGFS_IGNORE, GIT_IGNORE};
-use super::walk::Plan;
+use super::types::{DAGFS_IGNORE, GIT_IGNORE};
 use super::SyncError;
 use crate::hash::Digest;
-use crate::store::{Node, Store};
+use crate::store::{Node, Store, Tree};
 
 #[derive(Debug, Default, Clone)]
 pub struct Dirty {
@@ -66,6 +65,19 @@ impl Dirty {
         self.whole.extend(other.whole);
         self.rescan |= other.rescan;
     }
+}
+
+/// What an incremental walk knows of the previous tree (built by `plan`,
+/// followed by `walk`).
+#[derive(Debug, Default)]
+pub(crate) struct Plan {
+    /// Directories to re-list (absolute), with their previous trees. The
+    /// root is always one; so is every ancestor of a dirty path.
+    pub partial: HashMap<PathBuf, Tree>,
+    /// Entries to examine again (absolute).
+    pub dirty: HashSet<PathBuf>,
+    /// Directories to walk whole even though the previous tree has them.
+    pub whole: HashSet<PathBuf>,
 }
 
 /// The plan for walking `root` again after `dirty`, given the tree `old` of

@@ -1,17 +1,19 @@
 //! sync: host directories as content-addressed snapshots.
 //!
 //! Owns: scanning (`scan`), change sets (`changes`), and recording each
-//! snapshot in the store's sync log. May call: `hash`, `store`, `index`,
-//! `cache`. Guarantees: a snapshot's tree names only bytes that were stored
+//! snapshot in the store's sync log. May call: `hash`, `host` (the mount
+//! table, thread count), `store`, `index`, `cache`. Guarantees: a snapshot's tree names only bytes that were stored
 //! for it, and only bytes a file held for the whole of its read (else the
 //! sync retries, then fails with `Conflict` naming the path).
 
 pub mod changes;
 pub mod dirty;
+mod hashing;
 pub mod scan;
 pub mod shared;
 pub mod stamps;
 mod statcache;
+mod types;
 mod walk;
 pub mod watch;
 
@@ -74,15 +76,8 @@ pub struct SyncReport {
     pub notes: Vec<String>,
 }
 
-/// A sync name: letters, digits and `_-.+`, like task names.
-pub fn valid_name(s: &str) -> bool {
-    crate::exec::pipeline::valid_name(s) && !s.contains('@')
-}
-
-/// The default name of a synced directory: its base name, cleaned.
-pub fn default_name(root: &Path) -> String {
-    crate::exec::pipeline::name_from_path(root, valid_name, "root")
-}
+/// Sync names (`store::names`): `valid_name` refuses `@`.
+pub use crate::store::names::{default_sync_name as default_name, valid_sync_name as valid_name};
 
 /// The stat-cache scope of a directory scanned with these filters.
 fn root_id(root: &Path, opts: &ScanOptions) -> [u8; 16] {
@@ -101,14 +96,8 @@ fn root_id(root: &Path, opts: &ScanOptions) -> [u8; 16] {
 fn with_skips(cache: &Cache, opts: &ScanOptions) -> ScanOptions {
     let mut opts = opts.clone();
     opts.skip.push(cache.store.root().to_path_buf());
-    if let Ok(mounts) = crate::daemon::mounts::mounts() {
-        opts.skip.extend(
-            mounts
-                .into_iter()
-                .filter(|m| m.fstype == crate::daemon::mounts::FSTYPE)
-                .map(|m| m.mountpoint),
-        );
-    }
+    opts.skip
+        .extend(crate::host::mounts::dagfs_mountpoints().unwrap_or_default());
     opts
 }
 
@@ -180,11 +169,11 @@ pub fn sync_dir_prevalidated(
     t.record(cache, walked.out)
 }
 
-/// A validation of `dir`'s stat-cache copy (`statcache::Copy`), running
+/// A validation of `dir`'s stat-cache copy (`statcache::DiskCopy`), running
 /// while the process opens the cache.
 pub struct Prevalidated {
     store: PathBuf,
-    handle: std::thread::JoinHandle<Option<statcache::Copy>>,
+    handle: std::thread::JoinHandle<Option<statcache::DiskCopy>>,
 }
 
 /// Start validating `dir`'s stat-cache copy in store `store` (not yet
@@ -194,13 +183,13 @@ pub fn prevalidate(store: &Path, dir: &Path, opts: &ScanOptions) -> Option<Preva
     let root = std::fs::canonicalize(dir).ok()?;
     let id = root_id(&root, opts);
     let threads = match opts.threads {
-        0 => crate::exec::scheduler::default_jobs(),
+        0 => crate::host::default_jobs(),
         n => n,
     };
     let s = store.to_path_buf();
     let handle = std::thread::Builder::new()
         .name("statcache-copy".into())
-        .spawn(move || statcache::Copy::validate(&s, &root, &id, threads))
+        .spawn(move || statcache::DiskCopy::validate(&s, &root, &id, threads))
         .ok()?;
     Some(Prevalidated {
         store: store.to_path_buf(),

@@ -35,12 +35,9 @@ use crate::store::{Node, Store, StoreError};
 /// The path of the base record: no real path contains a NUL byte.
 pub const MARK: &[u8] = b"\0";
 
-/// The digest a path's content is stamped under.
+/// The digest a path's content is stamped under (`Node::content_digest`).
 pub fn node_digest(n: &Node) -> Digest {
-    match n {
-        Node::File { digest, .. } | Node::Dir { digest } => *digest,
-        Node::Symlink { target } => Digest::of(target),
-    }
+    n.content_digest()
 }
 
 fn join(prefix: &[u8], name: &[u8]) -> Vec<u8> {

@@ -21,28 +21,16 @@ use std::sync::{Arc, Mutex};
 
 use ignore::{DirEntry, ParallelVisitor, ParallelVisitorBuilder, WalkState};
 
-use super::scan::{hash_stable, now_ns, Meta, ScanOptions, ScanOutput, RACY_NS};
-use super::statcache::{DirRec, FileRec, Listing, RootInfo, Seen, StatCache};
+use super::dirty::Plan;
+use super::hashing::hash_stable;
+use super::statcache::{DirRec, DiskCopy, FileRec, Listing, RootInfo, Seen, StatCache};
+pub(crate) use super::types::Totals;
+use super::types::{now_ns, Meta, ScanOptions, ScanOutput, DAGFS_IGNORE, RACY_NS};
 use super::SyncError;
 use crate::cache::Cache;
 use crate::hash::Digest;
 use crate::store::tree::{name_problem, MAX_TARGET};
 use crate::store::{Node, Staged, Store, Tree, TreeEntry};
-
-/// What an incremental walk knows of the previous tree.
-#[derive(Debug, Default)]
-pub(crate) struct Plan {
-    /// Directories to re-list (absolute), with their previous trees. The
-    /// root is always one; so is every ancestor of a dirty path.
-    pub partial: HashMap<PathBuf, Tree>,
-    /// Entries to examine again (absolute).
-    pub dirty: HashSet<PathBuf>,
-    /// Directories to walk whole even though the previous tree has them.
-    pub whole: HashSet<PathBuf>,
-}
-
-/// (files, bytes) under a tree, by tree digest. A memo: trees are immutable.
-pub(crate) type Totals = HashMap<Digest, (u64, u64)>;
 
 /// A directory walked whole in an incremental pass, and its stat from just
 /// before it was listed (None if that failed).
@@ -454,6 +442,13 @@ fn sum(entries: &[TreeEntry], memo: &Totals) -> (u64, u64) {
 /// Walk `root` (canonical) into the store: whole, or as `plan` narrows it.
 /// `root_id` scopes the stat cache; `totals` is a memo kept by callers that
 /// walk the same directory again.
+///
+/// Phases: configure the walker (`walker`); without a plan, let the stat
+/// cache vouch for what it can (`Start::consult_stat_cache`: nothing changed
+/// ends the walk there); choose the directories to enter (`Entered`); visit
+/// in parallel; merge the threads' parts (`merge`); build the trees
+/// bottom-up and record them in the stat cache (`build_trees`); commit,
+/// then write the stat cache (`finish`).
 pub(crate) fn walk(
     cache: &Cache,
     root: &Path,
@@ -464,6 +459,82 @@ pub(crate) fn walk(
     pre: Option<super::Prevalidated>,
 ) -> Result<Walked, SyncError> {
     let scan_start = now_ns();
+    let (mut walker, threads) = walker(root, opts)?;
+    let generation = cache.store.blob_generation();
+    let mut start = Start {
+        plan,
+        validated: false,
+        write_copy: None,
+        copy_records: None,
+    };
+    if start.plan.is_none() {
+        let stat_cache = StatCache::new(&cache.index, root_id);
+        let at = (root, generation, threads, scan_start);
+        if let Some(done) = start.consult_stat_cache(cache, &stat_cache, at, totals, pre)? {
+            return Ok(done);
+        }
+    }
+    let full = start.plan.is_none();
+    let entered = Entered::new(root);
+    entered.filter(&mut walker, opts, start.plan.clone());
+
+    let stat_cache = StatCache::new(&cache.index, root_id);
+    let ctx = Ctx {
+        cache,
+        root,
+        stat_cache: &stat_cache,
+        generation,
+        opts,
+        plan: start.plan.as_deref(),
+        scan_start,
+        retries: AtomicU64::new(0),
+        error: Mutex::new(None),
+        done: Mutex::new(Vec::new()),
+    };
+    walker.build_parallel().visit(&mut Builder(&ctx));
+    let Ctx {
+        error,
+        done,
+        retries,
+        ..
+    } = ctx;
+    if let Some(e) = error.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        return Err(e);
+    }
+    let parts = done.into_inner().unwrap_or_else(|p| p.into_inner());
+    let mut merged = merge(
+        parts,
+        retries.into_inner(),
+        std::mem::take(&mut *lock(&entered.kept)),
+    );
+    let seen = std::mem::take(&mut *lock(&entered.seen));
+    let at = (root, generation, scan_start);
+    let listed_dirs = build_trees(&cache.store, &stat_cache, at, &mut merged, &seen, totals)?;
+    let Merged {
+        mut out,
+        staged,
+        workdirs,
+        ..
+    } = merged;
+    (out.files, out.bytes) = totals.get(&out.tree).copied().unwrap_or_default();
+    cache.store.commit(staged)?;
+    drop(workdirs);
+    let validated = start.validated;
+    start.finish(&stat_cache, full, &listed_dirs)?;
+    if validated {
+        out.reused = out.files.saturating_sub(out.hashed);
+    }
+    let listed_whole = std::mem::take(&mut *lock(&entered.listed));
+    Ok(Walked {
+        out,
+        listed_whole,
+        started_ns: scan_start,
+    })
+}
+
+/// An ignore-aware parallel walker of `root` under `opts`' filters, and
+/// how many threads it runs.
+fn walker(root: &Path, opts: &ScanOptions) -> Result<(ignore::WalkBuilder, usize), SyncError> {
     let mut walker = ignore::WalkBuilder::new(root);
     walker
         .hidden(false)
@@ -474,7 +545,7 @@ pub(crate) fn walk(
         .require_git(false)
         .parents(false)
         .follow_links(false)
-        .add_custom_ignore_filename(super::scan::DAGFS_IGNORE);
+        .add_custom_ignore_filename(DAGFS_IGNORE);
     if !opts.include.is_empty() || !opts.exclude.is_empty() {
         let mut o = ignore::overrides::OverrideBuilder::new(root);
         for g in &opts.include {
@@ -488,76 +559,138 @@ pub(crate) fn walk(
         walker.overrides(o.build().map_err(|e| SyncError::Usage(e.to_string()))?);
     }
     let threads = if opts.threads == 0 {
-        crate::exec::scheduler::default_jobs()
+        crate::host::default_jobs()
     } else {
         opts.threads
     };
     walker.threads(threads.max(1));
+    Ok((walker, threads))
+}
 
-    // A full walk asked for: what the stat cache can vouch for needs no
-    // walk (see `statcache`). Nothing changed: the recorded tree stands;
-    // something did: walk only that, as `--watch` does.
-    let stat_cache = StatCache::new(&cache.index, root_id);
-    let generation = cache.store.blob_generation();
-    let mut plan = plan;
-    let mut validated = false;
-    // A one-shot sync: its records' copy, validated while the index opened
-    // (see `statcache::Copy`), and kept current for the next one.
-    let mut write_copy = None;
-    let mut copy_records = None;
-    if plan.is_none() {
+/// How a walk starts: its plan, and what the stat cache and its copy gave.
+struct Start {
+    plan: Option<Arc<Plan>>,
+    /// The stat cache vouched for everything but the plan's paths.
+    validated: bool,
+    /// A one-shot sync: the store whose stat-cache copy to write after.
+    write_copy: Option<PathBuf>,
+    /// The copy read (and validated) while the index opened.
+    copy_records: Option<DiskCopy>,
+}
+
+impl Start {
+    /// A full walk asked for: what the stat cache can vouch for needs no
+    /// walk (see `statcache`). Nothing changed: the recorded tree stands,
+    /// and that is the walk (Some); something did: walk only that, as
+    /// `--watch` does (the plan is set, None). `at`: (root, blob
+    /// generation, threads, scan start).
+    fn consult_stat_cache(
+        &mut self,
+        cache: &Cache,
+        stat_cache: &StatCache,
+        (root, generation, threads, scan_start): (&Path, u64, usize, i64),
+        totals: &mut Totals,
+        pre: Option<super::Prevalidated>,
+    ) -> Result<Option<Walked>, SyncError> {
+        // A one-shot sync: its records' copy, validated while the index
+        // opened (see `statcache::DiskCopy`), and kept current for the next.
         let mut from_copy = None;
         if let Some(p) = pre {
             if let Some(c) = p.handle.join().ok().flatten() {
                 if c.agrees(stat_cache.root_record()?.as_deref(), generation) {
                     let mut c = c;
                     from_copy = c.validated.take();
-                    copy_records = Some(c);
+                    self.copy_records = Some(c);
                 }
             }
-            write_copy = Some(p.store);
+            self.write_copy = Some(p.store);
         }
         let copy_used = from_copy.is_some();
         let v = match from_copy {
             Some(v) => Some(v),
             None => stat_cache.validate(root, generation, threads)?,
         };
-        if let Some(v) = v {
-            if v.dirty.is_empty() {
-                if let Some(store) = write_copy.filter(|_| !copy_used) {
-                    stat_cache.write_copy(&store);
-                }
-                let out = ScanOutput {
-                    tree: v.base.tree,
-                    files: v.base.files,
-                    bytes: v.base.bytes,
-                    reused: v.checked,
-                    ..ScanOutput::default()
-                };
-                return Ok(Walked {
-                    out,
-                    listed_whole: Vec::new(),
-                    started_ns: scan_start,
-                });
+        let Some(v) = v else {
+            return Ok(None);
+        };
+        if v.dirty.is_empty() {
+            if let Some(store) = self.write_copy.as_ref().filter(|_| !copy_used) {
+                stat_cache.write_copy(store);
             }
-            totals.extend(v.totals);
-            plan = super::dirty::plan(&cache.store, root, &v.base.tree, &v.dirty)?.map(Arc::new);
-            validated = true;
+            let out = ScanOutput {
+                tree: v.base.tree,
+                files: v.base.files,
+                bytes: v.base.bytes,
+                reused: v.checked,
+                ..ScanOutput::default()
+            };
+            return Ok(Some(Walked {
+                out,
+                listed_whole: Vec::new(),
+                started_ns: scan_start,
+            }));
+        }
+        totals.extend(v.totals);
+        self.plan = super::dirty::plan(&cache.store, root, &v.base.tree, &v.dirty)?.map(Arc::new);
+        self.validated = true;
+        Ok(None)
+    }
+
+    /// After the commit: write the stat cache (a full walk also drops the
+    /// records of directories it did not list), then its copy.
+    /// NB: stat-cache records only after the blobs they name are committed.
+    fn finish(
+        self,
+        stat_cache: &StatCache,
+        full: bool,
+        listed_dirs: &HashSet<Vec<u8>>,
+    ) -> Result<(), SyncError> {
+        if full {
+            stat_cache.unlisted(listed_dirs)?;
+        }
+        let applied = stat_cache.apply()?;
+        match (&self.write_copy, self.copy_records) {
+            (Some(store), Some(base)) => stat_cache.write_copy_over(store, &base, &applied),
+            (Some(store), None) => stat_cache.write_copy(store),
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+/// Which directories a walk enters, decided before each is read, and what
+/// that decision learned (shared with the walker's filter).
+struct Entered {
+    /// Unchanged subtrees kept from the previous tree: (parent, entry).
+    kept: Arc<Mutex<Vec<(PathBuf, TreeEntry)>>>,
+    /// Directories walked whole in an incremental pass.
+    listed: Arc<Mutex<Vec<Listed>>>,
+    /// The stats of every directory listed, from before it was listed.
+    seen: Arc<Mutex<HashMap<PathBuf, Seen>>>,
+}
+
+impl Entered {
+    fn new(root: &Path) -> Entered {
+        Entered {
+            kept: Arc::default(),
+            listed: Arc::default(),
+            seen: Arc::new(Mutex::new(HashMap::from([(
+                root.to_path_buf(),
+                Seen::of(root),
+            )]))),
         }
     }
-    let full = plan.is_none();
 
-    // Which directories to enter. Called before a directory is read.
-    let skip: HashSet<PathBuf> = opts.skip.iter().cloned().collect();
-    let kept: Arc<Mutex<Vec<(PathBuf, TreeEntry)>>> = Arc::default();
-    let listed: Arc<Mutex<Vec<Listed>>> = Arc::default();
-    // The stats of every directory listed, from before it was listed.
-    let seen: Arc<Mutex<HashMap<PathBuf, Seen>>> = Arc::new(Mutex::new(HashMap::from([(
-        root.to_path_buf(),
-        Seen::of(root),
-    )])));
-    {
-        let (plan, kept, listed, seen) = (plan.clone(), kept.clone(), listed.clone(), seen.clone());
+    /// Install the filter that decides, for each directory, whether to
+    /// enter it.
+    fn filter(
+        &self,
+        walker: &mut ignore::WalkBuilder,
+        opts: &ScanOptions,
+        plan: Option<Arc<Plan>>,
+    ) {
+        let skip: HashSet<PathBuf> = opts.skip.iter().cloned().collect();
+        let (kept, listed, seen) = (self.kept.clone(), self.listed.clone(), self.seen.clone());
         walker.filter_entry(move |e| {
             if e.depth() == 0 || !e.file_type().is_some_and(|t| t.is_dir()) {
                 return true;
@@ -593,83 +726,78 @@ pub(crate) fn walk(
             true
         });
     }
+}
 
-    let stat_cache = StatCache::new(&cache.index, root_id);
-    let ctx = Ctx {
-        cache,
-        root,
-        stat_cache: &stat_cache,
-        generation,
-        opts,
-        plan: plan.as_deref(),
-        scan_start,
-        retries: AtomicU64::new(0),
-        error: Mutex::new(None),
-        done: Mutex::new(Vec::new()),
-    };
-    walker.build_parallel().visit(&mut Builder(&ctx));
-    let Ctx {
-        error,
-        done,
-        retries,
-        ..
-    } = ctx;
-    if let Some(e) = error.into_inner().unwrap_or_else(|p| p.into_inner()) {
-        return Err(e);
-    }
+/// What the visitor threads found, put together.
+struct Merged {
+    out: ScanOutput,
+    /// Entries by the directory (absolute) that holds them.
+    groups: HashMap<PathBuf, Vec<TreeEntry>>,
+    /// Directories walked.
+    dirs: Vec<PathBuf>,
+    /// Stat-cache records of the files examined, by relative directory.
+    found: HashMap<Vec<u8>, Vec<(Vec<u8>, FileRec)>>,
+    staged: Staged,
+    /// The threads' staging directories: kept until the commit.
+    workdirs: Vec<tempfile::TempDir>,
+}
 
-    // Merge what the threads found.
-    let mut out = ScanOutput {
-        retries: retries.into_inner(),
-        ..ScanOutput::default()
+/// Merge what the threads found, and the subtrees kept unchanged.
+fn merge(parts: Vec<Part>, retries: u64, kept: Vec<(PathBuf, TreeEntry)>) -> Merged {
+    let mut m = Merged {
+        out: ScanOutput {
+            retries,
+            ..ScanOutput::default()
+        },
+        groups: HashMap::new(),
+        dirs: Vec::new(),
+        found: HashMap::new(),
+        staged: Staged::default(),
+        workdirs: Vec::new(),
     };
-    let mut groups: HashMap<PathBuf, Vec<TreeEntry>> = HashMap::new();
-    let mut dirs = Vec::new();
-    let mut found: HashMap<Vec<u8>, Vec<(Vec<u8>, FileRec)>> = HashMap::new();
-    let mut staged = Staged::default();
-    let mut workdirs = Vec::new();
-    for p in done.into_inner().unwrap_or_else(|p| p.into_inner()) {
+    for p in parts {
         for (dir, entries) in p.groups {
-            match groups.get_mut(&dir) {
-                Some(v) => v.extend(entries),
-                None => {
-                    groups.insert(dir, entries);
-                }
-            }
+            m.groups.entry(dir).or_default().extend(entries);
         }
-        dirs.extend(p.dirs);
+        m.dirs.extend(p.dirs);
         for (dir, recs) in p.found {
-            match found.get_mut(&dir) {
-                Some(v) => v.extend(recs),
-                None => {
-                    found.insert(dir, recs);
-                }
-            }
+            m.found.entry(dir).or_default().extend(recs);
         }
         if let Some((s, w)) = p.work {
-            staged.append(s);
-            workdirs.push(w);
+            m.staged.append(s);
+            m.workdirs.push(w);
         }
-        out.hashed += p.hashed;
-        out.reused += p.reused;
-        out.unreadable.extend(p.unreadable);
-        out.special.extend(p.special);
+        m.out.hashed += p.hashed;
+        m.out.reused += p.reused;
+        m.out.unreadable.extend(p.unreadable);
+        m.out.special.extend(p.special);
     }
-    for (dir, entry) in std::mem::take(&mut *lock(&kept)) {
-        groups.entry(dir).or_default().push(entry);
+    for (dir, entry) in kept {
+        m.groups.entry(dir).or_default().push(entry);
     }
-    out.unreadable.sort();
-    out.special.sort();
+    m.out.unreadable.sort();
+    m.out.special.sort();
+    m
+}
 
-    // Trees, children before parents.
-    let store = &cache.store;
+/// Stage the trees, children before parents, recording each directory in
+/// the stat cache; sets `m.out.tree`. Returns the directories recorded
+/// (relative). `at`: (root, blob generation, scan start).
+fn build_trees(
+    store: &Store,
+    stat_cache: &StatCache,
+    (root, generation, scan_start): (&Path, u64, i64),
+    m: &mut Merged,
+    seen: &HashMap<PathBuf, Seen>,
+    totals: &mut Totals,
+) -> Result<HashSet<Vec<u8>>, SyncError> {
+    let mut dirs = std::mem::take(&mut m.dirs);
     dirs.sort_by_cached_key(|d| std::cmp::Reverse(d.components().count()));
     let treework = store.tempdir("sync-tree-")?;
-    let seen = std::mem::take(&mut *lock(&seen));
     let mut listed_dirs = HashSet::new();
     for dir in dirs {
         let mut tree = Tree {
-            entries: groups.remove(&dir).unwrap_or_default(),
+            entries: m.groups.remove(&dir).unwrap_or_default(),
         };
         tree.sort();
         for e in &tree.entries {
@@ -677,7 +805,7 @@ pub(crate) fn walk(
                 totals_of(store, digest, totals)?;
             }
         }
-        let digest = store.stage_bytes(treework.path(), &tree.encode(), &mut staged)?;
+        let digest = store.stage_bytes(treework.path(), &tree.encode(), &mut m.staged)?;
         let (files, bytes) = sum(&tree.entries, totals);
         totals.insert(digest, (files, bytes));
         let rel = dir
@@ -687,7 +815,7 @@ pub(crate) fn walk(
             .as_bytes();
         // NB: a walk that skipped unreadable files cannot vouch for the
         // whole root: they may be readable next time, with no stat changed.
-        let info = (dir == root && out.unreadable.is_empty()).then_some(RootInfo {
+        let info = (dir == root && m.out.unreadable.is_empty()).then_some(RootInfo {
             tree: digest,
             files,
             bytes,
@@ -700,19 +828,19 @@ pub(crate) fn walk(
                 seen: seen.get(&dir).copied().unwrap_or_default(),
                 tree: (digest, files, bytes),
             },
-            found.remove(rel).unwrap_or_default(),
+            m.found.remove(rel).unwrap_or_default(),
             info,
             scan_start,
         )?;
         listed_dirs.insert(rel.to_vec());
         if dir == root {
-            out.tree = digest;
+            m.out.tree = digest;
             continue;
         }
         let (Some(parent), Some(name)) = (dir.parent(), dir.file_name()) else {
             continue;
         };
-        groups
+        m.groups
             .entry(parent.to_path_buf())
             .or_default()
             .push(TreeEntry {
@@ -720,29 +848,7 @@ pub(crate) fn walk(
                 node: Node::Dir { digest },
             });
     }
-    (out.files, out.bytes) = totals.get(&out.tree).copied().unwrap_or_default();
-    store.commit(staged)?;
-    drop(workdirs);
-    drop(treework);
-
-    // NB: stat-cache records only after the blobs they name are committed.
-    // A full walk also drops the records of directories it did not list.
-    if full {
-        stat_cache.unlisted(&listed_dirs)?;
-    }
-    let applied = stat_cache.apply()?;
-    match (&write_copy, copy_records) {
-        (Some(store), Some(base)) => stat_cache.write_copy_over(store, &base, &applied),
-        (Some(store), None) => stat_cache.write_copy(store),
-        _ => {}
-    }
-    if validated {
-        out.reused = out.files.saturating_sub(out.hashed);
-    }
-    let listed_whole = std::mem::take(&mut *lock(&listed));
-    Ok(Walked {
-        out,
-        listed_whole,
-        started_ns: scan_start,
-    })
+    // NB: the staged trees live in `treework` until the commit.
+    m.workdirs.push(treework);
+    Ok(listed_dirs)
 }

@@ -33,7 +33,7 @@ use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind};
 use notify::{RecursiveMode, Watcher};
 
 use super::dirty::Dirty;
-use super::scan::{Meta, RACY_NS};
+use super::types::{Meta, RACY_NS};
 use super::{Incremental, ScanOptions, SyncError, SyncReport};
 use crate::cache::Cache;
 
@@ -173,13 +173,7 @@ pub fn watch(
     }
     // Our own writes (a store or mount inside the directory) are not changes.
     let mut ignored: Vec<PathBuf> = vec![cache.store.root().to_path_buf()];
-    if let Ok(m) = crate::daemon::mounts::mounts() {
-        ignored.extend(
-            m.into_iter()
-                .filter(|m| m.fstype == crate::daemon::mounts::FSTYPE)
-                .map(|m| m.mountpoint),
-        );
-    }
+    ignored.extend(crate::host::mounts::dagfs_mountpoints().unwrap_or_default());
     let mut young: HashMap<PathBuf, Young> = HashMap::new();
     let mut pending = Dirty::default();
     let mut conflicts = 0;

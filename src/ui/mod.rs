@@ -2,10 +2,11 @@
 //! local web view `dagfs ui` (HTTP, HTML, inline SVG, JSON).
 //!
 //! Owns: rendering a run as a graph (`model`, `layout`, `render`), the
-//! pages (`pages`) and the HTTP server (`server`). May call: every library
-//! layer, to read (`cache`, `index`, `store`, `exec::pipeline`,
-//! `exec::explain`, `sync::changes`) the way the mounted tree reads them;
-//! never writes to the store. It sits at the edge beside `cli`: `cli`
+//! pages (`pages`), the HTTP server (`server`) and the daemon's runs in
+//! progress (`live`). May call: `cache`, `index`, `store`, `hash`,
+//! `exec::pipeline`, `exec::explain`, `exec::scheduler` (its events) and
+//! `sync::changes`, to read them the way the mounted tree does (it never
+//! writes to the store). It sits at the edge beside `cli`: `cli`
 //! hands it the `graph` and `ui` commands and the daemon starts its
 //! server (`Servers`); no library layer calls it, and it does not call
 //! `cli` (its errors become exit codes in `CliError::exit_code`).

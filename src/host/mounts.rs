@@ -1,5 +1,8 @@
-//! What is mounted where (`/proc/self/mountinfo`), stale-mount detection and
-//! lazy unmounting.
+//! What is mounted where (`/proc/self/mountinfo`), which mounts are dagfs's,
+//! stale-mount detection and lazy unmounting.
+//!
+//! May call: std, `nix`. Used by `sync` (never scan a dagfs mount), the
+//! daemon and the CLI's `mount`/`umount`.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -16,6 +19,13 @@ pub struct MountEntry {
 }
 
 pub const FSTYPE: &str = "fuse.dagfs";
+
+impl MountEntry {
+    /// A dagfs mount (its type is `FSTYPE`).
+    pub fn is_dagfs(&self) -> bool {
+        self.fstype == FSTYPE
+    }
+}
 
 /// Undo mountinfo's octal escapes (`\040` is a space).
 fn unescape(s: &str) -> String {
@@ -69,6 +79,21 @@ pub fn find(mnt: &Path) -> io::Result<Option<MountEntry>> {
     Ok(mounts()?.into_iter().rev().find(|m| m.mountpoint == mnt))
 }
 
+/// Whether the topmost mount at `mnt` is a dagfs mount (false when the
+/// mount table cannot be read).
+pub fn is_dagfs_mount(mnt: &Path) -> bool {
+    matches!(find(mnt), Ok(Some(m)) if m.is_dagfs())
+}
+
+/// Where dagfs is mounted now, in mount order.
+pub fn dagfs_mountpoints() -> io::Result<Vec<PathBuf>> {
+    Ok(mounts()?
+        .into_iter()
+        .filter(MountEntry::is_dagfs)
+        .map(|m| m.mountpoint)
+        .collect())
+}
+
 /// A FUSE mount whose server is gone answers ENOTCONN.
 ///
 /// NB: `statfs`, not `stat`: the kernel answers `stat` of a FUSE root from
@@ -118,6 +143,7 @@ mod tests {
         assert_eq!(m.len(), 2);
         assert_eq!(m[1].mountpoint, PathBuf::from("/tmp/my mnt"));
         assert_eq!(m[1].fstype, FSTYPE);
+        assert!(m[1].is_dagfs() && !m[0].is_dagfs());
         assert_eq!(m[1].source, "/var/cache/dagfs");
         assert!(m[1].options.contains("nosuid") && m[1].options.contains("default_permissions"));
     }

@@ -1,0 +1,184 @@
+//! The job boundary: what the scheduler hands a job (`JobContext`: its
+//! output directory, its dependencies' trees) and what a job hands back
+//! (`JobResult`, or a `JobError` when it could not run at all).
+//!
+//! May call: `store` (to read trees and blobs). Guarantees: each output
+//! tree is materialized at most once per run, shared by all its readers;
+//! damaged stored bytes are never handed to a job.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use crate::hash::Digest;
+use crate::store::{materialize::materialize, Store, StoreError};
+
+pub use crate::exec::error::JobError;
+
+/// A unit of work: produces files in `ctx.out_dir`.
+pub trait Job: Send + Sync {
+    fn run(&self, ctx: &JobContext<'_>) -> Result<JobResult, JobError>;
+}
+
+/// What a job returns: its exit code and where its logs are.
+#[derive(Debug, Clone)]
+pub struct JobResult {
+    pub exit_code: i32,
+    pub stdout: PathBuf,
+    pub stderr: PathBuf,
+    /// Killed (with its process group) after running this long: its limit.
+    pub timed_out: Option<Duration>,
+    /// Killed (with its process group) when its output, measured while it
+    /// ran, had grown to this many bytes, past `JobContext::max_output`.
+    pub output_over: Option<u64>,
+    /// What it read and wrote beyond its declaration (`hermetic`), where
+    /// the job looked.
+    pub hermetic: Option<crate::exec::hermetic::Checked>,
+}
+
+pub struct JobContext<'a> {
+    pub store: &'a Store,
+    /// Empty directory: what the job leaves here is its output.
+    pub out_dir: &'a Path,
+    /// Private scratch directory (contains `out_dir`).
+    pub work_dir: &'a Path,
+    /// (dependency name, output digest), sorted by name.
+    pub deps: &'a [(String, Digest)],
+    /// The most bytes `out_dir` may hold (the task's `max_output`). A job
+    /// that runs a process should stop it once it writes past this;
+    /// ingest refuses a larger output in any case.
+    pub max_output: Option<u64>,
+    pub(super) mats: &'a Materializer,
+    pub(super) inputs_via: Option<&'a Path>,
+}
+
+impl JobContext<'_> {
+    /// A read-only directory holding the stored tree `d` (under the mount
+    /// when there is one, else materialized once per run).
+    pub fn tree_path(&self, d: &Digest) -> Result<PathBuf, JobError> {
+        match self.inputs_via {
+            Some(mount) => Ok(mount.join("trees").join(d.to_hex())),
+            None => self.mats.get(self.store, d),
+        }
+    }
+
+    /// A read-only file holding the blob `d`. NB: never the store's own
+    /// blob file: a task running as root could write through it.
+    pub fn blob_path(&self, d: &Digest) -> Result<PathBuf, JobError> {
+        match self.inputs_via {
+            Some(mount) => Ok(mount.join("blobs").join(d.to_hex())),
+            None => self.mats.blob(self.store, d),
+        }
+    }
+
+    /// A directory with one read-only entry per dependency, `<dir>/<dep>`,
+    /// holding that dependency's output tree.
+    pub fn materialize_deps(&self) -> Result<PathBuf, JobError> {
+        let dir = self.work_dir.join("in");
+        std::fs::create_dir_all(&dir).map_err(JobError::io(&dir))?;
+        for (name, digest) in self.deps {
+            let src = self.tree_path(digest)?;
+            let link = dir.join(name);
+            std::os::unix::fs::symlink(&src, &link).map_err(JobError::io(&link))?;
+        }
+        Ok(dir)
+    }
+}
+
+type MatCell = Arc<OnceLock<Result<PathBuf, Arc<StoreError>>>>;
+
+/// Materializes each output tree once per run, shared by all tasks, and
+/// holds the run's scratch and staging directories, made when the first
+/// job needs them (a run that executes nothing creates and removes nothing)
+/// and removed when it is dropped.
+pub(super) struct Materializer {
+    scratch: OnceLock<Result<tempfile::TempDir, String>>,
+    /// See `Options::inputs_via`.
+    pub(super) via: Option<PathBuf>,
+    done: Mutex<HashMap<Digest, MatCell>>,
+}
+
+impl Drop for Materializer {
+    fn drop(&mut self) {
+        // NB: `remove_all`, not the TempDir's own removal: materialized
+        // trees hold read-only directories.
+        if let Some(Ok(t)) = self.scratch.get() {
+            let _ = crate::store::remove_all(t.path());
+        }
+    }
+}
+
+impl Materializer {
+    pub(super) fn new(via: Option<PathBuf>) -> Materializer {
+        Materializer {
+            scratch: OnceLock::new(),
+            via,
+            done: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The run's scratch directory in `store` (with `entries/` and
+    /// `staging/`), made on first use.
+    pub(super) fn root(&self, store: &Store) -> Result<&Path, JobError> {
+        let made = self.scratch.get_or_init(|| {
+            let t = store.tempdir("run-").map_err(|e| e.to_string())?;
+            for d in ["entries", "staging"] {
+                let p = t.path().join(d);
+                std::fs::create_dir(&p).map_err(|e| format!("{}: {e}", p.display()))?;
+            }
+            Ok(t)
+        });
+        match made {
+            Ok(t) => Ok(t.path()),
+            Err(e) => Err(JobError::Task(format!(
+                "cannot make the run's scratch directory: {e}"
+            ))),
+        }
+    }
+
+    /// Where workers stage entry records until the coordinator publishes them.
+    pub(super) fn pending(&self, store: &Store) -> Result<PathBuf, JobError> {
+        Ok(self.root(store)?.join("entries"))
+    }
+
+    /// Where workers move staged blobs until the coordinator commits them.
+    pub(super) fn staging(&self, store: &Store) -> Result<PathBuf, JobError> {
+        Ok(self.root(store)?.join("staging"))
+    }
+
+    /// A private read-only copy of one blob, made once per run.
+    fn blob(&self, store: &Store, d: &Digest) -> Result<PathBuf, JobError> {
+        let root = self.root(store)?;
+        let p = root.join(format!("{}.blob", d.to_hex()));
+        if !p.exists() {
+            let tmp = root.join(format!(
+                "{}.blob.{:?}",
+                d.to_hex(),
+                std::thread::current().id()
+            ));
+            store
+                .copy_blob(d, &tmp)
+                .map_err(|e| JobError::Input(Arc::new(e)))?;
+            std::fs::rename(&tmp, &p).map_err(JobError::io(&p))?;
+        }
+        Ok(p)
+    }
+
+    fn get(&self, store: &Store, d: &Digest) -> Result<PathBuf, JobError> {
+        let root = self.root(store)?.to_path_buf();
+        let cell = self
+            .done
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(*d)
+            .or_default()
+            .clone();
+        cell.get_or_init(|| {
+            let p = root.join(d.to_hex());
+            materialize(store, d, &p).map(|_| p).map_err(Arc::new)
+        })
+        .clone()
+        .map_err(JobError::Input)
+    }
+}

@@ -1,0 +1,594 @@
+//! Committing to a store: staging blobs and entry records under `tmp/`
+//! (`Staged`), making them durable and renaming them into place
+//! (`commit_blobs`, `publish_entries`, see the write order in `store`'s
+//! header), packs in and out, and the durability barrier (`barrier`: one
+//! shared `syncfs` for concurrent callers).
+
+use std::fs::{self, File};
+use std::io::Write;
+use std::os::fd::AsRawFd;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use super::error::{IoContext, Result, StoreError};
+use super::*;
+
+/// A commit of at most this many loose blobs (and no packs) fsyncs each
+/// file and directory instead of the whole filesystem.
+const FSYNC_EACH: usize = 8;
+
+/// Group commit state for `Store::barrier`.
+#[derive(Debug, Default)]
+pub(super) struct BarrierGate {
+    state: std::sync::Mutex<GateState>,
+    cv: std::sync::Condvar,
+}
+
+#[derive(Debug, Default)]
+struct GateState {
+    started: u64,
+    completed: u64,
+    running: bool,
+}
+
+/// Work staged under `tmp/` that `Store::commit` moves into `blobs/` and
+/// `entries/` in crash-safe order.
+#[derive(Debug, Default)]
+pub struct Staged {
+    blobs: Vec<StagedBlob>,
+    entries: Vec<(PathBuf, Digest)>,
+    /// Digests staged (by `stage_bytes` or `stage_file`), so identical
+    /// content (two empty directories of one output, say) is staged once.
+    bytes_staged: std::collections::HashSet<Digest>,
+    /// Small blobs from `stage_bytes`, appended to packs (see `pack`).
+    packs: Vec<pack::PackWriter>,
+}
+
+#[derive(Debug)]
+struct StagedBlob {
+    tmp: PathBuf,
+    digest: Digest,
+    /// (dev, ino) of the file as it was hashed, for files taken over in place.
+    inode: Option<(u64, u64)>,
+    /// Created by the store with its final mode (0444) already.
+    read_only: bool,
+}
+
+impl Staged {
+    pub fn is_empty(&self) -> bool {
+        self.blobs.is_empty() && self.entries.is_empty() && self.packs.iter().all(|p| p.len() == 0)
+    }
+    pub fn blob_count(&self) -> usize {
+        self.blobs.len()
+    }
+
+    /// Whether blob `d` is staged in this batch already.
+    pub(crate) fn has_digest(&self, d: &Digest) -> bool {
+        self.bytes_staged.contains(d)
+    }
+
+    /// Move every staged blob file into `dir` (same filesystem, under
+    /// `tmp/`), named `<prefix>-<n>`: the directory it was staged in can then
+    /// be reused while the blobs wait for a batched `Store::commit_blobs`.
+    /// A rename keeps the inode, so the take-over check still holds.
+    pub fn relocate(&mut self, dir: &Path, prefix: &str) -> Result<()> {
+        for (n, b) in self.blobs.iter_mut().enumerate() {
+            let to = dir.join(format!("{prefix}-{n}"));
+            fs::rename(&b.tmp, &to).at(&to)?;
+            b.tmp = to;
+        }
+        for (n, p) in self.packs.iter_mut().enumerate() {
+            // NB: the writer's descriptor follows the rename.
+            let to = dir.join(format!("{prefix}-pack-{n}.pack"));
+            fs::rename(&p.path, &to).at(&to)?;
+            p.path = to;
+        }
+        Ok(())
+    }
+
+    /// Add `other`'s blobs and entries to this batch.
+    pub fn append(&mut self, other: Staged) {
+        self.blobs.extend(other.blobs);
+        self.entries.extend(other.entries);
+        self.packs.extend(other.packs);
+    }
+
+    /// Take the staged entry records out (for `Store::publish_entries`).
+    pub fn take_entries(&mut self) -> Vec<(PathBuf, Digest)> {
+        std::mem::take(&mut self.entries)
+    }
+}
+
+impl Store {
+    /// Stage `bytes` as a blob: written under `dir` (inside `tmp/`) unless the
+    /// blob already exists. Durable only after `commit`.
+    pub fn stage_bytes(&self, dir: &Path, bytes: &[u8], staged: &mut Staged) -> Result<Digest> {
+        let digest = Digest::of(bytes);
+        if self.has_blob(&digest) || !staged.bytes_staged.insert(digest) {
+            return Ok(digest);
+        }
+        self.writable()?;
+        if bytes.len() <= pack::MAX_PACKED {
+            if staged.packs.is_empty() {
+                static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+                let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let path = dir.join(format!("pack-{n}.pack"));
+                staged.packs.push(pack::PackWriter::create(path)?);
+            }
+            let w = staged.packs.last_mut().expect("just made");
+            w.add(digest, bytes)?;
+        } else {
+            stage_loose(dir, digest, bytes, staged)?;
+        }
+        Ok(digest)
+    }
+
+    /// Stage a file already under `tmp/` to be renamed into `blobs/`.
+    pub(crate) fn stage_file(
+        &self,
+        tmp: PathBuf,
+        digest: Digest,
+        inode: Option<(u64, u64)>,
+        staged: &mut Staged,
+    ) {
+        staged.bytes_staged.insert(digest);
+        staged.blobs.push(StagedBlob {
+            tmp,
+            digest,
+            inode,
+            read_only: false,
+        });
+    }
+
+    /// Stage an entry record (written under `dir`).
+    pub fn stage_entry(&self, dir: &Path, entry: &Entry, staged: &mut Staged) -> Result<()> {
+        let tmp = dir.join(format!("entry-{}", entry.key.to_hex()));
+        fs::write(&tmp, entry.to_json()).at(&tmp)?;
+        staged.entries.push((tmp, entry.key));
+        Ok(())
+    }
+
+    /// Make staged work durable and visible, in the order described in the
+    /// module doc. On return every staged blob and entry is durable.
+    pub fn commit(&self, staged: Staged) -> Result<()> {
+        let entries = self.commit_blobs(staged)?;
+        self.publish_entries(&entries, |_| true)
+    }
+
+    /// First half of `commit`: make staged blobs durable and visible. Returns
+    /// the staged entry records, to be given to `publish_entries` (callers
+    /// batch those, so one `syncfs` covers many entries).
+    pub fn commit_blobs(&self, mut staged: Staged) -> Result<Vec<(PathBuf, Digest)>> {
+        if !staged.blobs.is_empty() || !staged.packs.is_empty() {
+            self.writable()?;
+        }
+        let mut finished = Vec::new();
+        for w in merge_small_packs(std::mem::take(&mut staged.packs))? {
+            if w.len() == 0 {
+                let _ = fs::remove_file(&w.path);
+            } else if w.len() >= pack::MIN_PACK {
+                finished.push(w.finish()?);
+            } else {
+                // Too few to be worth a pack: loose files.
+                let dir = w.path.parent().map(Path::to_path_buf).unwrap_or_default();
+                for (digest, bytes) in w.into_blobs()? {
+                    stage_loose(&dir, digest, &bytes, &mut staged)?;
+                }
+            }
+        }
+        if staged.blobs.is_empty() && !finished.is_empty() {
+            // Packs only: fsync just their files, where `syncfs` would wait
+            // for every other writer's dirty data on the filesystem too;
+            // then the renames, made durable by fsync of `packs/`.
+            for f in &finished {
+                for p in [&f.pack, &f.idx] {
+                    File::open(p).and_then(|f| f.sync_data()).at(p)?;
+                }
+            }
+            for f in finished {
+                self.publish_pack(f)?;
+            }
+            let dir = &self.packs.dir;
+            File::open(dir).and_then(|f| f.sync_all()).at(dir)?;
+        } else if finished.is_empty() && (1..=FSYNC_EACH).contains(&staged.blobs.len()) {
+            // A few loose blobs (a watched change, a rescan that found one
+            // file changed): fsync each and its shard, where `syncfs` would
+            // wait for every other writer's dirty data too.
+            for b in &staged.blobs {
+                File::open(&b.tmp).and_then(|f| f.sync_data()).at(&b.tmp)?;
+            }
+            self.publish_blobs(&staged.blobs)?;
+            let mut dirs: Vec<PathBuf> = staged
+                .blobs
+                .iter()
+                .filter_map(|b| self.blob_path(&b.digest).parent().map(Path::to_path_buf))
+                .collect();
+            dirs.sort();
+            dirs.dedup();
+            // NB: `blobs/` too: a shard may have been made just now.
+            dirs.push(self.root.join("blobs"));
+            for d in dirs {
+                File::open(&d).and_then(|f| f.sync_all()).at(&d)?;
+            }
+        } else if !staged.blobs.is_empty() || !finished.is_empty() {
+            self.barrier()?; // NB: data durable before any name in blobs/ points at it.
+            self.note_change();
+            self.publish_blobs(&staged.blobs)?;
+            for f in finished {
+                self.publish_pack(f)?;
+            }
+        }
+        Ok(staged.take_entries())
+    }
+
+    /// Rename a finished pack into `packs/`: the pack, then its index (its
+    /// blobs exist from then on). Its bytes are durable already.
+    pub(crate) fn publish_pack(&self, f: pack::FinishedPack) -> Result<()> {
+        let dir = &self.packs.dir;
+        fs::create_dir_all(dir).at(dir)?;
+        let pack_to = dir.join(format!("{}.pack", f.id));
+        let idx_to = dir.join(format!("{}.idx", f.id));
+        // NB: the id names the index table, so an existing pack of that id
+        // holds the same blobs at the same places.
+        for (from, to) in [(&f.pack, &pack_to), (&f.idx, &idx_to)] {
+            match rename_noreplace(from, to) {
+                Ok(()) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+                    let _ = fs::remove_file(from);
+                }
+                Err(e) => {
+                    return Err(StoreError::Io {
+                        path: to.clone(),
+                        source: e,
+                    })
+                }
+            }
+        }
+        let loaded = pack::Pack::load(dir, &f.id).map_err(|b| StoreError::Corrupt {
+            digest: Digest::default(),
+            path: b.path,
+            reason: format!("a pack just written does not load: {}", b.reason),
+        })?;
+        let loaded = std::sync::Arc::new(loaded);
+        self.packs.update(|l| {
+            if !l.iter().any(|p| p.id == loaded.id) {
+                l.push(loaded);
+            }
+        });
+        Ok(())
+    }
+
+    /// Remove pack `id` (its index first: its blobs are gone from then on).
+    /// NB: callers raise the blob generation first.
+    pub(crate) fn remove_pack(&self, id: &str) -> Result<()> {
+        let dir = &self.packs.dir;
+        self.note_change();
+        for ext in ["idx", "pack"] {
+            let p = dir.join(format!("{id}.{ext}"));
+            match fs::remove_file(&p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(StoreError::Io { path: p, source: e }),
+            }
+        }
+        self.packs.update(|l| l.retain(|p| p.id != id));
+        Ok(())
+    }
+
+    /// Write the blobs of pack `id` that `keep` accepts into a new pack (or
+    /// loose files, if few), durably, then remove the old pack. Returns the
+    /// (count, bytes) dropped. NB: raises the blob generation before the
+    /// old pack goes.
+    pub(crate) fn repack(
+        &self,
+        old: &pack::Pack,
+        mut keep: impl FnMut(&Digest) -> bool,
+    ) -> Result<(u64, u64)> {
+        let work = self.tempdir("repack-")?;
+        let mut staged = Staged::default();
+        let mut dropped = (0u64, 0u64);
+        let old_path = old.pack_path(&self.packs.dir);
+        let mut kept = 0usize;
+        for (d, off, len) in old.rows() {
+            if !keep(&d) {
+                dropped.0 += 1;
+                dropped.1 += u64::from(len);
+                continue;
+            }
+            let bytes = old.read_raw(off, len).at(&old_path)?;
+            if staged.packs.is_empty() {
+                staged
+                    .packs
+                    .push(pack::PackWriter::create(work.path().join("repack.pack"))?);
+            }
+            staged.packs[0].add(d, &bytes)?;
+            kept += 1;
+        }
+        if kept > 0 {
+            self.commit_blobs(staged)?;
+            // NB: the new names durable before the old ones go.
+            self.barrier()?;
+        }
+        self.new_blob_generation()?;
+        self.remove_pack(&old.id)?;
+        Ok(dropped)
+    }
+
+    /// Second half of `commit`: one `syncfs` makes every blob name committed
+    /// so far durable, then the entry records (those `keep` accepts) are
+    /// renamed into `entries/`. Records not kept are deleted.
+    pub fn publish_entries(
+        &self,
+        entries: &[(PathBuf, Digest)],
+        mut keep: impl FnMut(&Digest) -> bool,
+    ) -> Result<()> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        self.barrier()?; // NB: blob names durable before an entry can reference them.
+        self.note_change();
+        for (tmp, key) in entries {
+            if keep(key) {
+                let dst = self.entry_path(key);
+                rename_into_shard(tmp, &dst, |a, b| fs::rename(a, b)).at(&dst)?;
+            } else {
+                let _ = fs::remove_file(tmp);
+            }
+        }
+        Ok(())
+    }
+
+    /// `publish_blob` each, on a few threads when there are many (each is
+    /// a rename into one of 256 directories: they proceed in parallel).
+    fn publish_blobs(&self, blobs: &[StagedBlob]) -> Result<()> {
+        const PER_THREAD: usize = 512;
+        let threads = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(4)
+            .min(blobs.len() / PER_THREAD);
+        if threads <= 1 {
+            return blobs.iter().try_for_each(|b| self.publish_blob(b));
+        }
+        let chunk = blobs.len().div_ceil(threads);
+        std::thread::scope(|s| {
+            let workers: Vec<_> = blobs
+                .chunks(chunk)
+                .map(|c| s.spawn(move || c.iter().try_for_each(|b| self.publish_blob(b))))
+                .collect();
+            workers
+                .into_iter()
+                .try_for_each(|w| w.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+        })
+    }
+
+    fn publish_blob(&self, b: &StagedBlob) -> Result<()> {
+        let dst = self.blob_path(&b.digest);
+        if !b.read_only {
+            fs::set_permissions(&b.tmp, fs::Permissions::from_mode(0o444)).at(&b.tmp)?;
+        }
+        match rename_into_shard(&b.tmp, &dst, rename_noreplace) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => return Ok(()),
+            Err(e) => {
+                return Err(StoreError::Io {
+                    path: dst,
+                    source: e,
+                })
+            }
+        }
+        if let Some((dev, ino)) = b.inode {
+            // A file taken over in place must be the very inode we hashed.
+            let md = fs::symlink_metadata(&dst).at(&dst)?;
+            if md.dev() != dev || md.ino() != ino || !md.is_file() {
+                let _ = fs::remove_file(&dst);
+                return Err(StoreError::Changed {
+                    path: b.tmp.clone(),
+                    what: "replaced by another file between hashing and storing".into(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Durability barrier: returns once a `syncfs` that *started after this
+    /// call* has completed. Concurrent callers share one `syncfs` (group
+    /// commit): a caller arriving while one runs waits for the next, which
+    /// the first of the waiters issues for all of them.
+    pub fn barrier(&self) -> Result<()> {
+        self.changed
+            .store(false, std::sync::atomic::Ordering::Release);
+        let gate = &self.gate;
+        let mut st = gate.state.lock().unwrap_or_else(|p| p.into_inner());
+        // The first sync to start after now: the running one started too early.
+        let need = st.started + 1;
+        loop {
+            if st.completed >= need {
+                return Ok(());
+            }
+            if !st.running {
+                st.running = true;
+                st.started += 1;
+                let mine = st.started;
+                drop(st);
+                let res = self.syncfs();
+                st = gate.state.lock().unwrap_or_else(|p| p.into_inner());
+                st.running = false;
+                if res.is_ok() {
+                    st.completed = mine;
+                }
+                gate.cv.notify_all();
+                res?;
+                continue;
+            }
+            st = gate.cv.wait(st).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    /// `barrier`, if any name in the store changed since the last one started
+    /// (a command that only read pays no `syncfs`, which would also flush
+    /// every other process's writes to the filesystem).
+    pub fn barrier_if_changed(&self) -> Result<()> {
+        if self.changed.load(std::sync::atomic::Ordering::Acquire) {
+            self.barrier()?;
+        }
+        Ok(())
+    }
+
+    /// Note that a name in the store changed (see `barrier_if_changed`).
+    pub(crate) fn note_change(&self) {
+        self.changed
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    fn syncfs(&self) -> Result<()> {
+        // SAFETY: syncfs on a valid, owned descriptor.
+        let rc = unsafe { libc::syncfs(self.root_fd.as_raw_fd()) };
+        if rc != 0 {
+            return Err(StoreError::Io {
+                path: self.root.clone(),
+                source: std::io::Error::last_os_error(),
+            });
+        }
+        Ok(())
+    }
+
+    pub fn remove_entry(&self, key: &Digest) -> Result<()> {
+        self.note_change();
+        let p = self.entry_path(key);
+        match fs::remove_file(&p) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(StoreError::Io { path: p, source: e })
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Start a new blob generation, durably, before removing any blob.
+    pub fn new_blob_generation(&self) -> Result<()> {
+        use std::sync::atomic::Ordering;
+        let next = self.blob_generation.load(Ordering::Acquire) + 1;
+        let path = self.root.join(BLOB_GENERATION);
+        let tmp = self.root.join(format!("{BLOB_GENERATION}.tmp"));
+        let mut f = File::create(&tmp).at(&tmp)?;
+        writeln!(f, "{next}").at(&tmp)?;
+        f.sync_all().at(&tmp)?;
+        fs::rename(&tmp, &path).at(&path)?;
+        self.root_fd.sync_all().at(&self.root)?;
+        self.blob_generation.store(next, Ordering::Release);
+        Ok(())
+    }
+}
+
+/// Write `bytes` (named `digest`) as a loose blob file under `dir`, staged
+/// in `staged`. NB: created read-only (the descriptor still writes), which
+/// saves a chmod per blob at publish, unless the umask would take bits off
+/// 0444. A file of that name there already (the same content from another
+/// part of the batch) is left as it is.
+fn stage_loose(dir: &Path, digest: Digest, bytes: &[u8], staged: &mut Staged) -> Result<()> {
+    let tmp = dir.join(format!("blob-{}", digest.to_hex()));
+    match fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o444)
+        .open(&tmp)
+    {
+        Ok(mut f) => f.write_all(bytes).at(&tmp)?,
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(()),
+        Err(e) => {
+            return Err(StoreError::Io {
+                path: tmp,
+                source: e,
+            })
+        }
+    }
+    staged.blobs.push(StagedBlob {
+        tmp,
+        digest,
+        inode: None,
+        read_only: umask_keeps_0444(),
+    });
+    Ok(())
+}
+
+/// `rename(from, to)` by `how`, making `to`'s shard directory first if it
+/// is not there yet (shards are made on first use).
+fn rename_into_shard(
+    from: &Path,
+    to: &Path,
+    how: impl Fn(&Path, &Path) -> std::io::Result<()>,
+) -> std::io::Result<()> {
+    match how(from, to) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && from.exists() => {
+            if let Some(shard) = to.parent() {
+                match fs::create_dir(shard) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            how(from, to)
+        }
+        r => r,
+    }
+}
+
+/// Pack writers of one commit (a sync's walker threads write one each),
+/// with those too small to be a pack of their own (`MIN_PACK`) moved into
+/// another when together they are enough: whether a small file is packed
+/// does not depend on how the walk happened to share the files out.
+fn merge_small_packs(mut ws: Vec<pack::PackWriter>) -> Result<Vec<pack::PackWriter>> {
+    ws.sort_by_key(|w| std::cmp::Reverse(w.len()));
+    let total: usize = ws.iter().map(|w| w.len()).sum();
+    if ws.len() < 2 || total < pack::MIN_PACK {
+        return Ok(ws);
+    }
+    // Sorted largest first: the small ones (the tail) join the largest.
+    let first_small = ws
+        .iter()
+        .position(|w| w.len() < pack::MIN_PACK)
+        .unwrap_or(ws.len())
+        .max(1);
+    for w in ws.split_off(first_small) {
+        for (d, b) in w.into_blobs()? {
+            ws[0].add(d, &b)?;
+        }
+    }
+    Ok(ws)
+}
+
+/// Whether this process's umask leaves a file created with mode 0444 at
+/// 0444 (read once from /proc; unknown: no).
+fn umask_keeps_0444() -> bool {
+    static KEEPS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *KEEPS.get_or_init(|| {
+        fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("Umask:"))
+                    .and_then(|m| u32::from_str_radix(m.trim(), 8).ok())
+            })
+            .is_some_and(|m| m & 0o444 == 0)
+    })
+}
+
+pub(crate) fn rename_noreplace(from: &Path, to: &Path) -> std::io::Result<()> {
+    let from_c = std::ffi::CString::new(from.as_os_str().as_bytes())?;
+    let to_c = std::ffi::CString::new(to.as_os_str().as_bytes())?;
+    // SAFETY: valid NUL-terminated paths; AT_FDCWD resolves them as given.
+    let rc = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            from_c.as_ptr(),
+            libc::AT_FDCWD,
+            to_c.as_ptr(),
+            libc::RENAME_NOREPLACE,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}

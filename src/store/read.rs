@@ -1,0 +1,349 @@
+//! Reading a store: where a blob or entry is (loose or packed), reading
+//! and copying blobs (checked against their names), trees, entry records,
+//! and listing what is stored.
+
+use std::fs::{self, File};
+use std::io::Read;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use super::error::{IoContext, Result, StoreError};
+use super::*;
+
+impl Store {
+    pub fn blob_path(&self, d: &Digest) -> PathBuf {
+        let hex = d.to_hex();
+        self.root.join("blobs").join(&hex[..2]).join(hex)
+    }
+
+    pub fn entry_path(&self, key: &Digest) -> PathBuf {
+        let hex = key.to_hex();
+        self.root.join("entries").join(&hex[..2]).join(hex)
+    }
+
+    pub fn has_blob(&self, d: &Digest) -> bool {
+        self.has_loose_blob(d) || self.packs.find(d).is_some()
+    }
+
+    /// Is blob `d` a loose file? (One `fstatat` of `ab/<hex>` under an open
+    /// `blobs/`: no walk of the store's whole path per lookup.)
+    fn has_loose_blob(&self, d: &Digest) -> bool {
+        let dir = self.blobs_dir.get_or_init(|| {
+            fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC)
+                .open(self.root.join("blobs"))
+                .ok()
+        });
+        let Some(dir) = dir else {
+            return self.blob_path(d).exists();
+        };
+        let hex = d.to_hex();
+        let mut name = [0u8; 2 + 1 + 64 + 1];
+        name[..2].copy_from_slice(&hex.as_bytes()[..2]);
+        name[2] = b'/';
+        name[3..67].copy_from_slice(hex.as_bytes());
+        let c = std::ffi::CStr::from_bytes_with_nul(&name).expect("one NUL, at the end");
+        // SAFETY: a valid directory descriptor, a NUL-terminated name, and a
+        // stat buffer the kernel fills.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        let rc = unsafe {
+            libc::fstatat(
+                dir.as_raw_fd(),
+                c.as_ptr(),
+                &mut st,
+                libc::AT_SYMLINK_NOFOLLOW,
+            )
+        };
+        rc == 0
+    }
+
+    /// The directory of the packs (see `pack`).
+    pub fn packs_dir(&self) -> &Path {
+        &self.packs.dir
+    }
+
+    /// Every readable pack (a pack whose index does not load is left out:
+    /// `fsck` reports it).
+    pub fn packs(&self) -> std::sync::Arc<Vec<std::sync::Arc<pack::Pack>>> {
+        self.packs.all()
+    }
+
+    /// Where blob `d` is: a loose file, or a range of a pack (loose first).
+    pub fn locate(&self, d: &Digest) -> Option<BlobLocation> {
+        let p = self.blob_path(d);
+        if p.exists() {
+            return Some(BlobLocation::Loose(p));
+        }
+        self.packs
+            .find(d)
+            .map(|(pack, offset, len)| BlobLocation::Packed { pack, offset, len })
+    }
+
+    /// Blob `d`'s bytes as stored, unchecked (gc's walk, fsck's hashing).
+    pub fn read_blob_unchecked(&self, d: &Digest) -> Result<Vec<u8>> {
+        match self.locate(d) {
+            Some(BlobLocation::Loose(p)) => fs::read(&p).at(&p),
+            Some(BlobLocation::Packed { pack, offset, len }) => pack
+                .read_raw(offset, len)
+                .at(pack.pack_path(&self.packs.dir)),
+            None => Err(StoreError::Missing(*d)),
+        }
+    }
+
+    /// Size of blob `d`.
+    pub fn blob_size(&self, d: &Digest) -> Result<u64> {
+        let p = self.blob_path(d);
+        match fs::metadata(&p) {
+            Ok(m) => Ok(m.len()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => match self.packs.find(d) {
+                Some((_, _, len)) => Ok(u64::from(len)),
+                None => Err(StoreError::Missing(*d)),
+            },
+            Err(e) => Err(StoreError::Io { path: p, source: e }),
+        }
+    }
+
+    /// Copy blob `d` to a new file `dst`, checking the bytes against `d` as
+    /// they are copied: a task's inputs are never bytes other than those
+    /// its key names (a mismatch is `Corrupt`, and `dst` is removed). Never
+    /// a hard link: see `materialize`.
+    pub fn copy_blob(&self, d: &Digest, dst: &Path) -> Result<()> {
+        let p = self.blob_path(d);
+        let mut src = match self.open_loose(d) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                // Packed: `read_blob` checks the bytes.
+                let bytes = self.read_blob(d)?;
+                return fs::write(dst, bytes).at(dst);
+            }
+            Err(e) => return Err(self.loose_error(d, e)),
+        };
+        let copied = (|| -> std::io::Result<Digest> {
+            let mut out = File::create(dst)?;
+            let mut h = blake3::Hasher::new();
+            let mut buf = vec![0u8; 256 << 10];
+            loop {
+                let n = match src.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(e),
+                };
+                h.update(&buf[..n]);
+                out.write_all(&buf[..n])?;
+            }
+            Ok(Digest::from_blake3(h.finalize()))
+        })();
+        match copied {
+            Ok(got) if got == *d => Ok(()),
+            Ok(got) => {
+                let _ = fs::remove_file(dst);
+                Err(StoreError::Corrupt {
+                    digest: *d,
+                    path: p,
+                    reason: format!("its bytes hash to {got}"),
+                })
+            }
+            Err(e) => {
+                let _ = fs::remove_file(dst);
+                Err(StoreError::Io {
+                    path: dst.to_path_buf(),
+                    source: e,
+                })
+            }
+        }
+    }
+
+    /// The blob generation: it changes only when a blob may be removed, so
+    /// a blob known to be stored in the current generation still is.
+    pub fn blob_generation(&self) -> u64 {
+        self.blob_generation
+            .load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Open loose blob `d`'s file, read-only, never through a symlink
+    /// planted in its place (that is `Corrupt`: a blob is a regular file).
+    pub fn open_loose(&self, d: &Digest) -> std::io::Result<File> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let p = self.blob_path(d);
+        fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(p)
+    }
+
+    fn loose_error(&self, d: &Digest, e: std::io::Error) -> StoreError {
+        let path = self.blob_path(d);
+        if e.raw_os_error() == Some(libc::ELOOP) {
+            StoreError::Corrupt {
+                digest: *d,
+                path,
+                reason: "a symlink where a blob should be".into(),
+            }
+        } else {
+            StoreError::Io { path, source: e }
+        }
+    }
+
+    /// Open blob `d` for reading: its file, or (packed) its bytes, checked
+    /// against its name as they are read from the pack.
+    pub fn open_blob(&self, d: &Digest) -> Result<BlobReader> {
+        match self.open_loose(d) {
+            Ok(f) => Ok(BlobReader::File(f)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => match self.packs.find(d) {
+                Some((pack, _, _)) => match pack.read(d, &self.packs.dir)? {
+                    Some(b) => Ok(BlobReader::Bytes(std::io::Cursor::new(b))),
+                    None => Err(StoreError::Missing(*d)),
+                },
+                None => Err(StoreError::Missing(*d)),
+            },
+            Err(e) => Err(self.loose_error(d, e)),
+        }
+    }
+
+    /// Read a whole blob, checking its bytes against its name.
+    pub fn read_blob(&self, d: &Digest) -> Result<Vec<u8>> {
+        let buf = match self.open_blob(d)? {
+            BlobReader::Bytes(c) => return Ok(c.into_inner()),
+            BlobReader::File(mut f) => {
+                let mut buf = Vec::new();
+                f.read_to_end(&mut buf).at(self.blob_path(d))?;
+                buf
+            }
+        };
+        if Digest::of(&buf) != *d {
+            return Err(StoreError::Corrupt {
+                digest: *d,
+                path: self.blob_path(d),
+                reason: "content does not match its digest".into(),
+            });
+        }
+        Ok(buf)
+    }
+
+    pub fn read_tree(&self, d: &Digest) -> Result<Tree> {
+        let bytes = self.read_blob(d)?;
+        Tree::decode(&bytes).map_err(|e| StoreError::Corrupt {
+            digest: *d,
+            path: self.blob_path(d),
+            reason: format!("bad tree: {e}"),
+        })
+    }
+
+    pub fn read_entry(&self, key: &Digest) -> Result<Option<Entry>> {
+        let p = self.entry_path(key);
+        match fs::read(&p) {
+            Ok(bytes) => Entry::from_json(&bytes)
+                .map(Some)
+                .map_err(|e| StoreError::Corrupt {
+                    digest: *key,
+                    path: p,
+                    reason: e.to_string(),
+                }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(StoreError::Io { path: p, source: e }),
+        }
+    }
+
+    /// Blobs whose hex name starts with `prefix` (at least 2 hex digits).
+    pub fn blobs_with_prefix(&self, prefix: &str) -> Result<Vec<Digest>> {
+        let shard = self.root.join("blobs").join(&prefix[..2]);
+        let mut out = Vec::new();
+        let listing = match fs::read_dir(&shard) {
+            Ok(rd) => rd.collect::<Vec<_>>(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => {
+                return Err(StoreError::Io {
+                    path: shard,
+                    source: e,
+                })
+            }
+        };
+        for e in listing {
+            let name = e.at(&shard)?.file_name();
+            if let Some(d) = name
+                .to_str()
+                .filter(|n| n.starts_with(prefix))
+                .and_then(Digest::from_hex)
+            {
+                out.push(d);
+            }
+        }
+        for p in self.packs.all().iter() {
+            for d in p.with_prefix(prefix) {
+                if !out.contains(&d) {
+                    out.push(d);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every entry key on disk (the source of truth for index rebuilds and gc).
+    pub fn entry_keys(&self) -> Result<Vec<Digest>> {
+        let mut keys = Vec::new();
+        let dir = self.root.join("entries");
+        for shard in fs::read_dir(&dir).at(&dir)? {
+            let shard = shard.at(&dir)?.path();
+            for e in fs::read_dir(&shard).at(&shard)? {
+                let e = e.at(&shard)?;
+                if let Some(d) = e.file_name().to_str().and_then(Digest::from_hex) {
+                    keys.push(d);
+                }
+            }
+        }
+        Ok(keys)
+    }
+
+    /// Every blob digest on disk, with its status-change time (set when it
+    /// was renamed into `blobs/`) and size.
+    pub fn blobs(&self) -> Result<Vec<(Digest, std::time::SystemTime, u64)>> {
+        let mut out = Vec::new();
+        let dir = self.root.join("blobs");
+        for shard in fs::read_dir(&dir).at(&dir)? {
+            let shard = shard.at(&dir)?.path();
+            for e in fs::read_dir(&shard).at(&shard)? {
+                let e = e.at(&shard)?;
+                if let Some(d) = e.file_name().to_str().and_then(Digest::from_hex) {
+                    let md = e.metadata().at(e.path())?;
+                    let ctime = std::time::UNIX_EPOCH
+                        + std::time::Duration::new(
+                            md.ctime().max(0) as u64,
+                            md.ctime_nsec().clamp(0, 999_999_999) as u32,
+                        );
+                    out.push((d, ctime, md.len()));
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Where a blob is stored (`Store::locate`).
+#[derive(Debug, Clone)]
+pub enum BlobLocation {
+    Loose(PathBuf),
+    Packed {
+        pack: std::sync::Arc<pack::Pack>,
+        offset: u64,
+        len: u32,
+    },
+}
+
+/// An open blob (`Store::open_blob`): a loose file, or a packed blob's
+/// bytes (already checked against its name).
+#[derive(Debug)]
+pub enum BlobReader {
+    File(File),
+    Bytes(std::io::Cursor<Vec<u8>>),
+}
+
+impl Read for BlobReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            BlobReader::File(f) => f.read(buf),
+            BlobReader::Bytes(c) => c.read(buf),
+        }
+    }
+}
