@@ -64,6 +64,18 @@ pub fn bind(listen: &str, token: Option<&str>) -> Result<(tiny_http::Server, Soc
             "--listen {listen} is not a loopback address: anyone who can reach it could read the store; give a token (--token T or DAGFS_UI_TOKEN=T), which every request must then carry"
         )));
     }
+    if let Some(t) = token.filter(|t| !t.is_empty()) {
+        // NB: it goes into a cookie and is compared as typed: no character
+        // a header or a cookie would need quoted.
+        if let Some(c) = t
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || "-._~+/=".contains(*c)))
+        {
+            return Err(UiError::Usage(format!(
+                "the token may hold only letters, digits and -._~+/= (it has {c:?})"
+            )));
+        }
+    }
     let server = tiny_http::Server::http(addr)
         .map_err(|e| UiError::Listen(format!("cannot listen on {addr}: {e}")))?;
     let bound = match server.server_addr() {
@@ -484,6 +496,13 @@ mod tests {
             bind("0.0.0.0:0", Some("")),
             Err(UiError::Usage(_))
         ));
+        // A token that a cookie or a header could not carry as it is.
+        for bad in ["a b", "a;b", "a\nb", "é"] {
+            assert!(
+                matches!(bind("127.0.0.1:0", Some(bad)), Err(UiError::Usage(ref m)) if m.contains("token")),
+                "{bad:?}"
+            );
+        }
         assert!(matches!(parse_listen("nonsense"), Err(UiError::Usage(_))));
         assert_eq!(
             parse_listen("localhost:80").unwrap(),
