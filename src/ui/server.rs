@@ -112,7 +112,16 @@ pub fn serve(
         };
         let (reply, cookie) = match gate.check(&req) {
             Err(r) => (r, None),
-            Ok(cookie) => (answer(req.url(), source, &mut stale), cookie),
+            // NB: a bug in a page answers 500; the server stays up.
+            Ok(cookie) => (
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    answer(req.url(), source, &mut stale)
+                }))
+                .unwrap_or_else(|_| {
+                    Reply::error(500, "internal error: this page panicked (a bug)")
+                }),
+                cookie,
+            ),
         };
         let head = req.method() == &tiny_http::Method::Head;
         let _ = req.respond(response(reply, cookie, head));
