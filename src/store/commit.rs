@@ -159,7 +159,74 @@ impl Store {
     /// First half of `commit`: make staged blobs durable and visible. Returns
     /// the staged entry records, to be given to `publish_entries` (callers
     /// batch those, so one `syncfs` covers many entries).
-    pub fn commit_blobs(&self, mut staged: Staged) -> Result<Vec<(PathBuf, Digest)>> {
+    ///
+    /// A commit that leaves more than `AUTO_PACK_LIMIT` packs then merges
+    /// packs (`consolidate_packs`), as `git gc --auto` does.
+    pub fn commit_blobs(&self, staged: Staged) -> Result<Vec<(PathBuf, Digest)>> {
+        let packed = !staged.packs.is_empty();
+        let entries = self.commit_blobs_now(staged)?;
+        if packed {
+            self.consolidate_packs()?;
+        }
+        Ok(entries)
+    }
+
+    /// More packs than this after a commit and it merges them: a blob lookup
+    /// searches each pack's index in turn, and an open loads every index.
+    pub const AUTO_PACK_LIMIT: usize = 32;
+
+    /// Merge packs once there are more than `AUTO_PACK_LIMIT`: every pack
+    /// but the largest when that one holds at least half of the packed
+    /// bytes (so a big pack is not rewritten for a few small ones: the
+    /// bytes rewritten stay proportional to what was added, as in git's
+    /// geometric repack), else all of them. The merged pack is durable
+    /// before the blob generation is raised and the old packs are removed,
+    /// as `repack` does; a crash in between leaves blobs in two packs,
+    /// which the next merge folds. Every blob is checked against its digest
+    /// on the way: on a mismatch nothing is merged (fsck names the damage),
+    /// so a merge never spreads or loses bytes. Returns whether it merged.
+    pub(crate) fn consolidate_packs(&self) -> Result<bool> {
+        let all = self.packs.all();
+        if all.len() <= Self::AUTO_PACK_LIMIT {
+            return Ok(false);
+        }
+        let total: u64 = all.iter().map(|p| p.size).sum();
+        let mut merge: Vec<std::sync::Arc<pack::Pack>> = all.iter().cloned().collect();
+        merge.sort_by_key(|p| std::cmp::Reverse(p.size));
+        if merge[0].size.saturating_mul(2) >= total {
+            merge.remove(0);
+        }
+        let work = self.tempdir("repack-")?;
+        let mut w = pack::PackWriter::create(work.path().join("merged.pack"))?;
+        let mut seen = std::collections::HashSet::new();
+        for p in &merge {
+            let path = p.pack_path(&self.packs.dir);
+            for (d, off, len) in p.rows() {
+                if !seen.insert(d) {
+                    continue;
+                }
+                let bytes = p.read_raw(off, len).at(&path)?;
+                if Digest::of(&bytes) != d {
+                    let _ = fs::remove_file(&w.path);
+                    return Ok(false);
+                }
+                w.add(d, &bytes)?;
+            }
+        }
+        let mut staged = Staged::default();
+        staged.packs.push(w);
+        self.commit_blobs_now(staged)?;
+        // NB: the merged names durable before the old ones go.
+        self.barrier()?;
+        self.new_blob_generation()?;
+        for p in &merge {
+            self.remove_pack(&p.id)?;
+        }
+        Ok(true)
+    }
+
+    /// `commit_blobs` without merging packs after it.
+    fn commit_blobs_now(&self, mut staged: Staged) -> Result<Vec<(PathBuf, Digest)>> {
         if !staged.blobs.is_empty() || !staged.packs.is_empty() {
             self.writable()?;
         }
@@ -306,7 +373,7 @@ impl Store {
             kept += 1;
         }
         if kept > 0 {
-            self.commit_blobs(staged)?;
+            self.commit_blobs_now(staged)?;
             // NB: the new names durable before the old ones go.
             self.barrier()?;
         }

@@ -290,6 +290,60 @@ mod tests {
         v
     }
 
+    /// Issue 17 (store growth): every commit that adds a pack used to leave
+    /// it, so a store of 1,000 syncs searched 1,000 indexes per lookup and
+    /// loaded them all at each open. Past `AUTO_PACK_LIMIT` packs a commit
+    /// merges them, every blob still readable, the generation raised.
+    #[test]
+    fn packs_past_the_limit_are_merged_and_every_blob_stays() {
+        let t = tempfile::tempdir().unwrap();
+        let s = open(t.path());
+        let mut blobs = Vec::new();
+        let gen = s.blob_generation();
+        for round in 0..(Store::AUTO_PACK_LIMIT + 8) {
+            blobs.extend(stage_many(&s, pack::MIN_PACK, &format!("round {round}")));
+            let packs = pack_files(&s).len() / 2;
+            assert!(
+                packs <= Store::AUTO_PACK_LIMIT,
+                "round {round}: {packs} packs"
+            );
+        }
+        assert!(s.blob_generation() > gen, "a merge raises the generation");
+        // A fresh open (another process) reads them all too.
+        drop(s);
+        let s = open(t.path());
+        assert!(s.packs.all().len() <= 9, "{}", s.packs.all().len());
+        for (d, b) in &blobs {
+            assert_eq!(&s.read_blob(d).unwrap(), b);
+        }
+    }
+
+    /// A damaged blob in a pack stops the merge: nothing moves, nothing is
+    /// lost, the damage stays where fsck finds it.
+    #[test]
+    fn a_damaged_pack_is_not_merged() {
+        let t = tempfile::tempdir().unwrap();
+        let s = open(t.path());
+        let mut blobs = Vec::new();
+        for round in 0..Store::AUTO_PACK_LIMIT {
+            blobs.extend(stage_many(&s, pack::MIN_PACK, &format!("round {round}")));
+        }
+        assert_eq!(pack_files(&s).len(), 2 * Store::AUTO_PACK_LIMIT);
+        let d = &blobs[3].0.clone();
+        let (p, off, _) = s.packs.find(d).unwrap();
+        let path = p.pack_path(&s.packs.dir);
+        let mut bytes = fs::read(&path).unwrap();
+        bytes[off as usize] ^= 1;
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+        fs::write(&path, &bytes).unwrap();
+        blobs.extend(stage_many(&s, pack::MIN_PACK, "one more"));
+        assert_eq!(pack_files(&s).len(), 2 * (Store::AUTO_PACK_LIMIT + 1));
+        assert!(s.read_blob(d).is_err(), "still damaged, still found");
+        for (x, b) in &blobs[4..] {
+            assert_eq!(&s.read_blob(x).unwrap(), b);
+        }
+    }
+
     /// Regression: a sync's walker threads stage a pack each; one that got
     /// fewer than `MIN_PACK` small files left them loose (and a test that
     /// looked for a file in a pack failed under load).
