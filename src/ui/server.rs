@@ -11,7 +11,9 @@
 //! `Host` is refused (a page elsewhere cannot reach it through DNS
 //! rebinding). Only GET and HEAD. Pages get a content security policy
 //! that allows only our own script; files from the store are served as
-//! text or bytes in a sandbox, never as HTML.
+//! text or bytes in a sandbox, never as HTML. A page that panics answers
+//! 500 and the server goes on; a token that a cookie could not carry as
+//! it is is refused at start.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
