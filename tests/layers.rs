@@ -253,18 +253,26 @@ fn layers(src: &Path, stack: &[String]) -> Vec<Layer> {
     let mut out = Vec::new();
     // NB: `cli` is the binary's module; it may call everything below it.
     for name in stack.iter().filter(|l| *l != "cli") {
-        let (top, files) = if src.join(name).is_dir() {
-            let mut files = Vec::new();
-            rust_files(&src.join(name), &mut files);
-            (src.join(name).join("mod.rs"), files)
+        // `src/<name>/mod.rs`, or `src/<name>.rs` (with or without a
+        // `src/<name>/` of submodules).
+        let file = src.join(format!("{name}.rs"));
+        let dir = src.join(name);
+        let mut files = Vec::new();
+        if file.exists() {
+            files.push(file.clone());
+        }
+        if dir.is_dir() {
+            rust_files(&dir, &mut files);
+        }
+        let top = if file.exists() {
+            file
         } else {
-            let f = src.join(format!("{name}.rs"));
-            assert!(
-                f.exists(),
-                "ARCHITECTURE.md lists layer `{name}`, but there is neither src/{name}/ nor src/{name}.rs"
-            );
-            (f.clone(), vec![f])
+            dir.join("mod.rs")
         };
+        assert!(
+            top.exists(),
+            "ARCHITECTURE.md lists layer `{name}`, but there is neither src/{name}/mod.rs nor src/{name}.rs"
+        );
         let Some((may_call, may_call_line)) = may_call(&top, stack) else {
             panic!(
                 "{}: layer `{name}` has no `//! May call:` line in its module header",

@@ -259,6 +259,12 @@ impl CliError {
                 _ => 8,
             }
         }
+        fn cache(e: &CacheError) -> i32 {
+            match e {
+                CacheError::Store(s) => store(s),
+                CacheError::Index(_) => 8,
+            }
+        }
         match self {
             CliError::TasksFailed => 1,
             CliError::Fsck(mask) => FSCK_BASE | i32::from(*mask & 7),
@@ -270,10 +276,10 @@ impl CliError {
                 ExecError::Cycle(_) => 6,
                 ExecError::UnknownTask(_) => 7,
                 ExecError::Store(s) => store(s),
+                ExecError::Cache(c) => cache(c),
                 ExecError::Index(_) | ExecError::Spawn { .. } => 8,
             },
-            CliError::Cache(CacheError::Store(s)) => store(s),
-            CliError::Cache(CacheError::Index(_)) => 8,
+            CliError::Cache(c) => cache(c),
             CliError::NotFound(_) => 10,
             CliError::Output(_) => 8,
             CliError::Daemon(_) => 11,
@@ -286,6 +292,7 @@ impl CliError {
                 dagfs::sync::SyncError::Unreadable { .. } => 14,
                 dagfs::sync::SyncError::Usage(_) => 2,
                 dagfs::sync::SyncError::Store(s) => store(s),
+                dagfs::sync::SyncError::Cache(c) => cache(c),
                 _ => 8,
             },
         }

@@ -31,20 +31,13 @@ pub enum ExecError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Index(#[from] IndexError),
+    #[error(transparent)]
+    Cache(#[from] crate::cache::CacheError),
     #[error("task `{task}`: could not start: {source}")]
     Spawn {
         task: String,
         source: std::io::Error,
     },
-}
-
-impl From<crate::cache::CacheError> for ExecError {
-    fn from(e: crate::cache::CacheError) -> Self {
-        match e {
-            crate::cache::CacheError::Store(s) => ExecError::Store(s),
-            crate::cache::CacheError::Index(i) => ExecError::Index(i),
-        }
-    }
 }
 
 /// Why a job could not run or finish (a non-zero exit is not an error: it

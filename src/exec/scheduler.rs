@@ -14,7 +14,7 @@
 //! jobs finish); otherwise everything not downstream of a failure runs.
 //! Nodes that never became ready are `Skipped`.
 //!
-//! May call: `hash`, `store`, `index`, `cache`.
+//! May call: `hash`, `host` (the default `-j`), `store`, `index`, `cache`.
 
 mod commit;
 mod inflight;

@@ -118,9 +118,8 @@ impl Default for FsOptions {
     fn default() -> Self {
         FsOptions {
             passthrough: Passthrough::Auto,
-            // SAFETY: getuid/getgid cannot fail and touch no memory.
-            uid: unsafe { libc::getuid() },
-            gid: unsafe { libc::getgid() },
+            uid: nix::unistd::getuid().as_raw(),
+            gid: nix::unistd::getgid().as_raw(),
             allow_other: false,
             n_threads: std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 8)),
             fsname: "dagfs".into(),
@@ -231,8 +230,7 @@ fn mount_options(opts: &FsOptions) -> Vec<MountOption> {
     // NB: fuser hands `Subtype` only to fusermount; when it mounts with
     // mount(2) itself (as root) the kernel needs `subtype=` in the mount
     // data, else /proc/mounts says `fuse`, not `fuse.dagfs`.
-    // SAFETY: geteuid cannot fail and touches no memory.
-    if unsafe { libc::geteuid() } == 0 {
+    if nix::unistd::geteuid().is_root() {
         o.push(MountOption::CUSTOM("subtype=dagfs".into()));
     } else {
         o.push(MountOption::Subtype("dagfs".into()));
@@ -270,8 +268,7 @@ const READAHEAD_KB: u32 = 4096;
 /// if sysfs is not there) the kernel's default stays.
 fn set_readahead(mountpoint: &Path) {
     use std::os::unix::fs::MetadataExt;
-    // SAFETY: geteuid cannot fail and touches no memory.
-    if unsafe { libc::geteuid() } != 0 {
+    if !nix::unistd::geteuid().is_root() {
         return;
     }
     let Ok(md) = std::fs::metadata(mountpoint) else {

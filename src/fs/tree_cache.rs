@@ -86,8 +86,6 @@ impl TreeCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fs::view::{EntryInfo, RunInfo};
-    use crate::hash::HexPrefix;
     use crate::store::tree::{Node, TreeEntry};
     use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -96,18 +94,6 @@ mod tests {
     struct Trees(AtomicUsize);
 
     impl StoreView for Trees {
-        fn keys_after(&self, _: Option<&Digest>, _: usize) -> Result<Vec<Digest>, ViewError> {
-            Ok(vec![])
-        }
-        fn resolve_key(&self, _: &HexPrefix) -> Result<Option<Digest>, ViewError> {
-            Ok(None)
-        }
-        fn entry(&self, _: &Digest) -> Result<Option<EntryInfo>, ViewError> {
-            Ok(None)
-        }
-        fn resolve_blob(&self, _: &HexPrefix) -> Result<Option<Digest>, ViewError> {
-            Ok(None)
-        }
         fn read_tree(&self, d: &Digest) -> Result<Tree, ViewError> {
             self.0.fetch_add(1, Ordering::SeqCst);
             let entries = (0..d.0[0])
@@ -123,32 +109,8 @@ mod tests {
         fn is_tree(&self, _: &Digest) -> Result<bool, ViewError> {
             Ok(true)
         }
-        fn open_blob(&self, _: &Digest) -> std::io::Result<crate::fs::view::BlobData> {
-            Err(std::io::ErrorKind::NotFound.into())
-        }
         fn blob_size(&self, _: &Digest) -> Result<u64, ViewError> {
             Ok(0)
-        }
-        fn dags(&self) -> Result<Vec<String>, ViewError> {
-            Ok(vec![])
-        }
-        fn tasks(&self, _: &str) -> Result<Vec<(String, Digest)>, ViewError> {
-            Ok(vec![])
-        }
-        fn runs(&self) -> Result<Vec<u64>, ViewError> {
-            Ok(vec![])
-        }
-        fn run(&self, _: u64) -> Result<Option<RunInfo>, ViewError> {
-            Ok(None)
-        }
-        fn why(&self, _: &str, _: &str) -> Result<Option<String>, ViewError> {
-            Ok(None)
-        }
-        fn stats_text(&self) -> Result<String, ViewError> {
-            Ok(String::new())
-        }
-        fn metrics_text(&self) -> Result<String, ViewError> {
-            Ok(String::new())
         }
     }
 

@@ -509,15 +509,10 @@ impl Store {
     }
 
     fn syncfs(&self) -> Result<()> {
-        // SAFETY: syncfs on a valid, owned descriptor.
-        let rc = unsafe { libc::syncfs(self.root_fd.as_raw_fd()) };
-        if rc != 0 {
-            return Err(StoreError::Io {
-                path: self.root.clone(),
-                source: std::io::Error::last_os_error(),
-            });
-        }
-        Ok(())
+        nix::unistd::syncfs(self.root_fd.as_raw_fd()).map_err(|e| StoreError::Io {
+            path: self.root.clone(),
+            source: e.into(),
+        })
     }
 
     pub fn remove_entry(&self, key: &Digest) -> Result<()> {

@@ -51,15 +51,8 @@ pub enum SyncError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Index(#[from] IndexError),
-}
-
-impl From<CacheError> for SyncError {
-    fn from(e: CacheError) -> Self {
-        match e {
-            CacheError::Store(s) => SyncError::Store(s),
-            CacheError::Index(i) => SyncError::Index(i),
-        }
-    }
+    #[error(transparent)]
+    Cache(#[from] CacheError),
 }
 
 #[derive(Debug, Clone)]
