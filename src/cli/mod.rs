@@ -54,7 +54,8 @@ Exit codes:
          2  problems repaired (--repair)
          4  problems remain that --repair cannot fix (or, with --repair, did not)
       so 17 = found, all repairable; 19 = found and all repaired;
-      21 = found, some not repairable; 23 = repaired some, some remain";
+      21 = found, some not repairable; 23 = repaired some, some remain
+  24  ui: cannot listen on the address (in use, not permitted)";
 
 #[derive(Parser, Debug)]
 #[command(name = "dagfs", version, about = "A content-addressed cache for the outputs of DAG pipelines", after_help = EXIT_CODES)]
@@ -130,6 +131,12 @@ pub enum Cmd {
     },
     /// Snapshot a host directory into the store and print what changed
     Sync(sync::SyncArgs),
+    /// The pipeline's DAG, each task coloured by how it ended in the last run
+    /// (or --run ID), as DOT, SVG, JSON or Mermaid
+    Graph(crate::ui::GraphArgs),
+    /// Serve a web view of the store (the DAG of the latest run, runs, stats,
+    /// syncs) on a local address; with a daemon running, the daemon serves it
+    Ui(crate::ui::UiArgs),
     /// Serve the store as a read-only filesystem at MOUNTPOINT (starts the daemon)
     Mount(mount::MountArgs),
     /// The remote cache (REAPI v2): status, or upload what is queued
@@ -183,6 +190,7 @@ impl Cmd {
                 }
             }
             Cmd::Explain { file, .. } => abs(file),
+            Cmd::Graph(a) => abs(&mut a.file),
             Cmd::Sync(a) => {
                 if let Some(d) = &mut a.dir {
                     abs(d);
@@ -216,6 +224,9 @@ pub enum CliError {
     Sync(#[from] dagfs::sync::SyncError),
     #[error(transparent)]
     Remote(#[from] dagfs::remote::RemoteError),
+    /// The web view could not listen.
+    #[error("{0}")]
+    Listen(String),
     /// Tasks failed; already reported.
     #[error("")]
     TasksFailed,
@@ -223,6 +234,20 @@ pub enum CliError {
     /// already reported.
     #[error("")]
     Fsck(u8),
+}
+
+impl From<crate::ui::UiError> for CliError {
+    fn from(e: crate::ui::UiError) -> Self {
+        use crate::ui::UiError;
+        match e {
+            UiError::Usage(m) => CliError::Usage(m),
+            UiError::NoRun(m) => CliError::NotFound(m),
+            UiError::Listen(m) => CliError::Listen(m),
+            UiError::Exec(e) => CliError::Exec(e),
+            UiError::Cache(e) => CliError::Cache(e),
+            UiError::Output(e) => CliError::Output(e),
+        }
+    }
 }
 
 impl From<StoreError> for CliError {
@@ -280,6 +305,7 @@ impl CliError {
                 dagfs::remote::RemoteError::Cache(_) => 8,
                 _ => 15,
             },
+            CliError::Listen(_) => 24,
             CliError::Sync(e) => match e {
                 dagfs::sync::SyncError::Conflict { .. }
                 | dagfs::sync::SyncError::Vanished { .. } => 13,
@@ -317,6 +343,8 @@ pub struct Ctx {
     pub syncs: Option<Arc<dagfs::sync::shared::Registry>>,
     /// The daemon's: watched syncs it owns.
     pub watches: Option<Arc<dagfs::daemon::watches::Watches>>,
+    /// The daemon's: the web views it serves.
+    pub uis: Option<Arc<crate::ui::Servers>>,
 }
 
 /// The cache a command uses: opened on first use (embedded; validation
@@ -571,9 +599,56 @@ fn execute(cmd: Cmd, src: &mut CacheSource, io: &mut Io, ctx: &Ctx) -> Result<()
         Cmd::Fsck {
             repair, json, jobs, ..
         } => inspect::fsck(src.get(io)?, repair, json, jobs, io),
+        Cmd::Graph(args) => {
+            let cache = src.get(io)?;
+            Ok(crate::ui::graph(&args, cache, io.out)?)
+        }
+        Cmd::Ui(args) => ui(args, src, io, ctx),
         Cmd::Mount(_) | Cmd::Umount { .. } => Err(CliError::Usage(
             "mount/umount run only from the command line".into(),
         )),
+    }
+}
+
+/// `dagfs ui`: in the daemon, start its web view (it serves until the
+/// daemon stops); else serve in the foreground until a stop signal.
+fn ui(
+    args: crate::ui::UiArgs,
+    src: &mut CacheSource,
+    io: &mut Io,
+    ctx: &Ctx,
+) -> Result<(), CliError> {
+    let token = args
+        .token
+        .clone()
+        .or_else(|| (io.env)("DAGFS_UI_TOKEN"))
+        .filter(|t| !t.is_empty());
+    match src {
+        CacheSource::Daemon(cache) => {
+            let uis = ctx
+                .uis
+                .as_ref()
+                .ok_or_else(|| CliError::Usage("this daemon serves no web view".into()))?;
+            let (url, new) = uis.start(cache.clone(), &args.listen, token)?;
+            writeln!(
+                io.out,
+                "dagfs ui: the daemon {} {url} (until it stops: `dagfs umount`)",
+                if new { "serves" } else { "already serves" }
+            )
+            .map_err(CliError::Output)
+        }
+        CacheSource::Embedded { dir, .. } => {
+            let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let sigs = block_stop_signals();
+            let flag = stop.clone();
+            std::thread::spawn(move || {
+                if sigs.wait().is_ok() {
+                    flag.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+            });
+            let dir = dir.clone();
+            Ok(crate::ui::serve_store(&dir, &args, token, io.out, &stop)?)
+        }
     }
 }
 

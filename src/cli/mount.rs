@@ -53,6 +53,10 @@ pub struct MountArgs {
     /// files, hiding them)
     #[arg(short = 'o', value_name = "OPTS")]
     pub options: Vec<String>,
+    /// Also serve the web view (`dagfs ui`) on this address, loopback
+    /// unless a token is set ($DAGFS_UI_TOKEN), for the daemon's life
+    #[arg(long, value_name = "IP:PORT")]
+    pub ui: Option<String>,
     /// (internal) report readiness on this file descriptor
     #[arg(long, hide = true)]
     pub ready_fd: Option<i32>,
@@ -208,7 +212,7 @@ pub fn mount(store: Option<PathBuf>, a: MountArgs) -> Result<(), CliError> {
             )));
         }
         if a.foreground {
-            serve(&store, &mnt, &opts, ready.as_ref())
+            serve(&store, &mnt, &opts, a.ui.as_deref(), ready.as_ref())
         } else {
             detach(&store, &mnt, &a)
         }
@@ -360,6 +364,9 @@ fn detach(store: &Path, mnt: &Path, a: &MountArgs) -> Result<(), CliError> {
     for o in &a.options {
         cmd.arg("-o").arg(o);
     }
+    if let Some(ui) = &a.ui {
+        cmd.arg("--ui").arg(ui);
+    }
     cmd.stdin(Stdio::null())
         .stdout(log.try_clone().map_err(|e| fail("daemon.log", e))?)
         .stderr(log);
@@ -426,7 +433,13 @@ fn limit_malloc_arenas() {
 }
 
 /// The daemon.
-fn serve(store: &Path, mnt: &Path, o: &MountOpts, ready: Option<&OwnedFd>) -> Result<(), CliError> {
+fn serve(
+    store: &Path,
+    mnt: &Path,
+    o: &MountOpts,
+    ui: Option<&str>,
+    ready: Option<&OwnedFd>,
+) -> Result<(), CliError> {
     limit_malloc_arenas();
     let sigs = super::block_stop_signals();
     let mut told = false;
@@ -497,7 +510,23 @@ fn serve(store: &Path, mnt: &Path, o: &MountOpts, ready: Option<&OwnedFd>) -> Re
     let invalidator = Arc::new(Invalidator::new(inodes, session.notifier()));
     let on_removed = invalidator.clone();
     let watches = Arc::new(Watches::new(cache.clone(), gauges.watches.clone()));
+    let uis = Arc::new(crate::ui::Servers::default());
+    if let Some(listen) = ui {
+        let token = std::env::var("DAGFS_UI_TOKEN")
+            .ok()
+            .filter(|t| !t.is_empty());
+        let (url, _) = uis
+            .start(cache.clone(), listen, token)
+            .map_err(|e| CliError::Mount(format!("--ui {listen}: {e}")))?;
+        eprintln!("dagfs: web view at {url}");
+        if let Some(fd) = ready {
+            // NB: a "wait: " line is passed on to the user by `detach`.
+            let _ = std::fs::File::from(fd.try_clone().expect("dup ready fd"))
+                .write_all(format!("wait: web view at {url}\n").as_bytes());
+        }
+    }
     let ctx = Ctx {
+        uis: Some(uis.clone()),
         watches: Some(watches.clone()),
         session: None,
         inflight: Arc::default(),
@@ -598,6 +627,7 @@ fn serve(store: &Path, mnt: &Path, o: &MountOpts, ready: Option<&OwnedFd>) -> Re
         server.stop();
     }
     watches.stop_all();
+    uis.stop_all();
     cache.flush()?;
     drop(session);
     if mounts::is_dagfs_mount(mnt) {

@@ -272,7 +272,17 @@ pub fn run(a: RunArgs, src: &mut CacheSource, io: &mut Io, ctx: &Ctx) -> Result<
     let tty = io.stderr_tty;
     let report = {
         let mut ui = Ui::new(names.len(), tty, &mut *io.err);
-        let r = scheduler::run(cache, &plan, &opts, &mut |ev| ui.event(&names, ev))?;
+        // The daemon's web views show the run as it goes.
+        let live = ctx.uis.as_ref().map(|u| {
+            let deps: Vec<Vec<usize>> = plan.nodes.iter().map(|n| n.deps.clone()).collect();
+            u.live().begin(&plan.dag, &names, &deps)
+        });
+        let r = scheduler::run(cache, &plan, &opts, &mut |ev| {
+            if let Some(l) = &live {
+                l.event(&ev);
+            }
+            ui.event(&names, ev)
+        })?;
         ui.clear();
         r
     };

@@ -875,6 +875,13 @@ fn run_record(
                     status: o.status.as_str().to_string(),
                     miss_reason: o.miss_reason.map(|r| r.as_str().to_string()),
                     since_ms,
+                    deps: nd
+                        .deps
+                        .iter()
+                        .map(|&d| plan.nodes[d].name.clone())
+                        .collect(),
+                    duration_ms: Some(o.duration.as_millis() as u64),
+                    error: o.error.clone(),
                 }
             })
             .collect(),

@@ -62,6 +62,17 @@ pub struct RunTask {
     /// `/runs/<id>/<task>`); absent in older records.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub since_ms: Option<u64>,
+    /// The task's dependencies in this run (the graph's edges); absent in
+    /// older records.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deps: Vec<String>,
+    /// How long it took in this run (a hit: the lookup); absent in older
+    /// records.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<u64>,
+    /// Why it failed or was skipped; absent in older records.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
