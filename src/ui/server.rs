@@ -61,7 +61,7 @@ pub fn parse_listen(s: &str) -> Result<SocketAddr, UiError> {
 /// Bind, refusing a non-loopback address without a token.
 pub fn bind(listen: &str, token: Option<&str>) -> Result<(tiny_http::Server, SocketAddr), UiError> {
     let addr = parse_listen(listen)?;
-    if !addr.ip().is_loopback() && !token.is_some_and(|t| !t.is_empty()) {
+    if !addr.ip().is_loopback() && token.is_none_or(|t| t.is_empty()) {
         return Err(UiError::Usage(format!(
             "--listen {listen} is not a loopback address: anyone who can reach it could read the store; give a token (--token T or DAGFS_UI_TOKEN=T), which every request must then carry"
         )));
