@@ -12,7 +12,7 @@ use dagfs::fs::node::{Node, Resolver, Top};
 use dagfs::fs::tree_cache::TreeCache;
 use dagfs::fs::view::{EntryInfo, StoreView, ViewError};
 use dagfs::hash::{Digest, HexPrefix};
-use dagfs::index::RunRecord;
+use dagfs::fs::view::RunInfo;
 use dagfs::store::tree::{Node as TNode, Tree, TreeEntry};
 use libfuzzer_sys::fuzz_target;
 
@@ -127,7 +127,7 @@ impl StoreView for Fake {
     fn runs(&self) -> Result<Vec<u64>, ViewError> {
         Ok(vec![1])
     }
-    fn run(&self, _id: u64) -> Result<Option<RunRecord>, ViewError> {
+    fn run(&self, _id: u64) -> Result<Option<RunInfo>, ViewError> {
         Ok(None)
     }
     fn why(&self, dag: &str, task: &str) -> Result<Option<String>, ViewError> {
