@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{dagfs, env, text};
+use common::{config, dagfs, env, fsck_clean, ok, text};
 
 // ---------------------------------------------------------------------------
 // the server
@@ -216,17 +216,6 @@ fn patient(store: &Path) {
     config(store, "remote_lookup_timeout", "20s");
 }
 
-fn ok(o: &Output) -> String {
-    let t = text(o);
-    assert!(o.status.success(), "exit {:?}: {t}", o.status.code());
-    t
-}
-
-fn config(store: &Path, key: &str, value: &str) {
-    let o = dagfs(store, &["config", key, value]).output().unwrap();
-    ok(&o);
-}
-
 /// task -> output digest, from the store's entry records.
 fn outputs(store: &Path) -> BTreeMap<String, String> {
     let mut m = BTreeMap::new();
@@ -264,11 +253,6 @@ fn entry_of(store: &Path, task: &str) -> dagfs::store::Entry {
         }
     }
     panic!("no entry for {task}");
-}
-
-fn fsck_clean(store: &Path) {
-    let o = dagfs(store, &["fsck"]).output().unwrap();
-    assert!(o.status.success(), "fsck: {}", text(&o));
 }
 
 fn lines<'a>(t: &'a str, prefix: &str) -> Vec<&'a str> {

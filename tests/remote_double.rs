@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use bazel_remote_apis::build::bazel::remote::execution::v2 as re;
 use bazel_remote_apis::google::bytestream as bs;
-use common::{dagfs, env, text};
+use common::{config, dagfs, env, fsck_clean, ok};
 use tonic::{Request, Response, Status};
 
 #[derive(Default)]
@@ -365,21 +365,6 @@ fn run(store: &Path, file: &Path, args: &[&str]) -> Output {
         .env_remove("DAGFS_REMOTE_TOKEN")
         .output()
         .unwrap()
-}
-
-fn ok(o: &Output) -> String {
-    let t = text(o);
-    assert!(o.status.success(), "exit {:?}: {t}", o.status.code());
-    t
-}
-
-fn config(store: &Path, k: &str, v: &str) {
-    ok(&dagfs(store, &["config", k, v]).output().unwrap());
-}
-
-fn fsck_clean(store: &Path) {
-    let o = dagfs(store, &["fsck"]).output().unwrap();
-    assert!(o.status.success(), "fsck: {}", text(&o));
 }
 
 /// BLAKE3 when the server offers it: blobs travel under their dagfs names

@@ -16,6 +16,24 @@ pub fn dagfs(store: &Path, args: &[&str]) -> Command {
     c
 }
 
+/// `o` succeeded: its text (stdout and stderr); else fail showing it.
+pub fn ok(o: &Output) -> String {
+    let t = text(o);
+    assert!(o.status.success(), "exit {:?}: {t}", o.status.code());
+    t
+}
+
+/// `dagfs config KEY VALUE` on `store`, which must succeed.
+pub fn config(store: &Path, key: &str, value: &str) {
+    ok(&dagfs(store, &["config", key, value]).output().unwrap());
+}
+
+/// `dagfs fsck` on `store` finds nothing.
+pub fn fsck_clean(store: &Path) {
+    let o = dagfs(store, &["fsck"]).output().unwrap();
+    assert!(o.status.success(), "fsck: {}", text(&o));
+}
+
 pub fn text(o: &Output) -> String {
     format!(
         "{}{}",
