@@ -9,6 +9,7 @@
 
 mod cat;
 mod inspect;
+mod log;
 mod mount;
 mod remote_tier;
 mod run;
@@ -402,6 +403,7 @@ impl CacheSource {
 }
 
 pub fn main() -> i32 {
+    log::init();
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {

@@ -198,7 +198,9 @@ fn watched_paths(a: &RunArgs) -> Result<Vec<PathBuf>, CliError> {
     Ok(out)
 }
 
-pub fn run(a: RunArgs, src: &mut CacheSource, io: &mut Io, ctx: &Ctx) -> Result<(), CliError> {
+/// The flags `run` checks before it touches anything: the cache policy and
+/// the default timeout, and the remote URLs (`--remote`, `DAGFS_REMOTE`).
+fn check_flags(a: &RunArgs, io: &Io) -> Result<(CachePolicy, Option<Duration>), CliError> {
     let mut policy = CachePolicy {
         max_entries: a.max_entries,
         ..Default::default()
@@ -234,6 +236,11 @@ pub fn run(a: RunArgs, src: &mut CacheSource, io: &mut Io, ctx: &Ctx) -> Result<
                 .map_err(|e| CliError::Usage(format!("DAGFS_REMOTE: {e}")))?;
         }
     }
+    Ok((policy, timeout))
+}
+
+pub fn run(a: RunArgs, src: &mut CacheSource, io: &mut Io, ctx: &Ctx) -> Result<(), CliError> {
+    let (policy, timeout) = check_flags(&a, io)?;
     // Validate everything before touching the store.
     let mut pipeline = Pipeline::load(&a.file)?;
     for t in &mut pipeline.tasks {
@@ -287,6 +294,32 @@ pub fn run(a: RunArgs, src: &mut CacheSource, io: &mut Io, ctx: &Ctx) -> Result<
         r
     };
     let err = &mut *io.err;
+    tell_outcomes(err, &names, &report, a.verbose, cache);
+    tell_unchecked(err, &pipeline, &report);
+    let _ = writeln!(err, "{}", summary(&report));
+    if let Some(r) = &remote {
+        super::remote_tier::after_run(r, cache, io);
+    }
+    if let Some(path) = &a.trace {
+        write_trace(path, &report)
+            .map_err(|e| CliError::Usage(format!("--trace {}: {e}", path.display())))?;
+    }
+    if report.ok() {
+        Ok(())
+    } else {
+        Err(CliError::TasksFailed)
+    }
+}
+
+/// Per task: the skipped lines, each failure with its log's tail, `-v`'s
+/// logs, hermetic findings, and entries the policy could not keep.
+fn tell_outcomes(
+    err: &mut dyn Write,
+    names: &[String],
+    report: &Report,
+    verbose: bool,
+    cache: &dagfs::cache::Cache,
+) {
     // Skipped tasks never start, so no progress event reports them.
     for (name, o) in names.iter().zip(&report.outcomes) {
         if o.status == Status::Skipped {
@@ -306,7 +339,7 @@ pub fn run(a: RunArgs, src: &mut CacheSource, io: &mut Io, ctx: &Ctx) -> Result<
                 }
             }
         }
-        if a.verbose && o.status == Status::Executed {
+        if verbose && o.status == Status::Executed {
             for (label, d) in [("stdout", o.stdout), ("stderr", o.stderr)] {
                 if let Some(bytes) = d
                     .and_then(|d| cache.store.read_blob(&d).ok())
@@ -326,6 +359,11 @@ pub fn run(a: RunArgs, src: &mut CacheSource, io: &mut Io, ctx: &Ctx) -> Result<
             let _ = writeln!(err, "dagfs: warning: `{name}` was not kept: the cache policy leaves no room (every entry is in use by this run)");
         }
     }
+}
+
+/// What the run could not guarantee: tasks run without isolation, and
+/// undeclared reads and writes that could not be looked for.
+fn tell_unchecked(err: &mut dyn Write, pipeline: &Pipeline, report: &Report) {
     if let Some(dagfs::exec::isolate::Status::Off(why)) = dagfs::exec::isolate::probed() {
         if !why.starts_with("DAGFS_ISOLATION") {
             let _ = writeln!(
@@ -347,19 +385,6 @@ pub fn run(a: RunArgs, src: &mut CacheSource, io: &mut Io, ctx: &Ctx) -> Result<
                 "dagfs: note: undeclared reads and writes were not checked: {why}"
             );
         }
-    }
-    let _ = writeln!(err, "{}", summary(&report));
-    if let Some(r) = &remote {
-        super::remote_tier::after_run(r, cache, io);
-    }
-    if let Some(path) = &a.trace {
-        write_trace(path, &report)
-            .map_err(|e| CliError::Usage(format!("--trace {}: {e}", path.display())))?;
-    }
-    if report.ok() {
-        Ok(())
-    } else {
-        Err(CliError::TasksFailed)
     }
 }
 

@@ -167,8 +167,8 @@ impl Watches {
                             Some(tx) => {
                                 let _ = tx.send(Ok(r.clone()));
                             }
-                            None => eprintln!(
-                                "dagfs: sync {}: snapshot {} ({} changes)",
+                            None => log::info!(
+                                "sync {}: snapshot {} ({} changes)",
                                 r.name,
                                 r.snapshot.seq,
                                 r.changes.changes.len()
@@ -184,7 +184,7 @@ impl Watches {
                             let _ = tx.send(Err(e));
                         }
                         None => {
-                            eprintln!("dagfs: sync {thread_name}: watch ended: {e}");
+                            log::warn!("sync {thread_name}: watch ended: {e}");
                             lock(&thread_info).error = Some(e.to_string());
                         }
                     }
@@ -201,7 +201,9 @@ impl Watches {
         match first_rx.recv() {
             Ok(Ok(report)) => {
                 if let Err(e) = self.cache.store.set_watch_record(&name, Some(record)) {
-                    eprintln!("dagfs: sync {name}: the watch runs, but a later daemon will not re-arm it: {e}");
+                    log::warn!(
+                        "sync {name}: the watch runs, but a later daemon will not re-arm it: {e}"
+                    );
                 }
                 watches.insert(name, w);
                 Ok(report)
@@ -236,7 +238,9 @@ impl Watches {
             .remove(name)
             .ok_or_else(|| WatchError::NotWatched(name.to_string()))?;
         if let Err(e) = self.cache.store.set_watch_record(name, None) {
-            eprintln!("dagfs: sync {name}: stopped, but its record stays (a later daemon re-arms it): {e}");
+            log::warn!(
+                "sync {name}: stopped, but its record stays (a later daemon re-arms it): {e}"
+            );
         }
         drop(watches);
         Ok(finish(w))
@@ -249,7 +253,7 @@ impl Watches {
         let records = match self.cache.store.watch_records() {
             Ok(r) => r,
             Err(e) => {
-                eprintln!("dagfs: cannot re-arm the recorded watches: {e}");
+                log::warn!("cannot re-arm the recorded watches: {e}");
                 return 0;
             }
         };
@@ -264,13 +268,15 @@ impl Watches {
             match self.start(Path::new(&r.root), Some(&r.name), opts) {
                 Ok(report) => {
                     running += 1;
-                    eprintln!(
-                        "dagfs: sync {}: watch re-armed ({}), snapshot {}",
-                        r.name, r.root, report.snapshot.seq
+                    log::info!(
+                        "sync {}: watch re-armed ({}), snapshot {}",
+                        r.name,
+                        r.root,
+                        report.snapshot.seq
                     );
                 }
                 Err(e) => {
-                    eprintln!("dagfs: sync {}: cannot re-arm its watch: {e}", r.name);
+                    log::warn!("sync {}: cannot re-arm its watch: {e}", r.name);
                     let (stop, _) = channel::bounded(1);
                     let latest_seq = self
                         .cache

@@ -247,162 +247,170 @@ impl Prepared {
         }
     }
 
-    /// In the forked child, before exec. See the module doc.
+    /// In the forked child, before exec. See the module doc. Each step
+    /// below makes only raw syscalls (async-signal-safe, no allocation).
     fn enter(&self) -> std::io::Result<()> {
-        // NB: std reports only the errno to the spawner; the step is for
-        // reading the code.
-        let err = |_step: &str| -> std::io::Result<()> { Err(std::io::Error::last_os_error()) };
         let mut flags = libc::CLONE_NEWNS | libc::CLONE_NEWPID;
         if self.user.is_some() {
             flags |= libc::CLONE_NEWUSER;
         }
-        // SAFETY (every block below): raw syscalls on NUL-terminated strings
-        // and buffers owned by `self`, which outlives the call.
+        // SAFETY: a raw syscall.
         if unsafe { libc::unshare(flags) } != 0 {
-            return err("unshare");
+            return last_error();
         }
         if let Some((uid_map, gid_map)) = &self.user {
-            for (file, line) in [
-                (&b"/proc/self/setgroups\0"[..], &b"deny"[..]),
-                (b"/proc/self/uid_map\0", uid_map),
-                (b"/proc/self/gid_map\0", gid_map),
-            ] {
-                let fd = unsafe { libc::open(file.as_ptr().cast(), libc::O_WRONLY) };
-                if fd < 0 {
-                    return err("open map");
-                }
-                let n = unsafe { libc::write(fd, line.as_ptr().cast(), line.len()) };
-                unsafe { libc::close(fd) };
-                if n != line.len() as isize {
-                    return err("write map");
-                }
-            }
+            write_id_maps(uid_map, gid_map)?;
         }
-        let none = std::ptr::null();
-        let root = b"/\0";
-        if unsafe {
-            libc::mount(
-                none,
-                root.as_ptr().cast(),
-                none,
-                libc::MS_REC | libc::MS_PRIVATE,
-                std::ptr::null(),
-            )
-        } != 0
-        {
-            return err("make mounts private");
+        if !raw_mount(
+            std::ptr::null(),
+            c"/".as_ptr(),
+            libc::MS_REC | libc::MS_PRIVATE,
+        ) {
+            return last_error();
         }
         // Observed trees first: the store's mounts, made next, sit on top
         // of them, so the task's own directories are never marked.
-        // NB: a tree that cannot be bound or marked ends the watching, not
-        // the task: the parent is told (`ChildSide::give_up`) and says so.
-        let mut watch = self.watch;
-        if let Some(w) = watch {
-            for (tag, s) in self.scopes.iter().enumerate() {
-                let p = s.as_ptr();
-                let bound = unsafe {
-                    libc::mount(p, p, none, libc::MS_BIND | libc::MS_REC, std::ptr::null())
-                } == 0;
-                if !bound || w.mark(s, tag as u32).is_err() {
-                    w.give_up();
-                    watch = None;
-                    break;
-                }
-            }
-        }
-        let store = self.store.as_ptr();
-        if unsafe {
-            libc::mount(
-                store,
-                store,
-                none,
-                libc::MS_BIND | libc::MS_REC,
-                std::ptr::null(),
-            )
-        } != 0
-        {
-            return err("bind the store");
-        }
-        for w in &self.writable {
-            let w = w.as_ptr();
-            if unsafe { libc::mount(w, w, none, libc::MS_BIND, std::ptr::null()) } != 0 {
-                return err("bind a writable directory");
-            }
-        }
-        let ro = libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | self.keep;
-        if unsafe { libc::mount(none, store, none, ro, std::ptr::null()) } != 0 {
-            return err("make the store read-only");
-        }
-        for (i, (src_c, dst_c, keep)) in self.in_place.iter().enumerate() {
-            let (src, dst) = (src_c.as_ptr(), dst_c.as_ptr());
-            // NB: best effort, as the module doc says; the remount makes
-            // sure the snapshot is read-only whatever it was mounted from.
-            if unsafe {
-                libc::mount(
-                    src,
-                    dst,
-                    none,
-                    libc::MS_BIND | libc::MS_REC,
-                    std::ptr::null(),
-                )
-            } == 0
-            {
-                let ro = libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | keep;
-                unsafe { libc::mount(none, dst, none, ro, std::ptr::null()) };
-                if let Some(w) = watch {
-                    if w.mark(dst_c, (self.scopes.len() + i) as u32).is_err() {
-                        w.give_up();
-                        watch = None;
-                    }
-                }
-            }
-        }
+        let watch = self.observe_scopes();
+        self.mount_store()?;
+        self.mount_inputs_in_place(watch);
+        // SAFETY: a raw syscall on a NUL-terminated string owned by `self`.
         if (!self.in_place.is_empty() || self.watch.is_some())
             && unsafe { libc::chdir(self.cwd.as_ptr()) } != 0
         {
-            return err("enter the working directory again");
+            return last_error();
         }
-        match unsafe { libc::fork() } {
-            -1 => err("fork"),
-            0 => {
-                // PID 1 of the new namespace: its own /proc, so that pids a
-                // task sees (`$!`, `ps`) and /proc agree (best effort: a
-                // kernel that refuses leaves the host's); then exec the shell.
-                let proc_ = b"proc\0";
-                let target = b"/proc\0";
-                unsafe {
-                    libc::mount(
-                        proc_.as_ptr().cast(),
-                        target.as_ptr().cast(),
-                        proc_.as_ptr().cast(),
-                        libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
-                        std::ptr::null(),
-                    )
-                };
-                Ok(())
+        become_pid1()
+    }
+
+    /// Bind each observed tree onto itself and mark it. A tree that cannot
+    /// be bound or marked ends the watching, not the task: the parent is
+    /// told (`ChildSide::give_up`) and says so. Returns the marks' side if
+    /// watching goes on.
+    fn observe_scopes(&self) -> Option<super::hermetic::ChildSide> {
+        let w = self.watch?;
+        for (tag, s) in self.scopes.iter().enumerate() {
+            let bound = raw_mount(s.as_ptr(), s.as_ptr(), libc::MS_BIND | libc::MS_REC);
+            if !bound || w.mark(s, tag as u32).is_err() {
+                w.give_up();
+                return None;
             }
-            pid => {
-                // The spawner waits for its exec-error pipe to close: this
-                // process never execs, so it lets go of every descriptor.
-                close_from(3);
-                let mut st = 0;
-                loop {
-                    let r = unsafe { libc::waitpid(pid, &mut st, 0) };
-                    if r == pid {
-                        break;
-                    }
-                    if r < 0 && std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR)
-                    {
-                        unsafe { libc::_exit(127) };
-                    }
+        }
+        Some(w)
+    }
+
+    /// The store read-only, but for the task's writable directories (its
+    /// output, its temporary directory).
+    fn mount_store(&self) -> std::io::Result<()> {
+        let store = self.store.as_ptr();
+        if !raw_mount(store, store, libc::MS_BIND | libc::MS_REC) {
+            return last_error();
+        }
+        for w in &self.writable {
+            if !raw_mount(w.as_ptr(), w.as_ptr(), libc::MS_BIND) {
+                return last_error();
+            }
+        }
+        let ro = libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | self.keep;
+        if !raw_mount(std::ptr::null(), store, ro) {
+            return last_error();
+        }
+        Ok(())
+    }
+
+    /// Each input's snapshot read-only over its host path, marked when
+    /// watched. Best effort, as the module doc says; the remount makes sure
+    /// the snapshot is read-only whatever it was mounted from.
+    fn mount_inputs_in_place(&self, mut watch: Option<super::hermetic::ChildSide>) {
+        for (i, (src, dst, keep)) in self.in_place.iter().enumerate() {
+            if !raw_mount(src.as_ptr(), dst.as_ptr(), libc::MS_BIND | libc::MS_REC) {
+                continue;
+            }
+            let ro = libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | keep;
+            raw_mount(std::ptr::null(), dst.as_ptr(), ro);
+            if let Some(w) = watch {
+                if w.mark(dst, (self.scopes.len() + i) as u32).is_err() {
+                    w.give_up();
+                    watch = None;
                 }
-                let code = if libc::WIFEXITED(st) {
-                    libc::WEXITSTATUS(st)
-                } else {
-                    128 + libc::WTERMSIG(st)
-                };
-                unsafe { libc::_exit(code) }
             }
+        }
+    }
+}
+
+/// The errno of the call that just failed (std reports only the errno to
+/// the spawner).
+fn last_error() -> std::io::Result<()> {
+    Err(std::io::Error::last_os_error())
+}
+
+/// `mount(2)` without a filesystem type or data; true on success.
+fn raw_mount(src: *const libc::c_char, dst: *const libc::c_char, flags: libc::c_ulong) -> bool {
+    // SAFETY: a raw syscall on NUL-terminated strings (or null) the caller
+    // keeps alive for the call.
+    unsafe { libc::mount(src, dst, std::ptr::null(), flags, std::ptr::null()) == 0 }
+}
+
+/// A new user namespace's maps: `setgroups` denied, then one line each.
+fn write_id_maps(uid_map: &[u8], gid_map: &[u8]) -> std::io::Result<()> {
+    for (file, line) in [
+        (c"/proc/self/setgroups", &b"deny"[..]),
+        (c"/proc/self/uid_map", uid_map),
+        (c"/proc/self/gid_map", gid_map),
+    ] {
+        // SAFETY: raw syscalls on a NUL-terminated path and a borrowed buffer.
+        let fd = unsafe { libc::open(file.as_ptr(), libc::O_WRONLY) };
+        if fd < 0 {
+            return last_error();
+        }
+        let n = unsafe { libc::write(fd, line.as_ptr().cast(), line.len()) };
+        unsafe { libc::close(fd) };
+        if n != line.len() as isize {
+            return last_error();
+        }
+    }
+    Ok(())
+}
+
+/// Fork PID 1 of the new PID namespace's child: the child mounts its own
+/// /proc (so that pids a task sees, `$!` and `ps`, and /proc agree; best
+/// effort: a kernel that refuses leaves the host's) and returns to exec the
+/// shell; this process waits for it and exits with its status.
+fn become_pid1() -> std::io::Result<()> {
+    // SAFETY: raw syscalls; after fork the parent only waits and exits.
+    match unsafe { libc::fork() } {
+        -1 => last_error(),
+        0 => {
+            unsafe {
+                libc::mount(
+                    c"proc".as_ptr(),
+                    c"/proc".as_ptr(),
+                    c"proc".as_ptr(),
+                    libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+                    std::ptr::null(),
+                )
+            };
+            Ok(())
+        }
+        pid => {
+            // The spawner waits for its exec-error pipe to close: this
+            // process never execs, so it lets go of every descriptor.
+            close_from(3);
+            let mut st = 0;
+            loop {
+                let r = unsafe { libc::waitpid(pid, &mut st, 0) };
+                if r == pid {
+                    break;
+                }
+                if r < 0 && std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+                    unsafe { libc::_exit(127) };
+                }
+            }
+            let code = if libc::WIFEXITED(st) {
+                libc::WEXITSTATUS(st)
+            } else {
+                128 + libc::WTERMSIG(st)
+            };
+            unsafe { libc::_exit(code) }
         }
     }
 }

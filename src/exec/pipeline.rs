@@ -111,6 +111,165 @@ fn locate(file: &Path, text: &str, offset: usize) -> String {
     format!("{}:{line}:{col}: ", file.display())
 }
 
+/// The pipeline-wide settings a task inherits unless it sets its own.
+struct Defaults {
+    max_output: Option<u64>,
+    hermetic: Mode,
+    hermetic_scope: Vec<PathBuf>,
+}
+
+/// The text being parsed: turns a span into the `file:line:col: ` every
+/// error starts with, and checks each kind of value.
+struct Source<'a> {
+    file: &'a Path,
+    text: &'a str,
+}
+
+impl Source<'_> {
+    fn at(&self, offset: usize) -> String {
+        locate(self.file, self.text, offset)
+    }
+
+    fn bad<T>(&self, at: &Spanned<T>, msg: String) -> ExecError {
+        ExecError::Config(format!("{}{msg}", self.at(at.span().start)))
+    }
+
+    fn size(&self, s: &Spanned<String>, whose: &str) -> Result<u64> {
+        parse_size(s.get_ref()).ok_or_else(|| {
+            let v = s.get_ref();
+            self.bad(
+                s,
+                format!("{whose}max_output {v:?} is not a size (e.g. 512M, 2G)"),
+            )
+        })
+    }
+
+    fn mode(&self, s: &Spanned<String>, whose: &str) -> Result<Mode> {
+        Mode::parse(s.get_ref()).ok_or_else(|| {
+            let v = s.get_ref();
+            self.bad(
+                s,
+                format!("{whose}hermetic {v:?} is not one of \"warn\", \"strict\", \"off\""),
+            )
+        })
+    }
+
+    fn scope(&self, s: &Spanned<String>, whose: &str) -> Result<PathBuf> {
+        let p = Path::new(s.get_ref());
+        if p.is_absolute() {
+            return Ok(p.to_path_buf());
+        }
+        Err(self.bad(
+            s,
+            format!(
+                "{whose}hermetic_scope {:?} must be an absolute path (the pipeline directory is always observed)",
+                s.get_ref()
+            ),
+        ))
+    }
+
+    /// A duration setting (`ttl`, `timeout`); `min_1s` refuses zero.
+    fn duration(
+        &self,
+        s: &Option<Spanned<String>>,
+        what: &str,
+        min_1s: bool,
+    ) -> Result<Option<Duration>> {
+        let Some(s) = s else { return Ok(None) };
+        let d = parse_duration(s.get_ref()).filter(|d| !(min_1s && d.is_zero()));
+        d.map(Some).ok_or_else(|| {
+            let (need, eg) = if min_1s {
+                ("a duration of at least 1s", "30s, 5m, 1h")
+            } else {
+                ("a duration", "30s, 5m, 1h, 7d")
+            };
+            self.bad(
+                s,
+                format!("{what} {:?} is not {need} (e.g. {eg})", s.get_ref()),
+            )
+        })
+    }
+
+    /// A relative path inside the pipeline directory (an input, a cwd).
+    fn inside(p: &str) -> bool {
+        let p = Path::new(p);
+        !p.is_absolute() && !p.components().any(|c| c == std::path::Component::ParentDir)
+    }
+
+    /// One task, checked, with the pipeline's defaults filled in.
+    fn task(
+        &self,
+        tname: &Spanned<String>,
+        t: &RawTask,
+        span: std::ops::Range<usize>,
+        defaults: &Defaults,
+    ) -> Result<TaskDef> {
+        let name = tname.get_ref();
+        if let Some(why) = name_problem(name) {
+            return Err(self.bad(tname, format!("task name {name:?} {why}")));
+        }
+        let whose = format!("task `{name}`: ");
+        if t.run.trim().is_empty() {
+            let at = self.at(span.start);
+            return Err(ExecError::Config(format!("{at}{whose}`run` is empty")));
+        }
+        if let Some(e) = t.env.iter().find(|e| !valid_env_name(e.get_ref())) {
+            let v = e.get_ref();
+            return Err(self.bad(
+                e,
+                format!("{whose}{v:?} is not an environment variable name"),
+            ));
+        }
+        if let Some(i) = t
+            .inputs
+            .iter()
+            .find(|i| i.get_ref().is_empty() || !Self::inside(i.get_ref()))
+        {
+            let p = i.get_ref();
+            return Err(self.bad(
+                i,
+                format!("{whose}input {p:?} must be a relative path inside the pipeline directory"),
+            ));
+        }
+        let cwd = match &t.cwd {
+            None => ".".to_string(),
+            Some(c) if Self::inside(c.get_ref()) => c.get_ref().clone(),
+            Some(c) => {
+                return Err(self.bad(
+                    c,
+                    format!("{whose}cwd must be a relative path inside the pipeline directory"),
+                ))
+            }
+        };
+        let mut hermetic_scope = defaults.hermetic_scope.clone();
+        for s in &t.hermetic_scope {
+            hermetic_scope.push(self.scope(s, &whose)?);
+        }
+        let strings = |v: &[Spanned<String>]| v.iter().map(|d| d.get_ref().clone()).collect();
+        Ok(TaskDef {
+            name: name.clone(),
+            run: t.run.clone(),
+            deps: strings(&t.deps),
+            inputs: strings(&t.inputs),
+            env: strings(&t.env),
+            version: t.version.clone(),
+            ttl: self.duration(&t.ttl, &format!("{whose}ttl"), false)?,
+            timeout: self.duration(&t.timeout, &format!("{whose}timeout"), true)?,
+            max_output: match &t.max_output {
+                None => defaults.max_output,
+                Some(s) => Some(self.size(s, &whose)?),
+            },
+            cache: t.cache,
+            cwd,
+            hermetic: match &t.hermetic {
+                None => defaults.hermetic,
+                Some(s) => self.mode(s, &whose)?,
+            },
+            hermetic_scope,
+        })
+    }
+}
+
 impl Pipeline {
     pub fn load(file: &Path) -> Result<Pipeline> {
         let text = std::fs::read_to_string(file).map_err(|e| {
@@ -123,10 +282,11 @@ impl Pipeline {
     }
 
     pub fn parse(file: &Path, text: &str) -> Result<Pipeline> {
+        let src = Source { file, text };
         let raw: RawFile = toml::from_str(text).map_err(|e| {
             let at = e
                 .span()
-                .map(|s| locate(file, text, s.start))
+                .map(|s| src.at(s.start))
                 .unwrap_or_else(|| format!("{}: ", file.display()));
             let msg = e.message().trim().replace('\n', " ");
             if let Some(name) = duplicate_task(&msg) {
@@ -135,196 +295,60 @@ impl Pipeline {
                 ExecError::Config(format!("{at}{msg}"))
             }
         })?;
-        let dir = file.parent().map(Path::to_path_buf).unwrap_or_default();
-        let dir = if dir.as_os_str().is_empty() {
-            PathBuf::from(".")
-        } else {
-            dir
+        let dir = match file.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => PathBuf::from("."),
         };
         let name = match &raw.name {
-            Some(n) => {
-                if let Some(why) = name_problem(n.get_ref()) {
-                    return Err(ExecError::Config(format!(
-                        "{}pipeline name {:?} {why}",
-                        locate(file, text, n.span().start),
-                        n.get_ref()
-                    )));
+            Some(n) => match name_problem(n.get_ref()) {
+                Some(why) => {
+                    return Err(src.bad(n, format!("pipeline name {:?} {why}", n.get_ref())))
                 }
-                n.get_ref().clone()
-            }
+                None => n.get_ref().clone(),
+            },
             None => default_name(&dir),
         };
-        let bad = |span: std::ops::Range<usize>, msg: String| {
-            ExecError::Config(format!("{}{msg}", locate(file, text, span.start)))
+        let defaults = Defaults {
+            max_output: raw
+                .max_output
+                .as_ref()
+                .map(|s| src.size(s, ""))
+                .transpose()?,
+            hermetic: raw
+                .hermetic
+                .as_ref()
+                .map(|s| src.mode(s, ""))
+                .transpose()?
+                .unwrap_or_default(),
+            hermetic_scope: raw
+                .hermetic_scope
+                .iter()
+                .map(|s| src.scope(s, ""))
+                .collect::<Result<Vec<_>>>()?,
         };
-        let size = |s: &Spanned<String>, whose: &str| {
-            parse_size(s.get_ref()).ok_or_else(|| {
-                bad(
-                    s.span(),
-                    format!(
-                        "{whose}max_output {:?} is not a size (e.g. 512M, 2G)",
-                        s.get_ref()
-                    ),
-                )
-            })
-        };
-        let max_output = raw.max_output.as_ref().map(|s| size(s, "")).transpose()?;
-        let mode = |s: &Spanned<String>, whose: &str| {
-            Mode::parse(s.get_ref()).ok_or_else(|| {
-                bad(
-                    s.span(),
-                    format!(
-                        "{whose}hermetic {:?} is not one of \"warn\", \"strict\", \"off\"",
-                        s.get_ref()
-                    ),
-                )
-            })
-        };
-        let scope = |s: &Spanned<String>, whose: &str| {
-            let p = Path::new(s.get_ref());
-            if p.is_absolute() {
-                Ok(p.to_path_buf())
-            } else {
-                Err(bad(
-                    s.span(),
-                    format!(
-                        "{whose}hermetic_scope {:?} must be an absolute path (the pipeline directory is always observed)",
-                        s.get_ref()
-                    ),
-                ))
-            }
-        };
-        let hermetic = raw
-            .hermetic
-            .as_ref()
-            .map(|s| mode(s, ""))
-            .transpose()?
-            .unwrap_or_default();
-        let hermetic_scope = raw
-            .hermetic_scope
-            .iter()
-            .map(|s| scope(s, ""))
-            .collect::<Result<Vec<_>>>()?;
         let mut tasks = Vec::with_capacity(raw.tasks.len());
         let mut b = DagBuilder::default();
         let mut spans = Vec::new();
         for (tname, t) in &raw.tasks {
-            let name = tname.get_ref();
-            if let Some(why) = name_problem(name) {
-                return Err(bad(tname.span(), format!("task name {name:?} {why}")));
+            let def = src.task(tname, t.get_ref(), t.span(), &defaults)?;
+            b.push_node(def.name.clone());
+            spans.push(t.span());
+            for d in &def.deps {
+                b.push_edge(d.clone(), def.name.clone());
             }
-            let t_span = t.span();
-            let t = t.get_ref();
-            if t.run.trim().is_empty() {
-                return Err(bad(t_span, format!("task `{name}`: `run` is empty")));
-            }
-            for e in &t.env {
-                if !valid_env_name(e.get_ref()) {
-                    return Err(bad(
-                        e.span(),
-                        format!(
-                            "task `{name}`: {:?} is not an environment variable name",
-                            e.get_ref()
-                        ),
-                    ));
-                }
-            }
-            for i in &t.inputs {
-                let p = i.get_ref();
-                if p.is_empty()
-                    || Path::new(p).is_absolute()
-                    || Path::new(p)
-                        .components()
-                        .any(|c| c == std::path::Component::ParentDir)
-                {
-                    return Err(bad(i.span(), format!("task `{name}`: input {p:?} must be a relative path inside the pipeline directory")));
-                }
-            }
-            let ttl = match &t.ttl {
-                None => None,
-                Some(s) => Some(parse_duration(s.get_ref()).ok_or_else(|| {
-                    bad(
-                        s.span(),
-                        format!(
-                            "task `{name}`: ttl {:?} is not a duration (e.g. 30s, 5m, 1h, 7d)",
-                            s.get_ref()
-                        ),
-                    )
-                })?),
-            };
-            let timeout = match &t.timeout {
-                None => None,
-                Some(s) => Some(
-                    parse_duration(s.get_ref())
-                        .filter(|d| !d.is_zero())
-                        .ok_or_else(|| {
-                            bad(
-                                s.span(),
-                                format!(
-                                "task `{name}`: timeout {:?} is not a duration of at least 1s (e.g. 30s, 5m, 1h)",
-                                s.get_ref()
-                            ),
-                            )
-                        })?,
-                ),
-            };
-            let task_max = match &t.max_output {
-                None => max_output,
-                Some(s) => Some(size(s, &format!("task `{name}`: "))?),
-            };
-            let cwd = match &t.cwd {
-                None => ".".to_string(),
-                Some(c) => {
-                    let p = Path::new(c.get_ref());
-                    if p.is_absolute()
-                        || p.components().any(|c| c == std::path::Component::ParentDir)
-                    {
-                        return Err(bad(c.span(), format!("task `{name}`: cwd must be a relative path inside the pipeline directory")));
-                    }
-                    c.get_ref().clone()
-                }
-            };
-            let whose = format!("task `{name}`: ");
-            let t_hermetic = match &t.hermetic {
-                None => hermetic,
-                Some(s) => mode(s, &whose)?,
-            };
-            let mut t_scope = hermetic_scope.clone();
-            for s in &t.hermetic_scope {
-                t_scope.push(scope(s, &whose)?);
-            }
-            b.push_node(name.clone());
-            spans.push(t_span);
-            for d in &t.deps {
-                b.push_edge(d.get_ref().clone(), name.clone());
-            }
-            tasks.push(TaskDef {
-                name: name.clone(),
-                run: t.run.clone(),
-                deps: t.deps.iter().map(|d| d.get_ref().clone()).collect(),
-                inputs: t.inputs.iter().map(|d| d.get_ref().clone()).collect(),
-                env: t.env.iter().map(|d| d.get_ref().clone()).collect(),
-                version: t.version.clone(),
-                ttl,
-                timeout,
-                max_output: task_max,
-                cache: t.cache,
-                cwd,
-                hermetic: t_hermetic,
-                hermetic_scope: t_scope,
-            });
+            tasks.push(def);
         }
         let dag = b.build().map_err(|e| match e {
             ExecError::UnknownDep { task, dep, .. } => {
-                let at = tasks
+                let location = tasks
                     .iter()
                     .position(|t| t.name == task)
-                    .map(|i| locate(file, text, spans[i].start))
+                    .map(|i| src.at(spans[i].start))
                     .unwrap_or_default();
                 ExecError::UnknownDep {
                     task,
                     dep,
-                    location: at,
+                    location,
                 }
             }
             other => other,

@@ -193,7 +193,7 @@ impl DagFs {
         if panic::catch_unwind(AssertUnwindSafe(|| f(reply))).is_err() {
             self.counters.panics.fetch_add(1, Ordering::Relaxed);
             self.counters.eio_count.fetch_add(1, Ordering::Relaxed);
-            eprintln!("dagfs: a {} request panicked; answered EIO", op.name());
+            log::error!("a {} request panicked; answered EIO", op.name());
         }
     }
 
@@ -202,9 +202,9 @@ impl DagFs {
         let n = errno(&e);
         if n == Errno::EIO {
             self.counters.eio_count.fetch_add(1, Ordering::Relaxed);
-            eprintln!("dagfs: {} failed: {e}", op.name());
+            log::warn!("{} failed: {e}", op.name());
         } else if self.debug {
-            eprintln!("dagfs: {}: {e}", op.name());
+            log::info!("{}: {e}", op.name());
         }
         n
     }
@@ -281,7 +281,7 @@ fn set_readahead(mountpoint: &Path) {
     );
     let knob = format!("/sys/class/bdi/{major}:{minor}/read_ahead_kb");
     if let Err(e) = std::fs::write(&knob, READAHEAD_KB.to_string()) {
-        eprintln!("dagfs: cannot set {knob} (readahead stays the kernel's default): {e}");
+        log::warn!("cannot set {knob} (readahead stays the kernel's default): {e}");
     }
 }
 

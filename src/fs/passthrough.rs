@@ -103,7 +103,7 @@ impl Reads {
             },
         };
         self.path.store(path as u8, Ordering::Relaxed);
-        eprintln!("dagfs: file reads use {}", self.describe());
+        log::info!("file reads use {}", self.describe());
     }
 
     pub fn path(&self) -> ReadPath {
@@ -189,7 +189,7 @@ impl Reads {
         );
         if was.is_ok() {
             let _ = self.refusal.set(e.to_string());
-            eprintln!("dagfs: file reads use {}", self.describe());
+            log::info!("file reads use {}", self.describe());
         }
     }
 }

@@ -190,14 +190,14 @@ impl DagFs {
         match self.view.quarantine(d, key.as_ref()) {
             Ok(()) => {
                 self.verifier.quarantined.fetch_add(1, Ordering::Relaxed);
-                eprintln!(
-                    "dagfs: blob {d} does not match its name: answered EIO, moved it to quarantine{}",
+                log::warn!(
+                    "blob {d} does not match its name: answered EIO, moved it to quarantine{}",
                     key.map(|k| format!(", dropped entry {k} (it re-runs)"))
                         .unwrap_or_default()
                 );
             }
-            Err(e) => eprintln!(
-                "dagfs: blob {d} does not match its name: answered EIO; quarantine failed: {e}"
+            Err(e) => log::error!(
+                "blob {d} does not match its name: answered EIO; quarantine failed: {e}"
             ),
         }
         FsError::View(ViewError::Corrupt(*d))

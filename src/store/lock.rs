@@ -6,10 +6,9 @@
 //! A process that cannot write the store (read-only) takes it shared, only
 //! while it copies the index (see `Cache`).
 
-use std::fs::{File, OpenOptions};
+use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::ops::ControlFlow;
-use std::os::fd::AsRawFd;
 use std::path::Path;
 
 use super::error::{IoContext, Result, StoreError};
@@ -49,7 +48,7 @@ impl StoreLock {
             .truncate(false)
             .open(path)
             .at(path)?;
-        wait_for_lock(&file, path, libc::LOCK_EX, waiting)?;
+        wait_for_lock(&file, path, Mode::Exclusive, waiting)?;
         let me = format!(
             "pid {} ({})\n",
             std::process::id(),
@@ -78,37 +77,36 @@ impl StoreLock {
             }
             Err(e) => return Err(e).at(path),
         };
-        wait_for_lock(&file, path, libc::LOCK_SH, waiting)?;
+        wait_for_lock(&file, path, Mode::Shared, waiting)?;
         Ok(StoreLock { _file: Some(file) })
     }
 }
 
-/// Returns Ok(false) when a non-blocking attempt finds the lock taken.
-fn try_flock(file: &File, op: libc::c_int) -> std::io::Result<bool> {
-    loop {
-        // SAFETY: flock on a valid, owned descriptor.
-        let rc = unsafe { libc::flock(file.as_raw_fd(), op) };
-        if rc == 0 {
-            return Ok(true);
-        }
-        let err = std::io::Error::last_os_error();
-        match err.raw_os_error() {
-            Some(libc::EINTR) => continue,
-            Some(libc::EWOULDBLOCK) => return Ok(false),
-            _ => return Err(err),
-        }
+#[derive(Clone, Copy)]
+enum Mode {
+    Exclusive,
+    Shared,
+}
+
+/// One non-blocking attempt; Ok(false) when another process holds the
+/// lock. std's `File::try_lock` is `flock(2)` on Linux (Rust 1.89), so the
+/// lock is the same one older dagfs versions and `flock(1)` take.
+fn try_flock(file: &File, mode: Mode) -> std::io::Result<bool> {
+    let r = match mode {
+        Mode::Exclusive => file.try_lock(),
+        Mode::Shared => file.try_lock_shared(),
+    };
+    match r {
+        Ok(()) => Ok(true),
+        Err(TryLockError::WouldBlock) => Ok(false),
+        Err(TryLockError::Error(e)) => Err(e),
     }
 }
 
-/// Take `op` (`LOCK_EX`, `LOCK_SH`) on `file`, polling while another
+/// Take the lock in `mode` on `file`, polling while another
 /// process holds it and asking `waiting` (told who) whether to go on.
-fn wait_for_lock(
-    file: &File,
-    path: &Path,
-    op: libc::c_int,
-    waiting: &mut Waiting<'_>,
-) -> Result<()> {
-    while !try_flock(file, op | libc::LOCK_NB).at(path)? {
+fn wait_for_lock(file: &File, path: &Path, mode: Mode, waiting: &mut Waiting<'_>) -> Result<()> {
+    while !try_flock(file, mode).at(path)? {
         let who = holder(path).unwrap_or_else(|| "another process".into());
         if let ControlFlow::Break(reason) = waiting(&who) {
             return Err(StoreError::GaveUp {
