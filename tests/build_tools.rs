@@ -9,7 +9,7 @@ use std::fs;
 use std::path::Path;
 use std::process::{Command, Output};
 
-use common::{dagfs, text, wait_for, Env, Mounted};
+use common::{dagfs, text, wait_for, Mounted, Sandbox};
 
 fn fuse_available() -> bool {
     Path::new("/dev/fuse").exists()
@@ -23,7 +23,7 @@ fn have(tool: &str) -> bool {
 }
 
 /// `common::env` with its mount point made.
-fn env() -> Env {
+fn env() -> Sandbox {
     let e = common::env();
     fs::create_dir_all(&e.mnt).unwrap();
     e
@@ -34,7 +34,7 @@ fn ok(o: Output, what: &str) -> String {
     text(&o)
 }
 
-fn sync(e: &Env, dir: &Path, name: &str) {
+fn sync(e: &Sandbox, dir: &Path, name: &str) {
     ok(
         dagfs(&e.store, &["sync", dir.to_str().unwrap(), "--name", name])
             .output()

@@ -22,28 +22,13 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-const BIN: &str = env!("CARGO_BIN_EXE_dagfs");
+mod common;
 
-/// Environment variables the tests set on purpose; removed from every
-/// command first so the caller's environment cannot leak into a test.
-const TEST_VARS: [&str; 5] = [
-    "DAGFS_STORE",
-    "DAGFS_TEST_FOO",
-    "DAGFS_TEST_BAR",
-    "CC",
-    "CFLAGS",
-];
+use common::{Sandbox, BIN};
 
 // ---------------------------------------------------------------------------
 // harness
 // ---------------------------------------------------------------------------
-
-/// A temporary directory holding pipelines and a store.
-struct Sandbox {
-    _tmp: tempfile::TempDir,
-    root: PathBuf,
-    store: PathBuf,
-}
 
 /// What one `dagfs` invocation did.
 #[derive(Debug)]
@@ -189,45 +174,6 @@ fn set<'a>(names: impl IntoIterator<Item = &'a str>) -> BTreeSet<&'a str> {
 }
 
 impl Sandbox {
-    fn new() -> Sandbox {
-        let tmp = tempfile::tempdir().expect("tempdir");
-        let root = tmp.path().to_path_buf();
-        let store = root.join("store");
-        Sandbox {
-            _tmp: tmp,
-            root,
-            store,
-        }
-    }
-
-    /// Write `<root>/<dir>/dagfs.toml`; returns the pipeline directory.
-    fn pipeline(&self, dir: &str, toml: &str) -> PathBuf {
-        let d = self.root.join(dir);
-        fs::create_dir_all(&d).unwrap();
-        fs::write(d.join("dagfs.toml"), toml).unwrap();
-        d
-    }
-
-    fn write(&self, rel: &str, content: impl AsRef<[u8]>) {
-        let p = self.root.join(rel);
-        fs::create_dir_all(p.parent().unwrap()).unwrap();
-        fs::write(p, content).unwrap();
-    }
-
-    fn read(&self, rel: &str) -> String {
-        fs::read_to_string(self.root.join(rel)).unwrap_or_default()
-    }
-
-    fn command(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(BIN);
-        c.arg("--store").arg(&self.store).args(args);
-        c.current_dir(&self.root).stdin(Stdio::null());
-        for v in TEST_VARS {
-            c.env_remove(v);
-        }
-        c
-    }
-
     fn dagfs(&self, args: &[&str]) -> Out {
         Out::from(self.command(args).output().expect("spawn dagfs"))
     }

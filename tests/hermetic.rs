@@ -15,25 +15,30 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use common::{text, Mounted, BIN};
+use common::{text, Mounted, Sandbox, BIN};
 
 fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
 }
 
 struct Sb {
-    _tmp: tempfile::TempDir,
-    root: PathBuf,
+    sb: Sandbox,
     p: PathBuf,
-    store: PathBuf,
     nobody: bool,
+}
+
+/// The shared `Sandbox` (its `root`, `store`), with what this file adds.
+impl std::ops::Deref for Sb {
+    type Target = Sandbox;
+    fn deref(&self) -> &Sandbox {
+        &self.sb
+    }
 }
 
 impl Sb {
     fn new(toml: &str) -> Sb {
-        let tmp = tempfile::tempdir().unwrap();
-        let root = tmp.path().to_path_buf();
-        let p = root.join("p");
+        let sb = Sandbox::new();
+        let p = sb.root.join("p");
         fs::create_dir_all(p.join("src")).unwrap();
         fs::create_dir_all(p.join("include")).unwrap();
         fs::create_dir_all(p.join("data")).unwrap();
@@ -53,10 +58,8 @@ impl Sb {
         fs::write(p.join("data/a.txt"), "a\n").unwrap();
         fs::write(p.join("data/b.txt"), "b\n").unwrap();
         Sb {
-            store: root.join("store"),
-            root,
+            sb,
             p,
-            _tmp: tmp,
             nobody: false,
         }
     }

@@ -19,7 +19,7 @@ use dagfs::Digest;
 
 mod common;
 
-use common::{dagfs, text, Mounted, BIN};
+use common::{dagfs, text, Mounted, Sandbox, BIN};
 const TASKS: usize = 60;
 const FILES: usize = 3;
 
@@ -47,24 +47,23 @@ fn pipeline() -> String {
     s
 }
 
+/// The shared `Sandbox` with this file's pipeline in `<root>/p`.
 struct Env {
-    _tmp: tempfile::TempDir,
-    store: PathBuf,
+    sb: Sandbox,
     dir: PathBuf,
-    mnt: PathBuf,
+}
+
+impl std::ops::Deref for Env {
+    type Target = Sandbox;
+    fn deref(&self) -> &Sandbox {
+        &self.sb
+    }
 }
 
 fn env() -> Env {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("p");
-    fs::create_dir_all(&dir).unwrap();
-    fs::write(dir.join("dagfs.toml"), pipeline()).unwrap();
-    Env {
-        store: tmp.path().join("store"),
-        mnt: tmp.path().join("mnt"),
-        dir,
-        _tmp: tmp,
-    }
+    let sb = Sandbox::new();
+    let dir = sb.pipeline("p", &pipeline());
+    Env { sb, dir }
 }
 
 impl Env {

@@ -8,10 +8,10 @@ mod common;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
-use common::{text, Mounted, BIN};
+use common::{text, Mounted, Sandbox, BIN};
 
 /// How to run dagfs: as this user, or as `nobody`.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -45,16 +45,22 @@ fn nobody_can_isolate() -> bool {
 }
 
 struct Sb {
-    _tmp: tempfile::TempDir,
-    root: PathBuf,
-    store: PathBuf,
+    sb: Sandbox,
     who: As,
+}
+
+/// The shared `Sandbox` (its `root`, `store`), with what this file adds.
+impl std::ops::Deref for Sb {
+    type Target = Sandbox;
+    fn deref(&self) -> &Sandbox {
+        &self.sb
+    }
 }
 
 impl Sb {
     fn new(who: As, toml: &str) -> Sb {
-        let tmp = tempfile::tempdir().unwrap();
-        let root = tmp.path().to_path_buf();
+        let sb = Sandbox::new();
+        let root = sb.root.clone();
         fs::set_permissions(&root, fs::Permissions::from_mode(0o777)).unwrap();
         let p = root.join("p");
         fs::create_dir(&p).unwrap();
@@ -73,12 +79,7 @@ impl Sb {
             )
             .unwrap();
         }
-        Sb {
-            store: root.join("store"),
-            root,
-            _tmp: tmp,
-            who,
-        }
+        Sb { sb, who }
     }
 
     fn dagfs(&self, args: &[&str]) -> Output {

@@ -4,18 +4,12 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{fill, free_bytes, BIN};
-
-struct Sandbox {
-    _tmp: tempfile::TempDir,
-    root: PathBuf,
-    store: PathBuf,
-}
+use common::{fill, free_bytes, Sandbox, BIN};
 
 #[derive(Debug)]
 struct Out {
@@ -25,40 +19,8 @@ struct Out {
 }
 
 impl Sandbox {
-    fn new() -> Sandbox {
-        let tmp = tempfile::tempdir().expect("tempdir");
-        let root = tmp.path().to_path_buf();
-        let store = root.join("store");
-        Sandbox {
-            _tmp: tmp,
-            root,
-            store,
-        }
-    }
-
-    fn with_store(store: PathBuf) -> Sandbox {
-        let s = Sandbox::new();
-        Sandbox { store, ..s }
-    }
-
-    /// Write `<root>/p/dagfs.toml`; returns the pipeline directory.
-    fn pipeline(&self, toml: &str) -> PathBuf {
-        let d = self.root.join("p");
-        fs::create_dir_all(&d).unwrap();
-        fs::write(d.join("dagfs.toml"), toml).unwrap();
-        d
-    }
-
     fn dagfs(&self, args: &[&str]) -> Out {
-        let o = Command::new(BIN)
-            .arg("--store")
-            .arg(&self.store)
-            .args(args)
-            .current_dir(&self.root)
-            .env_remove("DAGFS_STORE")
-            .stdin(Stdio::null())
-            .output()
-            .expect("spawn dagfs");
+        let o = self.command(args).output().expect("spawn dagfs");
         Out {
             code: o.status.code().expect("dagfs exited by a signal"),
             stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
@@ -190,11 +152,14 @@ fn slow(n: u32) -> String {
 #[test]
 fn task_past_its_timeout_is_killed_with_its_group_and_not_cached() {
     let s = Sandbox::new();
-    let dir = s.pipeline(&format!(
-        "[tasks.slow]\nrun = \"{}\"\ntimeout = \"1s\"\n\
+    let dir = s.pipeline(
+        "p",
+        &format!(
+            "[tasks.slow]\nrun = \"{}\"\ntimeout = \"1s\"\n\
          [tasks.after]\nrun = \"echo hi > $DAGFS_OUT/x\"\ndeps = [\"slow\"]\n",
-        slow(1101)
-    ));
+            slow(1101)
+        ),
+    );
     let t0 = Instant::now();
     let o = s.run(&[]);
     let took = t0.elapsed();
@@ -220,11 +185,14 @@ fn task_past_its_timeout_is_killed_with_its_group_and_not_cached() {
 #[test]
 fn run_timeout_is_a_default_a_task_can_override() {
     let s = Sandbox::new();
-    let dir = s.pipeline(&format!(
-        "[tasks.slow]\nrun = \"{}\"\n\
+    let dir = s.pipeline(
+        "p",
+        &format!(
+            "[tasks.slow]\nrun = \"{}\"\n\
          [tasks.quick]\nrun = \"sleep 2; echo ok > $DAGFS_OUT/x\"\ntimeout = \"1m\"\n",
-        slow(1102)
-    ));
+            slow(1102)
+        ),
+    );
     let o = s.run(&["--timeout", "1s", "--keep-going"]);
     assert_eq!(o.code, 1, "{}", o.stderr);
     assert!(
@@ -244,7 +212,7 @@ fn run_timeout_is_a_default_a_task_can_override() {
 #[test]
 fn bad_timeout_in_the_pipeline_names_file_line_and_column() {
     let s = Sandbox::new();
-    let dir = s.pipeline("[tasks.a]\nrun = \"true\"\ntimeout = \"forever\"\n");
+    let dir = s.pipeline("p", "[tasks.a]\nrun = \"true\"\ntimeout = \"forever\"\n");
     let o = s.run(&[]);
     assert_eq!(o.code, 3, "{}", o.stderr);
     let at = format!("{}:3:11: ", dir.join("dagfs.toml").display());
@@ -259,7 +227,7 @@ fn bad_timeout_in_the_pipeline_names_file_line_and_column() {
 #[test]
 fn output_past_max_output_fails_naming_the_limit_and_stores_nothing() {
     let s = Sandbox::new();
-    s.pipeline(
+    s.pipeline("p", 
         "max_output = \"1M\"\n\
          [tasks.small]\nrun = \"echo ok > $DAGFS_OUT/x\"\n\
          [tasks.big]\nrun = \"head -c 700000 /dev/urandom > $DAGFS_OUT/a; head -c 700000 /dev/urandom > $DAGFS_OUT/b\"\ndeps = [\"small\"]\n\
@@ -295,7 +263,7 @@ fn a_task_writing_past_max_output_is_killed_while_it_runs() {
     let s = Sandbox::new();
     // It writes without end: only a bound checked while it runs stops it
     // (the timeout is a backstop, and its message fails the test).
-    let dir = s.pipeline(
+    let dir = s.pipeline("p", 
         "[tasks.flood]\nrun = \": flood-1103; echo $$ > flood.pid; while :; do head -c 65536 /dev/zero; done > $DAGFS_OUT/x\"\n\
          max_output = \"4M\"\ntimeout = \"60s\"\n",
     );
@@ -325,6 +293,7 @@ fn a_task_writing_past_max_output_is_killed_while_it_runs() {
 fn task_max_output_overrides_the_pipelines() {
     let s = Sandbox::new();
     s.pipeline(
+        "p",
         "max_output = \"1K\"\n\
          [tasks.big]\nrun = \"head -c 5000 /dev/zero > $DAGFS_OUT/a\"\nmax_output = \"10K\"\n",
     );
@@ -338,11 +307,14 @@ fn output_deeper_than_256_levels_fails_naming_the_path() {
     let s = Sandbox::new();
     // 300 nested directories, a file at the bottom.
     let deep = "d/".repeat(300);
-    s.pipeline(&format!(
-        "[tasks.deep]\nrun = \"mkdir -p $DAGFS_OUT/{deep} && echo x > $DAGFS_OUT/{deep}f\"\n\
+    s.pipeline(
+        "p",
+        &format!(
+            "[tasks.deep]\nrun = \"mkdir -p $DAGFS_OUT/{deep} && echo x > $DAGFS_OUT/{deep}f\"\n\
          [tasks.ok]\nrun = \"mkdir -p $DAGFS_OUT/{ok} && echo x > $DAGFS_OUT/{ok}f\"\n",
-        ok = "d/".repeat(256),
-    ));
+            ok = "d/".repeat(256),
+        ),
+    );
     let o = s.run(&["--keep-going"]);
     assert_eq!(o.code, 1, "{}", o.stderr);
     let first_too_deep = format!("/out/{}", "d/".repeat(257));
@@ -429,7 +401,7 @@ fn full_disk_fails_the_task_clearly_and_changes_nothing_stored() {
     let Some(fs) = Tmpfs::mount("4m") else { return };
     let s = Sandbox::with_store(fs.at.join("store"));
     let write = |bytes: u64| {
-        s.pipeline(&format!(
+        s.pipeline("p", &format!(
             "[tasks.small]\nrun = \"echo ok > $DAGFS_OUT/x\"\n\
              [tasks.big]\nrun = \"head -c {bytes} /dev/zero > $DAGFS_OUT/big\"\ndeps = [\"small\"]\n\
              [tasks.after]\nrun = \"true\"\ndeps = [\"big\"]\n"
@@ -505,15 +477,18 @@ fn full_disk_at_any_fill_level_never_wedges_the_store() {
         let filler = tmpfs.at.join("filler");
         let _ = fs::remove_file(&filler);
         let _ = fs::remove_dir_all(&s.store);
-        s.pipeline("[tasks.small]\nrun = \"echo ok > $DAGFS_OUT/x\"\n");
+        s.pipeline("p", "[tasks.small]\nrun = \"echo ok > $DAGFS_OUT/x\"\n");
         let o = s.run(&[]);
         assert_eq!(o.code, 0, "{}", o.stderr);
         let before = ls_rows(&s);
-        s.pipeline(&format!(
-            "[tasks.small]\nrun = \"echo ok > $DAGFS_OUT/x\"\n\
+        s.pipeline(
+            "p",
+            &format!(
+                "[tasks.small]\nrun = \"echo ok > $DAGFS_OUT/x\"\n\
              [tasks.big]\nrun = \"head -c 3000000 /dev/urandom > $DAGFS_OUT/big; \
              for i in $(seq 1 300); do echo $i {leave} > $DAGFS_OUT/f$i; done\"\n"
-        ));
+            ),
+        );
         let free = free_bytes(&tmpfs.at);
         fill(&filler, free.saturating_sub(leave << 10));
         let o = s.run(&[]);
@@ -579,6 +554,7 @@ fn hard_links_to_one_file_are_copied_once() {
     };
     let s = Sandbox::with_store(tmpfs.at.join("store"));
     s.pipeline(
+        "p",
         "[tasks.links]\nrun = \"head -c 10000000 /dev/urandom > $DAGFS_OUT/f; \
          for i in $(seq 1 200); do ln $DAGFS_OUT/f $DAGFS_OUT/l$i; done\"\n",
     );
@@ -650,7 +626,7 @@ fn a_task_run_by_the_daemon_cannot_use_its_socket() {
     let s = Sandbox::new();
     let store = s.store.display().to_string();
     // Directly, and from a new session (out of the task's process group).
-    let dir = s.pipeline(&format!(
+    let dir = s.pipeline("p", &format!(
         "[tasks.direct]\nrun = \"'{BIN}' --store '{store}' stats > direct.txt 2>&1; echo \\\"exit $?\\\" >> direct.txt; echo ok > $DAGFS_OUT/x\"\n\
          [tasks.setsid]\nrun = \"setsid -w '{BIN}' --store '{store}' stats > setsid.txt 2>&1; echo \\\"exit $?\\\" >> setsid.txt; echo ok > $DAGFS_OUT/x\"\n"
     ));
@@ -675,7 +651,7 @@ fn a_task_run_by_the_daemon_cannot_use_its_socket() {
 #[test]
 fn run_timeout_reaches_the_daemon_that_runs_the_task() {
     let s = Sandbox::new();
-    let dir = s.pipeline(&format!("[tasks.slow]\nrun = \"{}\"\n", slow(1104)));
+    let dir = s.pipeline("p", &format!("[tasks.slow]\nrun = \"{}\"\n", slow(1104)));
     let Some(d) = Daemon::start(&s) else { return };
     // Who runs the task: the parent chain of its background child, seen
     // from the host while it runs.

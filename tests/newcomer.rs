@@ -7,7 +7,7 @@ use std::process::Output;
 
 mod common;
 
-use common::{dagfs, env, text, Env};
+use common::{dagfs, env, text, Sandbox};
 
 fn run(store: &Path, args: &[&str]) -> Output {
     dagfs(store, args).output().unwrap()
@@ -21,7 +21,7 @@ fn ok(store: &Path, args: &[&str]) -> String {
 
 /// A pipeline `p` whose task `t` leaves `f.txt`, a link `l -> f.txt`, a
 /// directory link `dl -> d`, `d/g.txt` and a link climbing out.
-fn links_pipeline(e: &Env) -> PathBuf {
+fn links_pipeline(e: &Sandbox) -> PathBuf {
     let dir = e.root.join("p");
     fs::create_dir_all(&dir).unwrap();
     fs::write(

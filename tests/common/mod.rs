@@ -173,22 +173,82 @@ pub fn fill(path: &Path, bytes: u64) {
     }
 }
 
-/// A scratch directory with a store path and a mount point path in it
-/// (neither made).
-pub struct Env {
+/// The environment variables a test's `dagfs` never inherits from the
+/// shell that runs the tests (they would change what it does).
+pub const TEST_VARS: [&str; 6] = [
+    "DAGFS_STORE",
+    "DAGFS_REMOTE",
+    "DAGFS_TEST_FOO",
+    "DAGFS_TEST_BAR",
+    "CC",
+    "CFLAGS",
+];
+
+/// The one test sandbox: a scratch directory (removed on drop) with a
+/// store path and a mount point path in it (neither made). Test files add
+/// their own methods in an `impl Sandbox` of their own (what a run's
+/// output means to them), or wrap it with what their fixtures add.
+pub struct Sandbox {
     pub _tmp: tempfile::TempDir,
     pub root: PathBuf,
     pub store: PathBuf,
     pub mnt: PathBuf,
 }
 
-pub fn env() -> Env {
-    let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path().to_path_buf();
-    Env {
-        store: root.join("store"),
-        mnt: root.join("mnt"),
-        root,
-        _tmp: tmp,
+impl Sandbox {
+    pub fn new() -> Sandbox {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let root = tmp.path().to_path_buf();
+        Sandbox {
+            store: root.join("store"),
+            mnt: root.join("mnt"),
+            root,
+            _tmp: tmp,
+        }
     }
+
+    /// A sandbox whose store lives elsewhere (a small tmpfs, say).
+    pub fn with_store(store: PathBuf) -> Sandbox {
+        Sandbox {
+            store,
+            ..Sandbox::new()
+        }
+    }
+
+    /// Write `<root>/<dir>/dagfs.toml`; returns the pipeline directory.
+    pub fn pipeline(&self, dir: &str, toml: &str) -> PathBuf {
+        let d = self.root.join(dir);
+        fs::create_dir_all(&d).unwrap();
+        fs::write(d.join("dagfs.toml"), toml).unwrap();
+        d
+    }
+
+    /// Write `<root>/<rel>`, making its directories.
+    pub fn write(&self, rel: &str, content: impl AsRef<[u8]>) {
+        let p = self.root.join(rel);
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(p, content).unwrap();
+    }
+
+    /// `<root>/<rel>`'s text; empty if it cannot be read.
+    pub fn read(&self, rel: &str) -> String {
+        fs::read_to_string(self.root.join(rel)).unwrap_or_default()
+    }
+
+    /// `dagfs --store <store> ARGS`, run in `<root>`, stdin closed, none of
+    /// `TEST_VARS` inherited.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(BIN);
+        c.arg("--store").arg(&self.store).args(args);
+        c.current_dir(&self.root).stdin(Stdio::null());
+        for v in TEST_VARS {
+            c.env_remove(v);
+        }
+        c
+    }
+}
+
+/// A new `Sandbox`.
+pub fn env() -> Sandbox {
+    Sandbox::new()
 }
