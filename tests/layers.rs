@@ -423,3 +423,188 @@ fn the_checker_catches_each_kind_of_wrong_arrow() {
         "{bad:#?}"
     );
 }
+
+// ---------------------------------------------------------------------------
+// The shape of the code (issue 14): sizes a newcomer can hold in their head,
+// and library code that reports through its caller or `log`, never by
+// printing.
+// ---------------------------------------------------------------------------
+
+/// No function longer than this, from its `fn` line to its closing brace.
+const MAX_FN_LINES: usize = 150;
+/// No file longer than this.
+const MAX_FILE_LINES: usize = 1000;
+
+/// The binary's own modules (`src/main.rs` declares them): they may print.
+fn is_binary(rel: &Path) -> bool {
+    rel == Path::new("main.rs") || rel.starts_with("cli") || rel.starts_with("ui")
+}
+
+/// The line (0-based) holding the brace that closes the one opened at or
+/// after `from` (a byte offset into `code`), if any.
+fn closing_line(code: &str, from: usize) -> Option<(usize, usize)> {
+    let open = from + code[from..].find('{')?;
+    // A declaration without a body (`fn f();` in a trait) ends first.
+    if code[from..open].contains(';') {
+        return None;
+    }
+    let mut depth = 0usize;
+    for (i, c) in code[open..].char_indices() {
+        match c {
+            '{' => depth += 1,
+            '}' => {
+                depth -= 1;
+                if depth == 0 {
+                    let end = open + i;
+                    return Some((end, code[..end].matches('\n').count()));
+                }
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
+/// The byte ranges of `#[cfg(test)]` modules in `code`.
+fn test_modules(code: &str) -> Vec<std::ops::Range<usize>> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    while let Some(i) = code[at..].find("#[cfg(test)]") {
+        let start = at + i;
+        let rest = code[start..]
+            .trim_start_matches("#[cfg(test)]")
+            .trim_start();
+        let after = start + (code[start..].len() - rest.len());
+        if rest.starts_with("mod ") {
+            if let Some((end, _)) = closing_line(code, after) {
+                out.push(start..end);
+                at = end;
+                continue;
+            }
+        }
+        at = start + 1;
+    }
+    out
+}
+
+/// Each problem with the shape of the files under `src`, as `path:line:
+/// what`, for `files` given relative to `src`.
+fn shape_problems(src: &Path, files: &[PathBuf]) -> Vec<String> {
+    let mut bad = Vec::new();
+    let fn_line = |l: &str| {
+        let mut w = l.split_whitespace().peekable();
+        while let Some(x) = w.peek() {
+            if x.starts_with("pub") || ["const", "unsafe", "async", "extern", "\"C\""].contains(x) {
+                w.next();
+            } else {
+                break;
+            }
+        }
+        (w.next() == Some("fn")).then(|| {
+            w.next()
+                .map(|n| n.split(['(', '<']).next().unwrap().to_string())
+        })?
+    };
+    for f in files {
+        let rel = f.strip_prefix(src).unwrap_or(f);
+        let text = std::fs::read_to_string(f).unwrap();
+        let code = code_only(&text);
+        let lines = text.lines().count();
+        if lines > MAX_FILE_LINES {
+            bad.push(format!(
+                "{}: {lines} lines (at most {MAX_FILE_LINES})",
+                rel.display()
+            ));
+        }
+        let mut offset = 0;
+        for (n, l) in code.split('\n').enumerate() {
+            if let Some(name) = fn_line(l) {
+                if let Some((_, end)) = closing_line(&code, offset) {
+                    let len = end - n + 1;
+                    if len > MAX_FN_LINES {
+                        bad.push(format!(
+                            "{}:{}: fn {name} is {len} lines (at most {MAX_FN_LINES})",
+                            rel.display(),
+                            n + 1
+                        ));
+                    }
+                }
+            }
+            offset += l.len() + 1;
+        }
+        if is_binary(rel) {
+            continue;
+        }
+        let tests = test_modules(&code);
+        for m in ["println!", "eprintln!", "print!", "eprint!", "dbg!"] {
+            let mut at = 0;
+            while let Some(i) = code[at..].find(m) {
+                let pos = at + i;
+                at = pos + m.len();
+                let word_start =
+                    pos == 0 || !code[..pos].ends_with(|c: char| c.is_alphanumeric() || c == '_');
+                if word_start && !tests.iter().any(|r| r.contains(&pos)) {
+                    bad.push(format!(
+                        "{}:{}: `{m}` in library code (report through the caller or `log`)",
+                        rel.display(),
+                        code[..pos].matches('\n').count() + 1
+                    ));
+                }
+            }
+        }
+    }
+    bad
+}
+
+#[test]
+fn no_long_function_no_long_file_and_no_printing_in_the_library() {
+    let src = root().join("src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    let bad = shape_problems(&src, &files);
+    assert!(
+        bad.is_empty(),
+        "{} problem(s):\n{}",
+        bad.len(),
+        bad.join("\n")
+    );
+}
+
+/// The shape checker itself: a long function, a print in library code and
+/// a long file are caught; a print in a test module, in the binary's own
+/// modules, in a comment or a string, and a trait's bodiless `fn` are not.
+#[test]
+fn the_shape_checker_catches_long_functions_and_prints() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path();
+    let write = |p: &str, s: &str| {
+        let p = src.join(p);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, s).unwrap();
+        p
+    };
+    let body = "    let x = 1;\n".repeat(MAX_FN_LINES);
+    let long = write("lib/a.rs", &format!("trait T {{\n    fn f(&self);\n}}\npub(crate) fn long() {{\n{body}}}\nfn short() {{ let s = \"{{\"; }}\n"));
+    let prints = write(
+        "lib/b.rs",
+        "fn f() {\n    eprintln!(\"x\");\n    // println!(\"in a comment\")\n    let s = \"dbg!(1)\";\n}\n#[cfg(test)]\nmod tests {\n    fn t() { println!(\"fine\"); }\n}\n",
+    );
+    let cli = write("cli/c.rs", "fn f() { println!(\"the binary prints\"); }\n");
+    let big = write("lib/big.rs", &"// a line\n".repeat(MAX_FILE_LINES + 1));
+    let bad = shape_problems(src, &[long, prints, cli, big]);
+    assert_eq!(
+        bad,
+        [
+            format!(
+                "lib/a.rs:4: fn long is {} lines (at most {MAX_FN_LINES})",
+                MAX_FN_LINES + 2
+            ),
+            "lib/b.rs:2: `eprintln!` in library code (report through the caller or `log`)"
+                .to_string(),
+            format!(
+                "lib/big.rs: {} lines (at most {MAX_FILE_LINES})",
+                MAX_FILE_LINES + 1
+            ),
+        ]
+    );
+}
