@@ -458,6 +458,21 @@ impl Store {
         Ok(())
     }
 
+    /// Replace `dst` with `bytes`, atomically and durably: written to
+    /// `tmp`, fsynced, renamed over `dst`, and `dst`'s directory fsynced.
+    /// Only these bytes wait for the disk, where `barrier`'s `syncfs` waits
+    /// for every other writer's dirty data on the filesystem too (40 ms
+    /// behind a build here, for a 12 KB sync log). For a small record
+    /// whose own bytes are all that must be durable.
+    pub(crate) fn replace_file(&self, tmp: &Path, dst: &Path, bytes: &[u8]) -> Result<()> {
+        let mut f = File::create(tmp).at(tmp)?;
+        f.write_all(bytes).and_then(|()| f.sync_data()).at(tmp)?;
+        drop(f);
+        fs::rename(tmp, dst).at(dst)?;
+        let dir = dst.parent().unwrap_or(&self.root);
+        File::open(dir).and_then(|d| d.sync_all()).at(dir)
+    }
+
     /// Durability barrier: returns once a `syncfs` that *started after this
     /// call* has completed. Concurrent callers share one `syncfs` (group
     /// commit): a caller arriving while one runs waits for the next, which

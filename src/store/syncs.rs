@@ -70,15 +70,8 @@ impl Store {
         let tmp = self
             .tmp_root()
             .join(format!("sync-{}-{}", log.name, std::process::id()));
-        fs::write(
-            &tmp,
-            serde_json::to_vec_pretty(log).expect("sync log serializes"),
-        )
-        .at(&tmp)?;
-        self.barrier()?; // NB: the record's bytes durable before its name.
-        let dst = dir.join(&log.name);
-        fs::rename(&tmp, &dst).at(&dst)?;
-        self.barrier()
+        let bytes = serde_json::to_vec_pretty(log).expect("sync log serializes");
+        self.replace_file(&tmp, &dir.join(&log.name), &bytes)
     }
 
     /// Every sync log that decodes. A damaged one (`sync_logs_checked`)

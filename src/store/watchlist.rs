@@ -19,7 +19,7 @@ use std::fs;
 
 use serde::{Deserialize, Serialize};
 
-use super::error::{IoContext, Result, StoreError};
+use super::error::{Result, StoreError};
 use super::Store;
 use crate::hash::Digest;
 
@@ -82,14 +82,7 @@ impl Store {
         let tmp = self
             .tmp_root()
             .join(format!("watches-{}", std::process::id()));
-        fs::write(
-            &tmp,
-            serde_json::to_vec_pretty(&list).expect("watch list serializes"),
-        )
-        .at(&tmp)?;
-        self.barrier()?; // NB: the list's bytes durable before its name.
-        let dst = self.root().join(FILE);
-        fs::rename(&tmp, &dst).at(&dst)?;
-        self.barrier()
+        let bytes = serde_json::to_vec_pretty(&list).expect("watch list serializes");
+        self.replace_file(&tmp, &self.root().join(FILE), &bytes)
     }
 }
