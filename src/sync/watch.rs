@@ -1,7 +1,8 @@
 //! `dagfs sync --watch`: keep a snapshot current from the watcher's events.
 //!
 //! `notify` (inotify on Linux) events mark dirty paths (`dirty::Dirty`);
-//! after a debounce (quiet for `QUIET`, at most `MAX_WAIT`) the next
+//! after a debounce (quiet for `QUIET`, or `QUIET_AFTER_CLOSE` after a file
+//! was closed from writing; at most `MAX_WAIT`) the next
 //! snapshot is computed from the dirty paths alone on top of the previous
 //! tree (`Incremental`: no full walk), recorded, and its change set
 //! reported. Opens and reads (ours included) are not changes.
@@ -39,6 +40,10 @@ use crate::cache::Cache;
 
 /// A batch of events ends after this long without another…
 pub const QUIET: Duration = Duration::from_millis(5);
+/// …or this long, when the last event was a file closed after writing (a
+/// writer done with it: waiting longer only delays the snapshot; a burst,
+/// as `cp -r` or `git checkout` make, has events far closer together).
+pub const QUIET_AFTER_CLOSE: Duration = Duration::from_micros(500);
 /// …or after this long in all.
 pub const MAX_WAIT: Duration = Duration::from_millis(100);
 /// Young directories are checked once the watcher has been quiet this long.
@@ -69,6 +74,16 @@ fn arm(root: &Path, tx: Sender<Event>) -> Result<notify::RecommendedWatcher, Syn
 }
 
 /// Mark what one event says may have changed.
+/// How long to wait for the next event of a batch after `ev`.
+fn quiet_after(ev: &Event) -> Duration {
+    match ev {
+        Ok(e) if e.kind == EventKind::Access(AccessKind::Close(AccessMode::Write)) => {
+            QUIET_AFTER_CLOSE
+        }
+        _ => QUIET,
+    }
+}
+
 fn classify(root: &Path, ignored: &[PathBuf], ev: Event, dirty: &mut Dirty) {
     let ev = match ev {
         Ok(ev) if !ev.need_rescan() => ev,
@@ -179,6 +194,7 @@ pub fn watch(
     let mut conflicts = 0;
     loop {
         let mut quiet = false;
+        let mut wait = QUIET;
         if pending.is_empty() {
             let settle = if young.is_empty() {
                 channel::never()
@@ -189,6 +205,7 @@ pub fn watch(
                 recv(stop) -> _ => return Ok(()),
                 recv(rx) -> ev => {
                     let Ok(ev) = ev else { return Ok(()) };
+                    wait = quiet_after(&ev);
                     classify(&root, &ignored, ev, &mut pending);
                 }
                 recv(settle) -> _ => quiet = true,
@@ -197,8 +214,11 @@ pub fn watch(
         if !quiet {
             let start = Instant::now();
             while start.elapsed() < MAX_WAIT {
-                match rx.recv_timeout(QUIET) {
-                    Ok(ev) => classify(&root, &ignored, ev, &mut pending),
+                match rx.recv_timeout(wait) {
+                    Ok(ev) => {
+                        wait = quiet_after(&ev);
+                        classify(&root, &ignored, ev, &mut pending);
+                    }
                     Err(RecvTimeoutError::Timeout) => break,
                     Err(RecvTimeoutError::Disconnected) => return Ok(()),
                 }
