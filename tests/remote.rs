@@ -1084,3 +1084,51 @@ fn lookups_through_the_mount_are_answered_from_the_remote() {
     drop(m);
     fsck_clean(&b);
 }
+
+/// `dagfs umount` while the daemon's uploader is busy: the daemon stops
+/// promptly, what it did not send stays queued, and nothing wrong was
+/// sent (a consumer verifies all of it after a flush).
+#[test]
+fn unmount_while_uploading_stops_promptly_and_loses_nothing() {
+    let bg = BuildGrid::start();
+    let e = env();
+    let (a, b) = (e.root.join("a"), e.root.join("b"));
+    let dir = e.root.join("p");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut toml = String::from("name = \"stopped\"\n");
+    for i in 0..24 {
+        toml += &format!(
+            "[tasks.t{i}]\nrun = 'head -c 1000000 /dev/urandom > \"$DAGFS_OUT/r\"; echo {i} > \"$DAGFS_OUT/i\"'\n"
+        );
+    }
+    let file = dir.join("dagfs.toml");
+    std::fs::write(&file, toml).unwrap();
+    config(&a, "remote", &bg.url());
+    config(&a, "remote_upload", "on");
+    patient(&a);
+    let mnt = e.root.join("mnt-a");
+    let Some(m) = mounted(&a, &mnt, "") else {
+        return;
+    };
+    ok(&run_in(&a, &file, &[]));
+    common::wait_for("the first upload", || queued(&a) < 24);
+    let t0 = Instant::now();
+    ok(&dagfs(&a, &["umount", mnt.to_str().unwrap()])
+        .output()
+        .unwrap());
+    common::wait_for("the daemon to exit", || !common::pid_alive(m.pid));
+    let took = t0.elapsed();
+    let left = queued(&a);
+    eprintln!(
+        "umount with uploads under way: daemon gone after {} ms, {left} of 24 left queued",
+        took.as_millis()
+    );
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    drop(m);
+    fsck_clean(&a);
+    let t = ok(&dagfs(&a, &["remote", "flush"]).output().unwrap());
+    assert_eq!(queued(&a), 0, "{t}");
+    let t = ok(&run_in(&b, &file, &["--remote", &bg.url()]));
+    assert!(t.contains("remote: 24 hits, 0 misses, 0 rejected"), "{t}");
+    assert_eq!(outputs(&a), outputs(&b));
+}

@@ -717,7 +717,7 @@ fn serve(
         server.stop();
     }
     if let Some(u) = &uploader {
-        u.stop();
+        u.stop(Duration::from_secs(2));
     }
     if let Some(l) = &lookups {
         l.stop(Duration::from_secs(10));

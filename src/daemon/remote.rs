@@ -9,8 +9,9 @@
 //! and again every `RETRY` while markers stay. It uploads only entries
 //! whose record is in `entries/`; a marker whose entry a run is still
 //! committing waits for that run's own request. Stopping sets a flag it
-//! reads before each entry: the entry being sent is finished (its RPCs
-//! have deadlines), the rest stay queued for the next daemon.
+//! reads before each entry: the entry being sent is finished if that takes
+//! less than the daemon's wait (`Uploader::stop`), the rest stay queued
+//! for the next daemon.
 //!
 //! A lookup of `/keys/<key>` the store lacks asks the server
 //! (`Remote::fetch_key`: the whole entry, every digest checked, committed
@@ -117,6 +118,8 @@ struct UpState {
     last: Option<Result<UploadReport, String>>,
     /// When the queue was last left non-empty.
     left: Option<Instant>,
+    /// The thread has returned.
+    exited: bool,
 }
 
 /// The background uploader (module header).
@@ -184,16 +187,40 @@ impl Uploader {
             .unwrap_or_else(|| Err("no drain has run".into()))
     }
 
-    /// Stop after the entry being sent (queued ones stay queued), and wait.
-    pub fn stop(&self) {
+    /// Stop after the entry being sent (queued ones stay queued), waiting
+    /// for that at most `wait`: an entry cut off by the process's exit is
+    /// no worse than a kill (its marker goes only after the server took
+    /// its result).
+    pub fn stop(&self, wait: Duration) {
         self.stop.store(true, Ordering::Relaxed);
         self.cv.notify_all();
+        let until = Instant::now() + wait;
+        let mut st = lock(&self.st);
+        while !st.exited {
+            let now = Instant::now();
+            if now >= until {
+                eprintln!("dagfs: remote: the upload under way is cut off (it stays queued)");
+                return;
+            }
+            st = self
+                .cv
+                .wait_timeout(st, until - now)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        drop(st);
         if let Some(t) = lock(&self.thread).take() {
             let _ = t.join();
         }
     }
 
     fn work(&self) {
+        self.drain_when_asked();
+        lock(&self.st).exited = true;
+        self.cv.notify_all();
+    }
+
+    fn drain_when_asked(&self) {
         loop {
             let n = {
                 let mut st = lock(&self.st);
