@@ -1070,6 +1070,11 @@ fn lookups_through_the_mount_are_answered_from_the_remote() {
         "the input\n"
     );
 
+    let o = dagfs(&b, &["stats", "--json"]).output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["hits_by_route"]["remote"], 3, "{v}");
+    assert_eq!(v["total_entries"], 3, "{v}");
+
     // A dead server: EIO, at once.
     bg.kill();
     let t0 = Instant::now();
@@ -1131,4 +1136,79 @@ fn unmount_while_uploading_stops_promptly_and_loses_nothing() {
     let t = ok(&run_in(&b, &file, &["--remote", &bg.url()]));
     assert!(t.contains("remote: 24 hits, 0 misses, 0 rejected"), "{t}");
     assert_eq!(outputs(&a), outputs(&b));
+}
+
+/// A key record on the server that names another key's entry record (a
+/// poisoned or mixed-up cache): the lookup through the mount is EIO,
+/// counted as rejected, and nothing is stored; the right key still works.
+#[test]
+fn a_forged_key_record_is_rejected_by_the_mount() {
+    use bazel_remote_apis::build::bazel::remote::execution::v2 as re;
+    use dagfs::remote::by_key::key_action_digest;
+    use dagfs::remote::mapping::DigestFn;
+    let bg = BuildGrid::start();
+    let e = env();
+    let (a, b) = (e.root.join("a"), e.root.join("b"));
+    let file = pipeline(&e.root.join("p"), "forged", "report");
+    config(&a, "remote", &bg.url());
+    config(&a, "remote_upload", "on");
+    patient(&a);
+    ok(&run_in(&a, &file, &[]));
+    let (gen, copy) = (entry_of(&a, "gen").key, entry_of(&a, "copy").key);
+    let (dg, dc) = (
+        key_action_digest(&gen, DigestFn::Sha256),
+        key_action_digest(&copy, DigestFn::Sha256),
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut ac = re::action_cache_client::ActionCacheClient::connect(format!(
+            "http://127.0.0.1:{}",
+            bg.port
+        ))
+        .await
+        .unwrap();
+        let r_copy = ac
+            .get_action_result(re::GetActionResultRequest {
+                action_digest: Some(dc),
+                ..Default::default()
+            })
+            .await
+            .expect("the uploader filed copy's record under its key")
+            .into_inner();
+        // gen's key now names copy's record.
+        ac.update_action_result(re::UpdateActionResultRequest {
+            action_digest: Some(dg),
+            action_result: Some(r_copy),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    });
+    config(&b, "remote", &bg.url());
+    patient(&b);
+    let mnt = e.root.join("mnt-b");
+    let Some(m) = mounted(&b, &mnt, "") else {
+        return;
+    };
+    let keys = mnt.join("keys");
+    assert_eq!(
+        errno_of(std::fs::read_dir(keys.join(gen.to_hex()))),
+        Some(libc::EIO)
+    );
+    assert_eq!(
+        std::fs::read_to_string(keys.join(copy.to_hex()).join("copied")).unwrap(),
+        "the input\n"
+    );
+    let o = dagfs(&b, &["stats", "--json"]).output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["remote"]["rejected"], 1, "{v}");
+    assert_eq!(v["hits_by_route"]["remote"], 1, "{v}");
+    let log = std::fs::read_to_string(b.join("daemon.log")).unwrap();
+    assert!(log.contains("for another key"), "{log}");
+    drop(m);
+    assert_eq!(outputs_keys(&b), [copy.to_hex()]);
+    fsck_clean(&b);
 }

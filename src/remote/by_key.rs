@@ -68,6 +68,11 @@ pub(super) fn key_action(key: &Digest, f: DigestFn) -> KeyAction {
     }
 }
 
+/// The digest under which the record of entry `key` is filed.
+pub fn key_action_digest(key: &Digest, f: DigestFn) -> re::Digest {
+    key_action(key, f).digest
+}
+
 /// The key Action's result: only the entry record.
 pub(super) fn key_result(record: re::Digest) -> re::ActionResult {
     re::ActionResult {
@@ -84,7 +89,8 @@ impl Remote {
     /// The entry `key` from the server, made an ordinary local entry (the
     /// read path's checks, `fetch_entry`), for a store that lacks it.
     /// Ok(None): the server knows no such key (or the store kept no room
-    /// for it). Counted as a hit, a miss or a rejection; the task's
+    /// for it). Counted as a hit (route `remote` in the store's stats, as
+    /// a run's), a miss or a rejection; the task's
     /// `latest` key in this store is left as it was, if it had one.
     pub fn fetch_key(&self, cache: &Cache, key: &Digest) -> Result<Option<EntryMeta>, RemoteError> {
         let r = self.fetch_key_inner(cache, key);
@@ -153,6 +159,8 @@ impl Remote {
         cache
             .index
             .set_recipe(&KeyBuilder::recipe(&m.task_digest, &m.deps), key)?;
+        // NB: a hit with route `remote` in `dagfs stats`, as a run's is.
+        cache.index.record_hit(crate::index::stats::Route::Remote)?;
         // NB: a lookup is a read: the task's latest key in this store (what
         // `/dags` shows, what `explain` compares with) stays as it was.
         if let Some((l, moved)) = latest {

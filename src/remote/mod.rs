@@ -27,7 +27,7 @@
 //! and counted, and the task runs. tokio runs on one dedicated thread of
 //! this module's own runtime; callers block (`Remote` is synchronous).
 
-mod by_key;
+pub mod by_key;
 pub mod client;
 pub mod config;
 pub mod error;
