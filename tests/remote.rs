@@ -959,6 +959,10 @@ fn uploads_pending_at_a_daemon_kill_are_sent_by_the_next() {
     let t = ok(&run_in(&a, &file, &[]));
     assert_eq!(lines(&t, "ran ").len(), 5, "{t}");
     assert_eq!(queued(&a), 5, "{t}");
+    let o = dagfs(&a, &["remote", "status", "--json"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(15), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["queued"], 5, "{v}");
     // SAFETY: kill(2) on the daemon this test started.
     unsafe {
         libc::kill(m.pid, libc::SIGKILL);
