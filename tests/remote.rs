@@ -970,12 +970,27 @@ fn uploads_pending_at_a_daemon_kill_are_sent_by_the_next() {
     drop(m); // unmounts the dead mount, waits for the process to go
     assert_eq!(queued(&a), 5);
 
-    let bg = BuildGrid::start_on(port);
+    // The next daemon sends them at its start, unasked.
+    let mut bg = BuildGrid::start_on(port);
     let m = mounted(&a, &mnt, "").unwrap();
-    let t = ok(&dagfs(&a, &["remote", "flush"]).output().unwrap());
-    assert_eq!(queued(&a), 0, "{t}");
+    common::wait_for("the uploads at start", || queued(&a) == 0);
     let log = std::fs::read_to_string(a.join("daemon.log")).unwrap();
     assert!(log.contains("remote: uploaded 5 result(s)"), "{log}");
+
+    // Server gone again: a flush fails (exit 15, the uploader's remote off
+    // for a minute); once it is back, a flush through the same daemon
+    // tries it again at once and waits until all is sent.
+    bg.kill();
+    for k in outputs_keys(&a) {
+        std::fs::write(a.join("remote-queue").join(k), "").unwrap();
+    }
+    let o = dagfs(&a, &["remote", "flush"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(15), "{}", text(&o));
+    assert_eq!(queued(&a), 5);
+    let bg = BuildGrid::start_on(port);
+    let t = ok(&dagfs(&a, &["remote", "flush"]).output().unwrap());
+    assert_eq!(queued(&a), 0, "{t}");
+    assert!(t.contains("remote: uploaded 5"), "{t}");
     drop(m);
     fsck_clean(&a);
     let t = ok(&run_in(&b, &file, &["--remote", &bg.url()]));

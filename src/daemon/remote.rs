@@ -94,6 +94,12 @@ impl Settings {
         }
     }
 
+    /// Forget the remote in force: the next use connects afresh (a user's
+    /// `remote flush` re-probes a server the breaker turned off).
+    pub fn reset(&self) {
+        *lock(&self.current) = None;
+    }
+
     /// The remote the uploader sends to, if uploads are on.
     pub fn uploading(&self) -> Option<Arc<Remote>> {
         self.remote().filter(|r| r.uploads())
@@ -170,6 +176,9 @@ impl Uploader {
     /// Drain and wait for a drain that started after this call: its report,
     /// or why there was none (no remote uploading, the daemon stopping).
     pub fn flush(&self) -> Result<UploadReport, String> {
+        // NB: asked for by a user: a server the breaker turned off is tried
+        // again now, not after `REPROBE`.
+        self.settings.reset();
         let n = self.poke();
         let mut st = lock(&self.st);
         while st.finished < n {
