@@ -822,5 +822,14 @@ mod tests {
         let v = parse_opts(&["verify=always".into()]).unwrap();
         assert_eq!(v.verify, Verify::Always);
         assert!(parse_opts(&["verify=maybe".into()]).is_err());
+        assert_eq!(parse_opts(&[]).unwrap().remote_timeout, REMOTE_TIMEOUT);
+        for (v, ms) in [("250ms", 250), ("2s", 2000), ("1m", 60_000)] {
+            let o = parse_opts(&[format!("remote_timeout={v}")]).unwrap();
+            assert_eq!(o.remote_timeout, Duration::from_millis(ms), "{v}");
+        }
+        for v in ["0s", "soon", "11m", ""] {
+            let e = parse_opts(&[format!("remote_timeout={v}")]).unwrap_err();
+            assert!(e.to_string().contains("remote_timeout"), "{v}: {e}");
+        }
     }
 }
