@@ -1231,3 +1231,62 @@ fn a_forged_key_record_is_rejected_by_the_mount() {
     assert_eq!(outputs_keys(&b), [copy.to_hex()]);
     fsck_clean(&b);
 }
+
+/// A key a run of the daemon is computing right now is left to that run:
+/// a lookup meanwhile is EIO (not a second publisher of the key), and
+/// once the run is done the key is there, the run's own.
+#[test]
+fn a_key_a_run_is_computing_is_left_to_it() {
+    let bg = BuildGrid::start();
+    let e = env();
+    let (a, b) = (e.root.join("a"), e.root.join("b"));
+    let dir = e.root.join("p");
+    std::fs::create_dir_all(&dir).unwrap();
+    let (mark, go) = (e.root.join("started"), e.root.join("go"));
+    let file = dir.join("dagfs.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "name = \"gated\"\n[tasks.gate]\nrun = 'touch {}; while [ ! -e {} ]; do sleep 0.05; done; echo gate > \"$DAGFS_OUT/g\"'\n",
+            mark.display(),
+            go.display()
+        ),
+    )
+    .unwrap();
+    config(&a, "remote", &bg.url());
+    config(&a, "remote_upload", "on");
+    patient(&a);
+    std::fs::write(&go, "").unwrap();
+    ok(&run_in(&a, &file, &[]));
+    let key = entry_of(&a, "gate").key.to_hex();
+    std::fs::remove_file(&go).unwrap();
+    std::fs::remove_file(&mark).unwrap();
+
+    config(&b, "remote", &bg.url());
+    patient(&b);
+    let mnt = e.root.join("mnt-b");
+    let Some(m) = mounted(&b, &mnt, "") else {
+        return;
+    };
+    let child = dagfs(&b, &["run", "--no-remote", "-f", file.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    common::wait_for("the gate task", || mark.exists());
+    let r = std::fs::read_dir(mnt.join("keys").join(&key));
+    std::fs::write(&go, "").unwrap();
+    let t = ok(&child.wait_with_output().unwrap());
+    assert_eq!(errno_of(r), Some(libc::EIO), "{t}");
+    assert!(t.contains("ran   gate"), "{t}");
+    assert_eq!(
+        std::fs::read_to_string(mnt.join("keys").join(&key).join("g")).unwrap(),
+        "gate\n"
+    );
+    let log = std::fs::read_to_string(b.join("daemon.log")).unwrap();
+    assert!(log.contains("a run is computing it now"), "{log}");
+    drop(m);
+    let e_b = entry_of(&b, "gate");
+    assert!(e_b.origin.is_none(), "the run's own entry: {e_b:?}");
+    fsck_clean(&b);
+}

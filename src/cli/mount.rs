@@ -30,7 +30,7 @@ use dagfs::daemon::server::{Server, ServerConfig};
 use dagfs::daemon::view::CacheView;
 use dagfs::daemon::watches::Watches;
 use dagfs::daemon::{client, Gauges};
-use dagfs::exec::scheduler::Change;
+use dagfs::exec::scheduler::{Change, Inflight};
 use dagfs::fs::invalidate::Invalidator;
 use dagfs::fs::{self as dfs, DagFs, FsCounters, FsOptions, Passthrough, Verify};
 use dagfs::host::mounts;
@@ -614,6 +614,7 @@ fn watch_for_stop(
 /// background uploader, the mount's lookups.
 fn remote_tier(
     cache: &Arc<Cache>,
+    runs: &Arc<Inflight>,
     o: &MountOpts,
 ) -> Result<(Arc<Uploader>, Arc<Lookups>), CliError> {
     let var = |k: &str| std::env::var(k).ok();
@@ -624,7 +625,8 @@ fn remote_tier(
     ));
     let uploader = Uploader::start(settings.clone())
         .map_err(|e| CliError::Mount(format!("cannot start the uploader: {e}")))?;
-    Ok((uploader, Arc::new(Lookups::new(settings, o.remote_timeout))))
+    let lookups = Lookups::new(settings, runs.clone(), o.remote_timeout);
+    Ok((uploader, Arc::new(lookups)))
 }
 
 /// The daemon.
@@ -644,9 +646,11 @@ fn serve(
     let read_only = cache.store.read_only().is_some();
     let gauges = Arc::new(Gauges::default());
     let mut view = CacheView::new(cache.clone(), gauges.clone());
+    // The runs' claims, shared by every request (identical keys join).
+    let inflight: Arc<Inflight> = Arc::default();
     let (mut uploader, mut lookups) = (None, None);
     if !read_only {
-        let (u, l) = remote_tier(&cache, o)?;
+        let (u, l) = remote_tier(&cache, &inflight, o)?;
         view = view.with_lookups(l.clone());
         (uploader, lookups) = (Some(u), Some(l));
     }
@@ -669,7 +673,7 @@ fn serve(
         uis: Some(uis.clone()),
         watches: Some(watches.clone()),
         session: None,
-        inflight: Arc::default(),
+        inflight,
         inputs_via: Some(mnt.to_path_buf()),
         running: Some(gauges.inflight_tasks.clone()),
         syncs: Some(gauges.syncs.clone()),

@@ -19,7 +19,8 @@
 //! the mount's deadline: past it, or on any error, the lookup answers EIO
 //! (the fetch goes on, and a later lookup finds the entry or joins it).
 //! Concurrent lookups of one key share one fetch; a key the server does
-//! not know is remembered for `NEGATIVE_TTL`.
+//! not know is remembered for `NEGATIVE_TTL`; a key a run of the daemon
+//! holds (`Inflight`) is left to that run (EIO now, there once it ends).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -27,6 +28,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::cache::Cache;
+use crate::exec::scheduler::Inflight;
 use crate::hash::Digest;
 use crate::remote::{queue, Remote, RemoteConfig, RemoteUrl, UploadReport};
 
@@ -319,6 +321,8 @@ type Slot = Arc<(Mutex<Option<Result<bool, String>>>, Condvar)>;
 /// Lookups of keys the store lacks (module header).
 pub struct Lookups {
     settings: Arc<Settings>,
+    /// The daemon's runs' claims: a key one of them holds is theirs.
+    runs: Arc<Inflight>,
     deadline: Duration,
     negative: Mutex<HashMap<Digest, Instant>>,
     inflight: Mutex<HashMap<Digest, Slot>>,
@@ -326,9 +330,10 @@ pub struct Lookups {
 }
 
 impl Lookups {
-    pub fn new(settings: Arc<Settings>, deadline: Duration) -> Lookups {
+    pub fn new(settings: Arc<Settings>, runs: Arc<Inflight>, deadline: Duration) -> Lookups {
         Lookups {
             settings,
+            runs,
             deadline,
             negative: Mutex::new(HashMap::new()),
             inflight: Mutex::new(HashMap::new()),
@@ -365,6 +370,14 @@ impl Lookups {
                 None => {
                     if self.stopping.load(Ordering::Relaxed) {
                         return Err(LookupFailed("the daemon is stopping".into()));
+                    }
+                    // NB: a run of this daemon is executing or fetching it
+                    // now: two publishers of one key could leave its index
+                    // row and its record naming different outputs.
+                    if self.runs.holds(key) {
+                        let why = "a run is computing it now; look again when it is done";
+                        eprintln!("dagfs: remote: lookup of {}: {why}", key.short());
+                        return Err(LookupFailed(why.into()));
                     }
                     let Some(remote) = self.settings.remote() else {
                         return Ok(false);
