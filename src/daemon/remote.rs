@@ -137,6 +137,8 @@ pub struct Uploader {
     cv: Condvar,
     stop: AtomicBool,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Why the last drain left something queued (logged once).
+    last_failure: Mutex<Option<String>>,
 }
 
 impl Uploader {
@@ -152,6 +154,7 @@ impl Uploader {
             cv: Condvar::new(),
             stop: AtomicBool::new(false),
             thread: Mutex::new(None),
+            last_failure: Mutex::new(None),
         });
         let me = u.clone();
         let t = std::thread::Builder::new()
@@ -293,7 +296,11 @@ impl Uploader {
             r.failed
                 .push((k.to_hex(), "a run is still committing it".into()));
         }
-        if r.uploaded > 0 || !r.failed.is_empty() {
+        // NB: a server down for days is retried every `RETRY`: the same
+        // failure is logged once, not every minute.
+        let why = r.failed.first().map(|(_, w)| w.clone());
+        let repeat = r.uploaded == 0 && why.is_some() && *lock(&self.last_failure) == why;
+        if (r.uploaded > 0 || why.is_some()) && !repeat {
             eprintln!(
                 "dagfs: remote: uploaded {} result(s) to {} in {} ms ({} blobs, {} bytes sent){}",
                 r.uploaded,
@@ -301,13 +308,13 @@ impl Uploader {
                 t.elapsed().as_millis(),
                 r.blobs_sent,
                 r.bytes_sent,
-                if r.failed.is_empty() {
-                    String::new()
-                } else {
-                    format!("; {} still queued", r.failed.len())
+                match &why {
+                    None => String::new(),
+                    Some(w) => format!("; {} still queued ({w})", r.failed.len()),
                 }
             );
         }
+        *lock(&self.last_failure) = why;
         Ok(r)
     }
 }
