@@ -257,7 +257,9 @@ impl Uploader {
                 }
                 st.asked
             };
-            let r = self.drain();
+            // NB: a panic must not leave a `remote flush` waiting forever.
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.drain()))
+                .unwrap_or_else(|_| Err("the uploader panicked (see daemon.log)".into()));
             let left = queue::len(self.settings.cache.store.root()) > 0;
             let mut st = lock(&self.st);
             st.finished = n;
@@ -431,13 +433,18 @@ impl Lookups {
 
     fn run(&self, remote: Arc<Remote>, key: Digest, slot: Slot) {
         let cache = &self.settings.cache;
-        let r = match remote.fetch_key(cache, &key) {
-            Ok(Some(_)) => Ok(true),
-            Ok(None) => {
+        // NB: a panic must still fill the slot and free the key.
+        let got = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            remote.fetch_key(cache, &key)
+        }));
+        let r = match got {
+            Ok(Ok(Some(_))) => Ok(true),
+            Ok(Ok(None)) => {
                 lock(&self.negative).insert(key, Instant::now());
                 Ok(false)
             }
-            Err(e) => Err(e.to_string()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("the fetch panicked (see daemon.log)".into()),
         };
         if let Err(e) = &r {
             eprintln!("dagfs: remote: lookup of {}: {e}", key.short());
