@@ -872,3 +872,430 @@ fn through_the_daemon() {
     drop(m);
     fsck_clean(&b);
 }
+
+// ---------------------------------------------------------------------------
+// the daemon: background uploads, lookups answered from the remote
+// ---------------------------------------------------------------------------
+
+/// Mounted, or None (the test is skipped) where FUSE cannot be had.
+fn mounted(store: &Path, mnt: &Path, opts: &str) -> Option<common::Mounted> {
+    let m = if opts.is_empty() {
+        common::Mounted::try_new(store, mnt)
+    } else {
+        Ok(common::Mounted::with_options(store, mnt, opts))
+    };
+    match m {
+        Ok(m) => Some(m),
+        Err(why) => {
+            eprintln!("skipping: {why}");
+            None
+        }
+    }
+}
+
+/// Through a daemon, `dagfs run` returns before its results are uploaded;
+/// the daemon's uploader sends them, and a second store then gets them
+/// all from the server. `remote status` shows the queue and the uploader.
+#[test]
+fn the_daemon_uploads_in_the_background() {
+    let bg = BuildGrid::start();
+    let e = env();
+    let (a, b) = (e.root.join("a"), e.root.join("b"));
+    let file = pipeline(&e.root.join("p"), "bgup", "report");
+    config(&a, "remote", &bg.url());
+    config(&a, "remote_upload", "on");
+    patient(&a);
+    let Some(m) = mounted(&a, &e.root.join("mnt-a"), "") else {
+        return;
+    };
+    let t0 = Instant::now();
+    let t = ok(&run_in(&a, &file, &[]));
+    let ran_ms = t0.elapsed().as_millis();
+    assert_eq!(lines(&t, "ran ").len(), 5, "{t}");
+    assert!(
+        t.contains("queued; the daemon uploads in the background"),
+        "{t}"
+    );
+    assert!(!t.contains("remote: uploaded"), "{t}");
+    common::wait_for("the background uploads", || queued(&a) == 0);
+    eprintln!(
+        "run through the daemon: {ran_ms} ms; queue empty {} ms after it started",
+        t0.elapsed().as_millis()
+    );
+    let st = ok(&dagfs(&a, &["remote", "status"]).output().unwrap());
+    assert!(st.contains("queued           0"), "{st}");
+    assert!(st.contains("uploader         the daemon's"), "{st}");
+    let log = std::fs::read_to_string(a.join("daemon.log")).unwrap();
+    assert!(log.contains("remote: uploaded 5 result(s)"), "{log}");
+    // Nothing left to do: flush through the daemon returns at once.
+    let t = ok(&dagfs(&a, &["remote", "flush"]).output().unwrap());
+    assert!(t.contains("remote: uploaded 0"), "{t}");
+    drop(m);
+    let t = ok(&run_in(&b, &file, &["--remote", &bg.url()]));
+    assert!(t.contains("0 executed, 5 cached"), "{t}");
+    assert!(t.contains("remote: 5 hits, 0 misses, 0 rejected"), "{t}");
+    assert_eq!(outputs(&a), outputs(&b));
+    fsck_clean(&a);
+    fsck_clean(&b);
+}
+
+/// A daemon killed (-9) with its uploads pending (the server was down):
+/// the next daemon uploads them at start, and `remote flush` through it
+/// waits until the queue is empty.
+#[test]
+fn uploads_pending_at_a_daemon_kill_are_sent_by_the_next() {
+    let port = free_port();
+    let url = format!("grpc://127.0.0.1:{port}");
+    let e = env();
+    let (a, b) = (e.root.join("a"), e.root.join("b"));
+    let file = pipeline(&e.root.join("p"), "killed", "report");
+    config(&a, "remote", &url);
+    config(&a, "remote_upload", "on");
+    patient(&a);
+    let mnt = e.root.join("mnt-a");
+    let Some(m) = mounted(&a, &mnt, "") else {
+        return;
+    };
+    let t = ok(&run_in(&a, &file, &[]));
+    assert_eq!(lines(&t, "ran ").len(), 5, "{t}");
+    assert_eq!(queued(&a), 5, "{t}");
+    let o = dagfs(&a, &["remote", "status", "--json"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(15), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["queued"], 5, "{v}");
+    // SAFETY: kill(2) on the daemon this test started.
+    unsafe {
+        libc::kill(m.pid, libc::SIGKILL);
+    }
+    drop(m); // unmounts the dead mount, waits for the process to go
+    assert_eq!(queued(&a), 5);
+
+    // The next daemon sends them at its start, unasked.
+    let mut bg = BuildGrid::start_on(port);
+    let m = mounted(&a, &mnt, "").unwrap();
+    common::wait_for("the uploads at start", || queued(&a) == 0);
+    let log = std::fs::read_to_string(a.join("daemon.log")).unwrap();
+    assert!(log.contains("remote: uploaded 5 result(s)"), "{log}");
+
+    // Server gone again: a flush fails (exit 15, the uploader's remote off
+    // for a minute); once it is back, a flush through the same daemon
+    // tries it again at once and waits until all is sent.
+    bg.kill();
+    for k in outputs_keys(&a) {
+        std::fs::write(a.join("remote-queue").join(k), "").unwrap();
+    }
+    let o = dagfs(&a, &["remote", "flush"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(15), "{}", text(&o));
+    assert_eq!(queued(&a), 5);
+    let bg = BuildGrid::start_on(port);
+    let t = ok(&dagfs(&a, &["remote", "flush"]).output().unwrap());
+    assert_eq!(queued(&a), 0, "{t}");
+    assert!(t.contains("remote: uploaded 5"), "{t}");
+    drop(m);
+    fsck_clean(&a);
+    let t = ok(&run_in(&b, &file, &["--remote", &bg.url()]));
+    assert!(t.contains("remote: 5 hits, 0 misses, 0 rejected"), "{t}");
+    assert_eq!(outputs(&a), outputs(&b));
+}
+
+fn errno_of(r: std::io::Result<impl Sized>) -> Option<i32> {
+    r.err().and_then(|e| e.raw_os_error())
+}
+
+/// A key the store lacks, looked up through its mount, is fetched from
+/// the remote (whole, verified) and shown; an unknown key is ENOENT and
+/// asked once; a hung server and a dead one answer EIO within the
+/// mount's deadline, never an empty directory.
+#[test]
+fn lookups_through_the_mount_are_answered_from_the_remote() {
+    let mut bg = BuildGrid::start();
+    let e = env();
+    let (a, b) = (e.root.join("a"), e.root.join("b"));
+    let file = pipeline(&e.root.join("p"), "bykey", "report");
+    config(&a, "remote", &bg.url());
+    config(&a, "remote_upload", "on");
+    patient(&a);
+    ok(&run_in(&a, &file, &[]));
+    assert_eq!(queued(&a), 0);
+    let key = |task: &str| entry_of(&a, task).key.to_hex();
+
+    config(&b, "remote", &bg.url());
+    patient(&b);
+    let mnt = e.root.join("mnt-b");
+    let Some(m) = mounted(&b, &mnt, "passthrough=off,remote_timeout=2s") else {
+        return;
+    };
+    let keys = mnt.join("keys");
+    let t0 = Instant::now();
+    let count = std::fs::read_to_string(keys.join(key("report")).join("count")).unwrap();
+    eprintln!(
+        "first lookup and read through the mount: {} ms",
+        t0.elapsed().as_millis()
+    );
+    assert_eq!(count.trim(), "5324800");
+    let mut names: Vec<String> = std::fs::read_dir(keys.join(key("gen")))
+        .unwrap()
+        .map(|d| d.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["b.txt", "link", "sub"]);
+    assert_eq!(
+        std::fs::read_to_string(keys.join(key("gen")).join("sub/deeper/d.txt")).unwrap(),
+        "deep\n"
+    );
+    assert_eq!(
+        std::fs::read_link(keys.join(key("gen")).join("link")).unwrap(),
+        Path::new("b.txt")
+    );
+    // A key nobody has: ENOENT, and the server is asked once.
+    let unknown = "ab".repeat(32);
+    for _ in 0..3 {
+        assert_eq!(
+            errno_of(std::fs::metadata(keys.join(&unknown))),
+            Some(libc::ENOENT)
+        );
+    }
+    // A prefix is not a key: only full keys are asked of the server.
+    assert_eq!(
+        errno_of(std::fs::metadata(keys.join(&key("copy")[..12]))),
+        Some(libc::ENOENT)
+    );
+    let o = dagfs(&b, &["stats", "--json"]).output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["remote"]["misses"], 1, "{v}");
+
+    // A hung server: EIO at the deadline (2 s), not a hang.
+    let pgid = bg.child.as_ref().unwrap().id() as i32;
+    // SAFETY: kill(2) on the process group the harness made.
+    unsafe { libc::kill(-pgid, libc::SIGSTOP) };
+    let t0 = Instant::now();
+    let r = std::fs::read_dir(keys.join(key("copy")));
+    let waited = t0.elapsed();
+    // SAFETY: as above.
+    unsafe { libc::kill(-pgid, libc::SIGCONT) };
+    assert_eq!(errno_of(r), Some(libc::EIO));
+    eprintln!(
+        "lookup with the server stopped: EIO after {} ms",
+        waited.as_millis()
+    );
+    assert!(waited >= Duration::from_millis(1900), "{waited:?}");
+    assert!(waited < Duration::from_secs(8), "{waited:?}");
+    // The fetch went on once the server woke: the entry is there.
+    common::wait_for("the fetch to finish", || {
+        std::fs::read_dir(keys.join(key("copy"))).is_ok()
+    });
+    assert_eq!(
+        std::fs::read_to_string(keys.join(key("copy")).join("copied")).unwrap(),
+        "the input\n"
+    );
+
+    let o = dagfs(&b, &["stats", "--json"]).output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["hits_by_route"]["remote"], 3, "{v}");
+    assert_eq!(v["total_entries"], 3, "{v}");
+
+    // A dead server: EIO, at once.
+    bg.kill();
+    let t0 = Instant::now();
+    let r = std::fs::read_dir(keys.join(key("big")));
+    let waited = t0.elapsed();
+    assert_eq!(errno_of(r), Some(libc::EIO));
+    eprintln!(
+        "lookup with the server dead: EIO after {} ms",
+        waited.as_millis()
+    );
+    assert!(waited < Duration::from_secs(4), "{waited:?}");
+    drop(m);
+    fsck_clean(&b);
+}
+
+/// `dagfs umount` while the daemon's uploader is busy: the daemon stops
+/// promptly, what it did not send stays queued, and nothing wrong was
+/// sent (a consumer verifies all of it after a flush).
+#[test]
+fn unmount_while_uploading_stops_promptly_and_loses_nothing() {
+    let bg = BuildGrid::start();
+    let e = env();
+    let (a, b) = (e.root.join("a"), e.root.join("b"));
+    let dir = e.root.join("p");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut toml = String::from("name = \"stopped\"\n");
+    for i in 0..24 {
+        toml += &format!(
+            "[tasks.t{i}]\nrun = 'head -c 1000000 /dev/urandom > \"$DAGFS_OUT/r\"; echo {i} > \"$DAGFS_OUT/i\"'\n"
+        );
+    }
+    let file = dir.join("dagfs.toml");
+    std::fs::write(&file, toml).unwrap();
+    config(&a, "remote", &bg.url());
+    config(&a, "remote_upload", "on");
+    patient(&a);
+    let mnt = e.root.join("mnt-a");
+    let Some(m) = mounted(&a, &mnt, "") else {
+        return;
+    };
+    ok(&run_in(&a, &file, &[]));
+    common::wait_for("the first upload", || queued(&a) < 24);
+    let t0 = Instant::now();
+    ok(&dagfs(&a, &["umount", mnt.to_str().unwrap()])
+        .output()
+        .unwrap());
+    common::wait_for("the daemon to exit", || !common::pid_alive(m.pid));
+    let took = t0.elapsed();
+    let left = queued(&a);
+    eprintln!(
+        "umount with uploads under way: daemon gone after {} ms, {left} of 24 left queued",
+        took.as_millis()
+    );
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    drop(m);
+    fsck_clean(&a);
+    let t = ok(&dagfs(&a, &["remote", "flush"]).output().unwrap());
+    assert_eq!(queued(&a), 0, "{t}");
+    let t = ok(&run_in(&b, &file, &["--remote", &bg.url()]));
+    assert!(t.contains("remote: 24 hits, 0 misses, 0 rejected"), "{t}");
+    assert_eq!(outputs(&a), outputs(&b));
+}
+
+/// A key record on the server that names another key's entry record (a
+/// poisoned or mixed-up cache): the lookup through the mount is EIO,
+/// counted as rejected, and nothing is stored; the right key still works.
+#[test]
+fn a_forged_key_record_is_rejected_by_the_mount() {
+    use bazel_remote_apis::build::bazel::remote::execution::v2 as re;
+    use dagfs::remote::by_key::key_action_digest;
+    use dagfs::remote::mapping::DigestFn;
+    let bg = BuildGrid::start();
+    let e = env();
+    let (a, b) = (e.root.join("a"), e.root.join("b"));
+    let file = pipeline(&e.root.join("p"), "forged", "report");
+    config(&a, "remote", &bg.url());
+    config(&a, "remote_upload", "on");
+    patient(&a);
+    ok(&run_in(&a, &file, &[]));
+    let (gen, copy) = (entry_of(&a, "gen").key, entry_of(&a, "copy").key);
+    let (dg, dc) = (
+        key_action_digest(&gen, DigestFn::Sha256),
+        key_action_digest(&copy, DigestFn::Sha256),
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut ac = re::action_cache_client::ActionCacheClient::connect(format!(
+            "http://127.0.0.1:{}",
+            bg.port
+        ))
+        .await
+        .unwrap();
+        let r_copy = ac
+            .get_action_result(re::GetActionResultRequest {
+                action_digest: Some(dc),
+                ..Default::default()
+            })
+            .await
+            .expect("the uploader filed copy's record under its key")
+            .into_inner();
+        // gen's key now names copy's record.
+        ac.update_action_result(re::UpdateActionResultRequest {
+            action_digest: Some(dg),
+            action_result: Some(r_copy),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    });
+    config(&b, "remote", &bg.url());
+    patient(&b);
+    let mnt = e.root.join("mnt-b");
+    let Some(m) = mounted(&b, &mnt, "") else {
+        return;
+    };
+    let keys = mnt.join("keys");
+    assert_eq!(
+        errno_of(std::fs::read_dir(keys.join(gen.to_hex()))),
+        Some(libc::EIO)
+    );
+    assert_eq!(
+        std::fs::read_to_string(keys.join(copy.to_hex()).join("copied")).unwrap(),
+        "the input\n"
+    );
+    let o = dagfs(&b, &["stats", "--json"]).output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["remote"]["rejected"], 1, "{v}");
+    assert_eq!(v["hits_by_route"]["remote"], 1, "{v}");
+    let log = std::fs::read_to_string(b.join("daemon.log")).unwrap();
+    assert!(log.contains("for another key"), "{log}");
+    drop(m);
+    assert_eq!(outputs_keys(&b), [copy.to_hex()]);
+    fsck_clean(&b);
+}
+
+/// A key a run of the daemon is computing right now is left to that run:
+/// a lookup meanwhile is EIO (not a second publisher of the key), and
+/// once the run is done the key is there, the run's own.
+#[test]
+fn a_key_a_run_is_computing_is_left_to_it() {
+    let bg = BuildGrid::start();
+    let e = env();
+    let (a, b) = (e.root.join("a"), e.root.join("b"));
+    let dir = e.root.join("p");
+    std::fs::create_dir_all(&dir).unwrap();
+    let (mark, go) = (e.root.join("started"), e.root.join("go"));
+    let file = dir.join("dagfs.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "name = \"gated\"\n[tasks.gate]\nrun = 'touch {}; while [ ! -e {} ]; do sleep 0.05; done; echo gate > \"$DAGFS_OUT/g\"'\n",
+            mark.display(),
+            go.display()
+        ),
+    )
+    .unwrap();
+    config(&a, "remote", &bg.url());
+    config(&a, "remote_upload", "on");
+    patient(&a);
+    std::fs::write(&go, "").unwrap();
+    ok(&run_in(&a, &file, &[]));
+    let key = entry_of(&a, "gate").key.to_hex();
+    std::fs::remove_file(&go).unwrap();
+    std::fs::remove_file(&mark).unwrap();
+
+    config(&b, "remote", &bg.url());
+    patient(&b);
+    let mnt = e.root.join("mnt-b");
+    let Some(m) = mounted(&b, &mnt, "") else {
+        return;
+    };
+    /// Opens the gate when dropped: no task is left waiting if this test
+    /// fails half way.
+    struct Gate(PathBuf);
+    impl Drop for Gate {
+        fn drop(&mut self) {
+            let _ = std::fs::write(&self.0, "");
+        }
+    }
+    let gate = Gate(go.clone());
+    let child = dagfs(&b, &["run", "--no-remote", "-f", file.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    common::wait_for("the gate task", || mark.exists());
+    let r = std::fs::read_dir(mnt.join("keys").join(&key));
+    drop(gate);
+    let t = ok(&child.wait_with_output().unwrap());
+    assert_eq!(errno_of(r), Some(libc::EIO), "{t}");
+    assert!(t.contains("ran   gate"), "{t}");
+    assert_eq!(
+        std::fs::read_to_string(mnt.join("keys").join(&key).join("g")).unwrap(),
+        "gate\n"
+    );
+    let log = std::fs::read_to_string(b.join("daemon.log")).unwrap();
+    assert!(log.contains("a run is computing it now"), "{log}");
+    drop(m);
+    let e_b = entry_of(&b, "gate");
+    assert!(e_b.origin.is_none(), "the run's own entry: {e_b:?}");
+    fsck_clean(&b);
+}

@@ -1,6 +1,7 @@
 //! The remote tier against a test double built on the REAPI crate's server
 //! stubs, for what a real BuildGrid cannot do: BLAKE3 (BuildGrid speaks
-//! SHA-256 only), a slow server, a server answering UNAVAILABLE, and a blob
+//! SHA-256 only), a slow server (lookups or writes), a server answering
+//! UNAVAILABLE, and a blob
 //! evicted after its result was written (BuildGrid checks the blobs of a
 //! result itself and answers a miss). Tests only; tests/remote.rs runs the
 //! rest against BuildGrid.
@@ -25,6 +26,8 @@ struct State {
     ac: HashMap<String, re::ActionResult>,
     /// Every GetActionResult waits this long.
     delay: Duration,
+    /// Every UpdateActionResult waits this long.
+    write_delay: Duration,
     /// Every call answers UNAVAILABLE.
     unavailable: bool,
     /// digest_function of every request seen.
@@ -98,6 +101,8 @@ impl re::action_cache_server::ActionCache for Double {
     ) -> Result<Response<re::ActionResult>, Status> {
         let r = r.into_inner();
         self.check(r.digest_function)?;
+        let delay = self.state().write_delay;
+        tokio::time::sleep(delay).await;
         let a = r.action_result.unwrap_or_default();
         self.state()
             .ac
@@ -489,4 +494,84 @@ fn non_utf8_names_stay_local() {
     let o = dagfs(&a, &["stats", "--json"]).output().unwrap();
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["remote"]["local_only"], 1, "{v}");
+}
+
+/// Through a daemon, with a server slow to take results (1 s per
+/// UpdateActionResult, two per entry): `dagfs run` returns with its
+/// uploads still queued, `dagfs remote flush` waits until the daemon's
+/// uploader has sent them all; then a second store, mounted, reads an
+/// entry by key from the server (BLAKE3 mode).
+#[test]
+fn the_daemon_uploads_in_the_background_and_flush_waits() {
+    let s = Served::start();
+    let e = env();
+    let (a, b) = (e.root.join("a"), e.root.join("b"));
+    let file = pipeline(&e.root.join("p"));
+    config(&a, "remote", &s.url());
+    config(&a, "remote_upload", "on");
+    s.double.state().write_delay = Duration::from_secs(1);
+    let m = match common::Mounted::try_new(&a, &e.root.join("mnt-a")) {
+        Ok(m) => m,
+        Err(why) => {
+            eprintln!("skipping: {why}");
+            return;
+        }
+    };
+    let t0 = std::time::Instant::now();
+    let t = ok(&run(&a, &file, &[]));
+    let ran = t0.elapsed();
+    let left = queued(&a);
+    eprintln!(
+        "run through the daemon: {} ms, {left} of 5 still queued",
+        ran.as_millis()
+    );
+    assert!(
+        t.contains("5 results queued; the daemon uploads in the background"),
+        "{t}"
+    );
+    // Each entry takes at least 2 s to upload, and the uploader starts
+    // when the run ends: at most one can be done by now, however slow.
+    assert!(left >= 4, "{t}");
+    let t0 = std::time::Instant::now();
+    let o = dagfs(&a, &["remote", "flush"]).output().unwrap();
+    let t = ok(&o);
+    eprintln!(
+        "remote flush through the daemon: {} ms",
+        t0.elapsed().as_millis()
+    );
+    assert_eq!(queued(&a), 0, "{t}");
+    assert!(t0.elapsed() >= Duration::from_secs(2), "{t}");
+    drop(m);
+    s.double.state().write_delay = Duration::ZERO;
+
+    config(&b, "remote", &s.url());
+    let m = match common::Mounted::try_new(&b, &e.root.join("mnt-b")) {
+        Ok(m) => m,
+        Err(why) => panic!("{why}"),
+    };
+    let key = entry_key(&a, "big");
+    let big = std::fs::read(m.mnt.join("keys").join(&key).join("big")).unwrap();
+    assert_eq!(big.len(), 1200 * 1024);
+    drop(m);
+    fsck_clean(&b);
+}
+
+fn queued(store: &Path) -> usize {
+    std::fs::read_dir(store.join("remote-queue"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// The key of `task`'s entry in `store`.
+fn entry_key(store: &Path, task: &str) -> String {
+    for shard in std::fs::read_dir(store.join("entries")).unwrap() {
+        for e in std::fs::read_dir(shard.unwrap().path()).unwrap() {
+            let e =
+                dagfs::store::Entry::from_json(&std::fs::read(e.unwrap().path()).unwrap()).unwrap();
+            if e.task == task {
+                return e.key.to_hex();
+            }
+        }
+    }
+    panic!("no entry for {task}");
 }

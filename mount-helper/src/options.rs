@@ -3,7 +3,7 @@
 //! | option | what the helper does |
 //! |---|---|
 //! | `allow_other`, `debug`, `nonempty` | passed on (`dagfs` pairs `allow_other` with `default_permissions`) |
-//! | `passthrough=auto\|on\|off`, `threads=N`, `verify=first-open\|always\|off` | checked, passed on; the last one given wins |
+//! | `passthrough=auto\|on\|off`, `threads=N`, `verify=first-open\|always\|off`, `remote_timeout=DURATION` | checked (a duration: digits and a unit; `dagfs` checks the unit), passed on; the last one given wins |
 //! | `nosuid`, `nodev`, `noexec`/`exec`, `noatime`/`relatime` | passed on (`dagfs` accepts them); of a pair, the last wins |
 //! | `store=PATH` | the store, instead of SOURCE; the last one wins; not passed on (it becomes `--store`) |
 //! | `ro`, `default_permissions` | dropped: dagfs is always read-only, and adds `default_permissions` itself |
@@ -77,6 +77,13 @@ fn classify(name: &str) -> Option<Class> {
         "threads" => Class::Value {
             expected: "`threads=N` with N a whole number from 1 up",
             valid: |v| v.parse::<u32>().is_ok_and(|n| n > 0),
+        },
+        "remote_timeout" => Class::Value {
+            expected: "`remote_timeout=DURATION`, e.g. `500ms` or `5s`",
+            valid: |v| {
+                let n = v.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+                n != v && !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())
+            },
         },
         "store" => Class::Store,
         "ro" => Class::Drop("dagfs always mounts read-only"),
@@ -189,6 +196,12 @@ mod tests {
             ["allow_other", "passthrough=off", "debug", "threads=4"]
         );
         assert_eq!(forward("verify=always,verify=off"), ["verify=off"]);
+        assert_eq!(
+            forward("remote_timeout=5s,remote_timeout=500ms"),
+            ["remote_timeout=500ms"]
+        );
+        assert!(normalize(&opts("remote_timeout=5"), false, false).is_err());
+        assert!(normalize(&opts("remote_timeout=soon"), false, false).is_err());
         // dagfs refuses a non-empty mount point without it.
         assert_eq!(forward("nonempty"), ["nonempty"]);
         assert!(normalize(&opts("verify=sometimes"), false, false).is_err());

@@ -346,6 +346,8 @@ pub struct Ctx {
     pub watches: Option<Arc<dagfs::daemon::watches::Watches>>,
     /// The daemon's: the web views it serves.
     pub uis: Option<Arc<crate::ui::Servers>>,
+    /// The daemon's: its background uploader (`daemon::remote`).
+    pub uploader: Option<Arc<dagfs::daemon::remote::Uploader>>,
 }
 
 /// The cache a command uses: opened on first use (embedded; validation
@@ -592,7 +594,7 @@ fn execute(cmd: Cmd, src: &mut CacheSource, io: &mut Io, ctx: &Ctx) -> Result<()
         Cmd::Cat { path } => cat::cat(src.get(io)?, &path, io),
         Cmd::Config { key, value } => inspect::config(src.get(io)?, key, value, io),
         Cmd::Gc { dry_run } => inspect::gc(src.get(io)?, dry_run, io),
-        Cmd::Remote { cmd } => remote_tier::run(cmd, src.get(io)?, io),
+        Cmd::Remote { cmd } => remote_tier::run(cmd, src.get(io)?, io, ctx),
         Cmd::Sync(args) => sync::sync(args, src, io, ctx),
         Cmd::Fsck {
             rebuild_index: true,

@@ -25,11 +25,12 @@ use serde::{Deserialize, Serialize};
 
 use dagfs::cache::{Cache, CacheError};
 use dagfs::daemon::protocol::{Hello, PROTOCOL};
+use dagfs::daemon::remote::{Lookups, Settings as RemoteSettings, Uploader};
 use dagfs::daemon::server::{Server, ServerConfig};
 use dagfs::daemon::view::CacheView;
 use dagfs::daemon::watches::Watches;
 use dagfs::daemon::{client, Gauges};
-use dagfs::exec::scheduler::Change;
+use dagfs::exec::scheduler::{Change, Inflight};
 use dagfs::fs::invalidate::Invalidator;
 use dagfs::fs::{self as dfs, DagFs, FsCounters, FsOptions, Passthrough, Verify};
 use dagfs::host::mounts;
@@ -50,7 +51,8 @@ pub struct MountArgs {
     /// (re-hash a blob before serving it: at its first read, at every open
     /// and read from offset 0, or never; a mismatch is EIO and the blob goes
     /// to <store>/quarantine/), nonempty (mount over a directory that has
-    /// files, hiding them)
+    /// files, hiding them), remote_timeout=DURATION (how long a lookup of
+    /// a key the store lacks waits for the remote before EIO; default 5s)
     #[arg(short = 'o', value_name = "OPTS")]
     pub options: Vec<String>,
     /// Also serve the web view (`dagfs ui`) on this address, loopback
@@ -72,7 +74,13 @@ struct MountOpts {
     verify: Verify,
     /// Mount over a directory that has files (they are hidden meanwhile).
     nonempty: bool,
+    /// How long a lookup of a key the store lacks waits for the remote
+    /// before it answers EIO.
+    remote_timeout: Duration,
 }
+
+/// `-o remote_timeout` when not given.
+const REMOTE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Options generic mount tools pass that mean nothing (or what we always do).
 const IGNORED: [&str; 14] = [
@@ -89,6 +97,7 @@ fn parse_opts(list: &[String]) -> Result<MountOpts, CliError> {
         store: None,
         verify: Verify::FirstOpen,
         nonempty: false,
+        remote_timeout: REMOTE_TIMEOUT,
     };
     for opt in list
         .iter()
@@ -119,9 +128,22 @@ fn parse_opts(list: &[String]) -> Result<MountOpts, CliError> {
                     CliError::Usage(format!("-o threads={n}: want a number from 1 to 256"))
                 })?)
             }
+            ("remote_timeout", Some(v)) => {
+                o.remote_timeout = v
+                    .strip_suffix("ms")
+                    .and_then(|n| n.parse::<u64>().ok())
+                    .map(Duration::from_millis)
+                    .or_else(|| dagfs::index::stats::parse_duration(v))
+                    .filter(|d| !d.is_zero() && *d <= Duration::from_secs(600))
+                    .ok_or_else(|| {
+                        CliError::Usage(format!(
+                            "-o remote_timeout={v}: want a duration like 500ms or 5s (at most 10m)"
+                        ))
+                    })?
+            }
             (k, None) if IGNORED.contains(&k) || k == "relatime" => {}
             (k, _) if k.starts_with("x-") => {}
-            _ => return Err(CliError::Usage(format!("unknown mount option `{opt}` (allow_other, ro, store=DIR, passthrough=auto|on|off, debug, threads=N, verify=first-open|always|off, nonempty)"))),
+            _ => return Err(CliError::Usage(format!("unknown mount option `{opt}` (allow_other, ro, store=DIR, passthrough=auto|on|off, debug, threads=N, verify=first-open|always|off, nonempty, remote_timeout=DURATION)"))),
         }
     }
     Ok(o)
@@ -432,20 +454,18 @@ fn limit_malloc_arenas() {
     }
 }
 
-/// The daemon.
-fn serve(
+/// Open the store for the daemon, waiting for its lock (and telling the
+/// `dagfs mount` that started it why), or giving up on a stop signal, a
+/// daemon that took the store meanwhile, or a starter that is gone.
+fn open_store(
     store: &Path,
-    mnt: &Path,
-    o: &MountOpts,
-    ui: Option<&str>,
+    sigs: &nix::sys::signal::SigSet,
     ready: Option<&OwnedFd>,
-) -> Result<(), CliError> {
-    limit_malloc_arenas();
-    let sigs = super::block_stop_signals();
+) -> Result<Arc<Cache>, CliError> {
     let mut told = false;
     let cache = Cache::open_waiting(store, CachePolicy::default(), &mut |holder| {
         use std::ops::ControlFlow::{Break, Continue};
-        if let Some(sig) = pending_stop_signal(&sigs) {
+        if let Some(sig) = pending_stop_signal(sigs) {
             return Break(format!(
                 "stopped by signal {sig} while waiting for the store lock on {} (held by {holder})",
                 store.display()
@@ -465,10 +485,7 @@ fn serve(
                 store.display()
             );
             eprintln!("dagfs: {msg}");
-            if let Some(fd) = ready {
-                let _ = std::fs::File::from(fd.try_clone().expect("dup ready fd"))
-                    .write_all(format!("wait: {msg}\n").as_bytes());
-            }
+            tell(ready, &format!("wait: {msg}"));
         }
         Continue(())
     })
@@ -476,13 +493,27 @@ fn serve(
         CacheError::Store(StoreError::GaveUp { reason, .. }) => CliError::Mount(reason),
         e => e.into(),
     })?;
-    let cache = Arc::new(cache);
     for note in cache.notes() {
         eprintln!("dagfs: {note}");
     }
-    let gauges = Arc::new(Gauges::default());
-    let counters = Arc::new(FsCounters::default());
-    let view = Arc::new(CacheView::new(cache.clone(), gauges.clone()));
+    Ok(Arc::new(cache))
+}
+
+/// A line to the `dagfs mount` that started this daemon, if one did.
+fn tell(ready: Option<&OwnedFd>, line: &str) {
+    if let Some(fd) = ready {
+        let _ = std::fs::File::from(fd.try_clone().expect("dup ready fd"))
+            .write_all(format!("{line}\n").as_bytes());
+    }
+}
+
+/// Mount the FUSE view and wait until the mount table shows it.
+fn mount_view(
+    store: &Path,
+    mnt: &Path,
+    o: &MountOpts,
+    view: CacheView,
+) -> Result<(fuser::BackgroundSession, Arc<Invalidator>), CliError> {
     let fs_opts = FsOptions {
         passthrough: o.passthrough,
         uid: nix::unistd::geteuid().as_raw(),
@@ -493,7 +524,7 @@ fn serve(
         debug: o.debug,
         verify: o.verify,
     };
-    let fs = DagFs::new(view, &fs_opts, counters);
+    let fs = DagFs::new(Arc::new(view), &fs_opts, Arc::new(FsCounters::default()));
     let inodes = fs.inodes();
     let session = dfs::mount(fs, mnt, &fs_opts)
         .map_err(|e| CliError::Mount(format!("cannot mount {}: {e}", mnt.display())))?;
@@ -508,7 +539,122 @@ fn serve(
         std::thread::sleep(Duration::from_millis(5));
     }
     let invalidator = Arc::new(Invalidator::new(inodes, session.notifier()));
-    let on_removed = invalidator.clone();
+    Ok((session, invalidator))
+}
+
+/// The socket server: each request runs as `cli::execute` would, with the
+/// daemon's context.
+fn start_server(
+    store: &Path,
+    mnt: &Path,
+    cache: &Arc<Cache>,
+    ctx: Ctx,
+    on_removed: Arc<Invalidator>,
+    gauges: Arc<Gauges>,
+    stop_tx: &crossbeam::channel::Sender<()>,
+) -> Result<Server, CliError> {
+    let (handler_cache, release_cache) = (cache.clone(), cache.clone());
+    Server::start(ServerConfig {
+        socket: store.join("daemon.sock"),
+        hello: Hello {
+            protocol: PROTOCOL,
+            agent: client::agent(),
+            pid: Some(std::process::id()),
+            mountpoint: Some(mnt.display().to_string()),
+        },
+        handler: Arc::new(move |session, req, out, err| {
+            let mut ctx = ctx.clone();
+            ctx.session = Some(session);
+            let generation = handler_cache.store.blob_generation();
+            let r = serve_request(req, out, err, &handler_cache, &ctx);
+            // NB: blobs removed (gc, fsck --repair): the mount lets
+            // go of their files now (their space returns).
+            if handler_cache.store.blob_generation() != generation {
+                on_removed.blobs_removed();
+            }
+            r
+        }),
+        on_session_end: Arc::new(move |session| release_cache.release(session)),
+        gauges,
+        on_shutdown: stop_tx.clone(),
+    })
+    .map_err(|e| {
+        CliError::Mount(format!(
+            "{}: cannot listen: {e}",
+            store.join("daemon.sock").display()
+        ))
+    })
+}
+
+/// Send on `stop_tx` at a stop signal, or when an external `umount` ends
+/// the FUSE session.
+fn watch_for_stop(
+    sigs: nix::sys::signal::SigSet,
+    mnt: &Path,
+    stop_tx: &crossbeam::channel::Sender<()>,
+) {
+    let tx = stop_tx.clone();
+    std::thread::spawn(move || {
+        if let Ok(sig) = sigs.wait() {
+            eprintln!("dagfs: {sig:?}");
+            let _ = tx.send(());
+        }
+    });
+    let (tx, mnt) = (stop_tx.clone(), mnt.to_path_buf());
+    std::thread::spawn(move || loop {
+        std::thread::sleep(Duration::from_millis(250));
+        if !mounts::is_dagfs_mount(&mnt) {
+            let _ = tx.send(());
+            return;
+        }
+    });
+}
+
+/// The daemon's remote tier for a store it can write: its settings, the
+/// background uploader, the mount's lookups.
+fn remote_tier(
+    cache: &Arc<Cache>,
+    runs: &Arc<Inflight>,
+    o: &MountOpts,
+) -> Result<(Arc<Uploader>, Arc<Lookups>), CliError> {
+    let var = |k: &str| std::env::var(k).ok();
+    let settings = Arc::new(RemoteSettings::new(
+        cache.clone(),
+        var("DAGFS_REMOTE"),
+        var("DAGFS_REMOTE_TOKEN"),
+    ));
+    let uploader = Uploader::start(settings.clone())
+        .map_err(|e| CliError::Mount(format!("cannot start the uploader: {e}")))?;
+    let lookups = Lookups::new(settings, runs.clone(), o.remote_timeout);
+    Ok((uploader, Arc::new(lookups)))
+}
+
+/// The daemon.
+fn serve(
+    store: &Path,
+    mnt: &Path,
+    o: &MountOpts,
+    ui: Option<&str>,
+    ready: Option<&OwnedFd>,
+) -> Result<(), CliError> {
+    limit_malloc_arenas();
+    let sigs = super::block_stop_signals();
+    let cache = open_store(store, &sigs, ready)?;
+    // NB: a store this process cannot write has no socket (it would live
+    // in the store), no uploads and no fetches: commands then run
+    // embedded, reading it, and the daemon stops with its mount.
+    let read_only = cache.store.read_only().is_some();
+    let gauges = Arc::new(Gauges::default());
+    let mut view = CacheView::new(cache.clone(), gauges.clone());
+    // The runs' claims, shared by every request (identical keys join).
+    let inflight: Arc<Inflight> = Arc::default();
+    let (mut uploader, mut lookups) = (None, None);
+    if !read_only {
+        let (u, l) = remote_tier(&cache, &inflight, o)?;
+        view = view.with_lookups(l.clone());
+        (uploader, lookups) = (Some(u), Some(l));
+    }
+    let (session, invalidator) = mount_view(store, mnt, o, view)?;
     let watches = Arc::new(Watches::new(cache.clone(), gauges.watches.clone()));
     let uis = Arc::new(crate::ui::Servers::default());
     if let Some(listen) = ui {
@@ -519,32 +665,25 @@ fn serve(
             .start(cache.clone(), listen, token)
             .map_err(|e| CliError::Mount(format!("--ui {listen}: {e}")))?;
         eprintln!("dagfs: web view at {url}");
-        if let Some(fd) = ready {
-            // NB: a "wait: " line is passed on to the user by `detach`.
-            let _ = std::fs::File::from(fd.try_clone().expect("dup ready fd"))
-                .write_all(format!("wait: web view at {url}\n").as_bytes());
-        }
+        // NB: a "wait: " line is passed on to the user by `detach`.
+        tell(ready, &format!("wait: web view at {url}"));
     }
+    let on_change = invalidator.clone();
     let ctx = Ctx {
         uis: Some(uis.clone()),
         watches: Some(watches.clone()),
         session: None,
-        inflight: Arc::default(),
+        inflight,
         inputs_via: Some(mnt.to_path_buf()),
         running: Some(gauges.inflight_tasks.clone()),
         syncs: Some(gauges.syncs.clone()),
         on_change: Some(Arc::new(move |c: Change<'_>| match c {
-            Change::Task { dag, task } => invalidator.task_changed(dag, task),
-            Change::Run(id) => invalidator.run_finished(id),
+            Change::Task { dag, task } => on_change.task_changed(dag, task),
+            Change::Run(id) => on_change.run_finished(id),
         })),
+        uploader: uploader.clone(),
     };
     let (stop_tx, stop_rx) = crossbeam::channel::bounded::<()>(8);
-    let handler_cache = cache.clone();
-    let release_cache = cache.clone();
-    // NB: a store this process cannot write has no socket (it would live
-    // in the store): commands then run embedded, reading it, and the
-    // daemon stops with its mount.
-    let read_only = cache.store.read_only().is_some();
     let mut server = if read_only {
         eprintln!(
             "dagfs: the store {} is read-only: no socket (commands read it directly)",
@@ -552,68 +691,23 @@ fn serve(
         );
         None
     } else {
-        Some(
-            Server::start(ServerConfig {
-                socket: store.join("daemon.sock"),
-                hello: Hello {
-                    protocol: PROTOCOL,
-                    agent: client::agent(),
-                    pid: Some(std::process::id()),
-                    mountpoint: Some(mnt.display().to_string()),
-                },
-                handler: Arc::new(move |session, req, out, err| {
-                    let mut ctx = ctx.clone();
-                    ctx.session = Some(session);
-                    let generation = handler_cache.store.blob_generation();
-                    let r = serve_request(req, out, err, &handler_cache, &ctx);
-                    // NB: blobs removed (gc, fsck --repair): the mount lets
-                    // go of their files now (their space returns).
-                    if handler_cache.store.blob_generation() != generation {
-                        on_removed.blobs_removed();
-                    }
-                    r
-                }),
-                on_session_end: Arc::new(move |session| release_cache.release(session)),
-                gauges,
-                on_shutdown: stop_tx.clone(),
-            })
-            .map_err(|e| {
-                CliError::Mount(format!(
-                    "{}: cannot listen: {e}",
-                    store.join("daemon.sock").display()
-                ))
-            })?,
-        )
+        Some(start_server(
+            store,
+            mnt,
+            &cache,
+            ctx,
+            invalidator,
+            gauges,
+            &stop_tx,
+        )?)
     };
-    {
-        let tx = stop_tx.clone();
-        std::thread::spawn(move || {
-            if let Ok(sig) = sigs.wait() {
-                eprintln!("dagfs: {sig:?}");
-                let _ = tx.send(());
-            }
-        });
-    }
-    {
-        // An external `umount` ends the FUSE session: stop with it.
-        let (tx, mnt) = (stop_tx.clone(), mnt.to_path_buf());
-        std::thread::spawn(move || loop {
-            std::thread::sleep(Duration::from_millis(250));
-            if !mounts::is_dagfs_mount(&mnt) {
-                let _ = tx.send(());
-                return;
-            }
-        });
-    }
+    watch_for_stop(sigs, mnt, &stop_tx);
     // NB: before reporting ready, so `dagfs sync --list` right after
     // `dagfs mount` shows the watches a previous daemon had.
     if !read_only {
         watches.resume();
     }
-    if let Some(fd) = ready {
-        let _ = std::fs::File::from(fd.try_clone().expect("dup ready fd"))
-            .write_all(format!("ok {}\n", std::process::id()).as_bytes());
-    }
+    tell(ready, &format!("ok {}", std::process::id()));
     eprintln!(
         "dagfs: serving {} on {} (pid {}); stop with `dagfs umount {}`",
         store.display(),
@@ -625,6 +719,12 @@ fn serve(
     eprintln!("dagfs: stopping: letting running requests finish");
     if let Some(server) = server.as_mut() {
         server.stop();
+    }
+    if let Some(u) = &uploader {
+        u.stop(Duration::from_secs(2));
+    }
+    if let Some(l) = &lookups {
+        l.stop(Duration::from_secs(10));
     }
     watches.stop_all();
     uis.stop_all();
@@ -726,5 +826,14 @@ mod tests {
         let v = parse_opts(&["verify=always".into()]).unwrap();
         assert_eq!(v.verify, Verify::Always);
         assert!(parse_opts(&["verify=maybe".into()]).is_err());
+        assert_eq!(parse_opts(&[]).unwrap().remote_timeout, REMOTE_TIMEOUT);
+        for (v, ms) in [("250ms", 250), ("2s", 2000), ("1m", 60_000)] {
+            let o = parse_opts(&[format!("remote_timeout={v}")]).unwrap();
+            assert_eq!(o.remote_timeout, Duration::from_millis(ms), "{v}");
+        }
+        for v in ["0s", "soon", "11m", ""] {
+            let e = parse_opts(&[format!("remote_timeout={v}")]).unwrap_err();
+            assert!(e.to_string().contains("remote_timeout"), "{v}: {e}");
+        }
     }
 }

@@ -8,9 +8,10 @@ use clap::Subcommand;
 use serde::{Deserialize, Serialize};
 
 use dagfs::cache::Cache;
+use dagfs::daemon::remote::Uploader;
 use dagfs::remote::{DigestPin, Remote, RemoteConfig, RemoteUrl};
 
-use super::{CliError, Io};
+use super::{CliError, Ctx, Io};
 
 #[derive(Subcommand, Debug, Clone, Serialize, Deserialize)]
 pub enum RemoteCmd {
@@ -158,11 +159,23 @@ pub fn for_run(
     Ok(Remote::new(cache.store.root(), cfg, over, env)?.map(Arc::new))
 }
 
-/// After the scheduler: warnings, the uploads (with a progress line), the
-/// counters into the store's stats, and the summary line.
-pub fn after_run(remote: &Remote, cache: &Cache, io: &mut Io) {
+/// After the scheduler: warnings, the uploads (with a progress line; in a
+/// daemon uploading to the same remote, handed to its background
+/// uploader), the counters into the store's stats, and the summary line.
+pub fn after_run(remote: &Remote, cache: &Cache, io: &mut Io, uploader: Option<&Uploader>) {
     let err = &mut *io.err;
-    if remote.uploads() {
+    let background = uploader.filter(|u| remote.uploads() && u.serves(&remote.url));
+    if let Some(u) = background {
+        let queued = dagfs::remote::queue::len(cache.store.root());
+        if queued > 0 {
+            let _ = writeln!(
+                err,
+                "remote: {queued} result{} queued; the daemon uploads in the background (`dagfs remote flush` waits)",
+                if queued == 1 { "" } else { "s" },
+            );
+        }
+        u.poke();
+    } else if remote.uploads() {
         let queued = dagfs::remote::queue::len(cache.store.root());
         if queued > 0 {
             let _ = writeln!(
@@ -252,8 +265,12 @@ fn configured(cache: &Cache, io: &Io) -> Result<Remote, CliError> {
     })
 }
 
-pub fn run(cmd: RemoteCmd, cache: &Cache, io: &mut Io) -> Result<(), CliError> {
+pub fn run(cmd: RemoteCmd, cache: &Cache, io: &mut Io, ctx: &Ctx) -> Result<(), CliError> {
     let remote = configured(cache, io)?;
+    let background = ctx
+        .uploader
+        .as_ref()
+        .filter(|u| remote.uploads() && u.serves(&remote.url));
     match cmd {
         RemoteCmd::Status { json } => {
             let st = remote.status();
@@ -283,6 +300,7 @@ pub fn run(cmd: RemoteCmd, cache: &Cache, io: &mut Io) -> Result<(), CliError> {
             if json {
                 let mut v = serde_json::to_value(&st).expect("status serializes");
                 v["reachable"] = true.into();
+                v["background"] = background.is_some().into();
                 let mut counters = serde_json::to_value(&stats.remote).expect("json");
                 counters["hits"] = hits.into();
                 v["counters"] = counters;
@@ -308,6 +326,9 @@ pub fn run(cmd: RemoteCmd, cache: &Cache, io: &mut Io) -> Result<(), CliError> {
                 if st.upload { "on" } else { "off" },
                 st.queued,
             );
+            if background.is_some() {
+                s += "uploader         the daemon's, in the background\n";
+            }
             s += &format!("hits             {hits}\n");
             for (k, v) in &stats.remote {
                 s += &format!("{:<17}{v}\n", k.replace('_', " "));
@@ -323,7 +344,16 @@ pub fn run(cmd: RemoteCmd, cache: &Cache, io: &mut Io) -> Result<(), CliError> {
                 if queued == 1 { "" } else { "s" },
                 remote.url
             );
-            let r = remote.upload(cache, &mut |_, _| {});
+            let r = match background {
+                // NB: the daemon's uploader does it (one uploader per store).
+                Some(u) => u.flush().map_err(|what| {
+                    CliError::Remote(dagfs::remote::RemoteError::Server {
+                        url: remote.url.to_string(),
+                        what,
+                    })
+                }),
+                None => remote.upload(cache, &mut |_, _| {}).map_err(CliError::from),
+            };
             let _ = remote.persist(cache);
             cache.flush()?;
             let r = r?;

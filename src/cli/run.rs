@@ -298,7 +298,7 @@ pub fn run(a: RunArgs, src: &mut CacheSource, io: &mut Io, ctx: &Ctx) -> Result<
     tell_unchecked(err, &pipeline, &report);
     let _ = writeln!(err, "{}", summary(&report));
     if let Some(r) = &remote {
-        super::remote_tier::after_run(r, cache, io);
+        super::remote_tier::after_run(r, cache, io, ctx.uploader.as_deref());
     }
     if let Some(path) = &a.trace {
         write_trace(path, &report)

@@ -1,11 +1,13 @@
 //! daemon: owns the store while a mount is up; serves the FUSE mount and a
 //! Unix-socket API on which CLI commands run as they would embedded.
 //!
-//! May call: `fs` (the mount, through its `StoreView`: `view`), `exec`,
+//! May call: `fs` (the mount, through its `StoreView`: `view`), `remote`
+//! (the background uploader and the mount's lookups: `remote`), `exec`,
 //! `sync`, `cache`, `index`, `store`, `host`, `hash`.
 
 pub mod client;
 pub mod protocol;
+pub mod remote;
 pub mod server;
 pub mod view;
 pub mod watches;

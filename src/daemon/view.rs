@@ -13,16 +13,29 @@ use crate::index::{IndexError, RunRecord};
 use crate::store::syncs::SyncLog;
 use crate::store::{StoreError, Tree};
 
+use super::remote::Lookups;
 use super::Gauges;
 
 pub struct CacheView {
     cache: Arc<Cache>,
     gauges: Arc<Gauges>,
+    /// Keys the store lacks, asked of the remote (`super::remote`).
+    lookups: Option<Arc<Lookups>>,
 }
 
 impl CacheView {
     pub fn new(cache: Arc<Cache>, gauges: Arc<Gauges>) -> CacheView {
-        CacheView { cache, gauges }
+        CacheView {
+            cache,
+            gauges,
+            lookups: None,
+        }
+    }
+
+    /// Answer lookups of keys the store lacks from the remote.
+    pub fn with_lookups(mut self, lookups: Arc<Lookups>) -> CacheView {
+        self.lookups = Some(lookups);
+        self
     }
 }
 
@@ -82,6 +95,17 @@ impl StoreView for CacheView {
             task: m.task,
             created_ms: m.created_ms,
         }))
+    }
+
+    fn fetch_entry(&self, key: &Digest) -> Result<Option<EntryInfo>, ViewError> {
+        let Some(l) = &self.lookups else {
+            return Ok(None);
+        };
+        match l.fetch(key) {
+            Ok(true) => self.entry(key),
+            Ok(false) => Ok(None),
+            Err(e) => Err(ViewError::Other(e.0)),
+        }
     }
 
     fn resolve_blob(&self, prefix: &HexPrefix) -> Result<Option<Digest>, ViewError> {

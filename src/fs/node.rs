@@ -544,7 +544,14 @@ impl Resolver<'_> {
             Node::Root => Found::plain(Node::Top(Top::from_name(name).ok_or(FsError::NotFound)?)),
             Node::Top(Top::Keys) => {
                 let prefix = names::hex_prefix(name).ok_or(FsError::NotFound)?;
-                let key = v.resolve_key(&prefix)?.ok_or(FsError::NotFound)?;
+                let key = match v.resolve_key(&prefix)? {
+                    Some(k) => k,
+                    // A full key the store lacks: a second tier may have it.
+                    None => {
+                        let full = Digest::from_hex(prefix.as_str()).ok_or(FsError::NotFound)?;
+                        v.fetch_entry(&full)?.ok_or(FsError::NotFound)?.key
+                    }
+                };
                 Found::named(self.entry_root(&key, None)?, name, &key)
             }
             Node::Top(Top::Trees) => {

@@ -109,6 +109,14 @@ pub trait StoreView: Send + Sync + 'static {
         let _ = key;
         Ok(None)
     }
+    /// Entry `key`, which the store lacks, fetched from a second tier (the
+    /// daemon's remote) and stored: None if no tier has it; an error (the
+    /// lookup answers EIO) if the tier failed or did not answer in time.
+    /// Called for a full key only; it must return within a bounded time.
+    fn fetch_entry(&self, key: &Digest) -> Result<Option<EntryInfo>, ViewError> {
+        let _ = key;
+        Ok(None)
+    }
     /// The single stored blob (any blob: file, tree, log) starting with
     /// `prefix`; None if none or several.
     fn resolve_blob(&self, prefix: &HexPrefix) -> Result<Option<Digest>, ViewError> {

@@ -7,6 +7,8 @@
 //! of entries onto REAPI messages (`mapping`), the gRPC calls (`client`),
 //! the read path (`fetch`: a local miss asks the server, verifies every
 //! digest, rebuilds the tree and commits an ordinary local entry), the
+//! entries found by their dagfs key alone (`by_key`: a key record filed
+//! beside each uploaded result, for the daemon's mount), the
 //! write path (`upload`) and its durable queue (`queue`,
 //! `<store>/remote-queue/`), the SHA-256 ↔ BLAKE3 map (index tree
 //! `remote`), the counters and the circuit breaker.
@@ -25,6 +27,7 @@
 //! and counted, and the task runs. tokio runs on one dedicated thread of
 //! this module's own runtime; callers block (`Remote` is synchronous).
 
+pub mod by_key;
 pub mod client;
 pub mod config;
 pub mod error;

@@ -4,9 +4,11 @@
 //! (never from memory: only what was committed is uploaded). Its trees
 //! become `Directory` messages and one `Tree`; every blob (files, logs,
 //! directories, the tree, the record, the Command, the Action, the empty
-//! input root) is offered to FindMissingBlobs, the missing ones are sent
-//! (BatchUpdateBlobs under the server's limit, ByteStream above), and
-//! `UpdateActionResult` goes **last**. Then the marker is removed.
+//! input root, the key Action and its Command) is offered to
+//! FindMissingBlobs, the missing ones are sent (BatchUpdateBlobs under the
+//! server's limit, ByteStream above), and `UpdateActionResult` goes
+//! **last**: the recipe's, then the key's (`by_key`). Then the marker is
+//! removed.
 
 use std::collections::{HashMap, HashSet};
 
@@ -127,8 +129,21 @@ impl Remote {
         cache: &Cache,
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<UploadReport, RemoteError> {
+        let keys = queue::list(cache.store.root())?;
+        self.upload_keys(cache, &keys, progress, &|| true)
+    }
+
+    /// Upload these queued entries, one after another; once `go_on` says
+    /// no (checked before each), the rest stay queued untouched (the
+    /// daemon's uploader stopping).
+    pub fn upload_keys(
+        &self,
+        cache: &Cache,
+        keys: &[Digest],
+        progress: &mut dyn FnMut(usize, usize),
+        go_on: &dyn Fn() -> bool,
+    ) -> Result<UploadReport, RemoteError> {
         let root = cache.store.root().to_path_buf();
-        let keys = queue::list(&root)?;
         let mut r = UploadReport::default();
         if keys.is_empty() {
             return Ok(r);
@@ -142,6 +157,9 @@ impl Remote {
             }
         };
         for (i, key) in keys.iter().enumerate() {
+            if !go_on() {
+                break;
+            }
             match self.upload_one(cache, &conn, key, &mut r) {
                 Ok(Some(true)) => {
                     r.uploaded += 1;
@@ -285,6 +303,9 @@ impl Remote {
         blobs.push((f.of(&msgs.command), Src::Bytes(msgs.command.clone())));
         blobs.push((f.of(&msgs.input_root), Src::Bytes(msgs.input_root.clone())));
         blobs.push((msgs.action_digest.clone(), Src::Bytes(msgs.action.clone())));
+        let by_key = super::by_key::key_action(key, f);
+        blobs.push((f.of(&by_key.command), Src::Bytes(by_key.command)));
+        blobs.push((by_key.digest.clone(), Src::Bytes(by_key.action)));
 
         let mut uniq: HashMap<(String, i64), Src> = HashMap::new();
         let mut all = Vec::new();
@@ -303,7 +324,7 @@ impl Remote {
         let result = re::ActionResult {
             output_files: vec![re::OutputFile {
                 path: mapping::ENTRY_FILE.into(),
-                digest: Some(json_rd),
+                digest: Some(json_rd.clone()),
                 ..Default::default()
             }],
             output_directories: vec![re::OutputDirectory {
@@ -318,6 +339,9 @@ impl Remote {
             ..Default::default()
         };
         self.block(conn.update_action_result(&msgs.action_digest, result))
+            .map_err(|w| self.server_err(w))?;
+        // The record again, under the key (`by_key`): after the recipe's.
+        self.block(conn.update_action_result(&by_key.digest, super::by_key::key_result(json_rd)))
             .map_err(|w| self.server_err(w))?;
         self.succeeded();
         Ok(Some(true))

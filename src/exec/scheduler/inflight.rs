@@ -62,6 +62,15 @@ impl Inflight {
             .is_some_and(|w| !w.is_empty())
     }
 
+    /// Whether a run of this process holds `key` now (executing it, or
+    /// asking the second tier for it).
+    pub fn holds(&self, key: &Digest) -> bool {
+        self.map
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(key)
+    }
+
     /// Keys executing now.
     pub fn len(&self) -> usize {
         self.map.lock().unwrap_or_else(|p| p.into_inner()).len()
