@@ -88,7 +88,7 @@ impl Settings {
             Err(e) => {
                 let e = e.to_string();
                 if lock(&self.told).as_deref() != Some(&e) {
-                    eprintln!("dagfs: remote: {e}");
+                    log::warn!("remote: {e}");
                     *lock(&self.told) = Some(e);
                 }
                 None
@@ -110,10 +110,10 @@ impl Settings {
     /// Log the remote's warnings and record its counters (`dagfs stats`).
     fn settle(&self, r: &Remote) {
         for w in r.take_warnings() {
-            eprintln!("dagfs: remote: {w}");
+            log::warn!("remote: {w}");
         }
         if let Err(e) = r.persist(&self.cache) {
-            eprintln!("dagfs: remote: cannot record the counters: {e}");
+            log::warn!("remote: cannot record the counters: {e}");
         }
     }
 }
@@ -213,7 +213,7 @@ impl Uploader {
         while !st.exited {
             let now = Instant::now();
             if now >= until {
-                eprintln!("dagfs: remote: the upload under way is cut off (it stays queued)");
+                log::info!("remote: the upload under way is cut off (it stays queued)");
                 return;
             }
             st = self
@@ -303,8 +303,8 @@ impl Uploader {
         let why = r.failed.first().map(|(_, w)| w.clone());
         let repeat = r.uploaded == 0 && why.is_some() && *lock(&self.last_failure) == why;
         if (r.uploaded > 0 || why.is_some()) && !repeat {
-            eprintln!(
-                "dagfs: remote: uploaded {} result(s) to {} in {} ms ({} blobs, {} bytes sent){}",
+            log::info!(
+                "remote: uploaded {} result(s) to {} in {} ms ({} blobs, {} bytes sent){}",
                 r.uploaded,
                 remote.url,
                 t.elapsed().as_millis(),
@@ -385,7 +385,7 @@ impl Lookups {
                     // row and its record naming different outputs.
                     if self.runs.holds(key) {
                         let why = "a run is computing it now; look again when it is done";
-                        eprintln!("dagfs: remote: lookup of {}: {why}", key.short());
+                        log::warn!("remote: lookup of {}: {why}", key.short());
                         return Err(LookupFailed(why.into()));
                     }
                     let Some(remote) = self.settings.remote() else {
@@ -447,7 +447,7 @@ impl Lookups {
             Err(_) => Err("the fetch panicked (see daemon.log)".into()),
         };
         if let Err(e) = &r {
-            eprintln!("dagfs: remote: lookup of {}: {e}", key.short());
+            log::warn!("remote: lookup of {}: {e}", key.short());
         }
         self.settings.settle(&remote);
         lock(&self.inflight).remove(&key);
