@@ -5,6 +5,7 @@
 //! node's key from its task digest and its dependencies' *output* digests,
 //! looks it up, joins identical keys already running (`inflight`), and
 //! hands misses to `jobs` worker threads (`worker`, crossbeam channels).
+//! What a run is given is in `plan`, what it gives back in `report`.
 //! Workers run the job (`job`: the `Job` trait and what it is given),
 //! ingest its output (hash + rename into a staging area) and stage its
 //! entry record; the coordinator indexes the entry under the policy at once
@@ -19,119 +20,31 @@
 mod commit;
 mod inflight;
 mod job;
+mod plan;
+mod report;
 mod worker;
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use crossbeam::channel;
 
 use super::error::Result;
-use super::hermetic::Findings;
 use super::key::KeyBuilder;
 use crate::cache::{now_ms, Cache, Lookup};
 use crate::hash::Digest;
-use crate::index::{CachePolicy, MissReason, Route, RunRecord, RunTask};
+use crate::index::{CachePolicy, MissReason, Route};
 use crate::store::ingest::Limits;
-use crate::store::{Entry, Manifest};
+use crate::store::Entry;
 use commit::{GroupCommit, Unpublished};
 use worker::{no_reserve, WorkDone, WorkItem};
 
 pub use inflight::Inflight;
 pub use job::{Job, JobContext, JobError, JobResult};
-
-/// One node of a plan.
-pub struct PlanNode {
-    pub name: String,
-    /// Indices into the plan's nodes.
-    pub deps: Vec<usize>,
-    /// Everything but `deps`; `task_digest` filled in.
-    pub manifest: Manifest,
-    pub cache: bool,
-    pub ttl: Option<Duration>,
-    /// The most bytes its output's files may add up to (None: no limit).
-    pub max_output: Option<u64>,
-    pub job: Arc<dyn Job>,
-}
-
-pub struct Plan {
-    pub dag: String,
-    pub nodes: Vec<PlanNode>,
-}
-
-#[derive(Clone)]
-pub struct Options {
-    pub jobs: usize,
-    pub fail_fast: bool,
-    pub no_cache: bool,
-    /// This run's limits, over the store's policy.
-    pub policy: CachePolicy,
-    /// The daemon session running this: what the run produces or uses is
-    /// leased to it (safe from eviction and gc by other sessions).
-    pub session: Option<u64>,
-    /// Keys executing now, shared by every run of one process (the daemon's
-    /// concurrent clients): an identical key runs once, the others join it.
-    pub inflight: Arc<Inflight>,
-    /// A mount of this store: tasks then see `$DAGFS_IN/<dep>` as
-    /// `<mount>/trees/<output>` (zero-copy) instead of a materialized copy.
-    pub inputs_via: Option<PathBuf>,
-    /// Counts tasks executing now (daemon metrics).
-    pub running: Option<Arc<AtomicU64>>,
-    /// Told when a task's latest key is set and when the run is recorded
-    /// (the daemon invalidates the mount's live views).
-    pub on_change: Option<Arc<OnChange>>,
-    /// Asked on a local miss; told about every entry kept.
-    pub tier: Option<Arc<dyn Tier>>,
-}
-
-/// A second tier behind the local store (`remote::Remote`; a trait so that
-/// `exec` does not depend on it). The scheduler asks it on a local miss
-/// and tells it what it published.
-pub trait Tier: Send + Sync {
-    /// On a local miss of `entry.key` (`entry` holds the key, dag, task and
-    /// manifest with its deps): make it an ordinary local entry, committed
-    /// and published, if the tier has it. Never fails the run.
-    fn fetch(
-        &self,
-        cache: &Cache,
-        entry: &Entry,
-        protected: &HashSet<Digest>,
-        policy: &CachePolicy,
-    ) -> Option<crate::index::EntryMeta>;
-    /// `entry` was published in the index; its record is not durable yet
-    /// (anything this writes is made durable by the commit's `syncfs`
-    /// before the record is renamed in).
-    fn produced(&self, cache: &Cache, entry: &Entry);
-}
-
-/// What changed in the store's live views.
-#[derive(Debug, Clone, Copy)]
-pub enum Change<'a> {
-    Task { dag: &'a str, task: &'a str },
-    Run(u64),
-}
-
-pub type OnChange = dyn Fn(Change<'_>) + Send + Sync;
-
-impl Default for Options {
-    fn default() -> Self {
-        Options {
-            jobs: default_jobs(),
-            fail_fast: true,
-            no_cache: false,
-            policy: CachePolicy::default(),
-            session: None,
-            inflight: Arc::default(),
-            inputs_via: None,
-            running: None,
-            on_change: None,
-            tier: None,
-        }
-    }
-}
+pub use plan::{Change, OnChange, Options, Plan, PlanNode, Tier};
+use report::run_record;
+pub use report::{Event, Outcome, Report, Status};
 
 /// Messages to a run's coordinator.
 enum Msg {
@@ -150,128 +63,6 @@ enum Msg {
 /// How long the run waits for its workers before it emits `Event::Tick`.
 const TICK: Duration = Duration::from_millis(100);
 pub use crate::host::default_jobs;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Status {
-    Cached,
-    Executed,
-    Failed,
-    Skipped,
-}
-
-impl Status {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Status::Cached => "cached",
-            Status::Executed => "executed",
-            Status::Failed => "failed",
-            Status::Skipped => "skipped",
-        }
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct Outcome {
-    pub status: Status,
-    pub route: Option<Route>,
-    pub miss_reason: Option<MissReason>,
-    pub key: Option<Digest>,
-    pub output: Option<Digest>,
-    pub exit_code: Option<i32>,
-    /// Why it failed (non-zero exit, spawn or ingest error).
-    pub error: Option<String>,
-    /// The end of stderr (or stdout) of a failed job.
-    pub log_tail: Option<String>,
-    pub stdout: Option<Digest>,
-    pub stderr: Option<Digest>,
-    /// False when the policy left no room to keep the entry.
-    pub kept: bool,
-    pub start: Duration,
-    pub duration: Duration,
-    pub worker: usize,
-    /// What an executed task did beyond its declaration (`hermetic`).
-    pub hermetic: Option<Findings>,
-}
-
-impl Outcome {
-    fn new(status: Status) -> Outcome {
-        Outcome {
-            status,
-            route: None,
-            miss_reason: None,
-            key: None,
-            output: None,
-            exit_code: None,
-            error: None,
-            log_tail: None,
-            stdout: None,
-            stderr: None,
-            kept: true,
-            start: Duration::ZERO,
-            duration: Duration::ZERO,
-            worker: 0,
-            hermetic: None,
-        }
-    }
-}
-
-pub enum Event<'a> {
-    /// A miss handed to the workers; it waits for a free one (`-j`).
-    Queued {
-        idx: usize,
-    },
-    /// A worker began executing it.
-    Started {
-        idx: usize,
-    },
-    /// Nothing happened for `TICK` (a progress display may redraw).
-    Tick,
-    Finished {
-        idx: usize,
-        outcome: &'a Outcome,
-    },
-}
-
-#[derive(Debug)]
-pub struct Report {
-    pub run_id: u64,
-    pub dag: String,
-    pub names: Vec<String>,
-    pub outcomes: Vec<Outcome>,
-    pub elapsed: Duration,
-    pub evicted: u64,
-    pub expired: u64,
-}
-
-impl Report {
-    fn count(&self, s: Status) -> usize {
-        self.outcomes.iter().filter(|o| o.status == s).count()
-    }
-    pub fn executed(&self) -> usize {
-        self.count(Status::Executed)
-    }
-    pub fn cached(&self) -> usize {
-        self.count(Status::Cached)
-    }
-    pub fn failed(&self) -> usize {
-        self.count(Status::Failed)
-    }
-    pub fn skipped(&self) -> usize {
-        self.count(Status::Skipped)
-    }
-    pub fn ok(&self) -> bool {
-        self.failed() == 0 && self.skipped() == 0
-    }
-    /// Cached / (cached + executed).
-    pub fn hit_rate(&self) -> f64 {
-        let looked = self.cached() + self.executed();
-        if looked == 0 {
-            0.0
-        } else {
-            self.cached() as f64 / looked as f64
-        }
-    }
-}
 
 /// Run `plan` against `cache`.
 pub fn run(
@@ -840,50 +631,5 @@ impl<'a> Coordinator<'a> {
         coordinated?;
         unpublished.disarm();
         Ok((outcomes, self.evicted + more_evicted, expired))
-    }
-}
-
-/// The run's record (for `dagfs runs`, `/runs` and `explain`).
-fn run_record(
-    cache: &Cache,
-    plan: &Plan,
-    outcomes: &[Outcome],
-    id: u64,
-    started_ms: u64,
-) -> RunRecord {
-    RunRecord {
-        id,
-        dag: plan.dag.clone(),
-        started_ms,
-        finished_ms: now_ms(),
-        ok: outcomes
-            .iter()
-            .all(|o| matches!(o.status, Status::Cached | Status::Executed)),
-        tasks: plan
-            .nodes
-            .iter()
-            .zip(outcomes)
-            .map(|(nd, o)| {
-                let since_ms = match (o.key, cache.index.latest_moved(&plan.dag, &nd.name)) {
-                    (Some(k), Ok(Some((l, ms)))) if k == l && ms != 0 => Some(ms),
-                    _ => None,
-                };
-                RunTask {
-                    task: nd.name.clone(),
-                    key: o.key,
-                    route: o.route.map(|r| r.as_str().to_string()).unwrap_or_default(),
-                    status: o.status.as_str().to_string(),
-                    miss_reason: o.miss_reason.map(|r| r.as_str().to_string()),
-                    since_ms,
-                    deps: nd
-                        .deps
-                        .iter()
-                        .map(|&d| plan.nodes[d].name.clone())
-                        .collect(),
-                    duration_ms: Some(o.duration.as_millis() as u64),
-                    error: o.error.clone(),
-                }
-            })
-            .collect(),
     }
 }
