@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{config, dagfs, env, fsck_clean, ok, text};
+use common::{config, dagfs, env, fsck_clean, keygen, ok, text};
 
 // ---------------------------------------------------------------------------
 // the server
@@ -871,4 +871,78 @@ fn through_the_daemon() {
     );
     drop(m);
     fsck_clean(&b);
+}
+
+/// Signing on a real server: a producer signing with the key a consumer
+/// trusts gives it hits; an unsigned producer's results and those of a
+/// producer signing with another key are rejected (counted, one warning,
+/// the tasks run, the store stays clean).
+#[test]
+fn signed_results_on_buildgrid() {
+    let bg = BuildGrid::start();
+    let e = env();
+    let keys = e.root.join("keys");
+    std::fs::create_dir_all(&keys).unwrap();
+    let ci = keygen(&keys.join("ci.key"));
+    keygen(&keys.join("other.key"));
+    let trusted = keys.join("trusted");
+    std::fs::write(&trusted, format!("{ci} the CI\n")).unwrap();
+    // NB: each case its own recipes (a tag in the command), so no producer
+    // hits another's results.
+    for (tag, key, want) in [
+        ("signed", Some("ci.key"), None),
+        ("unsigned", None, Some("it is not signed")),
+        (
+            "stranger",
+            Some("other.key"),
+            Some("a key not trusted here"),
+        ),
+    ] {
+        let dir = e.root.join(tag);
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("dagfs.toml");
+        std::fs::write(
+            &file,
+            format!(
+                "name = \"trust\"\n[tasks.one]\nrun = 'mkdir \"$DAGFS_OUT/d\" && echo {tag} > \"$DAGFS_OUT/d/f\"'\n[tasks.two]\nrun = 'cat \"$DAGFS_IN/one/d/f\" > \"$DAGFS_OUT/g\"'\ndeps = [\"one\"]\n"
+            ),
+        )
+        .unwrap();
+        let p = e.root.join(format!("{tag}-producer"));
+        config(&p, "remote", &bg.url());
+        config(&p, "remote_upload", "on");
+        if let Some(k) = key {
+            config(&p, "remote_sign_key", keys.join(k).to_str().unwrap());
+        }
+        patient(&p);
+        let t = ok(&run_in(&p, &file, &[]));
+        assert!(t.contains("remote: uploaded 2 results"), "{tag}: {t}");
+        let c = e.root.join(format!("{tag}-consumer"));
+        config(&c, "remote_trusted_keys", trusted.to_str().unwrap());
+        let t = ok(&run_in(&c, &file, &["--remote", &bg.url()]));
+        match want {
+            None => {
+                assert!(
+                    t.contains("remote: 2 hits, 0 misses, 0 rejected"),
+                    "{tag}: {t}"
+                );
+                assert!(!t.contains("warning"), "{tag}: {t}");
+            }
+            Some(why) => {
+                assert!(
+                    t.contains("remote: 0 hits, 0 misses, 2 rejected"),
+                    "{tag}: {t}"
+                );
+                assert!(t.contains(why), "{tag}: {t}");
+                assert_eq!(
+                    t.lines().filter(|l| l.contains("warning")).count(),
+                    1,
+                    "{tag}: {t}"
+                );
+                assert_eq!(lines(&t, "ran ").len(), 2, "{tag}: {t}");
+            }
+        }
+        fsck_clean(&c);
+        assert_eq!(outputs(&p), outputs(&c), "{tag}");
+    }
 }

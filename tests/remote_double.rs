@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use bazel_remote_apis::build::bazel::remote::execution::v2 as re;
 use bazel_remote_apis::google::bytestream as bs;
-use common::{config, dagfs, env, fsck_clean, ok};
+use common::{config, dagfs, env, fsck_clean, keygen, ok, text};
 use tonic::{Request, Response, Status};
 
 #[derive(Default)]
@@ -489,4 +489,161 @@ fn non_utf8_names_stay_local() {
     let o = dagfs(&a, &["stats", "--json"]).output().unwrap();
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["remote"]["local_only"], 1, "{v}");
+}
+
+fn warnings(t: &str) -> usize {
+    t.lines().filter(|l| l.contains("warning")).count()
+}
+
+/// Signing: a result signed by a trusted key hits; an unsigned one, one
+/// signed by a key not trusted, and one whose signature was tampered with
+/// are rejected (counted, one warning, the tasks run). Bad key files are
+/// refused with exit 25.
+#[test]
+fn signed_results_and_trusted_keys() {
+    let s = Served::start();
+    let e = env();
+    let file = pipeline(&e.root.join("p"));
+    let keys = e.root.join("keys");
+    std::fs::create_dir_all(&keys).unwrap();
+    let ci = keygen(&keys.join("ci.key"));
+    let other = keygen(&keys.join("other.key"));
+    assert!(ci.starts_with("ed25519:") && ci != other, "{ci} {other}");
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(keys.join("ci.key"))
+            .unwrap()
+            .permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600);
+    let trusted = keys.join("trusted");
+    std::fs::write(&trusted, format!("# the CI's key\n{ci} ci@team\n")).unwrap();
+    let trusted = trusted.to_str().unwrap();
+    // NB: each producer overwrites the last one's results: the server
+    // forgets them first (else the producer would hit them, not run).
+    let produce = |name: &str, key: Option<&str>| {
+        s.double.state().ac.clear();
+        let p = e.root.join(name);
+        config(&p, "remote", &s.url());
+        config(&p, "remote_upload", "on");
+        if let Some(k) = key {
+            config(&p, "remote_sign_key", keys.join(k).to_str().unwrap());
+        }
+        let t = ok(&run(&p, &file, &[]));
+        assert!(t.contains("remote: uploaded 5 results"), "{t}");
+    };
+    let consume = |name: &str| {
+        let c = e.root.join(name);
+        config(&c, "remote_trusted_keys", trusted);
+        ok(&run(&c, &file, &["--remote", &s.url()]))
+    };
+
+    produce("ci", Some("ci.key"));
+    let o = dagfs(&e.root.join("ci"), &["remote", "status"])
+        .output()
+        .unwrap();
+    assert!(
+        ok(&o).contains(&format!("signs with       {ci}")),
+        "{}",
+        text(&o)
+    );
+    let t = consume("c1");
+    assert!(t.contains("remote: 5 hits, 0 misses, 0 rejected"), "{t}");
+    assert_eq!(warnings(&t), 0, "{t}");
+    fsck_clean(&e.root.join("c1"));
+
+    // Unsigned: the same actions, overwritten by a store that does not sign.
+    produce("laptop", None);
+    let t = consume("c2");
+    assert!(t.contains("remote: 0 hits, 0 misses, 5 rejected"), "{t}");
+    assert_eq!(warnings(&t), 1, "{t}");
+    assert!(t.contains("it is not signed"), "{t}");
+    assert_eq!(
+        t.lines().filter(|l| l.starts_with("ran ")).count(),
+        5,
+        "{t}"
+    );
+    let o = dagfs(&e.root.join("c2"), &["stats", "--json"])
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["remote"]["rejected"], 5, "{v}");
+    // A store without trusted keys still takes them.
+    let t = ok(&run(&e.root.join("any"), &file, &["--remote", &s.url()]));
+    assert!(t.contains("remote: 5 hits"), "{t}");
+
+    // Signed by a key the consumer does not trust.
+    produce("stranger", Some("other.key"));
+    let t = consume("c3");
+    assert!(t.contains("remote: 0 hits, 0 misses, 5 rejected"), "{t}");
+    assert!(t.contains("a key not trusted here"), "{t}");
+    assert!(t.contains(&other), "{t}");
+    assert_eq!(warnings(&t), 1, "{t}");
+
+    // Signed by the CI again, then every signature tampered with (one hex
+    // digit of the signature changed, stored under its new digest).
+    produce("ci2", Some("ci.key"));
+    {
+        let mut st = s.double.state();
+        let st = &mut *st;
+        for ar in st.ac.values_mut() {
+            let of = ar
+                .output_files
+                .iter_mut()
+                .find(|o| o.path == ".dagfs/signature")
+                .expect("a signed result");
+            let d = of.digest.as_mut().unwrap();
+            let mut sig = st.cas[&d.hash].clone();
+            let i = sig.len() - 3;
+            sig[i] = if sig[i] == b'a' { b'b' } else { b'a' };
+            d.hash = b3(&sig);
+            st.cas.insert(d.hash.clone(), sig);
+        }
+    }
+    let t = consume("c4");
+    assert!(t.contains("remote: 0 hits, 0 misses, 5 rejected"), "{t}");
+    assert!(t.contains("does not verify"), "{t}");
+    assert_eq!(warnings(&t), 1, "{t}");
+    fsck_clean(&e.root.join("c4"));
+
+    // Bad key files: exit 25, naming the file and the problem.
+    let bad = |key: &str, path: &Path, why: &str| {
+        let o = dagfs(
+            &e.root.join("cfg"),
+            &["config", key, path.to_str().unwrap()],
+        )
+        .output()
+        .unwrap();
+        assert_eq!(o.status.code(), Some(25), "{key}: {}", text(&o));
+        assert!(text(&o).contains(path.to_str().unwrap()), "{}", text(&o));
+        assert!(text(&o).contains(why), "{}", text(&o));
+    };
+    let loose = keys.join("loose.key");
+    std::fs::copy(keys.join("ci.key"), &loose).unwrap();
+    std::fs::set_permissions(&loose, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    bad("remote_sign_key", &loose, "chmod 600");
+    // A public key where the private one belongs.
+    let public = keys.join("public.key");
+    std::fs::write(&public, format!("{ci}\n")).unwrap();
+    std::fs::set_permissions(&public, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    bad("remote_sign_key", &public, "ed25519-private:");
+    let junk = keys.join("junk");
+    std::fs::write(&junk, format!("{ci}\nssh-ed25519 AAAA\n")).unwrap();
+    bad("remote_trusted_keys", &junk, "line 2");
+    let empty = keys.join("empty");
+    std::fs::write(&empty, "# nobody yet\n").unwrap();
+    bad("remote_trusted_keys", &empty, "names no key");
+    let o = dagfs(
+        &e.root.join("cfg"),
+        &["remote", "keygen", keys.join("ci.key").to_str().unwrap()],
+    )
+    .output()
+    .unwrap();
+    assert_eq!(o.status.code(), Some(25), "{}", text(&o));
+    assert!(text(&o).contains("exists already"), "{}", text(&o));
+    // A key file spoiled after it was set: the run says so, exit 25.
+    let c = e.root.join("c1");
+    std::fs::write(keys.join("trusted"), "garbage\n").unwrap();
+    let o = run(&c, &file, &["--remote", &s.url()]);
+    assert_eq!(o.status.code(), Some(25), "{}", text(&o));
+    assert!(text(&o).contains("line 1"), "{}", text(&o));
 }

@@ -135,7 +135,14 @@ impl Remote {
             .find(|o| o.path == mapping::OUT)
             .and_then(|o| o.tree_digest.clone())
             .ok_or_else(|| reject(key, "no output directory in it"))?;
-        let mut first = self.read_blobs(&conn, key, &[ef.clone(), od.clone()])?;
+        let sd = ar
+            .output_files
+            .iter()
+            .find(|o| o.path == super::sign::SIG_FILE)
+            .and_then(|o| o.digest.clone());
+        let mut want = vec![ef.clone(), od.clone()];
+        want.extend(sd.clone().filter(|_| self.trusted.is_some()));
+        let mut first = self.read_blobs(&conn, key, &want)?;
         let missing = |d: &re::Digest| {
             reject(
                 key,
@@ -143,6 +150,17 @@ impl Remote {
             )
         };
         let theirs = first.remove(&dkey(&ef)).ok_or_else(|| missing(&ef))?;
+        if let Some(t) = &self.trusted {
+            let sig = match &sd {
+                Some(d) => Some(first.remove(&dkey(d)).ok_or_else(|| missing(d))?),
+                None => None,
+            };
+            t.check(&theirs, sig.as_deref())
+                .map_err(|why| RemoteError::Untrusted {
+                    key: key.short(),
+                    why,
+                })?;
+        }
         let theirs = Entry::from_json(&theirs)
             .map_err(|e| reject(key, format!("its entry record does not decode: {e}")))?;
         let m = &ours.manifest;

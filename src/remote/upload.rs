@@ -273,7 +273,22 @@ impl Remote {
         blobs.push((tree_rd.clone(), Src::Bytes(tree)));
         let json = entry.to_json();
         let json_rd = f.of(&json);
-        blobs.push((json_rd.clone(), Src::Bytes(json)));
+        let mut outputs = vec![re::OutputFile {
+            path: mapping::ENTRY_FILE.into(),
+            digest: Some(json_rd.clone()),
+            ..Default::default()
+        }];
+        if let Some(k) = &self.signer {
+            let sig = k.sign(&json);
+            let rd = f.of(&sig);
+            outputs.push(re::OutputFile {
+                path: super::sign::SIG_FILE.into(),
+                digest: Some(rd.clone()),
+                ..Default::default()
+            });
+            blobs.push((rd, Src::Bytes(sig)));
+        }
+        blobs.push((json_rd, Src::Bytes(json)));
         let mut logs = Vec::new();
         for b in [entry.stdout, entry.stderr] {
             let size = cache.store.blob_size(&b)?;
@@ -301,11 +316,7 @@ impl Remote {
         r.blobs_present += total - missing.len() as u64;
         self.write_blobs(cache, conn, missing, &mut uniq, r)?;
         let result = re::ActionResult {
-            output_files: vec![re::OutputFile {
-                path: mapping::ENTRY_FILE.into(),
-                digest: Some(json_rd),
-                ..Default::default()
-            }],
+            output_files: outputs,
             output_directories: vec![re::OutputDirectory {
                 path: mapping::OUT.into(),
                 tree_digest: Some(tree_rd),
