@@ -946,3 +946,91 @@ fn signed_results_on_buildgrid() {
         assert_eq!(outputs(&p), outputs(&c), "{tag}");
     }
 }
+
+/// mTLS: BuildGrid asks for a client certificate signed by the test CA.
+/// A store with `remote_cert`/`remote_key` uploads and another with them
+/// gets every result; a store without a client certificate is refused by
+/// the server: one warning, the run goes on locally and succeeds.
+#[test]
+fn mtls_client_certificate() {
+    let bin = bgd();
+    let python = bin.with_file_name("python");
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_path_buf();
+    let o = Command::new(&python)
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/reapi/tls_token.py"))
+        .arg(&d)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "tls_token.py: {}", text(&o));
+    let cfg = format!(
+        r#"server:
+  - !channel
+    address: "127.0.0.1:50051"
+    insecure-mode: false
+    credentials:
+      tls-server-key: {key}
+      tls-server-cert: {cert}
+      tls-client-certs: {ca}
+authorization:
+  method: none
+storages:
+  - !lru-storage &cas
+    size: 256MB
+caches:
+  - !lru-action-cache &ac
+    storage: *cas
+    max-cached-refs: 100000
+    allow-updates: true
+instances:
+  - name: ""
+    services:
+      - !action-cache
+        cache: *ac
+      - !cas
+        storage: *cas
+      - !bytestream
+        storage: *cas
+thread-pool-size: 8
+"#,
+        key = d.join("server.key").display(),
+        cert = d.join("server.pem").display(),
+        ca = d.join("ca.pem").display(),
+    );
+    let path = |n: &str| d.join(n).to_str().unwrap().to_string();
+    let (ca, cert, key) = (path("ca.pem"), path("client.pem"), path("client.key"));
+    let client = vec![
+        ("remote_ca".to_string(), ca.clone()),
+        ("remote_cert".to_string(), cert.clone()),
+        ("remote_key".to_string(), key.clone()),
+    ];
+    let bg = BuildGrid::start_with(dir, free_port(), &cfg, "grpcs", client.clone(), vec![]);
+    let e = env();
+    let file = pipeline(&e.root.join("p"), "mtls", "report");
+    let (a, b, c) = (e.root.join("a"), e.root.join("b"), e.root.join("c"));
+    for s in [&a, &b] {
+        config(s, "remote", &bg.url());
+        for (k, v) in &client {
+            config(s, k, v);
+        }
+    }
+    config(&a, "remote_upload", "on");
+    let t = ok(&run_in(&a, &file, &[]));
+    assert!(t.contains("remote: uploaded 5 results"), "{t}");
+    let t = ok(&run_in(&b, &file, &[]));
+    assert!(t.contains("remote: 5 hits, 0 misses, 0 rejected"), "{t}");
+    fsck_clean(&b);
+    assert_eq!(outputs(&a), outputs(&b));
+
+    // c: the CA, no client certificate: the handshake is refused.
+    config(&c, "remote", &bg.url());
+    config(&c, "remote_ca", &ca);
+    let t = ok(&run_in(&c, &file, &[]));
+    assert_eq!(lines(&t, "ran ").len(), 5, "{t}");
+    let warnings: Vec<_> = t.lines().filter(|l| l.contains("warning")).collect();
+    assert_eq!(warnings.len(), 1, "{t}");
+    assert!(warnings[0].contains(&bg.url()), "{t}");
+    assert!(t.contains("disabled after 1 errors"), "{t}");
+    fsck_clean(&c);
+    assert_eq!(outputs(&a), outputs(&c));
+}

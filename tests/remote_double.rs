@@ -534,6 +534,7 @@ fn signed_results_and_trusted_keys() {
     let consume = |name: &str| {
         let c = e.root.join(name);
         config(&c, "remote_trusted_keys", trusted);
+        config(&c, "remote_lookup_timeout", "20s");
         ok(&run(&c, &file, &["--remote", &s.url()]))
     };
 
@@ -646,4 +647,90 @@ fn signed_results_and_trusted_keys() {
     let o = run(&c, &file, &["--remote", &s.url()]);
     assert_eq!(o.status.code(), Some(25), "{}", text(&o));
     assert!(text(&o).contains("line 1"), "{}", text(&o));
+}
+
+/// The circuit breaker re-probes: a server answering UNAVAILABLE when a
+/// run starts turns the tier off (one warning); once it answers again and
+/// the re-probe interval (`DAGFS_REMOTE_REPROBE_MS`, here 300 ms) has
+/// passed, the same run's later lookups hit and its upload goes through.
+/// With the default interval (60 s) the same run stays local to its end.
+#[test]
+fn the_breaker_reprobes_after_its_interval() {
+    let s = Served::start();
+    let e = env();
+    let dir = e.root.join("p");
+    std::fs::create_dir_all(&dir).unwrap();
+    let (mark, go) = (e.root.join("started"), e.root.join("go"));
+    let mut toml = format!(
+        "name = \"probe\"\n[tasks.gate]\nrun = 'touch {}; while [ ! -e {} ]; do sleep 0.05; done; echo gate > \"$DAGFS_OUT/g\"'\n",
+        mark.display(),
+        go.display()
+    );
+    for i in 0..6 {
+        toml +=
+            &format!("[tasks.after{i}]\nrun = 'echo {i} > \"$DAGFS_OUT/o\"'\ndeps = [\"gate\"]\n");
+    }
+    let file = dir.join("dagfs.toml");
+    std::fs::write(&file, toml).unwrap();
+    // The producer: every result on the server.
+    std::fs::write(&go, "").unwrap();
+    let a = e.root.join("a");
+    config(&a, "remote", &s.url());
+    config(&a, "remote_upload", "on");
+    let t = ok(&run(&a, &file, &[]));
+    assert!(t.contains("remote: uploaded 7 results"), "{t}");
+
+    let gated = |store: &Path, reprobe: Option<&str>| -> String {
+        let _ = std::fs::remove_file(&go);
+        let _ = std::fs::remove_file(&mark);
+        s.double.state().unavailable = true;
+        config(store, "remote", &s.url());
+        config(store, "remote_upload", "on");
+        config(store, "remote_lookup_timeout", "20s");
+        let mut cmd = dagfs(store, &["run", "-f", file.to_str().unwrap()]);
+        cmd.env_remove("DAGFS_REMOTE")
+            .env_remove("DAGFS_REMOTE_REPROBE_MS")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        if let Some(ms) = reprobe {
+            cmd.env("DAGFS_REMOTE_REPROBE_MS", ms);
+        }
+        let child = cmd.spawn().unwrap();
+        common::wait_for("the gate task", || mark.exists());
+        s.double.state().unavailable = false;
+        std::thread::sleep(Duration::from_millis(800));
+        std::fs::write(&go, "").unwrap();
+        ok(&child.wait_with_output().unwrap())
+    };
+    let t = gated(&e.root.join("b"), Some("300"));
+    assert!(t.contains("ran   gate"), "{t}");
+    assert_eq!(
+        t.lines().filter(|l| l.starts_with("hit ")).count(),
+        6,
+        "{t}"
+    );
+    assert!(
+        t.contains("remote: 6 hits, 0 misses, 0 rejected, disabled after 1 errors"),
+        "{t}"
+    );
+    assert!(t.contains("remote: uploaded 1 result"), "{t}");
+    assert_eq!(warnings(&t), 1, "{t}");
+    fsck_clean(&e.root.join("b"));
+
+    let t = gated(&e.root.join("c"), None);
+    assert_eq!(
+        t.lines().filter(|l| l.starts_with("ran ")).count(),
+        7,
+        "{t}"
+    );
+    assert!(t.contains("remote: 0 hits"), "{t}");
+    assert!(t.contains("left queued"), "{t}");
+
+    // A bad interval is refused, naming the variable.
+    let o = dagfs(&e.root.join("c"), &["run", "-f", file.to_str().unwrap()])
+        .env("DAGFS_REMOTE_REPROBE_MS", "soon")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("DAGFS_REMOTE_REPROBE_MS"), "{}", text(&o));
 }

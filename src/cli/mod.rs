@@ -310,7 +310,8 @@ impl CliError {
             CliError::Mount(_) => 12,
             CliError::ReadOnly(_) => 8,
             CliError::Remote(e) => match e {
-                dagfs::remote::RemoteError::BadUrl { .. } => 2,
+                dagfs::remote::RemoteError::BadUrl { .. }
+                | dagfs::remote::RemoteError::Usage(_) => 2,
                 dagfs::remote::RemoteError::Config { .. }
                 | dagfs::remote::RemoteError::Io { .. } => 8,
                 dagfs::remote::RemoteError::Cache(CacheError::Store(s)) => store(s),

@@ -166,12 +166,11 @@ impl Remote {
             .transpose()?;
         let reprobe = match env("DAGFS_REMOTE_REPROBE_MS") {
             None => REPROBE,
-            Some(v) => {
-                Duration::from_millis(v.trim().parse().map_err(|_| RemoteError::Config {
-                    path: "DAGFS_REMOTE_REPROBE_MS".into(),
-                    why: format!("{v:?} is not a number of milliseconds"),
-                })?)
-            }
+            Some(v) => Duration::from_millis(v.trim().parse().map_err(|_| {
+                RemoteError::Usage(format!(
+                    "DAGFS_REMOTE_REPROBE_MS: {v:?} is not a number of milliseconds"
+                ))
+            })?),
         };
         // NB: one worker thread: the rest of dagfs stays synchronous and
         // blocks on it.
