@@ -29,6 +29,8 @@ struct State {
     unavailable: bool,
     /// digest_function of every request seen.
     functions: Vec<i32>,
+    /// Every digest FindMissingBlobs was asked about (hash hex).
+    asked: Vec<String>,
 }
 
 #[derive(Clone, Default)]
@@ -116,7 +118,9 @@ impl re::content_addressable_storage_server::ContentAddressableStorage for Doubl
     ) -> Result<Response<re::FindMissingBlobsResponse>, Status> {
         let r = r.into_inner();
         self.check(r.digest_function)?;
-        let s = self.state();
+        let mut s = self.state();
+        s.asked
+            .extend(r.blob_digests.iter().map(|d| d.hash.clone()));
         Ok(Response::new(re::FindMissingBlobsResponse {
             missing_blob_digests: r
                 .blob_digests
@@ -733,4 +737,89 @@ fn the_breaker_reprobes_after_its_interval() {
         .unwrap();
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(text(&o).contains("DAGFS_REMOTE_REPROBE_MS"), "{}", text(&o));
+}
+
+/// Queue every entry of `store` for upload again.
+fn requeue(store: &Path) -> usize {
+    let q = store.join("remote-queue");
+    std::fs::create_dir_all(&q).unwrap();
+    let mut n = 0;
+    for shard in std::fs::read_dir(store.join("entries")).unwrap() {
+        for e in std::fs::read_dir(shard.unwrap().path()).unwrap() {
+            std::fs::write(q.join(e.unwrap().file_name()), "").unwrap();
+            n += 1;
+        }
+    }
+    n
+}
+
+/// What the server has is remembered (per server, instance and digest
+/// function, for a TTL): a second upload of the same results asks
+/// FindMissingBlobs about nothing; a new result sharing blobs with them
+/// asks only about its own; past the TTL, or on another instance, every
+/// blob is asked about again.
+#[test]
+fn blobs_the_server_has_are_remembered() {
+    let s = Served::start();
+    let e = env();
+    let a = e.root.join("a");
+    let file = pipeline(&e.root.join("p"));
+    config(&a, "remote", &s.url());
+    config(&a, "remote_upload", "on");
+    let t = ok(&run(&a, &file, &[]));
+    assert!(t.contains("remote: uploaded 5 results"), "{t}");
+    let first = std::mem::take(&mut s.double.state().asked);
+    assert!(first.len() >= 15, "{first:?}");
+
+    let flush = |envs: &[(&str, &str)]| {
+        let mut c = dagfs(&a, &["remote", "flush"]);
+        c.env_remove("DAGFS_REMOTE");
+        for (k, v) in envs {
+            c.env(k, v);
+        }
+        ok(&c.output().unwrap())
+    };
+    assert_eq!(requeue(&a), 5);
+    let t = flush(&[]);
+    assert!(
+        t.contains("remote: uploaded 5 (0 blobs, 0 bytes sent"),
+        "{t}"
+    );
+    assert!(
+        s.double.state().asked.is_empty(),
+        "{:?}",
+        s.double.state().asked
+    );
+
+    // A new result whose file is t1's: only its own blobs are asked about.
+    let dir = e.root.join("q");
+    std::fs::create_dir_all(&dir).unwrap();
+    let other = dir.join("dagfs.toml");
+    std::fs::write(
+        &other,
+        "name = \"dbl2\"\n[tasks.same]\nrun = 'mkdir \"$DAGFS_OUT/d\" && echo 1 > \"$DAGFS_OUT/d/f\" # another recipe'\n",
+    )
+    .unwrap();
+    let t = ok(&run(&a, &other, &[]));
+    assert!(t.contains("remote: uploaded 1 result"), "{t}");
+    let asked = std::mem::take(&mut s.double.state().asked);
+    let shared = b3(b"1\n");
+    assert!(first.contains(&shared));
+    assert!(!asked.contains(&shared), "{asked:?}");
+    assert!(!asked.is_empty() && asked.len() < 8, "{asked:?}");
+
+    // Past the TTL: asked again (and present: nothing sent).
+    requeue(&a);
+    let t = flush(&[("DAGFS_REMOTE_KNOWN_TTL_MS", "0")]);
+    assert!(
+        t.contains("remote: uploaded 6 (0 blobs, 0 bytes sent"),
+        "{t}"
+    );
+    let asked = std::mem::take(&mut s.double.state().asked);
+    assert!(asked.len() >= first.len(), "{asked:?}");
+    // Another instance of the same server: asked again.
+    requeue(&a);
+    let t = flush(&[("DAGFS_REMOTE", &format!("{}/other", s.url()))]);
+    assert!(t.contains("remote: uploaded 6"), "{t}");
+    assert!(s.double.state().asked.len() >= first.len());
 }

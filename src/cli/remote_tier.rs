@@ -172,14 +172,17 @@ pub fn set(cache: &Cache, key: &str, value: &str) -> Result<RemoteConfig, CliErr
     Ok(cfg)
 }
 
-/// What of the caller's environment the remote reads: the token and the
-/// breaker's re-probe interval.
+/// What of the caller's environment the remote reads: the token, the
+/// breaker's re-probe interval, how long a blob the server confirmed is
+/// trusted to be there.
 fn remote_env(io: &Io) -> dagfs::remote::Env {
     let token = (io.env)("DAGFS_REMOTE_TOKEN");
     let reprobe = (io.env)("DAGFS_REMOTE_REPROBE_MS").filter(|v| !v.is_empty());
+    let ttl = (io.env)("DAGFS_REMOTE_KNOWN_TTL_MS").filter(|v| !v.is_empty());
     Box::new(move |k: &str| match k {
         "DAGFS_REMOTE_TOKEN" => token.clone(),
         "DAGFS_REMOTE_REPROBE_MS" => reprobe.clone(),
+        "DAGFS_REMOTE_KNOWN_TTL_MS" => ttl.clone(),
         _ => None,
     })
 }
@@ -241,12 +244,13 @@ pub fn after_run(remote: &Remote, cache: &Cache, io: &mut Io) {
                 Ok(r) => {
                     let _ = writeln!(
                         err,
-                        "remote: uploaded {} result{} ({} blobs, {} bytes sent; {} blobs already there){}{}",
+                        "remote: uploaded {} result{} ({} blobs, {} bytes sent; {} blobs already there, {} of them known without asking){}{}",
                         r.uploaded,
                         if r.uploaded == 1 { "" } else { "s" },
                         r.blobs_sent,
                         r.bytes_sent,
                         r.blobs_present,
+                        r.blobs_remembered,
                         if r.local_only > 0 {
                             format!("; {} kept local only (a name that is not UTF-8)", r.local_only)
                         } else {
@@ -382,8 +386,8 @@ pub fn run(cmd: RemoteCmd, cache: &Cache, io: &mut Io) -> Result<(), CliError> {
             let r = r?;
             let _ = writeln!(
                 err,
-                "remote: uploaded {} ({} blobs, {} bytes sent; {} blobs already there; {} dropped, {} kept local only)",
-                r.uploaded, r.blobs_sent, r.bytes_sent, r.blobs_present, r.dropped, r.local_only
+                "remote: uploaded {} ({} blobs, {} bytes sent; {} blobs already there, {} of them known without asking; {} dropped, {} kept local only)",
+                r.uploaded, r.blobs_sent, r.bytes_sent, r.blobs_present, r.blobs_remembered, r.dropped, r.local_only
             );
             if r.failed.is_empty() {
                 return Ok(());

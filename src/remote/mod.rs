@@ -140,6 +140,8 @@ pub struct Remote {
     untrusted_warned: std::sync::atomic::AtomicBool,
     /// How long the breaker keeps the tier off.
     reprobe: Duration,
+    /// How long a blob the server confirmed is not asked about again.
+    known_ttl: Duration,
 }
 
 impl Remote {
@@ -164,14 +166,16 @@ impl Remote {
             .as_deref()
             .map(sign::Trusted::load)
             .transpose()?;
-        let reprobe = match env("DAGFS_REMOTE_REPROBE_MS") {
-            None => REPROBE,
-            Some(v) => Duration::from_millis(v.trim().parse().map_err(|_| {
-                RemoteError::Usage(format!(
-                    "DAGFS_REMOTE_REPROBE_MS: {v:?} is not a number of milliseconds"
-                ))
-            })?),
+        let ms = |name: &str, default: Duration| -> Result<Duration, RemoteError> {
+            match env(name) {
+                None => Ok(default),
+                Some(v) => v.trim().parse().map(Duration::from_millis).map_err(|_| {
+                    RemoteError::Usage(format!("{name}: {v:?} is not a number of milliseconds"))
+                }),
+            }
         };
+        let reprobe = ms("DAGFS_REMOTE_REPROBE_MS", REPROBE)?;
+        let known_ttl = ms("DAGFS_REMOTE_KNOWN_TTL_MS", upload::KNOWN_TTL)?;
         // NB: one worker thread: the rest of dagfs stays synchronous and
         // blocks on it.
         let rt = tokio::runtime::Builder::new_multi_thread()
@@ -197,6 +201,7 @@ impl Remote {
             trusted,
             untrusted_warned: std::sync::atomic::AtomicBool::new(false),
             reprobe,
+            known_ttl,
         }))
     }
 

@@ -4,7 +4,8 @@
 //! (never from memory: only what was committed is uploaded). Its trees
 //! become `Directory` messages and one `Tree`; every blob (files, logs,
 //! directories, the tree, the record, the Command, the Action, the empty
-//! input root) is offered to FindMissingBlobs, the missing ones are sent
+//! input root) is offered to FindMissingBlobs unless the server confirmed
+//! it less than `KNOWN_TTL` ago (index rows `h`), the missing ones are sent
 //! (BatchUpdateBlobs under the server's limit, ByteStream above), and
 //! `UpdateActionResult` goes **last**. Then the marker is removed.
 
@@ -36,7 +37,14 @@ pub struct UploadReport {
     pub bytes_sent: u64,
     /// Blobs the server already had.
     pub blobs_present: u64,
+    /// Of those, the ones not asked about: the server confirmed them less
+    /// than `KNOWN_TTL` ago (index rows `h`).
+    pub blobs_remembered: u64,
 }
+
+/// How long a blob the server confirmed is taken as there without asking
+/// again (servers evict; `DAGFS_REMOTE_KNOWN_TTL_MS` overrides it).
+pub const KNOWN_TTL: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 
 enum Src {
     Bytes(Vec<u8>),
@@ -94,6 +102,65 @@ impl Remote {
             ops.push((r, b.as_bytes().to_vec()));
         }
         cache.index.remote_put(ops)?;
+        Ok(())
+    }
+
+    /// What the rows of blobs the server has are kept under: the server,
+    /// its instance and the digest function (another server, instance or
+    /// function knows nothing of them).
+    fn known_scope(&self, conn: &Conn) -> [u8; 32] {
+        let mut h = blake3::Hasher::new();
+        h.update(self.url.to_string().as_bytes());
+        h.update(b"\0");
+        h.update(conn.instance.as_bytes());
+        h.update(b"\0");
+        h.update(conn.f.name().as_bytes());
+        *h.finalize().as_bytes()
+    }
+
+    fn known_key(scope: &[u8; 32], rd: &re::Digest) -> Option<Vec<u8>> {
+        let raw = Digest::from_hex(&rd.hash)?;
+        let mut k = Vec::with_capacity(1 + 32 + 32 + 8);
+        k.push(b'h');
+        k.extend_from_slice(scope);
+        k.extend_from_slice(raw.as_bytes());
+        k.extend_from_slice(&rd.size_bytes.to_le_bytes());
+        Some(k)
+    }
+
+    /// The server confirmed `rd` less than the TTL ago.
+    fn known(
+        &self,
+        cache: &Cache,
+        scope: &[u8; 32],
+        rd: &re::Digest,
+        now: u64,
+    ) -> Result<bool, RemoteError> {
+        let Some(k) = Self::known_key(scope, rd) else {
+            return Ok(false);
+        };
+        Ok(match cache.index.remote_get(&k)? {
+            Some(v) if v.len() == 8 => {
+                let at = u64::from_le_bytes(v[..8].try_into().expect("8 bytes"));
+                now.saturating_sub(at) < self.known_ttl.as_millis() as u64
+            }
+            _ => false,
+        })
+    }
+
+    /// Record that the server has every blob of `rds`, as of `now`.
+    fn remember_known(
+        &self,
+        cache: &Cache,
+        scope: &[u8; 32],
+        rds: &[re::Digest],
+        now: u64,
+    ) -> Result<(), RemoteError> {
+        let rows = rds
+            .iter()
+            .filter_map(|rd| Self::known_key(scope, rd))
+            .map(|k| (k, now.to_le_bytes().to_vec()));
+        cache.index.remote_put(rows)?;
         Ok(())
     }
 
@@ -310,11 +377,25 @@ impl Remote {
             }
         }
         let total = all.len() as u64;
-        let missing = self
-            .block(conn.find_missing(all))
-            .map_err(|w| self.server_err(w))?;
+        let now = crate::cache::now_ms();
+        let scope = self.known_scope(conn);
+        let mut ask = Vec::new();
+        for rd in &all {
+            if !self.known(cache, &scope, rd, now)? {
+                ask.push(rd.clone());
+            }
+        }
+        r.blobs_remembered += total - ask.len() as u64;
+        let missing = if ask.is_empty() {
+            Vec::new()
+        } else {
+            self.block(conn.find_missing(ask))
+                .map_err(|w| self.server_err(w))?
+        };
         r.blobs_present += total - missing.len() as u64;
         self.write_blobs(cache, conn, missing, &mut uniq, r)?;
+        // Every blob of the result is on the server now.
+        self.remember_known(cache, &scope, &all, now)?;
         let result = re::ActionResult {
             output_files: outputs,
             output_directories: vec![re::OutputDirectory {
