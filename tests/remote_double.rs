@@ -31,6 +31,25 @@ struct State {
     functions: Vec<i32>,
     /// Every digest FindMissingBlobs was asked about (hash hex).
     asked: Vec<String>,
+    /// Every blob read (BatchReadBlobs, ByteStream.Read) waits this long.
+    read_delay: Duration,
+    /// Blob reads being answered now, and the most at once.
+    reading: usize,
+    max_reading: usize,
+}
+
+impl Double {
+    /// Count a blob read while it waits `read_delay`.
+    async fn reading(&self) {
+        let delay = {
+            let mut s = self.state();
+            s.reading += 1;
+            s.max_reading = s.max_reading.max(s.reading);
+            s.read_delay
+        };
+        tokio::time::sleep(delay).await;
+        self.state().reading -= 1;
+    }
 }
 
 #[derive(Clone, Default)]
@@ -161,6 +180,7 @@ impl re::content_addressable_storage_server::ContentAddressableStorage for Doubl
     ) -> Result<Response<re::BatchReadBlobsResponse>, Status> {
         let r = r.into_inner();
         self.check(r.digest_function)?;
+        self.reading().await;
         let s = self.state();
         Ok(Response::new(re::BatchReadBlobsResponse {
             responses: r
@@ -236,6 +256,7 @@ impl bs::byte_stream_server::ByteStream for Double {
         r: Request<bs::ReadRequest>,
     ) -> Result<Response<Self::ReadStream>, Status> {
         self.check(-1)?;
+        self.reading().await;
         let h = hash_of(&r.into_inner().resource_name)
             .ok_or_else(|| Status::invalid_argument("name"))?;
         let data = self
@@ -822,4 +843,39 @@ fn blobs_the_server_has_are_remembered() {
     let t = flush(&[("DAGFS_REMOTE", &format!("{}/other", s.url()))]);
     assert!(t.contains("remote: uploaded 6"), "{t}");
     assert!(s.double.state().asked.len() >= first.len());
+}
+
+/// The read path reads several blobs at once (bounded): a result of ten
+/// files of 600 kB (one BatchReadBlobs each under the double's 1 MiB
+/// limit) and one of 1.2 MB (ByteStream), each read taking 100 ms, is
+/// fetched with more than one read in flight and never more than 6.
+#[test]
+fn blobs_are_read_several_at_once() {
+    let s = Served::start();
+    let e = env();
+    let (a, b) = (e.root.join("a"), e.root.join("b"));
+    let dir = e.root.join("p");
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("dagfs.toml");
+    std::fs::write(
+        &file,
+        "name = \"wide\"\n[tasks.wide]\nrun = 'for i in 0 1 2 3 4 5 6 7 8 9; do head -c 600000 /dev/urandom > \"$DAGFS_OUT/f$i\"; done; head -c 1200000 /dev/urandom > \"$DAGFS_OUT/big\"'\n",
+    )
+    .unwrap();
+    config(&a, "remote", &s.url());
+    config(&a, "remote_upload", "on");
+    ok(&run(&a, &file, &[]));
+    s.double.state().read_delay = Duration::from_millis(100);
+    config(&b, "remote_lookup_timeout", "20s");
+    let t = ok(&run(&b, &file, &["--remote", &s.url()]));
+    assert!(t.contains("remote: 1 hits, 0 misses, 0 rejected"), "{t}");
+    fsck_clean(&b);
+    let most = s.double.state().max_reading;
+    assert!((2..=6).contains(&most), "{most} reads at once");
+    for i in 0..10 {
+        let name = format!("wide/wide/f{i}");
+        let x = dagfs(&a, &["cat", &name]).output().unwrap();
+        let y = dagfs(&b, &["cat", &name]).output().unwrap();
+        assert!(x.stdout.len() == 600_000 && x.stdout == y.stdout, "{name}");
+    }
 }

@@ -273,10 +273,74 @@ impl Remote {
         }
         let f = conn.f;
         let mut blobs: Vec<(re::Digest, Src)> = Vec::new();
+        let Some((root_rd, tree_rd)) = self.output_tree(cache, f, entry.output, &mut blobs)? else {
+            return Ok(Some(false));
+        };
+        let json = entry.to_json();
+        let json_rd = f.of(&json);
+        let mut outputs = vec![re::OutputFile {
+            path: mapping::ENTRY_FILE.into(),
+            digest: Some(json_rd.clone()),
+            ..Default::default()
+        }];
+        if let Some(k) = &self.signer {
+            let sig = k.sign(&json);
+            let rd = f.of(&sig);
+            outputs.push(re::OutputFile {
+                path: super::sign::SIG_FILE.into(),
+                digest: Some(rd.clone()),
+                ..Default::default()
+            });
+            blobs.push((rd, Src::Bytes(sig)));
+        }
+        blobs.push((json_rd, Src::Bytes(json)));
+        let mut logs = Vec::new();
+        for b in [entry.stdout, entry.stderr] {
+            let size = cache.store.blob_size(&b)?;
+            let rd = self.remote_digest(cache, f, &b, size)?;
+            blobs.push((rd.clone(), Src::Blob(b)));
+            logs.push(rd);
+        }
+        let msgs = ActionMsgs::new(&entry.manifest, f);
+        blobs.push((f.of(&msgs.command), Src::Bytes(msgs.command.clone())));
+        blobs.push((f.of(&msgs.input_root), Src::Bytes(msgs.input_root.clone())));
+        blobs.push((msgs.action_digest.clone(), Src::Bytes(msgs.action.clone())));
+
+        self.send_missing(cache, conn, blobs, r)?;
+        let result = re::ActionResult {
+            output_files: outputs,
+            output_directories: vec![re::OutputDirectory {
+                path: mapping::OUT.into(),
+                tree_digest: Some(tree_rd),
+                root_directory_digest: Some(root_rd),
+                ..Default::default()
+            }],
+            exit_code: entry.exit_status,
+            stdout_digest: Some(logs[0].clone()),
+            stderr_digest: Some(logs[1].clone()),
+            ..Default::default()
+        };
+        self.block(conn.update_action_result(&msgs.action_digest, result))
+            .map_err(|w| self.server_err(w))?;
+        self.succeeded();
+        Ok(Some(true))
+    }
+
+    /// The output tree `output` as REAPI `Directory` messages (children
+    /// first) and one `Tree`: their blobs and the files' pushed onto
+    /// `blobs`; the root directory's digest and the Tree's. None: a name
+    /// REAPI cannot carry.
+    fn output_tree(
+        &self,
+        cache: &Cache,
+        f: DigestFn,
+        output: Digest,
+        blobs: &mut Vec<(re::Digest, Src)>,
+    ) -> Result<Option<(re::Digest, re::Digest)>, RemoteError> {
         // Directories, children first.
         let mut dirs: HashMap<Digest, (re::Digest, re::Directory)> = HashMap::new();
         let mut order: Vec<Digest> = Vec::new();
-        let mut stack = vec![(entry.output, false)];
+        let mut stack = vec![(output, false)];
         while let Some((t, expanded)) = stack.pop() {
             if dirs.contains_key(&t) {
                 continue;
@@ -311,7 +375,7 @@ impl Remote {
                 |c| dirs.get(c).map(|(rd, _)| rd.clone()).unwrap_or_default(),
             ) {
                 Ok(d) => d,
-                Err(_) => return Ok(Some(false)),
+                Err(_) => return Ok(None),
             };
             for (b, rd) in files {
                 blobs.push((rd, Src::Blob(b)));
@@ -322,11 +386,11 @@ impl Remote {
             dirs.insert(t, (rd, d));
             order.push(t);
         }
-        let (root_rd, root) = dirs.get(&entry.output).cloned().expect("root built");
+        let (root_rd, root) = dirs.get(&output).cloned().expect("root built");
         let mut seen = HashSet::new();
         let children: Vec<re::Directory> = order
             .iter()
-            .filter(|t| **t != entry.output)
+            .filter(|t| **t != output)
             .filter_map(|t| dirs.get(t))
             .filter(|(rd, _)| seen.insert(dkey(rd)))
             .map(|(_, d)| d.clone())
@@ -338,36 +402,19 @@ impl Remote {
         .encode_to_vec();
         let tree_rd = f.of(&tree);
         blobs.push((tree_rd.clone(), Src::Bytes(tree)));
-        let json = entry.to_json();
-        let json_rd = f.of(&json);
-        let mut outputs = vec![re::OutputFile {
-            path: mapping::ENTRY_FILE.into(),
-            digest: Some(json_rd.clone()),
-            ..Default::default()
-        }];
-        if let Some(k) = &self.signer {
-            let sig = k.sign(&json);
-            let rd = f.of(&sig);
-            outputs.push(re::OutputFile {
-                path: super::sign::SIG_FILE.into(),
-                digest: Some(rd.clone()),
-                ..Default::default()
-            });
-            blobs.push((rd, Src::Bytes(sig)));
-        }
-        blobs.push((json_rd, Src::Bytes(json)));
-        let mut logs = Vec::new();
-        for b in [entry.stdout, entry.stderr] {
-            let size = cache.store.blob_size(&b)?;
-            let rd = self.remote_digest(cache, f, &b, size)?;
-            blobs.push((rd.clone(), Src::Blob(b)));
-            logs.push(rd);
-        }
-        let msgs = ActionMsgs::new(&entry.manifest, f);
-        blobs.push((f.of(&msgs.command), Src::Bytes(msgs.command.clone())));
-        blobs.push((f.of(&msgs.input_root), Src::Bytes(msgs.input_root.clone())));
-        blobs.push((msgs.action_digest.clone(), Src::Bytes(msgs.action.clone())));
+        Ok(Some((root_rd, tree_rd)))
+    }
 
+    /// Send what of `blobs` the server lacks: not asked about if it
+    /// confirmed them within the TTL, else FindMissingBlobs; then all are
+    /// remembered as there.
+    fn send_missing(
+        &self,
+        cache: &Cache,
+        conn: &Conn,
+        blobs: Vec<(re::Digest, Src)>,
+        r: &mut UploadReport,
+    ) -> Result<(), RemoteError> {
         let mut uniq: HashMap<(String, i64), Src> = HashMap::new();
         let mut all = Vec::new();
         for (rd, src) in blobs {
@@ -396,23 +443,7 @@ impl Remote {
         self.write_blobs(cache, conn, missing, &mut uniq, r)?;
         // Every blob of the result is on the server now.
         self.remember_known(cache, &scope, &all, now)?;
-        let result = re::ActionResult {
-            output_files: outputs,
-            output_directories: vec![re::OutputDirectory {
-                path: mapping::OUT.into(),
-                tree_digest: Some(tree_rd),
-                root_directory_digest: Some(root_rd),
-                ..Default::default()
-            }],
-            exit_code: entry.exit_status,
-            stdout_digest: Some(logs[0].clone()),
-            stderr_digest: Some(logs[1].clone()),
-            ..Default::default()
-        };
-        self.block(conn.update_action_result(&msgs.action_digest, result))
-            .map_err(|w| self.server_err(w))?;
-        self.succeeded();
-        Ok(Some(true))
+        Ok(())
     }
 
     fn write_blobs(
