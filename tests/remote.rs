@@ -1030,6 +1030,7 @@ thread-pool-size: 8
     let warnings: Vec<_> = t.lines().filter(|l| l.contains("warning")).collect();
     assert_eq!(warnings.len(), 1, "{t}");
     assert!(warnings[0].contains(&bg.url()), "{t}");
+    assert!(warnings[0].contains("client certificate"), "{t}");
     assert!(t.contains("disabled after 1 errors"), "{t}");
     fsck_clean(&c);
     assert_eq!(outputs(&a), outputs(&c));
