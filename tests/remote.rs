@@ -846,6 +846,22 @@ fn through_the_daemon() {
             return;
         }
     };
+    // Key files named relative to the caller's directory, set through the
+    // daemon (whose working directory is not the caller's).
+    let ci = keygen(&e.root.join("ci.key"));
+    std::fs::write(e.root.join("trusted"), format!("{ci}\n")).unwrap();
+    let o = dagfs(&a, &["config", "remote_sign_key", "ci.key"])
+        .current_dir(&e.root)
+        .output()
+        .unwrap();
+    assert!(
+        ok(&o).contains(&format!(
+            "remote_sign_key = {}",
+            e.root.join("ci.key").display()
+        )),
+        "{}",
+        text(&o)
+    );
     let o = dagfs(&a, &["run", "-f", file.to_str().unwrap()])
         .env("DAGFS_REMOTE", bg.url())
         .current_dir(file.parent().unwrap())
@@ -855,6 +871,11 @@ fn through_the_daemon() {
     assert!(t.contains("remote: uploaded 5 results"), "{t}");
     drop(m);
     let m = common::Mounted::try_new(&b, &e.root.join("mnt-b")).unwrap();
+    let o = dagfs(&b, &["config", "remote_trusted_keys", "trusted"])
+        .current_dir(&e.root)
+        .output()
+        .unwrap();
+    ok(&o);
     let o = dagfs(&b, &["run", "-f", file.to_str().unwrap()])
         .env("DAGFS_REMOTE", bg.url())
         .current_dir(file.parent().unwrap())
