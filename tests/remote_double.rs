@@ -829,6 +829,21 @@ fn blobs_the_server_has_are_remembered() {
     assert!(!asked.contains(&shared), "{asked:?}");
     assert!(!asked.is_empty() && asked.len() < 8, "{asked:?}");
 
+    // A store that fetched t1's result from the server knows the server
+    // has its blobs: its own upload of `same` does not ask about them.
+    let c = e.root.join("c");
+    config(&c, "remote", &s.url());
+    let t = ok(&run(&c, &file, &[]));
+    assert!(t.contains("remote: 5 hits"), "{t}");
+    s.double.state().asked.clear();
+    s.double.state().ac.clear();
+    config(&c, "remote_upload", "on");
+    let t = ok(&run(&c, &other, &[]));
+    assert!(t.contains("remote: uploaded 1 result"), "{t}");
+    let asked = std::mem::take(&mut s.double.state().asked);
+    assert!(!asked.contains(&shared), "{asked:?}");
+    assert!(!asked.is_empty(), "{asked:?}");
+
     // Past the TTL: asked again (and present: nothing sent).
     requeue(&a);
     let t = flush(&[("DAGFS_REMOTE_KNOWN_TTL_MS", "0")]);

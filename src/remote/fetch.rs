@@ -56,6 +56,8 @@ struct Found {
     dirs: HashMap<Key, re::Directory>,
     /// stdout, stderr.
     logs: [Option<re::Digest>; 2],
+    /// The blobs read so far (the record, the Tree, the signature).
+    read: Vec<re::Digest>,
 }
 
 /// One read call: a batch of small blobs, or one large blob by ByteStream.
@@ -157,14 +159,14 @@ impl Remote {
         policy: &CachePolicy,
     ) -> Result<Option<EntryMeta>, RemoteError> {
         let conn = self.conn()?;
-        let Some(found) = self.lookup(&conn, ours)? else {
+        let Some(mut found) = self.lookup(&conn, ours)? else {
             return Ok(None);
         };
         let key = &ours.key;
         let stage_dir = cache.store.tempdir("remote-")?;
         let mut staged = Staged::default();
         let (known, map_rows) =
-            self.fetch_files(cache, &conn, key, &found, stage_dir.path(), &mut staged)?;
+            self.fetch_files(cache, &conn, key, &mut found, stage_dir.path(), &mut staged)?;
         let mut built: HashMap<Key, (Digest, u64, u64)> = HashMap::new();
         let (out, size, nfiles) = self.build(
             cache,
@@ -220,6 +222,9 @@ impl Remote {
         cache
             .store
             .publish_entries(&pending, |k| matches!(index.get(k), Ok(Some(_))))?;
+        // What was just read is on the server: a later upload need not ask.
+        let scope = self.known_scope(&conn);
+        self.remember_known(cache, &scope, &found.read, crate::cache::now_ms())?;
         Ok(Some(EntryMeta::from_entry(&entry)))
     }
 
@@ -260,6 +265,7 @@ impl Remote {
         let mut want = vec![ef.clone(), od.clone()];
         want.extend(sd.clone().filter(|_| self.trusted.is_some()));
         let mut first = self.read_blobs(conn, key, &want)?;
+        let read = want.clone();
         let theirs = first.remove(&dkey(&ef)).ok_or_else(|| missing(key, &ef))?;
         if let Some(t) = &self.trusted {
             let sig = match &sd {
@@ -298,18 +304,20 @@ impl Remote {
             dirs,
             logs: [ar.stdout_digest.clone(), ar.stderr_digest.clone()],
             children: tree.children,
+            read,
         }))
     }
 
     /// Every file blob of the result and its logs: known here (mapped and
-    /// stored) or fetched and staged; the logs checked against the record.
+    /// stored) or fetched (added to `found.read`) and staged; the logs checked
+    /// against the record.
     /// Returns REAPI digest → dagfs name, and the SHA-256 map rows to keep.
     fn fetch_files(
         &self,
         cache: &Cache,
         conn: &Conn,
         key: &Digest,
-        found: &Found,
+        found: &mut Found,
         stage: &std::path::Path,
         staged: &mut Staged,
     ) -> Result<(Known, Vec<(Digest, String)>), RemoteError> {
@@ -330,6 +338,7 @@ impl Remote {
             }
         }
         let fetched = self.read_blobs(conn, key, &need)?;
+        found.read.extend(need.iter().cloned());
         let mut map_rows = Vec::new();
         for rd in &need {
             let bytes = fetched.get(&dkey(rd)).ok_or_else(|| missing(key, rd))?;

@@ -108,7 +108,7 @@ impl Remote {
     /// What the rows of blobs the server has are kept under: the server,
     /// its instance and the digest function (another server, instance or
     /// function knows nothing of them).
-    fn known_scope(&self, conn: &Conn) -> [u8; 32] {
+    pub(super) fn known_scope(&self, conn: &Conn) -> [u8; 32] {
         let mut h = blake3::Hasher::new();
         h.update(self.url.to_string().as_bytes());
         h.update(b"\0");
@@ -149,7 +149,7 @@ impl Remote {
     }
 
     /// Record that the server has every blob of `rds`, as of `now`.
-    fn remember_known(
+    pub(super) fn remember_known(
         &self,
         cache: &Cache,
         scope: &[u8; 32],
