@@ -84,7 +84,8 @@ def main():
             if f.endswith(".c")
         )
         with open(os.path.join(work, "dagfs.toml"), "w") as fh:
-            fh.write(pipeline(os.path.join(work, "lib"), files))
+            # NB: hermetic checks off: this measures the remote tier, not them.
+            fh.write(pipeline(os.path.join(work, "lib"), files, "off"))
         ntasks = len(files) + 1
         outs = {"cc_" + f.replace("/", "_").replace(".c", ""): os.path.basename(f)[:-2] + ".o" for f in files}
         outs["archive"] = "libzstd.a"

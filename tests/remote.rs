@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{config, dagfs, env, fsck_clean, ok, text};
+use common::{config, dagfs, env, fsck_clean, keygen, ok, text};
 
 // ---------------------------------------------------------------------------
 // the server
@@ -846,6 +846,22 @@ fn through_the_daemon() {
             return;
         }
     };
+    // Key files named relative to the caller's directory, set through the
+    // daemon (whose working directory is not the caller's).
+    let ci = keygen(&e.root.join("ci.key"));
+    std::fs::write(e.root.join("trusted"), format!("{ci}\n")).unwrap();
+    let o = dagfs(&a, &["config", "remote_sign_key", "ci.key"])
+        .current_dir(&e.root)
+        .output()
+        .unwrap();
+    assert!(
+        ok(&o).contains(&format!(
+            "remote_sign_key = {}",
+            e.root.join("ci.key").display()
+        )),
+        "{}",
+        text(&o)
+    );
     let o = dagfs(&a, &["run", "-f", file.to_str().unwrap()])
         .env("DAGFS_REMOTE", bg.url())
         .current_dir(file.parent().unwrap())
@@ -855,6 +871,11 @@ fn through_the_daemon() {
     assert!(t.contains("remote: uploaded 5 results"), "{t}");
     drop(m);
     let m = common::Mounted::try_new(&b, &e.root.join("mnt-b")).unwrap();
+    let o = dagfs(&b, &["config", "remote_trusted_keys", "trusted"])
+        .current_dir(&e.root)
+        .output()
+        .unwrap();
+    ok(&o);
     let o = dagfs(&b, &["run", "-f", file.to_str().unwrap()])
         .env("DAGFS_REMOTE", bg.url())
         .current_dir(file.parent().unwrap())
@@ -1298,4 +1319,167 @@ fn a_key_a_run_is_computing_is_left_to_it() {
     let e_b = entry_of(&b, "gate");
     assert!(e_b.origin.is_none(), "the run's own entry: {e_b:?}");
     fsck_clean(&b);
+}
+
+/// Signing on a real server: a producer signing with the key a consumer
+/// trusts gives it hits; an unsigned producer's results and those of a
+/// producer signing with another key are rejected (counted, one warning,
+/// the tasks run, the store stays clean).
+#[test]
+fn signed_results_on_buildgrid() {
+    let bg = BuildGrid::start();
+    let e = env();
+    let keys = e.root.join("keys");
+    std::fs::create_dir_all(&keys).unwrap();
+    let ci = keygen(&keys.join("ci.key"));
+    keygen(&keys.join("other.key"));
+    let trusted = keys.join("trusted");
+    std::fs::write(&trusted, format!("{ci} the CI\n")).unwrap();
+    // NB: each case its own recipes (a tag in the command), so no producer
+    // hits another's results.
+    for (tag, key, want) in [
+        ("signed", Some("ci.key"), None),
+        ("unsigned", None, Some("it is not signed")),
+        (
+            "stranger",
+            Some("other.key"),
+            Some("a key not trusted here"),
+        ),
+    ] {
+        let dir = e.root.join(tag);
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("dagfs.toml");
+        std::fs::write(
+            &file,
+            format!(
+                "name = \"trust\"\n[tasks.one]\nrun = 'mkdir \"$DAGFS_OUT/d\" && echo {tag} > \"$DAGFS_OUT/d/f\"'\n[tasks.two]\nrun = 'cat \"$DAGFS_IN/one/d/f\" > \"$DAGFS_OUT/g\"'\ndeps = [\"one\"]\n"
+            ),
+        )
+        .unwrap();
+        let p = e.root.join(format!("{tag}-producer"));
+        config(&p, "remote", &bg.url());
+        config(&p, "remote_upload", "on");
+        if let Some(k) = key {
+            config(&p, "remote_sign_key", keys.join(k).to_str().unwrap());
+        }
+        patient(&p);
+        let t = ok(&run_in(&p, &file, &[]));
+        assert!(t.contains("remote: uploaded 2 results"), "{tag}: {t}");
+        let c = e.root.join(format!("{tag}-consumer"));
+        config(&c, "remote_trusted_keys", trusted.to_str().unwrap());
+        let t = ok(&run_in(&c, &file, &["--remote", &bg.url()]));
+        match want {
+            None => {
+                assert!(
+                    t.contains("remote: 2 hits, 0 misses, 0 rejected"),
+                    "{tag}: {t}"
+                );
+                assert!(!t.contains("warning"), "{tag}: {t}");
+            }
+            Some(why) => {
+                assert!(
+                    t.contains("remote: 0 hits, 0 misses, 2 rejected"),
+                    "{tag}: {t}"
+                );
+                assert!(t.contains(why), "{tag}: {t}");
+                assert_eq!(
+                    t.lines().filter(|l| l.contains("warning")).count(),
+                    1,
+                    "{tag}: {t}"
+                );
+                assert_eq!(lines(&t, "ran ").len(), 2, "{tag}: {t}");
+            }
+        }
+        fsck_clean(&c);
+        assert_eq!(outputs(&p), outputs(&c), "{tag}");
+    }
+}
+
+/// mTLS: BuildGrid asks for a client certificate signed by the test CA.
+/// A store with `remote_cert`/`remote_key` uploads and another with them
+/// gets every result; a store without a client certificate is refused by
+/// the server: one warning, the run goes on locally and succeeds.
+#[test]
+fn mtls_client_certificate() {
+    let bin = bgd();
+    let python = bin.with_file_name("python");
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_path_buf();
+    let o = Command::new(&python)
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/reapi/tls_token.py"))
+        .arg(&d)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "tls_token.py: {}", text(&o));
+    let cfg = format!(
+        r#"server:
+  - !channel
+    address: "127.0.0.1:50051"
+    insecure-mode: false
+    credentials:
+      tls-server-key: {key}
+      tls-server-cert: {cert}
+      tls-client-certs: {ca}
+authorization:
+  method: none
+storages:
+  - !lru-storage &cas
+    size: 256MB
+caches:
+  - !lru-action-cache &ac
+    storage: *cas
+    max-cached-refs: 100000
+    allow-updates: true
+instances:
+  - name: ""
+    services:
+      - !action-cache
+        cache: *ac
+      - !cas
+        storage: *cas
+      - !bytestream
+        storage: *cas
+thread-pool-size: 8
+"#,
+        key = d.join("server.key").display(),
+        cert = d.join("server.pem").display(),
+        ca = d.join("ca.pem").display(),
+    );
+    let path = |n: &str| d.join(n).to_str().unwrap().to_string();
+    let (ca, cert, key) = (path("ca.pem"), path("client.pem"), path("client.key"));
+    let client = vec![
+        ("remote_ca".to_string(), ca.clone()),
+        ("remote_cert".to_string(), cert.clone()),
+        ("remote_key".to_string(), key.clone()),
+    ];
+    let bg = BuildGrid::start_with(dir, free_port(), &cfg, "grpcs", client.clone(), vec![]);
+    let e = env();
+    let file = pipeline(&e.root.join("p"), "mtls", "report");
+    let (a, b, c) = (e.root.join("a"), e.root.join("b"), e.root.join("c"));
+    for s in [&a, &b] {
+        config(s, "remote", &bg.url());
+        for (k, v) in &client {
+            config(s, k, v);
+        }
+    }
+    config(&a, "remote_upload", "on");
+    let t = ok(&run_in(&a, &file, &[]));
+    assert!(t.contains("remote: uploaded 5 results"), "{t}");
+    let t = ok(&run_in(&b, &file, &[]));
+    assert!(t.contains("remote: 5 hits, 0 misses, 0 rejected"), "{t}");
+    fsck_clean(&b);
+    assert_eq!(outputs(&a), outputs(&b));
+
+    // c: the CA, no client certificate: the handshake is refused.
+    config(&c, "remote", &bg.url());
+    config(&c, "remote_ca", &ca);
+    let t = ok(&run_in(&c, &file, &[]));
+    assert_eq!(lines(&t, "ran ").len(), 5, "{t}");
+    let warnings: Vec<_> = t.lines().filter(|l| l.contains("warning")).collect();
+    assert_eq!(warnings.len(), 1, "{t}");
+    assert!(warnings[0].contains(&bg.url()), "{t}");
+    assert!(warnings[0].contains("client certificate"), "{t}");
+    assert!(t.contains("disabled after 1 errors"), "{t}");
+    fsck_clean(&c);
+    assert_eq!(outputs(&a), outputs(&c));
 }

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use bazel_remote_apis::build::bazel::remote::execution::v2 as re;
 use bazel_remote_apis::google::bytestream as bs;
-use common::{config, dagfs, env, fsck_clean, ok};
+use common::{config, dagfs, env, fsck_clean, keygen, ok, text};
 use tonic::{Request, Response, Status};
 
 #[derive(Default)]
@@ -32,6 +32,27 @@ struct State {
     unavailable: bool,
     /// digest_function of every request seen.
     functions: Vec<i32>,
+    /// Every digest FindMissingBlobs was asked about (hash hex).
+    asked: Vec<String>,
+    /// Every blob read (BatchReadBlobs, ByteStream.Read) waits this long.
+    read_delay: Duration,
+    /// Blob reads being answered now, and the most at once.
+    reading: usize,
+    max_reading: usize,
+}
+
+impl Double {
+    /// Count a blob read while it waits `read_delay`.
+    async fn reading(&self) {
+        let delay = {
+            let mut s = self.state();
+            s.reading += 1;
+            s.max_reading = s.max_reading.max(s.reading);
+            s.read_delay
+        };
+        tokio::time::sleep(delay).await;
+        self.state().reading -= 1;
+    }
 }
 
 #[derive(Clone, Default)]
@@ -121,7 +142,9 @@ impl re::content_addressable_storage_server::ContentAddressableStorage for Doubl
     ) -> Result<Response<re::FindMissingBlobsResponse>, Status> {
         let r = r.into_inner();
         self.check(r.digest_function)?;
-        let s = self.state();
+        let mut s = self.state();
+        s.asked
+            .extend(r.blob_digests.iter().map(|d| d.hash.clone()));
         Ok(Response::new(re::FindMissingBlobsResponse {
             missing_blob_digests: r
                 .blob_digests
@@ -162,6 +185,7 @@ impl re::content_addressable_storage_server::ContentAddressableStorage for Doubl
     ) -> Result<Response<re::BatchReadBlobsResponse>, Status> {
         let r = r.into_inner();
         self.check(r.digest_function)?;
+        self.reading().await;
         let s = self.state();
         Ok(Response::new(re::BatchReadBlobsResponse {
             responses: r
@@ -237,6 +261,7 @@ impl bs::byte_stream_server::ByteStream for Double {
         r: Request<bs::ReadRequest>,
     ) -> Result<Response<Self::ReadStream>, Status> {
         self.check(-1)?;
+        self.reading().await;
         let h = hash_of(&r.into_inner().resource_name)
             .ok_or_else(|| Status::invalid_argument("name"))?;
         let data = self
@@ -574,4 +599,383 @@ fn entry_key(store: &Path, task: &str) -> String {
         }
     }
     panic!("no entry for {task}");
+}
+
+fn warnings(t: &str) -> usize {
+    t.lines().filter(|l| l.contains("warning")).count()
+}
+
+/// Signing: a result signed by a trusted key hits; an unsigned one, one
+/// signed by a key not trusted, and one whose signature was tampered with
+/// are rejected (counted, one warning, the tasks run). Bad key files are
+/// refused with exit 25.
+#[test]
+fn signed_results_and_trusted_keys() {
+    let s = Served::start();
+    let e = env();
+    let file = pipeline(&e.root.join("p"));
+    let keys = e.root.join("keys");
+    std::fs::create_dir_all(&keys).unwrap();
+    let ci = keygen(&keys.join("ci.key"));
+    let other = keygen(&keys.join("other.key"));
+    assert!(ci.starts_with("ed25519:") && ci != other, "{ci} {other}");
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(keys.join("ci.key"))
+            .unwrap()
+            .permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600);
+    let trusted = keys.join("trusted");
+    std::fs::write(&trusted, format!("# the CI's key\n{ci} ci@team\n")).unwrap();
+    let trusted = trusted.to_str().unwrap();
+    // NB: each producer overwrites the last one's results: the server
+    // forgets them first (else the producer would hit them, not run).
+    let produce = |name: &str, key: Option<&str>| {
+        s.double.state().ac.clear();
+        let p = e.root.join(name);
+        config(&p, "remote", &s.url());
+        config(&p, "remote_upload", "on");
+        if let Some(k) = key {
+            config(&p, "remote_sign_key", keys.join(k).to_str().unwrap());
+        }
+        let t = ok(&run(&p, &file, &[]));
+        assert!(t.contains("remote: uploaded 5 results"), "{t}");
+    };
+    let consume = |name: &str| {
+        let c = e.root.join(name);
+        config(&c, "remote_trusted_keys", trusted);
+        config(&c, "remote_lookup_timeout", "20s");
+        ok(&run(&c, &file, &["--remote", &s.url()]))
+    };
+
+    produce("ci", Some("ci.key"));
+    let o = dagfs(&e.root.join("ci"), &["remote", "status"])
+        .output()
+        .unwrap();
+    assert!(
+        ok(&o).contains(&format!("signs with       {ci}")),
+        "{}",
+        text(&o)
+    );
+    let t = consume("c1");
+    assert!(t.contains("remote: 5 hits, 0 misses, 0 rejected"), "{t}");
+    assert_eq!(warnings(&t), 0, "{t}");
+    fsck_clean(&e.root.join("c1"));
+
+    // Unsigned: the same actions, overwritten by a store that does not sign.
+    produce("laptop", None);
+    let t = consume("c2");
+    assert!(t.contains("remote: 0 hits, 0 misses, 5 rejected"), "{t}");
+    assert_eq!(warnings(&t), 1, "{t}");
+    assert!(t.contains("it is not signed"), "{t}");
+    assert_eq!(
+        t.lines().filter(|l| l.starts_with("ran ")).count(),
+        5,
+        "{t}"
+    );
+    let o = dagfs(&e.root.join("c2"), &["stats", "--json"])
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["remote"]["rejected"], 5, "{v}");
+    // A store without trusted keys still takes them.
+    let t = ok(&run(&e.root.join("any"), &file, &["--remote", &s.url()]));
+    assert!(t.contains("remote: 5 hits"), "{t}");
+
+    // Signed by a key the consumer does not trust.
+    produce("stranger", Some("other.key"));
+    let t = consume("c3");
+    assert!(t.contains("remote: 0 hits, 0 misses, 5 rejected"), "{t}");
+    assert!(t.contains("a key not trusted here"), "{t}");
+    assert!(t.contains(&other), "{t}");
+    assert_eq!(warnings(&t), 1, "{t}");
+
+    // Signed by the CI again, then every signature tampered with (one hex
+    // digit of the signature changed, stored under its new digest).
+    produce("ci2", Some("ci.key"));
+    {
+        let mut st = s.double.state();
+        let st = &mut *st;
+        for ar in st.ac.values_mut() {
+            let of = ar
+                .output_files
+                .iter_mut()
+                .find(|o| o.path == ".dagfs/signature")
+                .expect("a signed result");
+            let d = of.digest.as_mut().unwrap();
+            let mut sig = st.cas[&d.hash].clone();
+            let i = sig.len() - 3;
+            sig[i] = if sig[i] == b'a' { b'b' } else { b'a' };
+            d.hash = b3(&sig);
+            st.cas.insert(d.hash.clone(), sig);
+        }
+    }
+    let t = consume("c4");
+    assert!(t.contains("remote: 0 hits, 0 misses, 5 rejected"), "{t}");
+    assert!(t.contains("does not verify"), "{t}");
+    assert_eq!(warnings(&t), 1, "{t}");
+    fsck_clean(&e.root.join("c4"));
+
+    // Bad key files: exit 25, naming the file and the problem.
+    let bad = |key: &str, path: &Path, why: &str| {
+        let o = dagfs(
+            &e.root.join("cfg"),
+            &["config", key, path.to_str().unwrap()],
+        )
+        .output()
+        .unwrap();
+        assert_eq!(o.status.code(), Some(25), "{key}: {}", text(&o));
+        assert!(text(&o).contains(path.to_str().unwrap()), "{}", text(&o));
+        assert!(text(&o).contains(why), "{}", text(&o));
+    };
+    let loose = keys.join("loose.key");
+    std::fs::copy(keys.join("ci.key"), &loose).unwrap();
+    std::fs::set_permissions(&loose, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    bad("remote_sign_key", &loose, "chmod 600");
+    // A public key where the private one belongs.
+    let public = keys.join("public.key");
+    std::fs::write(&public, format!("{ci}\n")).unwrap();
+    std::fs::set_permissions(&public, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    bad("remote_sign_key", &public, "ed25519-private:");
+    let junk = keys.join("junk");
+    std::fs::write(&junk, format!("{ci}\nssh-ed25519 AAAA\n")).unwrap();
+    bad("remote_trusted_keys", &junk, "line 2");
+    let empty = keys.join("empty");
+    std::fs::write(&empty, "# nobody yet\n").unwrap();
+    bad("remote_trusted_keys", &empty, "names no key");
+    let o = dagfs(
+        &e.root.join("cfg"),
+        &["remote", "keygen", keys.join("ci.key").to_str().unwrap()],
+    )
+    .output()
+    .unwrap();
+    assert_eq!(o.status.code(), Some(25), "{}", text(&o));
+    assert!(text(&o).contains("exists already"), "{}", text(&o));
+    // A key file spoiled after it was set: the run says so, exit 25.
+    let c = e.root.join("c1");
+    std::fs::write(keys.join("trusted"), "garbage\n").unwrap();
+    let o = run(&c, &file, &["--remote", &s.url()]);
+    assert_eq!(o.status.code(), Some(25), "{}", text(&o));
+    assert!(text(&o).contains("line 1"), "{}", text(&o));
+}
+
+/// The circuit breaker re-probes: a server answering UNAVAILABLE when a
+/// run starts turns the tier off (one warning); once it answers again and
+/// the re-probe interval (`DAGFS_REMOTE_REPROBE_MS`, here 300 ms) has
+/// passed, the same run's later lookups hit and its upload goes through.
+/// With the default interval (60 s) the same run stays local to its end.
+#[test]
+fn the_breaker_reprobes_after_its_interval() {
+    let s = Served::start();
+    let e = env();
+    let dir = e.root.join("p");
+    std::fs::create_dir_all(&dir).unwrap();
+    let (mark, go) = (e.root.join("started"), e.root.join("go"));
+    let mut toml = format!(
+        "name = \"probe\"\n[tasks.gate]\nrun = 'touch {}; while [ ! -e {} ]; do sleep 0.05; done; echo gate > \"$DAGFS_OUT/g\"'\n",
+        mark.display(),
+        go.display()
+    );
+    for i in 0..6 {
+        toml +=
+            &format!("[tasks.after{i}]\nrun = 'echo {i} > \"$DAGFS_OUT/o\"'\ndeps = [\"gate\"]\n");
+    }
+    let file = dir.join("dagfs.toml");
+    std::fs::write(&file, toml).unwrap();
+    // The producer: every result on the server.
+    std::fs::write(&go, "").unwrap();
+    let a = e.root.join("a");
+    config(&a, "remote", &s.url());
+    config(&a, "remote_upload", "on");
+    let t = ok(&run(&a, &file, &[]));
+    assert!(t.contains("remote: uploaded 7 results"), "{t}");
+
+    let gated = |store: &Path, reprobe: Option<&str>| -> String {
+        let _ = std::fs::remove_file(&go);
+        let _ = std::fs::remove_file(&mark);
+        s.double.state().unavailable = true;
+        config(store, "remote", &s.url());
+        config(store, "remote_upload", "on");
+        config(store, "remote_lookup_timeout", "20s");
+        let mut cmd = dagfs(store, &["run", "-f", file.to_str().unwrap()]);
+        cmd.env_remove("DAGFS_REMOTE")
+            .env_remove("DAGFS_REMOTE_REPROBE_MS")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        if let Some(ms) = reprobe {
+            cmd.env("DAGFS_REMOTE_REPROBE_MS", ms);
+        }
+        let child = cmd.spawn().unwrap();
+        common::wait_for("the gate task", || mark.exists());
+        s.double.state().unavailable = false;
+        std::thread::sleep(Duration::from_millis(800));
+        std::fs::write(&go, "").unwrap();
+        ok(&child.wait_with_output().unwrap())
+    };
+    let t = gated(&e.root.join("b"), Some("300"));
+    assert!(t.contains("ran   gate"), "{t}");
+    assert_eq!(
+        t.lines().filter(|l| l.starts_with("hit ")).count(),
+        6,
+        "{t}"
+    );
+    assert!(
+        t.contains("remote: 6 hits, 0 misses, 0 rejected, disabled after 1 errors"),
+        "{t}"
+    );
+    assert!(t.contains("remote: uploaded 1 result"), "{t}");
+    assert_eq!(warnings(&t), 1, "{t}");
+    fsck_clean(&e.root.join("b"));
+
+    let t = gated(&e.root.join("c"), None);
+    assert_eq!(
+        t.lines().filter(|l| l.starts_with("ran ")).count(),
+        7,
+        "{t}"
+    );
+    assert!(t.contains("remote: 0 hits"), "{t}");
+    assert!(t.contains("left queued"), "{t}");
+
+    // A bad interval is refused, naming the variable.
+    let o = dagfs(&e.root.join("c"), &["run", "-f", file.to_str().unwrap()])
+        .env("DAGFS_REMOTE_REPROBE_MS", "soon")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("DAGFS_REMOTE_REPROBE_MS"), "{}", text(&o));
+}
+
+/// Queue every entry of `store` for upload again.
+fn requeue(store: &Path) -> usize {
+    let q = store.join("remote-queue");
+    std::fs::create_dir_all(&q).unwrap();
+    let mut n = 0;
+    for shard in std::fs::read_dir(store.join("entries")).unwrap() {
+        for e in std::fs::read_dir(shard.unwrap().path()).unwrap() {
+            std::fs::write(q.join(e.unwrap().file_name()), "").unwrap();
+            n += 1;
+        }
+    }
+    n
+}
+
+/// What the server has is remembered (per server, instance and digest
+/// function, for a TTL): a second upload of the same results asks
+/// FindMissingBlobs about nothing; a new result sharing blobs with them
+/// asks only about its own; past the TTL, or on another instance, every
+/// blob is asked about again.
+#[test]
+fn blobs_the_server_has_are_remembered() {
+    let s = Served::start();
+    let e = env();
+    let a = e.root.join("a");
+    let file = pipeline(&e.root.join("p"));
+    config(&a, "remote", &s.url());
+    config(&a, "remote_upload", "on");
+    let t = ok(&run(&a, &file, &[]));
+    assert!(t.contains("remote: uploaded 5 results"), "{t}");
+    let first = std::mem::take(&mut s.double.state().asked);
+    assert!(first.len() >= 15, "{first:?}");
+
+    let flush = |envs: &[(&str, &str)]| {
+        let mut c = dagfs(&a, &["remote", "flush"]);
+        c.env_remove("DAGFS_REMOTE");
+        for (k, v) in envs {
+            c.env(k, v);
+        }
+        ok(&c.output().unwrap())
+    };
+    assert_eq!(requeue(&a), 5);
+    let t = flush(&[]);
+    assert!(
+        t.contains("remote: uploaded 5 (0 blobs, 0 bytes sent"),
+        "{t}"
+    );
+    assert!(
+        s.double.state().asked.is_empty(),
+        "{:?}",
+        s.double.state().asked
+    );
+
+    // A new result whose file is t1's: only its own blobs are asked about.
+    let dir = e.root.join("q");
+    std::fs::create_dir_all(&dir).unwrap();
+    let other = dir.join("dagfs.toml");
+    std::fs::write(
+        &other,
+        "name = \"dbl2\"\n[tasks.same]\nrun = 'mkdir \"$DAGFS_OUT/d\" && echo 1 > \"$DAGFS_OUT/d/f\" # another recipe'\n",
+    )
+    .unwrap();
+    let t = ok(&run(&a, &other, &[]));
+    assert!(t.contains("remote: uploaded 1 result"), "{t}");
+    let asked = std::mem::take(&mut s.double.state().asked);
+    let shared = b3(b"1\n");
+    assert!(first.contains(&shared));
+    assert!(!asked.contains(&shared), "{asked:?}");
+    assert!(!asked.is_empty() && asked.len() < 8, "{asked:?}");
+
+    // A store that fetched t1's result from the server knows the server
+    // has its blobs: its own upload of `same` does not ask about them.
+    let c = e.root.join("c");
+    config(&c, "remote", &s.url());
+    let t = ok(&run(&c, &file, &[]));
+    assert!(t.contains("remote: 5 hits"), "{t}");
+    s.double.state().asked.clear();
+    s.double.state().ac.clear();
+    config(&c, "remote_upload", "on");
+    let t = ok(&run(&c, &other, &[]));
+    assert!(t.contains("remote: uploaded 1 result"), "{t}");
+    let asked = std::mem::take(&mut s.double.state().asked);
+    assert!(!asked.contains(&shared), "{asked:?}");
+    assert!(!asked.is_empty(), "{asked:?}");
+
+    // Past the TTL: asked again (and present: nothing sent).
+    requeue(&a);
+    let t = flush(&[("DAGFS_REMOTE_KNOWN_TTL_MS", "0")]);
+    assert!(
+        t.contains("remote: uploaded 6 (0 blobs, 0 bytes sent"),
+        "{t}"
+    );
+    let asked = std::mem::take(&mut s.double.state().asked);
+    assert!(asked.len() >= first.len(), "{asked:?}");
+    // Another instance of the same server: asked again.
+    requeue(&a);
+    let t = flush(&[("DAGFS_REMOTE", &format!("{}/other", s.url()))]);
+    assert!(t.contains("remote: uploaded 6"), "{t}");
+    assert!(s.double.state().asked.len() >= first.len());
+}
+
+/// The read path reads several blobs at once (bounded): a result of ten
+/// files of 600 kB (one BatchReadBlobs each under the double's 1 MiB
+/// limit) and one of 1.2 MB (ByteStream), each read taking 100 ms, is
+/// fetched with more than one read in flight and never more than 6.
+#[test]
+fn blobs_are_read_several_at_once() {
+    let s = Served::start();
+    let e = env();
+    let (a, b) = (e.root.join("a"), e.root.join("b"));
+    let dir = e.root.join("p");
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("dagfs.toml");
+    std::fs::write(
+        &file,
+        "name = \"wide\"\n[tasks.wide]\nrun = 'for i in 0 1 2 3 4 5 6 7 8 9; do head -c 600000 /dev/urandom > \"$DAGFS_OUT/f$i\"; done; head -c 1200000 /dev/urandom > \"$DAGFS_OUT/big\"'\n",
+    )
+    .unwrap();
+    config(&a, "remote", &s.url());
+    config(&a, "remote_upload", "on");
+    ok(&run(&a, &file, &[]));
+    s.double.state().read_delay = Duration::from_millis(100);
+    config(&b, "remote_lookup_timeout", "20s");
+    let t = ok(&run(&b, &file, &["--remote", &s.url()]));
+    assert!(t.contains("remote: 1 hits, 0 misses, 0 rejected"), "{t}");
+    fsck_clean(&b);
+    let most = s.double.state().max_reading;
+    assert!((2..=6).contains(&most), "{most} reads at once");
+    for i in 0..10 {
+        let name = format!("wide/wide/f{i}");
+        let x = dagfs(&a, &["cat", &name]).output().unwrap();
+        let y = dagfs(&b, &["cat", &name]).output().unwrap();
+        assert!(x.stdout.len() == 600_000 && x.stdout == y.stdout, "{name}");
+    }
 }

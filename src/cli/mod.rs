@@ -56,7 +56,8 @@ Exit codes:
          4  problems remain that --repair cannot fix (or, with --repair, did not)
       so 17 = found, all repairable; 19 = found and all repaired;
       21 = found, some not repairable; 23 = repaired some, some remain
-  24  ui: cannot listen on the address (in use, not permitted)";
+  24  ui: cannot listen on the address (in use, not permitted)
+  25  remote: a signing key or trusted-keys file that cannot be used (remote keygen, config remote_sign_key/remote_trusted_keys, run)";
 
 #[derive(Parser, Debug)]
 #[command(name = "dagfs", version, about = "A content-addressed cache for the outputs of DAG pipelines", after_help = EXIT_CODES)]
@@ -197,6 +198,17 @@ impl Cmd {
                     abs(d);
                 }
             }
+            Cmd::Config {
+                key: Some(k),
+                value: Some(v),
+            } if remote_tier::FILE_KEYS.contains(&k.as_str()) && v != "none" => {
+                let mut p = PathBuf::from(&*v);
+                abs(&mut p);
+                *v = p.display().to_string();
+            }
+            Cmd::Remote {
+                cmd: remote_tier::RemoteCmd::Keygen { file },
+            } => abs(file),
             _ => {}
         }
     }
@@ -299,11 +311,13 @@ impl CliError {
             CliError::Mount(_) => 12,
             CliError::ReadOnly(_) => 8,
             CliError::Remote(e) => match e {
-                dagfs::remote::RemoteError::BadUrl { .. } => 2,
+                dagfs::remote::RemoteError::BadUrl { .. }
+                | dagfs::remote::RemoteError::Usage(_) => 2,
                 dagfs::remote::RemoteError::Config { .. }
                 | dagfs::remote::RemoteError::Io { .. } => 8,
                 dagfs::remote::RemoteError::Cache(CacheError::Store(s)) => store(s),
                 dagfs::remote::RemoteError::Cache(_) => 8,
+                dagfs::remote::RemoteError::Key { .. } => 25,
                 _ => 15,
             },
             CliError::Listen(_) => 24,
@@ -420,6 +434,9 @@ pub fn main() -> i32 {
     match cli.cmd {
         Cmd::Mount(args) => mount::mount(cli.store, args).map_or_else(fail, |()| 0),
         Cmd::Umount { mountpoint } => mount::umount(&mountpoint).map_or_else(fail, |()| 0),
+        Cmd::Remote {
+            cmd: remote_tier::RemoteCmd::Keygen { file },
+        } => remote_tier::keygen(&file, &mut std::io::stdout()).map_or_else(fail, |()| 0),
         Cmd::Run(a) if a.watch => {
             let dir = match store_dir(cli.store, &|k| std::env::var(k).ok()) {
                 Ok(d) => d,

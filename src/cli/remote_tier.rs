@@ -25,10 +25,17 @@ pub enum RemoteCmd {
     /// Upload every queued result and wait (exit 15 if something could not
     /// be uploaded, saying what)
     Flush,
+    /// Make a signing key: writes the private key to FILE (mode 0600, never
+    /// overwriting) and prints its public key, for other stores'
+    /// `remote_trusted_keys` (exit 25 if FILE cannot be made)
+    Keygen {
+        /// Where the private key goes
+        file: std::path::PathBuf,
+    },
 }
 
 /// The settings `dagfs config` shows and sets for the remote.
-pub const KEYS: [&str; 8] = [
+pub const KEYS: [&str; 10] = [
     "remote",
     "remote_upload",
     "remote_digest",
@@ -37,6 +44,19 @@ pub const KEYS: [&str; 8] = [
     "remote_key",
     "remote_token_file",
     "remote_lookup_timeout",
+    "remote_sign_key",
+    "remote_trusted_keys",
+];
+
+/// The settings whose value is a file (made absolute before a command
+/// goes to a daemon).
+pub const FILE_KEYS: [&str; 6] = [
+    "remote_ca",
+    "remote_cert",
+    "remote_key",
+    "remote_token_file",
+    "remote_sign_key",
+    "remote_trusted_keys",
 ];
 
 pub fn show(cfg: &RemoteConfig) -> String {
@@ -46,7 +66,7 @@ pub fn show(cfg: &RemoteConfig) -> String {
             .unwrap_or_else(|| "none".into())
     };
     format!(
-        "remote = {}\nremote_upload = {}\nremote_digest = {}\nremote_ca = {}\nremote_cert = {}\nremote_key = {}\nremote_token_file = {}\nremote_lookup_timeout = {}\n",
+        "remote = {}\nremote_upload = {}\nremote_digest = {}\nremote_ca = {}\nremote_cert = {}\nremote_key = {}\nremote_token_file = {}\nremote_lookup_timeout = {}\nremote_sign_key = {}\nremote_trusted_keys = {}\n",
         cfg.url.as_deref().unwrap_or("none"),
         if cfg.upload { "on" } else { "off" },
         match cfg.digest {
@@ -61,6 +81,8 @@ pub fn show(cfg: &RemoteConfig) -> String {
         cfg.lookup_timeout_ms
             .map(|ms| format!("{}ms", ms))
             .unwrap_or_else(|| "none".into()),
+        path(&cfg.sign_key),
+        path(&cfg.trusted_keys),
     )
 }
 
@@ -112,6 +134,19 @@ pub fn set(cache: &Cache, key: &str, value: &str) -> Result<RemoteConfig, CliErr
         "remote_cert" => cfg.cert = file(value)?,
         "remote_key" => cfg.key = file(value)?,
         "remote_token_file" => cfg.token_file = file(value)?,
+        // NB: checked now, so a bad key file is found when it is set.
+        "remote_sign_key" => {
+            cfg.sign_key = file(value)?;
+            if let Some(p) = &cfg.sign_key {
+                dagfs::remote::sign::SignKey::load(p)?;
+            }
+        }
+        "remote_trusted_keys" => {
+            cfg.trusted_keys = file(value)?;
+            if let Some(p) = &cfg.trusted_keys {
+                dagfs::remote::sign::Trusted::load(p)?;
+            }
+        }
         "remote_lookup_timeout" => {
             cfg.lookup_timeout_ms = if none {
                 None
@@ -138,6 +173,28 @@ pub fn set(cache: &Cache, key: &str, value: &str) -> Result<RemoteConfig, CliErr
     Ok(cfg)
 }
 
+/// What of the caller's environment the remote reads: the token, the
+/// breaker's re-probe interval, how long a blob the server confirmed is
+/// trusted to be there.
+fn remote_env(io: &Io) -> dagfs::remote::Env {
+    let token = (io.env)("DAGFS_REMOTE_TOKEN");
+    let reprobe = (io.env)("DAGFS_REMOTE_REPROBE_MS").filter(|v| !v.is_empty());
+    let ttl = (io.env)("DAGFS_REMOTE_KNOWN_TTL_MS").filter(|v| !v.is_empty());
+    Box::new(move |k: &str| match k {
+        "DAGFS_REMOTE_TOKEN" => token.clone(),
+        "DAGFS_REMOTE_REPROBE_MS" => reprobe.clone(),
+        "DAGFS_REMOTE_KNOWN_TTL_MS" => ttl.clone(),
+        _ => None,
+    })
+}
+
+/// `dagfs remote keygen FILE` (runs in the calling process: it needs no
+/// store).
+pub fn keygen(file: &std::path::Path, out: &mut dyn std::io::Write) -> Result<(), CliError> {
+    let public = dagfs::remote::sign::keygen(file)?;
+    writeln!(out, "{public}").map_err(CliError::Output)
+}
+
 /// The remote for one run, or None. `flag`: `--remote URL` or
 /// `--no-remote` ("none"); else `DAGFS_REMOTE`; else the store's setting.
 pub fn for_run(
@@ -148,14 +205,7 @@ pub fn for_run(
     let cfg = RemoteConfig::load(cache.store.root())?;
     let env_url = (io.env)("DAGFS_REMOTE").filter(|v| !v.is_empty());
     let over = flag.or(env_url.as_deref());
-    let token = (io.env)("DAGFS_REMOTE_TOKEN");
-    let env = Box::new(move |k: &str| {
-        if k == "DAGFS_REMOTE_TOKEN" {
-            token.clone()
-        } else {
-            None
-        }
-    });
+    let env = remote_env(io);
     Ok(Remote::new(cache.store.root(), cfg, over, env)?.map(Arc::new))
 }
 
@@ -207,12 +257,13 @@ pub fn after_run(remote: &Remote, cache: &Cache, io: &mut Io, uploader: Option<&
                 Ok(r) => {
                     let _ = writeln!(
                         err,
-                        "remote: uploaded {} result{} ({} blobs, {} bytes sent; {} blobs already there){}{}",
+                        "remote: uploaded {} result{} ({} blobs, {} bytes sent; {} blobs already there, {} of them known without asking){}{}",
                         r.uploaded,
                         if r.uploaded == 1 { "" } else { "s" },
                         r.blobs_sent,
                         r.bytes_sent,
                         r.blobs_present,
+                        r.blobs_remembered,
                         if r.local_only > 0 {
                             format!("; {} kept local only (a name that is not UTF-8)", r.local_only)
                         } else {
@@ -250,14 +301,7 @@ pub fn after_run(remote: &Remote, cache: &Cache, io: &mut Io, uploader: Option<&
 fn configured(cache: &Cache, io: &Io) -> Result<Remote, CliError> {
     let cfg = RemoteConfig::load(cache.store.root())?;
     let env_url = (io.env)("DAGFS_REMOTE").filter(|v| !v.is_empty());
-    let token = (io.env)("DAGFS_REMOTE_TOKEN");
-    let env = Box::new(move |k: &str| {
-        if k == "DAGFS_REMOTE_TOKEN" {
-            token.clone()
-        } else {
-            None
-        }
-    });
+    let env = remote_env(io);
     Remote::new(cache.store.root(), cfg, env_url.as_deref(), env)?.ok_or_else(|| {
         CliError::Usage(
             "no remote configured (dagfs config remote grpc://HOST:PORT, or DAGFS_REMOTE)".into(),
@@ -266,12 +310,16 @@ fn configured(cache: &Cache, io: &Io) -> Result<Remote, CliError> {
 }
 
 pub fn run(cmd: RemoteCmd, cache: &Cache, io: &mut Io, ctx: &Ctx) -> Result<(), CliError> {
+    if let RemoteCmd::Keygen { file } = &cmd {
+        return keygen(file, io.out);
+    }
     let remote = configured(cache, io)?;
     let background = ctx
         .uploader
         .as_ref()
         .filter(|u| remote.uploads() && u.serves(&remote.url));
     match cmd {
+        RemoteCmd::Keygen { .. } => unreachable!("answered above"),
         RemoteCmd::Status { json } => {
             let st = remote.status();
             let stats = cache.index.stats()?;
@@ -329,6 +377,15 @@ pub fn run(cmd: RemoteCmd, cache: &Cache, io: &mut Io, ctx: &Ctx) -> Result<(), 
             if background.is_some() {
                 s += "uploader         the daemon's, in the background\n";
             }
+            s += &format!(
+                "signs with       {}\ntrusts           {}\n",
+                st.signing_key.as_deref().unwrap_or("(unsigned)"),
+                match st.trusted_keys {
+                    None => "any result (no remote_trusted_keys)".to_string(),
+                    Some(n) =>
+                        format!("results signed by {n} key{}", if n == 1 { "" } else { "s" }),
+                }
+            );
             s += &format!("hits             {hits}\n");
             for (k, v) in &stats.remote {
                 s += &format!("{:<17}{v}\n", k.replace('_', " "));
@@ -359,8 +416,8 @@ pub fn run(cmd: RemoteCmd, cache: &Cache, io: &mut Io, ctx: &Ctx) -> Result<(), 
             let r = r?;
             let _ = writeln!(
                 err,
-                "remote: uploaded {} ({} blobs, {} bytes sent; {} blobs already there; {} dropped, {} kept local only)",
-                r.uploaded, r.blobs_sent, r.bytes_sent, r.blobs_present, r.dropped, r.local_only
+                "remote: uploaded {} ({} blobs, {} bytes sent; {} blobs already there, {} of them known without asking; {} dropped, {} kept local only)",
+                r.uploaded, r.blobs_sent, r.bytes_sent, r.blobs_present, r.blobs_remembered, r.dropped, r.local_only
             );
             if r.failed.is_empty() {
                 return Ok(());

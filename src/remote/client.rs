@@ -177,7 +177,17 @@ impl Conn {
                 instance_name: url.instance.clone(),
             }),
         )
-        .await?
+        .await
+        .map_err(|e| {
+            // NB: a TLS server that wants a client certificate and gets
+            // none drops the connection after the handshake: all the
+            // client sees is a transport error.
+            if url.tls && cfg.cert.is_none() && e.contains("transport error") {
+                format!("{e} (if the server asks for a client certificate: dagfs config remote_cert FILE and remote_key FILE)")
+            } else {
+                e
+            }
+        })?
         .into_inner();
         let cc = caps.cache_capabilities.unwrap_or_default();
         let offers = |v: re::digest_function::Value| cc.digest_functions.contains(&(v as i32));

@@ -129,6 +129,11 @@ pub struct RemoteConfig {
     /// GetActionResult's deadline on a local miss (default
     /// `client::LOOKUP_DEADLINE`).
     pub lookup_timeout_ms: Option<u64>,
+    /// The private key this store signs its uploads with (`sign`).
+    pub sign_key: Option<PathBuf>,
+    /// Public keys, one a line: when set, only results signed by one of
+    /// them are accepted.
+    pub trusted_keys: Option<PathBuf>,
 }
 
 pub const FILE: &str = "remote.json";

@@ -27,6 +27,15 @@ pub enum RemoteError {
     /// Turned off after repeated errors for the rest of this process.
     #[error("remote {url} disabled after {errors} errors")]
     Disabled { url: String, errors: u32 },
+    /// A setting of the environment that is not usable (exit 2).
+    #[error("{0}")]
+    Usage(String),
+    /// A signing key or trusted-keys file that cannot be used.
+    #[error("{}: {why}", path.display())]
+    Key { path: PathBuf, why: String },
+    /// A result not signed by a trusted key (`remote_trusted_keys`).
+    #[error("remote result for {key} rejected: {why}")]
+    Untrusted { key: String, why: String },
     #[error(transparent)]
     Cache(#[from] crate::cache::CacheError),
 }

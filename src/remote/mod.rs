@@ -34,6 +34,7 @@ pub mod error;
 mod fetch;
 pub mod mapping;
 pub mod queue;
+pub mod sign;
 mod upload;
 
 use std::collections::HashSet;
@@ -54,7 +55,8 @@ pub use upload::UploadReport;
 
 /// Errors after which the tier turns itself off (circuit breaker).
 pub const MAX_ERRORS: u32 = 3;
-/// How long it stays off before it is tried again.
+/// How long it stays off before it is tried again (`DAGFS_REMOTE_REPROBE_MS`
+/// overrides it: tests, or a team that wants it sooner).
 pub const REPROBE: Duration = Duration::from_secs(60);
 
 /// What one process did with the remote (persisted into `dagfs stats` by
@@ -133,6 +135,16 @@ pub struct Remote {
     warnings: Mutex<Vec<String>>,
     pub counters: Counters,
     store: PathBuf,
+    /// This store's signing key (`remote_sign_key`).
+    signer: Option<sign::SignKey>,
+    /// Only results signed by these are accepted (`remote_trusted_keys`).
+    trusted: Option<sign::Trusted>,
+    /// Results rejected as untrusted were warned about (once a process).
+    untrusted_warned: std::sync::atomic::AtomicBool,
+    /// How long the breaker keeps the tier off.
+    reprobe: Duration,
+    /// How long a blob the server confirmed is not asked about again.
+    known_ttl: Duration,
 }
 
 impl Remote {
@@ -147,6 +159,26 @@ impl Remote {
         let Some(url) = cfg.effective_url(over)? else {
             return Ok(None);
         };
+        let signer = cfg
+            .sign_key
+            .as_deref()
+            .map(sign::SignKey::load)
+            .transpose()?;
+        let trusted = cfg
+            .trusted_keys
+            .as_deref()
+            .map(sign::Trusted::load)
+            .transpose()?;
+        let ms = |name: &str, default: Duration| -> Result<Duration, RemoteError> {
+            match env(name) {
+                None => Ok(default),
+                Some(v) => v.trim().parse().map(Duration::from_millis).map_err(|_| {
+                    RemoteError::Usage(format!("{name}: {v:?} is not a number of milliseconds"))
+                }),
+            }
+        };
+        let reprobe = ms("DAGFS_REMOTE_REPROBE_MS", REPROBE)?;
+        let known_ttl = ms("DAGFS_REMOTE_KNOWN_TTL_MS", upload::KNOWN_TTL)?;
         // NB: one worker thread: the rest of dagfs stays synchronous and
         // blocks on it.
         let rt = tokio::runtime::Builder::new_multi_thread()
@@ -168,6 +200,11 @@ impl Remote {
             warnings: Mutex::new(Vec::new()),
             counters: Counters::default(),
             store: store.to_path_buf(),
+            signer,
+            trusted,
+            untrusted_warned: std::sync::atomic::AtomicBool::new(false),
+            reprobe,
+            known_ttl,
         }))
     }
 
@@ -231,7 +268,7 @@ impl Remote {
     }
 
     /// Count an error; the first is a warning; `MAX_ERRORS` in a row (or
-    /// `now`) turn the tier off for `REPROBE`.
+    /// `now`) turn the tier off for `REPROBE` (`self.reprobe`).
     fn failed(&self, e: &RemoteError, now: bool) {
         self.counters.add("errors", 1);
         let mut b = self.breaker.lock().unwrap_or_else(|p| p.into_inner());
@@ -241,7 +278,7 @@ impl Remote {
             self.warn(format!("{e}; going on without it where it fails"));
         }
         if now || b.errors >= MAX_ERRORS {
-            b.off_until = Some(Instant::now() + REPROBE);
+            b.off_until = Some(Instant::now() + self.reprobe);
             b.tripped = true;
             b.errors = 0;
             *self.conn.lock().unwrap_or_else(|p| p.into_inner()) = None;
@@ -334,6 +371,8 @@ impl Remote {
             rtt_ms: rtt.as_secs_f64() * 1000.0,
             upload: self.cfg.upload,
             queued: queue::len(&self.store),
+            signing_key: self.signer.as_ref().map(|k| k.public()),
+            trusted_keys: self.trusted.as_ref().map(|t| t.len()),
         })
     }
 }
@@ -351,6 +390,10 @@ pub struct Status {
     pub rtt_ms: f64,
     pub upload: bool,
     pub queued: usize,
+    /// The public key of `remote_sign_key`, if uploads are signed.
+    pub signing_key: Option<String>,
+    /// How many keys `remote_trusted_keys` trusts (None: any result).
+    pub trusted_keys: Option<usize>,
 }
 
 /// Only shell tasks travel: a closure's code is not part of its recipe.
@@ -385,6 +428,17 @@ impl Tier for Remote {
                 self.warn(format!(
                     "remote result for {key} rejected ({why}); running the task"
                 ));
+                None
+            }
+            Err(RemoteError::Untrusted { key, why }) => {
+                // NB: one warning a process: a consumer trusting CI's key
+                // meets every laptop-made result the same way.
+                self.counters.add("rejected", 1);
+                if !self.untrusted_warned.swap(true, Ordering::Relaxed) {
+                    self.warn(format!(
+                        "remote result for {key} rejected ({why}); running the task (results not signed by a trusted key are rejected: counted, not warned again)"
+                    ));
+                }
                 None
             }
             Err(RemoteError::Disabled { .. } | RemoteError::Unreachable { .. }) => None,

@@ -5,8 +5,9 @@
 //! become `Directory` messages and one `Tree`; every blob (files, logs,
 //! directories, the tree, the record, the Command, the Action, the empty
 //! input root, the key Action and its Command) is offered to
-//! FindMissingBlobs, the missing ones are sent (BatchUpdateBlobs under the
-//! server's limit, ByteStream above), and `UpdateActionResult` goes
+//! FindMissingBlobs unless the server confirmed it less than `KNOWN_TTL`
+//! ago (index rows `h`), the missing ones are sent (BatchUpdateBlobs under
+//! the server's limit, ByteStream above), and `UpdateActionResult` goes
 //! **last**: the recipe's, then the key's (`by_key`). Then the marker is
 //! removed.
 
@@ -38,7 +39,14 @@ pub struct UploadReport {
     pub bytes_sent: u64,
     /// Blobs the server already had.
     pub blobs_present: u64,
+    /// Of those, the ones not asked about: the server confirmed them less
+    /// than `KNOWN_TTL` ago (index rows `h`).
+    pub blobs_remembered: u64,
 }
+
+/// How long a blob the server confirmed is taken as there without asking
+/// again (servers evict; `DAGFS_REMOTE_KNOWN_TTL_MS` overrides it).
+pub const KNOWN_TTL: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 
 enum Src {
     Bytes(Vec<u8>),
@@ -96,6 +104,65 @@ impl Remote {
             ops.push((r, b.as_bytes().to_vec()));
         }
         cache.index.remote_put(ops)?;
+        Ok(())
+    }
+
+    /// What the rows of blobs the server has are kept under: the server,
+    /// its instance and the digest function (another server, instance or
+    /// function knows nothing of them).
+    pub(super) fn known_scope(&self, conn: &Conn) -> [u8; 32] {
+        let mut h = blake3::Hasher::new();
+        h.update(self.url.to_string().as_bytes());
+        h.update(b"\0");
+        h.update(conn.instance.as_bytes());
+        h.update(b"\0");
+        h.update(conn.f.name().as_bytes());
+        *h.finalize().as_bytes()
+    }
+
+    fn known_key(scope: &[u8; 32], rd: &re::Digest) -> Option<Vec<u8>> {
+        let raw = Digest::from_hex(&rd.hash)?;
+        let mut k = Vec::with_capacity(1 + 32 + 32 + 8);
+        k.push(b'h');
+        k.extend_from_slice(scope);
+        k.extend_from_slice(raw.as_bytes());
+        k.extend_from_slice(&rd.size_bytes.to_le_bytes());
+        Some(k)
+    }
+
+    /// The server confirmed `rd` less than the TTL ago.
+    fn known(
+        &self,
+        cache: &Cache,
+        scope: &[u8; 32],
+        rd: &re::Digest,
+        now: u64,
+    ) -> Result<bool, RemoteError> {
+        let Some(k) = Self::known_key(scope, rd) else {
+            return Ok(false);
+        };
+        Ok(match cache.index.remote_get(&k)? {
+            Some(v) if v.len() == 8 => {
+                let at = u64::from_le_bytes(v[..8].try_into().expect("8 bytes"));
+                now.saturating_sub(at) < self.known_ttl.as_millis() as u64
+            }
+            _ => false,
+        })
+    }
+
+    /// Record that the server has every blob of `rds`, as of `now`.
+    pub(super) fn remember_known(
+        &self,
+        cache: &Cache,
+        scope: &[u8; 32],
+        rds: &[re::Digest],
+        now: u64,
+    ) -> Result<(), RemoteError> {
+        let rows = rds
+            .iter()
+            .filter_map(|rd| Self::known_key(scope, rd))
+            .map(|k| (k, now.to_le_bytes().to_vec()));
+        cache.index.remote_put(rows)?;
         Ok(())
     }
 
@@ -224,10 +291,80 @@ impl Remote {
         }
         let f = conn.f;
         let mut blobs: Vec<(re::Digest, Src)> = Vec::new();
+        let Some((root_rd, tree_rd)) = self.output_tree(cache, f, entry.output, &mut blobs)? else {
+            return Ok(Some(false));
+        };
+        let json = entry.to_json();
+        let json_rd = f.of(&json);
+        let mut outputs = vec![re::OutputFile {
+            path: mapping::ENTRY_FILE.into(),
+            digest: Some(json_rd.clone()),
+            ..Default::default()
+        }];
+        if let Some(k) = &self.signer {
+            let sig = k.sign(&json);
+            let rd = f.of(&sig);
+            outputs.push(re::OutputFile {
+                path: super::sign::SIG_FILE.into(),
+                digest: Some(rd.clone()),
+                ..Default::default()
+            });
+            blobs.push((rd, Src::Bytes(sig)));
+        }
+        blobs.push((json_rd.clone(), Src::Bytes(json)));
+        let mut logs = Vec::new();
+        for b in [entry.stdout, entry.stderr] {
+            let size = cache.store.blob_size(&b)?;
+            let rd = self.remote_digest(cache, f, &b, size)?;
+            blobs.push((rd.clone(), Src::Blob(b)));
+            logs.push(rd);
+        }
+        let msgs = ActionMsgs::new(&entry.manifest, f);
+        blobs.push((f.of(&msgs.command), Src::Bytes(msgs.command.clone())));
+        blobs.push((f.of(&msgs.input_root), Src::Bytes(msgs.input_root.clone())));
+        blobs.push((msgs.action_digest.clone(), Src::Bytes(msgs.action.clone())));
+        let by_key = super::by_key::key_action(key, f);
+        blobs.push((f.of(&by_key.command), Src::Bytes(by_key.command)));
+        blobs.push((by_key.digest.clone(), Src::Bytes(by_key.action)));
+
+        self.send_missing(cache, conn, blobs, r)?;
+        let result = re::ActionResult {
+            output_files: outputs,
+            output_directories: vec![re::OutputDirectory {
+                path: mapping::OUT.into(),
+                tree_digest: Some(tree_rd),
+                root_directory_digest: Some(root_rd),
+                ..Default::default()
+            }],
+            exit_code: entry.exit_status,
+            stdout_digest: Some(logs[0].clone()),
+            stderr_digest: Some(logs[1].clone()),
+            ..Default::default()
+        };
+        self.block(conn.update_action_result(&msgs.action_digest, result))
+            .map_err(|w| self.server_err(w))?;
+        // The record again, under the key (`by_key`): after the recipe's.
+        self.block(conn.update_action_result(&by_key.digest, super::by_key::key_result(json_rd)))
+            .map_err(|w| self.server_err(w))?;
+        self.succeeded();
+        Ok(Some(true))
+    }
+
+    /// The output tree `output` as REAPI `Directory` messages (children
+    /// first) and one `Tree`: their blobs and the files' pushed onto
+    /// `blobs`; the root directory's digest and the Tree's. None: a name
+    /// REAPI cannot carry.
+    fn output_tree(
+        &self,
+        cache: &Cache,
+        f: DigestFn,
+        output: Digest,
+        blobs: &mut Vec<(re::Digest, Src)>,
+    ) -> Result<Option<(re::Digest, re::Digest)>, RemoteError> {
         // Directories, children first.
         let mut dirs: HashMap<Digest, (re::Digest, re::Directory)> = HashMap::new();
         let mut order: Vec<Digest> = Vec::new();
-        let mut stack = vec![(entry.output, false)];
+        let mut stack = vec![(output, false)];
         while let Some((t, expanded)) = stack.pop() {
             if dirs.contains_key(&t) {
                 continue;
@@ -262,7 +399,7 @@ impl Remote {
                 |c| dirs.get(c).map(|(rd, _)| rd.clone()).unwrap_or_default(),
             ) {
                 Ok(d) => d,
-                Err(_) => return Ok(Some(false)),
+                Err(_) => return Ok(None),
             };
             for (b, rd) in files {
                 blobs.push((rd, Src::Blob(b)));
@@ -273,11 +410,11 @@ impl Remote {
             dirs.insert(t, (rd, d));
             order.push(t);
         }
-        let (root_rd, root) = dirs.get(&entry.output).cloned().expect("root built");
+        let (root_rd, root) = dirs.get(&output).cloned().expect("root built");
         let mut seen = HashSet::new();
         let children: Vec<re::Directory> = order
             .iter()
-            .filter(|t| **t != entry.output)
+            .filter(|t| **t != output)
             .filter_map(|t| dirs.get(t))
             .filter(|(rd, _)| seen.insert(dkey(rd)))
             .map(|(_, d)| d.clone())
@@ -289,24 +426,19 @@ impl Remote {
         .encode_to_vec();
         let tree_rd = f.of(&tree);
         blobs.push((tree_rd.clone(), Src::Bytes(tree)));
-        let json = entry.to_json();
-        let json_rd = f.of(&json);
-        blobs.push((json_rd.clone(), Src::Bytes(json)));
-        let mut logs = Vec::new();
-        for b in [entry.stdout, entry.stderr] {
-            let size = cache.store.blob_size(&b)?;
-            let rd = self.remote_digest(cache, f, &b, size)?;
-            blobs.push((rd.clone(), Src::Blob(b)));
-            logs.push(rd);
-        }
-        let msgs = ActionMsgs::new(&entry.manifest, f);
-        blobs.push((f.of(&msgs.command), Src::Bytes(msgs.command.clone())));
-        blobs.push((f.of(&msgs.input_root), Src::Bytes(msgs.input_root.clone())));
-        blobs.push((msgs.action_digest.clone(), Src::Bytes(msgs.action.clone())));
-        let by_key = super::by_key::key_action(key, f);
-        blobs.push((f.of(&by_key.command), Src::Bytes(by_key.command)));
-        blobs.push((by_key.digest.clone(), Src::Bytes(by_key.action)));
+        Ok(Some((root_rd, tree_rd)))
+    }
 
+    /// Send what of `blobs` the server lacks: not asked about if it
+    /// confirmed them within the TTL, else FindMissingBlobs; then all are
+    /// remembered as there.
+    fn send_missing(
+        &self,
+        cache: &Cache,
+        conn: &Conn,
+        blobs: Vec<(re::Digest, Src)>,
+        r: &mut UploadReport,
+    ) -> Result<(), RemoteError> {
         let mut uniq: HashMap<(String, i64), Src> = HashMap::new();
         let mut all = Vec::new();
         for (rd, src) in blobs {
@@ -316,35 +448,26 @@ impl Remote {
             }
         }
         let total = all.len() as u64;
-        let missing = self
-            .block(conn.find_missing(all))
-            .map_err(|w| self.server_err(w))?;
+        let now = crate::cache::now_ms();
+        let scope = self.known_scope(conn);
+        let mut ask = Vec::new();
+        for rd in &all {
+            if !self.known(cache, &scope, rd, now)? {
+                ask.push(rd.clone());
+            }
+        }
+        r.blobs_remembered += total - ask.len() as u64;
+        let missing = if ask.is_empty() {
+            Vec::new()
+        } else {
+            self.block(conn.find_missing(ask))
+                .map_err(|w| self.server_err(w))?
+        };
         r.blobs_present += total - missing.len() as u64;
         self.write_blobs(cache, conn, missing, &mut uniq, r)?;
-        let result = re::ActionResult {
-            output_files: vec![re::OutputFile {
-                path: mapping::ENTRY_FILE.into(),
-                digest: Some(json_rd.clone()),
-                ..Default::default()
-            }],
-            output_directories: vec![re::OutputDirectory {
-                path: mapping::OUT.into(),
-                tree_digest: Some(tree_rd),
-                root_directory_digest: Some(root_rd),
-                ..Default::default()
-            }],
-            exit_code: entry.exit_status,
-            stdout_digest: Some(logs[0].clone()),
-            stderr_digest: Some(logs[1].clone()),
-            ..Default::default()
-        };
-        self.block(conn.update_action_result(&msgs.action_digest, result))
-            .map_err(|w| self.server_err(w))?;
-        // The record again, under the key (`by_key`): after the recipe's.
-        self.block(conn.update_action_result(&by_key.digest, super::by_key::key_result(json_rd)))
-            .map_err(|w| self.server_err(w))?;
-        self.succeeded();
-        Ok(Some(true))
+        // Every blob of the result is on the server now.
+        self.remember_known(cache, &scope, &all, now)?;
+        Ok(())
     }
 
     fn write_blobs(

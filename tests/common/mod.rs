@@ -28,6 +28,19 @@ pub fn config(store: &Path, key: &str, value: &str) {
     ok(&dagfs(store, &["config", key, value]).output().unwrap());
 }
 
+/// `dagfs remote keygen FILE`: the private key in `file`, its public key
+/// returned.
+pub fn keygen(file: &Path) -> String {
+    let o = Command::new(BIN)
+        .args(["remote", "keygen"])
+        .arg(file)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "keygen: {}", text(&o));
+    String::from_utf8(o.stdout).unwrap().trim().to_string()
+}
+
 /// `dagfs fsck` on `store` finds nothing.
 pub fn fsck_clean(store: &Path) {
     let o = dagfs(store, &["fsck"]).output().unwrap();

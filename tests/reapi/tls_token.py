@@ -3,6 +3,8 @@
 venv python (it ships `cryptography` and `PyJWT`).
 
     python tls_token.py OUTDIR    writes ca.pem, server.key, server.pem,
+                                  client.key, client.pem (a client
+                                  certificate the CA signed, for mTLS),
                                   secret (the JWT key), token
 """
 
@@ -52,6 +54,19 @@ srv = (x509.CertificateBuilder()
                                                    x509.DNSName("localhost")]), critical=False)
        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
        .sign(ca_key, hashes.SHA256()))
+cli_key = key()
+cli = (x509.CertificateBuilder()
+       .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "dagfs test client")]))
+       .issuer_name(ca_name).public_key(cli_key.public_key())
+       .serial_number(x509.random_serial_number())
+       .not_valid_before(now - day).not_valid_after(now + day)
+       .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+       .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+       .sign(ca_key, hashes.SHA256()))
+with open(os.path.join(out, "client.key"), "wb") as f:
+    f.write(pem(cli_key))
+with open(os.path.join(out, "client.pem"), "wb") as f:
+    f.write(cli.public_bytes(serialization.Encoding.PEM))
 with open(os.path.join(out, "ca.pem"), "wb") as f:
     f.write(ca.public_bytes(serialization.Encoding.PEM))
 with open(os.path.join(out, "server.key"), "wb") as f:
