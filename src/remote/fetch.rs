@@ -225,6 +225,9 @@ impl Remote {
         // What was just read is on the server: a later upload need not ask.
         let scope = self.known_scope(&conn);
         self.remember_known(cache, &scope, &found.read, crate::cache::now_ms())?;
+        if let Some(rd) = found.read.iter().rfind(|rd| rd.size_bytes > 0) {
+            self.set_sentinel(cache, &scope, rd)?;
+        }
         Ok(Some(EntryMeta::from_entry(&entry)))
     }
 

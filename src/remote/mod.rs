@@ -145,6 +145,10 @@ pub struct Remote {
     reprobe: Duration,
     /// How long a blob the server confirmed is not asked about again.
     known_ttl: Duration,
+    /// The server lost a blob it had confirmed (restarted with an
+    /// in-memory CAS, wiped): nothing remembered of it is trusted until
+    /// the next upload pass checks again (`upload::sentinel_holds`).
+    forget_known: std::sync::atomic::AtomicBool,
 }
 
 impl Remote {
@@ -205,6 +209,7 @@ impl Remote {
             untrusted_warned: std::sync::atomic::AtomicBool::new(false),
             reprobe,
             known_ttl,
+            forget_known: std::sync::atomic::AtomicBool::new(false),
         }))
     }
 

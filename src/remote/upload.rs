@@ -130,6 +130,53 @@ impl Remote {
         Some(k)
     }
 
+    /// The row of the sentinel: the blob the server confirmed last.
+    fn sentinel_key(scope: &[u8; 32]) -> Vec<u8> {
+        let mut k = Vec::with_capacity(33);
+        k.push(b'H');
+        k.extend_from_slice(scope);
+        k
+    }
+
+    /// Remember `rd` as the sentinel of `scope`: the server has it now.
+    pub(super) fn set_sentinel(
+        &self,
+        cache: &Cache,
+        scope: &[u8; 32],
+        rd: &re::Digest,
+    ) -> Result<(), RemoteError> {
+        let v = format!("{}/{}", rd.hash, rd.size_bytes).into_bytes();
+        cache.index.remote_put([(Self::sentinel_key(scope), v)])?;
+        Ok(())
+    }
+
+    /// Whether what this store remembers of the server still holds: the
+    /// sentinel (the blob it confirmed last) is asked about, once an
+    /// upload pass. A server that lost it (restarted with an in-memory
+    /// CAS, wiped) has lost the rest too; then every blob is asked about
+    /// again in this pass (the rows are stamped anew as blobs are
+    /// confirmed). Single blobs a server evicts within the TTL are not
+    /// caught: their results are a miss or rejected for readers, never
+    /// wrong.
+    fn sentinel_holds(&self, cache: &Cache, conn: &Conn) -> bool {
+        let scope = self.known_scope(conn);
+        let Ok(Some(v)) = cache.index.remote_get(&Self::sentinel_key(&scope)) else {
+            // Nothing remembered yet (or the index cannot say): trust
+            // nothing that is not asked about.
+            return false;
+        };
+        let s = String::from_utf8_lossy(&v);
+        let Some(rd) = s.split_once('/').and_then(|(hash, size)| {
+            Some(re::Digest {
+                hash: hash.to_string(),
+                size_bytes: size.parse().ok()?,
+            })
+        }) else {
+            return false;
+        };
+        matches!(self.block(conn.find_missing(vec![rd])), Ok(m) if m.is_empty())
+    }
+
     /// The server confirmed `rd` less than the TTL ago.
     fn known(
         &self,
@@ -141,6 +188,9 @@ impl Remote {
         let Some(k) = Self::known_key(scope, rd) else {
             return Ok(false);
         };
+        if self.forget_known.load(std::sync::atomic::Ordering::Relaxed) {
+            return Ok(false);
+        }
         Ok(match cache.index.remote_get(&k)? {
             Some(v) if v.len() == 8 => {
                 let at = u64::from_le_bytes(v[..8].try_into().expect("8 bytes"));
@@ -223,6 +273,9 @@ impl Remote {
                 return Ok(r);
             }
         };
+        let holds = self.sentinel_holds(cache, &conn);
+        self.forget_known
+            .store(!holds, std::sync::atomic::Ordering::Relaxed);
         for (i, key) in keys.iter().enumerate() {
             if !go_on() {
                 break;
@@ -346,6 +399,7 @@ impl Remote {
         // The record again, under the key (`by_key`): after the recipe's.
         self.block(conn.update_action_result(&by_key.digest, super::by_key::key_result(json_rd)))
             .map_err(|w| self.server_err(w))?;
+        self.set_sentinel(cache, &self.known_scope(conn), &msgs.action_digest)?;
         self.succeeded();
         Ok(Some(true))
     }
