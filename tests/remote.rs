@@ -388,8 +388,6 @@ fn server_killed_mid_run() {
     let mut bg = BuildGrid::start();
     let e = env();
     let a = e.root.join("a");
-    let dir = e.root.join("p");
-    std::fs::create_dir_all(&dir).unwrap();
     let (mark, go) = (e.root.join("started"), e.root.join("go"));
     let mut toml = format!(
         "[tasks.gate]\nrun = 'touch {}; while [ ! -e {} ]; do sleep 0.05; done; echo gate > \"$DAGFS_OUT/g\"'\n",
@@ -400,8 +398,7 @@ fn server_killed_mid_run() {
         toml +=
             &format!("[tasks.after{i}]\nrun = 'echo {i} > \"$DAGFS_OUT/o\"'\ndeps = [\"gate\"]\n");
     }
-    let file = dir.join("dagfs.toml");
-    std::fs::write(&file, toml).unwrap();
+    let file = e.pipeline("p", &toml).join("dagfs.toml");
     config(&a, "remote", &bg.url());
     config(&a, "remote_upload", "on");
     patient(&a);
@@ -431,6 +428,18 @@ fn server_killed_mid_run() {
     fsck_clean(&a);
 }
 
+/// A pipeline `name` of 24 independent tasks, each writing `bytes`
+/// random bytes and its number; `extra` is added to each task.
+fn random_tasks(name: &str, bytes: u64, extra: &str) -> String {
+    let mut toml = format!("name = \"{name}\"\n");
+    for i in 0..24 {
+        toml += &format!(
+            "[tasks.t{i}]\nrun = 'head -c {bytes} /dev/urandom > \"$DAGFS_OUT/r\"; echo {i} > \"$DAGFS_OUT/i\"'\n{extra}"
+        );
+    }
+    toml
+}
+
 /// `kill -9` while results upload, and while tasks run: no upload is lost
 /// (what was committed stays queued, `remote flush` sends it) and nothing
 /// wrong is uploaded (a consumer verifies every result: none rejected).
@@ -439,16 +448,8 @@ fn kill_9_during_uploads_loses_nothing() {
     let bg = BuildGrid::start();
     let e = env();
     let (a, b) = (e.root.join("a"), e.root.join("b"));
-    let dir = e.root.join("p");
-    std::fs::create_dir_all(&dir).unwrap();
-    let mut toml = String::from("name = \"many\"\n");
-    for i in 0..24 {
-        toml += &format!(
-            "[tasks.t{i}]\nrun = 'head -c 400000 /dev/urandom > \"$DAGFS_OUT/r\"; echo {i} > \"$DAGFS_OUT/i\"'\nenv = [\"ROUND\"]\n"
-        );
-    }
-    let file = dir.join("dagfs.toml");
-    std::fs::write(&file, toml).unwrap();
+    let toml = random_tasks("many", 400_000, "env = [\"ROUND\"]\n");
+    let file = e.pipeline("p", &toml).join("dagfs.toml");
     config(&a, "remote", &bg.url());
     config(&a, "remote_upload", "on");
     patient(&a);
@@ -530,14 +531,7 @@ fn poisoned_results_are_rejected_and_the_tasks_run() {
     let bg = BuildGrid::start();
     let e = env();
     let (a, b) = (e.root.join("a"), e.root.join("b"));
-    let dir = e.root.join("p");
-    std::fs::create_dir_all(&dir).unwrap();
-    let file = dir.join("dagfs.toml");
-    std::fs::write(
-        &file,
-        "name = \"poison\"\n[tasks.one]\nrun = 'echo one > \"$DAGFS_OUT/f\"'\n[tasks.two]\nrun = 'echo two > \"$DAGFS_OUT/f\"; echo log'\n",
-    )
-    .unwrap();
+    let file = e.pipeline("p", "name = \"poison\"\n[tasks.one]\nrun = 'echo one > \"$DAGFS_OUT/f\"'\n[tasks.two]\nrun = 'echo two > \"$DAGFS_OUT/f\"; echo log'\n").join("dagfs.toml");
     config(&a, "remote", &bg.url());
     config(&a, "remote_upload", "on");
     patient(&a);
@@ -1138,16 +1132,8 @@ fn unmount_while_uploading_stops_promptly_and_loses_nothing() {
     let bg = BuildGrid::start();
     let e = env();
     let (a, b) = (e.root.join("a"), e.root.join("b"));
-    let dir = e.root.join("p");
-    std::fs::create_dir_all(&dir).unwrap();
-    let mut toml = String::from("name = \"stopped\"\n");
-    for i in 0..24 {
-        toml += &format!(
-            "[tasks.t{i}]\nrun = 'head -c 1000000 /dev/urandom > \"$DAGFS_OUT/r\"; echo {i} > \"$DAGFS_OUT/i\"'\n"
-        );
-    }
-    let file = dir.join("dagfs.toml");
-    std::fs::write(&file, toml).unwrap();
+    let toml = random_tasks("stopped", 1_000_000, "");
+    let file = e.pipeline("p", &toml).join("dagfs.toml");
     config(&a, "remote", &bg.url());
     config(&a, "remote_upload", "on");
     patient(&a);
@@ -1261,19 +1247,12 @@ fn a_key_a_run_is_computing_is_left_to_it() {
     let bg = BuildGrid::start();
     let e = env();
     let (a, b) = (e.root.join("a"), e.root.join("b"));
-    let dir = e.root.join("p");
-    std::fs::create_dir_all(&dir).unwrap();
     let (mark, go) = (e.root.join("started"), e.root.join("go"));
-    let file = dir.join("dagfs.toml");
-    std::fs::write(
-        &file,
-        format!(
+    let file = e.pipeline("p", &format!(
             "name = \"gated\"\n[tasks.gate]\nrun = 'touch {}; while [ ! -e {} ]; do sleep 0.05; done; echo gate > \"$DAGFS_OUT/g\"'\n",
             mark.display(),
             go.display()
-        ),
-    )
-    .unwrap();
+        )).join("dagfs.toml");
     config(&a, "remote", &bg.url());
     config(&a, "remote_upload", "on");
     patient(&a);

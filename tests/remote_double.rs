@@ -500,14 +500,7 @@ fn non_utf8_names_stay_local() {
     let s = Served::start();
     let e = env();
     let (a, b) = (e.root.join("a"), e.root.join("b"));
-    let dir = e.root.join("p");
-    std::fs::create_dir_all(&dir).unwrap();
-    let file = dir.join("dagfs.toml");
-    std::fs::write(
-        &file,
-        "name = \"names\"\n[tasks.odd]\nrun = 'touch \"$DAGFS_OUT/$(printf \"\\377\")\"'\n[tasks.fine]\nrun = 'echo ok > \"$DAGFS_OUT/ok\"'\n",
-    )
-    .unwrap();
+    let file = e.pipeline("p", "name = \"names\"\n[tasks.odd]\nrun = 'touch \"$DAGFS_OUT/$(printf \"\\377\")\"'\n[tasks.fine]\nrun = 'echo ok > \"$DAGFS_OUT/ok\"'\n").join("dagfs.toml");
     config(&a, "remote", &s.url());
     config(&a, "remote_upload", "on");
     let t = ok(&run(&a, &file, &[]));
@@ -775,8 +768,6 @@ fn signed_results_and_trusted_keys() {
 fn the_breaker_reprobes_after_its_interval() {
     let s = Served::start();
     let e = env();
-    let dir = e.root.join("p");
-    std::fs::create_dir_all(&dir).unwrap();
     let (mark, go) = (e.root.join("started"), e.root.join("go"));
     let mut toml = format!(
         "name = \"probe\"\n[tasks.gate]\nrun = 'touch {}; while [ ! -e {} ]; do sleep 0.05; done; echo gate > \"$DAGFS_OUT/g\"'\n",
@@ -787,8 +778,7 @@ fn the_breaker_reprobes_after_its_interval() {
         toml +=
             &format!("[tasks.after{i}]\nrun = 'echo {i} > \"$DAGFS_OUT/o\"'\ndeps = [\"gate\"]\n");
     }
-    let file = dir.join("dagfs.toml");
-    std::fs::write(&file, toml).unwrap();
+    let file = e.pipeline("p", &toml).join("dagfs.toml");
     // The producer: every result on the server.
     std::fs::write(&go, "").unwrap();
     let a = e.root.join("a");
@@ -984,14 +974,7 @@ fn blobs_are_read_several_at_once() {
     let s = Served::start();
     let e = env();
     let (a, b) = (e.root.join("a"), e.root.join("b"));
-    let dir = e.root.join("p");
-    std::fs::create_dir_all(&dir).unwrap();
-    let file = dir.join("dagfs.toml");
-    std::fs::write(
-        &file,
-        "name = \"wide\"\n[tasks.wide]\nrun = 'for i in 0 1 2 3 4 5 6 7 8 9; do head -c 600000 /dev/urandom > \"$DAGFS_OUT/f$i\"; done; head -c 1200000 /dev/urandom > \"$DAGFS_OUT/big\"'\n",
-    )
-    .unwrap();
+    let file = e.pipeline("p", "name = \"wide\"\n[tasks.wide]\nrun = 'for i in 0 1 2 3 4 5 6 7 8 9; do head -c 600000 /dev/urandom > \"$DAGFS_OUT/f$i\"; done; head -c 1200000 /dev/urandom > \"$DAGFS_OUT/big\"'\n").join("dagfs.toml");
     config(&a, "remote", &s.url());
     config(&a, "remote_upload", "on");
     ok(&run(&a, &file, &[]));
