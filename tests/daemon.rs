@@ -542,7 +542,11 @@ fn a_watched_sync_is_owned_by_the_daemon_and_shown_under_syncs() {
         .is_dir());
     assert_eq!(digest("syncs/code"), first);
     // The client is gone; the daemon's watch takes the next change.
-    fs::write(src.join("b.txt"), "beta\n").unwrap();
+    // NB: written whole, then renamed in: a plain write could be caught
+    // between its creation and its bytes on a loaded machine (a snapshot
+    // of the empty file, then another), and this counts snapshots.
+    fs::write(e.root.join("b.tmp"), "beta\n").unwrap();
+    fs::rename(e.root.join("b.tmp"), src.join("b.txt")).unwrap();
     wait_for("the watch's second snapshot under /syncs", || {
         fs::read_to_string(e.mnt.join("syncs/code@2/b.txt")).is_ok_and(|t| t == "beta\n")
     });

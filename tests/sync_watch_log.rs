@@ -73,7 +73,11 @@ fn daemon_watches_are_re_armed_after_a_remount() {
     assert!(why.contains("could not be re-armed"), "{g}");
 
     // And it keeps watching.
-    fs::write(src.join("c.txt"), "three\n").unwrap();
+    // NB: written whole, then renamed in: a plain write could be caught
+    // between its creation and its bytes on a loaded machine (a snapshot
+    // of the empty file, then another); CI saw `s@3/c.txt` empty once.
+    fs::write(e.root.join("c.tmp"), "three\n").unwrap();
+    fs::rename(e.root.join("c.tmp"), src.join("c.txt")).unwrap();
     wait_for("the re-armed watch to take the change", || {
         listed(&e.store, "s")["latest"]["seq"] == 3
     });
