@@ -289,8 +289,18 @@ impl Pipeline {
                 .map(|s| src.at(s.start))
                 .unwrap_or_else(|| format!("{}: ", file.display()));
             let msg = e.message().trim().replace('\n', " ");
-            if let Some(name) = duplicate_task(&msg) {
-                ExecError::DuplicateTask { name, location: at }
+            // NB: toml 0.8 named the key in the message; 0.9 only spans it.
+            let spanned = e.span().and_then(|s| text.get(s));
+            if let Some(name) = duplicate_task(&msg, spanned) {
+                // Where the repeated header begins (0.9 spans its key).
+                let line = e.span().map_or(0, |s| {
+                    text.get(..s.start)
+                        .unwrap_or("")
+                        .rfind('\n')
+                        .map_or(0, |i| i + 1)
+                });
+                let location = if e.span().is_some() { src.at(line) } else { at };
+                ExecError::DuplicateTask { name, location }
             } else {
                 ExecError::Config(format!("{at}{msg}"))
             }
@@ -372,14 +382,24 @@ fn default_name(dir: &Path) -> String {
     name_from_path(&abs, valid_name, "default")
 }
 
-/// TOML reports a repeated `[tasks.x]` as a duplicate key; recover the name.
-fn duplicate_task(msg: &str) -> Option<String> {
+/// TOML reports a repeated `[tasks.x]` as a duplicate key; recover the
+/// name: the task a "duplicate key" error names: in backticks in the message
+/// (toml 0.8), else the key its span covers (0.9: `a`, `"a"` or `'a'`).
+fn duplicate_task(msg: &str, spanned: Option<&str>) -> Option<String> {
     if !msg.contains("duplicate key") {
         return None;
     }
-    let start = msg.find('`')? + 1;
-    let end = start + msg[start..].find('`')?;
-    Some(msg[start..end].to_string())
+    if let Some(start) = msg.find('`').map(|i| i + 1) {
+        let end = start + msg[start..].find('`')?;
+        return Some(msg[start..end].to_string());
+    }
+    let key = spanned?.trim();
+    let unquoted = key
+        .strip_prefix('"')
+        .and_then(|k| k.strip_suffix('"'))
+        .or_else(|| key.strip_prefix('\'').and_then(|k| k.strip_suffix('\'')))
+        .unwrap_or(key);
+    Some(unquoted.to_string())
 }
 
 #[cfg(test)]
