@@ -29,7 +29,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let store = Store::open(&PathBuf::from(store), &mut |holder| {
         eprintln!("waiting for the store lock (held by {holder})")
     })?;
-    let index = Index::open(&store.index_dir())?;
+    let index = Index::open(&store.index_dir(), &store.runs_dir())?;
     let (_, template) = index
         .all_keys()
         .next()

@@ -110,10 +110,10 @@ const INDEX_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Open the index, waiting out a lock still held by a process that has
 /// released the store lock but not yet exited.
-fn open_index(dir: &Path) -> std::result::Result<Index, IndexError> {
+fn open_index(dir: &Path, runs: &Path) -> std::result::Result<Index, IndexError> {
     let deadline = std::time::Instant::now() + INDEX_LOCK_WAIT;
     loop {
-        match Index::open(dir) {
+        match Index::open(dir, runs) {
             Err(e) if index_is_locked(&e) && std::time::Instant::now() < deadline => {
                 std::thread::sleep(std::time::Duration::from_millis(20));
             }
@@ -140,6 +140,8 @@ fn index_is_corrupt(e: &IndexError) -> bool {
         IndexError::Sled(sled::Error::Unsupported(_)) => true,
         IndexError::Sled(_) => false,
         IndexError::Corrupt { .. } => true,
+        // The run records' files: history, never a reason to quarantine.
+        IndexError::Io { .. } => false,
     }
 }
 
@@ -187,10 +189,10 @@ impl Cache {
         }
         // NB: before the index opens: sled writes a snapshot at every open.
         let mut released = store.release_reserve_if_full();
-        let opened = match open_index(&store.index_dir()) {
+        let opened = match open_index(&store.index_dir(), &store.runs_dir()) {
             Err(e) if e.is_no_space() && !released && store.release_reserve() => {
                 released = true;
-                open_index(&store.index_dir())
+                open_index(&store.index_dir(), &store.runs_dir())
             }
             r => r,
         };
@@ -206,11 +208,11 @@ impl Cache {
                     &format!("open: {e}"),
                 )?;
                 let aside = store.quarantine_dir().join("index").join(&name);
-                let index = Index::open(&store.index_dir())?;
+                let index = Index::open(&store.index_dir(), &store.runs_dir())?;
                 let n = rebuild(&store, &index)?;
                 let policy = restore_policy(&store, &index)?;
                 notes.push(format!(
-                    "index did not open ({e}); moved it to {} and rebuilt it from {n} entries; {policy}; lost: its statistics (hits, misses, evictions, runs) and the sync stat cache (the next sync reads every file)",
+                    "index did not open ({e}); moved it to {} and rebuilt it from {n} entries; {policy}; lost: its statistics (hits, misses, evictions) and the sync stat cache (the next sync reads every file)",
                     aside.display()
                 ));
                 index
@@ -277,7 +279,8 @@ impl Cache {
         let dst = copy.path().join("index");
         copy_dir(&store.index_dir(), &dst)?;
         store.release_read_lock();
-        let index = Index::open(&dst)?;
+        // NB: the run records are read where they are (nothing here writes one).
+        let index = Index::open(&dst, &store.runs_dir())?;
         let stored = index.policy()?;
         Ok(Cache {
             store,
@@ -460,7 +463,7 @@ impl Cache {
             return Ok(Some(Vec::new()));
         }
         let mut victims = Vec::new();
-        for k in self.index.lru_order() {
+        for k in self.index.lru_order()? {
             let k = k?;
             if protected.contains(&k) || Some(&k) == skip || self.leased(&k) {
                 continue;

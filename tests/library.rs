@@ -589,7 +589,7 @@ fn an_index_still_locked_by_a_previous_owner_is_waited_for_not_moved_aside() {
     }
     // A previous owner that has released the store lock but still holds
     // sled's lock (a daemon in the middle of exiting).
-    let held = dagfs::index::Index::open(&t.path().join("index")).unwrap();
+    let held = dagfs::index::Index::open(&t.path().join("index"), &t.path().join("runs")).unwrap();
     let releaser = std::thread::spawn(move || {
         std::thread::sleep(std::time::Duration::from_millis(300));
         drop(held);

@@ -620,9 +620,12 @@ impl<'a> Coordinator<'a> {
         }
         let (expired, more_evicted) =
             cache.enforce(&self.protected, now_ms(), false, &self.policy)?;
-        cache
-            .index
-            .put_run(&run_record(cache, self.plan, &outcomes, run_id, started_ms))?;
+        // NB: history: a record that cannot be written (a full disk) costs
+        // `/runs` one run, never the run itself.
+        let record = run_record(cache, self.plan, &outcomes, run_id, started_ms);
+        if let Err(e) = cache.index.put_run(&record) {
+            log::warn!("run {run_id}'s record was not written, so /runs will not show it: {e}");
+        }
         self.commits.finish()?;
         cache.flush()?;
         if let Some(f) = &opts.on_change {

@@ -7,6 +7,12 @@ pub enum IndexError {
     /// A record that does not decode: the index needs `dagfs fsck --rebuild-index`.
     #[error("corrupt index record in {tree}: {reason}")]
     Corrupt { tree: &'static str, reason: String },
+    /// A file the index keeps beside sled (the run records, `runs.rs`).
+    #[error("{}", io_message(path, source))]
+    Io {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
 }
 
 pub type Result<T, E = IndexError> = std::result::Result<T, E>;
@@ -21,9 +27,26 @@ fn sled_message(e: &sled::Error) -> String {
     }
 }
 
+/// `path: error`, or, for ENOSPC, the message every full disk gets.
+fn io_message(path: &std::path::Path, e: &std::io::Error) -> String {
+    if e.raw_os_error() == Some(libc::ENOSPC) {
+        format!(
+            "the store's filesystem is full ({}: {e}); `dagfs gc` or freeing space fixes it",
+            path.display()
+        )
+    } else {
+        format!("{}: {e}", path.display())
+    }
+}
+
 impl IndexError {
     /// sled failed because the filesystem is full.
     pub fn is_no_space(&self) -> bool {
-        matches!(self, IndexError::Sled(sled::Error::Io(io)) if io.raw_os_error() == Some(libc::ENOSPC))
+        match self {
+            IndexError::Sled(sled::Error::Io(io)) | IndexError::Io { source: io, .. } => {
+                io.raw_os_error() == Some(libc::ENOSPC)
+            }
+            _ => false,
+        }
     }
 }

@@ -4,7 +4,8 @@
 //! the policy, `dropped`, the stat cache, sync stamps) is history or a
 //! cache whose loss costs a rerun or a rescan, never a wrong answer.
 //!
-//! Owns: `<store>/index/`. May call: `hash`, `store` (types only).
+//! Owns: `<store>/index/` and `<store>/runs/` (the run records, one file a
+//! run: `runs.rs`). May call: `hash`, `store` (types only).
 //!
 //! | tree        | key                              | value                      |
 //! |-------------|----------------------------------|----------------------------|
@@ -12,11 +13,12 @@
 //! | `latest`    | dag ‖ 0x00 ‖ task                | key (32) ‖ moved ms (u64 LE): when it became the latest (older records: key only) |
 //! | `lru`       | last use ms (u64 BE) ‖ key (32)  | empty                      |
 //! | `expiry`    | expires ms (u64 BE) ‖ key (32)   | empty                      |
-//! | `runs`      | run id (u64 BE)                  | `RunRecord` (JSON)         |
+//! | `runs`      | run id (u64 BE)                  | `RunRecord` (JSON): older indexes only; runs are files now (`runs.rs`) |
 //! | `stats`     | counter name (`run_seq`: the last run id) | u64 LE            |
 //! | `config`    | `policy`; `flushed_ms`           | `CachePolicy` (JSON); u64 LE: when the index was last flushed with its entries durable |
 //! | `statdirs`  | root id (16) ‖ relative dir path | its files' stats + digests (see `sync::statcache`) |
 //! | `dropped`   | cache key (32)                   | why (UTF-8): entries fsck or a verified read dropped as corrupt, until the key is inserted again |
+//! | `uses`      | sequence (u64 BE)                | uses not yet in `lru`: (key ‖ ms) × n (see `uses.rs`) |
 //! | `stamps`    | sync name ‖ 0x00 ‖ relative path | digest (32) ‖ since ms (u64 LE): when that path of the synced directory last took this content (see `set_stamps`) |
 //!
 //! Memory: sled keeps a page-table record per node of at most 16 keys,
@@ -33,8 +35,10 @@
 mod entry_meta;
 pub mod error;
 pub mod policy;
+mod runs;
 pub mod stats;
 pub mod units;
+mod uses;
 
 use std::collections::BTreeMap;
 
@@ -43,6 +47,7 @@ use serde::{Deserialize, Serialize};
 pub use entry_meta::EntryMeta;
 pub use error::{IndexError, Result};
 pub use policy::CachePolicy;
+pub use runs::KEEP as RUNS_KEPT;
 pub use stats::{CacheStats, MissReason, Route};
 
 use crate::hash::{Digest, HexPrefix};
@@ -91,7 +96,7 @@ pub struct Index {
     latest: sled::Tree,
     lru: sled::Tree,
     expiry: sled::Tree,
-    runs: sled::Tree,
+    runs: runs::RunLog,
     stats: sled::Tree,
     config: sled::Tree,
     statcache: sled::Tree,
@@ -99,6 +104,9 @@ pub struct Index {
     stamps: sled::Tree,
     remote: sled::Tree,
     recipes: sled::Tree,
+    uses: sled::Tree,
+    /// Hits not yet journaled: (key, ms) (see `uses.rs`).
+    pending_uses: std::sync::Mutex<Vec<(Digest, u64)>>,
 }
 
 const C_ENTRIES: &str = "entries";
@@ -166,7 +174,9 @@ fn digest_of(tree: &'static str, b: &[u8]) -> Result<Digest> {
 }
 
 impl Index {
-    pub fn open(dir: &std::path::Path) -> Result<Index> {
+    /// Open the index in `dir`, its run records in `runs` (created when
+    /// the first is written).
+    pub fn open(dir: &std::path::Path, runs: &std::path::Path) -> Result<Index> {
         let db = sled::Config::new()
             .path(dir)
             .flush_every_ms(None)
@@ -182,7 +192,7 @@ impl Index {
             latest: db.open_tree("latest")?,
             lru: db.open_tree("lru")?,
             expiry: db.open_tree("expiry")?,
-            runs: db.open_tree("runs")?,
+            runs: runs::RunLog::new(runs.to_path_buf(), db.open_tree("runs")?),
             stats: db.open_tree("stats")?,
             config: db.open_tree("config")?,
             statcache: db.open_tree("statdirs")?,
@@ -190,6 +200,8 @@ impl Index {
             stamps: db.open_tree("stamps")?,
             remote: db.open_tree("remote")?,
             recipes: db.open_tree("recipes")?,
+            uses: db.open_tree("uses")?,
+            pending_uses: Default::default(),
             db,
         })
     }
@@ -197,6 +209,7 @@ impl Index {
     /// Make every write so far durable; returns how many bytes that took
     /// (0: nothing was written since the last flush).
     pub fn flush(&self) -> Result<usize> {
+        self.journal_uses()?;
         Ok(self.db.flush()?)
     }
 
@@ -257,14 +270,30 @@ impl Index {
         Ok(true)
     }
 
-    /// Record a use: moves the entry to the young end of the LRU order.
+    /// Record a use. It reaches the LRU order when that is next read
+    /// (`lru_order`), through the uses journal (`uses.rs`); `meta` (the
+    /// caller's copy) shows it at once.
     pub fn touch(&self, key: &Digest, meta: &mut EntryMeta, now_ms: u64) -> Result<()> {
-        if meta.last_used_ms == now_ms {
+        if meta.last_used_ms >= now_ms {
+            return Ok(());
+        }
+        meta.last_used_ms = now_ms;
+        self.pending_uses
+            .lock()
+            .expect("uses lock")
+            .push((*key, now_ms));
+        Ok(())
+    }
+
+    /// Move `key` (whose record is `meta`) to its LRU place for a use at
+    /// `ms`, unless it was used later already.
+    fn move_in_lru(&self, key: &Digest, meta: &mut EntryMeta, ms: u64) -> Result<()> {
+        if meta.last_used_ms >= ms {
             return Ok(());
         }
         self.lru.remove(lru_key(meta.last_used_ms, key))?;
-        meta.last_used_ms = now_ms;
-        self.lru.insert(lru_key(now_ms, key), &[])?;
+        meta.last_used_ms = ms;
+        self.lru.insert(lru_key(ms, key), &[])?;
         self.entries.insert(key.as_bytes(), meta.encode())?;
         Ok(())
     }
@@ -389,9 +418,11 @@ impl Index {
         Ok(out)
     }
 
-    /// Keys oldest-use first.
-    pub fn lru_order(&self) -> impl Iterator<Item = Result<Digest>> + '_ {
-        self.lru.iter().map(|kv| digest_of("lru", &kv?.0[8..]))
+    /// Keys oldest-use first (every use so far counted: the uses journal
+    /// is folded in first).
+    pub fn lru_order(&self) -> Result<impl Iterator<Item = Result<Digest>> + '_> {
+        self.fold_uses()?;
+        Ok(self.lru.iter().map(|kv| digest_of("lru", &kv?.0[8..])))
     }
 
     /// Keys whose own TTL ran out at or before `now_ms`.
@@ -436,49 +467,31 @@ impl Index {
     // --- runs ---
 
     pub fn next_run_id(&self) -> Result<u64> {
-        self.add("run_seq", 1)
+        let id = self.add("run_seq", 1)?;
+        let free = self.runs.free_id(id)?;
+        if free != id {
+            self.stats.insert("run_seq", &free.to_le_bytes())?;
+        }
+        Ok(free)
     }
 
     pub fn put_run(&self, run: &RunRecord) -> Result<()> {
-        self.runs.insert(
-            run.id.to_be_bytes(),
-            serde_json::to_vec(run).expect("run serializes"),
-        )?;
-        Ok(())
+        self.runs.put(run)
     }
 
+    /// Run `id`'s record; None if it was never written, is no longer kept
+    /// (`RUNS_KEPT`) or a crash left it damaged.
     pub fn run(&self, id: u64) -> Result<Option<RunRecord>> {
-        match self.runs.get(id.to_be_bytes())? {
-            None => Ok(None),
-            Some(v) => serde_json::from_slice(&v)
-                .map(Some)
-                .map_err(|e| corrupt("runs", e)),
-        }
+        self.runs.get(id)
     }
 
     /// Every run id, ascending.
     pub fn run_ids(&self) -> Result<Vec<u64>> {
-        self.runs
-            .iter()
-            .keys()
-            .map(|k| {
-                let k = k?;
-                let b: [u8; 8] = k
-                    .as_ref()
-                    .try_into()
-                    .map_err(|_| corrupt("runs", "key is not a u64"))?;
-                Ok(u64::from_be_bytes(b))
-            })
-            .collect()
+        self.runs.ids()
     }
 
     pub fn last_run(&self) -> Result<Option<RunRecord>> {
-        match self.runs.last()? {
-            None => Ok(None),
-            Some((_, v)) => serde_json::from_slice(&v)
-                .map(Some)
-                .map_err(|e| corrupt("runs", e)),
-        }
+        self.runs.last()
     }
 
     // --- stats ---
@@ -740,9 +753,17 @@ impl Index {
     /// Drop every rebuildable tree and refill it from `entries`. Counters of
     /// hits and misses survive; entry totals are recomputed.
     pub fn rebuild(&self, entries: impl IntoIterator<Item = Entry>) -> Result<usize> {
-        for t in [&self.entries, &self.latest, &self.lru, &self.expiry] {
+        for t in [
+            &self.entries,
+            &self.latest,
+            &self.lru,
+            &self.expiry,
+            &self.uses,
+        ] {
             t.clear()?;
         }
+        self.pending_uses.lock().expect("uses lock").clear();
+        self.stats.insert(uses::C_JOURNALED, &0u64.to_le_bytes())?;
         self.stats.insert(C_ENTRIES, &0u64.to_le_bytes())?;
         self.stats.insert(C_BYTES, &0u64.to_le_bytes())?;
         let mut newest: BTreeMap<(String, String), (u64, Digest)> = BTreeMap::new();
@@ -791,7 +812,7 @@ mod tests {
     #[test]
     fn latest_moves_only_when_its_key_changes() {
         let t = tempfile::tempdir().unwrap();
-        let ix = Index::open(t.path()).unwrap();
+        let ix = Index::open(t.path(), &t.path().join("runs")).unwrap();
         let (a, b) = (Digest::of(b"a"), Digest::of(b"b"));
         let t1 = ix.set_latest("d", "t", &a).unwrap();
         assert_eq!(ix.latest_moved("d", "t").unwrap(), Some((a, t1)));

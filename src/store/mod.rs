@@ -137,6 +137,11 @@ impl Store {
         self.root.join("index")
     }
 
+    /// The run records (`index::runs`); made when the first is written.
+    pub fn runs_dir(&self) -> PathBuf {
+        self.root.join("runs")
+    }
+
     /// A fresh private directory under `tmp/`, removed when dropped.
     pub fn tempdir(&self, prefix: &str) -> Result<tempfile::TempDir> {
         if self.read_only.is_some() {
