@@ -7,7 +7,7 @@
 //! and `dagfs fsck` (which opens the store, sweeping `tmp/`) finds nothing.
 //!
 //! `DAGFS_CRASH_KILLS` sets the number of kills per test (default 20; CI
-//! sets 200), `DAGFS_CRASH_SEED` the kill points; `scripts/crash-loop N`
+//! sets 60: `.ci/run`), `DAGFS_CRASH_SEED` the kill points; `scripts/crash-loop N`
 //! runs both with N. The daemon test needs root and /dev/fuse; its mount is
 //! removed by a guard on every path.
 
