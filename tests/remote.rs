@@ -685,14 +685,11 @@ fn remote_settings_and_bad_urls() {
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
 }
 
-/// TLS (`grpcs://` with the CA in `remote_ca`) and a bearer token (a JWT
-/// BuildGrid checks), on loopback: without the token or the CA the server
-/// is unreachable (one warning, the run goes on); the token is never
-/// printed.
-#[test]
-fn tls_and_bearer_token() {
-    let bin = bgd();
-    let python = bin.with_file_name("python");
+/// A scratch directory with the test CA, the server's key and certificate,
+/// a client's, and a JWT secret and token (`tests/reapi/tls_token.py`, run
+/// by BuildGrid's Python).
+fn tls_files() -> (tempfile::TempDir, PathBuf) {
+    let python = bgd().with_file_name("python");
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().to_path_buf();
     let o = Command::new(&python)
@@ -701,45 +698,47 @@ fn tls_and_bearer_token() {
         .output()
         .unwrap();
     assert!(o.status.success(), "tls_token.py: {}", text(&o));
+    (dir, d)
+}
+
+/// The loopback cache of `tests/reapi/buildgrid-cache.yml` (its storages,
+/// caches and instances) behind a TLS channel with `tls_files`' server
+/// certificate, asking for a client certificate if `client_ca`, with
+/// `authorization` (the section's body).
+fn tls_config(d: &Path, client_ca: bool, authorization: &str) -> String {
+    let shared = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/reapi/buildgrid-cache.yml"),
+    )
+    .unwrap();
+    let cache = &shared[shared.find("storages:").expect("storages")..];
+    let client = if client_ca {
+        format!("      tls-client-certs: {}\n", d.join("ca.pem").display())
+    } else {
+        String::new()
+    };
+    format!(
+        "server:\n  - !channel\n    address: \"127.0.0.1:50051\"\n    insecure-mode: false\n    credentials:\n      tls-server-key: {}\n      tls-server-cert: {}\n{client}authorization:\n{authorization}{cache}",
+        d.join("server.key").display(),
+        d.join("server.pem").display(),
+    )
+}
+
+/// TLS (`grpcs://` with the CA in `remote_ca`) and a bearer token (a JWT
+/// BuildGrid checks), on loopback: without the token or the CA the server
+/// is unreachable (one warning, the run goes on); the token is never
+/// printed.
+#[test]
+fn tls_and_bearer_token() {
+    let (dir, d) = tls_files();
     let token = std::fs::read_to_string(d.join("token"))
         .unwrap()
         .trim()
         .to_string();
-    let cfg = format!(
-        r#"server:
-  - !channel
-    address: "127.0.0.1:50051"
-    insecure-mode: false
-    credentials:
-      tls-server-key: {key}
-      tls-server-cert: {cert}
-authorization:
-  method: jwt
-  secret: {secret}
-  algorithm: hs256
-storages:
-  - !lru-storage &cas
-    size: 256MB
-caches:
-  - !lru-action-cache &ac
-    storage: *cas
-    max-cached-refs: 100000
-    allow-updates: true
-instances:
-  - name: ""
-    services:
-      - !action-cache
-        cache: *ac
-      - !cas
-        storage: *cas
-      - !bytestream
-        storage: *cas
-thread-pool-size: 8
-"#,
-        key = d.join("server.key").display(),
-        cert = d.join("server.pem").display(),
-        secret = d.join("secret").display(),
+    let auth = format!(
+        "  method: jwt\n  secret: {}\n  algorithm: hs256\n",
+        d.join("secret").display()
     );
+    let cfg = tls_config(&d, false, &auth);
     let ca = d.join("ca.pem").to_str().unwrap().to_string();
     let bg = BuildGrid::start_with(
         dir,
@@ -1380,50 +1379,8 @@ fn signed_results_on_buildgrid() {
 /// the server: one warning, the run goes on locally and succeeds.
 #[test]
 fn mtls_client_certificate() {
-    let bin = bgd();
-    let python = bin.with_file_name("python");
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path().to_path_buf();
-    let o = Command::new(&python)
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/reapi/tls_token.py"))
-        .arg(&d)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "tls_token.py: {}", text(&o));
-    let cfg = format!(
-        r#"server:
-  - !channel
-    address: "127.0.0.1:50051"
-    insecure-mode: false
-    credentials:
-      tls-server-key: {key}
-      tls-server-cert: {cert}
-      tls-client-certs: {ca}
-authorization:
-  method: none
-storages:
-  - !lru-storage &cas
-    size: 256MB
-caches:
-  - !lru-action-cache &ac
-    storage: *cas
-    max-cached-refs: 100000
-    allow-updates: true
-instances:
-  - name: ""
-    services:
-      - !action-cache
-        cache: *ac
-      - !cas
-        storage: *cas
-      - !bytestream
-        storage: *cas
-thread-pool-size: 8
-"#,
-        key = d.join("server.key").display(),
-        cert = d.join("server.pem").display(),
-        ca = d.join("ca.pem").display(),
-    );
+    let (dir, d) = tls_files();
+    let cfg = tls_config(&d, true, "  method: none\n");
     let path = |n: &str| d.join(n).to_str().unwrap().to_string();
     let (ca, cert, key) = (path("ca.pem"), path("client.pem"), path("client.key"));
     let client = vec![

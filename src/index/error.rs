@@ -8,7 +8,7 @@ pub enum IndexError {
     #[error("corrupt index record in {tree}: {reason}")]
     Corrupt { tree: &'static str, reason: String },
     /// A file the index keeps beside sled (the run records, `runs.rs`).
-    #[error("{}", io_message(path, source))]
+    #[error("{}", crate::store::error::io_message(path, source))]
     Io {
         path: std::path::PathBuf,
         source: std::io::Error,
@@ -24,18 +24,6 @@ fn sled_message(e: &sled::Error) -> String {
             "the store's filesystem is full (index database: {io}); `dagfs gc` or freeing space fixes it"
         ),
         e => format!("index database: {e}"),
-    }
-}
-
-/// `path: error`, or, for ENOSPC, the message every full disk gets.
-fn io_message(path: &std::path::Path, e: &std::io::Error) -> String {
-    if e.raw_os_error() == Some(libc::ENOSPC) {
-        format!(
-            "the store's filesystem is full ({}: {e}); `dagfs gc` or freeing space fixes it",
-            path.display()
-        )
-    } else {
-        format!("{}: {e}", path.display())
     }
 }
 

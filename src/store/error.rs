@@ -51,8 +51,9 @@ pub enum StoreError {
     GaveUp { path: PathBuf, reason: String },
 }
 
-/// `path: error`, or, for ENOSPC, the message every full disk gets.
-fn io_message(path: &std::path::Path, e: &std::io::Error) -> String {
+/// `path: error`, or, for ENOSPC, the message every full disk gets (the
+/// index's files too: `index::error`).
+pub(crate) fn io_message(path: &std::path::Path, e: &std::io::Error) -> String {
     if e.raw_os_error() == Some(libc::ENOSPC) {
         format!(
             "the store's filesystem is full ({}: {e}); `dagfs gc` or freeing space fixes it",
