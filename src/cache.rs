@@ -171,7 +171,8 @@ impl Cache {
         Self::from_store(Store::open_waiting(dir, waiting)?, policy)
     }
 
-    fn from_store(store: Store, policy: CachePolicy) -> Result<Cache> {
+    /// The cache of a store opened already (`Store::open`).
+    pub fn from_store(store: Store, policy: CachePolicy) -> Result<Cache> {
         if store.read_only().is_some() {
             return Self::from_read_only(store, policy);
         }
@@ -231,6 +232,10 @@ impl Cache {
                 "dropped {dropped} index entries whose records a killed run had not written yet"
             ));
         }
+        // NB: the runs memos answered without the index, into its counts.
+        if let Err(e) = index.fold_memo_hits() {
+            log::warn!("the runs answered from memos were not counted: {e}");
+        }
         let stored = index.policy()?;
         let mut cache = Cache {
             store,
@@ -280,7 +285,7 @@ impl Cache {
         copy_dir(&store.index_dir(), &dst)?;
         store.release_read_lock();
         // NB: the run records are read where they are (nothing here writes one).
-        let index = Index::open(&dst, &store.runs_dir())?;
+        let index = Index::open_with_memos(&dst, &store.runs_dir(), &copy.path().join("memo"))?;
         let stored = index.policy()?;
         Ok(Cache {
             store,

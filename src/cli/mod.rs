@@ -30,7 +30,7 @@ use dagfs::daemon::protocol::Request;
 use dagfs::exec::scheduler::Inflight;
 use dagfs::exec::ExecError;
 use dagfs::index::CachePolicy;
-use dagfs::store::StoreError;
+use dagfs::store::{Store, StoreError};
 
 const EXIT_CODES: &str = "\
 Exit codes:
@@ -395,26 +395,44 @@ impl CacheSource {
     }
 
     pub fn get(&mut self, io: &mut Io) -> Result<&Cache, CliError> {
+        if let Some(store) = self.take_store(io)? {
+            self.open_on(store, io)?;
+        }
         match self {
             CacheSource::Daemon(c) => Ok(c),
-            CacheSource::Embedded { dir, cache } => {
-                if cache.is_none() {
-                    let err = &mut *io.err;
-                    let c = Cache::open_with(dir, CachePolicy::default(), &mut |holder| {
-                        let _ = writeln!(
-                            err,
-                            "dagfs: waiting for the store lock on {} (held by {holder})",
-                            dir.display()
-                        );
-                    })?;
-                    for note in c.notes() {
-                        let _ = writeln!(io.err, "dagfs: {note}");
-                    }
-                    *cache = Some(Box::new(c));
-                }
-                Ok(cache.as_deref().expect("opened"))
-            }
+            CacheSource::Embedded { cache, .. } => Ok(cache.as_deref().expect("opened")),
         }
+    }
+
+    /// The store alone, locked, where this process is to open the cache and
+    /// has not yet (a run a memo may answer without the index: see
+    /// `exec::memo`); `open_on` opens the cache on it. None: the daemon's
+    /// cache, or one open already.
+    pub fn take_store(&mut self, io: &mut Io) -> Result<Option<Store>, CliError> {
+        let CacheSource::Embedded { dir, cache: None } = self else {
+            return Ok(None);
+        };
+        let err = &mut *io.err;
+        let store = Store::open(dir, &mut |holder| {
+            let _ = writeln!(
+                err,
+                "dagfs: waiting for the store lock on {} (held by {holder})",
+                dir.display()
+            );
+        })?;
+        Ok(Some(store))
+    }
+
+    /// Open the cache on `store` (from `take_store`).
+    pub fn open_on(&mut self, store: Store, io: &mut Io) -> Result<(), CliError> {
+        if let CacheSource::Embedded { cache, .. } = self {
+            let c = Cache::from_store(store, CachePolicy::default())?;
+            for note in c.notes() {
+                let _ = writeln!(io.err, "dagfs: {note}");
+            }
+            *cache = Some(Box::new(c));
+        }
+        Ok(())
     }
 }
 

@@ -209,6 +209,17 @@ pub fn for_run(
     Ok(Remote::new(cache.store.root(), cfg, over, env)?.map(Arc::new))
 }
 
+/// Whether a run with `flag` (as `for_run`'s) has no remote tier in the
+/// store at `root`; false where that cannot be told (a bad setting, which
+/// the full path reports).
+pub fn none_for_run(root: &std::path::Path, flag: Option<&str>, io: &Io) -> bool {
+    let env_url = (io.env)("DAGFS_REMOTE").filter(|v| !v.is_empty());
+    let over = flag.or(env_url.as_deref());
+    RemoteConfig::load(root)
+        .and_then(|c| c.effective_url(over))
+        .is_ok_and(|u| u.is_none())
+}
+
 /// After the scheduler: warnings, the uploads (with a progress line; in a
 /// daemon uploading to the same remote, handed to its background
 /// uploader), the counters into the store's stats, and the summary line.

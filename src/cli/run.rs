@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 
+use dagfs::exec::memo::Probe;
 use dagfs::exec::runner::ShellRunner;
 use dagfs::exec::scheduler::{self, Event, Options, Outcome, Report, Status};
 use dagfs::exec::{shell, Pipeline};
@@ -239,10 +240,83 @@ fn check_flags(a: &RunArgs, io: &Io) -> Result<(CachePolicy, Option<Duration>), 
     Ok((policy, timeout))
 }
 
+/// Whether a memo may answer this run, or be written after it
+/// (`exec::memo`): caching on, no cache limits or trace of its own.
+fn memo_allowed(a: &RunArgs) -> bool {
+    !a.no_cache
+        && a.max_entries.is_none()
+        && a.max_bytes.is_none()
+        && a.ttl.is_none()
+        && a.trace.is_none()
+}
+
+/// Answer the run from its memo if one holds (printing what a full run
+/// of hits prints). Opens only the store; where no memo holds, the cache
+/// is opened on it for the full run.
+fn answer_from_memo(
+    probe: &Probe,
+    remote_flag: Option<&str>,
+    src: &mut CacheSource,
+    io: &mut Io,
+    t0: Instant,
+) -> Result<Option<Report>, CliError> {
+    let Some(store) = src.take_store(io)? else {
+        return Ok(None);
+    };
+    let answered = if store.read_only().is_none()
+        && super::remote_tier::none_for_run(store.root(), remote_flag, io)
+    {
+        dagfs::exec::memo::answer(&store, probe, io.env, t0)
+    } else {
+        None
+    };
+    let Some(report) = answered else {
+        src.open_on(store, io)?;
+        return Ok(None);
+    };
+    drop(store);
+    let err = &mut *io.err;
+    {
+        let mut ui = Ui::new(report.names.len(), io.stderr_tty, &mut *err);
+        for (idx, outcome) in report.outcomes.iter().enumerate() {
+            ui.event(&report.names, Event::Finished { idx, outcome });
+        }
+        ui.clear();
+    }
+    let _ = writeln!(err, "{}", summary(&report));
+    Ok(Some(report))
+}
+
 pub fn run(a: RunArgs, src: &mut CacheSource, io: &mut Io, ctx: &Ctx) -> Result<(), CliError> {
+    let t0 = Instant::now();
+    let started_ms = dagfs::cache::now_ms();
     let (policy, timeout) = check_flags(&a, io)?;
+    let remote_flag = if a.no_remote {
+        Some("none")
+    } else {
+        a.remote.as_deref()
+    };
+    // NB: a file that does not read (or not as UTF-8) is reported by `load`.
+    let text = std::fs::read(&a.file)
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok());
+    let probe = text
+        .as_deref()
+        .filter(|_| memo_allowed(&a))
+        .map(|t| Probe::new(&a.file, t.as_bytes(), &a.tasks, a.timeout.as_deref()));
+    // NB: a daemon's runs neither read nor write memos: they are read only
+    // where this process would open the index itself.
+    let embedded = matches!(src, CacheSource::Embedded { .. });
+    if let Some(p) = &probe {
+        if answer_from_memo(p, remote_flag, src, io, t0)?.is_some() {
+            return Ok(());
+        }
+    }
     // Validate everything before touching the store.
-    let mut pipeline = Pipeline::load(&a.file)?;
+    let mut pipeline = match &text {
+        Some(t) => Pipeline::parse(&a.file, t)?,
+        None => Pipeline::load(&a.file)?,
+    };
     for t in &mut pipeline.tasks {
         t.timeout = t.timeout.or(timeout);
     }
@@ -255,12 +329,7 @@ pub fn run(a: RunArgs, src: &mut CacheSource, io: &mut Io, ctx: &Ctx) -> Result<
     // pipeline itself was validated above, before anything was touched.
     let cache = src.get(io)?;
     let plan = shell::plan_with_env(&pipeline, &a.tasks, Arc::new(ShellRunner), io.env, cache)?;
-    let flag = if a.no_remote {
-        Some("none")
-    } else {
-        a.remote.as_deref()
-    };
-    let remote = super::remote_tier::for_run(cache, flag, io)?;
+    let remote = super::remote_tier::for_run(cache, remote_flag, io)?;
     let opts = Options {
         jobs: a.jobs.unwrap_or_else(scheduler::default_jobs),
         fail_fast: !a.keep_going,
@@ -303,6 +372,17 @@ pub fn run(a: RunArgs, src: &mut CacheSource, io: &mut Io, ctx: &Ctx) -> Result<
     if let Some(path) = &a.trace {
         write_trace(path, &report)
             .map_err(|e| CliError::Usage(format!("--trace {}: {e}", path.display())))?;
+    }
+    if let Some(p) = probe.as_ref().filter(|_| remote.is_none() && report.ok()) {
+        if embedded {
+            if let Err(e) =
+                dagfs::exec::memo::record(cache, p, &pipeline, &report, started_ms, io.env)
+            {
+                log::warn!(
+                    "this run's memo was not written (the next run takes the full path): {e}"
+                );
+            }
+        }
     }
     if report.ok() {
         Ok(())

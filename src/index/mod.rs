@@ -4,8 +4,9 @@
 //! the policy, `dropped`, the stat cache, sync stamps) is history or a
 //! cache whose loss costs a rerun or a rescan, never a wrong answer.
 //!
-//! Owns: `<store>/index/` and `<store>/runs/` (the run records, one file a
-//! run: `runs.rs`). May call: `hash`, `store` (types only).
+//! Owns: `<store>/index/`, `<store>/runs/` (the run records, one file a
+//! run: `runs.rs`) and `<store>/memo/` (whole-run memos and their
+//! generation: `memo.rs`). May call: `hash`, `store` (types only).
 //!
 //! | tree        | key                              | value                      |
 //! |-------------|----------------------------------|----------------------------|
@@ -34,6 +35,7 @@
 
 mod entry_meta;
 pub mod error;
+pub mod memo;
 pub mod policy;
 mod runs;
 pub mod stats;
@@ -47,7 +49,7 @@ use serde::{Deserialize, Serialize};
 pub use entry_meta::EntryMeta;
 pub use error::{IndexError, Result};
 pub use policy::CachePolicy;
-pub use runs::KEEP as RUNS_KEPT;
+pub use runs::{put_unindexed as put_run_unindexed, KEEP as RUNS_KEPT};
 pub use stats::{CacheStats, MissReason, Route};
 
 use crate::hash::{Digest, HexPrefix};
@@ -107,6 +109,8 @@ pub struct Index {
     uses: sled::Tree,
     /// Hits not yet journaled: (key, ms) (see `uses.rs`).
     pending_uses: std::sync::Mutex<Vec<(Digest, u64)>>,
+    /// When the memo generation must move (`memo.rs`).
+    memos: memo::Memos,
 }
 
 const C_ENTRIES: &str = "entries";
@@ -177,6 +181,16 @@ impl Index {
     /// Open the index in `dir`, its run records in `runs` (created when
     /// the first is written).
     pub fn open(dir: &std::path::Path, runs: &std::path::Path) -> Result<Index> {
+        Self::open_with_memos(dir, runs, &memo::dir_beside(runs))
+    }
+
+    /// As `open`, with the run memos' generation kept in `memos` (a
+    /// private copy of a read-only store's index keeps its own).
+    pub fn open_with_memos(
+        dir: &std::path::Path,
+        runs: &std::path::Path,
+        memos: &std::path::Path,
+    ) -> Result<Index> {
         let db = sled::Config::new()
             .path(dir)
             .flush_every_ms(None)
@@ -187,7 +201,7 @@ impl Index {
         db.drop_tree("by_output")?;
         // Older indexes kept one stat-cache record per file there.
         db.drop_tree("statcache")?;
-        Ok(Index {
+        let ix = Index {
             entries: db.open_tree("entries")?,
             latest: db.open_tree("latest")?,
             lru: db.open_tree("lru")?,
@@ -202,8 +216,15 @@ impl Index {
             recipes: db.open_tree("recipes")?,
             uses: db.open_tree("uses")?,
             pending_uses: Default::default(),
+            memos: memo::Memos::new(memos.to_path_buf()),
             db,
-        })
+        };
+        // NB: a new database (the old one deleted) holds none of what a
+        // memo may name.
+        if !ix.db.was_recovered() {
+            ix.memos.before_change()?;
+        }
+        Ok(ix)
     }
 
     /// Make every write so far durable; returns how many bytes that took
@@ -299,6 +320,7 @@ impl Index {
     }
 
     fn unlink(&self, key: &Digest, meta: &EntryMeta) -> Result<()> {
+        self.memos.before_change()?;
         self.entries.remove(key.as_bytes())?;
         self.lru.remove(lru_key(meta.last_used_ms, key))?;
         if let Some(ttl) = meta.ttl_secs {
@@ -372,6 +394,7 @@ impl Index {
             }
         }
         let now = now_ms();
+        self.memos.before_change()?;
         self.latest.insert(k, &latest_value(key, now)[..])?;
         Ok(now)
     }
@@ -380,6 +403,7 @@ impl Index {
     /// older index had it).
     pub fn restore_latest(&self, dag: &str, task: &str, key: &Digest, moved_ms: u64) -> Result<()> {
         let k = latest_key(dag, task);
+        self.memos.before_change()?;
         if moved_ms == 0 {
             self.latest.insert(k, key.as_bytes())?;
         } else {
@@ -745,6 +769,7 @@ impl Index {
     }
 
     pub fn set_policy(&self, p: &CachePolicy) -> Result<()> {
+        self.memos.before_change()?;
         self.config
             .insert("policy", serde_json::to_vec(p).expect("policy serializes"))?;
         Ok(())
@@ -753,6 +778,7 @@ impl Index {
     /// Drop every rebuildable tree and refill it from `entries`. Counters of
     /// hits and misses survive; entry totals are recomputed.
     pub fn rebuild(&self, entries: impl IntoIterator<Item = Entry>) -> Result<usize> {
+        self.memos.before_change()?;
         for t in [
             &self.entries,
             &self.latest,

@@ -50,6 +50,55 @@ fn id_of(name: &std::ffi::OsStr) -> Option<u64> {
     s.parse().ok()
 }
 
+/// The ids of the run files in `dir`, unordered.
+fn file_ids(dir: &Path) -> Result<Vec<u64>> {
+    let mut ids = Vec::new();
+    match std::fs::read_dir(dir) {
+        Ok(list) => {
+            for e in list {
+                let e = e.map_err(|e| io_err(dir, e))?;
+                ids.extend(id_of(&e.file_name()));
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io_err(dir, e)),
+    }
+    Ok(ids)
+}
+
+/// Write the record of a run made without the index (one a memo answered,
+/// `memo.rs`) into `dir`: `json(id)` is its `RunRecord` JSON. Its id is the
+/// one after the newest file's, taken by a hard link, so no two runs share
+/// one, and the next run of the index moves past it (`free_id`). Returns
+/// the id.
+pub fn put_unindexed(dir: &Path, json: &dyn Fn(u64) -> Vec<u8>) -> Result<u64> {
+    std::fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
+    let mut id = file_ids(dir)?.into_iter().max().unwrap_or(0) + 1;
+    let tmp = dir.join(format!(".unindexed-{}.json.tmp", std::process::id()));
+    loop {
+        std::fs::write(&tmp, json(id)).map_err(|e| io_err(&tmp, e))?;
+        let path = dir.join(format!("{id:020}.json"));
+        match std::fs::hard_link(&tmp, &path) {
+            Ok(()) => break,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => id += 1,
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(io_err(&path, e));
+            }
+        }
+    }
+    let _ = std::fs::remove_file(&tmp);
+    if id > KEEP {
+        let old = dir.join(format!("{:020}.json", id - KEEP));
+        match std::fs::remove_file(&old) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err(&old, e)),
+        }
+    }
+    Ok(id)
+}
+
 impl RunLog {
     pub(super) fn new(dir: PathBuf, legacy: sled::Tree) -> RunLog {
         RunLog { dir, legacy }
@@ -129,16 +178,7 @@ impl RunLog {
                 .map_err(|_| corrupt("runs", "key is not a u64"))?;
             ids.push(u64::from_be_bytes(b));
         }
-        match std::fs::read_dir(&self.dir) {
-            Ok(dir) => {
-                for e in dir {
-                    let e = e.map_err(|e| io_err(&self.dir, e))?;
-                    ids.extend(id_of(&e.file_name()));
-                }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io_err(&self.dir, e)),
-        }
+        ids.extend(file_ids(&self.dir)?);
         ids.sort_unstable();
         ids.dedup();
         Ok(ids)

@@ -71,6 +71,17 @@ impl Outcome {
             hermetic: None,
         }
     }
+
+    /// A key hit on `key`, whose output is `output` (a run a memo
+    /// answered: `exec::memo`).
+    pub fn hit(key: Digest, output: Digest) -> Outcome {
+        Outcome {
+            route: Some(Route::Key),
+            key: Some(key),
+            output: Some(output),
+            ..Outcome::new(Status::Cached)
+        }
+    }
 }
 
 pub enum Event<'a> {

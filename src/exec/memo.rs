@@ -1,0 +1,303 @@
+//! Whole-run memos: answering a fully cached `dagfs run` without parsing
+//! the pipeline or opening the index, when nothing its answer depends on
+//! has changed since the last run that gave it. The memo file, its
+//! generation and the folding of its hits are `index::memo`'s; this module
+//! decides when a memo is written and whether it still holds.
+//!
+//! A memo holds when all of these are as they were when it was written:
+//! - the pipeline file's bytes (BLAKE3), at the same path, with the same
+//!   tasks asked for and `--timeout` (the memo's name, `Probe`);
+//! - the dagfs binary (its stat: a new build may derive other keys);
+//! - the value of every env var any task declares;
+//! - the stat (`lstat`: device, inode, mode, size, mtime and ctime, in ns)
+//!   of every path under every declared input, directories included: a
+//!   file written in place changes its ctime, and an entry made, removed
+//!   or renamed changes its directory's. A path stamped within `RACY_NS`
+//!   of the run's start (or after it) could change again within the same
+//!   clock tick, so no memo is written then; the next run writes it;
+//! - the memo generation (no entry lost, no `latest` moved, no new
+//!   policy) and the store's blob generation (no blob removed);
+//! - no entry has expired, and each task's output is still in the store
+//!   (`Store::has_blob`, as a hit checks it).
+//!
+//! A memo is written only after a run in which every task was a key hit or
+//! ran and was kept, with the index flushed, when the run has no remote
+//! tier, no cache limits of its own and caching on (the caller, `cli/run.rs`,
+//! checks the flags), and no task has `cache = false`. A pipeline whose
+//! inputs hold more than [`MAX_SEEN`] paths, or a path that is not UTF-8,
+//! gets no memo.
+//!
+//! May call: as `exec` (`hash`, `host`, `store`, `index`, `cache`).
+
+use std::collections::HashSet;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use super::pipeline::Pipeline;
+use super::scheduler::{Outcome, Report, Status};
+use crate::cache::{now_ms, Cache};
+use crate::hash::{CanonicalHasher, Digest};
+use crate::index::memo::{self, Memo, Seen};
+use crate::index::Route;
+use crate::store::Store;
+
+/// The most paths under a pipeline's declared inputs a memo watches.
+pub const MAX_SEEN: usize = 20_000;
+
+/// Within this of a run's start a path's stamp is not trusted (as the
+/// sync scanner's).
+const RACY_NS: i64 = 50_000_000;
+
+/// Which memo a run would use: its name, and the pipeline it was given.
+pub struct Probe {
+    pub name: String,
+    digest: Digest,
+}
+
+impl Probe {
+    /// For the pipeline `file` (whose bytes are `text`), the tasks asked
+    /// for (`targets`, none: all) and the `--timeout` flag.
+    pub fn new(file: &Path, text: &[u8], targets: &[String], timeout: Option<&str>) -> Probe {
+        let path = std::fs::canonicalize(file).unwrap_or_else(|_| file.to_path_buf());
+        let mut h = CanonicalHasher::new("dagfs 2026 run memo name v1");
+        h.bytes(path.as_os_str().as_encoded_bytes())
+            .opt_str(timeout)
+            .u64(targets.len() as u64);
+        for t in targets {
+            h.str(t);
+        }
+        Probe {
+            name: h.finish().to_hex()[..32].to_string(),
+            digest: Digest::of(text),
+        }
+    }
+}
+
+fn stat_of(path: &Path) -> Option<[i64; 6]> {
+    let m = std::fs::symlink_metadata(path).ok()?;
+    Some([
+        m.dev() as i64,
+        m.ino() as i64,
+        i64::from(m.mode()),
+        m.size() as i64,
+        m.mtime().saturating_mul(1_000_000_000) + m.mtime_nsec(),
+        m.ctime().saturating_mul(1_000_000_000) + m.ctime_nsec(),
+    ])
+}
+
+/// The running binary's stat.
+fn exe() -> Option<[i64; 6]> {
+    stat_of(&std::env::current_exe().ok()?)
+}
+
+fn env_digests(
+    names: impl IntoIterator<Item = String>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Vec<(String, Option<Digest>)> {
+    names
+        .into_iter()
+        .map(|n| {
+            let v = env(&n).map(|v| Digest::of(v.as_bytes()));
+            (n, v)
+        })
+        .collect()
+}
+
+/// Answer the run from its memo if that still holds: the run's report
+/// (every task a key hit), its record written and its hit noted. None: the
+/// run takes the full path.
+pub fn answer(
+    store: &Store,
+    probe: &Probe,
+    env: &dyn Fn(&str) -> Option<String>,
+    t0: Instant,
+) -> Option<Report> {
+    let started_ms = now_ms();
+    let dir = memo::dir_beside(&store.runs_dir());
+    let m = memo::read(&dir, &probe.name)?;
+    let holds = m.pipeline == probe.digest
+        && m.exe.is_some()
+        && m.exe == exe()
+        && memo::generation(&dir) == Some(m.generation)
+        && m.blob_generation == store.blob_generation()
+        && m.expires_ms.is_none_or(|e| started_ms < e)
+        && env_digests(m.env.iter().map(|e| e.0.clone()), env) == m.env
+        && m.seen.iter().all(|s| stat_of(Path::new(&s.path)) == s.stat);
+    if !holds {
+        return None;
+    }
+    let mut checked = HashSet::new();
+    for (_, _, o) in &m.tasks {
+        if checked.insert(*o) && !store.has_blob(o) {
+            return None;
+        }
+    }
+    let run_id = match crate::index::put_run_unindexed(&store.runs_dir(), &|id| {
+        m.record_json(id, started_ms, now_ms())
+    }) {
+        Ok(id) => id,
+        Err(e) => {
+            log::warn!("this run's record was not written, so /runs will not show it: {e}");
+            0
+        }
+    };
+    if let Err(e) = memo::note_hit(&dir, &probe.name, started_ms) {
+        log::warn!("this run's hits were not noted for the statistics: {e}");
+    }
+    Some(Report {
+        run_id,
+        dag: m.dag,
+        names: m.tasks.iter().map(|t| t.0.clone()).collect(),
+        outcomes: m.tasks.iter().map(|t| Outcome::hit(t.1, t.2)).collect(),
+        elapsed: t0.elapsed(),
+        evicted: 0,
+        expired: 0,
+    })
+}
+
+/// After a run: write its memo if it can be one (see the module doc).
+/// Returns whether it was written; the reason it was not is logged at
+/// debug level.
+pub fn record(
+    cache: &Cache,
+    probe: &Probe,
+    pipeline: &Pipeline,
+    report: &Report,
+    started_ms: u64,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> crate::index::Result<bool> {
+    let why_not = |why: &str| {
+        log::debug!("no run memo: {why}");
+        Ok(false)
+    };
+    let memoable = |o: &Outcome| match o.status {
+        Status::Cached => o.route == Some(Route::Key),
+        Status::Executed => o.kept,
+        _ => false,
+    };
+    if !report.outcomes.iter().all(memoable) {
+        return why_not("not every task was a key hit or ran and was kept");
+    }
+    if pipeline.tasks.iter().any(|t| !t.cache) {
+        return why_not("a task has `cache = false`: it runs every time");
+    }
+    let Some(exe) = exe() else {
+        return why_not("the dagfs binary has no stat");
+    };
+    let Some(template) = cache.index.run(report.run_id)? else {
+        return why_not("the run's record was not written");
+    };
+    if template.tasks.len() != report.outcomes.len() {
+        return why_not("the run's record does not match the run");
+    }
+    let policy_ttl = cache.index.policy()?.ttl;
+    let mut expires_ms: Option<u64> = None;
+    let mut outputs = Vec::with_capacity(report.outcomes.len());
+    for (o, t) in report.outcomes.iter().zip(&template.tasks) {
+        let (Some(key), Some(output)) = (o.key, o.output) else {
+            return why_not("a task has no key or output");
+        };
+        let Some(meta) = cache.index.get(&key)? else {
+            return why_not("an entry of the run is gone already");
+        };
+        if meta.output != output || t.key != Some(key) {
+            return why_not("an entry of the run changed already");
+        }
+        let ttl = match (meta.ttl_secs, policy_ttl.map(|d| d.as_secs())) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        if let Some(ttl) = ttl {
+            let at = meta.created_ms.saturating_add(ttl.saturating_mul(1000));
+            expires_ms = Some(expires_ms.map_or(at, |e| e.min(at)));
+        }
+        outputs.push(output);
+    }
+    let Some(seen) = seen_inputs(cache, pipeline) else {
+        return why_not(
+            "the inputs could not be listed, hold too many paths or a path that is not UTF-8",
+        );
+    };
+    let racy = (started_ms as i64)
+        .saturating_mul(1_000_000)
+        .saturating_sub(RACY_NS);
+    if seen
+        .iter()
+        .any(|s| s.stat.is_some_and(|st| st[4] >= racy || st[5] >= racy))
+    {
+        return why_not("an input changed during the run, or just before it");
+    }
+    let mut names: Vec<String> = pipeline.tasks.iter().flat_map(|t| t.env.clone()).collect();
+    names.sort();
+    names.dedup();
+    let mut tasks = template.tasks;
+    for t in &mut tasks {
+        t.route = Route::Key.as_str().to_string();
+        t.status = Status::Cached.as_str().to_string();
+        t.miss_reason = None;
+        t.duration_ms = Some(0);
+        t.error = None;
+    }
+    let mut m = Memo {
+        format: memo::FORMAT,
+        exe: Some(exe),
+        pipeline: probe.digest,
+        generation: 0,
+        blob_generation: cache.store.blob_generation(),
+        expires_ms,
+        env: env_digests(names, env),
+        seen,
+        dag: template.dag,
+        tasks: report
+            .names
+            .iter()
+            .zip(&report.outcomes)
+            .zip(outputs)
+            .map(|((n, o), out)| (n.clone(), o.key.expect("checked above"), out))
+            .collect(),
+        record_tasks: serde_json::to_vec(&tasks).expect("run tasks serialize"),
+    };
+    cache.index.write_memo(&probe.name, &mut m)?;
+    Ok(true)
+}
+
+/// Every path under the pipeline's declared inputs, with its stat; None
+/// if one cannot be listed or there are more than `MAX_SEEN`.
+fn seen_inputs(cache: &Cache, pipeline: &Pipeline) -> Option<Vec<Seen>> {
+    let dir = std::fs::canonicalize(&pipeline.dir).ok()?;
+    let mut roots: Vec<PathBuf> = pipeline
+        .tasks
+        .iter()
+        .flat_map(|t| t.inputs.iter().map(|i| dir.join(i)))
+        .collect();
+    roots.sort();
+    roots.dedup();
+    let mut skip = vec![std::fs::canonicalize(cache.store.root()).ok()?];
+    skip.extend(crate::host::mounts::dagfs_mountpoints().unwrap_or_default());
+    let mut seen = Vec::new();
+    let mut done = HashSet::new();
+    // NB: iterative: a deep tree never runs out of stack.
+    let mut stack = roots;
+    stack.reverse();
+    while let Some(path) = stack.pop() {
+        if skip.contains(&path) || !done.insert(path.clone()) {
+            continue;
+        }
+        let stat = stat_of(&path);
+        let is_dir = stat.is_some_and(|s| (s[2] as u32 & libc::S_IFMT) == libc::S_IFDIR);
+        if is_dir {
+            for e in std::fs::read_dir(&path).ok()? {
+                stack.push(e.ok()?.path());
+            }
+        }
+        seen.push(Seen {
+            path: path.into_os_string().into_string().ok()?,
+            stat,
+        });
+        if seen.len() > MAX_SEEN {
+            return None;
+        }
+    }
+    Some(seen)
+}
