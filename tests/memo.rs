@@ -108,13 +108,15 @@ deps = ["a"]
 "#
         ),
     );
-    // NB: a path stamped within 50 ms of a run's start gets no memo.
+    // NB: a path stamped within 2 s of a run's start gets no memo.
     settle();
     d
 }
 
+/// Past the memo's settle time (`exec::memo::SETTLE_NS`, 2 s): stamps
+/// older than that are trusted.
 fn settle() {
-    std::thread::sleep(Duration::from_millis(120));
+    std::thread::sleep(Duration::from_millis(2_100));
 }
 
 /// Run until a memo answers: the first run executes, the second writes
@@ -392,4 +394,121 @@ impl Sandbox {
         ok(&o);
         String::from_utf8(o.stdout).unwrap()
     }
+}
+
+#[test]
+fn a_pipeline_file_linked_from_two_directories_answers_each_for_its_own() {
+    let sb = Sandbox::new();
+    let toml =
+        "[tasks.build]\nrun = 'cat src.txt > \"$DAGFS_OUT/out.txt\"'\ninputs = [\"src.txt\"]\n";
+    sb.write("shared/dagfs.toml", toml);
+    for (dir, text) in [("a", "AAA"), ("b", "BBB")] {
+        sb.write(&format!("{dir}/src.txt"), text);
+        std::os::unix::fs::symlink("../shared/dagfs.toml", sb.root.join(dir).join("dagfs.toml"))
+            .unwrap();
+    }
+    settle();
+    let a = sb.root.join("a");
+    sb.run_in(&a, &[]);
+    until_answered(&sb, &a, &[]);
+    let r = sb.run_in(&sb.root.join("b"), &[]);
+    assert_eq!(
+        r.ran,
+        ["build".to_string()].into(),
+        "b is its own pipeline: {}",
+        r.text
+    );
+    assert_eq!(sb.cat_out("b/build/out.txt"), "BBB");
+}
+
+#[test]
+fn an_input_deleted_during_the_run_is_never_answered_as_there() {
+    let sb = Sandbox::new();
+    sb.write("p/src.txt", "one");
+    let d = sb.pipeline(
+        "p",
+        "[tasks.build]\nrun = 'cat src.txt > \"$DAGFS_OUT/o\"; sleep 0.5'\ninputs = [\"src.txt\"]\n",
+    );
+    settle();
+    let mut kid = sb
+        .command(&["run", "-f", d.join("dagfs.toml").to_str().unwrap()])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(250));
+    fs::remove_file(d.join("src.txt")).unwrap();
+    assert!(kid.wait().unwrap().success());
+    settle();
+    let o = sb
+        .command(&["run", "-f", d.join("dagfs.toml").to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(3),
+        "the full path refuses a missing input: {}",
+        text(&o)
+    );
+}
+
+#[test]
+fn a_directory_on_the_way_to_an_input_turned_symlink_is_refused_as_the_full_path_does() {
+    let sb = Sandbox::new();
+    sb.write("p/sub/f.txt", "f");
+    let scope = sb.root.join("scope");
+    fs::create_dir(&scope).unwrap();
+    let d = sb.pipeline(
+        "p",
+        &format!(
+            "hermetic_scope = [{:?}]\n[tasks.t]\nrun = 'cat sub/f.txt > \"$DAGFS_OUT/o\"'\ninputs = [\"sub/f.txt\"]\n",
+            scope.to_str().unwrap()
+        ),
+    );
+    settle();
+    sb.run_in(&d, &[]);
+    until_answered(&sb, &d, &[]);
+    let run = || {
+        sb.command(&["run", "-f", d.join("dagfs.toml").to_str().unwrap()])
+            .output()
+            .unwrap()
+    };
+    // A hermetic_scope tree that went.
+    fs::remove_dir(&scope).unwrap();
+    let o = run();
+    assert_eq!(
+        o.status.code(),
+        Some(3),
+        "a missing hermetic_scope: {}",
+        text(&o)
+    );
+    fs::create_dir(&scope).unwrap();
+    settle();
+    sb.run_in(&d, &[]);
+    until_answered(&sb, &d, &[]);
+    // A directory on the way, now a symlink to the same files.
+    fs::rename(d.join("sub"), d.join("real")).unwrap();
+    std::os::unix::fs::symlink("real", d.join("sub")).unwrap();
+    let o = run();
+    assert_eq!(
+        o.status.code(),
+        Some(3),
+        "an input through a symlink: {}",
+        text(&o)
+    );
+}
+
+#[test]
+fn a_store_that_lost_its_top_directories_is_not_answered_from_a_memo() {
+    let sb = Sandbox::new();
+    let d = chain(&sb, "p", "memo");
+    sb.run_in(&d, &[]);
+    until_answered(&sb, &d, &[]);
+    fs::remove_dir_all(sb.store.join("index")).unwrap();
+    fs::remove_dir_all(sb.store.join("entries")).unwrap();
+    let r = sb.run_in(&d, &[]);
+    assert!(
+        r.text.contains("lost its top directories"),
+        "the full path says so: {}",
+        r.text
+    );
 }

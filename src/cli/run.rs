@@ -289,7 +289,6 @@ fn answer_from_memo(
 
 pub fn run(a: RunArgs, src: &mut CacheSource, io: &mut Io, ctx: &Ctx) -> Result<(), CliError> {
     let t0 = Instant::now();
-    let started_ms = dagfs::cache::now_ms();
     let (policy, timeout) = check_flags(&a, io)?;
     let remote_flag = if a.no_remote {
         Some("none")
@@ -328,6 +327,12 @@ pub fn run(a: RunArgs, src: &mut CacheSource, io: &mut Io, ctx: &Ctx) -> Result<
     // NB: inputs are snapshotted into the store, so it opens first; the
     // pipeline itself was validated above, before anything was touched.
     let cache = src.get(io)?;
+    // NB: before the inputs are snapshotted: a memo is written only if a
+    // second look after the run agrees (`exec::memo::record`).
+    let first_look = probe
+        .as_ref()
+        .filter(|_| embedded)
+        .and_then(|_| dagfs::exec::memo::look(cache, &pipeline));
     let plan = shell::plan_with_env(&pipeline, &a.tasks, Arc::new(ShellRunner), io.env, cache)?;
     let remote = super::remote_tier::for_run(cache, remote_flag, io)?;
     let opts = Options {
@@ -376,7 +381,7 @@ pub fn run(a: RunArgs, src: &mut CacheSource, io: &mut Io, ctx: &Ctx) -> Result<
     if let Some(p) = probe.as_ref().filter(|_| remote.is_none() && report.ok()) {
         if embedded {
             if let Err(e) =
-                dagfs::exec::memo::record(cache, p, &pipeline, &report, started_ms, io.env)
+                dagfs::exec::memo::record(cache, p, &pipeline, &report, first_look, io.env)
             {
                 log::warn!(
                     "this run's memo was not written (the next run takes the full path): {e}"

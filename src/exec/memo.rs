@@ -5,20 +5,30 @@
 //! decides when a memo is written and whether it still holds.
 //!
 //! A memo holds when all of these are as they were when it was written:
-//! - the pipeline file's bytes (BLAKE3), at the same path, with the same
-//!   tasks asked for and `--timeout` (the memo's name, `Probe`);
+//! - the pipeline file's bytes (BLAKE3), by the same name in the same
+//!   directory (resolved; not the file's: a linked pipeline file runs in
+//!   the link's directory), with the same tasks asked for and `--timeout`
+//!   (the memo's name, `Probe`);
 //! - the dagfs binary (its stat: a new build may derive other keys);
 //! - the value of every env var any task declares;
 //! - the stat (`lstat`: device, inode, mode, size, mtime and ctime, in ns)
-//!   of every path under every declared input, directories included: a
-//!   file written in place changes its ctime, and an entry made, removed
-//!   or renamed changes its directory's. A path stamped within `RACY_NS`
-//!   of the run's start (or after it) could change again within the same
-//!   clock tick, so no memo is written then; the next run writes it;
+//!   of every path under every declared input, directories included, of
+//!   each directory on the way to an input (one replaced by a symlink is
+//!   refused by the full path) and of each `hermetic_scope` tree: a file
+//!   written in place changes its ctime, and an entry made, removed or
+//!   renamed changes its directory's. The stats are taken before the
+//!   inputs are snapshotted and again after the run, and the memo is
+//!   written only if both agree, every input is there, and no stamp is
+//!   within [`SETTLE_NS`] of the first look (or later): a write within the
+//!   same clock tick could keep a stamp, and some filesystems stamp to the
+//!   second (FAT to two). A stamp further in the future than that (a
+//!   server whose clock is ahead) makes no memo either;
 //! - the memo generation (no entry lost, no `latest` moved, no new
 //!   policy) and the store's blob generation (no blob removed);
 //! - no entry has expired, and each task's output is still in the store
-//!   (`Store::has_blob`, as a hit checks it).
+//!   (`Store::has_blob`, as a hit checks it);
+//! - the store recreated no top directory when it opened (the full path
+//!   says what was lost).
 //!
 //! A memo is written only after a run in which every task was a key hit or
 //! ran and was kept, with the index flushed, when the run has no remote
@@ -45,9 +55,9 @@ use crate::store::Store;
 /// The most paths under a pipeline's declared inputs a memo watches.
 pub const MAX_SEEN: usize = 20_000;
 
-/// Within this of a run's start a path's stamp is not trusted (as the
-/// sync scanner's).
-const RACY_NS: i64 = 50_000_000;
+/// Within this of the first look a path's stamp is not trusted (two
+/// seconds: the coarsest stamps, FAT's, and a clock step or two of skew).
+pub const SETTLE_NS: i64 = 2_000_000_000;
 
 /// Which memo a run would use: its name, and the pipeline it was given.
 pub struct Probe {
@@ -59,7 +69,15 @@ impl Probe {
     /// For the pipeline `file` (whose bytes are `text`), the tasks asked
     /// for (`targets`, none: all) and the `--timeout` flag.
     pub fn new(file: &Path, text: &[u8], targets: &[String], timeout: Option<&str>) -> Probe {
-        let path = std::fs::canonicalize(file).unwrap_or_else(|_| file.to_path_buf());
+        // NB: the directory resolved, not the file: a pipeline file that is a
+        // symlink runs in the directory of the link (its inputs, its name).
+        let dir = match file.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        let path = std::fs::canonicalize(dir)
+            .unwrap_or_else(|_| dir.to_path_buf())
+            .join(file.file_name().unwrap_or_default());
         let mut h = CanonicalHasher::new("dagfs 2026 run memo name v1");
         h.bytes(path.as_os_str().as_encoded_bytes())
             .opt_str(timeout)
@@ -114,6 +132,10 @@ pub fn answer(
     t0: Instant,
 ) -> Option<Report> {
     let started_ms = now_ms();
+    if !store.recreated().is_empty() {
+        // NB: the full path says what was lost and heals the index.
+        return None;
+    }
     let dir = memo::dir_beside(&store.runs_dir());
     let m = memo::read(&dir, &probe.name)?;
     let holds = m.pipeline == probe.digest
@@ -164,7 +186,7 @@ pub fn record(
     probe: &Probe,
     pipeline: &Pipeline,
     report: &Report,
-    started_ms: u64,
+    before: Option<Look>,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> crate::index::Result<bool> {
     let why_not = |why: &str| {
@@ -214,20 +236,21 @@ pub fn record(
         }
         outputs.push(output);
     }
-    let Some(seen) = seen_inputs(cache, pipeline) else {
+    let Some(before) = before else {
         return why_not(
             "the inputs could not be listed, hold too many paths or a path that is not UTF-8",
         );
     };
-    let racy = (started_ms as i64)
-        .saturating_mul(1_000_000)
-        .saturating_sub(RACY_NS);
-    if seen
-        .iter()
-        .any(|s| s.stat.is_some_and(|st| st[4] >= racy || st[5] >= racy))
-    {
-        return why_not("an input changed during the run, or just before it");
+    let Some(after) = look(cache, pipeline) else {
+        return why_not("the inputs could not be listed after the run");
+    };
+    if after.seen != before.seen {
+        return why_not("an input changed during the run");
     }
+    if !before.settled() {
+        return why_not("an input was stamped just before the run (or in the future)");
+    }
+    let seen = after.seen;
     let mut names: Vec<String> = pipeline.tasks.iter().flat_map(|t| t.env.clone()).collect();
     names.sort();
     names.dedup();
@@ -262,23 +285,76 @@ pub fn record(
     Ok(true)
 }
 
-/// Every path under the pipeline's declared inputs, with its stat; None
-/// if one cannot be listed or there are more than `MAX_SEEN`.
-fn seen_inputs(cache: &Cache, pipeline: &Pipeline) -> Option<Vec<Seen>> {
+/// What a memo watches, and when it was looked at: take it before the
+/// inputs are snapshotted (`record` compares a second look with it).
+pub struct Look {
+    at_ns: i64,
+    seen: Vec<Seen>,
+}
+
+impl Look {
+    /// Every declared input there, and every stamp settled: older than
+    /// `SETTLE_NS` before the look, and not further than that after it.
+    fn settled(&self) -> bool {
+        let (old, new) = (self.at_ns - SETTLE_NS, self.at_ns + SETTLE_NS);
+        self.seen.iter().all(|s| {
+            s.stat
+                .is_some_and(|st| st[4] < old && st[5] < old && st[4] <= new && st[5] <= new)
+        })
+    }
+}
+
+fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i64)
+}
+
+/// Look at what a memo of `pipeline` would watch: every path under its
+/// declared inputs, each directory on the way to one (from the pipeline's
+/// directory down) and each `hermetic_scope` tree, with its stat. None if
+/// one cannot be listed, there are more than `MAX_SEEN` or one is not
+/// UTF-8.
+pub fn look(cache: &Cache, pipeline: &Pipeline) -> Option<Look> {
+    let at_ns = now_ns();
     let dir = std::fs::canonicalize(&pipeline.dir).ok()?;
-    let mut roots: Vec<PathBuf> = pipeline
-        .tasks
-        .iter()
-        .flat_map(|t| t.inputs.iter().map(|i| dir.join(i)))
-        .collect();
-    roots.sort();
-    roots.dedup();
+    let mut trees: Vec<PathBuf> = Vec::new();
+    let mut single: Vec<PathBuf> = Vec::new();
+    for t in &pipeline.tasks {
+        for i in &t.inputs {
+            let p = dir.join(i);
+            let mut up = p.parent();
+            while let Some(a) = up.filter(|a| a.starts_with(&dir)) {
+                single.push(a.to_path_buf());
+                up = a.parent();
+            }
+            trees.push(p);
+        }
+        single.extend(t.hermetic_scope.iter().cloned());
+    }
+    trees.sort();
+    trees.dedup();
+    single.sort();
+    single.dedup();
     let mut skip = vec![std::fs::canonicalize(cache.store.root()).ok()?];
     skip.extend(crate::host::mounts::dagfs_mountpoints().unwrap_or_default());
     let mut seen = Vec::new();
     let mut done = HashSet::new();
+    let note = |path: PathBuf, stat, seen: &mut Vec<Seen>| -> Option<()> {
+        seen.push(Seen {
+            path: path.into_os_string().into_string().ok()?,
+            stat,
+        });
+        (seen.len() <= MAX_SEEN).then_some(())
+    };
+    // NB: a directory on the way may also be a tree of its own: `done` is
+    // the trees' alone.
+    for p in single {
+        let stat = stat_of(&p);
+        note(p, stat, &mut seen)?;
+    }
     // NB: iterative: a deep tree never runs out of stack.
-    let mut stack = roots;
+    let mut stack = trees;
     stack.reverse();
     while let Some(path) = stack.pop() {
         if skip.contains(&path) || !done.insert(path.clone()) {
@@ -291,13 +367,7 @@ fn seen_inputs(cache: &Cache, pipeline: &Pipeline) -> Option<Vec<Seen>> {
                 stack.push(e.ok()?.path());
             }
         }
-        seen.push(Seen {
-            path: path.into_os_string().into_string().ok()?,
-            stat,
-        });
-        if seen.len() > MAX_SEEN {
-            return None;
-        }
+        note(path, stat, &mut seen)?;
     }
-    Some(seen)
+    Some(Look { at_ns, seen })
 }

@@ -300,7 +300,14 @@ impl Memos {
             // NB: no memo was ever written here, so none can name anything.
             return Ok(());
         }
-        let next = generation(&self.dir).unwrap_or(0).wrapping_add(1);
+        let Some(current) = generation(&self.dir) else {
+            // NB: a generation that does not read could go back to one an
+            // old memo names: every memo goes instead, then it starts again.
+            self.remove_all().map_err(|e| io_err(&self.dir, e))?;
+            let _ = std::fs::remove_file(self.dir.join(GENERATION));
+            return self.advance();
+        };
+        let next = current.wrapping_add(1);
         let path = self.dir.join(GENERATION);
         let tmp = self.dir.join(format!(".{GENERATION}.tmp"));
         let written = std::fs::File::create(&tmp)
@@ -511,6 +518,14 @@ mod tests {
             None,
             "an unreadable generation holds no memo"
         );
+        drop(ix);
+        let ix = Index::open(&t.path().join("index"), &t.path().join("runs")).unwrap();
+        ix.set_latest("d", "t", &Digest::of(b"k4")).unwrap();
+        assert!(
+            !dir.join("n").exists(),
+            "never back to a generation a memo names: they go"
+        );
+        assert_eq!(generation(&dir), Some(1));
     }
 
     #[test]
