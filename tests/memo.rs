@@ -512,3 +512,17 @@ fn a_store_that_lost_its_top_directories_is_not_answered_from_a_memo() {
         r.text
     );
 }
+
+#[test]
+fn files_made_beside_the_pipeline_file_leave_its_memo_standing() {
+    let sb = Sandbox::new();
+    let d = chain(&sb, "p", "memo");
+    sb.run_in(&d, &[]);
+    until_answered(&sb, &d, &[]);
+    // What make or an editor leaves next to dagfs.toml is no input.
+    fs::create_dir(d.join("build")).unwrap();
+    sb.write("p/build/app.o", "o");
+    let before = sb.memo_answers();
+    sb.run_in(&d, &[]);
+    assert_eq!(sb.memo_answers(), before + 1, "still answered by the memo");
+}

@@ -311,8 +311,10 @@ fn now_ns() -> i64 {
 }
 
 /// Look at what a memo of `pipeline` would watch: every path under its
-/// declared inputs, each directory on the way to one (from the pipeline's
-/// directory down) and each `hermetic_scope` tree, with its stat. None if
+/// declared inputs, each directory on the way to one (below the pipeline's
+/// directory, whose resolved path names the memo: files made beside the
+/// pipeline file, a build directory say, change nothing) and each
+/// `hermetic_scope` tree, with its stat. None if
 /// one cannot be listed, there are more than `MAX_SEEN` or one is not
 /// UTF-8.
 pub fn look(cache: &Cache, pipeline: &Pipeline) -> Option<Look> {
@@ -324,7 +326,7 @@ pub fn look(cache: &Cache, pipeline: &Pipeline) -> Option<Look> {
         for i in &t.inputs {
             let p = dir.join(i);
             let mut up = p.parent();
-            while let Some(a) = up.filter(|a| a.starts_with(&dir)) {
+            while let Some(a) = up.filter(|a| a.starts_with(&dir) && *a != dir) {
                 single.push(a.to_path_buf());
                 up = a.parent();
             }
