@@ -152,6 +152,8 @@ fn a_cached_run_is_answered_by_its_memo_and_prints_what_the_full_path_prints() {
         v["hits"].as_u64().unwrap()
     };
     assert_eq!(hits(), 2, "one answered run of two tasks");
+    let stats = ok(&sb.command(&["stats"]).output().unwrap());
+    assert!(stats.contains("memo runs    1"), "{stats}");
     assert_eq!(sb.memo_answers(), 0, "folded");
     // The full path (no memo) prints the same lines.
     fs::remove_dir_all(sb.store.join("memo")).unwrap();
@@ -525,4 +527,57 @@ fn files_made_beside_the_pipeline_file_leave_its_memo_standing() {
     let before = sb.memo_answers();
     sb.run_in(&d, &[]);
     assert_eq!(sb.memo_answers(), before + 1, "still answered by the memo");
+}
+
+#[test]
+fn a_mount_s_daemon_answers_from_the_memo_too_and_shows_the_run() {
+    let sb = Sandbox::new();
+    let d = chain(&sb, "p", "memo");
+    let m = match Mounted::try_new(&sb.store, &sb.mnt) {
+        Ok(m) => m,
+        Err(e) if std::env::var_os("CI").is_none() => {
+            eprintln!("skipped: {e}");
+            return;
+        }
+        Err(e) => panic!("{e}"),
+    };
+    let memo_runs = || {
+        let stats = ok(&sb.command(&["stats", "--json"]).output().unwrap());
+        let v: serde_json::Value = serde_json::from_str(&stats).unwrap();
+        v["memo_runs"].as_u64().unwrap()
+    };
+    let first = sb.run_in(&d, &[]);
+    assert_eq!(first.ran.len(), 2, "{}", first.text);
+    assert_eq!(memo_runs(), 0);
+    let second = sb.run_in(&d, &[]);
+    assert_eq!(second.hits(), 2, "{}", second.text);
+    assert_eq!(memo_runs(), 1, "the daemon answered from the memo");
+    let id = second
+        .summary
+        .rsplit("(run ")
+        .next()
+        .unwrap()
+        .trim_end_matches(')');
+    assert_eq!(
+        fs::read_link(m.mnt.join("runs/latest"))
+            .unwrap()
+            .to_str()
+            .unwrap(),
+        id,
+        "/runs/latest is the answered run"
+    );
+    assert_eq!(
+        fs::read_to_string(m.mnt.join(format!("runs/{id}/b/b"))).unwrap(),
+        "one\nint x;\n\n"
+    );
+    // An input edit reaches the daemon's runs as it does the others.
+    sb.write("p/in/a.txt", "two\n");
+    let third = sb.run_in(&d, &[]);
+    assert_eq!(
+        third.ran,
+        ["a", "b"].map(String::from).into(),
+        "{}",
+        third.text
+    );
+    drop(m);
 }

@@ -258,23 +258,40 @@ fn answer_from_memo(
     remote_flag: Option<&str>,
     src: &mut CacheSource,
     io: &mut Io,
+    ctx: &Ctx,
     t0: Instant,
 ) -> Result<Option<Report>, CliError> {
-    let Some(store) = src.take_store(io)? else {
-        return Ok(None);
-    };
-    let answered = if store.read_only().is_none()
-        && super::remote_tier::none_for_run(store.root(), remote_flag, io)
-    {
-        dagfs::exec::memo::answer(&store, probe, io.env, t0)
+    let answered = if let CacheSource::Daemon(cache) = &*src {
+        // NB: the daemon's index is open: the answer goes to it at once.
+        if cache.store.read_only().is_some()
+            || !super::remote_tier::none_for_run(cache.store.root(), remote_flag, io)
+        {
+            return Ok(None);
+        }
+        let r = dagfs::exec::memo::answer_indexed(cache, probe, io.env, t0, ctx.session)?;
+        if let (Some(r), Some(f)) = (&r, &ctx.on_change) {
+            f(dagfs::exec::scheduler::Change::Run(r.run_id));
+        }
+        r
     } else {
-        None
+        let Some(store) = src.take_store(io)? else {
+            return Ok(None);
+        };
+        let answered = if store.read_only().is_none()
+            && super::remote_tier::none_for_run(store.root(), remote_flag, io)
+        {
+            dagfs::exec::memo::answer(&store, probe, io.env, t0)
+        } else {
+            None
+        };
+        if answered.is_none() {
+            src.open_on(store, io)?;
+        }
+        answered
     };
     let Some(report) = answered else {
-        src.open_on(store, io)?;
         return Ok(None);
     };
-    drop(store);
     let err = &mut *io.err;
     {
         let mut ui = Ui::new(report.names.len(), io.stderr_tty, &mut *err);
@@ -303,11 +320,8 @@ pub fn run(a: RunArgs, src: &mut CacheSource, io: &mut Io, ctx: &Ctx) -> Result<
         .as_deref()
         .filter(|_| memo_allowed(&a))
         .map(|t| Probe::new(&a.file, t.as_bytes(), &a.tasks, a.timeout.as_deref()));
-    // NB: a daemon's runs neither read nor write memos: they are read only
-    // where this process would open the index itself.
-    let embedded = matches!(src, CacheSource::Embedded { .. });
     if let Some(p) = &probe {
-        if answer_from_memo(p, remote_flag, src, io, t0)?.is_some() {
+        if answer_from_memo(p, remote_flag, src, io, ctx, t0)?.is_some() {
             return Ok(());
         }
     }
@@ -331,7 +345,6 @@ pub fn run(a: RunArgs, src: &mut CacheSource, io: &mut Io, ctx: &Ctx) -> Result<
     // second look after the run agrees (`exec::memo::record`).
     let first_look = probe
         .as_ref()
-        .filter(|_| embedded)
         .and_then(|_| dagfs::exec::memo::look(cache, &pipeline));
     let plan = shell::plan_with_env(&pipeline, &a.tasks, Arc::new(ShellRunner), io.env, cache)?;
     let remote = super::remote_tier::for_run(cache, remote_flag, io)?;
@@ -379,14 +392,9 @@ pub fn run(a: RunArgs, src: &mut CacheSource, io: &mut Io, ctx: &Ctx) -> Result<
             .map_err(|e| CliError::Usage(format!("--trace {}: {e}", path.display())))?;
     }
     if let Some(p) = probe.as_ref().filter(|_| remote.is_none() && report.ok()) {
-        if embedded {
-            if let Err(e) =
-                dagfs::exec::memo::record(cache, p, &pipeline, &report, first_look, io.env)
-            {
-                log::warn!(
-                    "this run's memo was not written (the next run takes the full path): {e}"
-                );
-            }
+        if let Err(e) = dagfs::exec::memo::record(cache, p, &pipeline, &report, first_look, io.env)
+        {
+            log::warn!("this run's memo was not written (the next run takes the full path): {e}");
         }
     }
     if report.ok() {

@@ -31,9 +31,11 @@
 //!   says what was lost).
 //!
 //! A memo is written only after a run in which every task was a key hit or
-//! ran and was kept, with the index flushed, when the run has no remote
-//! tier, no cache limits of its own and caching on (the caller, `cli/run.rs`,
-//! checks the flags), and no task has `cache = false`. A pipeline whose
+//! ran and was kept, with the index flushed and each task's `latest` still
+//! its key (checked under `Index::memo_writer`: a daemon's other sessions
+//! change nothing meanwhile), when the run has no remote tier, no cache
+//! limits of its own and caching on (the caller, `cli/run.rs`, checks the
+//! flags), and no task has `cache = false`. A pipeline whose
 //! inputs hold more than [`MAX_SEEN`] paths, or a path that is not UTF-8,
 //! gets no memo.
 //!
@@ -132,29 +134,8 @@ pub fn answer(
     t0: Instant,
 ) -> Option<Report> {
     let started_ms = now_ms();
-    if !store.recreated().is_empty() {
-        // NB: the full path says what was lost and heals the index.
-        return None;
-    }
+    let m = holding(store, probe, env, started_ms)?;
     let dir = memo::dir_beside(&store.runs_dir());
-    let m = memo::read(&dir, &probe.name)?;
-    let holds = m.pipeline == probe.digest
-        && m.exe.is_some()
-        && m.exe == exe()
-        && memo::generation(&dir) == Some(m.generation)
-        && m.blob_generation == store.blob_generation()
-        && m.expires_ms.is_none_or(|e| started_ms < e)
-        && env_digests(m.env.iter().map(|e| e.0.clone()), env) == m.env
-        && m.seen.iter().all(|s| stat_of(Path::new(&s.path)) == s.stat);
-    if !holds {
-        return None;
-    }
-    let mut checked = HashSet::new();
-    for (_, _, o) in &m.tasks {
-        if checked.insert(*o) && !store.has_blob(o) {
-            return None;
-        }
-    }
     let run_id = match crate::index::put_run_unindexed(&store.runs_dir(), &|id| {
         m.record_json(id, started_ms, now_ms())
     }) {
@@ -167,7 +148,80 @@ pub fn answer(
     if let Err(e) = memo::note_hit(&dir, &probe.name, started_ms) {
         log::warn!("this run's hits were not noted for the statistics: {e}");
     }
-    Some(Report {
+    Some(report_of(m, run_id, t0))
+}
+
+/// As `answer`, in a process that has the index open (a daemon, for one
+/// of its sessions): the run's record, hits and uses go to the index at
+/// once, and its keys are leased to `session` as a run's are.
+pub fn answer_indexed(
+    cache: &Cache,
+    probe: &Probe,
+    env: &dyn Fn(&str) -> Option<String>,
+    t0: Instant,
+    session: Option<u64>,
+) -> crate::index::Result<Option<Report>> {
+    let started_ms = now_ms();
+    let Some(m) = holding(&cache.store, probe, env, started_ms) else {
+        return Ok(None);
+    };
+    let keys: Vec<Digest> = m.tasks.iter().map(|t| t.1).collect();
+    if let Some(s) = session {
+        cache.lease(s, keys.iter().copied());
+    }
+    let run_id = cache.index.next_run_id()?;
+    let json = m.record_json(run_id, started_ms, now_ms());
+    match serde_json::from_slice(&json) {
+        Ok(rec) => {
+            if let Err(e) = cache.index.put_run(&rec) {
+                log::warn!("run {run_id}'s record was not written, so /runs will not show it: {e}");
+            }
+        }
+        Err(e) => log::warn!("run {run_id}'s record does not read back: {e}"),
+    }
+    let hits = keys.len() as i64;
+    cache.index.add("hits", hits)?;
+    cache.index.add("hit.key", hits)?;
+    cache.index.add(memo::C_MEMO_RUNS, 1)?;
+    cache.index.note_uses(keys, started_ms);
+    Ok(Some(report_of(m, run_id, t0)))
+}
+
+/// The memo of `probe` if it holds (see the module doc).
+fn holding(
+    store: &Store,
+    probe: &Probe,
+    env: &dyn Fn(&str) -> Option<String>,
+    now_ms: u64,
+) -> Option<Memo> {
+    if !store.recreated().is_empty() {
+        // NB: the full path says what was lost and heals the index.
+        return None;
+    }
+    let dir = memo::dir_beside(&store.runs_dir());
+    let m = memo::read(&dir, &probe.name)?;
+    let holds = m.pipeline == probe.digest
+        && m.exe.is_some()
+        && m.exe == exe()
+        && memo::generation(&dir) == Some(m.generation)
+        && m.blob_generation == store.blob_generation()
+        && m.expires_ms.is_none_or(|e| now_ms < e)
+        && env_digests(m.env.iter().map(|e| e.0.clone()), env) == m.env
+        && m.seen.iter().all(|s| stat_of(Path::new(&s.path)) == s.stat);
+    if !holds {
+        return None;
+    }
+    let mut checked = HashSet::new();
+    for (_, _, o) in &m.tasks {
+        if checked.insert(*o) && !store.has_blob(o) {
+            return None;
+        }
+    }
+    Some(m)
+}
+
+fn report_of(m: Memo, run_id: u64, t0: Instant) -> Report {
+    Report {
         run_id,
         dag: m.dag,
         names: m.tasks.iter().map(|t| t.0.clone()).collect(),
@@ -175,7 +229,7 @@ pub fn answer(
         elapsed: t0.elapsed(),
         evicted: 0,
         expired: 0,
-    })
+    }
 }
 
 /// After a run: write its memo if it can be one (see the module doc).
@@ -207,6 +261,9 @@ pub fn record(
     let Some(exe) = exe() else {
         return why_not("the dagfs binary has no stat");
     };
+    // NB: from the first read of the index to the memo's write, no change
+    // lands (a daemon's other sessions wait).
+    let _writer = cache.index.memo_writer();
     let Some(template) = cache.index.run(report.run_id)? else {
         return why_not("the run's record was not written");
     };
@@ -225,6 +282,9 @@ pub fn record(
         };
         if meta.output != output || t.key != Some(key) {
             return why_not("an entry of the run changed already");
+        }
+        if cache.index.latest(&template.dag, &t.task)? != Some(key) {
+            return why_not("another run moved a task's latest output since");
         }
         let ttl = match (meta.ttl_secs, policy_ttl.map(|d| d.as_secs())) {
             (Some(a), Some(b)) => Some(a.min(b)),

@@ -47,11 +47,15 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use serde::{Deserialize, Serialize};
 
 use super::{Index, IndexError, Result};
 use crate::hash::Digest;
+
+/// The stats counter of runs memos answered.
+pub const C_MEMO_RUNS: &str = "memo_runs";
 
 /// The memo file's format; a memo of another format is not read.
 pub const FORMAT: u32 = 1;
@@ -265,32 +269,47 @@ pub fn note_hit(dir: &Path, name: &str, ms: u64) -> Result<()> {
         .map_err(|e| io_err(&path, e))
 }
 
-/// The index's side of the memos: when a new generation is due.
+/// The index's side of the memos: when a new generation is due, and the
+/// gate between changes and a memo being written.
 pub(super) struct Memos {
     dir: PathBuf,
     /// A memo may name the current generation: the next change must move
     /// it first. True at every open (some earlier process may have written
     /// one).
     due: AtomicBool,
+    /// Held shared by each change (`before_change`, to its end) and
+    /// exclusively while a memo is made (`Index::memo_writer`), so a change
+    /// that found no generation due never lands while a memo is being made
+    /// of the index (a daemon runs sessions at once).
+    gate: RwLock<()>,
 }
+
+/// A change in progress (see `Memos::gate`).
+pub(super) struct Change<'a>(#[allow(dead_code)] RwLockReadGuard<'a, ()>);
+
+/// A memo being made (see `Memos::gate`): no change lands meanwhile.
+pub struct MemoWriter<'a>(#[allow(dead_code)] RwLockWriteGuard<'a, ()>);
 
 impl Memos {
     pub(super) fn new(dir: PathBuf) -> Memos {
         Memos {
             dir,
             due: AtomicBool::new(true),
+            gate: RwLock::new(()),
         }
     }
 
     /// Before a change that can make a memo wrong: a new generation,
-    /// durably, if one is due.
-    pub(super) fn before_change(&self) -> Result<()> {
-        if !self.due.load(Ordering::Acquire) {
-            return Ok(());
+    /// durably, if one is due. Hold what it returns until the change is
+    /// made. NB: never while holding another (a waiting writer would
+    /// deadlock the two).
+    pub(super) fn before_change(&self) -> Result<Change<'_>> {
+        let g = self.gate.read().unwrap_or_else(|e| e.into_inner());
+        if self.due.load(Ordering::Acquire) {
+            self.advance()?;
+            self.due.store(false, Ordering::Release);
         }
-        self.advance()?;
-        self.due.store(false, Ordering::Release);
-        Ok(())
+        Ok(Change(g))
     }
 
     /// Write generation + 1 durably. Where that cannot be written (a full
@@ -360,7 +379,22 @@ impl Index {
     /// A new memo generation now (the index was replaced or rebuilt).
     pub fn invalidate_memos(&self) -> Result<()> {
         self.memos.due.store(true, Ordering::Release);
-        self.memos.before_change()
+        self.memos.before_change().map(drop)
+    }
+
+    /// Hold while a memo is made, from reading the index to `write_memo`:
+    /// no change lands meanwhile.
+    pub fn memo_writer(&self) -> MemoWriter<'_> {
+        MemoWriter(self.memos.gate.write().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Uses of `keys` at `ms` (a run a memo answered, with the index
+    /// open), as a hit notes them (`touch`).
+    pub fn note_uses(&self, keys: impl IntoIterator<Item = Digest>, ms: u64) {
+        self.pending_uses
+            .lock()
+            .expect("uses lock")
+            .extend(keys.into_iter().map(|k| (k, ms)));
     }
 
     /// Fold the runs memos answered into the statistics and the uses (see
@@ -397,6 +431,7 @@ impl Index {
             std::fs::File::create(&path).map_err(|e| io_err(&path, e))?;
         }
         if runs > 0 {
+            self.add(C_MEMO_RUNS, runs as i64)?;
             // NB: those runs took ids past the counter (`runs::put_unindexed`).
             if let Some(&newest) = self.runs.ids()?.last() {
                 if newest > self.counter("run_seq")? {
@@ -529,6 +564,29 @@ mod tests {
     }
 
     #[test]
+    fn no_change_lands_while_a_memo_is_made() {
+        let t = tempfile::tempdir().unwrap();
+        let ix = Index::open(&t.path().join("index"), &t.path().join("runs")).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::scope(|s| {
+            let w = ix.memo_writer();
+            s.spawn(|| {
+                ix.set_latest("d", "t", &Digest::of(b"k")).unwrap();
+                tx.send(()).unwrap();
+            });
+            assert!(
+                rx.recv_timeout(std::time::Duration::from_millis(200))
+                    .is_err(),
+                "the change waited for the memo"
+            );
+            drop(w);
+            rx.recv_timeout(std::time::Duration::from_secs(10))
+                .expect("then it landed");
+        });
+        assert_eq!(ix.latest("d", "t").unwrap(), Some(Digest::of(b"k")));
+    }
+
+    #[test]
     fn a_store_keeps_the_newest_memos() {
         let t = tempfile::tempdir().unwrap();
         let ix = Index::open(&t.path().join("index"), &t.path().join("runs")).unwrap();
@@ -583,6 +641,11 @@ mod tests {
             "two runs of one task; the lost memo's run has no tasks to count"
         );
         assert_eq!(ix.counter("hit.key").unwrap(), 2);
+        assert_eq!(
+            ix.counter(C_MEMO_RUNS).unwrap(),
+            3,
+            "runs, the lost memo's too"
+        );
         let order: Vec<Digest> = ix.lru_order().unwrap().map(|k| k.unwrap()).collect();
         assert_eq!(order, vec![key]);
         assert_eq!(ix.get(&key).unwrap().unwrap().last_used_ms, 700);

@@ -15,7 +15,7 @@
 //! | `lru`       | last use ms (u64 BE) ‖ key (32)  | empty                      |
 //! | `expiry`    | expires ms (u64 BE) ‖ key (32)   | empty                      |
 //! | `runs`      | run id (u64 BE)                  | `RunRecord` (JSON): older indexes only; runs are files now (`runs.rs`) |
-//! | `stats`     | counter name (`run_seq`: the last run id) | u64 LE            |
+//! | `stats`     | counter name (`run_seq`: the last run id; `memo_runs`: runs memos answered) | u64 LE |
 //! | `config`    | `policy`; `flushed_ms`           | `CachePolicy` (JSON); u64 LE: when the index was last flushed with its entries durable |
 //! | `statdirs`  | root id (16) ‖ relative dir path | its files' stats + digests (see `sync::statcache`) |
 //! | `dropped`   | cache key (32)                   | why (UTF-8): entries fsck or a verified read dropped as corrupt, until the key is inserted again |
@@ -222,7 +222,7 @@ impl Index {
         // NB: a new database (the old one deleted) holds none of what a
         // memo may name.
         if !ix.db.was_recovered() {
-            ix.memos.before_change()?;
+            drop(ix.memos.before_change()?);
         }
         Ok(ix)
     }
@@ -320,7 +320,7 @@ impl Index {
     }
 
     fn unlink(&self, key: &Digest, meta: &EntryMeta) -> Result<()> {
-        self.memos.before_change()?;
+        let _change = self.memos.before_change()?;
         self.entries.remove(key.as_bytes())?;
         self.lru.remove(lru_key(meta.last_used_ms, key))?;
         if let Some(ttl) = meta.ttl_secs {
@@ -394,7 +394,7 @@ impl Index {
             }
         }
         let now = now_ms();
-        self.memos.before_change()?;
+        let _change = self.memos.before_change()?;
         self.latest.insert(k, &latest_value(key, now)[..])?;
         Ok(now)
     }
@@ -403,7 +403,7 @@ impl Index {
     /// older index had it).
     pub fn restore_latest(&self, dag: &str, task: &str, key: &Digest, moved_ms: u64) -> Result<()> {
         let k = latest_key(dag, task);
-        self.memos.before_change()?;
+        let _change = self.memos.before_change()?;
         if moved_ms == 0 {
             self.latest.insert(k, key.as_bytes())?;
         } else {
@@ -569,6 +569,7 @@ impl Index {
             total_entries: self.counter(C_ENTRIES)?,
             total_size_bytes: self.counter(C_BYTES)?,
             runs: self.counter("run_seq")?,
+            memo_runs: self.counter(memo::C_MEMO_RUNS)?,
             hits_by_route: BTreeMap::new(),
             misses_by_reason: BTreeMap::new(),
             remote: BTreeMap::new(),
@@ -769,7 +770,7 @@ impl Index {
     }
 
     pub fn set_policy(&self, p: &CachePolicy) -> Result<()> {
-        self.memos.before_change()?;
+        let _change = self.memos.before_change()?;
         self.config
             .insert("policy", serde_json::to_vec(p).expect("policy serializes"))?;
         Ok(())
@@ -778,15 +779,18 @@ impl Index {
     /// Drop every rebuildable tree and refill it from `entries`. Counters of
     /// hits and misses survive; entry totals are recomputed.
     pub fn rebuild(&self, entries: impl IntoIterator<Item = Entry>) -> Result<usize> {
-        self.memos.before_change()?;
-        for t in [
-            &self.entries,
-            &self.latest,
-            &self.lru,
-            &self.expiry,
-            &self.uses,
-        ] {
-            t.clear()?;
+        {
+            // NB: the inserts below each hold their own.
+            let _change = self.memos.before_change()?;
+            for t in [
+                &self.entries,
+                &self.latest,
+                &self.lru,
+                &self.expiry,
+                &self.uses,
+            ] {
+                t.clear()?;
+            }
         }
         self.pending_uses.lock().expect("uses lock").clear();
         self.stats.insert(uses::C_JOURNALED, &0u64.to_le_bytes())?;

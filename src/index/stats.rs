@@ -92,6 +92,9 @@ pub struct CacheStats {
     pub total_entries: u64,
     pub total_size_bytes: u64,
     pub runs: u64,
+    /// Runs a memo answered (`memo.rs`), counted among `runs`.
+    #[serde(default)]
+    pub memo_runs: u64,
     /// Hits by route (`key`, `content`, `joined`).
     pub hits_by_route: BTreeMap<String, u64>,
     /// Misses by reason (`new`, `expired`, `input changed`, `skip-cache`, `missing`, `corrupt`).
@@ -137,6 +140,7 @@ impl CacheStats {
         o += &format!("evictions    {}\n", self.evictions);
         o += &format!("expirations  {}\n", self.expirations);
         o += &format!("runs         {}\n", self.runs);
+        o += &format!("memo runs    {}\n", self.memo_runs);
         o += "hits by route:\n";
         for (k, v) in &self.hits_by_route {
             o += &format!("  {k:<14}{v}\n");
