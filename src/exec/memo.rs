@@ -169,6 +169,14 @@ pub fn answer_indexed(
     if let Some(s) = session {
         cache.lease(s, keys.iter().copied());
     }
+    // NB: again, once leased: a change since the first look moved the
+    // generation before it landed, and none lands on a leased key after.
+    let dir = memo::dir_beside(&cache.store.runs_dir());
+    if memo::generation(&dir) != Some(m.generation)
+        || m.blob_generation != cache.store.blob_generation()
+    {
+        return Ok(None);
+    }
     let run_id = cache.index.next_run_id()?;
     let json = m.record_json(run_id, started_ms, now_ms());
     match serde_json::from_slice(&json) {
@@ -261,8 +269,17 @@ pub fn record(
     let Some(exe) = exe() else {
         return why_not("the dagfs binary has no stat");
     };
-    // NB: from the first read of the index to the memo's write, no change
-    // lands (a daemon's other sessions wait).
+    let Some(before) = before else {
+        return why_not(
+            "the inputs could not be listed, hold too many paths or a path that is not UTF-8",
+        );
+    };
+    let Some(after) = look(cache, pipeline) else {
+        return why_not("the inputs could not be listed after the run");
+    };
+    // NB: the looks above read no index, and may be slow (up to MAX_SEEN
+    // stats): from here, the first read of the index, to the memo's write,
+    // no change lands (a daemon's other sessions wait).
     let _writer = cache.index.memo_writer();
     let Some(template) = cache.index.run(report.run_id)? else {
         return why_not("the run's record was not written");
@@ -296,14 +313,6 @@ pub fn record(
         }
         outputs.push(output);
     }
-    let Some(before) = before else {
-        return why_not(
-            "the inputs could not be listed, hold too many paths or a path that is not UTF-8",
-        );
-    };
-    let Some(after) = look(cache, pipeline) else {
-        return why_not("the inputs could not be listed after the run");
-    };
     if after.seen != before.seen {
         return why_not("an input changed during the run");
     }

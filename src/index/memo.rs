@@ -47,7 +47,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use serde::{Deserialize, Serialize};
 
@@ -215,8 +215,10 @@ fn write(dir: &Path, name: &str, memo: &Memo) -> Result<()> {
 
 /// Keep the newest [`KEPT`] memos (by their own or their hits' mtime),
 /// removing the rest with their hits, which the open of this index has
-/// folded already (nothing answers from a memo while the index is open:
-/// both need the store lock). Best effort: a memo left is only disk.
+/// folded already (no other process answers from a memo while this one
+/// has the index open: both need the store lock; a daemon's own answers
+/// go to its index, not to hits files). Best effort: a memo left is only
+/// disk.
 fn prune(dir: &Path, keep: &str) {
     let Ok(list) = std::fs::read_dir(dir) else {
         return;
@@ -282,6 +284,9 @@ pub(super) struct Memos {
     /// that found no generation due never lands while a memo is being made
     /// of the index (a daemon runs sessions at once).
     gate: RwLock<()>,
+    /// One generation move at a time (changes hold the gate shared, so
+    /// several may find one due at once).
+    advancing: Mutex<()>,
 }
 
 /// A change in progress (see `Memos::gate`).
@@ -296,6 +301,7 @@ impl Memos {
             dir,
             due: AtomicBool::new(true),
             gate: RwLock::new(()),
+            advancing: Mutex::new(()),
         }
     }
 
@@ -306,8 +312,11 @@ impl Memos {
     pub(super) fn before_change(&self) -> Result<Change<'_>> {
         let g = self.gate.read().unwrap_or_else(|e| e.into_inner());
         if self.due.load(Ordering::Acquire) {
-            self.advance()?;
-            self.due.store(false, Ordering::Release);
+            let _one = self.advancing.lock().unwrap_or_else(|e| e.into_inner());
+            if self.due.load(Ordering::Acquire) {
+                self.advance()?;
+                self.due.store(false, Ordering::Release);
+            }
         }
         Ok(Change(g))
     }
@@ -351,7 +360,10 @@ impl Memos {
         for e in std::fs::read_dir(&self.dir)? {
             let p = e?.path();
             if p.file_name().is_some_and(|n| n != GENERATION) {
-                std::fs::remove_file(&p)?;
+                match std::fs::remove_file(&p) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                    _ => {}
+                }
             }
         }
         std::fs::File::open(&self.dir)?.sync_all()

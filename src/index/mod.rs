@@ -812,6 +812,7 @@ impl Index {
         // before may have been another entry, made the latest later, and an
         // mtime going back would hide the change from make.
         let now = now_ms();
+        let _change = self.memos.before_change()?;
         for ((dag, task), (_, key)) in newest {
             self.latest
                 .insert(latest_key(&dag, &task), &latest_value(&key, now)[..])?;
