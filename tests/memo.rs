@@ -135,6 +135,21 @@ fn until_answered(sb: &Sandbox, d: &Path, env: &[(&str, &str)]) -> Run {
     r
 }
 
+/// A cold run of `d`, then runs until a memo answers one.
+fn answered(sb: &Sandbox, d: &Path) -> Run {
+    sb.run_in(d, &[]);
+    until_answered(sb, d, &[])
+}
+
+/// A sandbox with `chain`'s pipeline (in `p`, named `memo`) answered by
+/// its memo once.
+fn answered_chain() -> (Sandbox, PathBuf) {
+    let sb = Sandbox::new();
+    let d = chain(&sb, "p", "memo");
+    answered(&sb, &d);
+    (sb, d)
+}
+
 #[test]
 fn a_cached_run_is_answered_by_its_memo_and_prints_what_the_full_path_prints() {
     let sb = Sandbox::new();
@@ -192,10 +207,7 @@ fn a_cached_run_is_answered_by_its_memo_and_prints_what_the_full_path_prints() {
 
 #[test]
 fn an_input_written_in_place_with_its_old_mtime_is_never_answered_from_the_memo() {
-    let sb = Sandbox::new();
-    let d = chain(&sb, "p", "memo");
-    sb.run_in(&d, &[]);
-    until_answered(&sb, &d, &[]);
+    let (sb, d) = answered_chain();
     let f = d.join("in/a.txt");
     let mtime = fs::metadata(&f).unwrap().modified().unwrap();
     fs::write(&f, "two\n").unwrap();
@@ -233,10 +245,7 @@ fn a_file_added_to_an_input_directory_or_an_env_change_reruns() {
 
 #[test]
 fn an_entry_another_run_evicted_is_never_answered_from_the_memo() {
-    let sb = Sandbox::new();
-    let d = chain(&sb, "p", "memo");
-    sb.run_in(&d, &[]);
-    until_answered(&sb, &d, &[]);
+    let (sb, d) = answered_chain();
     let other = sb.pipeline(
         "q",
         "name = \"other\"\n[tasks.z]\nrun = 'echo z > \"$DAGFS_OUT/z\"'\n",
@@ -259,10 +268,7 @@ fn an_entry_another_run_evicted_is_never_answered_from_the_memo() {
 
 #[test]
 fn a_lost_output_blob_is_never_answered_from_the_memo() {
-    let sb = Sandbox::new();
-    let d = chain(&sb, "p", "memo");
-    sb.run_in(&d, &[]);
-    until_answered(&sb, &d, &[]);
+    let (sb, d) = answered_chain();
     // Every blob and pack goes (outputs are trees, which live in packs).
     for top in ["blobs", "packs"] {
         let mut stack = vec![sb.store.join(top)];
@@ -277,10 +283,7 @@ fn a_lost_output_blob_is_never_answered_from_the_memo() {
         }
     }
     assert_eq!(sb.memo_answers(), 1);
-    let o = sb
-        .command(&["run", "-f", d.join("dagfs.toml").to_str().unwrap()])
-        .output()
-        .unwrap();
+    let o = sb.run_raw(&d);
     let t = text(&o);
     assert_eq!(sb.memo_answers(), 0, "the full path ran (and folded): {t}");
     assert!(
@@ -297,8 +300,7 @@ fn another_pipeline_moving_the_latest_output_is_never_hidden_by_a_memo() {
     let a = sb.pipeline("a", &toml("A"));
     let b = sb.pipeline("b", &toml("B"));
     settle();
-    sb.run_in(&a, &[]);
-    until_answered(&sb, &a, &[]);
+    answered(&sb, &a);
     assert_eq!(sb.cat_out("x/t/f"), "A\n");
     sb.run_in(&b, &[]);
     assert_eq!(sb.cat_out("x/t/f"), "B\n");
@@ -313,10 +315,7 @@ fn another_pipeline_moving_the_latest_output_is_never_hidden_by_a_memo() {
 
 #[test]
 fn another_dagfs_binary_does_not_use_the_memo() {
-    let sb = Sandbox::new();
-    let d = chain(&sb, "p", "memo");
-    sb.run_in(&d, &[]);
-    until_answered(&sb, &d, &[]);
+    let (sb, d) = answered_chain();
     let copy = sb.root.join("dagfs-copy");
     fs::copy(BIN, &copy).unwrap();
     assert_eq!(sb.memo_answers(), 1);
@@ -360,10 +359,7 @@ fn an_input_stamped_in_the_future_gets_no_memo_until_it_settles() {
 
 #[test]
 fn concurrent_answered_runs_each_get_their_own_run_record() {
-    let sb = Sandbox::new();
-    let d = chain(&sb, "p", "memo");
-    sb.run_in(&d, &[]);
-    until_answered(&sb, &d, &[]);
+    let (sb, d) = answered_chain();
     let file = d.join("dagfs.toml");
     let kids: Vec<_> = (0..4)
         .map(|_| {
@@ -390,6 +386,13 @@ fn concurrent_answered_runs_each_get_their_own_run_record() {
 }
 
 impl Sandbox {
+    /// `dagfs run -f <d>/dagfs.toml`, whatever it does.
+    fn run_raw(&self, d: &Path) -> std::process::Output {
+        self.command(&["run", "-f", d.join("dagfs.toml").to_str().unwrap()])
+            .output()
+            .unwrap()
+    }
+
     /// `dagfs cat SPEC`'s text.
     fn cat_out(&self, spec: &str) -> String {
         let o = self.command(&["cat", spec]).output().unwrap();
@@ -411,8 +414,7 @@ fn a_pipeline_file_linked_from_two_directories_answers_each_for_its_own() {
     }
     settle();
     let a = sb.root.join("a");
-    sb.run_in(&a, &[]);
-    until_answered(&sb, &a, &[]);
+    answered(&sb, &a);
     let r = sb.run_in(&sb.root.join("b"), &[]);
     assert_eq!(
         r.ran,
@@ -441,10 +443,7 @@ fn an_input_deleted_during_the_run_is_never_answered_as_there() {
     fs::remove_file(d.join("src.txt")).unwrap();
     assert!(kid.wait().unwrap().success());
     settle();
-    let o = sb
-        .command(&["run", "-f", d.join("dagfs.toml").to_str().unwrap()])
-        .output()
-        .unwrap();
+    let o = sb.run_raw(&d);
     assert_eq!(
         o.status.code(),
         Some(3),
@@ -467,16 +466,10 @@ fn a_directory_on_the_way_to_an_input_turned_symlink_is_refused_as_the_full_path
         ),
     );
     settle();
-    sb.run_in(&d, &[]);
-    until_answered(&sb, &d, &[]);
-    let run = || {
-        sb.command(&["run", "-f", d.join("dagfs.toml").to_str().unwrap()])
-            .output()
-            .unwrap()
-    };
+    answered(&sb, &d);
     // A hermetic_scope tree that went.
     fs::remove_dir(&scope).unwrap();
-    let o = run();
+    let o = sb.run_raw(&d);
     assert_eq!(
         o.status.code(),
         Some(3),
@@ -485,12 +478,11 @@ fn a_directory_on_the_way_to_an_input_turned_symlink_is_refused_as_the_full_path
     );
     fs::create_dir(&scope).unwrap();
     settle();
-    sb.run_in(&d, &[]);
-    until_answered(&sb, &d, &[]);
+    answered(&sb, &d);
     // A directory on the way, now a symlink to the same files.
     fs::rename(d.join("sub"), d.join("real")).unwrap();
     std::os::unix::fs::symlink("real", d.join("sub")).unwrap();
-    let o = run();
+    let o = sb.run_raw(&d);
     assert_eq!(
         o.status.code(),
         Some(3),
@@ -501,10 +493,7 @@ fn a_directory_on_the_way_to_an_input_turned_symlink_is_refused_as_the_full_path
 
 #[test]
 fn a_store_that_lost_its_top_directories_is_not_answered_from_a_memo() {
-    let sb = Sandbox::new();
-    let d = chain(&sb, "p", "memo");
-    sb.run_in(&d, &[]);
-    until_answered(&sb, &d, &[]);
+    let (sb, d) = answered_chain();
     fs::remove_dir_all(sb.store.join("index")).unwrap();
     fs::remove_dir_all(sb.store.join("entries")).unwrap();
     let r = sb.run_in(&d, &[]);
@@ -517,10 +506,7 @@ fn a_store_that_lost_its_top_directories_is_not_answered_from_a_memo() {
 
 #[test]
 fn files_made_beside_the_pipeline_file_leave_its_memo_standing() {
-    let sb = Sandbox::new();
-    let d = chain(&sb, "p", "memo");
-    sb.run_in(&d, &[]);
-    until_answered(&sb, &d, &[]);
+    let (sb, d) = answered_chain();
     // What make or an editor leaves next to dagfs.toml is no input.
     fs::create_dir(d.join("build")).unwrap();
     sb.write("p/build/app.o", "o");

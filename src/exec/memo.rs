@@ -111,17 +111,9 @@ fn exe() -> Option<[i64; 6]> {
     stat_of(&std::env::current_exe().ok()?)
 }
 
-fn env_digests(
-    names: impl IntoIterator<Item = String>,
-    env: &dyn Fn(&str) -> Option<String>,
-) -> Vec<(String, Option<Digest>)> {
-    names
-        .into_iter()
-        .map(|n| {
-            let v = env(&n).map(|v| Digest::of(v.as_bytes()));
-            (n, v)
-        })
-        .collect()
+/// BLAKE3 of env var `name`'s value, None where it is unset.
+fn env_digest(env: &dyn Fn(&str) -> Option<String>, name: &str) -> Option<Digest> {
+    env(name).map(|v| Digest::of(v.as_bytes()))
 }
 
 /// Answer the run from its memo if that still holds: the run's report
@@ -179,13 +171,8 @@ pub fn answer_indexed(
     }
     let run_id = cache.index.next_run_id()?;
     let json = m.record_json(run_id, started_ms, now_ms());
-    match serde_json::from_slice(&json) {
-        Ok(rec) => {
-            if let Err(e) = cache.index.put_run(&rec) {
-                log::warn!("run {run_id}'s record was not written, so /runs will not show it: {e}");
-            }
-        }
-        Err(e) => log::warn!("run {run_id}'s record does not read back: {e}"),
+    if let Err(e) = cache.index.put_run_json(run_id, &json) {
+        log::warn!("run {run_id}'s record was not written, so /runs will not show it: {e}");
     }
     let hits = keys.len() as i64;
     cache.index.add("hits", hits)?;
@@ -214,7 +201,7 @@ fn holding(
         && memo::generation(&dir) == Some(m.generation)
         && m.blob_generation == store.blob_generation()
         && m.expires_ms.is_none_or(|e| now_ms < e)
-        && env_digests(m.env.iter().map(|e| e.0.clone()), env) == m.env
+        && m.env.iter().all(|(name, d)| env_digest(env, name) == *d)
         && m.seen.iter().all(|s| stat_of(Path::new(&s.path)) == s.stat);
     if !holds {
         return None;
@@ -338,7 +325,13 @@ pub fn record(
         generation: 0,
         blob_generation: cache.store.blob_generation(),
         expires_ms,
-        env: env_digests(names, env),
+        env: names
+            .into_iter()
+            .map(|n| {
+                let d = env_digest(env, &n);
+                (n, d)
+            })
+            .collect(),
         seen,
         dag: template.dag,
         tasks: report

@@ -503,6 +503,11 @@ impl Index {
         self.runs.put(run)
     }
 
+    /// As `put_run`, the record given as its JSON (a memo's, `memo.rs`).
+    pub fn put_run_json(&self, id: u64, json: &[u8]) -> Result<()> {
+        self.runs.put_json(id, json)
+    }
+
     /// Run `id`'s record; None if it was never written, is no longer kept
     /// (`RUNS_KEPT`) or a crash left it damaged.
     pub fn run(&self, id: u64) -> Result<Option<RunRecord>> {

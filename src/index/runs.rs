@@ -50,6 +50,24 @@ fn id_of(name: &std::ffi::OsStr) -> Option<u64> {
     s.parse().ok()
 }
 
+/// Run `id`'s file in `dir`.
+fn run_path(dir: &Path, id: u64) -> PathBuf {
+    dir.join(format!("{id:020}.json"))
+}
+
+/// Remove the run `KEEP` before `id` (each new run removes one).
+fn drop_expired(dir: &Path, id: u64) -> Result<()> {
+    if id <= KEEP {
+        return Ok(());
+    }
+    let old = run_path(dir, id - KEEP);
+    match std::fs::remove_file(&old) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io_err(&old, e)),
+    }
+}
+
 /// The ids of the run files in `dir`, unordered.
 fn file_ids(dir: &Path) -> Result<Vec<u64>> {
     let mut ids = Vec::new();
@@ -77,7 +95,7 @@ pub fn put_unindexed(dir: &Path, json: &dyn Fn(u64) -> Vec<u8>) -> Result<u64> {
     let tmp = dir.join(format!(".unindexed-{}.json.tmp", std::process::id()));
     loop {
         std::fs::write(&tmp, json(id)).map_err(|e| io_err(&tmp, e))?;
-        let path = dir.join(format!("{id:020}.json"));
+        let path = run_path(dir, id);
         match std::fs::hard_link(&tmp, &path) {
             Ok(()) => break,
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => id += 1,
@@ -88,14 +106,7 @@ pub fn put_unindexed(dir: &Path, json: &dyn Fn(u64) -> Vec<u8>) -> Result<u64> {
         }
     }
     let _ = std::fs::remove_file(&tmp);
-    if id > KEEP {
-        let old = dir.join(format!("{:020}.json", id - KEEP));
-        match std::fs::remove_file(&old) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io_err(&old, e)),
-        }
-    }
+    drop_expired(dir, id)?;
     Ok(id)
 }
 
@@ -105,7 +116,7 @@ impl RunLog {
     }
 
     fn path(&self, id: u64) -> PathBuf {
-        self.dir.join(format!("{id:020}.json"))
+        run_path(&self.dir, id)
     }
 
     /// `id`, or past the newest file if `id`'s exists already.
@@ -117,27 +128,23 @@ impl RunLog {
     }
 
     pub(super) fn put(&self, run: &RunRecord) -> Result<()> {
+        self.put_json(run.id, &serde_json::to_vec(run).expect("run serializes"))
+    }
+
+    /// Write run `id`'s record, given as its `RunRecord` JSON.
+    pub(super) fn put_json(&self, id: u64, json: &[u8]) -> Result<()> {
         std::fs::create_dir_all(&self.dir).map_err(|e| io_err(&self.dir, e))?;
-        let path = self.path(run.id);
-        let tmp = self.dir.join(format!(".{:020}.json.tmp", run.id));
-        let json = serde_json::to_vec(run).expect("run serializes");
+        let path = self.path(id);
+        let tmp = self.dir.join(format!(".{id:020}.json.tmp"));
         let written = std::fs::File::create(&tmp)
-            .and_then(|mut f| f.write_all(&json))
+            .and_then(|mut f| f.write_all(json))
             .map_err(|e| io_err(&tmp, e))
             .and_then(|()| std::fs::rename(&tmp, &path).map_err(|e| io_err(&path, e)));
         if let Err(e) = written {
             let _ = std::fs::remove_file(&tmp);
             return Err(e);
         }
-        if run.id > KEEP {
-            let old = self.path(run.id - KEEP);
-            match std::fs::remove_file(&old) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(io_err(&old, e)),
-            }
-        }
-        Ok(())
+        drop_expired(&self.dir, id)
     }
 
     pub(super) fn get(&self, id: u64) -> Result<Option<RunRecord>> {
