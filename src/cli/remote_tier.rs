@@ -203,20 +203,24 @@ pub fn for_run(
     io: &Io,
 ) -> Result<Option<Arc<Remote>>, CliError> {
     let cfg = RemoteConfig::load(cache.store.root())?;
-    let env_url = (io.env)("DAGFS_REMOTE").filter(|v| !v.is_empty());
-    let over = flag.or(env_url.as_deref());
+    let over = over_of(flag, io);
     let env = remote_env(io);
-    Ok(Remote::new(cache.store.root(), cfg, over, env)?.map(Arc::new))
+    Ok(Remote::new(cache.store.root(), cfg, over.as_deref(), env)?.map(Arc::new))
+}
+
+/// The URL a run's flag or `DAGFS_REMOTE` puts over the store's setting.
+fn over_of(flag: Option<&str>, io: &Io) -> Option<String> {
+    flag.map(str::to_string)
+        .or_else(|| (io.env)("DAGFS_REMOTE").filter(|v| !v.is_empty()))
 }
 
 /// Whether a run with `flag` (as `for_run`'s) has no remote tier in the
 /// store at `root`; false where that cannot be told (a bad setting, which
 /// the full path reports).
 pub fn none_for_run(root: &std::path::Path, flag: Option<&str>, io: &Io) -> bool {
-    let env_url = (io.env)("DAGFS_REMOTE").filter(|v| !v.is_empty());
-    let over = flag.or(env_url.as_deref());
+    let over = over_of(flag, io);
     RemoteConfig::load(root)
-        .and_then(|c| c.effective_url(over))
+        .and_then(|c| c.effective_url(over.as_deref()))
         .is_ok_and(|u| u.is_none())
 }
 
