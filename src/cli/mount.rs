@@ -655,7 +655,11 @@ fn serve(
         (uploader, lookups) = (Some(u), Some(l));
     }
     let (session, invalidator) = mount_view(store, mnt, o, view)?;
-    let watches = Arc::new(Watches::new(cache.clone(), gauges.watches.clone()));
+    let watches = Arc::new(Watches::new(
+        cache.clone(),
+        gauges.watches.clone(),
+        gauges.watch_answers.clone(),
+    ));
     let uis = Arc::new(crate::ui::Servers::default());
     if let Some(listen) = ui {
         let token = std::env::var("DAGFS_UI_TOKEN")

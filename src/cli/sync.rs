@@ -37,6 +37,13 @@ pub struct SyncArgs {
     /// (Ctrl-C stops); with --json, one JSON document per line
     #[arg(long)]
     pub watch: bool,
+    /// Check every file's stat even when the daemon watches the directory
+    /// (by default its watch answers, as watchman's `since` does; writes
+    /// inotify cannot see, to a shared mmap or through a hard link from
+    /// outside, are found only by a scan)
+    #[arg(long, conflicts_with = "watch")]
+    #[serde(default)]
+    pub rescan: bool,
     /// List synced directories (and the daemon's watches) instead
     #[arg(long, conflicts_with_all = ["dir", "watch", "stop"])]
     pub list: bool,
@@ -151,44 +158,88 @@ pub fn sync(a: SyncArgs, src: &mut CacheSource, io: &mut Io, ctx: &Ctx) -> Resul
         let json = a.json;
         let out = &mut *io.out;
         let mut failed = None;
-        sync::watch::watch(cache, &dir, a.name.as_deref(), &opts, &stop_rx, &mut |r| {
-            let res = if json {
-                print_json(out, r, false)
-            } else {
-                print_text(out, r)
-            };
-            let res = res.and_then(|_| out.flush());
-            match res {
-                Ok(()) => true,
-                Err(e) => {
-                    failed = Some(e);
-                    false
+        let queries = crossbeam::channel::never();
+        sync::watch::watch(
+            cache,
+            &dir,
+            a.name.as_deref(),
+            &opts,
+            &stop_rx,
+            &queries,
+            &mut |r| {
+                let res = if json {
+                    print_json(out, r, false)
+                } else {
+                    print_text(out, r)
+                };
+                let res = res.and_then(|_| out.flush());
+                match res {
+                    Ok(()) => true,
+                    Err(e) => {
+                        failed = Some(e);
+                        false
+                    }
                 }
-            }
-        })?;
+            },
+        )?;
         return failed.map_or(Ok(()), |e| Err(CliError::Output(e)));
     }
-    let (held, owned);
-    let r: &sync::SyncReport = match &ctx.syncs {
-        Some(reg) => {
-            held = reg.sync(cache, &dir, a.name.as_deref(), &opts)?;
-            &held
-        }
-        None => {
-            owned = sync::sync_dir_prevalidated(cache, &dir, a.name.as_deref(), &opts, pre)?;
-            &owned
-        }
-    };
+    let r = one_shot(&a, cache, &dir, &opts, pre, ctx)?;
     let res = if a.json {
-        print_json(io.out, r, true)
+        print_json(io.out, &r, true)
     } else {
-        print_text(io.out, r)
+        print_text(io.out, &r)
     };
     res.map_err(CliError::Output)?;
-    if let Some(note) = ignored_lockfile(cache, r) {
+    if let Some(note) = ignored_lockfile(cache, &r) {
         let _ = writeln!(io.err, "dagfs: note: {note}");
     }
     Ok(())
+}
+
+/// A one-shot sync's report: its own, or one shared with concurrent syncs
+/// in the daemon (held until printed).
+enum OneShot {
+    Own(Box<sync::SyncReport>),
+    Shared(sync::shared::Held),
+}
+
+impl std::ops::Deref for OneShot {
+    type Target = sync::SyncReport;
+    fn deref(&self) -> &sync::SyncReport {
+        match self {
+            OneShot::Own(r) => r,
+            OneShot::Shared(h) => h,
+        }
+    }
+}
+
+/// A one-shot sync: answered by the daemon's watch of `dir` if it has one
+/// (and `--rescan` was not asked for), else a scan, shared with concurrent
+/// syncs of the same directory in a daemon.
+fn one_shot(
+    a: &SyncArgs,
+    cache: &Cache,
+    dir: &std::path::Path,
+    opts: &ScanOptions,
+    pre: Option<sync::Prevalidated>,
+    ctx: &Ctx,
+) -> Result<OneShot, CliError> {
+    let answer = match &ctx.watches {
+        Some(w) if !a.rescan => w.answer(dir, a.name.as_deref(), opts),
+        _ => None,
+    };
+    Ok(match (answer, &ctx.syncs) {
+        (Some(r), _) => OneShot::Own(Box::new(r)),
+        (None, Some(reg)) => OneShot::Shared(reg.sync(cache, dir, a.name.as_deref(), opts)?),
+        (None, None) => OneShot::Own(Box::new(sync::sync_dir_prevalidated(
+            cache,
+            dir,
+            a.name.as_deref(),
+            opts,
+            pre,
+        )?)),
+    })
 }
 
 /// A crate (or workspace) whose `Cargo.lock` an ignore file left out of the
@@ -382,6 +433,7 @@ fn print_json(
             "unreadable": r.scan.unreadable,
             "special": r.scan.special,
             "notes": r.notes,
+            "from_watch": r.from_watch,
         });
         let text = if pretty {
             serde_json::to_string_pretty(&v)
@@ -399,7 +451,7 @@ fn print_text(o: &mut dyn std::io::Write, r: &sync::SyncReport) -> std::io::Resu
     }
     writeln!(
         o,
-        "sync {}: snapshot {} (tree {}) of {}: {} files, {}; hashed {}, stat cache {}, {} retries",
+        "sync {}: snapshot {} (tree {}) of {}: {} files, {}; hashed {}, stat cache {}, {} retries{}",
         r.name,
         r.snapshot.seq,
         r.snapshot.tree.short(),
@@ -408,7 +460,12 @@ fn print_text(o: &mut dyn std::io::Write, r: &sync::SyncReport) -> std::io::Resu
         format_size(r.scan.bytes),
         r.scan.hashed,
         r.scan.reused,
-        r.scan.retries
+        r.scan.retries,
+        if r.from_watch {
+            " (answered by the daemon's watch)"
+        } else {
+            ""
+        }
     )?;
     if r.changes.is_empty() {
         writeln!(o, "no changes")?;

@@ -30,6 +30,8 @@ pub struct Gauges {
     pub syncs: Arc<crate::sync::shared::Registry>,
     /// Watched syncs running in the daemon (`watches::Watches::running`).
     pub watches: Arc<AtomicU64>,
+    /// One-shot syncs a watch answered (`watches::Watches::answered`).
+    pub watch_answers: Arc<AtomicU64>,
 }
 
 impl Gauges {
@@ -48,11 +50,13 @@ impl Gauges {
             "# HELP dagfs_sessions Client sessions connected to the daemon.\n# TYPE dagfs_sessions gauge\ndagfs_sessions {}\n\
              # HELP dagfs_sessions_total Client sessions since the daemon started.\n# TYPE dagfs_sessions_total counter\ndagfs_sessions_total {}\n\
              # HELP dagfs_inflight_tasks Tasks executing now.\n# TYPE dagfs_inflight_tasks gauge\ndagfs_inflight_tasks {}\n\
-             # HELP dagfs_sync_watches Watched syncs the daemon runs.\n# TYPE dagfs_sync_watches gauge\ndagfs_sync_watches {}\n",
+             # HELP dagfs_sync_watches Watched syncs the daemon runs.\n# TYPE dagfs_sync_watches gauge\ndagfs_sync_watches {}\n\
+             # HELP dagfs_sync_watch_answers One-shot syncs answered by the daemon's watch of their directory.\n# TYPE dagfs_sync_watch_answers counter\ndagfs_sync_watch_answers {}\n",
             self.sessions.load(Ordering::Relaxed),
             self.sessions_total.load(Ordering::Relaxed),
             self.inflight_tasks.load(Ordering::Relaxed),
-            self.watches.load(Ordering::Relaxed)
+            self.watches.load(Ordering::Relaxed),
+            self.watch_answers.load(Ordering::Relaxed)
         ) + &self.syncs.to_prometheus()
     }
 }

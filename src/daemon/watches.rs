@@ -6,6 +6,10 @@
 //! starts and dropped by `--stop`, so a daemon started later re-arms it
 //! (`resume`).
 //!
+//! A one-shot `dagfs sync DIR` of a watched directory (same name and
+//! filters) is answered by its watch (`answer`, `sync::watch::Query`)
+//! instead of a scan, unless `--rescan` asks for one.
+//!
 //! Owns: one thread per watch, running `sync::watch::watch`. Guarantees:
 //! at most one watch per sync name; `stop` returns only once the watch's
 //! thread has ended (no snapshot is committed after it); a watch that
@@ -22,6 +26,7 @@ use crossbeam::channel::{self, Sender};
 
 use crate::cache::Cache;
 use crate::store::watchlist::WatchRecord;
+use crate::sync::watch::Query;
 use crate::sync::{self, ScanOptions, SyncError, SyncReport};
 
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +61,9 @@ pub struct WatchInfo {
 struct Watch {
     info: Arc<Mutex<WatchInfo>>,
     stop: Sender<()>,
+    /// One-shot syncs for the watch to answer; its filters.
+    queries: Sender<Query>,
+    opts: ScanOptions,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -64,7 +72,12 @@ pub struct Watches {
     watches: Mutex<BTreeMap<String, Watch>>,
     /// Watches running now (`/.dagfs/metrics`).
     pub running: Arc<AtomicU64>,
+    /// One-shot syncs answered by a watch (`/.dagfs/metrics`).
+    pub answered: Arc<AtomicU64>,
 }
+
+/// How long a one-shot sync waits for a busy watch before it scans itself.
+const ANSWER_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -77,12 +90,40 @@ fn now_ms() -> u64 {
 }
 
 impl Watches {
-    pub fn new(cache: Arc<Cache>, running: Arc<AtomicU64>) -> Watches {
+    pub fn new(cache: Arc<Cache>, running: Arc<AtomicU64>, answered: Arc<AtomicU64>) -> Watches {
         Watches {
             cache,
             watches: Mutex::new(BTreeMap::new()),
             running,
+            answered,
         }
+    }
+
+    /// A one-shot sync of `dir` answered by its watch: `None` when no
+    /// running watch has that directory, name and filters, or it could not
+    /// answer (the caller then scans).
+    pub fn answer(&self, dir: &Path, name: Option<&str>, opts: &ScanOptions) -> Option<SyncReport> {
+        let root = std::fs::canonicalize(dir).ok()?;
+        let name = name.map_or_else(|| sync::default_name(&root), str::to_string);
+        let queries = {
+            let watches = lock(&self.watches);
+            let w = watches.get(&name)?;
+            let info = lock(&w.info);
+            let same = info.root == root
+                && info.error.is_none()
+                && w.opts.include == opts.include
+                && w.opts.exclude == opts.exclude
+                && w.opts.skip_unreadable == opts.skip_unreadable;
+            if !same {
+                return None;
+            }
+            w.queries.clone()
+        };
+        let (reply, answer) = channel::bounded(1);
+        queries.send(Query { reply }).ok()?;
+        let r = answer.recv_timeout(ANSWER_WAIT).ok().flatten()?;
+        self.answered.fetch_add(1, Ordering::Relaxed);
+        Some(r)
     }
 
     /// Start watching `dir` under `name` (default: the directory's base
@@ -138,10 +179,12 @@ impl Watches {
             error: None,
         }));
         let (stop_tx, stop_rx) = channel::bounded::<()>(1);
+        let (query_tx, query_rx) = channel::unbounded::<Query>();
         let (first_tx, first_rx) = channel::bounded::<Result<SyncReport, SyncError>>(1);
         let (cache, thread_info, running) =
             (self.cache.clone(), info.clone(), self.running.clone());
         let thread_name = name.clone();
+        let thread_opts = opts.clone();
         let thread = std::thread::Builder::new()
             .name(format!("watch-{name}"))
             .spawn(move || {
@@ -151,8 +194,9 @@ impl Watches {
                     &cache,
                     &root,
                     Some(&thread_name),
-                    &opts,
+                    &thread_opts,
                     &stop_rx,
+                    &query_rx,
                     &mut |r| {
                         {
                             let mut i = lock(&thread_info);
@@ -194,6 +238,8 @@ impl Watches {
         let mut w = Watch {
             info,
             stop: stop_tx,
+            queries: query_tx,
+            opts,
             thread: Some(thread),
         };
         // NB: the lock is held over the first snapshot so a second start of
@@ -265,7 +311,7 @@ impl Watches {
                 skip_unreadable: r.skip_unreadable,
                 ..ScanOptions::default()
             };
-            match self.start(Path::new(&r.root), Some(&r.name), opts) {
+            match self.start(Path::new(&r.root), Some(&r.name), opts.clone()) {
                 Ok(report) => {
                     running += 1;
                     log::info!(
@@ -300,6 +346,8 @@ impl Watches {
                         Watch {
                             info: Arc::new(Mutex::new(info)),
                             stop,
+                            queries: channel::unbounded().0,
+                            opts,
                             thread: None,
                         },
                     );

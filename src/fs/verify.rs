@@ -40,6 +40,11 @@ use crate::hash::Digest;
 
 const MAX_VERIFIED: usize = 1 << 20;
 const BUF: usize = 256 * 1024;
+/// A blob larger than this is read in chunks of this size, the next read
+/// while the last is hashed on every core (`blake3`'s rayon mode): a cold
+/// first read of a large file then costs about its disk read, not that
+/// plus one core's hashing.
+const CHUNK: usize = 4 << 20;
 
 /// When reads of stored files are verified (`-o verify=`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -102,22 +107,9 @@ impl Verifier {
 
     /// Hash `file` (the blob `d`), streaming. Ok(false) on a mismatch.
     fn hash(&self, d: &Digest, file: &File) -> std::io::Result<bool> {
-        let mut h = blake3::Hasher::new();
-        let mut buf = vec![0u8; BUF];
-        let mut at = 0u64;
-        loop {
-            match file.read_at(&mut buf, at) {
-                Ok(0) => break,
-                Ok(n) => {
-                    h.update(&buf[..n]);
-                    at += n as u64;
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
+        let (h, at) = digest_of(file)?;
         self.bytes.fetch_add(at, Ordering::Relaxed);
-        let ok = Digest::from_blake3(h.finalize()) == *d;
+        let ok = Digest::from_blake3(h) == *d;
         let mut set = lock(&self.verified);
         if ok {
             if set.len() >= MAX_VERIFIED {
@@ -201,6 +193,86 @@ impl DagFs {
             ),
         }
         FsError::View(ViewError::Corrupt(*d))
+    }
+}
+
+/// The BLAKE3 of `file`'s bytes, and how many there were.
+fn digest_of(file: &File) -> std::io::Result<(blake3::Hash, u64)> {
+    let mut h = blake3::Hasher::new();
+    if file.metadata()?.len() <= CHUNK as u64 {
+        let mut buf = vec![0u8; BUF];
+        let mut at = 0u64;
+        loop {
+            match read_at(file, &mut buf, at)? {
+                0 => return Ok((h.finalize(), at)),
+                n => {
+                    h.update(&buf[..n]);
+                    at += n as u64;
+                }
+            }
+        }
+    }
+    // NB: the kernel's readahead grows for a file read in order.
+    let _ = nix::fcntl::posix_fadvise(
+        std::os::fd::AsRawFd::as_raw_fd(file),
+        0,
+        0,
+        nix::fcntl::PosixFadviseAdvice::POSIX_FADV_SEQUENTIAL,
+    );
+    let (full_tx, full_rx) = crossbeam::channel::bounded::<std::io::Result<Vec<u8>>>(1);
+    let (empty_tx, empty_rx) = crossbeam::channel::bounded::<Vec<u8>>(2);
+    std::thread::scope(|s| {
+        s.spawn(move || {
+            let mut at = 0u64;
+            for mut buf in empty_rx {
+                buf.resize(CHUNK, 0);
+                let mut len = 0;
+                let res = loop {
+                    match read_at(file, &mut buf[len..], at + len as u64) {
+                        Ok(0) => break Ok(()),
+                        Ok(n) if len + n == CHUNK => {
+                            len = CHUNK;
+                            break Ok(());
+                        }
+                        Ok(n) => len += n,
+                        Err(e) => break Err(e),
+                    }
+                };
+                if let Err(e) = res {
+                    let _ = full_tx.send(Err(e));
+                    return;
+                }
+                if len == 0 {
+                    return;
+                }
+                buf.truncate(len);
+                at += len as u64;
+                if full_tx.send(Ok(buf)).is_err() {
+                    return;
+                }
+            }
+        });
+        for _ in 0..2 {
+            let _ = empty_tx.send(Vec::with_capacity(CHUNK));
+        }
+        let mut at = 0u64;
+        for buf in full_rx {
+            let buf = buf?;
+            h.update_rayon(&buf);
+            at += buf.len() as u64;
+            let _ = empty_tx.send(buf);
+        }
+        Ok((h.finalize(), at))
+    })
+}
+
+/// `pread`, retried when interrupted.
+fn read_at(file: &File, buf: &mut [u8], at: u64) -> std::io::Result<usize> {
+    loop {
+        match file.read_at(buf, at) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            r => return r,
+        }
     }
 }
 

@@ -67,6 +67,9 @@ pub struct SyncReport {
     pub scan: scan::ScanOutput,
     /// Recovery done on the way (a damaged log quarantined), for the CLI.
     pub notes: Vec<String>,
+    /// Answered by the daemon's watch of the directory (`watch::Query`),
+    /// not by a scan of its own.
+    pub from_watch: bool,
 }
 
 /// Sync names (`store::names`): `valid_name` refuses `@`.
@@ -360,6 +363,7 @@ impl Target {
             changes,
             scan: out,
             notes: self.notes,
+            from_watch: false,
         })
     }
 }
@@ -417,6 +421,11 @@ impl Incremental {
             totals,
         };
         Ok((inc, r))
+    }
+
+    /// The tree of the last pass.
+    pub fn base(&self) -> &Digest {
+        &self.base
     }
 
     /// A pass over what `dirty` names (everything, if it asks for a rescan).

@@ -21,9 +21,20 @@
 //! rule) is walked again. It stops being young once found unchanged while
 //! the watcher was quiet (by then its watch is in place).
 //!
+//! Queries: a one-shot `dagfs sync` of a directory the daemon watches is
+//! answered by the watch (`Query`), as watchman answers a `since` query:
+//! the watch creates a cookie file in a private directory it also watches
+//! (the same inotify instance, whose queue is in the order events
+//! happened), reads events until the cookie's own, so every change made
+//! before the query is marked, then takes a pass over what is dirty (none:
+//! the current snapshot) and answers with it. A cookie that does not come
+//! back within `FENCE` (events lost) makes that pass a full, stat-cached
+//! rescan.
+//!
 //! Not seen by inotify at all, as with any inotify-based tool: writes made
 //! through a hard link from outside the directory, and writes to a shared
-//! `mmap`. A later full `dagfs sync` picks those up.
+//! `mmap`. A full `dagfs sync --rescan` (or one with no daemon watching)
+//! picks those up.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -51,10 +62,22 @@ pub const SETTLE: Duration = Duration::from_millis(50);
 /// Passes in a row that met a file changing under them before the watch
 /// fails with that conflict.
 const MAX_CONFLICTS: u32 = 8;
+/// How long a query waits for its cookie's event before it rescans.
+pub const FENCE: Duration = Duration::from_secs(2);
 
 type Event = notify::Result<notify::Event>;
 
-fn arm(root: &Path, tx: Sender<Event>) -> Result<notify::RecommendedWatcher, SyncError> {
+/// A one-shot sync of the watched directory, to be answered by the watch:
+/// `None` when it cannot be (the caller then scans itself).
+pub struct Query {
+    pub reply: Sender<Option<SyncReport>>,
+}
+
+fn arm(
+    root: &Path,
+    cookies: Option<&Path>,
+    tx: Sender<Event>,
+) -> Result<notify::RecommendedWatcher, SyncError> {
     let err = |e: notify::Error| SyncError::Io {
         path: root.to_path_buf(),
         source: std::io::Error::other(e.to_string()),
@@ -70,7 +93,50 @@ fn arm(root: &Path, tx: Sender<Event>) -> Result<notify::RecommendedWatcher, Syn
     )
     .map_err(err)?;
     w.watch(root, RecursiveMode::Recursive).map_err(err)?;
+    if let Some(c) = cookies {
+        // NB: the same watcher, so the same inotify queue as `root`'s.
+        w.watch(c, RecursiveMode::NonRecursive).map_err(err)?;
+    }
     Ok(w)
+}
+
+/// The watch's private cookie directory: `None` (queries are then not
+/// answered) if it cannot be made.
+fn cookie_dir() -> Option<tempfile::TempDir> {
+    match tempfile::Builder::new().prefix("dagfs-watch-").tempdir() {
+        Ok(d) => Some(d),
+        Err(e) => {
+            log::warn!("no cookie directory for the watch (one-shot syncs will rescan): {e}");
+            None
+        }
+    }
+}
+
+/// Make a cookie and read events until its own: every event before it is
+/// marked in `pending`. False if it did not come back within `FENCE`.
+fn fence(
+    rx: &Receiver<Event>,
+    cookie: &Path,
+    root: &Path,
+    ignored: &[PathBuf],
+    pending: &mut Dirty,
+) -> bool {
+    if std::fs::File::create(cookie).is_err() {
+        return false;
+    }
+    let deadline = Instant::now() + FENCE;
+    let mut seen = false;
+    while !seen {
+        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(ev) => {
+                seen = matches!(&ev, Ok(e) if e.paths.iter().any(|p| p == cookie));
+                classify(root, ignored, ev, pending);
+            }
+            Err(_) => break,
+        }
+    }
+    let _ = std::fs::remove_file(cookie);
+    seen
 }
 
 /// Mark what one event says may have changed.
@@ -164,49 +230,83 @@ impl Young {
 }
 
 /// Watch `dir` until `stop` fires or `report` returns false. `report` sees
-/// the first snapshot and every one that changed something.
+/// the first snapshot and every one that changed something; `queries` are
+/// one-shot syncs answered from the watch (see the module's doc).
 pub fn watch(
     cache: &Cache,
     dir: &Path,
     name: Option<&str>,
     opts: &ScanOptions,
     stop: &Receiver<()>,
+    queries: &Receiver<Query>,
     report: &mut dyn FnMut(&SyncReport) -> bool,
 ) -> Result<(), SyncError> {
     let root = std::fs::canonicalize(dir).map_err(|e| SyncError::Io {
         path: dir.to_path_buf(),
         source: e,
     })?;
+    let cookies = cookie_dir();
+    let cookie_dir = cookies.as_ref().map(|c| c.path().to_path_buf());
     // NB: watch before the first snapshot: a change made as soon as it is
     // reported must not slip between the scan and the watch.
     let (tx, rx) = channel::unbounded();
-    let mut watcher = arm(&root, tx.clone())?;
-    let (mut inc, first) = Incremental::start(cache, &root, name, opts)?;
+    let watcher = arm(&root, cookie_dir.as_deref(), tx.clone())?;
+    let (inc, first) = Incremental::start(cache, &root, name, opts)?;
     let name = first.name.clone();
     if !report(&first) {
         return Ok(());
     }
-    // Our own writes (a store or mount inside the directory) are not changes.
+    let last = first;
+    // Our own writes (a store or mount inside the directory, the cookies)
+    // are not changes.
     let mut ignored: Vec<PathBuf> = vec![cache.store.root().to_path_buf()];
     ignored.extend(crate::host::mounts::dagfs_mountpoints().unwrap_or_default());
-    let mut young: HashMap<PathBuf, Young> = HashMap::new();
-    let mut pending = Dirty::default();
-    let mut conflicts = 0;
+    ignored.extend(cookie_dir.clone());
+    let mut w = Watching {
+        cache,
+        root: &root,
+        name: &name,
+        opts,
+        inc,
+        watcher: Some(watcher),
+        tx,
+        cookie_dir,
+        ignored,
+        young: HashMap::new(),
+        pending: Dirty::default(),
+        conflicts: 0,
+        cookies: 0,
+        last,
+    };
     loop {
         let mut quiet = false;
         let mut wait = QUIET;
-        if pending.is_empty() {
-            let settle = if young.is_empty() {
+        if w.pending.is_empty() {
+            let settle = if w.young.is_empty() {
                 channel::never()
             } else {
                 channel::after(SETTLE)
             };
             channel::select! {
                 recv(stop) -> _ => return Ok(()),
+                recv(queries) -> q => {
+                    let Ok(q) = q else { continue };
+                    let pass = w.answer(&rx, report)?;
+                    let stop = matches!(pass, Some(Pass::Stop));
+                    let answer = match pass {
+                        Some(Pass::Done(r)) => Some(*r),
+                        _ => None,
+                    };
+                    let _ = q.reply.send(answer);
+                    if stop {
+                        return Ok(());
+                    }
+                    continue;
+                }
                 recv(rx) -> ev => {
                     let Ok(ev) = ev else { return Ok(()) };
                     wait = quiet_after(&ev);
-                    classify(&root, &ignored, ev, &mut pending);
+                    classify(&root, &w.ignored, ev, &mut w.pending);
                 }
                 recv(settle) -> _ => quiet = true,
             }
@@ -217,14 +317,60 @@ pub fn watch(
                 match rx.recv_timeout(wait) {
                     Ok(ev) => {
                         wait = quiet_after(&ev);
-                        classify(&root, &ignored, ev, &mut pending);
+                        classify(&root, &w.ignored, ev, &mut w.pending);
                     }
                     Err(RecvTimeoutError::Timeout) => break,
                     Err(RecvTimeoutError::Disconnected) => return Ok(()),
                 }
             }
         }
-        young.retain(|path, y| match y.verdict(path, quiet) {
+        w.check_young(quiet);
+        if w.pending.is_empty() {
+            continue;
+        }
+        if let Pass::Stop = w.pass(report)? {
+            return Ok(());
+        }
+    }
+}
+
+/// A running watch's state between passes.
+struct Watching<'a> {
+    cache: &'a Cache,
+    root: &'a Path,
+    name: &'a str,
+    opts: &'a ScanOptions,
+    inc: Incremental,
+    /// None only while it is re-armed.
+    watcher: Option<notify::RecommendedWatcher>,
+    tx: Sender<Event>,
+    /// Where queries' cookies are made (None: queries are not answered).
+    cookie_dir: Option<PathBuf>,
+    ignored: Vec<PathBuf>,
+    young: HashMap<PathBuf, Young>,
+    pending: Dirty,
+    conflicts: u32,
+    /// Cookies made so far (each query's has a new name).
+    cookies: u64,
+    /// The report of the last pass (or the first snapshot).
+    last: SyncReport,
+}
+
+enum Pass {
+    /// A snapshot, new or not.
+    Done(Box<SyncReport>),
+    /// A file changed under the pass; its events bring another.
+    Again,
+    /// `report` asked to stop.
+    Stop,
+}
+
+impl Watching<'_> {
+    /// Mark young directories that changed (or, once quiet, forget those
+    /// that did not).
+    fn check_young(&mut self, quiet: bool) {
+        let pending = &mut self.pending;
+        self.young.retain(|path, y| match y.verdict(path, quiet) {
             Verdict::Keep => true,
             Verdict::Drop => false,
             Verdict::Rescan => {
@@ -232,22 +378,26 @@ pub fn watch(
                 false
             }
         });
-        if pending.is_empty() {
-            continue;
-        }
-        if pending.needs_rescan() {
+    }
+
+    /// A pass over what is pending (possibly nothing: the current snapshot).
+    fn pass(&mut self, report: &mut dyn FnMut(&SyncReport) -> bool) -> Result<Pass, SyncError> {
+        if self.pending.needs_rescan() {
             // Events were lost, and with them maybe the creation of
             // directories the watcher would have added watches for.
-            drop(watcher);
-            watcher = arm(&root, tx.clone())?;
-            young.clear();
+            self.watcher = None;
+            self.watcher = Some(arm(self.root, self.cookie_dir.as_deref(), self.tx.clone())?);
+            self.young.clear();
         }
-        let dirty = std::mem::take(&mut pending);
-        match inc.sync(cache, &root, Some(&name), opts, &dirty) {
+        let dirty = std::mem::take(&mut self.pending);
+        match self
+            .inc
+            .sync(self.cache, self.root, Some(self.name), self.opts, &dirty)
+        {
             Ok((r, listed)) => {
-                conflicts = 0;
+                self.conflicts = 0;
                 for (path, stamp) in listed.dirs {
-                    young.insert(
+                    self.young.insert(
                         path,
                         Young {
                             stamp,
@@ -256,18 +406,144 @@ pub fn watch(
                     );
                 }
                 if r.new_snapshot && !report(&r) {
-                    return Ok(());
+                    return Ok(Pass::Stop);
                 }
+                self.last = r.clone();
+                Ok(Pass::Done(Box::new(r)))
             }
             // A file changed while it was read: its own events follow, and
             // the pass is taken again once they settle.
             Err(SyncError::Conflict { .. } | SyncError::Vanished { .. })
-                if conflicts < MAX_CONFLICTS =>
+                if self.conflicts < MAX_CONFLICTS =>
             {
-                conflicts += 1;
-                pending.merge(dirty);
+                self.conflicts += 1;
+                self.pending.merge(dirty);
+                Ok(Pass::Again)
             }
-            Err(e) => return Err(e),
+            Err(e) => Err(e),
         }
+    }
+
+    /// With nothing dirty and the name's latest snapshot still the tree of
+    /// the last pass: that snapshot, unchanged, with no pass at all. None
+    /// when another sync of the name recorded a snapshot since (a pass
+    /// then answers).
+    fn unchanged(&self) -> Option<SyncReport> {
+        let log = self.cache.store.sync_log(self.name).ok()??;
+        let latest = log.latest()?.clone();
+        if latest.tree != *self.inc.base() {
+            return None;
+        }
+        let mut scan = self.last.scan.clone();
+        scan.hashed = 0;
+        scan.reused = 0;
+        scan.retries = 0;
+        Some(SyncReport {
+            name: self.name.to_string(),
+            root: self.root.to_path_buf(),
+            previous: Some(latest.tree),
+            snapshot: latest,
+            new_snapshot: false,
+            changes: Default::default(),
+            scan,
+            notes: Vec::new(),
+            from_watch: true,
+        })
+    }
+
+    /// Answer a query: fence, then a pass over what is dirty. None when
+    /// queries cannot be answered (no cookie directory).
+    fn answer(
+        &mut self,
+        rx: &Receiver<Event>,
+        report: &mut dyn FnMut(&SyncReport) -> bool,
+    ) -> Result<Option<Pass>, SyncError> {
+        let Some(dir) = &self.cookie_dir else {
+            return Ok(None);
+        };
+        self.cookies += 1;
+        let cookie = dir.join(format!("cookie-{}", self.cookies));
+        // NB: the cookie is under an ignored path: `classify` leaves it out.
+        if !fence(rx, &cookie, self.root, &self.ignored, &mut self.pending) {
+            self.pending.mark_rescan();
+        }
+        self.check_young(false);
+        if self.pending.is_empty() {
+            if let Some(r) = self.unchanged() {
+                return Ok(Some(Pass::Done(Box::new(r))));
+            }
+        }
+        let mut pass = self.pass(report)?;
+        if let Pass::Done(r) = &mut pass {
+            r.from_watch = true;
+        }
+        Ok(Some(pass))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The fence: a query sent the moment a file is written (no process
+    /// start in between, as there is for `dagfs sync`) is answered with a
+    /// snapshot that has the file, every time.
+    #[test]
+    fn a_query_right_after_a_write_is_answered_with_it() {
+        let t = tempfile::tempdir().unwrap();
+        let cache = Cache::open(&t.path().join("store"), Default::default()).unwrap();
+        let src = t.path().join("src");
+        // NB: below the root, which every pass lists again anyway.
+        let sub = src.join("sub");
+        std::fs::create_dir_all(&sub).unwrap();
+        std::fs::write(sub.join("a"), "a").unwrap();
+        let (stop_tx, stop_rx) = channel::bounded::<()>(1);
+        let (query_tx, query_rx) = channel::unbounded::<Query>();
+        let (first_tx, first_rx) = channel::bounded::<()>(1);
+        std::thread::scope(|s| {
+            // NB: dropped by a failing assertion too, which stops the watch.
+            let stop_tx = stop_tx;
+            let w = s.spawn(|| {
+                let mut first = Some(first_tx);
+                watch(
+                    &cache,
+                    &src,
+                    Some("q"),
+                    &ScanOptions::default(),
+                    &stop_rx,
+                    &query_rx,
+                    &mut |_| {
+                        if let Some(tx) = first.take() {
+                            let _ = tx.send(());
+                        }
+                        true
+                    },
+                )
+            });
+            first_rx.recv().unwrap();
+            for i in 0..40 {
+                let name = format!("f{i}");
+                std::fs::write(sub.join(&name), i.to_string()).unwrap();
+                let (reply, answer) = channel::bounded(1);
+                query_tx.send(Query { reply }).unwrap();
+                let r = answer.recv().unwrap().expect("answered");
+                assert!(r.from_watch);
+                assert_eq!(r.scan.files, i + 2, "round {i}: {} files", r.scan.files);
+                let root = cache.store.read_tree(&r.snapshot.tree).unwrap();
+                let sub = match root.find(b"sub").map(|e| &e.node) {
+                    Some(crate::store::Node::Dir { digest }) => *digest,
+                    other => panic!("no sub/ in the snapshot: {other:?}"),
+                };
+                let tree = cache.store.read_tree(&sub).unwrap();
+                assert!(
+                    tree.entries
+                        .iter()
+                        .any(|e| e.name.as_slice() == name.as_bytes()),
+                    "round {i}: the snapshot lacks {name}"
+                );
+            }
+            stop_tx.send(()).unwrap();
+            w.join().unwrap().unwrap();
+        });
     }
 }
