@@ -54,9 +54,15 @@ impl StoreLock {
             std::process::id(),
             std::env::args().take(2).collect::<Vec<_>>().join(" ")
         );
-        file.set_len(0).at(path)?;
+        // NB: written over the last holder's line, then cut to length only
+        // if that was longer: truncating to 0 frees the file's block, which
+        // costs more than the rest of a cached run's store open here.
         file.seek(SeekFrom::Start(0)).at(path)?;
         file.write_all(me.as_bytes()).at(path)?;
+        let len = me.len() as u64;
+        if file.metadata().at(path)?.len() > len {
+            file.set_len(len).at(path)?;
+        }
         Ok(StoreLock { _file: Some(file) })
     }
 }
