@@ -124,3 +124,30 @@ fn wait_for_lock(file: &File, path: &Path, mode: Mode, waiting: &mut Waiting<'_>
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The holder's line replaces the last one whole, whichever was longer.
+    #[test]
+    fn the_holder_line_replaces_a_longer_or_shorter_one() {
+        let t = tempfile::tempdir().unwrap();
+        let path = t.path().join("lock");
+        let mine = format!(
+            "pid {} ({})",
+            std::process::id(),
+            std::env::args().take(2).collect::<Vec<_>>().join(" ")
+        );
+        for old in ["x".repeat(4000), String::new(), "pid 1 (a)\n".into()] {
+            std::fs::write(&path, &old).unwrap();
+            let lock = StoreLock::acquire(&path, &mut |_| ControlFlow::Continue(())).unwrap();
+            assert_eq!(
+                holder(&path).as_deref(),
+                Some(mine.as_str()),
+                "after {old:?}"
+            );
+            drop(lock);
+        }
+    }
+}
