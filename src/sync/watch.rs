@@ -73,11 +73,14 @@ pub struct Query {
     pub reply: Sender<Option<SyncReport>>,
 }
 
+/// A watcher of `root` and, if given, of the cookie directory `cookies`;
+/// the second is false when the cookie directory could not be watched
+/// (gone: a temp cleaner removed it), and queries are then not answered.
 fn arm(
     root: &Path,
     cookies: Option<&Path>,
     tx: Sender<Event>,
-) -> Result<notify::RecommendedWatcher, SyncError> {
+) -> Result<(notify::RecommendedWatcher, bool), SyncError> {
     let err = |e: notify::Error| SyncError::Io {
         path: root.to_path_buf(),
         source: std::io::Error::other(e.to_string()),
@@ -93,11 +96,18 @@ fn arm(
     )
     .map_err(err)?;
     w.watch(root, RecursiveMode::Recursive).map_err(err)?;
+    let mut cookies_ok = false;
     if let Some(c) = cookies {
         // NB: the same watcher, so the same inotify queue as `root`'s.
-        w.watch(c, RecursiveMode::NonRecursive).map_err(err)?;
+        match w.watch(c, RecursiveMode::NonRecursive) {
+            Ok(()) => cookies_ok = true,
+            Err(e) => log::warn!(
+                "cannot watch the cookie directory {} (one-shot syncs will scan): {e}",
+                c.display()
+            ),
+        }
     }
-    Ok(w)
+    Ok((w, cookies_ok))
 }
 
 /// The watch's private cookie directory: `None` (queries are then not
@@ -250,7 +260,8 @@ pub fn watch(
     // NB: watch before the first snapshot: a change made as soon as it is
     // reported must not slip between the scan and the watch.
     let (tx, rx) = channel::unbounded();
-    let watcher = arm(&root, cookie_dir.as_deref(), tx.clone())?;
+    let (watcher, cookies_ok) = arm(&root, cookie_dir.as_deref(), tx.clone())?;
+    let cookie_dir = cookie_dir.filter(|_| cookies_ok);
     let (inc, first) = Incremental::start(cache, &root, name, opts)?;
     let name = first.name.clone();
     if !report(&first) {
@@ -386,7 +397,11 @@ impl Watching<'_> {
             // Events were lost, and with them maybe the creation of
             // directories the watcher would have added watches for.
             self.watcher = None;
-            self.watcher = Some(arm(self.root, self.cookie_dir.as_deref(), self.tx.clone())?);
+            let (w, cookies_ok) = arm(self.root, self.cookie_dir.as_deref(), self.tx.clone())?;
+            self.watcher = Some(w);
+            if !cookies_ok {
+                self.cookie_dir = None;
+            }
             self.young.clear();
         }
         let dirty = std::mem::take(&mut self.pending);
