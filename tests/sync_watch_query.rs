@@ -162,6 +162,17 @@ fn rescan_finds_what_inotify_cannot_see_and_other_filters_are_scanned() {
         fs::read(e.mnt.join(format!("syncs/code@{seq}/mapped.bin"))).unwrap(),
         b"MAPPED6789abcdef"
     );
+    // Regression (review): the watch's next answer took the rescan's
+    // snapshot back, recording its own older tree again.
+    let after = sync_json(&e.store, &[s, "--name", "code"]);
+    assert_eq!(after["from_watch"], true, "{after}");
+    assert!(!changed(&after, "mapped.bin", "modified"), "{after}");
+    let seq = after["seq"].as_u64().unwrap();
+    assert_eq!(
+        fs::read(e.mnt.join(format!("syncs/code@{seq}/mapped.bin"))).unwrap(),
+        b"MAPPED6789abcdef",
+        "{after}"
+    );
     // SAFETY: the mapping made above, unused from here on.
     assert_eq!(unsafe { libc::munmap(map, 16) }, 0);
 

@@ -212,13 +212,21 @@ fn digest_of(file: &File) -> std::io::Result<(blake3::Hash, u64)> {
             }
         }
     }
-    // NB: the kernel's readahead grows for a file read in order.
-    let _ = nix::fcntl::posix_fadvise(
-        std::os::fd::AsRawFd::as_raw_fd(file),
-        0,
-        0,
-        nix::fcntl::PosixFadviseAdvice::POSIX_FADV_SEQUENTIAL,
-    );
+    // NB: the kernel's readahead grows for a file read in order; the
+    // descriptor is shared with later (random) reads: back to normal after.
+    let advise = |a| {
+        let _ = nix::fcntl::posix_fadvise(std::os::fd::AsRawFd::as_raw_fd(file), 0, 0, a);
+    };
+    advise(nix::fcntl::PosixFadviseAdvice::POSIX_FADV_SEQUENTIAL);
+    let digest = pipelined(file);
+    advise(nix::fcntl::PosixFadviseAdvice::POSIX_FADV_NORMAL);
+    digest
+}
+
+/// `digest_of` for a large file: a reader thread and the hasher, two
+/// buffers between them.
+fn pipelined(file: &File) -> std::io::Result<(blake3::Hash, u64)> {
+    let mut h = blake3::Hasher::new();
     let (full_tx, full_rx) = crossbeam::channel::bounded::<std::io::Result<Vec<u8>>>(1);
     let (empty_tx, empty_rx) = crossbeam::channel::bounded::<Vec<u8>>(2);
     std::thread::scope(|s| {

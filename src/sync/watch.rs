@@ -122,31 +122,52 @@ fn cookie_dir() -> Option<tempfile::TempDir> {
     }
 }
 
+/// How a fence ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Fence {
+    /// The cookie's event came back: every event before it is marked.
+    Seen,
+    /// The cookie could not be made (its directory is gone).
+    NoCookie,
+    /// Events were lost (an overflow), or the cookie did not come back
+    /// within `FENCE`: the watch rescans on its own; the query is not
+    /// answered (its caller scans).
+    Lost,
+}
+
 /// Make a cookie and read events until its own: every event before it is
-/// marked in `pending`. False if it did not come back within `FENCE`.
+/// marked in `pending`.
 fn fence(
     rx: &Receiver<Event>,
     cookie: &Path,
     root: &Path,
     ignored: &[PathBuf],
     pending: &mut Dirty,
-) -> bool {
+) -> Fence {
     if std::fs::File::create(cookie).is_err() {
-        return false;
+        return Fence::NoCookie;
     }
     let deadline = Instant::now() + FENCE;
-    let mut seen = false;
-    while !seen {
+    let mut end = Fence::Lost;
+    while !pending.needs_rescan() {
         match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
             Ok(ev) => {
-                seen = matches!(&ev, Ok(e) if e.paths.iter().any(|p| p == cookie));
+                let seen = matches!(&ev, Ok(e) if e.paths.iter().any(|p| p == cookie));
                 classify(root, ignored, ev, pending);
+                if seen {
+                    end = Fence::Seen;
+                    break;
+                }
             }
             Err(_) => break,
         }
     }
     let _ = std::fs::remove_file(cookie);
-    seen
+    if pending.needs_rescan() {
+        Fence::Lost
+    } else {
+        end
+    }
 }
 
 /// Mark what one event says may have changed.
@@ -393,7 +414,14 @@ impl Watching<'_> {
 
     /// A pass over what is pending (possibly nothing: the current snapshot).
     fn pass(&mut self, report: &mut dyn FnMut(&SyncReport) -> bool) -> Result<Pass, SyncError> {
-        if self.pending.needs_rescan() {
+        let rearm = self.pending.needs_rescan();
+        if !rearm && !self.base_is_latest() {
+            // Another sync of the name (a `--rescan`, say) recorded a
+            // snapshot since: a pass on top of our older tree would take
+            // it back. A full (stat-cached) walk instead; the watcher is fine.
+            self.pending.mark_rescan();
+        }
+        if rearm {
             // Events were lost, and with them maybe the creation of
             // directories the watcher would have added watches for.
             self.watcher = None;
@@ -439,6 +467,14 @@ impl Watching<'_> {
         }
     }
 
+    /// Whether the name's latest snapshot is still the tree of our last pass.
+    fn base_is_latest(&self) -> bool {
+        match self.cache.store.sync_log(self.name) {
+            Ok(Some(log)) => log.latest().is_some_and(|l| l.tree == *self.inc.base()),
+            _ => false,
+        }
+    }
+
     /// With nothing dirty and the name's latest snapshot still the tree of
     /// the last pass: that snapshot, unchanged, with no pass at all. None
     /// when another sync of the name recorded a snapshot since (a pass
@@ -479,8 +515,17 @@ impl Watching<'_> {
         self.cookies += 1;
         let cookie = dir.join(format!("cookie-{}", self.cookies));
         // NB: the cookie is under an ignored path: `classify` leaves it out.
-        if !fence(rx, &cookie, self.root, &self.ignored, &mut self.pending) {
-            self.pending.mark_rescan();
+        match fence(rx, &cookie, self.root, &self.ignored, &mut self.pending) {
+            Fence::Seen => {}
+            Fence::NoCookie => {
+                log::warn!(
+                    "cannot make the cookie {} (one-shot syncs will scan)",
+                    cookie.display()
+                );
+                self.cookie_dir = None;
+                return Ok(None);
+            }
+            Fence::Lost => return Ok(None),
         }
         self.check_young(false);
         if self.pending.is_empty() {
