@@ -182,3 +182,42 @@ fn rescan_finds_what_inotify_cannot_see_and_other_filters_are_scanned() {
     assert!(changed(&r, "note.log", "removed"), "{r}");
     drop(m);
 }
+
+/// Regression (review): `notify` asked inotify for every open, so the
+/// watch's own walk of a tree with more directories than inotify queues
+/// events (16,384 by default) overflowed the queue, and every overflow
+/// took a rescan that overflowed it again, forever: queries were never
+/// answered and the daemon kept a core busy.
+#[test]
+fn a_tree_with_more_directories_than_inotify_queues_events_settles() {
+    let queued: usize = fs::read_to_string("/proc/sys/fs/inotify/max_queued_events")
+        .map_or(16_384, |s| s.trim().parse().unwrap_or(16_384));
+    let e = env();
+    let src = e.root.join("src");
+    let (outer, inner) = (100, queued / 100 + 40);
+    for i in 0..outer {
+        for j in 0..inner {
+            fs::create_dir_all(src.join(format!("d{i}/e{j}"))).unwrap();
+        }
+    }
+    fs::write(src.join("d0/e0/a.txt"), "a\n").unwrap();
+    let m = Mounted::new(&e.store, &e.mnt);
+    let s = src.to_str().unwrap();
+    let o = dagfs(&e.store, &["sync", s, "--watch", "--name", "big"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    for round in 0..3 {
+        let deep = format!("d{}/e{}/n{round}.txt", outer - 1, inner - 1);
+        fs::write(src.join(&deep), "new\n").unwrap();
+        let r = sync_json(&e.store, &[s, "--name", "big"]);
+        assert_eq!(r["from_watch"], true, "round {round}: {}", r["files"]);
+        assert_eq!(r["files"], round + 2, "round {round}");
+        let seq = r["seq"].as_u64().unwrap();
+        assert_eq!(
+            fs::read_to_string(e.mnt.join(format!("syncs/big@{seq}/{deep}"))).unwrap(),
+            "new\n"
+        );
+    }
+    drop(m);
+}
