@@ -88,6 +88,11 @@ fn a_one_shot_sync_of_a_watched_directory_is_answered_by_the_watch_and_misses_no
     let answers = format!("dagfs_sync_watch_answers {}", rounds + 2);
     assert!(metrics.contains(&answers), "{metrics}");
 
+    // A watch of a filesystem other machines can write (here: FUSE, the
+    // mount itself) would not answer; the synced directory is local.
+    assert_eq!(dagfs::host::mounts::shared_fs(&e.mnt), Some("fuse"));
+    assert_eq!(dagfs::host::mounts::shared_fs(&src), None);
+
     // The text report says where the answer came from.
     let o = dagfs(&e.store, &["sync", s, "--name", "code"])
         .output()

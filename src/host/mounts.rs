@@ -94,6 +94,27 @@ pub fn dagfs_mountpoints() -> io::Result<Vec<PathBuf>> {
         .collect())
 }
 
+/// The kind of filesystem `path` is on, if it is one that other machines
+/// (or another kernel) may change: a write made there raises no inotify
+/// event here, so a watch of it cannot vouch for it.
+pub fn shared_fs(path: &Path) -> Option<&'static str> {
+    let kind = nix::sys::statfs::statfs(path).ok()?.filesystem_type().0 as u64;
+    Some(match kind {
+        0x6969 => "nfs",
+        0x517b => "smb",
+        0xff53_4d42 => "cifs",
+        0xfe53_4d42 => "smb2",
+        0x0102_1997 => "9p",
+        0x6573_5546 => "fuse",
+        0x00c3_6400 => "ceph",
+        0x5346_414f => "afs",
+        0x0bd0_0bd0 => "lustre",
+        0x0116_1970 => "gfs2",
+        0x7461_636f => "ocfs2",
+        _ => return None,
+    })
+}
+
 /// A FUSE mount whose server is gone answers ENOTCONN.
 ///
 /// NB: `statfs`, not `stat`: the kernel answers `stat` of a FUSE root from

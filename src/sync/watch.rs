@@ -276,7 +276,18 @@ pub fn watch(
         path: dir.to_path_buf(),
         source: e,
     })?;
-    let cookies = cookie_dir();
+    // NB: another machine's write to a shared filesystem raises no event
+    // here: the watch cannot answer for it.
+    let cookies = match crate::host::mounts::shared_fs(&root) {
+        Some(kind) => {
+            log::info!(
+                "{} is on {kind}: one-shot syncs of it are scanned, not answered by its watch",
+                root.display()
+            );
+            None
+        }
+        None => cookie_dir(),
+    };
     let cookie_dir = cookies.as_ref().map(|c| c.path().to_path_buf());
     // NB: watch before the first snapshot: a change made as soon as it is
     // reported must not slip between the scan and the watch.
