@@ -10,7 +10,7 @@ use std::path::Path;
 
 mod common;
 
-use common::{dagfs, env, text, Mounted};
+use common::{dagfs, env, text, Mounted, Sandbox};
 
 fn sync_json(store: &Path, args: &[&str]) -> serde_json::Value {
     let mut all = vec!["sync"];
@@ -19,6 +19,19 @@ fn sync_json(store: &Path, args: &[&str]) -> serde_json::Value {
     let o = dagfs(store, &all).output().unwrap();
     assert!(o.status.success(), "dagfs {all:?}: {}", text(&o));
     serde_json::from_slice(&o.stdout).unwrap()
+}
+
+/// Mount `e`'s store and have its daemon watch `src` as `name`.
+fn mount_watching(e: &Sandbox, src: &Path, name: &str) -> Mounted {
+    let m = Mounted::new(&e.store, &e.mnt);
+    let o = dagfs(
+        &e.store,
+        &["sync", src.to_str().unwrap(), "--watch", "--name", name],
+    )
+    .output()
+    .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    m
 }
 
 fn changed(r: &serde_json::Value, path: &str, kind: &str) -> bool {
@@ -38,12 +51,8 @@ fn a_one_shot_sync_of_a_watched_directory_is_answered_by_the_watch_and_misses_no
     let src = e.root.join("src");
     fs::create_dir_all(&src).unwrap();
     fs::write(src.join("keep.txt"), "keep\n").unwrap();
-    let m = Mounted::new(&e.store, &e.mnt);
+    let m = mount_watching(&e, &src, "code");
     let s = src.to_str().unwrap();
-    let o = dagfs(&e.store, &["sync", s, "--watch", "--name", "code"])
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", text(&o));
 
     // Nothing changed: the current snapshot, no new one.
     let r = sync_json(&e.store, &[s, "--name", "code"]);
@@ -117,12 +126,8 @@ fn rescan_finds_what_inotify_cannot_see_and_other_filters_are_scanned() {
     fs::create_dir_all(&src).unwrap();
     fs::write(src.join("mapped.bin"), b"0123456789abcdef").unwrap();
     fs::write(src.join("note.log"), "log\n").unwrap();
-    let m = Mounted::new(&e.store, &e.mnt);
+    let m = mount_watching(&e, &src, "code");
     let s = src.to_str().unwrap();
-    let o = dagfs(&e.store, &["sync", s, "--watch", "--name", "code"])
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", text(&o));
 
     // Map the file. The mapping holds the open file, so its close (an
     // event) comes only at the unmap, after the checks.
@@ -206,12 +211,8 @@ fn a_tree_with_more_directories_than_inotify_queues_events_settles() {
         }
     }
     fs::write(src.join("d0/e0/a.txt"), "a\n").unwrap();
-    let m = Mounted::new(&e.store, &e.mnt);
+    let m = mount_watching(&e, &src, "big");
     let s = src.to_str().unwrap();
-    let o = dagfs(&e.store, &["sync", s, "--watch", "--name", "big"])
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", text(&o));
     for round in 0..3 {
         let deep = format!("d{}/e{}/n{round}.txt", outer - 1, inner - 1);
         fs::write(src.join(&deep), "new\n").unwrap();
