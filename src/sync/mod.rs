@@ -441,7 +441,15 @@ impl Incremental {
         if self.totals.len() > MAX_TOTALS {
             self.totals.clear();
         }
-        let plan = dirty::plan(&cache.store, &t.root, &self.base, dirty)?;
+        // NB: another sync of the name (a `--rescan`, say) recorded a
+        // snapshot since the last pass: a pass on top of the older tree
+        // would take it back. A full (stat-cached) walk instead.
+        let stale = t.log.latest().map(|s| s.tree) != Some(self.base);
+        let plan = if stale {
+            None
+        } else {
+            dirty::plan(&cache.store, &t.root, &self.base, dirty)?
+        };
         let walked = walk::walk(
             cache,
             &t.root,

@@ -299,7 +299,7 @@ pub fn watch(
     if !report(&first) {
         return Ok(());
     }
-    let last = first;
+    let last_scan = first.scan.clone();
     // Our own writes (a store or mount inside the directory, the cookies)
     // are not changes.
     let mut ignored: Vec<PathBuf> = vec![cache.store.root().to_path_buf()];
@@ -319,7 +319,7 @@ pub fn watch(
         pending: Dirty::default(),
         conflicts: 0,
         cookies: 0,
-        last,
+        last_scan,
     };
     loop {
         let mut quiet = false;
@@ -395,8 +395,8 @@ struct Watching<'a> {
     conflicts: u32,
     /// Cookies made so far (each query's has a new name).
     cookies: u64,
-    /// The report of the last pass (or the first snapshot).
-    last: SyncReport,
+    /// What the last pass (or the first snapshot) scanned.
+    last_scan: super::scan::ScanOutput,
 }
 
 enum Pass {
@@ -425,14 +425,9 @@ impl Watching<'_> {
 
     /// A pass over what is pending (possibly nothing: the current snapshot).
     fn pass(&mut self, report: &mut dyn FnMut(&SyncReport) -> bool) -> Result<Pass, SyncError> {
-        let rearm = self.pending.needs_rescan();
-        if !rearm && !self.base_is_latest() {
-            // Another sync of the name (a `--rescan`, say) recorded a
-            // snapshot since: a pass on top of our older tree would take
-            // it back. A full (stat-cached) walk instead; the watcher is fine.
-            self.pending.mark_rescan();
-        }
-        if rearm {
+        // NB: a pass over a tree another sync of the name has since
+        // replaced is a full walk (`Incremental::sync`).
+        if self.pending.needs_rescan() {
             // Events were lost, and with them maybe the creation of
             // directories the watcher would have added watches for.
             self.watcher = None;
@@ -462,7 +457,7 @@ impl Watching<'_> {
                 if r.new_snapshot && !report(&r) {
                     return Ok(Pass::Stop);
                 }
-                self.last = r.clone();
+                self.last_scan = r.scan.clone();
                 Ok(Pass::Done(Box::new(r)))
             }
             // A file changed while it was read: its own events follow, and
@@ -478,14 +473,6 @@ impl Watching<'_> {
         }
     }
 
-    /// Whether the name's latest snapshot is still the tree of our last pass.
-    fn base_is_latest(&self) -> bool {
-        match self.cache.store.sync_log(self.name) {
-            Ok(Some(log)) => log.latest().is_some_and(|l| l.tree == *self.inc.base()),
-            _ => false,
-        }
-    }
-
     /// With nothing dirty and the name's latest snapshot still the tree of
     /// the last pass: that snapshot, unchanged, with no pass at all. None
     /// when another sync of the name recorded a snapshot since (a pass
@@ -496,7 +483,7 @@ impl Watching<'_> {
         if latest.tree != *self.inc.base() {
             return None;
         }
-        let mut scan = self.last.scan.clone();
+        let mut scan = self.last_scan.clone();
         scan.hashed = 0;
         scan.reused = 0;
         scan.retries = 0;
