@@ -412,21 +412,31 @@ impl Observer {
 
 pub(crate) struct Watching {
     stop: OwnedFd,
-    thread: std::thread::JoinHandle<std::io::Result<Seen>>,
+    thread: std::thread::JoinHandle<std::io::Result<(Seen, OwnedFd)>>,
 }
 
 impl Watching {
     /// Once every process of the task is gone: everything it opened.
     pub(crate) fn finish(self) -> std::io::Result<Seen> {
         drop(self.stop);
-        self.thread
+        let (seen, fan) = self
+            .thread
             .join()
-            .unwrap_or_else(|_| Err(std::io::Error::other("the hermetic watcher panicked")))
+            .unwrap_or_else(|_| Err(std::io::Error::other("the hermetic watcher panicked")))?;
+        // NB: closing a fanotify group waits for its marks' destruction
+        // (an SRCU grace period): not on the task's path.
+        super::later::close(fan);
+        Ok(seen)
     }
 }
 
 /// The watcher thread: read events until `stop` closes, then drain.
-fn watch(fan: OwnedFd, stop: OwnedFd, mounts: &BTreeMap<u64, u32>) -> std::io::Result<Seen> {
+/// Returns the group's descriptor too, for the caller to close.
+fn watch(
+    fan: OwnedFd,
+    stop: OwnedFd,
+    mounts: &BTreeMap<u64, u32>,
+) -> std::io::Result<(Seen, OwnedFd)> {
     let mut seen = Seen::new();
     // Aligned for the event metadata.
     let mut buf = vec![0u64; 8192];
@@ -456,7 +466,7 @@ fn watch(fan: OwnedFd, stop: OwnedFd, mounts: &BTreeMap<u64, u32>) -> std::io::R
         if fds[1].revents != 0 {
             // The task is gone: what is queued is all there is.
             drain(&fan, &mut buf, mounts, &mut seen)?;
-            return Ok(seen);
+            return Ok((seen, fan));
         }
     }
 }

@@ -14,6 +14,7 @@ pub mod explain;
 pub mod hermetic;
 pub mod isolate;
 pub mod key;
+mod later;
 pub mod memo;
 pub mod pipeline;
 pub mod runner;
