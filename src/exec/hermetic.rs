@@ -412,31 +412,21 @@ impl Observer {
 
 pub(crate) struct Watching {
     stop: OwnedFd,
-    thread: std::thread::JoinHandle<std::io::Result<(Seen, OwnedFd)>>,
+    thread: std::thread::JoinHandle<std::io::Result<Seen>>,
 }
 
 impl Watching {
     /// Once every process of the task is gone: everything it opened.
     pub(crate) fn finish(self) -> std::io::Result<Seen> {
         drop(self.stop);
-        let (seen, fan) = self
-            .thread
+        self.thread
             .join()
-            .unwrap_or_else(|_| Err(std::io::Error::other("the hermetic watcher panicked")))?;
-        // NB: closing a fanotify group waits for its marks' destruction
-        // (an SRCU grace period): not on the task's path.
-        super::later::close(fan);
-        Ok(seen)
+            .unwrap_or_else(|_| Err(std::io::Error::other("the hermetic watcher panicked")))
     }
 }
 
 /// The watcher thread: read events until `stop` closes, then drain.
-/// Returns the group's descriptor too, for the caller to close.
-fn watch(
-    fan: OwnedFd,
-    stop: OwnedFd,
-    mounts: &BTreeMap<u64, u32>,
-) -> std::io::Result<(Seen, OwnedFd)> {
+fn watch(fan: OwnedFd, stop: OwnedFd, mounts: &BTreeMap<u64, u32>) -> std::io::Result<Seen> {
     let mut seen = Seen::new();
     // Aligned for the event metadata.
     let mut buf = vec![0u64; 8192];
@@ -466,7 +456,7 @@ fn watch(
         if fds[1].revents != 0 {
             // The task is gone: what is queued is all there is.
             drain(&fan, &mut buf, mounts, &mut seen)?;
-            return Ok((seen, fan));
+            return Ok(seen);
         }
     }
 }

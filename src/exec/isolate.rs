@@ -156,9 +156,6 @@ pub(crate) struct Prepared {
     /// Each marked mount's host path, by tag: the scopes, then the inputs
     /// mounted in place.
     watched: Vec<super::hermetic::Watched>,
-    /// Where the spawner process reports the task's exit code (4 bytes,
-    /// little-endian) before it exits; -1: nowhere (`reporting_to`).
-    report: libc::c_int,
 }
 
 fn cstr(p: &Path) -> std::io::Result<CString> {
@@ -232,17 +229,7 @@ impl Prepared {
             scopes,
             watch,
             watched,
-            report: -1,
         })
-    }
-
-    /// Have the spawner process write the task's exit code to `fd` (the
-    /// write end of a close-on-exec pipe) as soon as the task's last
-    /// process is gone, before its own exit tears the namespaces down: the
-    /// caller need not wait for that (`later::reap`).
-    pub(crate) fn reporting_to(mut self, fd: std::os::fd::RawFd) -> Prepared {
-        self.report = fd;
-        self
     }
 
     /// Each marked mount's host path, by tag (empty: not observed).
@@ -292,7 +279,7 @@ impl Prepared {
         {
             return last_error();
         }
-        become_pid1(self.report)
+        become_pid1()
     }
 
     /// Bind each observed tree onto itself and mark it. A tree that cannot
@@ -387,9 +374,8 @@ fn write_id_maps(uid_map: &[u8], gid_map: &[u8]) -> std::io::Result<()> {
 /// Fork PID 1 of the new PID namespace's child: the child mounts its own
 /// /proc (so that pids a task sees, `$!` and `ps`, and /proc agree; best
 /// effort: a kernel that refuses leaves the host's) and returns to exec the
-/// shell; this process waits for it, reports its status to `report` (if
-/// not -1) and exits with it.
-fn become_pid1(report: libc::c_int) -> std::io::Result<()> {
+/// shell; this process waits for it and exits with its status.
+fn become_pid1() -> std::io::Result<()> {
     // SAFETY: raw syscalls; after fork the parent only waits and exits.
     match unsafe { libc::fork() } {
         -1 => last_error(),
@@ -407,14 +393,8 @@ fn become_pid1(report: libc::c_int) -> std::io::Result<()> {
         }
         pid => {
             // The spawner waits for its exec-error pipe to close: this
-            // process never execs, so it lets go of every descriptor but
-            // the report's.
-            if report >= 3 {
-                close_range(3, report as u32 - 1);
-                close_range(report as u32 + 1, u32::MAX);
-            } else {
-                close_range(3, u32::MAX);
-            }
+            // process never execs, so it lets go of every descriptor.
+            close_from(3);
             let mut st = 0;
             loop {
                 let r = unsafe { libc::waitpid(pid, &mut st, 0) };
@@ -430,13 +410,6 @@ fn become_pid1(report: libc::c_int) -> std::io::Result<()> {
             } else {
                 128 + libc::WTERMSIG(st)
             };
-            if report >= 0 {
-                // NB: every process of the namespace is gone now (it died
-                // with its init, which was just reaped). 4 bytes to a pipe:
-                // atomic, and the reader is waiting.
-                let b = code.to_le_bytes();
-                unsafe { libc::write(report, b.as_ptr().cast(), b.len()) };
-            }
             unsafe { libc::_exit(code) }
         }
     }
@@ -465,18 +438,15 @@ fn kept_flags(p: &Path) -> std::io::Result<libc::c_ulong> {
     Ok(keep)
 }
 
-/// Close every descriptor from `first` to `last`, both included.
-fn close_range(first: u32, last: u32) {
-    if first > last {
-        return;
-    }
+/// Close every descriptor from `first` on.
+fn close_from(first: u32) {
     // SAFETY: close_range takes two numbers and flags; closing our own
     // descriptors in a process that will only wait and exit.
-    let r = unsafe { libc::syscall(libc::SYS_close_range, first, last, 0) };
+    let r = unsafe { libc::syscall(libc::SYS_close_range, first, u32::MAX, 0) };
     if r != 0 {
-        for fd in first..=last.min(4095) {
+        for fd in first as i32..4096 {
             // SAFETY: as above, one descriptor at a time.
-            unsafe { libc::close(fd as i32) };
+            unsafe { libc::close(fd) };
         }
     }
 }

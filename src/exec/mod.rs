@@ -14,7 +14,6 @@ pub mod explain;
 pub mod hermetic;
 pub mod isolate;
 pub mod key;
-mod later;
 pub mod memo;
 pub mod pipeline;
 pub mod runner;

@@ -32,7 +32,6 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use super::hermetic::{self, Observed};
-use super::later;
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -92,8 +91,6 @@ impl Runner for ShellRunner {
         let mut observer = None;
         let mut observed = Observed::NotAsked;
         let mut mounts = Vec::new();
-        // Isolated: the spawner's report of the task's exit (see `Report`).
-        let mut report = None;
         if let Some(iso) = &cmd.isolation {
             use super::isolate::{status, Prepared, Status};
             let root = *status() == Status::Root;
@@ -108,29 +105,17 @@ impl Runner for ShellRunner {
                     },
                 }
             }
-            let prepared = match status() {
+            match status() {
                 Status::Root => {
                     let p = Prepared::new(iso, false, observer.as_ref())?;
                     mounts = p.watched();
-                    Some(p)
+                    p.install(&mut sh)
                 }
-                Status::User => Some(Prepared::new(iso, true, None)?),
-                Status::Off(_) => None,
-            };
-            if let Some(p) = prepared {
-                let (r, w) = Report::pipe()?;
-                p.reporting_to(std::os::fd::AsRawFd::as_raw_fd(&w))
-                    .install(&mut sh);
-                report = Some((r, w));
+                Status::User => Prepared::new(iso, true, None)?.install(&mut sh),
+                Status::Off(_) => {}
             }
         }
         let mut child = sh.spawn()?;
-        // NB: the write end only the spawner holds now, so a spawner killed
-        // before it reports is an end of file.
-        let mut report = report.map(|(r, w)| {
-            drop(w);
-            Report { fd: r, code: None }
-        });
         let watching = match observer.map(|o| o.start()) {
             None => None,
             Some(Ok(w)) => Some(w),
@@ -149,17 +134,12 @@ impl Runner for ShellRunner {
         let mut next_check = start + FIRST_CHECK;
         loop {
             let wake = match (&cmd.output_limit, deadline) {
-                (None, None) => None,
-                (None, Some(d)) => Some(d),
-                (Some(_), None) => Some(next_check),
-                (Some(_), Some(d)) => Some(d.min(next_check)),
+                (None, None) => break,
+                (None, Some(d)) => d,
+                (Some(_), None) => next_check,
+                (Some(_), Some(d)) => d.min(next_check),
             };
-            let ended = match (&mut report, wake) {
-                (Some(r), wake) => r.before(wake)?,
-                (None, None) => true,
-                (None, Some(wake)) => exits_before(&mut child, wake)?,
-            };
-            if ended {
+            if exits_before(&mut child, wake)? {
                 break;
             }
             if deadline.is_some_and(|d| Instant::now() >= d) {
@@ -178,22 +158,8 @@ impl Runner for ShellRunner {
                 next_check = Instant::now() + (t.elapsed() * 20).clamp(MIN_CHECK, MAX_CHECK);
             }
         }
-        let code = match report.and_then(|r| r.code) {
-            Some(code) => {
-                // Reported: every process of the task's namespace is gone,
-                // and the spawner is exiting (tearing the namespaces down,
-                // a kernel grace period or two): reaped in the background.
-                later::reap(child);
-                code
-            }
-            None => {
-                let status = child.wait()?;
-                kill_group(pgid);
-                status
-                    .code()
-                    .unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
-            }
-        };
+        let status = child.wait()?;
+        kill_group(pgid);
         // NB: isolated, the shell's exit is seen only once every process of
         // its namespace is gone: nothing opens anything after this.
         if let Some(w) = watching {
@@ -202,6 +168,9 @@ impl Runner for ShellRunner {
                 Err(e) => Observed::Unobservable(format!("watching the task's opens failed: {e}")),
             };
         }
+        let code = status
+            .code()
+            .unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
         Ok(Exit {
             code,
             duration: start.elapsed(),
@@ -209,75 +178,6 @@ impl Runner for ShellRunner {
             output_over,
             observed,
         })
-    }
-}
-
-/// The read end of the pipe an isolated task's spawner process writes the
-/// task's exit code to once every process of its namespace is gone
-/// (`isolate::Prepared::reporting_to`), before its own exit, which waits
-/// on the kernel tearing the namespaces down.
-struct Report {
-    fd: std::os::fd::OwnedFd,
-    /// What it reported; None: not yet, or never (killed first).
-    code: Option<i32>,
-}
-
-impl Report {
-    fn pipe() -> std::io::Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
-        use std::os::fd::FromRawFd;
-        let mut p = [0; 2];
-        // SAFETY: pipe2 fills two descriptors, owned below.
-        if unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        // SAFETY: just returned by pipe2, owned by no one else.
-        Ok(unsafe {
-            (
-                std::os::fd::OwnedFd::from_raw_fd(p[0]),
-                std::os::fd::OwnedFd::from_raw_fd(p[1]),
-            )
-        })
-    }
-
-    /// Wait until the spawner reports or its pipe closes (true), or until
-    /// `deadline` (false; None: no deadline).
-    fn before(&mut self, deadline: Option<Instant>) -> std::io::Result<bool> {
-        use std::os::fd::AsRawFd;
-        loop {
-            let ms = match deadline {
-                None => -1,
-                Some(d) => {
-                    let left = d.saturating_duration_since(Instant::now());
-                    if left.is_zero() {
-                        return Ok(false);
-                    }
-                    left.as_millis().clamp(1, i32::MAX as u128) as i32
-                }
-            };
-            let mut p = libc::pollfd {
-                fd: self.fd.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            };
-            // SAFETY: one valid pollfd, its count, a timeout.
-            match unsafe { libc::poll(&mut p, 1, ms) } {
-                n if n > 0 => break,
-                0 => {}
-                _ => {
-                    let e = std::io::Error::last_os_error();
-                    if e.kind() != std::io::ErrorKind::Interrupted {
-                        return Err(e);
-                    }
-                }
-            }
-        }
-        let mut b = [0u8; 4];
-        // SAFETY: reading at most 4 bytes into a stack buffer.
-        let n = unsafe { libc::read(self.fd.as_raw_fd(), b.as_mut_ptr().cast(), b.len()) };
-        if n == 4 {
-            self.code = Some(i32::from_le_bytes(b));
-        }
-        Ok(true)
     }
 }
 

@@ -254,12 +254,7 @@ impl<'a> Coordinator<'a> {
         }
         *self.misses.entry(reason).or_default() += 1;
         let entry = self.miss_entry(i, key, deps, previous);
-        // NB: a task reading its inputs through a mount reads committed
-        // blobs only; otherwise staged outputs are read where they are.
-        let via_mount = self.opts.inputs_via.is_some();
-        if (via_mount && self.commits.any_uncommitted(&node.deps))
-            || self.commits.any_unexposed(&node.deps)
-        {
+        if self.commits.any_uncommitted(&node.deps) {
             self.commits.commit_now()?;
         }
         if let Some(full) = no_reserve(&self.cache.store) {

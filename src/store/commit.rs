@@ -94,15 +94,6 @@ impl Staged {
         self.packs.extend(other.packs);
     }
 
-    /// Every blob staged in this batch.
-    pub fn digests(&self) -> Vec<Digest> {
-        let mut v: Vec<Digest> = self.blobs.iter().map(|b| b.digest).collect();
-        for p in &self.packs {
-            v.extend(p.rows().iter().map(|r| r.0));
-        }
-        v
-    }
-
     /// Take the staged entry records out (for `Store::publish_entries`).
     pub fn take_entries(&mut self) -> Vec<(PathBuf, Digest)> {
         std::mem::take(&mut self.entries)
@@ -110,32 +101,6 @@ impl Staged {
 }
 
 impl Store {
-    /// Let this process's readers (`open_blob`, `copy_blob`) find the blobs
-    /// of `staged` before they are committed (see `pending`). Returns their
-    /// digests, for `forget_staged` should they never be committed.
-    pub fn expose_staged(&self, staged: &mut Staged) -> Result<Vec<Digest>> {
-        let mut items = Vec::new();
-        for b in &staged.blobs {
-            items.push((b.digest, pending::At::File(b.tmp.clone())));
-        }
-        for p in &mut staged.packs {
-            p.flush()?;
-            for &(d, offset, len) in p.rows() {
-                let path = p.path.clone();
-                items.push((d, pending::At::Packed { path, offset, len }));
-            }
-        }
-        let digests = items.iter().map(|i| i.0).collect();
-        self.pending.add(items);
-        Ok(digests)
-    }
-
-    /// Stop offering staged blobs `digests` to readers (their staged files
-    /// are going away uncommitted).
-    pub fn forget_staged(&self, digests: &[Digest]) {
-        self.pending.forget(digests);
-    }
-
     /// Stage `bytes` as a blob: written under `dir` (inside `tmp/`) unless the
     /// blob already exists. Durable only after `commit`.
     pub fn stage_bytes(&self, dir: &Path, bytes: &[u8], staged: &mut Staged) -> Result<Digest> {
@@ -198,25 +163,12 @@ impl Store {
     /// A commit that leaves more than `AUTO_PACK_LIMIT` packs then merges
     /// packs (`consolidate_packs`), as `git gc --auto` does.
     pub fn commit_blobs(&self, staged: Staged) -> Result<Vec<(PathBuf, Digest)>> {
-        self.blob_commits
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let packed = !staged.packs.is_empty();
-        // NB: forgotten once committed (or failed), not before: see `pending`.
-        let digests = staged.digests();
-        let entries = self.commit_blobs_now(staged);
-        self.pending.forget(&digests);
-        let entries = entries?;
+        let entries = self.commit_blobs_now(staged)?;
         if packed {
             self.consolidate_packs()?;
         }
         Ok(entries)
-    }
-
-    /// How many times this process committed blobs (each a durable
-    /// commit: `syncfs`, or fsyncs of each file): what a run's group
-    /// commit saves is counted here.
-    pub fn blob_commits(&self) -> u64 {
-        self.blob_commits.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// More packs than this after a commit and it merges them: a blob lookup

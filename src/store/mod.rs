@@ -61,7 +61,6 @@ pub mod materialize;
 pub mod names;
 mod open;
 pub mod pack;
-mod pending;
 pub mod policy;
 pub mod quarantine;
 mod read;
@@ -117,10 +116,6 @@ pub struct Store {
     read_only: Option<String>,
     /// Top directories `open` made again (see `heal_layout`).
     recreated: Vec<&'static str>,
-    /// Staged blobs readable before their commit (`pending`).
-    pending: pending::Pending,
-    /// `commit_blobs` calls by this process (`blob_commits`).
-    blob_commits: std::sync::atomic::AtomicU64,
     _lock: StoreLock,
 }
 
@@ -238,46 +233,6 @@ mod tests {
         assert_eq!(s.read_blob(&d).unwrap(), b"hello");
         let mode = fs::metadata(s.blob_path(&d)).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o444);
-    }
-
-    /// Staged blobs a run exposed are readable (checked) before their
-    /// commit, still readable after it, and gone once forgotten uncommitted.
-    #[test]
-    fn exposed_staged_blobs_are_read_before_their_commit() {
-        let t = tempfile::tempdir().unwrap();
-        let s = open(t.path());
-        let work = s.tempdir("t").unwrap();
-        let mut st = Staged::default();
-        let small = s.stage_bytes(work.path(), b"packed", &mut st).unwrap();
-        let big_bytes = vec![7u8; pack::MAX_PACKED + 1];
-        let big = s.stage_bytes(work.path(), &big_bytes, &mut st).unwrap();
-        assert!(matches!(s.read_blob(&small), Err(StoreError::Missing(_))));
-        let exposed = s.expose_staged(&mut st).unwrap();
-        assert_eq!(exposed.len(), 2);
-        assert_eq!(s.read_blob(&small).unwrap(), b"packed");
-        let copy = work.path().join("copy");
-        s.copy_blob(&big, &copy).unwrap();
-        assert_eq!(fs::read(&copy).unwrap(), big_bytes);
-        s.commit(st).unwrap();
-        assert!(s.has_blob(&small) && s.has_blob(&big));
-        assert_eq!(s.read_blob(&small).unwrap(), b"packed");
-
-        // A staged file changed after it was hashed is refused, not read.
-        let mut st = Staged::default();
-        let d = s
-            .stage_bytes(work.path(), &vec![9u8; pack::MAX_PACKED + 1], &mut st)
-            .unwrap();
-        let exposed = s.expose_staged(&mut st).unwrap();
-        let staged_file = work.path().join(format!("blob-{}", d.to_hex()));
-        fs::set_permissions(&staged_file, fs::Permissions::from_mode(0o644)).unwrap();
-        fs::write(&staged_file, b"not those bytes").unwrap();
-        let err = s.copy_blob(&d, &work.path().join("bad")).unwrap_err();
-        assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
-        // Forgotten uncommitted (a run that failed): missing, at once.
-        s.forget_staged(&exposed);
-        fs::remove_file(&staged_file).unwrap();
-        assert!(matches!(s.read_blob(&d), Err(StoreError::Missing(_))));
-        drop(st);
     }
 
     #[test]

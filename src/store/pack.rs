@@ -83,17 +83,6 @@ impl PackWriter {
         self.rows.len()
     }
 
-    /// (digest, offset, length) of each record written so far.
-    pub fn rows(&self) -> &[(Digest, u64, u32)] {
-        &self.rows
-    }
-
-    /// Write what is buffered to the file, so the records written so far
-    /// can be read from it.
-    pub fn flush(&mut self) -> Result<()> {
-        self.out.flush().at(&self.path)
-    }
-
     /// Append one blob (at most `MAX_PACKED` bytes).
     pub fn add(&mut self, digest: Digest, bytes: &[u8]) -> Result<()> {
         debug_assert!(bytes.len() <= MAX_PACKED);

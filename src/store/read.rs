@@ -112,12 +112,11 @@ impl Store {
         let p = self.blob_path(d);
         let mut src = match self.open_loose(d) {
             Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => match self.open_blob(d)? {
-                // Packed: checked as it was read.
-                BlobReader::Bytes(c) => return fs::write(dst, c.into_inner()).at(dst),
-                // Staged, not yet committed (`pending`): checked below.
-                BlobReader::File(f) => f,
-            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                // Packed: `read_blob` checks the bytes.
+                let bytes = self.read_blob(d)?;
+                return fs::write(dst, bytes).at(dst);
+            }
             Err(e) => return Err(self.loose_error(d, e)),
         };
         let copied = (|| -> std::io::Result<Digest> {
@@ -190,66 +189,6 @@ impl Store {
     /// Open blob `d` for reading: its file, or (packed) its bytes, checked
     /// against its name as they are read from the pack.
     pub fn open_blob(&self, d: &Digest) -> Result<BlobReader> {
-        // NB: bounded, though a commit forgets what it committed when it
-        // ends, and a run what it never committed: see `pending`.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        loop {
-            match self.open_committed(d) {
-                Err(StoreError::Missing(_)) => {}
-                found => return found,
-            }
-            let Some(at) = self.pending.get(d) else {
-                // NB: committed (and forgotten) since the look above?
-                return self.open_committed(d);
-            };
-            match self.open_pending(d, &at) {
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    // Being committed right now: its file moved.
-                    if std::time::Instant::now() >= deadline {
-                        return Err(StoreError::Missing(*d));
-                    }
-                    std::thread::sleep(std::time::Duration::from_millis(1));
-                }
-                Err(e) => {
-                    let path = match at {
-                        pending::At::File(p) | pending::At::Packed { path: p, .. } => p,
-                    };
-                    return Err(StoreError::Io { path, source: e });
-                }
-                Ok(r) => return Ok(r),
-            }
-        }
-    }
-
-    /// A staged blob's bytes (see `pending`): its file (the caller checks
-    /// the bytes as it reads them, as for a loose blob), or its record of a
-    /// pack being written, checked here. NotFound: the commit moved it.
-    fn open_pending(&self, d: &Digest, at: &pending::At) -> std::io::Result<BlobReader> {
-        use std::os::unix::fs::{FileExt, OpenOptionsExt};
-        let open = |p: &Path| {
-            fs::OpenOptions::new()
-                .read(true)
-                .custom_flags(libc::O_NOFOLLOW)
-                .open(p)
-        };
-        match at {
-            pending::At::File(p) => open(p).map(BlobReader::File),
-            pending::At::Packed { path, offset, len } => {
-                let mut b = vec![0u8; *len as usize];
-                open(path)?.read_exact_at(&mut b, *offset)?;
-                if Digest::of(&b) != *d {
-                    return Err(std::io::Error::other(format!(
-                        "staged blob {d} in {}: content does not match its digest",
-                        path.display()
-                    )));
-                }
-                Ok(BlobReader::Bytes(std::io::Cursor::new(b)))
-            }
-        }
-    }
-
-    /// `open_blob` among committed blobs only.
-    fn open_committed(&self, d: &Digest) -> Result<BlobReader> {
         match self.open_loose(d) {
             Ok(f) => Ok(BlobReader::File(f)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => match self.packs.find(d) {

@@ -1,14 +1,11 @@
 //! Group commit: how a run makes its outputs durable.
 //!
 //! Workers stage outputs; the coordinator commits their blobs in batches
-//! (one syncfs per batch), early only when a reader cannot wait (another
-//! run joined the key, or a task reads its inputs through a mount), and
-//! publishes the entry records of committed blobs with one more syncfs (see
-//! `Store::commit_blobs`, `Store::publish_entries`). A task of this run
-//! whose dependency's output is still staged reads it from its staged
-//! files (`Store::expose_staged`, `store::pending`), so a chain does not
-//! pay a durable commit per link. Nothing is reported done before the
-//! run's `finish` and the index flush after it.
+//! (one syncfs per batch), early only when a reader cannot wait (a task
+//! about to start reads an uncommitted output, or another run joined the
+//! key), and publishes the entry records of committed blobs with one more
+//! syncfs (see `Store::commit_blobs`, `Store::publish_entries`). Nothing is
+//! reported done before the run's `finish` and the index flush after it.
 //!
 //! May call: `store`, `index` (through `cache`). Guarantees: an entry
 //! record is published only after its blobs are durable; a record the
@@ -36,24 +33,10 @@ pub(super) struct GroupCommit<'a> {
     batch: Staged,
     /// Plan nodes whose output blobs are in `batch`.
     uncommitted: HashSet<usize>,
-    /// Those of them whose blobs could not be exposed to readers (a pack
-    /// that could not be flushed: the disk is full): a dependent waits for
-    /// their commit, which says why it failed.
-    unexposed: HashSet<usize>,
     /// Staged entry records, published once their blobs are committed.
     pending: Vec<(PathBuf, Digest)>,
     /// When the oldest member of `batch`/`pending` arrived.
     since: Instant,
-    /// Blobs exposed to readers (`Store::expose_staged`) and not yet
-    /// committed: forgotten on drop, should the run end without
-    /// committing them.
-    exposed: Vec<Digest>,
-}
-
-impl Drop for GroupCommit<'_> {
-    fn drop(&mut self) {
-        self.cache.store.forget_staged(&self.exposed);
-    }
 }
 
 impl<'a> GroupCommit<'a> {
@@ -62,10 +45,8 @@ impl<'a> GroupCommit<'a> {
             cache,
             batch: Staged::default(),
             uncommitted: HashSet::new(),
-            unexposed: HashSet::new(),
             pending: Vec::new(),
             since: Instant::now(),
-            exposed: Vec::new(),
         }
     }
 
@@ -75,13 +56,6 @@ impl<'a> GroupCommit<'a> {
     pub(super) fn add(&mut self, idx: usize, mut staged: Staged, keep: bool) {
         if self.batch.is_empty() && self.pending.is_empty() {
             self.since = Instant::now();
-        }
-        // Readable by this run's next tasks before the commit.
-        match self.cache.store.expose_staged(&mut staged) {
-            Ok(digests) => self.exposed.extend(digests),
-            Err(_) => {
-                self.unexposed.insert(idx);
-            }
         }
         let records = staged.take_entries();
         if keep {
@@ -96,12 +70,6 @@ impl<'a> GroupCommit<'a> {
         nodes.iter().any(|d| self.uncommitted.contains(d))
     }
 
-    /// Whether any of `nodes` has its output blobs uncommitted and not
-    /// readable before their commit.
-    pub(super) fn any_unexposed(&self, nodes: &[usize]) -> bool {
-        nodes.iter().any(|d| self.unexposed.contains(d))
-    }
-
     /// Make the batch's blobs durable now: a reader cannot wait.
     pub(super) fn commit_now(&mut self) -> Result<()> {
         let records = self
@@ -110,9 +78,6 @@ impl<'a> GroupCommit<'a> {
             .commit_blobs(std::mem::take(&mut self.batch))?;
         self.pending.extend(records);
         self.uncommitted.clear();
-        self.unexposed.clear();
-        // NB: `commit_blobs` forgot them once they were in `blobs/`.
-        self.exposed.clear();
         Ok(())
     }
 
