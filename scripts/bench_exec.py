@@ -26,6 +26,12 @@ Then:
                repetition with a fresh store, against the same 1,000 commands
                run by `xargs -P2` (`sh -c 'echo i > DIR/i'`).
 
+  cold-chain   a cold run of a chain of --chain-n tasks (10,000; the issue's
+               figure is 100,000), task i `echo i > $DAGFS_OUT/out` depending
+               on task i-1, against a shell loop running the same commands one
+               by one (`sh -c 'echo i > DIR/i'` per line of a script run by
+               sh); --chain-reps pairs, dagfs first, each with a fresh store.
+
 Wall time is the whole process, spawn to exit (os.wait4). dagfs's stderr goes
 to /dev/null in timed runs. An untimed check run after the timed ones keeps
 stderr and verifies the scenario really was all hits.
@@ -120,6 +126,10 @@ def layers(depth, width):
     return tasks
 
 
+def trivial_chain(n):
+    return [(f"t{i:06}", f'echo {i} > "$DAGFS_OUT/out"', [f"t{i - 1:06}"] if i else []) for i in range(n)]
+
+
 def trivial(n):
     return [(f"t{i:05}", f'echo {i} > "$DAGFS_OUT/out"', []) for i in range(n)]
 
@@ -181,6 +191,9 @@ def main():
     ap.add_argument("--reps", type=int, default=5, help="timed cached re-runs per scenario (5)")
     ap.add_argument("--cold-reps", type=int, default=3, help="cold runs of dagfs and of xargs (3)")
     ap.add_argument("-j", "--jobs", type=int, default=2, help="dagfs -j and xargs -P (2)")
+    ap.add_argument("--chain-n", type=int, default=10000,
+                    help="tasks of the cold chain (10,000; the issue's figure: 100,000); 0 skips it")
+    ap.add_argument("--chain-reps", type=int, default=1, help="cold chain runs of dagfs and of the loop (1)")
     ap.add_argument("--keep", action="store_true", help="keep the scratch directory")
     ap.add_argument("--dagron-python", help="a Python (>= 3.12) with dagron 0.1.1 installed: adds the "
                     "chain-1000 comparison with dagron's CachedDAGExecutor")
@@ -190,7 +203,7 @@ def main():
 
     scratch = tempfile.mkdtemp(prefix="dagfs-bench-")
     try:
-        rows, cold_ratio, layers_median, single_median, make_ratio = run_all(args, scratch)
+        rows, cold_ratio, layers_median, single_median, make_ratio, chain_ratio = run_all(args, scratch)
     finally:
         if args.keep:
             print(f"(kept {scratch})")
@@ -223,6 +236,9 @@ def main():
         print(f"  fully cached 35-task C build <= 1.0x make's no-op: {make_ratio:.2f}x ({met})")
     met = "met" if cold_ratio <= 1.5 else "NOT met"
     print(f"  cold 1,000 trivial tasks <= 1.5x xargs -P{args.jobs}: {cold_ratio:.2f}x ({met})")
+    if chain_ratio is not None:
+        met = "met" if chain_ratio <= 1.5 else "NOT met"
+        print(f"  cold {args.chain_n:,}-task chain <= 1.5x a shell loop: {chain_ratio:.2f}x ({met})")
 
 
 def versus_dagron(args, bench, scratch, store, toml):
@@ -456,7 +472,51 @@ def run_all(args, scratch):
                  fmt_kib(max(dagfs_rss, default=None)), "", f"{ratio:.2f}x xargs"])
     rows.append([f"cold-1000 xargs -P{args.jobs}", n, args.cold_reps, fmt_s(xargs_median),
                  fmt_us(xargs_median / n), fmt_kib(max(xargs_rss, default=None)), "", "baseline"])
-    return rows, ratio, layers_median, single_median, make_ratio
+    chain_rows, chain_ratio = versus_loop(args, bench, scratch)
+    rows.extend(chain_rows)
+    return rows, ratio, layers_median, single_median, make_ratio, chain_ratio
+
+
+def versus_loop(args, bench, scratch):
+    """The cold chain: dagfs, then a shell loop over the same commands, in pairs."""
+    n = args.chain_n
+    if n <= 0:
+        return [], None
+    toml = write_pipeline(os.path.join(scratch, "cold-chain"), trivial_chain(n))
+    dagfs_walls, dagfs_rss, loop_walls, loop_rss = [], [], [], []
+    for rep in range(args.chain_reps):
+        print(f"cold-chain-{n}: pair {rep + 1}/{args.chain_reps}: dagfs ...", end="", flush=True)
+        store = bench.fresh_store()
+        code, wall, rss = bench.run(store, toml, rss=True)
+        if code != 0:
+            sys.exit(f"bench: cold-chain: dagfs exited {code}")
+        dagfs_walls.append(wall)
+        dagfs_rss.append(rss)
+        if rep == 0:
+            bench.checked_run(store, toml, 0, "cold-chain check")
+        print(f" {fmt_s(wall)}; loop ...", end="", flush=True)
+        outdir = os.path.join(scratch, f"loop-{rep}")
+        os.mkdir(outdir)
+        script = os.path.join(scratch, f"loop-{rep}.sh")
+        with open(script, "w") as f:
+            for i in range(n):
+                f.write(f"sh -c 'echo {i} > {outdir}/{i}'\n")
+        code, wall, rss = spawn_timed(["sh", script], rss=True)
+        if code != 0 or len(os.listdir(outdir)) != n:
+            sys.exit(f"bench: shell loop baseline failed (exit {code})")
+        loop_walls.append(wall)
+        loop_rss.append(rss)
+        print(f" {fmt_s(wall)}")
+    dagfs_median = statistics.median(dagfs_walls)
+    loop_median = statistics.median(loop_walls)
+    ratio = dagfs_median / loop_median
+    rows = [
+        [f"cold-chain-{n} dagfs", n, args.chain_reps, fmt_s(dagfs_median), fmt_us(dagfs_median / n),
+         fmt_kib(max(dagfs_rss, default=None)), "", f"{ratio:.2f}x loop"],
+        [f"cold-chain-{n} shell loop", n, args.chain_reps, fmt_s(loop_median), fmt_us(loop_median / n),
+         fmt_kib(max(loop_rss, default=None)), "", "baseline"],
+    ]
+    return rows, ratio
 
 
 if __name__ == "__main__":

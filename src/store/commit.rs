@@ -79,9 +79,12 @@ impl Staged {
             b.tmp = to;
         }
         for (n, p) in self.packs.iter_mut().enumerate() {
-            // NB: the writer's descriptor follows the rename.
+            // NB: the writer's descriptor follows the rename; a pack still
+            // in memory has no file to move.
             let to = dir.join(format!("{prefix}-pack-{n}.pack"));
-            fs::rename(&p.path, &to).at(&to)?;
+            if p.on_disk() {
+                fs::rename(&p.path, &to).at(&to)?;
+            }
             p.path = to;
         }
         Ok(())

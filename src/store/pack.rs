@@ -52,28 +52,35 @@ const REC_HEAD: u64 = 32 + 4;
 /// Per-blob row of an index table.
 const ROW: usize = 32 + 8 + 4;
 
-/// A pack being written under `tmp/`.
+/// A pack being written under `tmp/`. Its file is made only once it holds
+/// `MIN_PACK` records or `SPILL` bytes, or is finished: until then the
+/// records are kept in memory, so the few small blobs of one task (its
+/// output tree, a short file), which a commit writes loose anyway
+/// (`into_blobs`), never make and delete a file of their own. On ext4 an
+/// inode allocation is the costly part of a small write, and deleting a
+/// written file issues a discard where the filesystem is mounted with
+/// `discard`.
 #[derive(Debug)]
 pub(crate) struct PackWriter {
     pub path: PathBuf,
-    out: BufWriter<File>,
+    /// The file, once made; before that, `mem` holds its bytes.
+    out: Option<BufWriter<File>>,
+    mem: Vec<u8>,
     offset: u64,
     rows: Vec<(Digest, u64, u32)>,
 }
 
+/// Bytes a pack keeps in memory before it makes its file.
+const SPILL: usize = 1 << 20;
+
 impl PackWriter {
     pub fn create(path: PathBuf) -> Result<PackWriter> {
-        let f = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o444)
-            .open(&path)
-            .at(&path)?;
-        let mut out = BufWriter::with_capacity(1 << 20, f);
-        out.write_all(PACK_MAGIC).at(&path)?;
+        let mut mem = Vec::new();
+        mem.extend_from_slice(PACK_MAGIC);
         Ok(PackWriter {
             path,
-            out,
+            out: None,
+            mem,
             offset: PACK_MAGIC.len() as u64,
             rows: Vec::new(),
         })
@@ -83,13 +90,46 @@ impl PackWriter {
         self.rows.len()
     }
 
+    /// Whether its file exists yet (`relocate` moves it only then).
+    pub fn on_disk(&self) -> bool {
+        self.out.is_some()
+    }
+
+    /// Make the file and write what memory held.
+    fn spill(&mut self) -> Result<&mut BufWriter<File>> {
+        if self.out.is_none() {
+            let f = fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o444)
+                .open(&self.path)
+                .at(&self.path)?;
+            let mut out = BufWriter::with_capacity(SPILL, f);
+            out.write_all(&self.mem).at(&self.path)?;
+            self.mem = Vec::new();
+            self.out = Some(out);
+        }
+        Ok(self.out.as_mut().expect("just made"))
+    }
+
     /// Append one blob (at most `MAX_PACKED` bytes).
     pub fn add(&mut self, digest: Digest, bytes: &[u8]) -> Result<()> {
         debug_assert!(bytes.len() <= MAX_PACKED);
         let len = bytes.len() as u32;
-        self.out.write_all(digest.as_bytes()).at(&self.path)?;
-        self.out.write_all(&len.to_le_bytes()).at(&self.path)?;
-        self.out.write_all(bytes).at(&self.path)?;
+        if self.out.is_none()
+            && self.rows.len() < MIN_PACK
+            && self.mem.len() + bytes.len() + REC_HEAD as usize <= SPILL
+        {
+            self.mem.extend_from_slice(digest.as_bytes());
+            self.mem.extend_from_slice(&len.to_le_bytes());
+            self.mem.extend_from_slice(bytes);
+        } else {
+            let path = self.path.clone();
+            let out = self.spill()?;
+            out.write_all(digest.as_bytes()).at(&path)?;
+            out.write_all(&len.to_le_bytes()).at(&path)?;
+            out.write_all(bytes).at(&path)?;
+        }
         self.rows.push((digest, self.offset + REC_HEAD, len));
         self.offset += REC_HEAD + u64::from(len);
         Ok(())
@@ -97,8 +137,10 @@ impl PackWriter {
 
     /// Flush the pack, write its index next to it: (pack, idx, id).
     pub fn finish(mut self) -> Result<FinishedPack> {
-        self.out.flush().at(&self.path)?;
-        drop(self.out);
+        self.spill()?;
+        let out = self.out.take().expect("spilled");
+        let path = self.path.clone();
+        out.into_inner().map_err(|e| e.into_error()).at(&path)?;
         self.rows.sort_by_key(|r| r.0);
         self.rows.dedup_by(|a, b| a.0 == b.0);
         let mut table = Vec::with_capacity(self.rows.len() * ROW);
@@ -131,16 +173,27 @@ impl PackWriter {
 
     /// The blobs written so far, read back (to store them loose instead).
     pub fn into_blobs(mut self) -> Result<Vec<(Digest, Vec<u8>)>> {
-        self.out.flush().at(&self.path)?;
-        let f = File::open(&self.path).at(&self.path)?;
         let mut out = Vec::with_capacity(self.rows.len());
-        for (d, off, len) in &self.rows {
-            let mut b = vec![0u8; *len as usize];
-            f.read_exact_at(&mut b, *off).at(&self.path)?;
-            out.push((*d, b));
+        match self.out.take() {
+            None => {
+                for (d, off, len) in &self.rows {
+                    let (off, len) = (*off as usize, *len as usize);
+                    out.push((*d, self.mem[off..off + len].to_vec()));
+                }
+            }
+            Some(mut w) => {
+                w.flush().at(&self.path)?;
+                drop(w);
+                let f = File::open(&self.path).at(&self.path)?;
+                for (d, off, len) in &self.rows {
+                    let mut b = vec![0u8; *len as usize];
+                    f.read_exact_at(&mut b, *off).at(&self.path)?;
+                    out.push((*d, b));
+                }
+                drop(f);
+                let _ = fs::remove_file(&self.path);
+            }
         }
-        drop(f);
-        let _ = fs::remove_file(&self.path);
         Ok(out)
     }
 }
@@ -432,6 +485,34 @@ mod tests {
     fn publish(dir: &Path, f: &FinishedPack) {
         fs::rename(&f.pack, dir.join(format!("{}.pack", f.id))).unwrap();
         fs::rename(&f.idx, dir.join(format!("{}.idx", f.id))).unwrap();
+    }
+
+    /// A task's few small blobs never make a file: a commit writes them
+    /// loose, so the file would be made and deleted for nothing.
+    #[test]
+    fn a_small_pack_stays_in_memory_until_finished() {
+        let t = tempfile::tempdir().unwrap();
+        let path = t.path().join("p.pack");
+        let blobs: [&[u8]; 3] = [b"tree", b"", b"short file\n"];
+        let mut w = PackWriter::create(path.clone()).unwrap();
+        for b in blobs {
+            w.add(Digest::of(b), b).unwrap();
+        }
+        assert!(!path.exists() && !w.on_disk(), "a file for three records");
+        let back = w.into_blobs().unwrap();
+        let want: Vec<(Digest, Vec<u8>)> =
+            blobs.iter().map(|b| (Digest::of(b), b.to_vec())).collect();
+        assert_eq!(back, want);
+        // Finished, the same records make a pack that reads back.
+        let f = write(t.path(), &blobs);
+        publish(t.path(), &f);
+        let p = Pack::load(t.path(), &f.id).unwrap();
+        for b in blobs {
+            assert_eq!(
+                p.read(&Digest::of(b), t.path()).unwrap().as_deref(),
+                Some(b)
+            );
+        }
     }
 
     #[test]
