@@ -182,6 +182,28 @@ fn task_past_its_timeout_is_killed_with_its_group_and_not_cached() {
     assert!(o.stderr.contains("timed out after 1s"), "{}", o.stderr);
 }
 
+/// Regression (found in review): a task's shell that left its process group
+/// (`exec setsid …`) was not reached by the timeout's group kill; as PID 1
+/// of its namespace it kept every process of the task running (and could
+/// write into the work directory the next task reuses).
+#[test]
+fn a_timed_out_task_that_left_its_process_group_is_killed_too() {
+    let s = Sandbox::new();
+    let dir = s.pipeline(
+        "p",
+        "[tasks.escapes]\nrun = \"exec setsid sh -c 'sleep 30.1203 & echo $! > child.pid; wait'\"\ntimeout = \"1s\"\n",
+    );
+    let o = s.run(&[]);
+    assert_eq!(o.code, 1, "{}", o.stderr);
+    assert!(o.stderr.contains("timed out after 1s"), "{}", o.stderr);
+    read_pid(&dir.join("child.pid"));
+    assert!(
+        wait_gone("30.1203"),
+        "the task's processes outlived its timeout"
+    );
+    assert_eq!(s.entries(), 0);
+}
+
 #[test]
 fn run_timeout_is_a_default_a_task_can_override() {
     let s = Sandbox::new();

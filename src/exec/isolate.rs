@@ -380,6 +380,13 @@ fn become_pid1() -> std::io::Result<()> {
     match unsafe { libc::fork() } {
         -1 => last_error(),
         0 => {
+            // Killed with this process: a timeout or an output limit kills
+            // the task's process group, and a shell that left it (`exec
+            // setsid …`) would otherwise live on as PID 1, keeping its
+            // whole namespace running and writing into a work directory
+            // the next task reuses. NB: no race with that kill: it comes
+            // only after the spawn returned, i.e. after this exec'd.
+            unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
             unsafe {
                 libc::mount(
                     c"proc".as_ptr(),
