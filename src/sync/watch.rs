@@ -110,14 +110,55 @@ fn arm(
     Ok((w, cookies_ok))
 }
 
-/// The watch's private cookie directory: `None` (queries are then not
-/// answered) if it cannot be made.
+/// The watch's private cookie directory, `dagfs-watch-<pid>-*` in the
+/// temporary directory: `None` (queries are then not answered) if it
+/// cannot be made. Those of processes that are gone are removed first.
 fn cookie_dir() -> Option<tempfile::TempDir> {
-    match tempfile::Builder::new().prefix("dagfs-watch-").tempdir() {
+    let tmp = std::env::temp_dir();
+    sweep_cookie_dirs(&tmp);
+    let prefix = format!("{COOKIE_PREFIX}{}-", std::process::id());
+    match tempfile::Builder::new().prefix(&prefix).tempdir_in(&tmp) {
         Ok(d) => Some(d),
         Err(e) => {
             log::warn!("no cookie directory for the watch (one-shot syncs will rescan): {e}");
             None
+        }
+    }
+}
+
+const COOKIE_PREFIX: &str = "dagfs-watch-";
+
+/// Remove the cookie directories in `tmp` that this user's watches left
+/// when their process was killed (a `TempDir` is removed on drop, never
+/// after SIGKILL): those named for a pid no process has. A pid in use again
+/// keeps its directory (left, not wrongly removed); another user's are
+/// never touched; names without a pid (older versions) are left alone.
+fn sweep_cookie_dirs(tmp: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(rd) = std::fs::read_dir(tmp) else {
+        return;
+    };
+    let me = nix::unistd::geteuid().as_raw();
+    for e in rd.flatten() {
+        let name = e.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(COOKIE_PREFIX))
+            .and_then(|rest| rest.split_once('-'))
+            .and_then(|(pid, _)| pid.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        if pid <= 0 || pid as u32 == std::process::id() {
+            continue;
+        }
+        let gone = matches!(
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None),
+            Err(nix::errno::Errno::ESRCH)
+        );
+        let ours = std::fs::symlink_metadata(e.path()).is_ok_and(|m| m.is_dir() && m.uid() == me);
+        if gone && ours {
+            let _ = std::fs::remove_dir_all(e.path());
         }
     }
 }
@@ -542,6 +583,27 @@ impl Watching<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A killed daemon's cookie directory (its pid gone) is removed when
+    /// the next watch makes its own; a live process's and a foreign
+    /// name are kept.
+    #[test]
+    fn cookie_directories_of_processes_that_are_gone_are_removed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead = child.id();
+        child.wait().unwrap();
+        let stale = tmp.path().join(format!("{COOKIE_PREFIX}{dead}-abc"));
+        std::fs::create_dir(&stale).unwrap();
+        std::fs::write(stale.join("cookie-1"), "").unwrap();
+        let live = tmp.path().join(format!("{COOKIE_PREFIX}1-abc"));
+        std::fs::create_dir(&live).unwrap();
+        let old = tmp.path().join(format!("{COOKIE_PREFIX}abc"));
+        std::fs::create_dir(&old).unwrap();
+        sweep_cookie_dirs(tmp.path());
+        assert!(!stale.exists(), "a dead process's cookie directory stayed");
+        assert!(live.exists() && old.exists());
+    }
 
     /// The fence: a query sent the moment a file is written (no process
     /// start in between, as there is for `dagfs sync`) is answered with a
