@@ -439,14 +439,9 @@ def run_all(args, scratch):
     dagfs_walls, dagfs_rss = [], []
     print(f"cold-1000: {args.cold_reps} dagfs runs ...", end="", flush=True)
     for rep in range(args.cold_reps):
-        store = bench.fresh_store()
-        code, wall, rss = bench.run(store, toml, rss=True)
-        if code != 0:
-            sys.exit(f"bench: cold-1000: dagfs exited {code}")
+        wall, rss = cold_run(bench, toml, rep == 0, "cold-1000")
         dagfs_walls.append(wall)
         dagfs_rss.append(rss)
-        if rep == 0:
-            bench.checked_run(store, toml, 0, "cold-1000 check")
     print(f" median {fmt_s(statistics.median(dagfs_walls))}; {args.cold_reps} xargs runs ...", end="", flush=True)
 
     xargs_walls, xargs_rss = [], []
@@ -465,16 +460,39 @@ def run_all(args, scratch):
         xargs_rss.append(rss)
     print(f" median {fmt_s(statistics.median(xargs_walls))}")
 
-    dagfs_median = statistics.median(dagfs_walls)
-    xargs_median = statistics.median(xargs_walls)
-    ratio = dagfs_median / xargs_median
-    rows.append(["cold-1000 dagfs", n, args.cold_reps, fmt_s(dagfs_median), fmt_us(dagfs_median / n),
-                 fmt_kib(max(dagfs_rss, default=None)), "", f"{ratio:.2f}x xargs"])
-    rows.append([f"cold-1000 xargs -P{args.jobs}", n, args.cold_reps, fmt_s(xargs_median),
-                 fmt_us(xargs_median / n), fmt_kib(max(xargs_rss, default=None)), "", "baseline"])
+    cold_rows, ratio = versus_rows("cold-1000", n, args.cold_reps, (dagfs_walls, dagfs_rss),
+                                   (xargs_walls, xargs_rss), f"xargs -P{args.jobs}", "xargs")
+    rows.extend(cold_rows)
     chain_rows, chain_ratio = versus_loop(args, bench, scratch)
     rows.extend(chain_rows)
     return rows, ratio, layers_median, single_median, make_ratio, chain_ratio
+
+
+def cold_run(bench, toml, check, what):
+    """One timed cold run with a fresh store: (wall, peak RSS); `check`: then
+    an untimed run that must find everything cached."""
+    store = bench.fresh_store()
+    code, wall, rss = bench.run(store, toml, rss=True)
+    if code != 0:
+        sys.exit(f"bench: {what}: dagfs exited {code}")
+    if check:
+        bench.checked_run(store, toml, 0, f"{what} check")
+    return wall, rss
+
+
+def versus_rows(name, n, reps, dagfs, base, base_name, base_short):
+    """The table rows of dagfs against a baseline, each (walls, RSSs); and
+    the ratio of their medians."""
+    dagfs_median = statistics.median(dagfs[0])
+    base_median = statistics.median(base[0])
+    ratio = dagfs_median / base_median
+    rows = [
+        [f"{name} dagfs", n, reps, fmt_s(dagfs_median), fmt_us(dagfs_median / n),
+         fmt_kib(max(dagfs[1], default=None)), "", f"{ratio:.2f}x {base_short}"],
+        [f"{name} {base_name}", n, reps, fmt_s(base_median), fmt_us(base_median / n),
+         fmt_kib(max(base[1], default=None)), "", "baseline"],
+    ]
+    return rows, ratio
 
 
 def versus_loop(args, bench, scratch):
@@ -486,14 +504,9 @@ def versus_loop(args, bench, scratch):
     dagfs_walls, dagfs_rss, loop_walls, loop_rss = [], [], [], []
     for rep in range(args.chain_reps):
         print(f"cold-chain-{n}: pair {rep + 1}/{args.chain_reps}: dagfs ...", end="", flush=True)
-        store = bench.fresh_store()
-        code, wall, rss = bench.run(store, toml, rss=True)
-        if code != 0:
-            sys.exit(f"bench: cold-chain: dagfs exited {code}")
+        wall, rss = cold_run(bench, toml, rep == 0, "cold-chain")
         dagfs_walls.append(wall)
         dagfs_rss.append(rss)
-        if rep == 0:
-            bench.checked_run(store, toml, 0, "cold-chain check")
         print(f" {fmt_s(wall)}; loop ...", end="", flush=True)
         outdir = os.path.join(scratch, f"loop-{rep}")
         os.mkdir(outdir)
@@ -507,16 +520,8 @@ def versus_loop(args, bench, scratch):
         loop_walls.append(wall)
         loop_rss.append(rss)
         print(f" {fmt_s(wall)}")
-    dagfs_median = statistics.median(dagfs_walls)
-    loop_median = statistics.median(loop_walls)
-    ratio = dagfs_median / loop_median
-    rows = [
-        [f"cold-chain-{n} dagfs", n, args.chain_reps, fmt_s(dagfs_median), fmt_us(dagfs_median / n),
-         fmt_kib(max(dagfs_rss, default=None)), "", f"{ratio:.2f}x loop"],
-        [f"cold-chain-{n} shell loop", n, args.chain_reps, fmt_s(loop_median), fmt_us(loop_median / n),
-         fmt_kib(max(loop_rss, default=None)), "", "baseline"],
-    ]
-    return rows, ratio
+    return versus_rows(f"cold-chain-{n}", n, args.chain_reps, (dagfs_walls, dagfs_rss),
+                       (loop_walls, loop_rss), "shell loop", "loop")
 
 
 if __name__ == "__main__":

@@ -95,8 +95,8 @@ impl PackWriter {
         self.out.is_some()
     }
 
-    /// Make the file and write what memory held.
-    fn spill(&mut self) -> Result<&mut BufWriter<File>> {
+    /// Make the file and write what memory held (once).
+    fn spill(&mut self) -> Result<()> {
         if self.out.is_none() {
             let f = fs::OpenOptions::new()
                 .write(true)
@@ -109,7 +109,7 @@ impl PackWriter {
             self.mem = Vec::new();
             self.out = Some(out);
         }
-        Ok(self.out.as_mut().expect("just made"))
+        Ok(())
     }
 
     /// Append one blob (at most `MAX_PACKED` bytes).
@@ -124,11 +124,11 @@ impl PackWriter {
             self.mem.extend_from_slice(&len.to_le_bytes());
             self.mem.extend_from_slice(bytes);
         } else {
-            let path = self.path.clone();
-            let out = self.spill()?;
-            out.write_all(digest.as_bytes()).at(&path)?;
-            out.write_all(&len.to_le_bytes()).at(&path)?;
-            out.write_all(bytes).at(&path)?;
+            self.spill()?;
+            let (out, path) = (self.out.as_mut().expect("spilled"), &self.path);
+            out.write_all(digest.as_bytes()).at(path)?;
+            out.write_all(&len.to_le_bytes()).at(path)?;
+            out.write_all(bytes).at(path)?;
         }
         self.rows.push((digest, self.offset + REC_HEAD, len));
         self.offset += REC_HEAD + u64::from(len);

@@ -112,10 +112,12 @@ fn arm(
 
 /// The watch's private cookie directory, `dagfs-watch-<pid>-*` in the
 /// temporary directory: `None` (queries are then not answered) if it
-/// cannot be made. Those of processes that are gone are removed first.
+/// cannot be made. Those of processes that are gone are removed first,
+/// once per process (a daemon arms one watch per directory).
 fn cookie_dir() -> Option<tempfile::TempDir> {
+    static SWEPT: std::sync::Once = std::sync::Once::new();
     let tmp = std::env::temp_dir();
-    sweep_cookie_dirs(&tmp);
+    SWEPT.call_once(|| sweep_cookie_dirs(&tmp));
     let prefix = format!("{COOKIE_PREFIX}{}-", std::process::id());
     match tempfile::Builder::new().prefix(&prefix).tempdir_in(&tmp) {
         Ok(d) => Some(d),
