@@ -7,7 +7,7 @@
 //! before the shell starts, each scope is bind-mounted onto itself and each
 //! declared input's snapshot over its host path, and every one of those
 //! mounts gets a fanotify *mount* mark of one group per task, made by the
-//! parent before the fork. A mount mark sees every open through that mount
+//! parent before the clone. A mount mark sees every open through that mount
 //! and nothing else, and the mounts exist only in the task's namespace: so
 //! the group sees exactly the task's opens (any process, thread or
 //! subprocess of it, relative `openat`, a path through a symlink, a file
@@ -248,7 +248,7 @@ pub(crate) struct ChildSide {
 }
 
 impl ChildSide {
-    /// In the forked child: mark the mount at `path` (just made) and report
+    /// In the cloned child (`isolate`): mark the mount at `path` (just made) and report
     /// its id as `(tag, id)`. Async-signal-safe: raw syscalls on buffers
     /// owned by the caller.
     pub(crate) fn mark(&self, path: &CString, tag: u32) -> std::io::Result<()> {
@@ -284,7 +284,7 @@ impl ChildSide {
 const GAVE_UP: u32 = u32::MAX;
 
 impl ChildSide {
-    /// In the forked child: a tree could not be bound or marked; tell the
+    /// In the cloned child: a tree could not be bound or marked; tell the
     /// parent (with the errno) that the task goes unwatched.
     pub(crate) fn give_up(&self) {
         let errno = std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
@@ -323,7 +323,7 @@ fn mount_id_and_dir(
         return Err(std::io::Error::last_os_error());
     }
     if st.stx_mask & libc::STATX_MNT_ID == 0 {
-        // NB: no allocation: this runs in a forked child too.
+        // NB: no allocation: this runs in a cloned child too.
         return Err(std::io::Error::from_raw_os_error(libc::ENOSYS));
     }
     let dir = u32::from(st.stx_mode) & libc::S_IFMT == libc::S_IFDIR;

@@ -78,19 +78,12 @@ impl Runner for ShellRunner {
         // NB: registered under the lock it is spawned under, so `task_of`
         // cannot look at one of its processes before its group is known.
         let mut groups = TASK_GROUPS.lock().unwrap_or_else(|p| p.into_inner());
-        let mut sh = std::process::Command::new("/bin/sh");
-        sh.arg("-c")
-            .arg(&cmd.script)
-            .current_dir(&cmd.cwd)
-            .env_clear()
-            .envs(cmd.env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::null())
-            .stdout(File::create(&cmd.stdout)?)
-            .stderr(File::create(&cmd.stderr)?)
-            .process_group(0);
+        let stdout = File::create(&cmd.stdout)?;
+        let stderr = File::create(&cmd.stderr)?;
         let mut observer = None;
         let mut observed = Observed::NotAsked;
         let mut mounts = Vec::new();
+        let mut prepared = None;
         if let Some(iso) = &cmd.isolation {
             use super::isolate::{status, Prepared, Status};
             let root = *status() == Status::Root;
@@ -109,13 +102,39 @@ impl Runner for ShellRunner {
                 Status::Root => {
                     let p = Prepared::new(iso, false, observer.as_ref())?;
                     mounts = p.watched();
-                    p.install(&mut sh)
+                    prepared = Some(p);
                 }
-                Status::User => Prepared::new(iso, true, None)?.install(&mut sh),
+                Status::User => prepared = Some(Prepared::new(iso, true, None)?),
                 Status::Off(_) => {}
             }
         }
-        let mut child = sh.spawn()?;
+        let mut child = match prepared {
+            Some(p) => {
+                use std::os::fd::AsRawFd;
+                let null = File::open("/dev/null")?;
+                let exec = super::isolate::Exec::new(
+                    "/bin/sh",
+                    &["-c", &cmd.script],
+                    &cmd.env,
+                    &cmd.cwd,
+                    [null.as_raw_fd(), stdout.as_raw_fd(), stderr.as_raw_fd()],
+                )?;
+                Proc::Isolated(p.spawn(&exec)?)
+            }
+            None => Proc::Plain(
+                std::process::Command::new("/bin/sh")
+                    .arg("-c")
+                    .arg(&cmd.script)
+                    .current_dir(&cmd.cwd)
+                    .env_clear()
+                    .envs(cmd.env.iter().map(|(k, v)| (k, v)))
+                    .stdin(Stdio::null())
+                    .stdout(stdout)
+                    .stderr(stderr)
+                    .process_group(0)
+                    .spawn()?,
+            ),
+        };
         let watching = match observer.map(|o| o.start()) {
             None => None,
             Some(Ok(w)) => Some(w),
@@ -144,7 +163,7 @@ impl Runner for ShellRunner {
             }
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 timed_out = true;
-                kill_group(pgid);
+                kill_task(pgid);
                 break;
             }
             if let Some((dir, limit)) = &cmd.output_limit {
@@ -152,7 +171,7 @@ impl Runner for ShellRunner {
                 let bytes = bytes_under(dir, *limit);
                 if bytes > *limit {
                     output_over = Some(bytes);
-                    kill_group(pgid);
+                    kill_task(pgid);
                     break;
                 }
                 next_check = Instant::now() + (t.elapsed() * 20).clamp(MIN_CHECK, MAX_CHECK);
@@ -274,9 +293,38 @@ fn stat_parent_group(pid: i32) -> Option<(i32, i32)> {
     Some((ppid, pgrp))
 }
 
+/// A task's shell: spawned by std (not isolated), or by `isolate`.
+enum Proc {
+    Plain(std::process::Child),
+    Isolated(super::isolate::Spawned),
+}
+
+impl Proc {
+    fn id(&self) -> u32 {
+        match self {
+            Proc::Plain(c) => c.id(),
+            Proc::Isolated(c) => c.id(),
+        }
+    }
+
+    fn try_wait(&mut self) -> std::io::Result<Option<std::process::ExitStatus>> {
+        match self {
+            Proc::Plain(c) => c.try_wait(),
+            Proc::Isolated(c) => c.try_wait(),
+        }
+    }
+
+    fn wait(&mut self) -> std::io::Result<std::process::ExitStatus> {
+        match self {
+            Proc::Plain(c) => c.wait(),
+            Proc::Isolated(c) => c.wait(),
+        }
+    }
+}
+
 /// Wait until `child` has exited (true) or `deadline` has passed (false),
 /// without reaping it: its pid, and so its process group id, stay ours.
-fn exits_before(child: &mut std::process::Child, deadline: Instant) -> std::io::Result<bool> {
+fn exits_before(child: &mut Proc, deadline: Instant) -> std::io::Result<bool> {
     use std::os::fd::{FromRawFd, OwnedFd};
     // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor
     // or -1; nothing is borrowed.
@@ -320,6 +368,16 @@ fn exits_before(child: &mut std::process::Child, deadline: Instant) -> std::io::
             }
         }
     }
+}
+
+/// Kill a running task: its process by pid (unreaped, so still ours):
+/// isolated, the leader, whose death takes PID 1 and so every process of
+/// the namespace along, even a shell that left the group (`exec setsid`);
+/// then its group.
+fn kill_task(pid: i32) {
+    // SAFETY: our own unreaped child.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    kill_group(pid);
 }
 
 /// SIGKILL a process group and wait (bounded) for it to be gone.
