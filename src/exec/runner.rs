@@ -28,7 +28,7 @@ use std::fs::File;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::PathBuf;
 use std::process::Stdio;
-use std::sync::Mutex;
+use std::sync::{Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use super::hermetic::{self, Observed};
@@ -75,9 +75,6 @@ pub struct ShellRunner;
 impl Runner for ShellRunner {
     fn run(&self, cmd: &Command) -> std::io::Result<Exit> {
         let start = Instant::now();
-        // NB: registered under the lock it is spawned under, so `task_of`
-        // cannot look at one of its processes before its group is known.
-        let mut groups = TASK_GROUPS.lock().unwrap_or_else(|p| p.into_inner());
         let stdout = File::create(&cmd.stdout)?;
         let stderr = File::create(&cmd.stderr)?;
         let mut observer = None;
@@ -108,6 +105,9 @@ impl Runner for ShellRunner {
                 Status::Off(_) => {}
             }
         }
+        // NB: spawned and registered under `SPAWNING`, so `task_of` cannot
+        // look at one of its processes before its group is known.
+        let spawning = SPAWNING.read().unwrap_or_else(|p| p.into_inner());
         let mut child = match prepared {
             Some(p) => {
                 use std::os::fd::AsRawFd;
@@ -144,8 +144,11 @@ impl Runner for ShellRunner {
             }
         };
         let pgid = child.id() as i32;
-        groups.insert(pgid);
-        drop(groups);
+        TASK_GROUPS
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(pgid);
+        drop(spawning);
         let _registered = Registered(pgid);
         let mut timed_out = false;
         let mut output_over = None;
@@ -237,6 +240,11 @@ fn bytes_under(dir: &std::path::Path, limit: u64) -> u64 {
 /// Process group ids (= the shell's pid) of the tasks running now.
 static TASK_GROUPS: Mutex<BTreeSet<i32>> = Mutex::new(BTreeSet::new());
 
+/// Held shared by each spawn until its group is registered, and exclusively
+/// by `task_of`: spawns do not wait for each other (a spawn with its mounts
+/// is a large part of a short task), only for a `task_of` in progress.
+static SPAWNING: RwLock<()> = RwLock::new(());
+
 /// Removes a task's group from the registry once it is gone (any path).
 struct Registered(i32);
 
@@ -255,6 +263,7 @@ impl Drop for Registered {
 /// tasks run: it cannot be told apart. A process that left the group *and*
 /// was reparented away from the task (double fork + setsid) is not found.
 pub fn task_of(pid: i32) -> Option<i32> {
+    let _quiet = SPAWNING.write().unwrap_or_else(|p| p.into_inner());
     let groups = TASK_GROUPS.lock().unwrap_or_else(|p| p.into_inner());
     if groups.is_empty() {
         return None;
