@@ -400,33 +400,38 @@ impl Observer {
         }
         let (stop_r, stop_w) = unsafe { (OwnedFd::from_raw_fd(p[0]), OwnedFd::from_raw_fd(p[1])) };
         let fan = self.fan;
-        let thread = std::thread::Builder::new()
+        let (tx, seen) = std::sync::mpsc::sync_channel(1);
+        // NB: the thread sends what it saw, then closes the group: closing
+        // a group whose marks are still being torn down (the task's mount
+        // namespace ends with its leader, after the task is over) waits
+        // for an SRCU grace period, ~9 ms here, which the task need not.
+        std::thread::Builder::new()
             .name("dagfs-hermetic".into())
-            .spawn(move || watch(fan, stop_r, &mounts))?;
-        Ok(Watching {
-            stop: stop_w,
-            thread,
-        })
+            .spawn(move || {
+                let _ = tx.send(watch(&fan, stop_r, &mounts));
+                drop(fan);
+            })?;
+        Ok(Watching { stop: stop_w, seen })
     }
 }
 
 pub(crate) struct Watching {
     stop: OwnedFd,
-    thread: std::thread::JoinHandle<std::io::Result<Seen>>,
+    seen: std::sync::mpsc::Receiver<std::io::Result<Seen>>,
 }
 
 impl Watching {
     /// Once every process of the task is gone: everything it opened.
     pub(crate) fn finish(self) -> std::io::Result<Seen> {
         drop(self.stop);
-        self.thread
-            .join()
+        self.seen
+            .recv()
             .unwrap_or_else(|_| Err(std::io::Error::other("the hermetic watcher panicked")))
     }
 }
 
 /// The watcher thread: read events until `stop` closes, then drain.
-fn watch(fan: OwnedFd, stop: OwnedFd, mounts: &BTreeMap<u64, u32>) -> std::io::Result<Seen> {
+fn watch(fan: &OwnedFd, stop: OwnedFd, mounts: &BTreeMap<u64, u32>) -> std::io::Result<Seen> {
     let mut seen = Seen::new();
     // Aligned for the event metadata.
     let mut buf = vec![0u64; 8192];
@@ -452,10 +457,10 @@ fn watch(fan: OwnedFd, stop: OwnedFd, mounts: &BTreeMap<u64, u32>) -> std::io::R
             }
             return Err(e);
         }
-        drain(&fan, &mut buf, mounts, &mut seen)?;
+        drain(fan, &mut buf, mounts, &mut seen)?;
         if fds[1].revents != 0 {
             // The task is gone: what is queued is all there is.
-            drain(&fan, &mut buf, mounts, &mut seen)?;
+            drain(fan, &mut buf, mounts, &mut seen)?;
             return Ok(seen);
         }
     }

@@ -22,8 +22,12 @@
 //! and remounts the store's bind read-only (the writable binds are mounts
 //! of their own, so they stay writable). Then a second `clone` makes PID 1
 //! of a new PID namespace, which mounts its own `/proc` and execs the
-//! shell. The leader reports, closes every descriptor and waits for PID 1,
-//! exiting with its status (`128 + signal` if it was killed).
+//! shell. The leader reports, closes every descriptor but its report pipe
+//! and waits for PID 1; once PID 1 is reaped (every process of its
+//! namespace is gone by then) it sends PID 1's status down the pipe and
+//! exits with it (`128 + signal` if it was killed). The runner goes on at
+//! that status: the leader's own exit, which tears its namespaces down
+//! (an RCU grace period), is reaped by a background thread.
 //!
 //! Both share the spawner's memory (`CLONE_VM`, as `posix_spawn` does, and
 //! `CLONE_VFORK` for PID 1 until it execs): no fork copies the large dagfs
@@ -49,11 +53,13 @@
 //! of the crate. Owns nothing on disk.
 
 use std::ffi::CString;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::OnceLock;
+
+mod spawn;
+pub(crate) use spawn::{Exec, Spawned};
 
 /// What a task may and may not write.
 #[derive(Debug, Clone)]
@@ -266,103 +272,6 @@ impl Prepared {
         self.watched.clone()
     }
 
-    /// Start `exec` isolated (see the module doc): a leader process, in
-    /// new mount (and user) namespaces, clones PID 1 of a new PID
-    /// namespace, which execs. Both share this process's memory (no copy
-    /// of it is made). On return PID 1 has exec'd; an error from any step
-    /// before is returned here, both processes reaped.
-    pub(crate) fn spawn(&self, exec: &Exec) -> std::io::Result<Spawned> {
-        let mut flags = libc::CLONE_VM | libc::CLONE_NEWNS | libc::SIGCHLD;
-        if self.user.is_some() {
-            flags |= libc::CLONE_NEWUSER;
-        }
-        let argv = nul_terminated(&exec.argv);
-        let envp = nul_terminated(&exec.envp);
-        let (report_r, report_w) = pipe()?;
-        let leader_stack = Stack::new(Stack::LEADER)?;
-        let init_stack = Stack::new(Stack::INIT)?;
-        let child = Child {
-            prepared: self,
-            exec,
-            argv: argv.as_ptr(),
-            envp: envp.as_ptr(),
-            errno: AtomicI32::new(0),
-            report: report_w.as_raw_fd(),
-            init_stack: init_stack.top(),
-            parent: std::process::id() as libc::pid_t,
-        };
-        // NB: every signal blocked across the clone: the children share
-        // this memory, and no handler may run in it. They reset their
-        // handlers; PID 1 unblocks only just before exec, the leader never.
-        // SAFETY: sigset_t is plain data; sigfillset/pthread_sigmask write
-        // only the sets given.
-        let mut all: libc::sigset_t = unsafe { std::mem::zeroed() };
-        let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };
-        unsafe {
-            libc::sigfillset(&mut all);
-            libc::pthread_sigmask(libc::SIG_BLOCK, &all, &mut old);
-        }
-        // SAFETY: `leader_main` gets `child`, which outlives its use: the
-        // leader reads it only until it reports on `report`, and this
-        // thread waits for that report (or for the pipe to close) below.
-        // Its stack is kept until it is reaped (`Spawned`).
-        let pid = unsafe {
-            libc::clone(
-                leader_main,
-                leader_stack.top(),
-                flags,
-                std::ptr::addr_of!(child) as *mut libc::c_void,
-            )
-        };
-        let clone_error = std::io::Error::last_os_error();
-        // SAFETY: restores this thread's mask saved above.
-        unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut()) };
-        drop(report_w);
-        if pid < 0 {
-            return Err(clone_error);
-        }
-        let mut spawned = Spawned {
-            pid,
-            status: None,
-            _stack: leader_stack,
-        };
-        // The leader's report: 0 once PID 1 has exec'd, else the errno of
-        // the step that failed; nothing if it died.
-        let mut buf = [0u8; 4];
-        let mut f = std::fs::File::from(report_r);
-        let got = loop {
-            match std::io::Read::read(&mut f, &mut buf) {
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                r => break r,
-            }
-        };
-        let n = match got {
-            Ok(n) => n,
-            Err(e) => {
-                // Cannot happen (a pipe read fails only with EINTR, retried);
-                // but then PID 1 may still be before its exec, reading this
-                // frame and running on `init_stack`: wait until the task is
-                // over (the leader exits after PID 1) before returning.
-                let _ = spawned.wait();
-                return Err(e);
-            }
-        };
-        drop(init_stack);
-        match n {
-            4 if buf == [0; 4] => Ok(spawned),
-            4 => {
-                let _ = spawned.wait();
-                Err(std::io::Error::from_raw_os_error(i32::from_le_bytes(buf)))
-            }
-            _ => {
-                let _ = spawned.wait();
-                Err(std::io::Error::other(
-                    "the task's process died before it could start",
-                ))
-            }
-        }
-    }
-
     /// In the cloned child, already in its new namespaces: the id maps of
     /// a user namespace, then the mounts (see the module doc).
     fn enter(&self) -> std::io::Result<()> {
@@ -479,399 +388,6 @@ fn write_id_maps(uid_map: &[u8], gid_map: &[u8]) -> std::io::Result<()> {
     Ok(())
 }
 
-/// The program `Prepared::spawn` execs, made before the clone.
-pub(crate) struct Exec {
-    path: CString,
-    argv: Vec<CString>,
-    envp: Vec<CString>,
-    cwd: CString,
-    /// Its stdin, stdout and stderr: descriptors the caller keeps open
-    /// until the spawn returns.
-    stdio: [RawFd; 3],
-}
-
-impl Exec {
-    /// `path` with `args` (after `path` itself as `argv[0]`), exactly the
-    /// environment `env`, in `cwd`.
-    pub(crate) fn new(
-        path: &str,
-        args: &[&str],
-        env: &[(String, String)],
-        cwd: &Path,
-        stdio: [RawFd; 3],
-    ) -> std::io::Result<Exec> {
-        let c = |s: &[u8]| {
-            CString::new(s).map_err(|_| {
-                std::io::Error::new(
-                    std::io::ErrorKind::InvalidInput,
-                    "nul byte found in provided data",
-                )
-            })
-        };
-        let mut argv = vec![c(path.as_bytes())?];
-        for a in args {
-            argv.push(c(a.as_bytes())?);
-        }
-        let envp = env
-            .iter()
-            .map(|(k, v)| c(format!("{k}={v}").as_bytes()))
-            .collect::<std::io::Result<_>>()?;
-        Ok(Exec {
-            path: c(path.as_bytes())?,
-            argv,
-            envp,
-            cwd: cstr(cwd)?,
-            stdio,
-        })
-    }
-}
-
-/// The pointers of `v`'s strings, then a null.
-fn nul_terminated(v: &[CString]) -> Vec<*const libc::c_char> {
-    v.iter()
-        .map(|s| s.as_ptr())
-        .chain(std::iter::once(std::ptr::null()))
-        .collect()
-}
-
-/// An isolated task, as `Prepared::spawn` started it: its leader process
-/// (its pid is the task's process group id), which waits for PID 1 and
-/// exits with its status. Dropped unreaped (an error path), it is killed
-/// (PID 1 with it) and reaped.
-pub(crate) struct Spawned {
-    pid: libc::pid_t,
-    /// Its status, once reaped (as std's `Child` keeps it).
-    status: Option<std::process::ExitStatus>,
-    /// The leader runs on it until it exits.
-    _stack: Stack,
-}
-
-impl Spawned {
-    pub(crate) fn id(&self) -> u32 {
-        self.pid as u32
-    }
-
-    /// Its status if it has exited (reaping it), else None; never waits.
-    pub(crate) fn try_wait(&mut self) -> std::io::Result<Option<std::process::ExitStatus>> {
-        self.reap(libc::WNOHANG)
-    }
-
-    /// Wait for it to exit and reap it.
-    pub(crate) fn wait(&mut self) -> std::io::Result<std::process::ExitStatus> {
-        loop {
-            if let Some(s) = self.reap(0)? {
-                return Ok(s);
-            }
-        }
-    }
-
-    fn reap(&mut self, flags: libc::c_int) -> std::io::Result<Option<std::process::ExitStatus>> {
-        use std::os::unix::process::ExitStatusExt;
-        if let Some(s) = self.status {
-            return Ok(Some(s));
-        }
-        let mut st = 0;
-        loop {
-            // SAFETY: waits for our own child; writes only `st`.
-            let r = unsafe { libc::waitpid(self.pid, &mut st, flags) };
-            if r == self.pid {
-                let s = std::process::ExitStatus::from_raw(st);
-                self.status = Some(s);
-                return Ok(Some(s));
-            }
-            if r == 0 {
-                return Ok(None);
-            }
-            let e = std::io::Error::last_os_error();
-            if e.kind() != std::io::ErrorKind::Interrupted {
-                return Err(e);
-            }
-        }
-    }
-}
-
-impl Drop for Spawned {
-    fn drop(&mut self) {
-        // NB: before `_stack` is unmapped: the leader runs on it.
-        if self.status.is_none() {
-            // SAFETY: our own unreaped child: its pid cannot be anyone else's.
-            unsafe { libc::kill(self.pid, libc::SIGKILL) };
-            let _ = self.wait();
-        }
-    }
-}
-
-/// The child's stack: mapped for each spawn, with a guard page below it.
-struct Stack {
-    base: *mut libc::c_void,
-    len: usize,
-}
-
-impl Stack {
-    /// The leader's stack (it makes the mounts), and PID 1's.
-    const LEADER: usize = 256 << 10;
-    const INIT: usize = 64 << 10;
-
-    fn new(len: usize) -> std::io::Result<Stack> {
-        // SAFETY: a fresh anonymous mapping, owned by the `Stack`.
-        let base = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK,
-                -1,
-                0,
-            )
-        };
-        if base == libc::MAP_FAILED {
-            return Err(std::io::Error::last_os_error());
-        }
-        let stack = Stack { base, len };
-        // SAFETY: the lowest page of the mapping just made.
-        if unsafe { libc::mprotect(base, 4096, libc::PROT_NONE) } != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(stack)
-    }
-
-    fn top(&self) -> *mut libc::c_void {
-        // SAFETY: one past the end of the mapping (the stack grows down).
-        unsafe { self.base.cast::<u8>().add(self.len).cast() }
-    }
-}
-
-impl Drop for Stack {
-    fn drop(&mut self) {
-        // SAFETY: the mapping `new` made; the child no longer runs on it.
-        unsafe { libc::munmap(self.base, self.len) };
-    }
-}
-
-/// What the two cloned processes read: everything made before the clone.
-struct Child<'a> {
-    prepared: &'a Prepared,
-    exec: &'a Exec,
-    argv: *const *const libc::c_char,
-    envp: *const *const libc::c_char,
-    /// The errno of PID 1's step that failed, for the leader (shared memory).
-    errno: AtomicI32,
-    /// The pipe the leader reports on (see `Prepared::spawn`).
-    report: RawFd,
-    /// PID 1's stack.
-    init_stack: *mut libc::c_void,
-    /// The pid of the process that spawns (the leader's parent).
-    parent: libc::pid_t,
-}
-
-/// The leader: its process group, descriptors, directory and namespaces,
-/// then PID 1; reports, lets go of every descriptor and waits for PID 1,
-/// exiting with its status (`128 + signal` if it was killed).
-extern "C" fn leader_main(arg: *mut libc::c_void) -> libc::c_int {
-    // SAFETY: `arg` is the parent's `Child`, alive until the report below.
-    let c = unsafe { &*(arg as *const Child<'_>) };
-    let (init, errno) = match c.lead() {
-        Ok(pid) => (pid, 0),
-        Err(e) => (0, e.raw_os_error().unwrap_or(libc::EINVAL).max(1)),
-    };
-    if errno == 0 {
-        // The parent's other spawns wait for their exec-error pipes to
-        // close: this process never execs, so it lets go of every
-        // descriptor but the report's. NB: before the report: this process
-        // shares the spawning thread's `errno` (its TLS), and a failing
-        // call would write it; after the report that thread runs again,
-        // and what is left (close, waitpid, _exit) cannot fail here.
-        close_from_except(3, c.report);
-    }
-    let rec = errno.to_le_bytes();
-    // SAFETY: raw writes of a local buffer. NB: `c` is not touched after
-    // the write: the parent may return (and free it) as soon as it reads.
-    let report = c.report;
-    unsafe {
-        libc::write(report, rec.as_ptr().cast(), rec.len());
-        libc::close(report);
-    }
-    if errno != 0 {
-        unsafe { libc::_exit(127) };
-    }
-    let mut st = 0;
-    loop {
-        // SAFETY: waits for its own child; writes only a local.
-        let r = unsafe { libc::waitpid(init, &mut st, libc::__WALL) };
-        if r == init {
-            break;
-        }
-        if r < 0 && std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
-            unsafe { libc::_exit(127) };
-        }
-    }
-    let code = if libc::WIFEXITED(st) {
-        libc::WEXITSTATUS(st)
-    } else {
-        128 + libc::WTERMSIG(st)
-    };
-    unsafe { libc::_exit(code) }
-}
-
-/// PID 1 of the new PID namespace: its own /proc, then exec.
-extern "C" fn init_main(arg: *mut libc::c_void) -> libc::c_int {
-    // SAFETY: `arg` is the parent's `Child`, alive until this process has
-    // exec'd or exited (the leader waits: CLONE_VFORK; the parent waits
-    // for the leader's report).
-    let c = unsafe { &*(arg as *const Child<'_>) };
-    // Killed with the leader: a timeout or an output limit kills the
-    // task's process group, and a shell that left it (`exec setsid …`)
-    // would otherwise live on as PID 1, keeping its whole namespace
-    // running and writing into a work directory the next task reuses.
-    // NB: no race with that kill: it comes only after the spawn returned,
-    // i.e. after this exec'd.
-    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
-    // Its own /proc, so that pids a task sees, `$!` and `ps`, and /proc
-    // agree (best effort: a kernel that refuses leaves the host's).
-    unsafe {
-        libc::mount(
-            c"proc".as_ptr(),
-            c"/proc".as_ptr(),
-            c"proc".as_ptr(),
-            libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
-            std::ptr::null(),
-        )
-    };
-    // SAFETY: an empty set, as std gives every process it spawns; then
-    // NUL-terminated strings and null-terminated arrays the parent keeps.
-    let mut none: libc::sigset_t = unsafe { std::mem::zeroed() };
-    unsafe {
-        libc::sigemptyset(&mut none);
-        libc::pthread_sigmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
-        libc::execve(c.exec.path.as_ptr(), c.argv, c.envp);
-    }
-    let e = std::io::Error::last_os_error();
-    c.errno.store(
-        e.raw_os_error().unwrap_or(libc::EINVAL).max(1),
-        Ordering::SeqCst,
-    );
-    // SAFETY: ends this process only.
-    unsafe { libc::_exit(127) }
-}
-
-impl Child<'_> {
-    /// The leader's work, up to PID 1's exec: its pid. Each step makes
-    /// only raw syscalls (async-signal-safe, no allocation): this process
-    /// shares the parent's memory.
-    fn lead(&self) -> std::io::Result<libc::pid_t> {
-        reset_signal_handlers();
-        for (to, &fd) in self.exec.stdio.iter().enumerate() {
-            let to = to as libc::c_int;
-            // SAFETY: raw syscalls on descriptors the parent keeps open.
-            let r = if fd == to {
-                unsafe { libc::fcntl(fd, libc::F_SETFD, 0) }
-            } else {
-                unsafe { libc::dup2(fd, to) }
-            };
-            if r < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-        }
-        // SAFETY: raw syscalls on NUL-terminated strings owned by `exec`.
-        if unsafe { libc::setpgid(0, 0) } != 0
-            || unsafe { libc::chdir(self.exec.cwd.as_ptr()) } != 0
-        {
-            return Err(std::io::Error::last_os_error());
-        }
-        // Killed with the thread that started it: a task never outlives
-        // the dagfs that runs it. NB: dagfs may have exited just before.
-        unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
-        if unsafe { libc::getppid() } != self.parent {
-            return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
-        }
-        self.prepared.enter()?;
-        // SAFETY: `init_main` gets `self` (see there), on its own stack.
-        let pid = unsafe {
-            libc::clone(
-                init_main,
-                self.init_stack,
-                libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_NEWPID | libc::SIGCHLD,
-                (self as *const Child<'_>) as *mut libc::c_void,
-            )
-        };
-        if pid < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        match self.errno.load(Ordering::SeqCst) {
-            0 => Ok(pid),
-            e => {
-                let mut st = 0;
-                // SAFETY: reaps its own child, which has exited.
-                unsafe { libc::waitpid(pid, &mut st, libc::__WALL) };
-                Err(std::io::Error::from_raw_os_error(e))
-            }
-        }
-    }
-}
-
-/// A pipe, both ends close-on-exec: (read, write).
-fn pipe() -> std::io::Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
-    use std::os::fd::FromRawFd;
-    let mut p = [0; 2];
-    // SAFETY: pipe2 writes two new descriptors, which we then own.
-    if unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(unsafe {
-        (
-            std::os::fd::OwnedFd::from_raw_fd(p[0]),
-            std::os::fd::OwnedFd::from_raw_fd(p[1]),
-        )
-    })
-}
-
-/// Close every descriptor from `first` on, but `keep`.
-fn close_from_except(first: u32, keep: RawFd) {
-    let keep = keep as u32;
-    let ranges = [
-        (first, keep.saturating_sub(1)),
-        (keep.saturating_add(1), u32::MAX),
-    ];
-    for (lo, hi) in ranges {
-        if lo > hi {
-            continue;
-        }
-        // SAFETY: close_range takes two numbers and flags; closing our own
-        // descriptors in a process that will only wait and exit.
-        let r = unsafe { libc::syscall(libc::SYS_close_range, lo, hi, 0) };
-        if r != 0 {
-            for fd in lo..=hi.min(4095) {
-                // SAFETY: as above, one descriptor at a time.
-                unsafe { libc::close(fd as i32) };
-            }
-        }
-    }
-}
-
-/// Every caught signal back to its default (none may run in the memory the
-/// child shares), and SIGPIPE too (Rust's runtime ignores it; a shell's
-/// pipelines need it), as std does for the processes it spawns.
-fn reset_signal_handlers() {
-    for sig in 1..65 {
-        if sig == libc::SIGKILL || sig == libc::SIGSTOP {
-            continue;
-        }
-        // SAFETY: sigaction on plain data; an invalid number just fails.
-        let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
-        if unsafe { libc::sigaction(sig, std::ptr::null(), &mut old) } != 0 {
-            continue;
-        }
-        let h = old.sa_sigaction;
-        if (h != libc::SIG_DFL && h != libc::SIG_IGN)
-            || (sig == libc::SIGPIPE && h == libc::SIG_IGN)
-        {
-            let mut dfl: libc::sigaction = unsafe { std::mem::zeroed() };
-            dfl.sa_sigaction = libc::SIG_DFL;
-            unsafe { libc::sigaction(sig, &dfl, std::ptr::null_mut()) };
-        }
-    }
-}
-
 /// The mount flags of `p`'s filesystem that a remount of a bind of it must
 /// keep (they are locked in a user namespace).
 fn kept_flags(p: &Path) -> std::io::Result<libc::c_ulong> {
@@ -899,10 +415,10 @@ fn kept_flags(p: &Path) -> std::io::Result<libc::c_ulong> {
 mod tests {
     use super::*;
 
-    /// A task's status is kept once reaped: the runner's fallback without
-    /// pidfd reaps through `try_wait`, then asks `wait` again.
+    /// A task's status comes from its leader before the leader exits, and
+    /// is kept; the leader then exits with it, and that is kept too.
     #[test]
-    fn a_reaped_status_is_kept() {
+    fn a_tasks_status_is_sent_then_kept() {
         if matches!(status(), Status::Off(_)) {
             eprintln!("skipped: not isolated here");
             return;
@@ -927,13 +443,9 @@ mod tests {
         let n = null.as_raw_fd();
         let exec = Exec::new("/bin/sh", &["-c", "exit 3"], &[], dir.path(), [n, n, n]).unwrap();
         let mut child = p.spawn(&exec).unwrap();
-        let first = loop {
-            if let Some(s) = child.try_wait().unwrap() {
-                break s;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        };
-        assert_eq!(first.code(), Some(3));
+        assert_eq!(child.wait_task().unwrap().code(), Some(3));
+        assert_eq!(child.wait_task().unwrap().code(), Some(3));
+        assert_eq!(child.wait().unwrap().code(), Some(3));
         assert_eq!(child.wait().unwrap().code(), Some(3));
     }
 

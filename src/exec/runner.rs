@@ -5,12 +5,14 @@
 //! scrubbed environment, stdin from /dev/null and stdout/stderr to files,
 //! isolated (`isolate`: its own PID and mount namespaces, the store
 //! read-only but for its output and temporary directory) where the command
-//! asks and the kernel allows. When the shell exits, the whole group is
-//! killed (and, isolated, every process of its namespace), so no leftover
+//! asks and the kernel allows. When the shell exits, every process of its
+//! namespace is gone (the kernel kills them before the shell, PID 1, can be
+//! reaped); not isolated, its whole group is killed. So no leftover
 //! background process can still write into the output while it is ingested.
-//! A command with a `timeout` that is still running when it expires has its
-//! whole group killed the same way (before the shell is reaped, so the
-//! group id cannot have been reused) and reports `timed_out`.
+//! A command with a `timeout` that is still running when it expires is
+//! killed by pid (isolated: its leader, and so its namespace) and group
+//! (before it is reaped, so the ids cannot have been reused) and reports
+//! `timed_out`.
 //!
 //! A command with an `output_limit` has its output directory measured while
 //! it runs (first after 50 ms, then at an interval twenty times as long as
@@ -181,7 +183,14 @@ impl Runner for ShellRunner {
             }
         }
         let status = child.wait()?;
-        kill_group(pgid);
+        match &child {
+            // NB: PID 1 was reaped, so nothing of the task is left (and
+            // its leader, still in the group, is exiting).
+            Proc::Isolated(c) if c.task_is_over() => {}
+            // The leader died first (a kill): PID 1 and its namespace die
+            // with it, but after; the group kill waits for them.
+            _ => kill_group(pgid),
+        }
         // NB: isolated, the shell's exit is seen only once every process of
         // its namespace is gone: nothing opens anything after this.
         if let Some(w) = watching {
@@ -316,17 +325,12 @@ impl Proc {
         }
     }
 
-    fn try_wait(&mut self) -> std::io::Result<Option<std::process::ExitStatus>> {
-        match self {
-            Proc::Plain(c) => c.try_wait(),
-            Proc::Isolated(c) => c.try_wait(),
-        }
-    }
-
+    /// The task's status once it is over: the shell's (isolated: PID 1's,
+    /// once every process of its namespace is gone).
     fn wait(&mut self) -> std::io::Result<std::process::ExitStatus> {
         match self {
             Proc::Plain(c) => c.wait(),
-            Proc::Isolated(c) => c.wait(),
+            Proc::Isolated(c) => c.wait_task(),
         }
     }
 }
@@ -335,6 +339,13 @@ impl Proc {
 /// without reaping it: its pid, and so its process group id, stay ours.
 fn exits_before(child: &mut Proc, deadline: Instant) -> std::io::Result<bool> {
     use std::os::fd::{FromRawFd, OwnedFd};
+    if let Proc::Isolated(c) = child {
+        // Readable once PID 1's status was sent (or the leader died).
+        return match c.done_fd() {
+            Some(fd) => readable_before(fd, deadline),
+            None => Ok(true),
+        };
+    }
     // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor
     // or -1; nothing is borrowed.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, child.id() as libc::pid_t, 0) };
@@ -342,7 +353,11 @@ fn exits_before(child: &mut Proc, deadline: Instant) -> std::io::Result<bool> {
         // No pidfd (Linux < 5.3): poll the child. NB: `try_wait` reaps only
         // when it has exited, and then the group is killed right after.
         loop {
-            if child.try_wait()?.is_some() {
+            let exited = match child {
+                Proc::Plain(c) => c.try_wait()?.is_some(),
+                Proc::Isolated(_) => true,
+            };
+            if exited {
                 return Ok(true);
             }
             let left = deadline.saturating_duration_since(Instant::now());
@@ -354,13 +369,18 @@ fn exits_before(child: &mut Proc, deadline: Instant) -> std::io::Result<bool> {
     }
     // SAFETY: `fd` was just returned by pidfd_open and is owned by no one else.
     let pidfd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    readable_before(std::os::fd::AsRawFd::as_raw_fd(&pidfd), deadline)
+}
+
+/// Wait until `fd` is readable (true) or `deadline` has passed (false).
+fn readable_before(fd: std::os::fd::RawFd, deadline: Instant) -> std::io::Result<bool> {
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             return Ok(false);
         }
         let mut p = libc::pollfd {
-            fd: std::os::fd::AsRawFd::as_raw_fd(&pidfd),
+            fd,
             events: libc::POLLIN,
             revents: 0,
         };
