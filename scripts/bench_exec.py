@@ -453,9 +453,7 @@ def run_all(args, scratch):
             for i in range(n):
                 f.write(f"echo {i} > {outdir}/{i}\n")
         argv = ["xargs", "-d", "\n", "-P", str(args.jobs), "-n", "1", "sh", "-c"]
-        code, wall, rss = spawn_timed(argv, stdin=cmds, rss=True)
-        if code != 0 or len(os.listdir(outdir)) != n:
-            sys.exit(f"bench: xargs baseline failed (exit {code})")
+        wall, rss = baseline_run(argv, cmds, outdir, n, "xargs")
         xargs_walls.append(wall)
         xargs_rss.append(rss)
     print(f" median {fmt_s(statistics.median(xargs_walls))}")
@@ -477,6 +475,15 @@ def cold_run(bench, toml, check, what):
         sys.exit(f"bench: {what}: dagfs exited {code}")
     if check:
         bench.checked_run(store, toml, 0, f"{what} check")
+    return wall, rss
+
+
+def baseline_run(argv, stdin, outdir, n, what):
+    """One timed run of a baseline that must leave `n` files in `outdir`:
+    (wall, peak RSS)."""
+    code, wall, rss = spawn_timed(argv, stdin=stdin, rss=True)
+    if code != 0 or len(os.listdir(outdir)) != n:
+        sys.exit(f"bench: {what} baseline failed (exit {code})")
     return wall, rss
 
 
@@ -514,9 +521,7 @@ def versus_loop(args, bench, scratch):
         with open(script, "w") as f:
             for i in range(n):
                 f.write(f"sh -c 'echo {i} > {outdir}/{i}'\n")
-        code, wall, rss = spawn_timed(["sh", script], rss=True)
-        if code != 0 or len(os.listdir(outdir)) != n:
-            sys.exit(f"bench: shell loop baseline failed (exit {code})")
+        wall, rss = baseline_run(["sh", script], None, outdir, n, "shell loop")
         loop_walls.append(wall)
         loop_rss.append(rss)
         print(f" {fmt_s(wall)}")

@@ -415,34 +415,47 @@ fn kept_flags(p: &Path) -> std::io::Result<libc::c_ulong> {
 mod tests {
     use super::*;
 
-    /// A task's status comes from its leader before the leader exits, and
-    /// is kept; the leader then exits with it, and that is kept too.
-    #[test]
-    fn a_tasks_status_is_sent_then_kept() {
+    /// A task's spawn in `dir` (the store), writing `writable`, with
+    /// /dev/null for its stdio; None where tasks are not isolated.
+    fn spawn_in(
+        dir: &Path,
+        writable: Vec<PathBuf>,
+        program: &str,
+        args: &[&str],
+    ) -> Option<std::io::Result<Spawned>> {
         if matches!(status(), Status::Off(_)) {
             eprintln!("skipped: not isolated here");
-            return;
+            return None;
         }
-        let dir = tempfile::tempdir().unwrap();
-        let w = dir.path().join("w");
-        std::fs::create_dir(&w).unwrap();
         let iso = Isolation {
-            store: dir.path().to_path_buf(),
-            writable: vec![w],
+            store: dir.to_path_buf(),
+            writable,
             in_place: Vec::new(),
-            cwd: dir.path().to_path_buf(),
+            cwd: dir.to_path_buf(),
             observe: None,
         };
-        let user = *status() == Status::User;
-        let p = Prepared::new(&iso, user, None).unwrap();
+        let p = Prepared::new(&iso, *status() == Status::User, None).unwrap();
         let null = std::fs::File::options()
             .read(true)
             .write(true)
             .open("/dev/null")
             .unwrap();
         let n = null.as_raw_fd();
-        let exec = Exec::new("/bin/sh", &["-c", "exit 3"], &[], dir.path(), [n, n, n]).unwrap();
-        let mut child = p.spawn(&exec).unwrap();
+        let exec = Exec::new(program, args, &[], dir, [n, n, n]).unwrap();
+        Some(p.spawn(&exec))
+    }
+
+    /// A task's status comes from its leader before the leader exits, and
+    /// is kept; the leader then exits with it, and that is kept too.
+    #[test]
+    fn a_tasks_status_is_sent_then_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = dir.path().join("w");
+        std::fs::create_dir(&w).unwrap();
+        let Some(child) = spawn_in(dir.path(), vec![w], "/bin/sh", &["-c", "exit 3"]) else {
+            return;
+        };
+        let mut child = child.unwrap();
         assert_eq!(child.wait_task().unwrap().code(), Some(3));
         assert_eq!(child.wait_task().unwrap().code(), Some(3));
         assert_eq!(child.wait().unwrap().code(), Some(3));
@@ -452,28 +465,11 @@ mod tests {
     /// A program that cannot be exec'd is an error of the spawn, naming why.
     #[test]
     fn an_exec_failure_is_the_spawns_error() {
-        if matches!(status(), Status::Off(_)) {
-            eprintln!("skipped: not isolated here");
-            return;
-        }
         let dir = tempfile::tempdir().unwrap();
-        let iso = Isolation {
-            store: dir.path().to_path_buf(),
-            writable: Vec::new(),
-            in_place: Vec::new(),
-            cwd: dir.path().to_path_buf(),
-            observe: None,
+        let Some(spawned) = spawn_in(dir.path(), Vec::new(), "/no/such/sh", &[]) else {
+            return;
         };
-        let user = *status() == Status::User;
-        let p = Prepared::new(&iso, user, None).unwrap();
-        let null = std::fs::File::options()
-            .read(true)
-            .write(true)
-            .open("/dev/null")
-            .unwrap();
-        let n = null.as_raw_fd();
-        let exec = Exec::new("/no/such/sh", &[], &[], dir.path(), [n, n, n]).unwrap();
-        let e = p.spawn(&exec).err().expect("no such program");
+        let e = spawned.err().expect("no such program");
         assert_eq!(e.raw_os_error(), Some(libc::ENOENT), "{e}");
     }
 
