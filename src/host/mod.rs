@@ -8,9 +8,13 @@
 pub mod mounts;
 
 /// The default number of worker threads (`-j`, a sync's scan threads): the
-/// parallelism the OS gives this process, at least 1.
+/// parallelism the OS gives this process, at least 1. Asked once: std
+/// reads the cgroup's CPU quota files on every call.
 pub fn default_jobs() -> usize {
-    std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
+    static JOBS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *JOBS.get_or_init(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    })
 }

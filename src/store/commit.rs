@@ -265,9 +265,7 @@ impl Store {
             // A few loose blobs (a watched change, a rescan that found one
             // file changed): fsync each and its shard, where `syncfs` would
             // wait for every other writer's dirty data too.
-            for b in &staged.blobs {
-                File::open(&b.tmp).and_then(|f| f.sync_data()).at(&b.tmp)?;
-            }
+            sync_files(staged.blobs.iter().map(|b| b.tmp.as_path()))?;
             self.publish_blobs(&staged.blobs)?;
             let mut dirs: Vec<PathBuf> = staged
                 .blobs
@@ -276,10 +274,20 @@ impl Store {
                 .collect();
             dirs.sort();
             dirs.dedup();
-            // NB: `blobs/` too: a shard may have been made just now.
-            dirs.push(self.root.join("blobs"));
-            for d in dirs {
-                File::open(&d).and_then(|f| f.sync_all()).at(&d)?;
+            for d in &dirs {
+                File::open(d).and_then(|f| f.sync_all()).at(d)?;
+            }
+            // NB: `blobs/` too, unless every shard's own name is known
+            // durable: a shard may have been made just now (or by a writer
+            // that died before it made it durable).
+            let mut known = self
+                .durable_shards
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if dirs.iter().any(|d| !known.contains(d)) {
+                let blobs = self.root.join("blobs");
+                File::open(&blobs).and_then(|f| f.sync_all()).at(&blobs)?;
+                known.extend(dirs);
             }
         } else if !staged.blobs.is_empty() || !finished.is_empty() {
             self.barrier()?; // NB: data durable before any name in blobs/ points at it.
@@ -413,8 +421,7 @@ impl Store {
     /// a rename into one of 256 directories: they proceed in parallel).
     fn publish_blobs(&self, blobs: &[StagedBlob]) -> Result<()> {
         const PER_THREAD: usize = 512;
-        let threads = std::thread::available_parallelism()
-            .map_or(1, |n| n.get())
+        let threads = crate::host::default_jobs()
             .min(4)
             .min(blobs.len() / PER_THREAD);
         if threads <= 1 {
@@ -611,6 +618,24 @@ fn rename_into_shard(
         }
         r => r,
     }
+}
+
+/// Make the data of `files` durable: writeback of every file is started
+/// first (`sync_file_range`), so the disk takes the writes together and
+/// each `fdatasync` after it mostly waits for its own flush.
+fn sync_files<'a>(files: impl Iterator<Item = &'a Path>) -> Result<()> {
+    let mut open = Vec::new();
+    for p in files {
+        let f = File::open(p).at(p)?;
+        // NB: a hint only (errors show in the fdatasync below).
+        // SAFETY: a valid descriptor; offset 0, length 0: the whole file.
+        unsafe { libc::sync_file_range(f.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE) };
+        open.push((p, f));
+    }
+    for (p, f) in open {
+        f.sync_data().at(p)?;
+    }
+    Ok(())
 }
 
 /// Pack writers of one commit (a sync's walker threads write one each),

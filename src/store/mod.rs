@@ -2,7 +2,7 @@
 //! and the durable entry records. The source of truth of a dagfs cache.
 //!
 //! Owns: everything under `<store>/` except `index/` (see `crate::index`).
-//! May call: `hash` only.
+//! May call: `hash`, `host` (the thread count).
 //!
 //! Rooms: `open` (creating the layout, healing, upgrading, sweeping `tmp/`,
 //! opening read-only), `read` (locating and reading blobs, trees and entry
@@ -116,6 +116,10 @@ pub struct Store {
     read_only: Option<String>,
     /// Top directories `open` made again (see `heal_layout`).
     recreated: Vec<&'static str>,
+    /// Shards of `blobs/` whose own name this process has made durable
+    /// (fsync of `blobs/` since it existed): a small commit into them
+    /// fsyncs the shard alone. Shards are never removed.
+    durable_shards: std::sync::Mutex<std::collections::HashSet<PathBuf>>,
     _lock: StoreLock,
 }
 

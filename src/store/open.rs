@@ -70,6 +70,7 @@ impl Store {
             blobs_dir: std::sync::OnceLock::new(),
             read_only: None,
             recreated: Vec::new(),
+            durable_shards: Default::default(),
             _lock: lock,
         };
         store.init_layout()?;
@@ -113,6 +114,7 @@ impl Store {
             blobs_dir: std::sync::OnceLock::new(),
             read_only: Some(why.to_string()),
             recreated: Vec::new(),
+            durable_shards: Default::default(),
             _lock: lock,
         })
     }

@@ -162,7 +162,7 @@ pub fn sync_dir_prevalidated(
         &mut walk::Totals::new(),
         pre,
     )?;
-    t.record(cache, walked.out)
+    t.record(cache, walked.out, &mut Vec::new())
 }
 
 /// A validation of `dir`'s stat-cache copy (`statcache::DiskCopy`), running
@@ -289,11 +289,27 @@ impl Target {
     }
 
     /// Record a scan as the latest snapshot (if its tree is new) and report
-    /// the change set from the previous one.
-    fn record(mut self, cache: &Cache, out: scan::ScanOutput) -> Result<SyncReport, SyncError> {
-        if let Some(gone) = self
+    /// the change set from the previous one. `verified`: the log's
+    /// snapshots as a previous record of this process left them (their
+    /// trees were checked then); set to the log's snapshots on return.
+    fn record(
+        mut self,
+        cache: &Cache,
+        out: scan::ScanOutput,
+        verified: &mut Vec<Snapshot>,
+    ) -> Result<SyncReport, SyncError> {
+        // NB: snapshots checked by an earlier pass of this process are not
+        // looked up again while the log still holds them unchanged: a
+        // watch's pass would otherwise cost one lookup per snapshot ever
+        // recorded.
+        let same = self
             .log
             .snapshots
+            .iter()
+            .zip(verified.iter())
+            .take_while(|(a, b)| a == b)
+            .count();
+        if let Some(gone) = self.log.snapshots[same..]
             .iter()
             .find(|s| !cache.store.has_blob(&s.tree))
         {
@@ -354,6 +370,7 @@ impl Target {
             cache.store.put_sync_log(&self.log)?;
         }
         cache.index.flush()?;
+        verified.clone_from(&self.log.snapshots);
         Ok(SyncReport {
             name: self.name,
             root: self.root,
@@ -390,6 +407,8 @@ pub(crate) struct Incremental {
     /// The tree of the last pass: what the directory held then.
     base: Digest,
     totals: walk::Totals,
+    /// The log's snapshots as the last pass left them (see `record`).
+    verified: Vec<Snapshot>,
 }
 
 /// Directories walked whole by an incremental pass (new ones, mostly), each
@@ -415,10 +434,12 @@ impl Incremental {
         let t = Target::new(cache, dir, name, opts)?;
         let mut totals = walk::Totals::new();
         let walked = walk::walk(cache, &t.root, &t.id, &t.opts, None, &mut totals, None)?;
-        let r = t.record(cache, walked.out)?;
+        let mut verified = Vec::new();
+        let r = t.record(cache, walked.out, &mut verified)?;
         let inc = Incremental {
             base: r.scan.tree,
             totals,
+            verified,
         };
         Ok((inc, r))
     }
@@ -459,12 +480,56 @@ impl Incremental {
             &mut self.totals,
             None,
         )?;
-        let r = t.record(cache, walked.out)?;
+        let r = t.record(cache, walked.out, &mut self.verified)?;
         self.base = r.scan.tree;
         let listed = Listed {
             dirs: walked.listed_whole,
             started_ns: walked.started_ns,
         };
         Ok((r, listed))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A watch's pass looks up only the snapshots the log changed since its
+    /// last pass (not every snapshot ever recorded), so a snapshot another
+    /// process rewrote to name a tree that is not stored is still found,
+    /// and the history goes to quarantine.
+    #[test]
+    fn a_pass_checks_the_snapshots_the_log_changed_since_the_last() {
+        let t = tempfile::tempdir().unwrap();
+        let cache = Cache::open(&t.path().join("store"), Default::default()).unwrap();
+        let src = t.path().join("src");
+        std::fs::create_dir_all(&src).unwrap();
+        let o = ScanOptions::default();
+        std::fs::write(src.join("a"), "1").unwrap();
+        let (mut inc, first) = Incremental::start(&cache, &src, Some("s"), &o).unwrap();
+        assert_eq!(first.snapshot.seq, 1);
+        let mut pass = |content: &str| {
+            std::fs::write(src.join("a"), content).unwrap();
+            let mut dirty = dirty::Dirty::default();
+            dirty.mark(src.join("a"), false);
+            inc.sync(&cache, &src, Some("s"), &o, &dirty).unwrap().0
+        };
+        let r = pass("22");
+        assert_eq!((r.snapshot.seq, r.notes.len()), (2, 0), "{:?}", r.notes);
+
+        let mut log = cache.store.sync_log("s").unwrap().unwrap();
+        log.snapshots[0].tree = Digest::of(b"a tree that is not stored");
+        cache.store.put_sync_log(&log).unwrap();
+        let r = pass("333");
+        assert_eq!(r.snapshot.seq, 1, "a fresh history");
+        assert!(
+            r.notes.iter().any(|n| n.contains("snapshot 1 of `s`")),
+            "{:?}",
+            r.notes
+        );
+        assert_eq!(
+            cache.store.sync_log("s").unwrap().unwrap().snapshots.len(),
+            1
+        );
     }
 }
