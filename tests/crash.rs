@@ -545,9 +545,16 @@ fn check_snapshots(store: &Path) -> usize {
     let (blobs, read) = (&stored.names, |d: &Digest| stored.read(d));
     let mut n = 0;
     for log in listing(&store.join("syncs")) {
-        let v: serde_json::Value = serde_json::from_slice(&fs::read(log.path()).unwrap())
-            .expect("sync logs are never partial");
-        for snap in v["snapshots"].as_array().unwrap() {
+        // JSON lines: a header, then one snapshot per line. NB: a kill
+        // never tears an append (one write), so every line is whole.
+        let bytes = fs::read(log.path()).unwrap();
+        assert!(bytes.ends_with(b"\n"), "sync logs are never partial");
+        let lines: Vec<serde_json::Value> = bytes
+            .split(|&b| b == b'\n')
+            .filter(|l| !l.is_empty())
+            .map(|l| serde_json::from_slice(l).expect("sync logs are never partial"))
+            .collect();
+        for snap in &lines[1..] {
             n += 1;
             let mut stack = vec![Digest::from_hex(snap["tree"].as_str().unwrap()).unwrap()];
             while let Some(t) = stack.pop() {

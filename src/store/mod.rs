@@ -12,8 +12,9 @@
 //!
 //! ```text
 //! <store>/
-//!   FORMAT            "dagfs-store\nversion 2\n"; a newer version fails to open;
-//!                     version 1 (no packs) is upgraded when opened
+//!   FORMAT            "dagfs-store\nversion 3\n"; a newer version fails to open;
+//!                     versions 1 (no packs) and 2 (sync logs as one JSON
+//!                     object) are upgraded when opened
 //!   lock              flock held by the single owner; holds "pid N (cmd)"
 //!   blobs/ab/<hex>    immutable files, mode 0444, named by their BLAKE3
 //!   packs/<id>.pack   many small blobs in one file, and its index
@@ -92,9 +93,13 @@ use error::IoContext;
 use lock::StoreLock;
 
 pub const FORMAT_NAME: &str = "dagfs-store";
-pub const FORMAT_VERSION: u32 = 2;
-/// Older versions this dagfs opens (and upgrades: 1 had no `packs/`).
-const FORMAT_UPGRADES: [u32; 1] = [1];
+pub const FORMAT_VERSION: u32 = 3;
+/// Older versions this dagfs opens (and upgrades: 1 had no `packs/`; 2
+/// wrote sync logs as one JSON object, which are read as they are and
+/// rewritten in lines at their next write).
+const FORMAT_UPGRADES: [u32; 2] = [1, 2];
+/// Older versions a read-only store may be at: read as they are.
+const FORMAT_READ_AS_IS: [u32; 1] = [2];
 
 /// An open store. Holds the store lock for its whole life.
 #[derive(Debug)]
@@ -409,7 +414,7 @@ mod tests {
         drop(s);
         let s = open(t.path());
         assert!(many.iter().all(|(d, b)| s.read_blob(d).unwrap() == *b));
-        assert_eq!(FORMAT_VERSION, 2);
+        assert!(FORMAT_VERSION >= 2, "packs came with format 2");
     }
 
     #[test]
@@ -483,18 +488,26 @@ mod tests {
     }
 
     #[test]
-    fn a_version_1_store_is_upgraded_when_opened() {
-        let t = tempfile::tempdir().unwrap();
-        drop(open(t.path()));
-        fs::write(t.path().join("FORMAT"), "dagfs-store\nversion 1\n").unwrap();
-        fs::remove_dir(t.path().join("packs")).unwrap();
-        let s = open(t.path());
-        assert_eq!(
-            fs::read_to_string(t.path().join("FORMAT")).unwrap(),
-            "dagfs-store\nversion 2\n"
-        );
-        stage_many(&s, 100, "u");
-        assert_eq!(pack_files(&s).len(), 2);
+    fn a_version_1_or_2_store_is_upgraded_when_opened() {
+        for v in [1, 2] {
+            let t = tempfile::tempdir().unwrap();
+            drop(open(t.path()));
+            fs::write(
+                t.path().join("FORMAT"),
+                format!("dagfs-store\nversion {v}\n"),
+            )
+            .unwrap();
+            if v == 1 {
+                fs::remove_dir(t.path().join("packs")).unwrap();
+            }
+            let s = open(t.path());
+            assert_eq!(
+                fs::read_to_string(t.path().join("FORMAT")).unwrap(),
+                "dagfs-store\nversion 3\n"
+            );
+            stage_many(&s, 100, "u");
+            assert_eq!(pack_files(&s).len(), 2);
+        }
     }
 
     #[test]

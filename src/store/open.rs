@@ -94,7 +94,9 @@ impl Store {
             reason: format!("read-only ({why}) and no FORMAT file ({e})"),
         })?;
         check_format(&format, &text)?;
-        if format_version(&text) != Some(FORMAT_VERSION) {
+        if format_version(&text)
+            .is_none_or(|v| v != FORMAT_VERSION && !FORMAT_READ_AS_IS.contains(&v))
+        {
             return Err(StoreError::Format {
                 path: format,
                 found: text.lines().nth(1).unwrap_or("").to_string(),

@@ -1,8 +1,19 @@
 //! Sync logs: the durable record of each synced host directory's snapshots,
-//! `<store>/syncs/<name>` (JSON). Part of the source of truth: gc keeps
-//! every snapshot tree a log names.
+//! `<store>/syncs/<name>`. Part of the source of truth: gc keeps every
+//! snapshot tree a log names.
+//!
+//! The file is JSON lines: a header `{"name", "root"}`, then one
+//! `Snapshot` per line, oldest first. A new snapshot is appended (one
+//! write and one `fdatasync`: a watch records a pass without rewriting the
+//! whole history); anything else rewrites the file whole (temporary file,
+//! `fdatasync`, rename, directory fsync). A last line without its newline
+//! is a record torn by a crash during its append, never reported: readers
+//! leave it out and the next append writes over it. Logs written as one
+//! JSON object (`SyncLog`) by older versions are read as they are and
+//! rewritten in lines at their next write.
 
 use std::fs;
+use std::os::unix::fs::FileExt;
 
 use serde::{Deserialize, Serialize};
 
@@ -37,17 +48,77 @@ impl SyncLog {
 /// A sync log that does not decode: (name, why).
 pub type Damaged = (String, String);
 
+/// The first line of a sync log.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Header {
+    name: String,
+    root: String,
+}
+
+/// Where a sync log's whole records end: the next append goes there
+/// (None: a log in the old one-object form, which is rewritten instead).
+pub type LogEnd = Option<u64>;
+
+/// Decode a sync log file (either form); `Err(reason)` if it does not.
+fn decode(bytes: &[u8]) -> std::result::Result<(SyncLog, LogEnd), String> {
+    if bytes.first() == Some(&b'{') {
+        if let Ok(log) = serde_json::from_slice::<SyncLog>(bytes) {
+            return Ok((log, None));
+        }
+    }
+    let Some(nl) = bytes.iter().position(|&b| b == b'\n') else {
+        return Err("no header line".into());
+    };
+    let h: Header = serde_json::from_slice(&bytes[..nl]).map_err(|e| format!("header: {e}"))?;
+    let mut log = SyncLog {
+        name: h.name,
+        root: h.root,
+        snapshots: Vec::new(),
+    };
+    let mut end = nl + 1;
+    // NB: a last line without its newline is a torn append: left out.
+    while let Some(n) = bytes[end..].iter().position(|&b| b == b'\n') {
+        let line = &bytes[end..end + n];
+        let snap = serde_json::from_slice(line)
+            .map_err(|e| format!("record {}: {e}", log.snapshots.len() + 1))?;
+        log.snapshots.push(snap);
+        end += n + 1;
+    }
+    Ok((log, Some(end as u64)))
+}
+
+/// A sync log as the file holds it, in lines.
+fn encode(log: &SyncLog) -> Vec<u8> {
+    let header = Header {
+        name: log.name.clone(),
+        root: log.root.clone(),
+    };
+    let mut out = serde_json::to_vec(&header).expect("a header serializes");
+    out.push(b'\n');
+    for s in &log.snapshots {
+        serde_json::to_writer(&mut out, s).expect("a snapshot serializes");
+        out.push(b'\n');
+    }
+    out
+}
+
 impl Store {
     fn syncs_dir(&self) -> std::path::PathBuf {
         self.root().join("syncs")
     }
 
     pub fn sync_log(&self, name: &str) -> Result<Option<SyncLog>> {
+        Ok(self.sync_log_end(name)?.map(|(log, _)| log))
+    }
+
+    /// `sync_log`, and where its records end (for `append_snapshot`).
+    pub fn sync_log_end(&self, name: &str) -> Result<Option<(SyncLog, LogEnd)>> {
         let p = self.syncs_dir().join(name);
         match fs::read(&p) {
-            Ok(b) => match serde_json::from_slice::<SyncLog>(&b) {
-                Ok(log) if log.name == name => Ok(Some(log)),
-                Ok(log) => Err(StoreError::Corrupt {
+            Ok(b) => match decode(&b) {
+                Ok((log, end)) if log.name == name => Ok(Some((log, end))),
+                Ok((log, _)) => Err(StoreError::Corrupt {
                     digest: Digest::default(),
                     path: p,
                     reason: format!("sync log: names {:?}, filed as {name:?}", log.name),
@@ -63,15 +134,41 @@ impl Store {
         }
     }
 
-    /// Write a sync log durably (its snapshot trees must be committed).
+    /// Write a sync log durably and whole (its snapshot trees must be
+    /// committed).
     pub fn put_sync_log(&self, log: &SyncLog) -> Result<()> {
         let dir = self.syncs_dir();
         fs::create_dir_all(&dir).at(&dir)?;
         let tmp = self
             .tmp_root()
             .join(format!("sync-{}-{}", log.name, std::process::id()));
-        let bytes = serde_json::to_vec_pretty(log).expect("sync log serializes");
-        self.replace_file(&tmp, &dir.join(&log.name), &bytes)
+        self.replace_file(&tmp, &dir.join(&log.name), &encode(log))
+    }
+
+    /// Record `log`'s latest snapshot durably: appended where its file's
+    /// records end (`end`, from `sync_log_end` of the log before that
+    /// snapshot was pushed), over a torn record if a crash left one; the
+    /// whole log rewritten if it cannot be (the old form, a file that
+    /// changed size under us).
+    pub fn append_snapshot(&self, log: &SyncLog, end: LogEnd) -> Result<()> {
+        let p = self.syncs_dir().join(&log.name);
+        let (Some(end), Some(snap)) = (end, log.latest()) else {
+            return self.put_sync_log(log);
+        };
+        let f = fs::OpenOptions::new().write(true).open(&p).at(&p)?;
+        let len = f.metadata().at(&p)?.len();
+        if len < end {
+            drop(f);
+            return self.put_sync_log(log);
+        }
+        if len > end {
+            f.set_len(end).at(&p)?;
+        }
+        let mut line = serde_json::to_vec(snap).expect("a snapshot serializes");
+        line.push(b'\n');
+        f.write_all_at(&line, end)
+            .and_then(|()| f.sync_data())
+            .at(&p)
     }
 
     /// Every sync log that decodes. A damaged one (`sync_logs_checked`)
@@ -113,5 +210,106 @@ impl Store {
             name,
             reason,
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snap(seq: u64) -> Snapshot {
+        Snapshot {
+            seq,
+            tree: Digest::of(&seq.to_le_bytes()),
+            created_ms: 1000 + seq,
+            files: seq,
+            bytes: 10 * seq,
+        }
+    }
+
+    fn log_of(n: u64) -> SyncLog {
+        SyncLog {
+            name: "s".into(),
+            root: "/src".into(),
+            snapshots: (1..=n).map(snap).collect(),
+        }
+    }
+
+    /// A snapshot is appended as one line; a log in the older one-object
+    /// form reads as it is and is rewritten in lines at its next write.
+    #[test]
+    fn snapshots_are_appended_and_an_old_log_is_rewritten_in_lines() {
+        let t = tempfile::tempdir().unwrap();
+        let store = Store::open(t.path(), &mut |_| {}).unwrap();
+        let path = t.path().join("syncs/s");
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(&path, serde_json::to_vec_pretty(&log_of(2)).unwrap()).unwrap();
+        let (mut log, end) = store.sync_log_end("s").unwrap().unwrap();
+        assert_eq!((&log, end), (&log_of(2), None));
+        log.snapshots.push(snap(3));
+        store.append_snapshot(&log, end).unwrap();
+        let bytes = fs::read(&path).unwrap();
+        assert_eq!(bytes, encode(&log_of(3)));
+        assert_eq!(bytes.iter().filter(|&&b| b == b'\n').count(), 4);
+
+        let (mut log, end) = store.sync_log_end("s").unwrap().unwrap();
+        assert_eq!(end, Some(bytes.len() as u64));
+        log.snapshots.push(snap(4));
+        store.append_snapshot(&log, end).unwrap();
+        assert_eq!(fs::read(&path).unwrap(), encode(&log_of(4)));
+        assert_eq!(store.sync_log("s").unwrap().unwrap(), log_of(4));
+    }
+
+    /// A crash during an append leaves a last line without its newline:
+    /// readers leave that record out (it was never reported), and the
+    /// next append writes over it.
+    #[test]
+    fn a_torn_last_record_is_left_out_and_written_over() {
+        let t = tempfile::tempdir().unwrap();
+        let store = Store::open(t.path(), &mut |_| {}).unwrap();
+        store.put_sync_log(&log_of(2)).unwrap();
+        let path = t.path().join("syncs/s");
+        let whole = fs::read(&path).unwrap();
+        let mut torn = whole.clone();
+        let line = serde_json::to_vec(&snap(3)).unwrap();
+        torn.extend_from_slice(&line[..line.len() / 2]);
+        fs::write(&path, &torn).unwrap();
+        let (mut log, end) = store.sync_log_end("s").unwrap().unwrap();
+        assert_eq!((&log, end), (&log_of(2), Some(whole.len() as u64)));
+        log.snapshots.push(snap(3));
+        store.append_snapshot(&log, end).unwrap();
+        assert_eq!(fs::read(&path).unwrap(), encode(&log_of(3)));
+    }
+
+    /// Damage that is not a torn last record is a damaged log: a whole
+    /// line that does not decode, or a header without its newline.
+    #[test]
+    fn a_bad_record_or_a_torn_header_is_a_damaged_log() {
+        let t = tempfile::tempdir().unwrap();
+        let store = Store::open(t.path(), &mut |_| {}).unwrap();
+        let path = t.path().join("syncs/s");
+        let cases: [(&str, Box<dyn Fn(&mut Vec<u8>)>); 3] = [
+            (
+                "record 1",
+                Box::new(|b: &mut Vec<u8>| {
+                    let at = b.iter().position(|&c| c == b'\n').unwrap() + 3;
+                    b[at] = b'x';
+                }),
+            ),
+            ("header", Box::new(|b: &mut Vec<u8>| b.truncate(10))),
+            ("filed as", Box::new(|b: &mut Vec<u8>| b[9] = b't')),
+        ];
+        for (why, damage) in cases {
+            store.put_sync_log(&log_of(2)).unwrap();
+            let mut bytes = fs::read(&path).unwrap();
+            damage(&mut bytes);
+            fs::write(&path, &bytes).unwrap();
+            match store.sync_log("s") {
+                Err(StoreError::Corrupt { reason, .. }) => {
+                    assert!(reason.contains(why), "{why}: {reason}")
+                }
+                r => panic!("{why}: {r:?}"),
+            }
+        }
     }
 }

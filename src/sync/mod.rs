@@ -202,6 +202,9 @@ struct Target {
     /// With the store and mounts to skip.
     opts: ScanOptions,
     log: SyncLog,
+    /// Where the log file's records end (`Store::append_snapshot`); None
+    /// once the log is a fresh one.
+    end: crate::store::syncs::LogEnd,
     notes: Vec<String>,
 }
 
@@ -240,8 +243,13 @@ impl Target {
             snapshots: Vec::new(),
         };
         let mut notes = Vec::new();
-        let log = match cache.store.sync_log(&name) {
-            Ok(log) => log.unwrap_or_else(fresh),
+        let mut end = None;
+        let log = match cache.store.sync_log_end(&name) {
+            Ok(Some((log, e))) => {
+                end = e;
+                log
+            }
+            Ok(None) => fresh(),
             // NB: a damaged log stops nothing: it goes to quarantine and a
             // fresh history starts.
             Err(StoreError::Corrupt { reason, .. }) => {
@@ -270,6 +278,7 @@ impl Target {
                 "the sync log of `{name}` {why}: moved to quarantine/syncs/, a fresh history starts"
             ));
             log = fresh();
+            end = None;
         }
         if log.root != root.display().to_string() && !log.snapshots.is_empty() {
             return Err(SyncError::Usage(format!(
@@ -284,6 +293,7 @@ impl Target {
             id,
             opts,
             log,
+            end,
             notes,
         })
     }
@@ -325,6 +335,7 @@ impl Target {
                 "snapshot {seq} of `{name}` names tree {tree}, which is not stored: its log moved to quarantine/syncs/, a fresh history starts"
             ));
             self.log.snapshots.clear();
+            self.end = None;
         }
         let mut previous = self.log.latest().map(|s| s.tree);
         let changes = match changes::diff(&cache.store, previous.as_ref(), &out.tree) {
@@ -342,6 +353,7 @@ impl Target {
                     "the latest snapshot of `{name}` names a damaged tree ({e}): its log moved to quarantine/syncs/, a fresh history starts"
                 ));
                 self.log.snapshots.clear();
+                self.end = None;
                 previous = None;
                 changes::diff(&cache.store, None, &out.tree)?
             }
@@ -367,7 +379,7 @@ impl Target {
                 files: out.files,
                 bytes: out.bytes,
             });
-            cache.store.put_sync_log(&self.log)?;
+            cache.store.append_snapshot(&self.log, self.end)?;
         }
         cache.index.flush()?;
         verified.clone_from(&self.log.snapshots);
