@@ -155,7 +155,11 @@ impl Store {
     /// Make staged work durable and visible, in the order described in the
     /// module doc. On return every staged blob and entry is durable.
     pub fn commit(&self, staged: Staged) -> Result<()> {
-        let entries = self.commit_blobs(staged)?;
+        let (entries, pending) = self.commit_blobs_pending(staged)?;
+        if entries.is_empty() && pending {
+            // NB: names published after the data barrier, durable too.
+            self.barrier()?;
+        }
         self.publish_entries(&entries, |_| true)
     }
 
@@ -166,12 +170,20 @@ impl Store {
     /// A commit that leaves more than `AUTO_PACK_LIMIT` packs then merges
     /// packs (`consolidate_packs`), as `git gc --auto` does.
     pub fn commit_blobs(&self, staged: Staged) -> Result<Vec<(PathBuf, Digest)>> {
+        Ok(self.commit_blobs_pending(staged)?.0)
+    }
+
+    /// `commit_blobs`, and whether names it published may not be durable
+    /// yet (a batch too large to fsync file by file: its data was made
+    /// durable by a `syncfs` before the renames, the names wait for the
+    /// next one).
+    fn commit_blobs_pending(&self, staged: Staged) -> Result<(Vec<(PathBuf, Digest)>, bool)> {
         let packed = !staged.packs.is_empty();
-        let entries = self.commit_blobs_now(staged)?;
+        let r = self.commit_blobs_now(staged)?;
         if packed {
             self.consolidate_packs()?;
         }
-        Ok(entries)
+        Ok(r)
     }
 
     /// More packs than this after a commit and it merges them: a blob lookup
@@ -228,8 +240,8 @@ impl Store {
         Ok(true)
     }
 
-    /// `commit_blobs` without merging packs after it.
-    fn commit_blobs_now(&self, mut staged: Staged) -> Result<Vec<(PathBuf, Digest)>> {
+    /// `commit_blobs_pending` without merging packs after it.
+    fn commit_blobs_now(&self, mut staged: Staged) -> Result<(Vec<(PathBuf, Digest)>, bool)> {
         if !staged.blobs.is_empty() || !staged.packs.is_empty() {
             self.writable()?;
         }
@@ -296,8 +308,9 @@ impl Store {
             for f in finished {
                 self.publish_pack(f)?;
             }
+            return Ok((staged.take_entries(), true));
         }
-        Ok(staged.take_entries())
+        Ok((staged.take_entries(), false))
     }
 
     /// Rename a finished pack into `packs/`: the pack, then its index (its

@@ -48,6 +48,27 @@ impl SyncLog {
 /// A sync log that does not decode: (name, why).
 pub type Damaged = (String, String);
 
+/// The sync names held in one process (`Store::hold_sync_name`).
+pub(crate) type SyncNames = std::sync::Arc<(
+    std::sync::Mutex<std::collections::HashSet<String>>,
+    std::sync::Condvar,
+)>;
+
+/// A sync name held (`Store::hold_sync_name`) until this is dropped.
+#[derive(Debug)]
+pub struct SyncName {
+    names: SyncNames,
+    name: String,
+}
+
+impl Drop for SyncName {
+    fn drop(&mut self) {
+        let mut held = self.names.0.lock().unwrap_or_else(|p| p.into_inner());
+        held.remove(&self.name);
+        self.names.1.notify_all();
+    }
+}
+
 /// The first line of a sync log.
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -155,20 +176,58 @@ impl Store {
         let (Some(end), Some(snap)) = (end, log.latest()) else {
             return self.put_sync_log(log);
         };
-        let f = fs::OpenOptions::new().write(true).open(&p).at(&p)?;
+        let f = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&p)
+            .at(&p)?;
         let len = f.metadata().at(&p)?.len();
         if len < end {
             drop(f);
             return self.put_sync_log(log);
         }
         if len > end {
+            // Only a torn record (no newline) is written over: a whole one
+            // past `end` is another writer's (see `SyncName`).
+            let mut tail = vec![0u8; (len - end) as usize];
+            f.read_exact_at(&mut tail, end).at(&p)?;
+            if tail.contains(&b'\n') {
+                return Err(StoreError::Corrupt {
+                    digest: Digest::default(),
+                    path: p,
+                    reason: "sync log: another sync of this name recorded a snapshot meanwhile"
+                        .into(),
+                });
+            }
             f.set_len(end).at(&p)?;
         }
         let mut line = serde_json::to_vec(snap).expect("a snapshot serializes");
         line.push(b'\n');
-        f.write_all_at(&line, end)
-            .and_then(|()| f.sync_data())
-            .at(&p)
+        let wrote = f.write_all_at(&line, end).and_then(|()| f.sync_data());
+        if wrote.is_err() {
+            // NB: a whole line left behind would be a snapshot nobody was told of.
+            let _ = f.set_len(end);
+        }
+        wrote.at(&p)
+    }
+
+    /// Hold sync name `name` in this process: a sync reads its log, walks,
+    /// and appends its snapshot while holding it, so two syncs of one name
+    /// in one process (a daemon's watch and a `--rescan`) take turns, never
+    /// both appending to what each read. Other processes are kept out by
+    /// the store lock.
+    pub fn hold_sync_name(&self, name: &str) -> SyncName {
+        let names = self.sync_names.clone();
+        let mut held = names.0.lock().unwrap_or_else(|p| p.into_inner());
+        while held.contains(name) {
+            held = names.1.wait(held).unwrap_or_else(|p| p.into_inner());
+        }
+        held.insert(name.to_string());
+        drop(held);
+        SyncName {
+            names,
+            name: name.to_string(),
+        }
     }
 
     /// Every sync log that decodes. A damaged one (`sync_logs_checked`)
@@ -288,16 +347,14 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let store = Store::open(t.path(), &mut |_| {}).unwrap();
         let path = t.path().join("syncs/s");
-        let cases: [(&str, Box<dyn Fn(&mut Vec<u8>)>); 3] = [
-            (
-                "record 1",
-                Box::new(|b: &mut Vec<u8>| {
-                    let at = b.iter().position(|&c| c == b'\n').unwrap() + 3;
-                    b[at] = b'x';
-                }),
-            ),
-            ("header", Box::new(|b: &mut Vec<u8>| b.truncate(10))),
-            ("filed as", Box::new(|b: &mut Vec<u8>| b[9] = b't')),
+        type Damage = fn(&mut Vec<u8>);
+        let cases: [(&str, Damage); 3] = [
+            ("record 1", |b| {
+                let at = b.iter().position(|&c| c == b'\n').unwrap() + 3;
+                b[at] = b'x';
+            }),
+            ("header", |b| b.truncate(10)),
+            ("filed as", |b| b[9] = b't'),
         ];
         for (why, damage) in cases {
             store.put_sync_log(&log_of(2)).unwrap();
@@ -311,5 +368,39 @@ mod tests {
                 r => panic!("{why}: {r:?}"),
             }
         }
+    }
+
+    /// An append never cuts off a whole record another writer appended
+    /// after this sync read the log; a sync name is held by one sync of
+    /// the process at a time, others wait, other names do not.
+    #[test]
+    fn syncs_of_one_name_take_turns_and_never_cut_each_others_records() {
+        let t = tempfile::tempdir().unwrap();
+        let store = Store::open(t.path(), &mut |_| {}).unwrap();
+        store.put_sync_log(&log_of(1)).unwrap();
+        let (mut a, end) = store.sync_log_end("s").unwrap().unwrap();
+        let (mut b, _) = store.sync_log_end("s").unwrap().unwrap();
+        b.snapshots.push(snap(2));
+        store.append_snapshot(&b, end).unwrap();
+        a.snapshots.push(snap(3));
+        let err = store.append_snapshot(&a, end).unwrap_err().to_string();
+        assert!(err.contains("another sync of this name"), "{err}");
+        assert_eq!(store.sync_log("s").unwrap().unwrap(), log_of(2));
+
+        let held = store.hold_sync_name("s");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::scope(|sc| {
+            sc.spawn(|| {
+                drop(store.hold_sync_name("t"));
+                tx.send("t").unwrap();
+                let _s = store.hold_sync_name("s");
+                tx.send("s").unwrap();
+            });
+            assert_eq!(rx.recv().unwrap(), "t");
+            let wait = std::time::Duration::from_millis(200);
+            assert!(rx.recv_timeout(wait).is_err(), "s is held");
+            drop(held);
+            assert_eq!(rx.recv().unwrap(), "s");
+        });
     }
 }

@@ -162,7 +162,7 @@ pub fn sync_dir_prevalidated(
         &mut walk::Totals::new(),
         pre,
     )?;
-    t.record(cache, walked.out, &mut Vec::new())
+    t.record(cache, walked.out, &mut Verified::default())
 }
 
 /// A validation of `dir`'s stat-cache copy (`statcache::DiskCopy`), running
@@ -206,6 +206,7 @@ struct Target {
     /// once the log is a fresh one.
     end: crate::store::syncs::LogEnd,
     notes: Vec<String>,
+    _held: crate::store::syncs::SyncName,
 }
 
 impl Target {
@@ -243,6 +244,8 @@ impl Target {
             snapshots: Vec::new(),
         };
         let mut notes = Vec::new();
+        // NB: held until the snapshot is recorded (`record` consumes us).
+        let held = cache.store.hold_sync_name(&name);
         let mut end = None;
         let log = match cache.store.sync_log_end(&name) {
             Ok(Some((log, e))) => {
@@ -295,30 +298,33 @@ impl Target {
             log,
             end,
             notes,
+            _held: held,
         })
     }
 
     /// Record a scan as the latest snapshot (if its tree is new) and report
     /// the change set from the previous one. `verified`: the log's
     /// snapshots as a previous record of this process left them (their
-    /// trees were checked then); set to the log's snapshots on return.
+    /// trees were checked then), with the store's blob generation then;
+    /// set to the log's snapshots on return.
     fn record(
         mut self,
         cache: &Cache,
         out: scan::ScanOutput,
-        verified: &mut Vec<Snapshot>,
+        verified: &mut Verified,
     ) -> Result<SyncReport, SyncError> {
         // NB: snapshots checked by an earlier pass of this process are not
         // looked up again while the log still holds them unchanged: a
         // watch's pass would otherwise cost one lookup per snapshot ever
         // recorded.
-        let same = self
-            .log
-            .snapshots
-            .iter()
-            .zip(verified.iter())
-            .take_while(|(a, b)| a == b)
-            .count();
+        // NB: blobs lost since (a quarantine, fsck) raised the generation.
+        let generation = cache.store.blob_generation();
+        let same = if verified.0 == generation {
+            let (log, seen) = (&self.log.snapshots, &verified.1);
+            log.iter().zip(seen).take_while(|(a, b)| a == b).count()
+        } else {
+            0
+        };
         if let Some(gone) = self.log.snapshots[same..]
             .iter()
             .find(|s| !cache.store.has_blob(&s.tree))
@@ -382,7 +388,8 @@ impl Target {
             cache.store.append_snapshot(&self.log, self.end)?;
         }
         cache.index.flush()?;
-        verified.clone_from(&self.log.snapshots);
+        verified.0 = generation;
+        verified.1.clone_from(&self.log.snapshots);
         Ok(SyncReport {
             name: self.name,
             root: self.root,
@@ -420,8 +427,13 @@ pub(crate) struct Incremental {
     base: Digest,
     totals: walk::Totals,
     /// The log's snapshots as the last pass left them (see `record`).
-    verified: Vec<Snapshot>,
+    verified: Verified,
 }
+
+/// Snapshots whose trees were found stored, and the store's blob
+/// generation then (see `Target::record`).
+#[derive(Default)]
+struct Verified(u64, Vec<Snapshot>);
 
 /// Directories walked whole by an incremental pass (new ones, mostly), each
 /// with its stat from just before it was listed.
@@ -446,7 +458,7 @@ impl Incremental {
         let t = Target::new(cache, dir, name, opts)?;
         let mut totals = walk::Totals::new();
         let walked = walk::walk(cache, &t.root, &t.id, &t.opts, None, &mut totals, None)?;
-        let mut verified = Vec::new();
+        let mut verified = Verified::default();
         let r = t.record(cache, walked.out, &mut verified)?;
         let inc = Incremental {
             base: r.scan.tree,
