@@ -668,13 +668,23 @@ pub fn repair_store(store: &Store, blobs: &mut BlobScan, entries: &mut EntryScan
         }
     }
     for name in &entries.bad_syncs {
-        let r = store
-            .quarantine_sync_log(name, "fsck: bad-sync-record")
-            .map_err(|e| e.to_string());
+        // NB: held, and read again: a sync of this name in the same process
+        // (a daemon's watch) may have replaced the damaged log since the
+        // scan, or be between its read and its append.
+        let _held = store.hold_sync_name(name);
+        let (r, action) = match store.sync_log(name) {
+            Err(super::StoreError::Corrupt { .. }) => (
+                store
+                    .quarantine_sync_log(name, "fsck: bad-sync-record")
+                    .map_err(|e| e.to_string()),
+                "quarantined: a fresh history starts",
+            ),
+            _ => (Ok(false), "a sync has since replaced it"),
+        };
         moved += u64::from(matches!(r, Ok(true)));
         let subject = format!("syncs/{name}");
         for p in entries.problems.iter_mut().filter(|p| p.subject == subject) {
-            mark(p, r.clone(), "quarantined: a fresh history starts");
+            mark(p, r.clone(), action);
         }
     }
     moved
