@@ -768,6 +768,45 @@ mod tests {
         assert_eq!(again.states.len(), 43);
     }
 
+    /// `--repair` quarantines a damaged sync log only if it is still
+    /// damaged when the repair comes to it: one a sync replaced since the
+    /// scan (a daemon's watch) stays.
+    #[test]
+    fn repair_leaves_a_sync_log_replaced_since_the_scan() {
+        let t = tempfile::tempdir().unwrap();
+        let s = Store::open(t.path(), &mut |_| {}).unwrap();
+        let mut entries = EntryScan::default();
+        for name in ["a", "b"] {
+            fs::create_dir_all(t.path().join("syncs")).unwrap();
+            fs::write(t.path().join("syncs").join(name), b"{\"name").unwrap();
+            entries.bad_syncs.push(name.into());
+            let subject = format!("syncs/{name}");
+            entries.problems.push(Problem::new(
+                ProblemKind::BadSyncRecord,
+                &subject,
+                "damaged",
+            ));
+        }
+        let fresh = crate::store::syncs::SyncLog {
+            name: "b".into(),
+            root: "/b".into(),
+            snapshots: Vec::new(),
+        };
+        s.put_sync_log(&fresh).unwrap();
+        let mut blobs = BlobScan::default();
+        assert_eq!(repair_store(&s, &mut blobs, &mut entries), 1);
+        assert_eq!(s.quarantined(Kind::Sync).unwrap().len(), 1);
+        assert_eq!(s.sync_log("b").unwrap(), Some(fresh));
+        let actions: Vec<_> = entries.problems.iter().map(|p| p.action.clone()).collect();
+        assert_eq!(
+            actions,
+            [
+                Some("quarantined: a fresh history starts".to_string()),
+                Some("a sync has since replaced it".to_string())
+            ]
+        );
+    }
+
     #[test]
     fn mask_bits() {
         let mut r = Report::default();
