@@ -228,6 +228,43 @@ fn a_task_that_execs_setsid_runs_to_the_end() {
     assert_eq!(o.stdout, "done\n");
 }
 
+/// A task that kills its own process group (`kill -9 0`) fails and stores
+/// nothing, and the run goes on with the rest. Isolated, the signal
+/// reaches the task's leader too (it leads the group, and shares dagfs's
+/// memory): it must cost only the task, never dagfs or the run.
+#[test]
+fn a_task_that_kills_its_own_group_fails_and_the_run_goes_on() {
+    let s = Sandbox::new();
+    s.pipeline(
+        "p",
+        "[tasks.k]\nrun = \"echo partial > $DAGFS_OUT/x; kill -9 0; echo after > $DAGFS_OUT/y\"\n\
+         [tasks.ok]\nrun = \"echo fine > $DAGFS_OUT/z\"\n",
+    );
+    for round in 0..2 {
+        let o = s.run(&["--keep-going"]);
+        assert_eq!(o.code, 1, "round {round}: {}", o.stderr);
+        // NB: isolated, the leader may die before it reports the start.
+        let line = o.stderr.lines().find(|l| l.contains("task `k` failed"));
+        assert!(
+            line.is_some_and(|l| l.contains("status 137") || l.contains("signal 9")),
+            "round {round}: {}",
+            o.stderr
+        );
+        assert!(
+            o.stderr
+                .contains(if round == 0 { "ran   ok" } else { "hit   ok" }),
+            "round {round}: {}",
+            o.stderr
+        );
+        let k = s.dagfs(&["cat", "p/k/x"]);
+        assert_ne!(
+            k.code, 0,
+            "round {round}: a killed task's output was stored"
+        );
+    }
+    assert_eq!(s.dagfs(&["cat", "p/ok/z"]).stdout, "fine\n");
+}
+
 #[test]
 fn run_timeout_is_a_default_a_task_can_override() {
     let s = Sandbox::new();

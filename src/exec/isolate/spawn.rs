@@ -101,10 +101,19 @@ impl Prepared {
                 Err(std::io::Error::from_raw_os_error(i32::from_le_bytes(buf)))
             }
             _ => {
-                let _ = spawned.wait();
-                Err(std::io::Error::other(
-                    "the task's process died before it could start",
-                ))
+                // NB: the leader leads the task's process group, so a task
+                // that kills its own group (`kill -9 0`) can kill it after
+                // the exec, before it reports; or it was killed in setup.
+                use std::os::unix::process::ExitStatusExt;
+                let how = match spawned.wait() {
+                    Ok(s) => s
+                        .signal()
+                        .map_or_else(|| s.to_string(), |n| format!("killed by signal {n}")),
+                    Err(e) => e.to_string(),
+                };
+                Err(std::io::Error::other(format!(
+                    "the task's process group leader died ({how}) before it reported the start; a task that kills its own process group (`kill -9 0`) ends this way"
+                )))
             }
         }
     }
