@@ -632,14 +632,26 @@ impl SegmentAccountant {
             }
         }
 
+        let zeroed: Vec<u8> =
+            vec![MessageKind::Corrupted.into(); self.config.segment_size];
+        let mut seen = vec![0_u8; self.config.segment_size];
         for segment_base in to_free {
             self.free_segment(segment_base)?;
             io_fail!(self.config, "zero garbage segment SA");
-            pwrite_all(
+            // dagfs: a free segment that already reads back whole as
+            // zeroed (the usual case: an earlier open zeroed it) is not
+            // written again. Every open rewrote every free segment, half
+            // a MiB each, and left it for writeback. Nothing syncs it
+            // here either way.
+            let already = pread_exact_or_eof(
                 &self.config.file,
-                &*vec![MessageKind::Corrupted.into(); self.config.segment_size],
+                &mut seen,
                 segment_base,
-            )?;
+            )
+            .map_or(false, |n| n == seen.len() && seen == zeroed);
+            if !already {
+                pwrite_all(&self.config.file, &zeroed, segment_base)?;
+            }
         }
 
         // we want to complete all truncations because
