@@ -187,7 +187,7 @@ impl Store {
     }
 
     /// More packs than this after a commit and it merges them: a blob lookup
-    /// searches each pack's index in turn, and an open loads every index.
+    /// searches each pack's index in turn, and an open maps every index.
     pub const AUTO_PACK_LIMIT: usize = 32;
 
     /// Merge packs once there are more than `AUTO_PACK_LIMIT`: every pack
@@ -201,12 +201,16 @@ impl Store {
     /// on the way: on a mismatch nothing is merged (fsck names the damage),
     /// so a merge never spreads or loses bytes. Returns whether it merged.
     pub(crate) fn consolidate_packs(&self) -> Result<bool> {
-        let all = self.packs.all();
+        if self.packs.all().len() <= Self::AUTO_PACK_LIMIT {
+            return Ok(false);
+        }
+        // NB: only now are the indexes checked whole (not at every commit).
+        let all = self.packs.checked();
         if all.len() <= Self::AUTO_PACK_LIMIT {
             return Ok(false);
         }
         let total: u64 = all.iter().map(|p| p.size).sum();
-        let mut merge: Vec<std::sync::Arc<pack::Pack>> = all.iter().cloned().collect();
+        let mut merge = all;
         merge.sort_by_key(|p| std::cmp::Reverse(p.size));
         if merge[0].size.saturating_mul(2) >= total {
             merge.remove(0);

@@ -206,18 +206,39 @@ pub(crate) struct FinishedPack {
     pub id: String,
 }
 
-/// A published pack: its index in memory and its file open.
+/// A published pack: its index mapped and its file open.
+///
+/// Opening checks only what every lookup relies on: the index's magic, that
+/// its size fits its row count, and the pack's magic. The whole index
+/// (checksum, name, order, ranges) is checked once, on first need, by
+/// `check`: before anything trusts its rows without hashing the bytes
+/// they name (gc, repack, fsck, a prefix search, a blob's size). A lookup
+/// needs no more: every read from a pack is hashed against the digest it
+/// was looked up by, so a damaged index can make a blob unreadable, never
+/// wrong (`Pack::read`). Git opens its pack indexes the same way and leaves
+/// their checksums to `git fsck`. Measured: checking the indexes of 64,000
+/// packed blobs (2.8 MB) cost 3.3-3.9 ms of a 14-18 ms `dagfs cat`.
 #[derive(Debug)]
 pub struct Pack {
     pub id: String,
-    /// The index table (`count` rows of `ROW` bytes, sorted by digest).
-    table: Vec<u8>,
+    /// The `.idx` file, mapped: never modified once published (a pack is
+    /// replaced by a new one under a new name), and removed only by
+    /// unlinking, which leaves a mapping whole.
+    idx: memmap2::Mmap,
+    /// Rows in `idx`, from byte `IDX_HEAD`.
+    rows: usize,
     file: File,
     /// Size of the `.pack` file.
     pub size: u64,
     /// When the pack was published (its index's ctime).
     pub published: std::time::SystemTime,
+    /// The whole-index check, once made (`check`).
+    checked: std::sync::OnceLock<std::result::Result<(), String>>,
+    idx_path: PathBuf,
 }
+
+/// Bytes before an index's table: magic and count.
+const IDX_HEAD: usize = 16 + 8;
 
 /// Why a pack's index was refused.
 #[derive(Debug)]
@@ -227,41 +248,46 @@ pub struct BadPack {
 }
 
 impl Pack {
-    /// Load `<dir>/<id>.idx` and open its pack, checking the index whole:
-    /// magic, checksum, order, and that every range lies in the pack.
+    /// Open `<dir>/<id>.idx` and its pack, and check the index whole (see
+    /// `check`): what fsck and a pack just written use.
     pub fn load(dir: &Path, id: &str) -> std::result::Result<Pack, BadPack> {
+        let p = Pack::open(dir, id)?;
+        p.check()?;
+        Ok(p)
+    }
+
+    /// Open `<dir>/<id>.idx` and its pack: the index's magic and size, the
+    /// pack's magic. Its rows are checked by `check`.
+    pub fn open(dir: &Path, id: &str) -> std::result::Result<Pack, BadPack> {
         let idx_path = dir.join(format!("{id}.idx"));
         let pack_path = dir.join(format!("{id}.pack"));
         let bad = |path: &Path, reason: String| BadPack {
             path: path.to_path_buf(),
             reason,
         };
-        let idx = fs::read(&idx_path).map_err(|e| bad(&idx_path, e.to_string()))?;
-        let published = fs::metadata(&idx_path)
-            .map(|m| {
-                use std::os::unix::fs::MetadataExt;
-                std::time::UNIX_EPOCH
-                    + std::time::Duration::new(
-                        m.ctime().max(0) as u64,
-                        m.ctime_nsec().clamp(0, 999_999_999) as u32,
-                    )
-            })
-            .map_err(|e| bad(&idx_path, e.to_string()))?;
-        let head = IDX_MAGIC.len() + 8;
-        if idx.len() < head + 32 || &idx[..IDX_MAGIC.len()] != IDX_MAGIC {
+        let f = File::open(&idx_path).map_err(|e| bad(&idx_path, e.to_string()))?;
+        let meta = f.metadata().map_err(|e| bad(&idx_path, e.to_string()))?;
+        let published = {
+            use std::os::unix::fs::MetadataExt;
+            std::time::UNIX_EPOCH
+                + std::time::Duration::new(
+                    meta.ctime().max(0) as u64,
+                    meta.ctime_nsec().clamp(0, 999_999_999) as u32,
+                )
+        };
+        if meta.len() < (IDX_HEAD + 32) as u64 {
             return Err(bad(&idx_path, "not a pack index".into()));
         }
-        let (body, sum) = idx.split_at(idx.len() - 32);
-        if blake3::hash(body).as_bytes() != sum {
-            return Err(bad(&idx_path, "checksum mismatch".into()));
+        // SAFETY: a published index is never written again (see the type's
+        // doc): the mapping's bytes do not change under it.
+        let idx = unsafe { memmap2::Mmap::map(&f) }.map_err(|e| bad(&idx_path, e.to_string()))?;
+        if idx.len() < IDX_HEAD + 32 || &idx[..IDX_MAGIC.len()] != IDX_MAGIC {
+            return Err(bad(&idx_path, "not a pack index".into()));
         }
         let count = u64::from_le_bytes(idx[16..24].try_into().expect("8 bytes"));
-        let table = &body[head..];
-        if count.checked_mul(ROW as u64) != Some(table.len() as u64) {
+        let table = (idx.len() - IDX_HEAD - 32) as u64;
+        if count.checked_mul(ROW as u64) != Some(table) {
             return Err(bad(&idx_path, format!("{count} rows do not fit its size")));
-        }
-        if blake3::hash(table).to_hex().as_str() != id {
-            return Err(bad(&idx_path, "named for another table".into()));
         }
         let file = File::open(&pack_path).map_err(|e| bad(&pack_path, e.to_string()))?;
         let size = file
@@ -272,28 +298,62 @@ impl Pack {
         if file.read_exact_at(&mut head_bytes, 0).is_err() || &head_bytes != PACK_MAGIC {
             return Err(bad(&pack_path, "not a pack".into()));
         }
-        let pack = Pack {
+        Ok(Pack {
             id: id.to_string(),
-            table: table.to_vec(),
+            rows: count as usize,
+            idx,
             file,
             size,
             published,
-        };
+            checked: std::sync::OnceLock::new(),
+            idx_path,
+        })
+    }
+
+    /// The whole index, checked once: its checksum, that it is named for
+    /// its table, that its rows are in order, and that every range lies in
+    /// the pack.
+    pub fn check(&self) -> std::result::Result<(), BadPack> {
+        self.checked
+            .get_or_init(|| self.check_whole())
+            .clone()
+            .map_err(|reason| BadPack {
+                path: self.idx_path.clone(),
+                reason,
+            })
+    }
+
+    fn check_whole(&self) -> std::result::Result<(), String> {
+        let (body, sum) = self.idx.split_at(self.idx.len() - 32);
+        if blake3::hash(body).as_bytes() != sum {
+            return Err("checksum mismatch".into());
+        }
+        if blake3::hash(&body[IDX_HEAD..]).to_hex().as_str() != self.id {
+            return Err("named for another table".into());
+        }
         let mut prev: Option<Digest> = None;
-        for (d, off, len) in pack.rows() {
+        for (d, off, len) in self.rows_unchecked() {
             if prev.is_some_and(|p| p >= d) {
-                return Err(bad(&idx_path, "rows out of order".into()));
+                return Err("rows out of order".into());
             }
             prev = Some(d);
-            if off < REC_HEAD || off + u64::from(len) > size || len as usize > MAX_PACKED {
-                return Err(bad(&idx_path, format!("blob {d} lies outside the pack")));
+            if !self.in_range(off, len) {
+                return Err(format!("blob {d} lies outside the pack"));
             }
         }
-        Ok(pack)
+        Ok(())
+    }
+
+    fn in_range(&self, off: u64, len: u32) -> bool {
+        off >= REC_HEAD
+            && off
+                .checked_add(u64::from(len))
+                .is_some_and(|end| end <= self.size)
+            && len as usize <= MAX_PACKED
     }
 
     fn row(&self, i: usize) -> (Digest, u64, u32) {
-        let r = &self.table[i * ROW..(i + 1) * ROW];
+        let r = &self.idx[IDX_HEAD + i * ROW..IDX_HEAD + (i + 1) * ROW];
         let d = Digest(r[..32].try_into().expect("32 bytes"));
         let off = u64::from_le_bytes(r[32..40].try_into().expect("8 bytes"));
         let len = u32::from_le_bytes(r[40..44].try_into().expect("4 bytes"));
@@ -301,15 +361,27 @@ impl Pack {
     }
 
     pub fn count(&self) -> usize {
-        self.table.len() / ROW
+        self.rows
     }
 
-    /// Every (digest, offset, length), by digest.
+    /// Every (digest, offset, length), by digest, of a checked index
+    /// (`Packs::checked`, `Pack::load`): unchecked, the rows may be out of
+    /// order or point outside the pack.
     pub fn rows(&self) -> impl Iterator<Item = (Digest, u64, u32)> + '_ {
+        debug_assert!(
+            self.checked.get().is_some_and(|c| c.is_ok()),
+            "rows of an unchecked pack"
+        );
+        self.rows_unchecked()
+    }
+
+    fn rows_unchecked(&self) -> impl Iterator<Item = (Digest, u64, u32)> + '_ {
         (0..self.count()).map(|i| self.row(i))
     }
 
-    /// Where blob `d` lies: (offset, length).
+    /// Where blob `d` lies: (offset, length). In an index not yet checked,
+    /// a row that points outside the pack is not found (nor is one that a
+    /// damaged order hides from the search).
     pub fn find(&self, d: &Digest) -> Option<(u64, u32)> {
         let (mut lo, mut hi) = (0, self.count());
         while lo < hi {
@@ -318,7 +390,7 @@ impl Pack {
             match r.0.cmp(d) {
                 std::cmp::Ordering::Less => lo = mid + 1,
                 std::cmp::Ordering::Greater => hi = mid,
-                std::cmp::Ordering::Equal => return Some((r.1, r.2)),
+                std::cmp::Ordering::Equal => return self.in_range(r.1, r.2).then_some((r.1, r.2)),
             }
         }
         None
@@ -362,6 +434,11 @@ impl Pack {
         let path = self.pack_path(dir);
         let b = self.read_raw(off, len).at(&path)?;
         if Digest::of(&b) != *d {
+            if self.check().is_err() {
+                // The index is damaged, not (as far as it tells) the
+                // blob: as if the pack had not loaded (fsck reports it).
+                return Ok(None);
+            }
             return Err(StoreError::Corrupt {
                 digest: *d,
                 path,
@@ -446,18 +523,51 @@ impl Packs {
         let ids = Self::list_dir(&self.dir).map(|r| r.0).unwrap_or_default();
         let list: Arc<Vec<Arc<Pack>>> = Arc::new(
             ids.iter()
-                .filter_map(|id| Pack::load(&self.dir, id).ok().map(Arc::new))
+                .filter_map(|id| Pack::open(&self.dir, id).ok().map(Arc::new))
                 .collect(),
         );
         *w = Some(list.clone());
         list
     }
 
-    /// The pack holding `d`, and where in it.
+    /// Every pack whose index checks whole (`Pack::check`): what gc,
+    /// repacks, fsck and prefix searches walk.
+    pub fn checked(&self) -> Vec<Arc<Pack>> {
+        self.all()
+            .iter()
+            .filter(|p| p.check().is_ok())
+            .cloned()
+            .collect()
+    }
+
+    /// The pack holding `d`, and where in it, by unchecked indexes: for
+    /// reads that hash what they read (`Pack::read`).
     pub fn find(&self, d: &Digest) -> Option<(Arc<Pack>, u64, u32)> {
         self.all()
             .iter()
             .find_map(|p| p.find(d).map(|(o, l)| (p.clone(), o, l)))
+    }
+
+    /// As `find`, among checked packs: for what trusts the location
+    /// without hashing the bytes (a blob's size, an unchecked read).
+    pub fn find_checked(&self, d: &Digest) -> Option<(Arc<Pack>, u64, u32)> {
+        self.all().iter().find_map(|p| {
+            let (o, l) = p.find(d)?;
+            p.check().ok()?;
+            Some((p.clone(), o, l))
+        })
+    }
+
+    /// Blob `d`'s bytes from the first pack that holds them, checked
+    /// against `d`. None: no pack holds it (or only packs whose index is
+    /// damaged, as if they had not loaded).
+    pub fn read(&self, d: &Digest) -> Result<Option<Vec<u8>>> {
+        for p in self.all().iter() {
+            if let Some(b) = p.read(d, &self.dir)? {
+                return Ok(Some(b));
+            }
+        }
+        Ok(None)
     }
 
     /// Change the loaded set (after publishing or removing packs).
@@ -554,6 +664,56 @@ mod tests {
             Err(StoreError::Corrupt { .. })
         ));
         assert!(p.read(&Digest::of(&blobs[8]), t.path()).unwrap().is_some());
+    }
+
+    /// An index opened without its whole check (`Pack::open`, what every
+    /// lookup uses) never yields other bytes than a blob's, nor an error
+    /// for a blob the pack holds whole: each byte of the index flipped in
+    /// turn, every blob reads back right or is not found. A damaged index
+    /// is left out of `Packs::checked` (gc, repacks, fsck).
+    #[test]
+    fn an_unchecked_damaged_index_never_yields_wrong_bytes() {
+        let t = tempfile::tempdir().unwrap();
+        let blobs: Vec<Vec<u8>> = (0..40u32)
+            .map(|i| i.to_le_bytes().repeat(1 + i as usize))
+            .collect();
+        let refs: Vec<&[u8]> = blobs.iter().map(|b| b.as_slice()).collect();
+        let f = write(t.path(), &refs);
+        publish(t.path(), &f);
+        let idx = t.path().join(format!("{}.idx", f.id));
+        let good = fs::read(&idx).unwrap();
+        fs::set_permissions(&idx, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+        let (mut opened, mut missed) = (0, 0);
+        for i in 0..good.len() {
+            let mut b = good.clone();
+            b[i] ^= 0x40;
+            fs::write(&idx, &b).unwrap();
+            let Ok(p) = Pack::open(t.path(), &f.id) else {
+                continue;
+            };
+            opened += 1;
+            for want in &blobs {
+                match p.read(&Digest::of(want), t.path()) {
+                    Ok(Some(got)) => assert_eq!(&got, want, "byte {i} flipped"),
+                    Ok(None) => missed += 1,
+                    Err(e) => panic!("byte {i} flipped: {e}"),
+                }
+            }
+            assert!(
+                p.check().is_err(),
+                "byte {i} flipped, and the whole check passed"
+            );
+            let packs = Packs::new(t.path().to_path_buf());
+            assert_eq!(packs.all().len(), 1);
+            assert!(packs.checked().is_empty(), "byte {i} flipped");
+        }
+        assert!(
+            opened > good.len() / 2 && missed > 0,
+            "{opened} opened, {missed} missed"
+        );
+        fs::write(&idx, &good).unwrap();
+        let p = Pack::open(t.path(), &f.id).unwrap();
+        assert!(p.check().is_ok());
     }
 
     #[test]

@@ -63,10 +63,10 @@ impl Store {
         &self.packs.dir
     }
 
-    /// Every readable pack (a pack whose index does not load is left out:
-    /// `fsck` reports it).
-    pub fn packs(&self) -> std::sync::Arc<Vec<std::sync::Arc<pack::Pack>>> {
-        self.packs.all()
+    /// Every pack whose index checks whole (a pack whose index does not
+    /// load or check is left out: `fsck` reports it).
+    pub fn packs(&self) -> Vec<std::sync::Arc<pack::Pack>> {
+        self.packs.checked()
     }
 
     /// Where blob `d` is: a loose file, or a range of a pack (loose first).
@@ -76,7 +76,7 @@ impl Store {
             return Some(BlobLocation::Loose(p));
         }
         self.packs
-            .find(d)
+            .find_checked(d)
             .map(|(pack, offset, len)| BlobLocation::Packed { pack, offset, len })
     }
 
@@ -96,10 +96,12 @@ impl Store {
         let p = self.blob_path(d);
         match fs::metadata(&p) {
             Ok(m) => Ok(m.len()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => match self.packs.find(d) {
-                Some((_, _, len)) => Ok(u64::from(len)),
-                None => Err(StoreError::Missing(*d)),
-            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                match self.packs.find_checked(d) {
+                    Some((_, _, len)) => Ok(u64::from(len)),
+                    None => Err(StoreError::Missing(*d)),
+                }
+            }
             Err(e) => Err(StoreError::Io { path: p, source: e }),
         }
     }
@@ -191,11 +193,8 @@ impl Store {
     pub fn open_blob(&self, d: &Digest) -> Result<BlobReader> {
         match self.open_loose(d) {
             Ok(f) => Ok(BlobReader::File(f)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => match self.packs.find(d) {
-                Some((pack, _, _)) => match pack.read(d, &self.packs.dir)? {
-                    Some(b) => Ok(BlobReader::Bytes(std::io::Cursor::new(b))),
-                    None => Err(StoreError::Missing(*d)),
-                },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => match self.packs.read(d)? {
+                Some(b) => Ok(BlobReader::Bytes(std::io::Cursor::new(b))),
                 None => Err(StoreError::Missing(*d)),
             },
             Err(e) => Err(self.loose_error(d, e)),
@@ -270,7 +269,7 @@ impl Store {
                 out.push(d);
             }
         }
-        for p in self.packs.all().iter() {
+        for p in self.packs.checked().iter() {
             for d in p.with_prefix(prefix) {
                 if !out.contains(&d) {
                     out.push(d);
