@@ -644,7 +644,8 @@ impl Cache {
     /// Close the cache of a process that exits next: flush (as `drop`
     /// does), then leave the rest to the exit. sled's own teardown would
     /// only fsync its file again (after this flush, that covers its free
-    /// segments, which it zeroes at every open) and walk its page table;
+    /// segments, which an open zeroes where they are not zero) and walk its
+    /// page table;
     /// the kernel closes the files and releases both locks.
     pub fn close_for_exit(mut self: Box<Self>) {
         if let Some(copy) = self.index_copy.take() {

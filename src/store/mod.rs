@@ -346,7 +346,7 @@ mod tests {
         }
         assert_eq!(pack_files(&s).len(), 2 * Store::AUTO_PACK_LIMIT);
         let d = &blobs[3].0.clone();
-        let (p, off, _) = s.packs.find(d).unwrap();
+        let (p, off, _) = s.packs.find_checked(d).unwrap();
         let path = p.pack_path(&s.packs.dir);
         let mut bytes = fs::read(&path).unwrap();
         bytes[off as usize] ^= 1;

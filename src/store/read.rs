@@ -21,8 +21,11 @@ impl Store {
         self.root.join("entries").join(&hex[..2]).join(hex)
     }
 
+    /// Is blob `d` stored? Packed, only in a pack whose index checks
+    /// whole: what is stored is not written again (ingest, commits), and
+    /// counts as a hit, so an index row is not enough.
     pub fn has_blob(&self, d: &Digest) -> bool {
-        self.has_loose_blob(d) || self.packs.find(d).is_some()
+        self.has_loose_blob(d) || self.packs.find_checked(d).is_some()
     }
 
     /// Is blob `d` a loose file? (One `fstatat` of `ab/<hex>` under an open
