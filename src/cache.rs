@@ -55,6 +55,10 @@ pub struct Cache {
     /// Ingests hold it shared; fsck takes it exclusively to check and
     /// repair entries and the index while nothing publishes.
     gate: std::sync::RwLock<()>,
+    /// Trees about to be named by a sync log (`hold_tree`), by hold id: gc
+    /// marks from them too, and holds the lock from its mark to the end of
+    /// its sweep.
+    held_trees: std::sync::Mutex<Vec<(u64, Digest)>>,
     notes: Vec<String>,
     /// A read-only store's index is a private copy (sled writes even to
     /// read); removed when the cache is. NB: after `index`, so dropped
@@ -76,6 +80,23 @@ impl Drop for IngestGuard<'_> {
     fn drop(&mut self) {
         self.cache
             .ingests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|(id, _)| *id != self.id);
+    }
+}
+
+/// A tree a sync is about to name in its log, kept from gc until dropped
+/// (see `Cache::hold_tree`).
+pub struct TreeHold<'a> {
+    cache: &'a Cache,
+    id: u64,
+}
+
+impl Drop for TreeHold<'_> {
+    fn drop(&mut self) {
+        self.cache
+            .held_trees
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .retain(|(id, _)| *id != self.id);
@@ -245,6 +266,7 @@ impl Cache {
             ingests: Default::default(),
             next_ingest: Default::default(),
             gate: Default::default(),
+            held_trees: Default::default(),
             notes,
             index_copy: None,
             released_reserve: released,
@@ -295,6 +317,7 @@ impl Cache {
             ingests: Default::default(),
             next_ingest: Default::default(),
             gate: Default::default(),
+            held_trees: Default::default(),
             notes: Vec::new(),
             index_copy: Some(copy),
             released_reserve: false,
@@ -332,6 +355,36 @@ impl Cache {
             id,
             _gate: gate,
         }
+    }
+
+    /// Keep `tree` (and all it names) from gc until the hold drops: what a
+    /// sync does between storing a snapshot and naming it in its log. A
+    /// sync's blobs are young, but it also relies on blobs stored long
+    /// before (the same content): gc, which marks only from what logs and
+    /// entries name, would sweep those. `since` is the blob generation
+    /// before the sync looked for any blob. If it moved (a sweep or a
+    /// quarantine removed blobs since), the tree is checked whole, every
+    /// blob it names; None when one is gone: the sync must store its
+    /// snapshot again. NB: gc marks and sweeps under the same lock, so
+    /// once held, nothing the tree names is removed.
+    pub fn hold_tree(&self, tree: Digest, since: u64) -> Option<TreeHold<'_>> {
+        let id = self
+            .next_ingest
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let moved = {
+            let mut held = self.held_trees.lock().unwrap_or_else(|p| p.into_inner());
+            held.push((id, tree));
+            self.store.blob_generation() != since
+        };
+        let hold = TreeHold { cache: self, id };
+        if moved {
+            let whole = crate::store::gc::reachable(&self.store, [tree])
+                .is_ok_and(|all| all.iter().all(|d| self.store.has_blob(d)));
+            if !whole {
+                return None;
+            }
+        }
+        Some(hold)
     }
 
     /// Blobs renamed in after this may belong to unpublished entries.
@@ -546,11 +599,17 @@ impl Cache {
                 roots.extend(e.manifest.inputs.iter().map(|(_, d)| *d));
             }
         }
+        // NB: from the mark to the end of the sweep: a sync's `hold_tree`
+        // comes wholly before (its tree is marked) or after (it sees the
+        // generation the sweep raised).
+        let held = self.held_trees.lock().unwrap_or_else(|p| p.into_inner());
+        roots.extend(held.iter().map(|(_, t)| *t));
         for log in self.store.sync_logs()? {
             roots.extend(log.snapshots.iter().map(|s| s.tree));
         }
         let live = gc::reachable(&self.store, roots)?;
         let sweep = gc::sweep(&self.store, &live, self.sweep_cutoff(), dry_run)?;
+        drop(held);
         if !dry_run {
             let _ = self.store.ensure_reserve();
         }

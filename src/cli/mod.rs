@@ -47,7 +47,7 @@ Exit codes:
   10  not found (the target of cat, the DAG of ls, the directory of sync, umount of something not mounted)
   11  daemon error (refused connection, protocol version mismatch)
   12  mount failed
-  13  sync conflict (a file kept changing while it was read)
+  13  sync conflict (a file kept changing while it was read, or a gc kept removing what the sync stored)
   14  sync: unreadable file (see --skip-unreadable)
   15  remote: the server cannot be reached, or results could not be uploaded (remote status, remote flush)
   16-23  fsck found problems: 16 + a bitmask of
@@ -323,7 +323,8 @@ impl CliError {
             CliError::Listen(_) => 24,
             CliError::Sync(e) => match e {
                 dagfs::sync::SyncError::Conflict { .. }
-                | dagfs::sync::SyncError::Vanished { .. } => 13,
+                | dagfs::sync::SyncError::Vanished { .. }
+                | dagfs::sync::SyncError::Swept(_) => 13,
                 dagfs::sync::SyncError::Unreadable { .. } => 14,
                 dagfs::sync::SyncError::Usage(_) => 2,
                 dagfs::sync::SyncError::Store(s) => store(s),

@@ -53,6 +53,32 @@ pub enum SyncError {
     Index(#[from] IndexError),
     #[error(transparent)]
     Cache(#[from] CacheError),
+    /// Blobs the snapshot names were removed (a gc sweep, a quarantine)
+    /// between the walk and its record: the walk is made again
+    /// (`with_retries`).
+    #[error(
+        "{0}: a gc removed blobs the snapshot names {RETRIES} times while it was taken; sync again"
+    )]
+    Swept(String),
+}
+
+/// Walks a sync makes again when blobs its snapshot names were removed
+/// meanwhile (`SyncError::Swept`).
+const RETRIES: usize = 3;
+
+/// Run `attempt` (a walk and its record) until it does not end in
+/// `Swept`, at most `RETRIES` times.
+fn with_retries<T>(mut attempt: impl FnMut(usize) -> Result<T, SyncError>) -> Result<T, SyncError> {
+    let mut n = 0;
+    loop {
+        match attempt(n) {
+            Err(SyncError::Swept(name)) if n + 1 < RETRIES => {
+                log::info!("sync {name}: blobs were removed while it ran; walking again");
+                n += 1;
+            }
+            r => return r,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -152,17 +178,21 @@ pub fn sync_dir_prevalidated(
     opts: &ScanOptions,
     pre: Option<Prevalidated>,
 ) -> Result<SyncReport, SyncError> {
-    let t = Target::new(cache, dir, name, opts)?;
-    let walked = walk::walk(
-        cache,
-        &t.root,
-        &t.id,
-        &t.opts,
-        None,
-        &mut walk::Totals::new(),
-        pre,
-    )?;
-    t.record(cache, walked.out, &mut Verified::default())
+    let mut pre = pre;
+    with_retries(|_| {
+        let t = Target::new(cache, dir, name, opts)?;
+        let since = cache.store.blob_generation();
+        let walked = walk::walk(
+            cache,
+            &t.root,
+            &t.id,
+            &t.opts,
+            None,
+            &mut walk::Totals::new(),
+            pre.take(),
+        )?;
+        t.record(cache, walked.out, since, &mut Verified::default())
+    })
 }
 
 /// A validation of `dir`'s stat-cache copy (`statcache::DiskCopy`), running
@@ -307,12 +337,25 @@ impl Target {
     /// snapshots as a previous record of this process left them (their
     /// trees were checked then), with the store's blob generation then;
     /// set to the log's snapshots on return.
+    /// `since`: the store's blob generation before the walk (see
+    /// `Cache::hold_tree`).
     fn record(
         mut self,
         cache: &Cache,
         out: scan::ScanOutput,
+        since: u64,
         verified: &mut Verified,
     ) -> Result<SyncReport, SyncError> {
+        // NB: held from before anything reads the new tree until the log
+        // names it (a tree the log names already is kept by gc as it is).
+        let _held = if self.log.latest().map(|s| s.tree) != Some(out.tree) {
+            match cache.hold_tree(out.tree, since) {
+                Some(h) => Some(h),
+                None => return Err(SyncError::Swept(self.name)),
+            }
+        } else {
+            None
+        };
         // NB: snapshots checked by an earlier pass of this process are not
         // looked up again while the log still holds them unchanged: a
         // watch's pass would otherwise cost one lookup per snapshot ever
@@ -455,11 +498,14 @@ impl Incremental {
         name: Option<&str>,
         opts: &ScanOptions,
     ) -> Result<(Incremental, SyncReport), SyncError> {
-        let t = Target::new(cache, dir, name, opts)?;
         let mut totals = walk::Totals::new();
-        let walked = walk::walk(cache, &t.root, &t.id, &t.opts, None, &mut totals, None)?;
         let mut verified = Verified::default();
-        let r = t.record(cache, walked.out, &mut verified)?;
+        let r = with_retries(|_| {
+            let t = Target::new(cache, dir, name, opts)?;
+            let since = cache.store.blob_generation();
+            let walked = walk::walk(cache, &t.root, &t.id, &t.opts, None, &mut totals, None)?;
+            t.record(cache, walked.out, since, &mut verified)
+        })?;
         let inc = Incremental {
             base: r.scan.tree,
             totals,
@@ -482,33 +528,43 @@ impl Incremental {
         opts: &ScanOptions,
         dirty: &dirty::Dirty,
     ) -> Result<(SyncReport, Listed), SyncError> {
-        let t = Target::new(cache, dir, name, opts)?;
         if self.totals.len() > MAX_TOTALS {
             self.totals.clear();
         }
-        // NB: another sync of the name (a `--rescan`, say) recorded a
-        // snapshot since the last pass: a pass on top of the older tree
-        // would take it back. A full (stat-cached) walk instead.
-        let stale = t.log.latest().map(|s| s.tree) != Some(self.base);
-        let plan = if stale {
-            None
-        } else {
-            dirty::plan(&cache.store, &t.root, &self.base, dirty)?
-        };
-        let walked = walk::walk(
-            cache,
-            &t.root,
-            &t.id,
-            &t.opts,
-            plan.map(std::sync::Arc::new),
-            &mut self.totals,
-            None,
-        )?;
-        let r = t.record(cache, walked.out, &mut self.verified)?;
+        let (base, totals, verified) = (&self.base, &mut self.totals, &mut self.verified);
+        let (r, walked_whole, started_ns) = with_retries(|n| {
+            let t = Target::new(cache, dir, name, opts)?;
+            let since = cache.store.blob_generation();
+            // NB: another sync of the name (a `--rescan`, say) recorded a
+            // snapshot since the last pass: a pass on top of the older
+            // tree would take it back. A full (stat-cached) walk instead,
+            // as after a sweep that removed blobs of the last attempt (the
+            // totals it memoized may name them).
+            let stale = t.log.latest().map(|s| s.tree) != Some(*base);
+            let plan = if stale || n > 0 {
+                None
+            } else {
+                dirty::plan(&cache.store, &t.root, base, dirty)?
+            };
+            if n > 0 {
+                totals.clear();
+            }
+            let walked = walk::walk(
+                cache,
+                &t.root,
+                &t.id,
+                &t.opts,
+                plan.map(std::sync::Arc::new),
+                totals,
+                None,
+            )?;
+            let r = t.record(cache, walked.out, since, verified)?;
+            Ok((r, walked.listed_whole, walked.started_ns))
+        })?;
         self.base = r.scan.tree;
         let listed = Listed {
-            dirs: walked.listed_whole,
-            started_ns: walked.started_ns,
+            dirs: walked_whole,
+            started_ns,
         };
         Ok((r, listed))
     }
@@ -517,11 +573,100 @@ impl Incremental {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashSet;
 
     /// A watch's pass looks up only the snapshots the log changed since its
     /// last pass (not every snapshot ever recorded), so a snapshot another
     /// process rewrote to name a tree that is not stored is still found,
     /// and the history goes to quarantine.
+    /// Whether every blob `tree` names is stored.
+    fn stored_whole(cache: &Cache, tree: &Digest) -> bool {
+        crate::store::gc::reachable(&cache.store, [*tree])
+            .is_ok_and(|all| all.iter().all(|d| cache.store.has_blob(d)))
+    }
+
+    /// Regression (a gap the stop-25 note named): a gc between a sync's
+    /// walk and its record swept the snapshot's blobs, since no log named
+    /// its tree yet, and the log then named a tree that was not stored (in
+    /// a daemon, `dagfs gc` runs beside the watches' passes). Now the
+    /// record sees that blobs were removed since its walk began, finds
+    /// them gone, and the walk is made again; and a tree held for its log
+    /// (`Cache::hold_tree`) is kept by a gc meanwhile.
+    #[test]
+    fn a_gc_between_a_walk_and_its_record_leaves_no_tree_unstored() {
+        let t = tempfile::tempdir().unwrap();
+        let cache = Cache::open(&t.path().join("store"), Default::default()).unwrap();
+        let src = t.path().join("src");
+        std::fs::create_dir_all(src.join("d")).unwrap();
+        for i in 0..5 {
+            std::fs::write(src.join("d").join(format!("f{i}")), format!("content {i}")).unwrap();
+        }
+        let o = ScanOptions::default();
+        let walk_of = |target: &Target| {
+            let since = cache.store.blob_generation();
+            let w = walk::walk(
+                &cache,
+                &target.root,
+                &target.id,
+                &target.opts,
+                None,
+                &mut walk::Totals::new(),
+                None,
+            )
+            .unwrap();
+            (since, w.out)
+        };
+        let settle = || std::thread::sleep(std::time::Duration::from_millis(30));
+
+        // A gc after the walk, before the record: the record refuses.
+        let target = Target::new(&cache, &src, Some("s"), &o).unwrap();
+        let (since, out) = walk_of(&target);
+        let tree = out.tree;
+        settle();
+        let swept = cache.gc(false, &HashSet::new()).unwrap().sweep;
+        assert!(
+            swept.blobs_removed > 0,
+            "the gc found the snapshot's blobs unnamed"
+        );
+        assert!(!stored_whole(&cache, &tree));
+        let r = target.record(&cache, out, since, &mut Verified::default());
+        assert!(
+            matches!(r, Err(SyncError::Swept(_))),
+            "{:?}",
+            r.map(|r| r.snapshot)
+        );
+        assert!(
+            cache.store.sync_log("s").unwrap().is_none(),
+            "the log names nothing"
+        );
+
+        // The same through `sync_dir`: stored whole, named.
+        let r = sync_dir(&cache, &src, Some("s"), &o).unwrap();
+        assert_eq!(r.snapshot.tree, tree);
+        assert!(stored_whole(&cache, &tree));
+
+        // A tree held for its log is kept by a gc meanwhile; held or not,
+        // once named it is kept.
+        std::fs::write(src.join("d").join("f0"), "changed").unwrap();
+        let target = Target::new(&cache, &src, Some("s"), &o).unwrap();
+        let (since, out) = walk_of(&target);
+        let tree = out.tree;
+        let hold = cache
+            .hold_tree(tree, since)
+            .expect("nothing removed since the walk");
+        settle();
+        cache.gc(false, &HashSet::new()).unwrap();
+        assert!(stored_whole(&cache, &tree), "a held tree was swept");
+        drop(hold);
+        let r = target
+            .record(&cache, out, since, &mut Verified::default())
+            .unwrap();
+        assert_eq!((r.snapshot.tree, r.snapshot.seq), (tree, 2));
+        settle();
+        cache.gc(false, &HashSet::new()).unwrap();
+        assert!(stored_whole(&cache, &tree));
+    }
+
     #[test]
     fn a_pass_checks_the_snapshots_the_log_changed_since_the_last() {
         let t = tempfile::tempdir().unwrap();
