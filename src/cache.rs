@@ -55,10 +55,6 @@ pub struct Cache {
     /// Ingests hold it shared; fsck takes it exclusively to check and
     /// repair entries and the index while nothing publishes.
     gate: std::sync::RwLock<()>,
-    /// Trees about to be named by a sync log (`hold_tree`), by hold id: gc
-    /// marks from them too, and holds the lock from its mark to the end of
-    /// its sweep.
-    held_trees: std::sync::Mutex<Vec<(u64, Digest)>>,
     notes: Vec<String>,
     /// A read-only store's index is a private copy (sled writes even to
     /// read); removed when the cache is. NB: after `index`, so dropped
@@ -73,7 +69,17 @@ pub struct Cache {
 pub struct IngestGuard<'a> {
     cache: &'a Cache,
     id: u64,
+    /// What it holds from gc (`store::holds`): released with it.
+    holder: u64,
     _gate: std::sync::RwLockReadGuard<'a, ()>,
+}
+
+impl IngestGuard<'_> {
+    /// Its holder: stagings made with `Staged::held_by(holder)` hold the
+    /// blobs they find stored until the ingest ends.
+    pub fn holder(&self) -> u64 {
+        self.holder
+    }
 }
 
 impl Drop for IngestGuard<'_> {
@@ -83,6 +89,7 @@ impl Drop for IngestGuard<'_> {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .retain(|(id, _)| *id != self.id);
+        self.cache.store.release(self.holder);
     }
 }
 
@@ -90,16 +97,12 @@ impl Drop for IngestGuard<'_> {
 /// (see `Cache::hold_tree`).
 pub struct TreeHold<'a> {
     cache: &'a Cache,
-    id: u64,
+    holder: u64,
 }
 
 impl Drop for TreeHold<'_> {
     fn drop(&mut self) {
-        self.cache
-            .held_trees
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .retain(|(id, _)| *id != self.id);
+        self.cache.store.release(self.holder);
     }
 }
 
@@ -266,7 +269,6 @@ impl Cache {
             ingests: Default::default(),
             next_ingest: Default::default(),
             gate: Default::default(),
-            held_trees: Default::default(),
             notes,
             index_copy: None,
             released_reserve: released,
@@ -317,7 +319,6 @@ impl Cache {
             ingests: Default::default(),
             next_ingest: Default::default(),
             gate: Default::default(),
-            held_trees: Default::default(),
             notes: Vec::new(),
             index_copy: Some(copy),
             released_reserve: false,
@@ -353,6 +354,7 @@ impl Cache {
         IngestGuard {
             cache: self,
             id,
+            holder: self.store.new_holder(),
             _gate: gate,
         }
     }
@@ -365,18 +367,15 @@ impl Cache {
     /// before the sync looked for any blob. If it moved (a sweep or a
     /// quarantine removed blobs since), the tree is checked whole, every
     /// blob it names; None when one is gone: the sync must store its
-    /// snapshot again. NB: gc marks and sweeps under the same lock, so
-    /// once held, nothing the tree names is removed.
+    /// snapshot again. NB: gc marks and sweeps under the same lock
+    /// (`store::holds`), so once held, nothing the tree names is removed.
     pub fn hold_tree(&self, tree: Digest, since: u64) -> Option<TreeHold<'_>> {
-        let id = self
-            .next_ingest
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let moved = {
-            let mut held = self.held_trees.lock().unwrap_or_else(|p| p.into_inner());
-            held.push((id, tree));
-            self.store.blob_generation() != since
+        let holder = self.store.new_holder();
+        let moved = self.store.hold_tree_root(holder, tree) != since;
+        let hold = TreeHold {
+            cache: self,
+            holder,
         };
-        let hold = TreeHold { cache: self, id };
         if moved {
             let whole = crate::store::gc::reachable(&self.store, [tree])
                 .is_ok_and(|all| all.iter().all(|d| self.store.has_blob(d)));
@@ -586,6 +585,13 @@ impl Cache {
         } else {
             self.enforce(protected, now, true, &self.policy())?
         };
+        // NB: before anything is read to mark from, to the end of the
+        // sweep (`store::holds`): a hold released before this has its
+        // entry or log on disk for the mark to read; one released after
+        // waits for the sweep. The cutoff too: an ingest that ends before
+        // this published what it staged.
+        let held = self.store.held();
+        let cutoff = self.sweep_cutoff();
         let mut roots = Vec::new();
         for key in self.store.entry_keys()? {
             if let Some(e) = self.store.read_entry(&key)? {
@@ -599,16 +605,21 @@ impl Cache {
                 roots.extend(e.manifest.inputs.iter().map(|(_, d)| *d));
             }
         }
-        // NB: from the mark to the end of the sweep: a sync's `hold_tree`
-        // comes wholly before (its tree is marked) or after (it sees the
-        // generation the sweep raised).
-        let held = self.held_trees.lock().unwrap_or_else(|p| p.into_inner());
-        roots.extend(held.iter().map(|(_, t)| *t));
+        roots.extend(held.trees());
         for log in self.store.sync_logs()? {
             roots.extend(log.snapshots.iter().map(|s| s.tree));
         }
-        let live = gc::reachable(&self.store, roots)?;
-        let sweep = gc::sweep(&self.store, &live, self.sweep_cutoff(), dry_run)?;
+        let mut live = gc::reachable(&self.store, roots)?;
+        // NB: blobs running ingests rely on, not yet named (`store::holds`).
+        live.extend(held.blobs());
+        let sweep = gc::sweep(&self.store, &live, cutoff, dry_run)?;
+        if sweep.blobs_removed > 0 && !dry_run {
+            // NB: raised again once every removal is done (the sweep raised
+            // it before the first): a walk that read the generation during
+            // the sweep and relied on a blob removed after that read sees
+            // it move (`Cache::hold_tree`, the stat cache).
+            self.store.new_blob_generation()?;
+        }
         drop(held);
         if !dry_run {
             let _ = self.store.ensure_reserve();
@@ -798,4 +809,48 @@ pub fn rebuild(store: &Store, index: &Index) -> Result<usize> {
         }
     }
     Ok(index.rebuild(entries)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A run relies on a blob stored long before (its output has the same
+    /// content) that nothing references until the run publishes its entry;
+    /// older than any cutoff, a gc meanwhile swept it, and the entry was
+    /// published naming a blob that was gone. Now the run's staging holds
+    /// it (`store::holds`) until the run ends.
+    #[test]
+    fn gc_keeps_an_old_blob_a_running_run_relies_on() {
+        let t = tempfile::tempdir().unwrap();
+        let cache = Cache::open(&t.path().join("store"), Default::default()).unwrap();
+        let work = cache.store.tempdir("t").unwrap();
+        let mut st = crate::store::Staged::default();
+        let old = cache
+            .store
+            .stage_bytes(work.path(), b"stored long before", &mut st)
+            .unwrap();
+        cache.store.commit(st).unwrap();
+        // Older than the cutoff of an ingest that starts now.
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        let run = cache.begin_ingest();
+        let mut st = crate::store::Staged::held_by(run.holder());
+        let again = cache
+            .store
+            .stage_bytes(work.path(), b"stored long before", &mut st)
+            .unwrap();
+        assert_eq!(again, old);
+        let r = cache.gc(false, &HashSet::new()).unwrap();
+        assert!(
+            cache.store.has_blob(&old),
+            "swept while a run relied on it: {r:?}"
+        );
+        drop(run);
+        let r = cache.gc(false, &HashSet::new()).unwrap();
+        assert_eq!(r.sweep.blobs_removed, 1, "{r:?}");
+        assert!(
+            !cache.store.has_blob(&old),
+            "unreferenced once the run ended"
+        );
+    }
 }

@@ -75,13 +75,13 @@ pub fn run(
     let run_id = cache.index.next_run_id()?;
     let started_ms = now_ms();
     let mut co = Coordinator::new(cache, plan, opts, t0, observe);
-    let _ingest = cache.begin_ingest();
+    let ingest = cache.begin_ingest();
     let mats = job::Materializer::new(opts.inputs_via.clone());
     let jobs = opts.jobs.max(1);
     let coordinated = std::thread::scope(|s| {
         let gauge = opts.running.as_ref();
         let (work_tx, done_tx, done_rx) =
-            worker::spawn_workers(s, jobs, gauge, &mats, &cache.store, t0);
+            worker::spawn_workers(s, jobs, gauge, &mats, &cache.store, ingest.holder(), t0);
         co.coordinate(&work_tx, &done_tx, &done_rx)
     });
     let (outcomes, evicted, expired) = co.conclude(run_id, started_ms, coordinated)?;

@@ -43,6 +43,20 @@ pub struct Staged {
     bytes_staged: std::collections::HashSet<Digest>,
     /// Small blobs from `stage_bytes`, appended to packs (see `pack`).
     packs: Vec<pack::PackWriter>,
+    /// Whose staging this is: blobs found stored are held for it (see
+    /// `holds`).
+    pub(crate) holder: Option<u64>,
+}
+
+impl Staged {
+    /// A staging whose blobs found stored are held for `holder` until it
+    /// is released (`Store::stored_for`).
+    pub fn held_by(holder: u64) -> Staged {
+        Staged {
+            holder: Some(holder),
+            ..Staged::default()
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -108,7 +122,10 @@ impl Store {
     /// blob already exists. Durable only after `commit`.
     pub fn stage_bytes(&self, dir: &Path, bytes: &[u8], staged: &mut Staged) -> Result<Digest> {
         let digest = Digest::of(bytes);
-        if self.has_blob(&digest) || !staged.bytes_staged.insert(digest) {
+        if staged.bytes_staged.contains(&digest)
+            || self.stored_for(staged, &digest)
+            || !staged.bytes_staged.insert(digest)
+        {
             return Ok(digest);
         }
         self.writable()?;

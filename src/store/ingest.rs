@@ -433,7 +433,7 @@ fn file_blob(
             let store_dev = fs::metadata(store.tmp_root()).at(store.tmp_root())?.dev();
             if md.nlink() == 1 && md.dev() == store_dev && path.starts_with(store.tmp_root()) {
                 let (digest, size) = hash_reader(&mut f, None, path)?;
-                if !store.has_blob(&digest) {
+                if !store.stored_for(staged, &digest) {
                     // NB: moved now, by `at` (relative to the open directory):
                     // renaming `path` at commit would resolve it again, maybe
                     // through a directory swapped for a symlink meanwhile.
@@ -453,7 +453,7 @@ fn file_blob(
                 let tmp = work.join(format!("copy-{}", staged.blob_count()));
                 let mut w = File::create(&tmp).at(&tmp)?;
                 let (digest, size) = hash_reader(&mut f, Some(&mut w), path)?;
-                if store.has_blob(&digest) || staged.has_digest(&digest) {
+                if store.stored_for(staged, &digest) || staged.has_digest(&digest) {
                     // NB: not kept until the run ends: space is what a copy costs.
                     let _ = fs::remove_file(&tmp);
                 } else {

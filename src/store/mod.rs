@@ -56,6 +56,7 @@ pub mod entry;
 pub mod error;
 pub mod fsck;
 pub mod gc;
+mod holds;
 pub mod ingest;
 pub mod lock;
 pub mod materialize;
@@ -127,6 +128,8 @@ pub struct Store {
     durable_shards: std::sync::Mutex<std::collections::HashSet<PathBuf>>,
     /// See `hold_sync_name`.
     sync_names: syncs::SyncNames,
+    /// See `holds`.
+    holds: holds::Holds,
     _lock: StoreLock,
 }
 

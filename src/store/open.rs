@@ -71,6 +71,7 @@ impl Store {
             read_only: None,
             recreated: Vec::new(),
             durable_shards: Default::default(),
+            holds: Default::default(),
             sync_names: Default::default(),
             _lock: lock,
         };
@@ -118,6 +119,7 @@ impl Store {
             read_only: Some(why.to_string()),
             recreated: Vec::new(),
             durable_shards: Default::default(),
+            holds: Default::default(),
             sync_names: Default::default(),
             _lock: lock,
         })

@@ -504,8 +504,9 @@ impl Watching<'_> {
                 Ok(Pass::Done(Box::new(r)))
             }
             // A file changed while it was read: its own events follow, and
-            // the pass is taken again once they settle.
-            Err(SyncError::Conflict { .. } | SyncError::Vanished { .. })
+            // the pass is taken again once they settle. Likewise when gc
+            // kept removing what the pass stored (`SyncError::Swept`).
+            Err(SyncError::Conflict { .. } | SyncError::Vanished { .. } | SyncError::Swept(_))
                 if self.conflicts < MAX_CONFLICTS =>
             {
                 self.conflicts += 1;

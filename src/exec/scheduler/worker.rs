@@ -84,6 +84,7 @@ pub(super) fn spawn_workers<'scope>(
     gauge: Option<&Arc<AtomicU64>>,
     mats: &'scope Materializer,
     store: &'scope Store,
+    holder: u64,
     t0: Instant,
 ) -> (
     channel::Sender<WorkItem>,
@@ -112,7 +113,7 @@ pub(super) fn spawn_workers<'scope>(
                 let _ = done_tx.send(Msg::Began { idx: item.idx });
                 let start = t0.elapsed();
                 let result = match &*dir {
-                    Ok(dir) => execute(store, mats, dir, &item),
+                    Ok(dir) => execute(store, holder, mats, dir, &item),
                     Err(e) => Err(Failure::new(e.to_string())),
                 };
                 let done = WorkDone {
@@ -182,13 +183,16 @@ impl WorkerDir {
 }
 
 /// Worker side: run the job, ingest its output and stage its entry.
+/// `holder`: the run's (`Cache::begin_ingest`): the blobs its outputs
+/// find stored are held from gc until the run ends (`store::holds`).
 fn execute(
     store: &Store,
+    holder: u64,
     mats: &Materializer,
     dir: &WorkerDir,
     item: &WorkItem,
 ) -> Result<(Entry, Staged), Failure> {
-    let result = run_and_ingest(store, mats, dir, item);
+    let result = run_and_ingest(store, holder, mats, dir, item);
     if let Err(e) = dir.reset() {
         // The next task must start from an empty output directory.
         return Err(Failure::new(format!(
@@ -200,6 +204,7 @@ fn execute(
 
 fn run_and_ingest(
     store: &Store,
+    holder: u64,
     mats: &Materializer,
     dir: &WorkerDir,
     item: &WorkItem,
@@ -275,7 +280,7 @@ fn run_and_ingest(
             (Err(_), _) => None,
         },
     };
-    let mut staged = Staged::default();
+    let mut staged = Staged::held_by(holder);
     let ingest_fail = |e: StoreError| match disk_full(store).filter(|_| e.is_no_space()) {
         Some(d) => Failure::new(format!("{d}: {e}")),
         None => Failure::new(e.to_string()),
