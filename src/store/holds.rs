@@ -69,18 +69,22 @@ impl Store {
     }
 
     /// Is blob `d` stored? For a staging that a holder owns
-    /// (`Staged::held_by`), a stored blob is held for it, so it stays
-    /// stored until the holder is released.
+    /// (`Staged::held_by`), `d` is held for it first, so a stored blob
+    /// stays stored until the holder is released. NB: held before the
+    /// lookup, and the lock only for that: a gc that takes the lock
+    /// after marks it; one that took it before has swept when the lookup
+    /// runs. A digest found not stored stays held too (the staging stores
+    /// it: young, kept anyway).
     pub fn stored_for(&self, staged: &Staged, d: &Digest) -> bool {
-        let Some(holder) = staged.holder else {
-            return self.has_blob(d);
-        };
-        let mut held = self.holds.lock();
-        let stored = self.has_blob(d);
-        if stored {
-            held.entry(holder).or_default().blobs.insert(*d);
+        if let Some(holder) = staged.holder {
+            self.holds
+                .lock()
+                .entry(holder)
+                .or_default()
+                .blobs
+                .insert(*d);
         }
-        stored
+        self.has_blob(d)
     }
 
     /// Hold tree `d` for `holder` (everything it names), and return the

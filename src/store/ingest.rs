@@ -453,7 +453,7 @@ fn file_blob(
                 let tmp = work.join(format!("copy-{}", staged.blob_count()));
                 let mut w = File::create(&tmp).at(&tmp)?;
                 let (digest, size) = hash_reader(&mut f, Some(&mut w), path)?;
-                if store.stored_for(staged, &digest) || staged.has_digest(&digest) {
+                if staged.has_digest(&digest) || store.stored_for(staged, &digest) {
                     // NB: not kept until the run ends: space is what a copy costs.
                     let _ = fs::remove_file(&tmp);
                 } else {
