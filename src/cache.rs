@@ -376,12 +376,8 @@ impl Cache {
             cache: self,
             holder,
         };
-        if moved {
-            let whole = crate::store::gc::reachable(&self.store, [tree])
-                .is_ok_and(|all| all.iter().all(|d| self.store.has_blob(d)));
-            if !whole {
-                return None;
-            }
+        if moved && !crate::store::gc::stored_whole(&self.store, &tree) {
+            return None;
         }
         Some(hold)
     }

@@ -122,12 +122,10 @@ impl Store {
     /// blob already exists. Durable only after `commit`.
     pub fn stage_bytes(&self, dir: &Path, bytes: &[u8], staged: &mut Staged) -> Result<Digest> {
         let digest = Digest::of(bytes);
-        if staged.bytes_staged.contains(&digest)
-            || self.stored_for(staged, &digest)
-            || !staged.bytes_staged.insert(digest)
-        {
+        if staged.bytes_staged.contains(&digest) || self.stored_for(staged, &digest) {
             return Ok(digest);
         }
+        staged.bytes_staged.insert(digest);
         self.writable()?;
         if bytes.len() <= pack::MAX_PACKED {
             if staged.packs.is_empty() {

@@ -59,6 +59,11 @@ pub fn reachable(
     Ok(seen)
 }
 
+/// Whether every blob tree `d` names (itself included) is stored.
+pub fn stored_whole(store: &Store, d: &Digest) -> bool {
+    reachable(store, [*d]).is_ok_and(|all| all.iter().all(|b| store.has_blob(b)))
+}
+
 pub fn sweep(
     store: &Store,
     live: &HashSet<Digest>,

@@ -579,12 +579,6 @@ mod tests {
     /// last pass (not every snapshot ever recorded), so a snapshot another
     /// process rewrote to name a tree that is not stored is still found,
     /// and the history goes to quarantine.
-    /// Whether every blob `tree` names is stored.
-    fn stored_whole(cache: &Cache, tree: &Digest) -> bool {
-        crate::store::gc::reachable(&cache.store, [*tree])
-            .is_ok_and(|all| all.iter().all(|d| cache.store.has_blob(d)))
-    }
-
     /// Regression (a gap the stop-25 note named): a gc between a sync's
     /// walk and its record swept the snapshot's blobs, since no log named
     /// its tree yet, and the log then named a tree that was not stored (in
@@ -628,7 +622,7 @@ mod tests {
             swept.blobs_removed > 0,
             "the gc found the snapshot's blobs unnamed"
         );
-        assert!(!stored_whole(&cache, &tree));
+        assert!(!crate::store::gc::stored_whole(&cache.store, &tree));
         let r = target.record(&cache, out, since, &mut Verified::default());
         assert!(
             matches!(r, Err(SyncError::Swept(_))),
@@ -643,7 +637,7 @@ mod tests {
         // The same through `sync_dir`: stored whole, named.
         let r = sync_dir(&cache, &src, Some("s"), &o).unwrap();
         assert_eq!(r.snapshot.tree, tree);
-        assert!(stored_whole(&cache, &tree));
+        assert!(crate::store::gc::stored_whole(&cache.store, &tree));
 
         // A tree held for its log is kept by a gc meanwhile; held or not,
         // once named it is kept.
@@ -656,7 +650,10 @@ mod tests {
             .expect("nothing removed since the walk");
         settle();
         cache.gc(false, &HashSet::new()).unwrap();
-        assert!(stored_whole(&cache, &tree), "a held tree was swept");
+        assert!(
+            crate::store::gc::stored_whole(&cache.store, &tree),
+            "a held tree was swept"
+        );
         drop(hold);
         let r = target
             .record(&cache, out, since, &mut Verified::default())
@@ -664,7 +661,7 @@ mod tests {
         assert_eq!((r.snapshot.tree, r.snapshot.seq), (tree, 2));
         settle();
         cache.gc(false, &HashSet::new()).unwrap();
-        assert!(stored_whole(&cache, &tree));
+        assert!(crate::store::gc::stored_whole(&cache.store, &tree));
     }
 
     #[test]
