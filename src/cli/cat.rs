@@ -88,10 +88,12 @@ fn root_of<'a>(
         _ => None,
     };
     if let (Some((name, n)), None) = (first.split_once('@'), dag_task) {
-        let log = cache
-            .store
-            .sync_log(name)?
-            .ok_or_else(|| not_found(format!("no synced directory named `{name}`")))?;
+        let log = if n == "latest" {
+            cache.store.sync_log_latest(name)?
+        } else {
+            cache.store.sync_log(name)?
+        };
+        let log = log.ok_or_else(|| not_found(format!("no synced directory named `{name}`")))?;
         let snap = if n == "latest" {
             log.latest()
         } else {

@@ -109,6 +109,43 @@ fn decode(bytes: &[u8]) -> std::result::Result<(SyncLog, LogEnd), String> {
     Ok((log, Some(end as u64)))
 }
 
+/// The log of `bytes` with its latest snapshot alone: the header and the
+/// last whole line, nothing between decoded (a 1,000-snapshot log took a
+/// third of a `dagfs cat NAME@latest/PATH`).
+fn decode_latest(bytes: &[u8]) -> std::result::Result<SyncLog, String> {
+    if bytes.first() == Some(&b'{') {
+        if let Ok(mut log) = serde_json::from_slice::<SyncLog>(bytes) {
+            let latest = log.snapshots.pop();
+            log.snapshots = latest.into_iter().collect();
+            return Ok(log);
+        }
+    }
+    let Some(nl) = bytes.iter().position(|&b| b == b'\n') else {
+        return Err("no header line".into());
+    };
+    let h: Header = serde_json::from_slice(&bytes[..nl]).map_err(|e| format!("header: {e}"))?;
+    // NB: a last line without its newline is a torn append: left out.
+    let end = bytes
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .expect("the header's newline");
+    let mut snapshots = Vec::new();
+    if end > nl {
+        let start = bytes[..end]
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .map_or(0, |i| i + 1);
+        snapshots.push(
+            serde_json::from_slice(&bytes[start..end]).map_err(|e| format!("last record: {e}"))?,
+        );
+    }
+    Ok(SyncLog {
+        name: h.name,
+        root: h.root,
+        snapshots,
+    })
+}
+
 /// A sync log as the file holds it, in lines.
 fn encode(log: &SyncLog) -> Vec<u8> {
     let header = Header {
@@ -133,8 +170,23 @@ impl Store {
         Ok(self.sync_log_end(name)?.map(|(log, _)| log))
     }
 
+    /// `sync_log` with its latest snapshot alone (none if it has none):
+    /// only the log's first and last lines are decoded.
+    pub fn sync_log_latest(&self, name: &str) -> Result<Option<SyncLog>> {
+        self.read_sync_log(name, |b| decode_latest(b).map(|log| (log, None)))
+            .map(|r| r.map(|(log, _)| log))
+    }
+
     /// `sync_log`, and where its records end (for `append_snapshot`).
     pub fn sync_log_end(&self, name: &str) -> Result<Option<(SyncLog, LogEnd)>> {
+        self.read_sync_log(name, decode)
+    }
+
+    fn read_sync_log(
+        &self,
+        name: &str,
+        decode: impl Fn(&[u8]) -> std::result::Result<(SyncLog, LogEnd), String>,
+    ) -> Result<Option<(SyncLog, LogEnd)>> {
         let p = self.syncs_dir().join(name);
         match fs::read(&p) {
             Ok(b) => match decode(&b) {
@@ -292,6 +344,29 @@ mod tests {
             root: "/src".into(),
             snapshots: (1..=n).map(snap).collect(),
         }
+    }
+
+    /// The latest snapshot alone reads as the whole log's latest: in lines
+    /// (a torn last line left out), in the one-object form, and with none.
+    #[test]
+    fn the_latest_alone_is_the_whole_log_s_latest() {
+        let lined = encode(&log_of(3));
+        let mut torn = lined.clone();
+        torn.extend_from_slice(br#"{"seq":4,"tr"#);
+        let object = serde_json::to_vec_pretty(&log_of(2)).unwrap();
+        for (bytes, seq) in [
+            (lined, Some(3)),
+            (torn, Some(3)),
+            (object, Some(2)),
+            (encode(&log_of(0)), None),
+        ] {
+            let whole = decode(&bytes).unwrap().0;
+            let latest = decode_latest(&bytes).unwrap();
+            assert_eq!(latest.latest().map(|s| s.seq), seq);
+            assert_eq!(latest.latest(), whole.latest());
+            assert_eq!((latest.name, latest.root), (whole.name, whole.root));
+        }
+        assert!(decode_latest(b"{\"name\":\"s\",\"root\":\"/\"}\nnot json\n").is_err());
     }
 
     /// A snapshot is appended as one line; a log in the older one-object
