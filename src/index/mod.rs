@@ -5,8 +5,9 @@
 //! cache whose loss costs a rerun or a rescan, never a wrong answer.
 //!
 //! Owns: `<store>/index/`, `<store>/runs/` (the run records, one file a
-//! run: `runs.rs`) and `<store>/memo/` (whole-run memos and their
-//! generation: `memo.rs`). May call: `hash`, `store` (types only).
+//! run: `runs.rs`), `<store>/memo/` (whole-run memos and their
+//! generation: `memo.rs`) and `<store>/stamps/` (sync stamps, one file a
+//! sync name: `stamps.rs`). May call: `hash`, `store` (types only).
 //!
 //! | tree        | key                              | value                      |
 //! |-------------|----------------------------------|----------------------------|
@@ -20,7 +21,7 @@
 //! | `statdirs`  | root id (16) ‖ relative dir path | its files' stats + digests (see `sync::statcache`) |
 //! | `dropped`   | cache key (32)                   | why (UTF-8): entries fsck or a verified read dropped as corrupt, until the key is inserted again |
 //! | `uses`      | sequence (u64 BE)                | uses not yet in `lru`: (key ‖ ms) × n (see `uses.rs`) |
-//! | `stamps`    | sync name ‖ 0x00 ‖ relative path | digest (32) ‖ since ms (u64 LE): when that path of the synced directory last took this content (see `set_stamps`) |
+//! | `stamps`    | sync name ‖ 0x00 ‖ relative path | digest (32) ‖ since ms (u64 LE): older indexes only; stamps are files now (`stamps.rs`), and a name moved there has the key sync name ‖ 0x00 ‖ `\0\0moved` |
 //!
 //! Memory: sled keeps a page-table record per node of at most 16 keys,
 //! so the index's resident size after opening grows with the number of
@@ -38,6 +39,7 @@ pub mod error;
 pub mod memo;
 pub mod policy;
 mod runs;
+mod stamps;
 pub mod stats;
 pub mod units;
 mod uses;
@@ -103,7 +105,7 @@ pub struct Index {
     config: sled::Tree,
     statcache: sled::Tree,
     dropped: sled::Tree,
-    stamps: sled::Tree,
+    stamps: stamps::StampFiles,
     remote: sled::Tree,
     recipes: sled::Tree,
     uses: sled::Tree,
@@ -181,15 +183,26 @@ impl Index {
     /// Open the index in `dir`, its run records in `runs` (created when
     /// the first is written).
     pub fn open(dir: &std::path::Path, runs: &std::path::Path) -> Result<Index> {
-        Self::open_with_memos(dir, runs, &memo::dir_beside(runs))
+        Self::open_in(dir, runs, &memo::dir_beside(runs), false)
     }
 
     /// As `open`, with the run memos' generation kept in `memos` (a
     /// private copy of a read-only store's index keeps its own).
+    /// Its stamp files are another process's: each lookup looks for
+    /// appends.
     pub fn open_with_memos(
         dir: &std::path::Path,
         runs: &std::path::Path,
         memos: &std::path::Path,
+    ) -> Result<Index> {
+        Self::open_in(dir, runs, memos, true)
+    }
+
+    fn open_in(
+        dir: &std::path::Path,
+        runs: &std::path::Path,
+        memos: &std::path::Path,
+        others_stamps: bool,
     ) -> Result<Index> {
         let db = sled::Config::new()
             .path(dir)
@@ -211,7 +224,11 @@ impl Index {
             config: db.open_tree("config")?,
             statcache: db.open_tree("statdirs")?,
             dropped: db.open_tree("dropped")?,
-            stamps: db.open_tree("stamps")?,
+            stamps: stamps::StampFiles::new(
+                runs.with_file_name("stamps"),
+                db.open_tree("stamps")?,
+                others_stamps,
+            ),
             remote: db.open_tree("remote")?,
             recipes: db.open_tree("recipes")?,
             uses: db.open_tree("uses")?,
@@ -676,44 +693,26 @@ impl Index {
     // --- sync stamps ---
 
     /// When `path` of sync `name` last took content `digest` (None: no
-    /// record, so unchanged since the sync's first snapshot).
+    /// record, so unchanged since the sync's first snapshot). See
+    /// `stamps.rs`.
     pub fn stamp(&self, sync: &str, path: &[u8]) -> Result<Option<(Digest, u64)>> {
-        let Some(v) = self.stamps.get(stamp_key(sync, path))? else {
-            return Ok(None);
-        };
-        if v.len() != 40 {
-            return Err(corrupt("stamps", "value is not a digest and a time"));
-        }
-        Ok(Some((
-            digest_of("stamps", &v[..32])?,
-            u64::from_le_bytes(v[32..].try_into().expect("8 bytes")),
-        )))
+        self.stamps.get(sync, path)
     }
 
     /// Record that each `(path, digest)` of sync `name` took its content at
-    /// `since_ms`, in one batch.
+    /// `since_ms`, in one batch, durable when this returns.
     pub fn set_stamps<'p>(
         &self,
         sync: &str,
         since_ms: u64,
         stamps: impl IntoIterator<Item = (&'p [u8], Digest)>,
     ) -> Result<()> {
-        let mut b = sled::Batch::default();
-        for (path, d) in stamps {
-            b.insert(stamp_key(sync, path), &latest_value(&d, since_ms)[..]);
-        }
-        self.stamps.apply_batch(b)?;
-        Ok(())
+        self.stamps.set(sync, since_ms, stamps)
     }
 
     /// Forget every stamp of sync `name` (its history starts again).
     pub fn clear_stamps(&self, sync: &str) -> Result<()> {
-        let mut b = sled::Batch::default();
-        for k in self.stamps.scan_prefix(stamp_key(sync, b"")).keys() {
-            b.remove(k?);
-        }
-        self.stamps.apply_batch(b)?;
-        Ok(())
+        self.stamps.clear(sync)
     }
 
     // --- config ---
@@ -859,7 +858,7 @@ mod tests {
             (m.mtime(), m.mtime_nsec(), m.len())
         };
         {
-            let ix = Index::open(&dir, &t.path().join("runs")).unwrap();
+            let ix = reopen(&dir, &t.path().join("runs"));
             for i in 0..2000u32 {
                 ix.insert(&Digest::of(&i.to_le_bytes()), &meta(0, None))
                     .unwrap();
@@ -870,13 +869,13 @@ mod tests {
         // first read consolidate pages (sled writes those at the next
         // flush): the same opens and reads again then write nothing.
         for _ in 0..2 {
-            let ix = Index::open(&dir, &t.path().join("runs")).unwrap();
+            let ix = reopen(&dir, &t.path().join("runs"));
             assert_eq!(ix.len(), 2000);
         }
         let before = stamp();
         for _ in 0..3 {
             std::thread::sleep(std::time::Duration::from_millis(30));
-            let ix = Index::open(&dir, &t.path().join("runs")).unwrap();
+            let ix = reopen(&dir, &t.path().join("runs"));
             assert_eq!(ix.len(), 2000);
             drop(ix);
             assert_eq!(
@@ -885,6 +884,84 @@ mod tests {
                 "an open with nothing to recover wrote to the log"
             );
         }
+    }
+
+    /// sled zeroes a segment it no longer uses at every open (vendored
+    /// change four: a hole instead, left alone once it is one). Written
+    /// zeroes kept the space, and reading each back to compare made every
+    /// open of an index with many free segments slow (25 ms where 9 ms
+    /// before they were freed).
+    #[test]
+    fn an_index_gives_the_space_of_freed_segments_back() {
+        use std::os::unix::fs::MetadataExt;
+        let t = tempfile::tempdir().unwrap();
+        if !punches_holes(t.path()) {
+            eprintln!("skipped: this file system does not punch holes");
+            return;
+        }
+        let dir = t.path().join("index");
+        {
+            let ix = reopen(&dir, &t.path().join("runs"));
+            let big = ix.db.open_tree("big").unwrap();
+            for i in 0..4000u32 {
+                big.insert(i.to_be_bytes(), vec![i as u8; 4000]).unwrap();
+            }
+            ix.flush().unwrap();
+        }
+        {
+            let ix = reopen(&dir, &t.path().join("runs"));
+            ix.db.drop_tree("big").unwrap();
+            ix.flush().unwrap();
+        }
+        for _ in 0..2 {
+            drop(reopen(&dir, &t.path().join("runs")));
+        }
+        let m = std::fs::metadata(dir.join("db")).unwrap();
+        let held = m.blocks() * 512;
+        assert!(
+            held * 2 < m.len(),
+            "the log holds {held} of its {} bytes on disk",
+            m.len()
+        );
+    }
+
+    /// Open the index in `dir` again: sled's background threads may hold
+    /// the previous handle's file lock a moment after it is dropped (as
+    /// `cache::open_index` does, which the index may not call).
+    pub(crate) fn reopen(dir: &std::path::Path, runs: &std::path::Path) -> Index {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match Index::open(dir, runs) {
+                Err(IndexError::Sled(sled::Error::Io(e)))
+                    if e.to_string().contains("could not acquire lock")
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(10))
+                }
+                r => return r.unwrap(),
+            }
+        }
+    }
+
+    fn punches_holes(dir: &std::path::Path) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        use std::os::unix::io::AsRawFd;
+        let p = dir.join("probe");
+        std::fs::write(&p, vec![1u8; 1 << 20]).unwrap();
+        let f = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
+        f.sync_all().unwrap();
+        // SAFETY: fallocate on a file we own, inside its size.
+        let r = unsafe {
+            libc::fallocate(
+                f.as_raw_fd(),
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                0,
+                1 << 20,
+            )
+        };
+        let held = f.metadata().unwrap().blocks() * 512;
+        std::fs::remove_file(&p).unwrap();
+        r == 0 && held < 1 << 19
     }
 
     #[test]

@@ -10,7 +10,8 @@
 //! edit, from the old content. The time of the snapshot that first showed
 //! the content can: nobody read it through the mount before then.
 //!
-//! Records live in the index (`stamps`): `name ‖ 0 ‖ path → digest ‖ since`.
+//! Records live beside the index, one file a name (`index/stamps.rs`):
+//! `path → digest ‖ since`.
 //! When a history starts (its first snapshot) every old record is dropped
 //! and a base record (path `MARK`) written: a path without a record has kept
 //! its content since then. Each later snapshot records every path whose
@@ -19,12 +20,13 @@
 //! tree's). A path's content is its file digest, its tree digest, or the
 //! digest of its link target.
 //!
-//! NB: the records of a snapshot are flushed before its sync log names it,
-//! so a crash leaves records for a snapshot that never became visible (they
-//! name other digests than the visible one, which then falls back to its
-//! snapshot's time), never a visible change without its record. Without
-//! the base record (a lost index) the fallback is the snapshot's own time,
-//! which is never earlier than a change it shows.
+//! NB: the records of a snapshot are durable (`set_stamps` syncs them)
+//! before its sync log names it, so a crash leaves records for a snapshot
+//! that never became visible (they name other digests than the visible
+//! one, which then falls back to its snapshot's time), never a visible
+//! change without its record. Without the base record (a lost stamps
+//! file) the fallback is the snapshot's own time, which is never earlier
+//! than a change it shows.
 //!
 //! Owns: the stamp records' meaning. May call: `store` (trees), `index`.
 
@@ -88,8 +90,7 @@ pub fn changed(
 }
 
 /// Record snapshot `tree` of sync `name`, taken at `at_ms`, following
-/// `previous` (None: a new history). Flushes the index (see the module's
-/// NB).
+/// `previous` (None: a new history), durably (see the module's NB).
 pub fn record(
     store: &Store,
     index: &Index,
@@ -108,7 +109,6 @@ pub fn record(
             index.set_stamps(name, at_ms, c.iter().map(|(p, d)| (p.as_slice(), *d)))?;
         }
     }
-    index.flush()?;
     Ok(())
 }
 

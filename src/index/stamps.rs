@@ -1,0 +1,587 @@
+//! Sync stamps (meaning: `sync/stamps.rs`): one append-only file a sync
+//! name, `<store>/stamps/<name>`.
+//!
+//! Not in sled: a key a path made every open of the index load a
+//! page-table record per few stamps, whether or not anything read them
+//! (only the mount's `/syncs` does). A store that 1,000 syncs of 64 new
+//! files each had grown held 65,000 stamps, and a `dagfs cat` on it took
+//! 9.1 ms against 6.0 ms for the same store without them (issue 17's
+//! pack row). Here nothing is read until a name's stamps are asked for.
+//!
+//! File: `HEADER`, then batches, each `len u32 LE ‖ body ‖ check`, `check`
+//! the first 8 bytes of the body's BLAKE3 hash, the body records of
+//! `path len u32 LE ‖ path ‖ digest (32) ‖ since ms u64 LE`. Later records
+//! of a path replace earlier ones. A batch that does not check (an append
+//! torn by a crash) ends the file: it and anything after it are ignored,
+//! and cut off before the next append. An append is synced
+//! (`sync_data`) before it returns: a snapshot's records are durable
+//! before its sync log names it. A new history, and a file holding over
+//! twice what its live records need, is written whole to a temporary
+//! name, synced and renamed over the file (the directory synced too).
+//!
+//! Older indexes kept stamps in the sled tree `stamps`. They are read,
+//! never written, for a name whose file does not exist yet; the first
+//! write of such a name copies them into the new file first and marks the
+//! name moved in the tree (`moved_key`), so a lost file never makes the
+//! old records answer again. The old records are not removed: removing
+//! tens of thousands of keys leaves sled slower to open than keeping them.
+//!
+//! Only the process that holds the index writes these files, so it loads
+//! a name's file once. A reader of a copied index (a read-only store:
+//! `shared`) compares the file's identity and size with what it loaded at
+//! each lookup, and so sees appends too.
+
+use std::collections::HashMap;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use super::{corrupt, digest_of, Result};
+use crate::hash::Digest;
+
+const HEADER: &[u8; 16] = b"dagfs-stamps v1\n";
+/// Bytes of a record besides its path.
+const RECORD: usize = 4 + 32 + 8;
+/// A rewrite is due when the file is larger than twice its live records
+/// plus this.
+const SLACK: u64 = 64 << 10;
+
+/// The stamps of one name as loaded.
+#[derive(Default)]
+struct Loaded {
+    /// The file was read (and, unless `shared`, is written only here).
+    loaded: bool,
+    /// (device, inode, size) of the file loaded; None: no file.
+    id: Option<(u64, u64, u64)>,
+    /// Bytes up to the end of the last batch that checks.
+    valid: u64,
+    /// path → (digest, since ms).
+    map: HashMap<Vec<u8>, (Digest, u64)>,
+    /// The bytes `map` needs in a file written whole (`live_bytes`).
+    live: u64,
+    /// The 8 bytes before `valid` in the file (a check, or the header's end).
+    tail: [u8; 8],
+}
+
+impl Loaded {
+    fn live_bytes(map: &HashMap<Vec<u8>, (Digest, u64)>) -> u64 {
+        HEADER.len() as u64 + 4 + 8 + map.keys().map(|p| (RECORD + p.len()) as u64).sum::<u64>()
+    }
+
+    /// Whether `f` holds `tail` before `valid`.
+    fn tail_is(&self, f: &mut std::fs::File) -> bool {
+        use std::os::unix::fs::FileExt;
+        let mut b = [0u8; 8];
+        f.read_exact_at(&mut b, self.valid - 8).is_ok() && b == self.tail
+    }
+
+    /// Note a record written to the file.
+    fn note(&mut self, path: &[u8], d: Digest, ms: u64) {
+        if self.map.insert(path.to_vec(), (d, ms)).is_none() {
+            self.live += (RECORD + path.len()) as u64;
+        }
+    }
+}
+
+pub(super) struct StampFiles {
+    dir: PathBuf,
+    legacy: sled::Tree,
+    /// Another process writes the files (see the module's doc).
+    shared: bool,
+    /// One lock a name: a lookup waits only for a write of its own name.
+    names: Mutex<HashMap<String, Arc<Mutex<Loaded>>>>,
+}
+
+fn io_err(path: &Path, e: std::io::Error) -> super::IndexError {
+    super::IndexError::Io {
+        path: path.to_path_buf(),
+        source: e,
+    }
+}
+
+fn legacy_key(sync: &str, path: &[u8]) -> Vec<u8> {
+    super::stamp_key(sync, path)
+}
+
+/// The legacy tree's mark that `sync`'s stamps live in a file: a path no
+/// stamp has (every real path is free of NUL; `MARK` is one NUL).
+fn moved_key(sync: &str) -> Vec<u8> {
+    super::stamp_key(sync, b"\0\0moved")
+}
+
+fn encode_batch(records: &[(&[u8], Digest, u64)]) -> Vec<u8> {
+    let body_len: usize = records.iter().map(|(p, _, _)| RECORD + p.len()).sum();
+    let mut out = Vec::with_capacity(4 + body_len + 8);
+    out.extend_from_slice(&(body_len as u32).to_le_bytes());
+    for (p, d, ms) in records {
+        out.extend_from_slice(&(p.len() as u32).to_le_bytes());
+        out.extend_from_slice(p);
+        out.extend_from_slice(d.as_bytes());
+        out.extend_from_slice(&ms.to_le_bytes());
+    }
+    let check = blake3::hash(&out[4..]);
+    out.extend_from_slice(&check.as_bytes()[..8]);
+    out
+}
+
+/// Apply the batches of `bytes` (which follow the header, at file offset
+/// `base`) to `map`; returns the offset after the last batch that checks.
+fn apply_batches(bytes: &[u8], base: u64, map: &mut HashMap<Vec<u8>, (Digest, u64)>) -> u64 {
+    let mut at = 0usize;
+    while let Some(len) = bytes.get(at..at + 4) {
+        let len = u32::from_le_bytes(len.try_into().expect("4 bytes")) as usize;
+        let Some(body) = bytes.get(at + 4..at + 4 + len) else {
+            break;
+        };
+        let Some(check) = bytes.get(at + 4 + len..at + 4 + len + 8) else {
+            break;
+        };
+        if blake3::hash(body).as_bytes()[..8] != *check {
+            break;
+        }
+        let Some(records) = decode_body(body) else {
+            break;
+        };
+        for (p, d, ms) in records {
+            map.insert(p, (d, ms));
+        }
+        at += 4 + len + 8;
+    }
+    base + at as u64
+}
+
+fn decode_body(mut body: &[u8]) -> Option<Vec<(Vec<u8>, Digest, u64)>> {
+    let mut out = Vec::new();
+    while !body.is_empty() {
+        let n = u32::from_le_bytes(body.get(..4)?.try_into().ok()?) as usize;
+        let path = body.get(4..4 + n)?.to_vec();
+        let d = Digest::from_slice(body.get(4 + n..4 + n + 32)?)?;
+        let ms = u64::from_le_bytes(body.get(4 + n + 32..RECORD + n)?.try_into().ok()?);
+        out.push((path, d, ms));
+        body = &body[RECORD + n..];
+    }
+    Some(out)
+}
+
+impl StampFiles {
+    pub(super) fn new(dir: PathBuf, legacy: sled::Tree, shared: bool) -> StampFiles {
+        StampFiles {
+            dir,
+            legacy,
+            shared,
+            names: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn path(&self, sync: &str) -> PathBuf {
+        self.dir.join(sync)
+    }
+
+    fn name(&self, sync: &str) -> Arc<Mutex<Loaded>> {
+        let mut names = self.names.lock().expect("stamps lock");
+        match names.get(sync) {
+            Some(l) => l.clone(),
+            None => names.entry(sync.to_string()).or_default().clone(),
+        }
+    }
+
+    /// Bring `l` up to date with the file of `sync` (loading what was
+    /// appended since, or all of it if it was replaced).
+    fn refresh(&self, sync: &str, l: &mut Loaded) -> Result<()> {
+        if l.loaded && !self.shared {
+            return Ok(());
+        }
+        let path = self.path(sync);
+        let mut f = match std::fs::File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                *l = Loaded {
+                    loaded: true,
+                    ..Loaded::default()
+                };
+                return Ok(());
+            }
+            Err(e) => return Err(io_err(&path, e)),
+        };
+        let m = f.metadata().map_err(|e| io_err(&path, e))?;
+        let id = (m.dev(), m.ino(), m.len());
+        if l.id == Some(id) {
+            return Ok(());
+        }
+        // An append keeps what was loaded: the same file, no shorter, and
+        // the same 8 bytes before `valid` (a file replaced twice may reuse
+        // the first one's inode number).
+        let appended = matches!(l.id, Some((dev, ino, len)) if dev == id.0 && ino == id.1 && len <= id.2)
+            && l.valid >= 8
+            && l.tail_is(&mut f);
+        if !appended {
+            *l = Loaded::default();
+            let mut head = [0u8; HEADER.len()];
+            let whole = f.read_exact(&mut head).is_ok() && head == *HEADER;
+            if !whole {
+                // Not a stamps file of ours (or torn before its header was
+                // whole): no records. The next write replaces it.
+                l.id = Some(id);
+                l.loaded = true;
+                return Ok(());
+            }
+            l.valid = HEADER.len() as u64;
+            l.tail.copy_from_slice(&HEADER[HEADER.len() - 8..]);
+        }
+        let mut rest = Vec::new();
+        f.seek(SeekFrom::Start(l.valid))
+            .and_then(|_| f.read_to_end(&mut rest))
+            .map_err(|e| io_err(&path, e))?;
+        let from = l.valid;
+        l.valid = apply_batches(&rest, from, &mut l.map);
+        if l.valid > from {
+            let end = (l.valid - from) as usize;
+            l.tail.copy_from_slice(&rest[end - 8..end]);
+        }
+        l.live = Loaded::live_bytes(&l.map);
+        l.id = Some(id);
+        l.loaded = true;
+        Ok(())
+    }
+
+    /// When `path` of `sync` last took content `digest` (None: no record).
+    pub(super) fn get(&self, sync: &str, path: &[u8]) -> Result<Option<(Digest, u64)>> {
+        let name = self.name(sync);
+        let mut l = name.lock().expect("stamps lock");
+        self.refresh(sync, &mut l)?;
+        if l.id.is_some() {
+            return Ok(l.map.get(path).copied());
+        }
+        drop(l);
+        if self.legacy.contains_key(moved_key(sync))? {
+            return Ok(None);
+        }
+        legacy_get(&self.legacy, sync, path)
+    }
+
+    /// Record each `(path, digest)` of `sync` as taken at `since_ms`:
+    /// synced before it returns.
+    pub(super) fn set<'p>(
+        &self,
+        sync: &str,
+        since_ms: u64,
+        stamps: impl IntoIterator<Item = (&'p [u8], Digest)>,
+    ) -> Result<()> {
+        let records: Vec<(&[u8], Digest, u64)> =
+            stamps.into_iter().map(|(p, d)| (p, d, since_ms)).collect();
+        let name = self.name(sync);
+        let mut l = name.lock().expect("stamps lock");
+        let l = &mut *l;
+        self.refresh(sync, l)?;
+        if l.id.is_none() || l.valid == 0 {
+            // No file (or not one of ours): start it, with the records of
+            // an older index first.
+            let mut old = if l.id.is_none() {
+                self.legacy_records(sync)?
+            } else {
+                Vec::new()
+            };
+            for (p, d, ms) in &records {
+                old.push((p.to_vec(), *d, *ms));
+            }
+            let all: Vec<(&[u8], Digest, u64)> = old
+                .iter()
+                .map(|(p, d, ms)| (p.as_slice(), *d, *ms))
+                .collect();
+            self.replace(sync, &all, l)?;
+            self.mark_moved(sync)?;
+            return Ok(());
+        }
+        let path = self.path(sync);
+        let batch = encode_batch(&records);
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .map_err(|e| io_err(&path, e))?;
+        // Cut off a torn batch, then append.
+        let torn = l.id.map(|(_, _, len)| len) != Some(l.valid);
+        (if torn { f.set_len(l.valid) } else { Ok(()) })
+            .and_then(|()| f.seek(SeekFrom::Start(l.valid)))
+            .and_then(|_| f.write_all(&batch))
+            .and_then(|()| f.sync_data())
+            .map_err(|e| io_err(&path, e))?;
+        for (p, d, ms) in &records {
+            l.note(p, *d, *ms);
+        }
+        l.valid += batch.len() as u64;
+        l.tail.copy_from_slice(&batch[batch.len() - 8..]);
+        let m = f.metadata().map_err(|e| io_err(&path, e))?;
+        l.id = Some((m.dev(), m.ino(), m.len()));
+        if l.valid > 2 * l.live + SLACK {
+            let map = l.map.clone();
+            let all: Vec<(&[u8], Digest, u64)> = map
+                .iter()
+                .map(|(p, (d, ms))| (p.as_slice(), *d, *ms))
+                .collect();
+            self.replace(sync, &all, l)?;
+        }
+        Ok(())
+    }
+
+    /// Forget every stamp of `sync` (its history starts again).
+    pub(super) fn clear(&self, sync: &str) -> Result<()> {
+        let name = self.name(sync);
+        let mut l = name.lock().expect("stamps lock");
+        self.replace(sync, &[], &mut l)?;
+        self.mark_moved(sync)
+    }
+
+    /// Write `sync`'s file anew with `records` alone, atomically.
+    fn replace(&self, sync: &str, records: &[(&[u8], Digest, u64)], l: &mut Loaded) -> Result<()> {
+        std::fs::create_dir_all(&self.dir).map_err(|e| io_err(&self.dir, e))?;
+        let path = self.path(sync);
+        let mut bytes = HEADER.to_vec();
+        if !records.is_empty() {
+            bytes.extend_from_slice(&encode_batch(records));
+        }
+        let mut tmp = tempfile::Builder::new()
+            .prefix(".stamps-")
+            .tempfile_in(&self.dir)
+            .map_err(|e| io_err(&self.dir, e))?;
+        tmp.write_all(&bytes)
+            .and_then(|()| tmp.as_file().sync_all())
+            .map_err(|e| io_err(tmp.path(), e))?;
+        let f = tmp.persist(&path).map_err(|e| io_err(&path, e.error))?;
+        std::fs::File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| io_err(&self.dir, e))?;
+        let m = f.metadata().map_err(|e| io_err(&path, e))?;
+        *l = Loaded {
+            loaded: true,
+            id: Some((m.dev(), m.ino(), m.len())),
+            valid: bytes.len() as u64,
+            map: HashMap::with_capacity(records.len()),
+            live: Loaded::live_bytes(&HashMap::new()),
+            tail: bytes[bytes.len() - 8..].try_into().expect("8 bytes"),
+        };
+        for (p, d, ms) in records {
+            l.note(p, *d, *ms);
+        }
+        Ok(())
+    }
+
+    /// The records of `sync` an older index keeps in sled (none once moved).
+    fn legacy_records(&self, sync: &str) -> Result<Vec<(Vec<u8>, Digest, u64)>> {
+        if self.legacy.contains_key(moved_key(sync))? {
+            return Ok(Vec::new());
+        }
+        let prefix = legacy_key(sync, b"");
+        let mut out = Vec::new();
+        for kv in self.legacy.scan_prefix(&prefix) {
+            let (k, v) = kv?;
+            let (d, ms) = legacy_value(&v)?;
+            out.push((k[prefix.len()..].to_vec(), d, ms));
+        }
+        Ok(out)
+    }
+
+    fn mark_moved(&self, sync: &str) -> Result<()> {
+        if self
+            .legacy
+            .scan_prefix(legacy_key(sync, b""))
+            .next()
+            .is_some()
+        {
+            self.legacy.insert(moved_key(sync), &[][..])?;
+        }
+        Ok(())
+    }
+}
+
+fn legacy_value(v: &[u8]) -> Result<(Digest, u64)> {
+    if v.len() != 40 {
+        return Err(corrupt("stamps", "value is not a digest and a time"));
+    }
+    Ok((
+        digest_of("stamps", &v[..32])?,
+        u64::from_le_bytes(v[32..].try_into().expect("8 bytes")),
+    ))
+}
+
+fn legacy_get(legacy: &sled::Tree, sync: &str, path: &[u8]) -> Result<Option<(Digest, u64)>> {
+    match legacy.get(legacy_key(sync, path))? {
+        None => Ok(None),
+        Some(v) => legacy_value(&v).map(Some),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::index::Index;
+
+    /// A history's base record (`sync::stamps::MARK`).
+    const MARK: &[u8] = b"\0";
+
+    fn open(t: &Path) -> Index {
+        crate::index::tests::reopen(&t.join("index"), &t.join("runs"))
+    }
+
+    /// Issue 17's pack row: a stamp a path in sled made every open of the
+    /// index slower as syncs added paths. Stamps now add no key to it.
+    #[test]
+    fn stamps_add_no_key_to_the_index_and_survive_a_reopen() {
+        let t = tempfile::tempdir().unwrap();
+        let paths: Vec<Vec<u8>> = (0..500).map(|i| format!("d/f{i}").into_bytes()).collect();
+        {
+            let ix = open(t.path());
+            ix.clear_stamps("s").unwrap();
+            ix.set_stamps("s", 7, paths.iter().map(|p| (p.as_slice(), Digest::of(p))))
+                .unwrap();
+            ix.set_stamps("s", 9, [(&b"d/f3"[..], Digest::of(b"new"))])
+                .unwrap();
+            ix.flush().unwrap();
+            let in_sled: usize = ix
+                .db
+                .tree_names()
+                .iter()
+                .map(|n| ix.db.open_tree(n).unwrap().len())
+                .sum();
+            assert_eq!(in_sled, 0, "stamps were written to sled");
+        }
+        let ix = open(t.path());
+        assert_eq!(
+            ix.stamp("s", b"d/f0").unwrap(),
+            Some((Digest::of(b"d/f0"), 7))
+        );
+        assert_eq!(
+            ix.stamp("s", b"d/f3").unwrap(),
+            Some((Digest::of(b"new"), 9))
+        );
+        assert_eq!(ix.stamp("s", b"d/f500").unwrap(), None);
+        assert_eq!(ix.stamp("other", b"d/f0").unwrap(), None);
+    }
+
+    /// A torn append (a crash within it) is ignored, and cut off by the
+    /// next append, which reads back whole.
+    #[test]
+    fn a_torn_append_is_ignored_and_cut_off() {
+        let t = tempfile::tempdir().unwrap();
+        let file = t.path().join("stamps/s");
+        {
+            let ix = open(t.path());
+            ix.clear_stamps("s").unwrap();
+            ix.set_stamps("s", 1, [(&b"a"[..], Digest::of(b"1"))])
+                .unwrap();
+        }
+        let whole = std::fs::read(&file).unwrap();
+        let torn = encode_batch(&[
+            (&b"a"[..], Digest::of(b"2"), 2),
+            (&b"b"[..], Digest::of(b"2"), 2),
+        ]);
+        for cut in [1, 4, torn.len() / 2, torn.len() - 1] {
+            let mut bytes = whole.clone();
+            bytes.extend_from_slice(&torn[..cut]);
+            std::fs::write(&file, &bytes).unwrap();
+            let ix = open(t.path());
+            assert_eq!(
+                ix.stamp("s", b"a").unwrap(),
+                Some((Digest::of(b"1"), 1)),
+                "cut at {cut}"
+            );
+            assert_eq!(ix.stamp("s", b"b").unwrap(), None, "cut at {cut}");
+        }
+        let ix = open(t.path());
+        ix.set_stamps("s", 3, [(&b"b"[..], Digest::of(b"3"))])
+            .unwrap();
+        drop(ix);
+        let ix = open(t.path());
+        assert_eq!(ix.stamp("s", b"a").unwrap(), Some((Digest::of(b"1"), 1)));
+        assert_eq!(ix.stamp("s", b"b").unwrap(), Some((Digest::of(b"3"), 3)));
+        assert_eq!(
+            std::fs::metadata(&file).unwrap().len() as usize,
+            whole.len() + encode_batch(&[(&b"b"[..], Digest::of(b"3"), 3)]).len()
+        );
+    }
+
+    /// Rewriting one path again and again does not grow the file without
+    /// bound; the newest record of each path survives the rewrite.
+    #[test]
+    fn a_file_mostly_replaced_records_is_rewritten() {
+        let t = tempfile::tempdir().unwrap();
+        let ix = open(t.path());
+        ix.clear_stamps("s").unwrap();
+        ix.set_stamps("s", 1, [(&b"keep"[..], Digest::of(b"k"))])
+            .unwrap();
+        for i in 0..5000u64 {
+            ix.set_stamps("s", 10 + i, [(&b"hot"[..], Digest::of(&i.to_le_bytes()))])
+                .unwrap();
+        }
+        let len = std::fs::metadata(t.path().join("stamps/s")).unwrap().len();
+        assert!(len < 2 * SLACK + 1024, "the file grew to {len} bytes");
+        drop(ix);
+        let ix = open(t.path());
+        assert_eq!(ix.stamp("s", b"keep").unwrap(), Some((Digest::of(b"k"), 1)));
+        assert_eq!(
+            ix.stamp("s", b"hot").unwrap(),
+            Some((Digest::of(&4999u64.to_le_bytes()), 5009))
+        );
+    }
+
+    /// A reader of a copied index (a read-only store) sees what the
+    /// index's owner appends and rewrites after it loaded the file.
+    #[test]
+    fn a_copied_index_sees_the_owner_s_appends() {
+        let t = tempfile::tempdir().unwrap();
+        let owner = open(t.path());
+        owner.clear_stamps("s").unwrap();
+        owner
+            .set_stamps("s", 1, [(&b"a"[..], Digest::of(b"1"))])
+            .unwrap();
+        let reader = Index::open_with_memos(
+            &t.path().join("copy"),
+            &t.path().join("runs"),
+            &t.path().join("m"),
+        )
+        .unwrap();
+        assert_eq!(
+            reader.stamp("s", b"a").unwrap(),
+            Some((Digest::of(b"1"), 1))
+        );
+        owner
+            .set_stamps("s", 2, [(&b"a"[..], Digest::of(b"2"))])
+            .unwrap();
+        assert_eq!(
+            reader.stamp("s", b"a").unwrap(),
+            Some((Digest::of(b"2"), 2))
+        );
+        owner.clear_stamps("s").unwrap();
+        assert_eq!(reader.stamp("s", b"a").unwrap(), None);
+    }
+
+    /// An older index's stamps (in sled) answer until the name's first
+    /// write, which copies them into its file; a lost file never makes
+    /// them answer again.
+    #[test]
+    fn an_older_index_s_stamps_are_read_then_moved() {
+        let t = tempfile::tempdir().unwrap();
+        {
+            let ix = open(t.path());
+            let tree = ix.db.open_tree("stamps").unwrap();
+            let mut v = Digest::of(b"old").as_bytes().to_vec();
+            v.extend_from_slice(&5u64.to_le_bytes());
+            tree.insert(legacy_key("s", b"a"), v.clone()).unwrap();
+            tree.insert(legacy_key("s", MARK), v).unwrap();
+            ix.flush().unwrap();
+        }
+        let ix = open(t.path());
+        assert_eq!(ix.stamp("s", b"a").unwrap(), Some((Digest::of(b"old"), 5)));
+        ix.set_stamps("s", 8, [(&b"b"[..], Digest::of(b"b"))])
+            .unwrap();
+        ix.flush().unwrap();
+        assert_eq!(ix.stamp("s", b"a").unwrap(), Some((Digest::of(b"old"), 5)));
+        assert_eq!(ix.stamp("s", MARK).unwrap(), Some((Digest::of(b"old"), 5)));
+        assert_eq!(ix.stamp("s", b"b").unwrap(), Some((Digest::of(b"b"), 8)));
+        drop(ix);
+        std::fs::remove_file(t.path().join("stamps/s")).unwrap();
+        let ix = open(t.path());
+        assert_eq!(ix.stamp("s", MARK).unwrap(), None);
+        assert_eq!(ix.stamp("s", b"a").unwrap(), None);
+    }
+}
