@@ -343,7 +343,7 @@ fn store_layout_has_readonly_blobs_and_json_entries() {
     sb.run(&p, &[]).ok();
     assert_eq!(
         fs::read_to_string(sb.store.join("FORMAT")).unwrap(),
-        "dagfs-store\nversion 3\n"
+        "dagfs-store\nversion 4\n"
     );
     let content = b"ALPHA\nBETA\n";
     let hex = blake3::hash(content).to_hex().to_string();

@@ -47,13 +47,20 @@ const RECORD: usize = 4 + 32 + 8;
 /// plus this.
 const SLACK: u64 = 64 << 10;
 
+type FileId = (u64, u64, u64, i64, i64);
+
+fn file_id(m: &std::fs::Metadata) -> FileId {
+    (m.dev(), m.ino(), m.len(), m.ctime(), m.ctime_nsec())
+}
+
 /// The stamps of one name as loaded.
 #[derive(Default)]
 struct Loaded {
     /// The file was read (and, unless `shared`, is written only here).
     loaded: bool,
-    /// (device, inode, size) of the file loaded; None: no file.
-    id: Option<(u64, u64, u64)>,
+    /// (device, inode, size, ctime s, ctime ns) of the file loaded; None:
+    /// no file.
+    id: Option<FileId>,
     /// Bytes up to the end of the last batch that checks.
     valid: u64,
     /// path → (digest, since ms).
@@ -205,17 +212,21 @@ impl StampFiles {
             Err(e) => return Err(io_err(&path, e)),
         };
         let m = f.metadata().map_err(|e| io_err(&path, e))?;
-        let id = (m.dev(), m.ino(), m.len());
-        if l.id == Some(id) {
-            return Ok(());
-        }
-        // An append keeps what was loaded: the same file, no shorter, and
-        // the same 8 bytes before `valid` (a file replaced twice may reuse
-        // the first one's inode number).
-        let appended = matches!(l.id, Some((dev, ino, len)) if dev == id.0 && ino == id.1 && len <= id.2)
+        let id = file_id(&m);
+        // What was loaded still stands if the file is the same one, no
+        // shorter than what checked, with the same 8 bytes before `valid`
+        // (a file replaced twice may reuse the first one's inode number,
+        // and a torn tail may be cut and replaced by a batch of its size:
+        // so even an unchanged identity is checked). Then only what lies
+        // past `valid` is read, if anything does.
+        let same = matches!(l.id, Some(old) if old.0 == id.0 && old.1 == id.1)
+            && id.2 >= l.valid
             && l.valid >= 8
             && l.tail_is(&mut f);
-        if !appended {
+        if same && (l.id == Some(id) && id.2 == l.valid) {
+            return Ok(());
+        }
+        if !same {
             *l = Loaded::default();
             let mut head = [0u8; HEADER.len()];
             let whole = f.read_exact(&mut head).is_ok() && head == *HEADER;
@@ -253,7 +264,8 @@ impl StampFiles {
         if l.id.is_some() {
             return Ok(l.map.get(path).copied());
         }
-        drop(l);
+        // NB: under the name's lock, so a first write (which copies these
+        // records, then marks them moved) is wholly before or after.
         if self.legacy.contains_key(moved_key(sync))? {
             return Ok(None);
         }
@@ -275,32 +287,22 @@ impl StampFiles {
         let l = &mut *l;
         self.refresh(sync, l)?;
         if l.id.is_none() || l.valid == 0 {
-            // No file (or not one of ours): start it, with the records of
-            // an older index first.
-            let mut old = if l.id.is_none() {
-                self.legacy_records(sync)?
-            } else {
-                Vec::new()
-            };
-            for (p, d, ms) in &records {
-                old.push((p.to_vec(), *d, *ms));
-            }
-            let all: Vec<(&[u8], Digest, u64)> = old
-                .iter()
-                .map(|(p, d, ms)| (p.as_slice(), *d, *ms))
-                .collect();
-            self.replace(sync, &all, l)?;
-            self.mark_moved(sync)?;
-            return Ok(());
+            return self.start(sync, &records, l);
         }
         let path = self.path(sync);
         let batch = encode_batch(&records);
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .open(&path)
-            .map_err(|e| io_err(&path, e))?;
+        let mut f = match std::fs::OpenOptions::new().write(true).open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                // Removed under us: start it again (with no older records:
+                // the name is marked moved), so no base record either.
+                *l = Loaded::default();
+                return self.start(sync, &records, l);
+            }
+            Err(e) => return Err(io_err(&path, e)),
+        };
         // Cut off a torn batch, then append.
-        let torn = l.id.map(|(_, _, len)| len) != Some(l.valid);
+        let torn = l.id.map(|id| id.2) != Some(l.valid);
         (if torn { f.set_len(l.valid) } else { Ok(()) })
             .and_then(|()| f.seek(SeekFrom::Start(l.valid)))
             .and_then(|_| f.write_all(&batch))
@@ -312,16 +314,39 @@ impl StampFiles {
         l.valid += batch.len() as u64;
         l.tail.copy_from_slice(&batch[batch.len() - 8..]);
         let m = f.metadata().map_err(|e| io_err(&path, e))?;
-        l.id = Some((m.dev(), m.ino(), m.len()));
+        l.id = Some(file_id(&m));
         if l.valid > 2 * l.live + SLACK {
             let map = l.map.clone();
             let all: Vec<(&[u8], Digest, u64)> = map
                 .iter()
                 .map(|(p, (d, ms))| (p.as_slice(), *d, *ms))
                 .collect();
-            self.replace(sync, &all, l)?;
+            // The records are durable already: a rewrite that fails (a
+            // full disk) leaves the file as it was, to be tried again at
+            // the next append, and fails no sync.
+            let _ = self.replace(sync, &all, l);
         }
         Ok(())
+    }
+
+    /// Write `sync`'s first file (or a file that was not one of ours, or
+    /// was removed): `records`, after those an older index holds (see the
+    /// module's doc) when there was no file.
+    fn start(&self, sync: &str, records: &[(&[u8], Digest, u64)], l: &mut Loaded) -> Result<()> {
+        let mut old = if l.id.is_none() {
+            self.legacy_records(sync)?
+        } else {
+            Vec::new()
+        };
+        for (p, d, ms) in records {
+            old.push((p.to_vec(), *d, *ms));
+        }
+        let all: Vec<(&[u8], Digest, u64)> = old
+            .iter()
+            .map(|(p, d, ms)| (p.as_slice(), *d, *ms))
+            .collect();
+        self.replace(sync, &all, l)?;
+        self.mark_moved(sync)
     }
 
     /// Forget every stamp of `sync` (its history starts again).
@@ -340,8 +365,11 @@ impl StampFiles {
         if !records.is_empty() {
             bytes.extend_from_slice(&encode_batch(records));
         }
+        // NB: '@' is in no sync name; 0666 as the store's other files (less
+        // the umask), so another user may read a store it cannot write.
         let mut tmp = tempfile::Builder::new()
-            .prefix(".stamps-")
+            .prefix(".stamps@")
+            .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666))
             .tempfile_in(&self.dir)
             .map_err(|e| io_err(&self.dir, e))?;
         tmp.write_all(&bytes)
@@ -354,7 +382,7 @@ impl StampFiles {
         let m = f.metadata().map_err(|e| io_err(&path, e))?;
         *l = Loaded {
             loaded: true,
-            id: Some((m.dev(), m.ino(), m.len())),
+            id: Some(file_id(&m)),
             valid: bytes.len() as u64,
             map: HashMap::with_capacity(records.len()),
             live: Loaded::live_bytes(&HashMap::new()),
@@ -375,8 +403,13 @@ impl StampFiles {
         let mut out = Vec::new();
         for kv in self.legacy.scan_prefix(&prefix) {
             let (k, v) = kv?;
-            let (d, ms) = legacy_value(&v)?;
-            out.push((k[prefix.len()..].to_vec(), d, ms));
+            match legacy_value(&v) {
+                Ok((d, ms)) => out.push((k[prefix.len()..].to_vec(), d, ms)),
+                // One damaged record: none is copied, not even the base
+                // record (dropping one record while keeping the base would
+                // show its path as older than it is).
+                Err(_) => return Ok(Vec::new()),
+            }
         }
         Ok(out)
     }
@@ -437,6 +470,13 @@ mod tests {
             ix.set_stamps("s", 9, [(&b"d/f3"[..], Digest::of(b"new"))])
                 .unwrap();
             ix.flush().unwrap();
+            use std::os::unix::fs::PermissionsExt;
+            let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+            assert_eq!(
+                mode(&t.path().join("stamps/s")),
+                mode(&t.path().join("index/db")),
+                "a stamps file is as readable as the index"
+            );
             let in_sled: usize = ix
                 .db
                 .tree_names()
@@ -553,6 +593,67 @@ mod tests {
         );
         owner.clear_stamps("s").unwrap();
         assert_eq!(reader.stamp("s", b"a").unwrap(), None);
+        drop(owner);
+        // A torn tail the reader saw, cut by the next owner and replaced
+        // by a batch of the same size: same file, same size.
+        let file = t.path().join("stamps/s");
+        let next = encode_batch(&[(&b"b"[..], Digest::of(b"3"), 3)]);
+        let mut bytes = std::fs::read(&file).unwrap();
+        bytes.extend(std::iter::repeat_n(7u8, next.len()));
+        std::fs::write(&file, &bytes).unwrap();
+        assert_eq!(reader.stamp("s", b"b").unwrap(), None);
+        let owner = open(t.path());
+        owner
+            .set_stamps("s", 3, [(&b"b"[..], Digest::of(b"3"))])
+            .unwrap();
+        assert_eq!(
+            std::fs::metadata(&file).unwrap().len() as usize,
+            bytes.len()
+        );
+        assert_eq!(
+            reader.stamp("s", b"b").unwrap(),
+            Some((Digest::of(b"3"), 3))
+        );
+    }
+
+    /// A file removed under its owner is started again, without a base
+    /// record (paths then show their snapshot's time, never an older one).
+    #[test]
+    fn a_file_removed_under_its_owner_is_started_again_without_a_base() {
+        let t = tempfile::tempdir().unwrap();
+        let ix = open(t.path());
+        ix.clear_stamps("s").unwrap();
+        ix.set_stamps(
+            "s",
+            1,
+            [(MARK, Digest::of(b"t")), (&b"a"[..], Digest::of(b"1"))],
+        )
+        .unwrap();
+        std::fs::remove_file(t.path().join("stamps/s")).unwrap();
+        ix.set_stamps("s", 2, [(&b"b"[..], Digest::of(b"2"))])
+            .unwrap();
+        drop(ix);
+        let ix = open(t.path());
+        assert_eq!(ix.stamp("s", MARK).unwrap(), None);
+        assert_eq!(ix.stamp("s", b"a").unwrap(), None);
+        assert_eq!(ix.stamp("s", b"b").unwrap(), Some((Digest::of(b"2"), 2)));
+    }
+
+    /// One damaged record of an older index: none is copied, the base
+    /// record included.
+    #[test]
+    fn a_damaged_older_record_copies_no_base() {
+        let t = tempfile::tempdir().unwrap();
+        let ix = open(t.path());
+        let tree = ix.db.open_tree("stamps").unwrap();
+        let mut v = Digest::of(b"old").as_bytes().to_vec();
+        v.extend_from_slice(&5u64.to_le_bytes());
+        tree.insert(legacy_key("s", MARK), v).unwrap();
+        tree.insert(legacy_key("s", b"bad"), &b"short"[..]).unwrap();
+        ix.set_stamps("s", 8, [(&b"b"[..], Digest::of(b"b"))])
+            .unwrap();
+        assert_eq!(ix.stamp("s", MARK).unwrap(), None);
+        assert_eq!(ix.stamp("s", b"b").unwrap(), Some((Digest::of(b"b"), 8)));
     }
 
     /// An older index's stamps (in sled) answer until the name's first

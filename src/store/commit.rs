@@ -224,10 +224,10 @@ impl Store {
         if all.len() <= Self::AUTO_PACK_LIMIT {
             return Ok(false);
         }
-        let total: u64 = all.iter().map(|p| p.size).sum();
+        let total: u64 = all.iter().map(|p| p.size()).sum();
         let mut merge = all;
-        merge.sort_by_key(|p| std::cmp::Reverse(p.size));
-        if merge[0].size.saturating_mul(2) >= total {
+        merge.sort_by_key(|p| std::cmp::Reverse(p.size()));
+        if merge[0].size().saturating_mul(2) >= total {
             merge.remove(0);
         }
         let work = self.tempdir("repack-")?;

@@ -12,9 +12,10 @@
 //!
 //! ```text
 //! <store>/
-//!   FORMAT            "dagfs-store\nversion 3\n"; a newer version fails to open;
-//!                     versions 1 (no packs) and 2 (sync logs as one JSON
-//!                     object) are upgraded when opened
+//!   FORMAT            "dagfs-store\nversion 4\n"; a newer version fails to open;
+//!                     versions 1 (no packs), 2 (sync logs as one JSON
+//!                     object) and 3 (sync stamps in the index) are
+//!                     upgraded when opened
 //!   lock              flock held by the single owner; holds "pid N (cmd)"
 //!   blobs/ab/<hex>    immutable files, mode 0444, named by their BLAKE3
 //!   packs/<id>.pack   many small blobs in one file, and its index
@@ -94,13 +95,16 @@ use error::IoContext;
 use lock::StoreLock;
 
 pub const FORMAT_NAME: &str = "dagfs-store";
-pub const FORMAT_VERSION: u32 = 3;
+pub const FORMAT_VERSION: u32 = 4;
 /// Older versions this dagfs opens (and upgrades: 1 had no `packs/`; 2
 /// wrote sync logs as one JSON object, which are read as they are and
-/// rewritten in lines at their next write).
-const FORMAT_UPGRADES: [u32; 2] = [1, 2];
+/// rewritten in lines at their next write; 3 kept sync stamps in the
+/// index, read there until a name's first write moves them to
+/// `stamps/`). 4 exists so that no older dagfs writes stamps into the
+/// index once they have moved (they would not be seen).
+const FORMAT_UPGRADES: [u32; 3] = [1, 2, 3];
 /// Older versions a read-only store may be at: read as they are.
-const FORMAT_READ_AS_IS: [u32; 1] = [2];
+const FORMAT_READ_AS_IS: [u32; 2] = [2, 3];
 
 /// An open store. Holds the store lock for its whole life.
 #[derive(Debug)]
@@ -492,8 +496,8 @@ mod tests {
     }
 
     #[test]
-    fn a_version_1_or_2_store_is_upgraded_when_opened() {
-        for v in [1, 2] {
+    fn an_older_store_is_upgraded_when_opened() {
+        for v in [1, 2, 3] {
             let t = tempfile::tempdir().unwrap();
             drop(open(t.path()));
             fs::write(
@@ -507,7 +511,7 @@ mod tests {
             let s = open(t.path());
             assert_eq!(
                 fs::read_to_string(t.path().join("FORMAT")).unwrap(),
-                "dagfs-store\nversion 3\n"
+                "dagfs-store\nversion 4\n"
             );
             stage_many(&s, 100, "u");
             assert_eq!(pack_files(&s).len(), 2);

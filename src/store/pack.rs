@@ -234,9 +234,11 @@ pub struct Pack {
     idx: memmap2::Mmap,
     /// Rows in `idx`, from byte `IDX_HEAD`.
     rows: usize,
-    file: File,
-    /// Size of the `.pack` file.
-    pub size: u64,
+    /// The `.pack` file and its size, opened at first need (a lookup that
+    /// finds its blob elsewhere never opens it; a grown store's 32 packs
+    /// cost 4 system calls each at every open), with its magic checked.
+    data: std::sync::OnceLock<std::result::Result<(File, u64), String>>,
+    pack_path: PathBuf,
     /// When the pack was published (its index's ctime).
     pub published: std::time::SystemTime,
     /// The whole-index check, once made (`check`).
@@ -263,8 +265,8 @@ impl Pack {
         Ok(p)
     }
 
-    /// Open `<dir>/<id>.idx` and its pack: the index's magic and size, the
-    /// pack's magic. Its rows are checked by `check`.
+    /// Open `<dir>/<id>.idx`: its magic and size. The pack is opened (and
+    /// its magic checked) at first need (`data`); the rows by `check`.
     pub fn open(dir: &Path, id: &str) -> std::result::Result<Pack, BadPack> {
         let idx_path = dir.join(format!("{id}.idx"));
         let pack_path = dir.join(format!("{id}.pack"));
@@ -296,31 +298,47 @@ impl Pack {
         if count.checked_mul(ROW as u64) != Some(table) {
             return Err(bad(&idx_path, format!("{count} rows do not fit its size")));
         }
-        let file = File::open(&pack_path).map_err(|e| bad(&pack_path, e.to_string()))?;
-        let size = file
-            .metadata()
-            .map_err(|e| bad(&pack_path, e.to_string()))?
-            .len();
-        let mut head_bytes = [0u8; 16];
-        if file.read_exact_at(&mut head_bytes, 0).is_err() || &head_bytes != PACK_MAGIC {
-            return Err(bad(&pack_path, "not a pack".into()));
-        }
         Ok(Pack {
             id: id.to_string(),
             rows: count as usize,
             idx,
-            file,
-            size,
+            data: std::sync::OnceLock::new(),
+            pack_path,
             published,
             checked: std::sync::OnceLock::new(),
             idx_path,
         })
     }
 
+    /// The `.pack` file and its size, opened once, its magic checked.
+    fn data(&self) -> std::result::Result<&(File, u64), BadPack> {
+        self.data
+            .get_or_init(|| {
+                let file = File::open(&self.pack_path).map_err(|e| e.to_string())?;
+                let size = file.metadata().map_err(|e| e.to_string())?.len();
+                let mut head = [0u8; 16];
+                if file.read_exact_at(&mut head, 0).is_err() || &head != PACK_MAGIC {
+                    return Err("not a pack".into());
+                }
+                Ok((file, size))
+            })
+            .as_ref()
+            .map_err(|reason| BadPack {
+                path: self.pack_path.clone(),
+                reason: reason.clone(),
+            })
+    }
+
+    /// Size of the `.pack` file (0 if it does not open: see `check`).
+    pub fn size(&self) -> u64 {
+        self.data().map_or(0, |(_, size)| *size)
+    }
+
     /// The whole index, checked once: its checksum, that it is named for
     /// its table, that its rows are in order, and that every range lies in
-    /// the pack.
+    /// the pack (which must open, its magic right).
     pub fn check(&self) -> std::result::Result<(), BadPack> {
+        self.data()?;
         self.checked
             .get_or_init(|| self.check_whole())
             .clone()
@@ -355,7 +373,7 @@ impl Pack {
         off >= REC_HEAD
             && off
                 .checked_add(u64::from(len))
-                .is_some_and(|end| end <= self.size)
+                .is_some_and(|end| end <= self.size())
             && len as usize <= MAX_PACKED
     }
 
@@ -428,8 +446,9 @@ impl Pack {
 
     /// The stored bytes at (`off`, `len`), unchecked (what fsck hashes).
     pub fn read_raw(&self, off: u64, len: u32) -> std::io::Result<Vec<u8>> {
+        let (file, _) = self.data().map_err(|e| std::io::Error::other(e.reason))?;
         let mut b = vec![0u8; len as usize];
-        self.file.read_exact_at(&mut b, off)?;
+        file.read_exact_at(&mut b, off)?;
         Ok(b)
     }
 
@@ -438,6 +457,12 @@ impl Pack {
         let Some((off, len)) = self.find(d) else {
             return Ok(None);
         };
+        if self.data().is_err() {
+            // No pack to read (missing, or not a pack): as if it had not
+            // loaded, as it did not before it was opened lazily (fsck
+            // reports it).
+            return Ok(None);
+        }
         let path = self.pack_path(dir);
         let b = self.read_raw(off, len).at(&path)?;
         if Digest::of(&b) != *d {
@@ -596,6 +621,45 @@ mod tests {
     fn publish(dir: &Path, f: &FinishedPack) {
         fs::rename(&f.pack, dir.join(format!("{}.pack", f.id))).unwrap();
         fs::rename(&f.idx, dir.join(format!("{}.idx", f.id))).unwrap();
+    }
+
+    /// A pack is opened at its first read, so a lookup that finds its blob
+    /// in another pack never opens it; one whose `.pack` is missing or not
+    /// a pack reads as holding nothing and is left out of what trusts rows.
+    #[test]
+    fn a_pack_file_is_opened_at_first_need_and_a_bad_one_holds_nothing() {
+        let t = tempfile::tempdir().unwrap();
+        let (a, b, c): (&[u8], &[u8], &[u8]) = (b"in a", b"in b", b"in c");
+        let fa = write(t.path(), &[a]);
+        publish(t.path(), &fa);
+        let fb = write(t.path(), &[b]);
+        publish(t.path(), &fb);
+        let fc = write(t.path(), &[c]);
+        publish(t.path(), &fc);
+        fs::remove_file(t.path().join(format!("{}.pack", fb.id))).unwrap();
+        fs::write(
+            t.path().join(format!("{}.pack", fc.id)),
+            b"not a pack at all",
+        )
+        .unwrap();
+        let packs = Packs::new(t.path().to_path_buf());
+        assert_eq!(packs.all().len(), 3, "indexes open without their packs");
+        assert_eq!(packs.read(&Digest::of(a)).unwrap().as_deref(), Some(a));
+        let opened = packs
+            .all()
+            .iter()
+            .filter(|p| p.data.get().is_some())
+            .count();
+        assert!(opened <= 1, "{opened} packs opened for one read");
+        assert_eq!(packs.read(&Digest::of(b)).unwrap(), None);
+        assert_eq!(packs.read(&Digest::of(c)).unwrap(), None);
+        let ids: Vec<String> = packs.checked().iter().map(|p| p.id.clone()).collect();
+        assert_eq!(ids, vec![fa.id.clone()]);
+        assert!(Pack::load(t.path(), &fb.id).is_err());
+        assert_eq!(
+            Pack::load(t.path(), &fc.id).unwrap_err().reason,
+            "not a pack"
+        );
     }
 
     /// A task's few small blobs never make a file: a commit writes them

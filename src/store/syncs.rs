@@ -111,7 +111,8 @@ fn decode(bytes: &[u8]) -> std::result::Result<(SyncLog, LogEnd), String> {
 
 /// The log of `bytes` with its latest snapshot alone: the header and the
 /// last whole line, nothing between decoded (a 1,000-snapshot log took a
-/// third of a `dagfs cat NAME@latest/PATH`).
+/// third of a `dagfs cat NAME@latest/PATH`). So a damaged line before the
+/// last goes unseen here; `decode` (every sync, gc, fsck) finds it.
 fn decode_latest(bytes: &[u8]) -> std::result::Result<SyncLog, String> {
     if bytes.first() == Some(&b'{') {
         if let Ok(mut log) = serde_json::from_slice::<SyncLog>(bytes) {

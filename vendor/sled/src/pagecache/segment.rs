@@ -635,6 +635,7 @@ impl SegmentAccountant {
         let zeroed: Vec<u8> =
             vec![MessageKind::Corrupted.into(); self.config.segment_size];
         let mut seen = vec![0_u8; self.config.segment_size];
+        let file_len = self.config.file.metadata().map_or(0, |m| m.len());
         for segment_base in to_free {
             self.free_segment(segment_base)?;
             io_fail!(self.config, "zero garbage segment SA");
@@ -646,8 +647,11 @@ impl SegmentAccountant {
             // it for writeback; reading each back to compare cost as much
             // once many segments were free. Nothing syncs it here either
             // way.
-            if holes::is_hole(&self.config.file, segment_base, segment_size)
-                || holes::punch(&self.config.file, segment_base, segment_size)
+            let inside = holes::inside(file_len, segment_base, segment_size);
+            if inside.is_some_and(|(base, len)| {
+                holes::is_hole(&self.config.file, base, len)
+                    || holes::punch(&self.config.file, base, len)
+            })
             {
                 continue;
             }
@@ -1158,22 +1162,31 @@ mod holes {
 
     use crate::pagecache::LogOffset;
 
-    fn inside(file: &File, base: LogOffset, len: usize) -> Option<(i64, i64)> {
-        let size = file.metadata().ok()?.len();
+    /// `[base, base + len)` as offsets, if it lies inside a file of
+    /// `size` bytes.
+    pub(super) fn inside(
+        size: u64,
+        base: LogOffset,
+        len: usize,
+    ) -> Option<(libc::off_t, libc::off_t)> {
         let end = base.checked_add(len as u64)?;
         if end > size {
             return None;
         }
-        Some((i64::try_from(base).ok()?, i64::try_from(len).ok()?))
+        Some((
+            libc::off_t::try_from(base).ok()?,
+            libc::off_t::try_from(len).ok()?,
+        ))
     }
 
     /// Whether `[base, base + len)` holds no data (reads back as zeroes).
     #[cfg(target_os = "linux")]
-    pub(super) fn is_hole(file: &File, base: LogOffset, len: usize) -> bool {
+    pub(super) fn is_hole(
+        file: &File,
+        base: libc::off_t,
+        len: libc::off_t,
+    ) -> bool {
         use std::os::unix::io::AsRawFd;
-        let Some((base, len)) = inside(file, base, len) else {
-            return false;
-        };
         // SAFETY: lseek on a file descriptor we own; it only moves the
         // offset, which sled never uses (every read and write is positioned).
         let next = unsafe { libc::lseek(file.as_raw_fd(), base, libc::SEEK_DATA) };
@@ -1186,11 +1199,12 @@ mod holes {
 
     /// Make `[base, base + len)` a hole; false where that cannot be done.
     #[cfg(target_os = "linux")]
-    pub(super) fn punch(file: &File, base: LogOffset, len: usize) -> bool {
+    pub(super) fn punch(
+        file: &File,
+        base: libc::off_t,
+        len: libc::off_t,
+    ) -> bool {
         use std::os::unix::io::AsRawFd;
-        let Some((base, len)) = inside(file, base, len) else {
-            return false;
-        };
         // SAFETY: fallocate on a file descriptor we own, inside its size
         // (KEEP_SIZE: the size does not change).
         let r = unsafe {
@@ -1205,12 +1219,12 @@ mod holes {
     }
 
     #[cfg(not(target_os = "linux"))]
-    pub(super) fn is_hole(_: &File, _: LogOffset, _: usize) -> bool {
+    pub(super) fn is_hole(_: &File, _: libc::off_t, _: libc::off_t) -> bool {
         false
     }
 
     #[cfg(not(target_os = "linux"))]
-    pub(super) fn punch(_: &File, _: LogOffset, _: usize) -> bool {
+    pub(super) fn punch(_: &File, _: libc::off_t, _: libc::off_t) -> bool {
         false
     }
 }
