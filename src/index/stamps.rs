@@ -28,8 +28,10 @@
 //!
 //! Only the process that holds the index writes these files, so it loads
 //! a name's file once. A reader of a copied index (a read-only store:
-//! `shared`) compares the file's identity and size with what it loaded at
-//! each lookup, and so sees appends too.
+//! `shared`) checks at each lookup that the file is the one it loaded (the
+//! same inode, no shorter, the same 8 bytes before where its batches
+//! checked) and reads what lies past that, so it sees appends too; any
+//! other file is loaded anew.
 
 use std::collections::HashMap;
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -376,9 +378,9 @@ impl StampFiles {
             .and_then(|()| tmp.as_file().sync_all())
             .map_err(|e| io_err(tmp.path(), e))?;
         let f = tmp.persist(&path).map_err(|e| io_err(&path, e.error))?;
-        std::fs::File::open(&self.dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| io_err(&self.dir, e))?;
+        // The file is replaced: what was loaded no longer describes it (if
+        // the next step fails, the next need loads it again).
+        *l = Loaded::default();
         let m = f.metadata().map_err(|e| io_err(&path, e))?;
         *l = Loaded {
             loaded: true,
@@ -391,7 +393,9 @@ impl StampFiles {
         for (p, d, ms) in records {
             l.note(p, *d, *ms);
         }
-        Ok(())
+        std::fs::File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| io_err(&self.dir, e))
     }
 
     /// The records of `sync` an older index keeps in sled (none once moved).

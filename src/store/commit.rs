@@ -374,6 +374,11 @@ impl Store {
     pub(crate) fn remove_pack(&self, id: &str) -> Result<()> {
         let dir = &self.packs.dir;
         self.note_change();
+        // NB: a `.pack` is opened at first need; opened now, it stays
+        // readable to whoever holds this set of packs after the unlink.
+        if let Some(p) = self.packs.all().iter().find(|p| p.id == id) {
+            let _ = p.check();
+        }
         for ext in ["idx", "pack"] {
             let p = dir.join(format!("{id}.{ext}"));
             match fs::remove_file(&p) {

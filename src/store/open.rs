@@ -114,7 +114,9 @@ impl Store {
             gate: BarrierGate::default(),
             blob_generation: read_blob_generation(root)?.into(),
             changed: false.into(),
-            packs: pack::Packs::new(root.join("packs")),
+            // NB: another process owns the packs and merges them away:
+            // only a pack opened before it removes them stays readable.
+            packs: pack::Packs::new_eager(root.join("packs")),
             blobs_dir: std::sync::OnceLock::new(),
             read_only: Some(why.to_string()),
             recreated: Vec::new(),

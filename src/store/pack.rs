@@ -206,10 +206,12 @@ pub(crate) struct FinishedPack {
     pub id: String,
 }
 
-/// A published pack: its index mapped and its file open.
+/// A published pack: its index mapped, its file opened at first need.
 ///
-/// Opening checks only what every lookup relies on: the index's magic, that
-/// its size fits its row count, and the pack's magic. The whole index
+/// Opening checks only what every lookup relies on: the index's magic and
+/// that its size fits its row count. The `.pack` is opened, and its magic
+/// checked, when a read or the whole check first needs it (`data`), so a
+/// lookup that another pack answers never opens it. The whole index
 /// (checksum, name, order, ranges) is checked once, on first need, by
 /// `check`: before anything trusts its rows without hashing the bytes
 /// they name (gc, repack, fsck, a prefix search, a blob's size, whether a
@@ -237,7 +239,11 @@ pub struct Pack {
     /// The `.pack` file and its size, opened at first need (a lookup that
     /// finds its blob elsewhere never opens it; a grown store's 32 packs
     /// cost 4 system calls each at every open), with its magic checked.
-    data: std::sync::OnceLock<std::result::Result<(File, u64), String>>,
+    data: std::sync::OnceLock<(File, u64)>,
+    /// Why the `.pack` cannot be used, once that is known for good
+    /// (missing, not a pack); a failure that may pass (no descriptor left,
+    /// an I/O error) is not kept, and the next need tries again.
+    unusable: std::sync::OnceLock<String>,
     pack_path: PathBuf,
     /// When the pack was published (its index's ctime).
     pub published: std::time::SystemTime,
@@ -303,6 +309,7 @@ impl Pack {
             rows: count as usize,
             idx,
             data: std::sync::OnceLock::new(),
+            unusable: std::sync::OnceLock::new(),
             pack_path,
             published,
             checked: std::sync::OnceLock::new(),
@@ -312,21 +319,46 @@ impl Pack {
 
     /// The `.pack` file and its size, opened once, its magic checked.
     fn data(&self) -> std::result::Result<&(File, u64), BadPack> {
-        self.data
-            .get_or_init(|| {
-                let file = File::open(&self.pack_path).map_err(|e| e.to_string())?;
-                let size = file.metadata().map_err(|e| e.to_string())?.len();
-                let mut head = [0u8; 16];
-                if file.read_exact_at(&mut head, 0).is_err() || &head != PACK_MAGIC {
-                    return Err("not a pack".into());
-                }
-                Ok((file, size))
-            })
-            .as_ref()
-            .map_err(|reason| BadPack {
-                path: self.pack_path.clone(),
-                reason: reason.clone(),
-            })
+        if let Some(d) = self.data.get() {
+            return Ok(d);
+        }
+        let bad = |reason: String| BadPack {
+            path: self.pack_path.clone(),
+            reason,
+        };
+        if let Some(why) = self.unusable.get() {
+            return Err(bad(why.clone()));
+        }
+        let opened = (|| {
+            let file = File::open(&self.pack_path)?;
+            let size = file.metadata()?.len();
+            let mut head = [0u8; 16];
+            file.read_exact_at(&mut head, 0)?;
+            Ok::<_, std::io::Error>((file, size, head))
+        })();
+        match opened {
+            Ok((file, size, head)) if &head == PACK_MAGIC => {
+                Ok(self.data.get_or_init(|| (file, size)))
+            }
+            Ok(_) => Err(bad(self
+                .unusable
+                .get_or_init(|| "not a pack".into())
+                .clone())),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::UnexpectedEof
+                ) =>
+            {
+                let why = if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                    "not a pack".to_string()
+                } else {
+                    e.to_string()
+                };
+                Err(bad(self.unusable.get_or_init(|| why).clone()))
+            }
+            Err(e) => Err(bad(e.to_string())),
+        }
     }
 
     /// Size of the `.pack` file (0 if it does not open: see `check`).
@@ -457,12 +489,6 @@ impl Pack {
         let Some((off, len)) = self.find(d) else {
             return Ok(None);
         };
-        if self.data().is_err() {
-            // No pack to read (missing, or not a pack): as if it had not
-            // loaded, as it did not before it was opened lazily (fsck
-            // reports it).
-            return Ok(None);
-        }
         let path = self.pack_path(dir);
         let b = self.read_raw(off, len).at(&path)?;
         if Digest::of(&b) != *d {
@@ -495,6 +521,8 @@ impl Pack {
 pub(crate) struct Packs {
     pub dir: PathBuf,
     loaded: RwLock<Option<Arc<Vec<Arc<Pack>>>>>,
+    /// Open every `.pack` when the set is loaded (`new_eager`).
+    eager: bool,
 }
 
 impl Packs {
@@ -502,6 +530,19 @@ impl Packs {
         Packs {
             dir,
             loaded: RwLock::new(None),
+            eager: false,
+        }
+    }
+
+    /// For a store another process owns (read-only): its packs are opened
+    /// as soon as they are listed, so a pack the owner merges away later
+    /// stays readable here through the open file, as the set this process
+    /// loaded promises. (The owner's own removals open a pack first: they
+    /// check it whole.)
+    pub fn new_eager(dir: PathBuf) -> Packs {
+        Packs {
+            eager: true,
+            ..Packs::new(dir)
         }
     }
 
@@ -557,6 +598,11 @@ impl Packs {
         let list: Arc<Vec<Arc<Pack>>> = Arc::new(
             ids.iter()
                 .filter_map(|id| Pack::open(&self.dir, id).ok().map(Arc::new))
+                .inspect(|p| {
+                    if self.eager {
+                        let _ = p.data();
+                    }
+                })
                 .collect(),
         );
         *w = Some(list.clone());
@@ -588,12 +634,26 @@ impl Packs {
     /// against `d`. None: no pack holds it (or only packs whose index is
     /// damaged, as if they had not loaded).
     pub fn read(&self, d: &Digest) -> Result<Option<Vec<u8>>> {
-        for p in self.all().iter() {
-            if let Some(b) = p.read(d, &self.dir)? {
-                return Ok(Some(b));
+        self.read_from(self.all(), d)
+    }
+
+    /// `read`, starting from the packs `seen`. NB: a pack is opened at
+    /// first need, so one that a merge removed after `seen` was taken
+    /// holds nothing here; the blob is then in a pack published before
+    /// that removal, which the set at that time holds: read again from it.
+    fn read_from(&self, mut seen: Arc<Vec<Arc<Pack>>>, d: &Digest) -> Result<Option<Vec<u8>>> {
+        loop {
+            for p in seen.iter() {
+                if let Some(b) = p.read(d, &self.dir)? {
+                    return Ok(Some(b));
+                }
             }
+            let now = self.all();
+            if Arc::ptr_eq(&now, &seen) {
+                return Ok(None);
+            }
+            seen = now;
         }
-        Ok(None)
     }
 
     /// Change the loaded set (after publishing or removing packs).
@@ -660,6 +720,47 @@ mod tests {
             Pack::load(t.path(), &fc.id).unwrap_err().reason,
             "not a pack"
         );
+    }
+
+    /// A reader whose set of packs predates a merge finds the blob in the
+    /// merged pack even though the pack its set names was removed before
+    /// it was ever opened.
+    #[test]
+    fn a_read_from_a_set_a_merge_replaced_finds_the_merged_pack() {
+        let t = tempfile::tempdir().unwrap();
+        let x: &[u8] = b"merged away";
+        let old = write(t.path(), &[x]);
+        publish(t.path(), &old);
+        let packs = Packs::new(t.path().to_path_buf());
+        let before = packs.all();
+        let merged = write(t.path(), &[x, b"and another"]);
+        publish(t.path(), &merged);
+        let m = Arc::new(Pack::load(t.path(), &merged.id).unwrap());
+        packs.update(|l| l.push(m));
+        fs::remove_file(t.path().join(format!("{}.pack", old.id))).unwrap();
+        fs::remove_file(t.path().join(format!("{}.idx", old.id))).unwrap();
+        packs.update(|l| l.retain(|p| p.id != old.id));
+        assert_eq!(
+            packs.read_from(before, &Digest::of(x)).unwrap().as_deref(),
+            Some(x)
+        );
+    }
+
+    /// A read-only store's packs are opened when listed: a pack its owner
+    /// removes afterwards (a merge) stays readable there.
+    #[test]
+    fn an_eager_set_reads_a_pack_removed_after_it_was_listed() {
+        let t = tempfile::tempdir().unwrap();
+        let x: &[u8] = b"read by another process";
+        let f = write(t.path(), &[x]);
+        publish(t.path(), &f);
+        let eager = Packs::new_eager(t.path().to_path_buf());
+        let lazy = Packs::new(t.path().to_path_buf());
+        assert_eq!((eager.all().len(), lazy.all().len()), (1, 1));
+        fs::remove_file(t.path().join(format!("{}.pack", f.id))).unwrap();
+        fs::remove_file(t.path().join(format!("{}.idx", f.id))).unwrap();
+        assert_eq!(eager.read(&Digest::of(x)).unwrap().as_deref(), Some(x));
+        assert_eq!(lazy.read(&Digest::of(x)).unwrap(), None);
     }
 
     /// A task's few small blobs never make a file: a commit writes them
