@@ -361,10 +361,13 @@ impl Store {
             reason: format!("a pack just written does not load: {}", b.reason),
         })?;
         let loaded = std::sync::Arc::new(loaded);
+        // NB: a pack of the same id (the same table) already in the set
+        // may have lost its `.pack` (opened at first need, it then holds
+        // nothing for the life of the process): the one just loaded
+        // replaces it.
         self.packs.update(|l| {
-            if !l.iter().any(|p| p.id == loaded.id) {
-                l.push(loaded);
-            }
+            l.retain(|p| p.id != loaded.id);
+            l.push(loaded);
         });
         Ok(())
     }

@@ -131,6 +131,10 @@ impl Store {
     /// copied (see `Cache`): a reader must not hold up the store's writer.
     pub fn release_read_lock(&mut self) {
         if self.read_only.is_some() {
+            // NB: the packs are listed (and, eager, opened) while the lock
+            // is held, so the set matches the index copied under it; the
+            // owner may merge them away once it is released.
+            self.packs.all();
             self._lock = StoreLock::none();
         }
     }
