@@ -135,21 +135,7 @@ const INDEX_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 /// Open the index, waiting out a lock still held by a process that has
 /// released the store lock but not yet exited.
 fn open_index(dir: &Path, runs: &Path) -> std::result::Result<Index, IndexError> {
-    let deadline = std::time::Instant::now() + INDEX_LOCK_WAIT;
-    loop {
-        match Index::open(dir, runs) {
-            Err(e) if index_is_locked(&e) && std::time::Instant::now() < deadline => {
-                std::thread::sleep(std::time::Duration::from_millis(20));
-            }
-            other => return other,
-        }
-    }
-}
-
-fn index_is_locked(e: &IndexError) -> bool {
-    // NB: sled reports a lock conflict only as an `Other` I/O error with this text.
-    matches!(e, IndexError::Sled(sled::Error::Io(io))
-        if io.to_string().contains("could not acquire lock"))
+    Index::open_waiting(dir, runs, INDEX_LOCK_WAIT)
 }
 
 /// Only damage is repaired by moving the index aside: a lock conflict,

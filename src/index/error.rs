@@ -28,6 +28,14 @@ fn sled_message(e: &sled::Error) -> String {
 }
 
 impl IndexError {
+    /// Another handle holds the database's lock.
+    pub fn is_locked(&self) -> bool {
+        // NB: sled reports a lock conflict only as an `Other` I/O error
+        // with this text.
+        matches!(self, IndexError::Sled(sled::Error::Io(io))
+            if io.to_string().contains("could not acquire lock"))
+    }
+
     /// sled failed because the filesystem is full.
     pub fn is_no_space(&self) -> bool {
         match self {

@@ -556,7 +556,7 @@ mod tests {
             .unwrap();
         assert_eq!(generation(&dir), Some(2), "a new policy moves it");
         drop(ix);
-        let ix = crate::index::tests::reopen(&t.path().join("index"), &t.path().join("runs"));
+        let ix = crate::index::sled_tests::reopen(&t.path().join("index"), &t.path().join("runs"));
         ix.set_latest("d", "t", &Digest::of(b"k3")).unwrap();
         assert_eq!(generation(&dir), Some(3), "a new open owes one at once");
         std::fs::write(dir.join(GENERATION), b"junk").unwrap();
@@ -566,7 +566,7 @@ mod tests {
             "an unreadable generation holds no memo"
         );
         drop(ix);
-        let ix = crate::index::tests::reopen(&t.path().join("index"), &t.path().join("runs"));
+        let ix = crate::index::sled_tests::reopen(&t.path().join("index"), &t.path().join("runs"));
         ix.set_latest("d", "t", &Digest::of(b"k4")).unwrap();
         assert!(
             !dir.join("n").exists(),

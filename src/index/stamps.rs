@@ -39,7 +39,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use super::{corrupt, digest_of, Result};
+use super::{corrupt, digest_of, stamp_key, Result};
 use crate::hash::Digest;
 
 const HEADER: &[u8; 16] = b"dagfs-stamps v1\n";
@@ -107,10 +107,6 @@ fn io_err(path: &Path, e: std::io::Error) -> super::IndexError {
         path: path.to_path_buf(),
         source: e,
     }
-}
-
-fn legacy_key(sync: &str, path: &[u8]) -> Vec<u8> {
-    super::stamp_key(sync, path)
 }
 
 /// The legacy tree's mark that `sync`'s stamps live in a file: a path no
@@ -403,7 +399,7 @@ impl StampFiles {
         if self.legacy.contains_key(moved_key(sync))? {
             return Ok(Vec::new());
         }
-        let prefix = legacy_key(sync, b"");
+        let prefix = stamp_key(sync, b"");
         let mut out = Vec::new();
         for kv in self.legacy.scan_prefix(&prefix) {
             let (k, v) = kv?;
@@ -421,7 +417,7 @@ impl StampFiles {
     fn mark_moved(&self, sync: &str) -> Result<()> {
         if self
             .legacy
-            .scan_prefix(legacy_key(sync, b""))
+            .scan_prefix(stamp_key(sync, b""))
             .next()
             .is_some()
         {
@@ -442,7 +438,7 @@ fn legacy_value(v: &[u8]) -> Result<(Digest, u64)> {
 }
 
 fn legacy_get(legacy: &sled::Tree, sync: &str, path: &[u8]) -> Result<Option<(Digest, u64)>> {
-    match legacy.get(legacy_key(sync, path))? {
+    match legacy.get(stamp_key(sync, path))? {
         None => Ok(None),
         Some(v) => legacy_value(&v).map(Some),
     }
@@ -451,13 +447,13 @@ fn legacy_get(legacy: &sled::Tree, sync: &str, path: &[u8]) -> Result<Option<(Di
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::index::Index;
+    use crate::index::{latest_value, Index};
 
     /// A history's base record (`sync::stamps::MARK`).
     const MARK: &[u8] = b"\0";
 
     fn open(t: &Path) -> Index {
-        crate::index::tests::reopen(&t.join("index"), &t.join("runs"))
+        crate::index::sled_tests::reopen(&t.join("index"), &t.join("runs"))
     }
 
     /// Issue 17's pack row: a stamp a path in sled made every open of the
@@ -650,10 +646,9 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let ix = open(t.path());
         let tree = ix.db.open_tree("stamps").unwrap();
-        let mut v = Digest::of(b"old").as_bytes().to_vec();
-        v.extend_from_slice(&5u64.to_le_bytes());
-        tree.insert(legacy_key("s", MARK), v).unwrap();
-        tree.insert(legacy_key("s", b"bad"), &b"short"[..]).unwrap();
+        let v = latest_value(&Digest::of(b"old"), 5);
+        tree.insert(stamp_key("s", MARK), &v[..]).unwrap();
+        tree.insert(stamp_key("s", b"bad"), &b"short"[..]).unwrap();
         ix.set_stamps("s", 8, [(&b"b"[..], Digest::of(b"b"))])
             .unwrap();
         assert_eq!(ix.stamp("s", MARK).unwrap(), None);
@@ -669,10 +664,9 @@ mod tests {
         {
             let ix = open(t.path());
             let tree = ix.db.open_tree("stamps").unwrap();
-            let mut v = Digest::of(b"old").as_bytes().to_vec();
-            v.extend_from_slice(&5u64.to_le_bytes());
-            tree.insert(legacy_key("s", b"a"), v.clone()).unwrap();
-            tree.insert(legacy_key("s", MARK), v).unwrap();
+            let v = latest_value(&Digest::of(b"old"), 5);
+            tree.insert(stamp_key("s", b"a"), &v[..]).unwrap();
+            tree.insert(stamp_key("s", MARK), &v[..]).unwrap();
             ix.flush().unwrap();
         }
         let ix = open(t.path());

@@ -336,29 +336,17 @@ impl Pack {
             file.read_exact_at(&mut head, 0)?;
             Ok::<_, std::io::Error>((file, size, head))
         })();
-        match opened {
+        let why = match opened {
             Ok((file, size, head)) if &head == PACK_MAGIC => {
-                Ok(self.data.get_or_init(|| (file, size)))
+                return Ok(self.data.get_or_init(|| (file, size)));
             }
-            Ok(_) => Err(bad(self
-                .unusable
-                .get_or_init(|| "not a pack".into())
-                .clone())),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::NotFound | std::io::ErrorKind::UnexpectedEof
-                ) =>
-            {
-                let why = if e.kind() == std::io::ErrorKind::UnexpectedEof {
-                    "not a pack".to_string()
-                } else {
-                    e.to_string()
-                };
-                Err(bad(self.unusable.get_or_init(|| why).clone()))
-            }
-            Err(e) => Err(bad(e.to_string())),
-        }
+            Ok(_) => "not a pack".to_string(),
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => "not a pack".to_string(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => e.to_string(),
+            // May pass: not kept.
+            Err(e) => return Err(bad(e.to_string())),
+        };
+        Err(bad(self.unusable.get_or_init(|| why).clone()))
     }
 
     /// Size of the `.pack` file (0 if it does not open: see `check`).
@@ -683,6 +671,13 @@ mod tests {
         fs::rename(&f.idx, dir.join(format!("{}.idx", f.id))).unwrap();
     }
 
+    /// A pack of `blobs`, written and published in `dir`.
+    fn published(dir: &Path, blobs: &[&[u8]]) -> FinishedPack {
+        let f = write(dir, blobs);
+        publish(dir, &f);
+        f
+    }
+
     /// A pack is opened at its first read, so a lookup that finds its blob
     /// in another pack never opens it; one whose `.pack` is missing or not
     /// a pack reads as holding nothing and is left out of what trusts rows.
@@ -690,12 +685,9 @@ mod tests {
     fn a_pack_file_is_opened_at_first_need_and_a_bad_one_holds_nothing() {
         let t = tempfile::tempdir().unwrap();
         let (a, b, c): (&[u8], &[u8], &[u8]) = (b"in a", b"in b", b"in c");
-        let fa = write(t.path(), &[a]);
-        publish(t.path(), &fa);
-        let fb = write(t.path(), &[b]);
-        publish(t.path(), &fb);
-        let fc = write(t.path(), &[c]);
-        publish(t.path(), &fc);
+        let fa = published(t.path(), &[a]);
+        let fb = published(t.path(), &[b]);
+        let fc = published(t.path(), &[c]);
         fs::remove_file(t.path().join(format!("{}.pack", fb.id))).unwrap();
         fs::write(
             t.path().join(format!("{}.pack", fc.id)),
@@ -729,12 +721,10 @@ mod tests {
     fn a_read_from_a_set_a_merge_replaced_finds_the_merged_pack() {
         let t = tempfile::tempdir().unwrap();
         let x: &[u8] = b"merged away";
-        let old = write(t.path(), &[x]);
-        publish(t.path(), &old);
+        let old = published(t.path(), &[x]);
         let packs = Packs::new(t.path().to_path_buf());
         let before = packs.all();
-        let merged = write(t.path(), &[x, b"and another"]);
-        publish(t.path(), &merged);
+        let merged = published(t.path(), &[x, b"and another"]);
         let m = Arc::new(Pack::load(t.path(), &merged.id).unwrap());
         packs.update(|l| l.push(m));
         fs::remove_file(t.path().join(format!("{}.pack", old.id))).unwrap();
@@ -752,8 +742,7 @@ mod tests {
     fn an_eager_set_reads_a_pack_removed_after_it_was_listed() {
         let t = tempfile::tempdir().unwrap();
         let x: &[u8] = b"read by another process";
-        let f = write(t.path(), &[x]);
-        publish(t.path(), &f);
+        let f = published(t.path(), &[x]);
         let eager = Packs::new_eager(t.path().to_path_buf());
         let lazy = Packs::new(t.path().to_path_buf());
         assert_eq!((eager.all().len(), lazy.all().len()), (1, 1));

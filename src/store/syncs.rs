@@ -83,8 +83,24 @@ pub type LogEnd = Option<u64>;
 
 /// Decode a sync log file (either form); `Err(reason)` if it does not.
 fn decode(bytes: &[u8]) -> std::result::Result<(SyncLog, LogEnd), String> {
+    decode_from(bytes, false)
+}
+
+/// The log of `bytes` with its latest snapshot alone: the header and the
+/// last whole line, nothing between decoded (a 1,000-snapshot log took a
+/// third of a `dagfs cat NAME@latest/PATH`). So a damaged line before the
+/// last goes unseen here; `decode` (every sync, gc, fsck) finds it.
+fn decode_latest(bytes: &[u8]) -> std::result::Result<SyncLog, String> {
+    decode_from(bytes, true).map(|(log, _)| log)
+}
+
+fn decode_from(bytes: &[u8], last_only: bool) -> std::result::Result<(SyncLog, LogEnd), String> {
     if bytes.first() == Some(&b'{') {
-        if let Ok(log) = serde_json::from_slice::<SyncLog>(bytes) {
+        if let Ok(mut log) = serde_json::from_slice::<SyncLog>(bytes) {
+            if last_only {
+                let latest = log.snapshots.pop();
+                log.snapshots = latest.into_iter().collect();
+            }
             return Ok((log, None));
         }
     }
@@ -98,6 +114,16 @@ fn decode(bytes: &[u8]) -> std::result::Result<(SyncLog, LogEnd), String> {
         snapshots: Vec::new(),
     };
     let mut end = nl + 1;
+    if last_only {
+        // From the start of the last whole line.
+        let last_nl = bytes
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .expect("the header's newline");
+        if let Some(i) = bytes[..last_nl].iter().rposition(|&b| b == b'\n') {
+            end = end.max(i + 1);
+        }
+    }
     // NB: a last line without its newline is a torn append: left out.
     while let Some(n) = bytes[end..].iter().position(|&b| b == b'\n') {
         let line = &bytes[end..end + n];
@@ -107,44 +133,6 @@ fn decode(bytes: &[u8]) -> std::result::Result<(SyncLog, LogEnd), String> {
         end += n + 1;
     }
     Ok((log, Some(end as u64)))
-}
-
-/// The log of `bytes` with its latest snapshot alone: the header and the
-/// last whole line, nothing between decoded (a 1,000-snapshot log took a
-/// third of a `dagfs cat NAME@latest/PATH`). So a damaged line before the
-/// last goes unseen here; `decode` (every sync, gc, fsck) finds it.
-fn decode_latest(bytes: &[u8]) -> std::result::Result<SyncLog, String> {
-    if bytes.first() == Some(&b'{') {
-        if let Ok(mut log) = serde_json::from_slice::<SyncLog>(bytes) {
-            let latest = log.snapshots.pop();
-            log.snapshots = latest.into_iter().collect();
-            return Ok(log);
-        }
-    }
-    let Some(nl) = bytes.iter().position(|&b| b == b'\n') else {
-        return Err("no header line".into());
-    };
-    let h: Header = serde_json::from_slice(&bytes[..nl]).map_err(|e| format!("header: {e}"))?;
-    // NB: a last line without its newline is a torn append: left out.
-    let end = bytes
-        .iter()
-        .rposition(|&b| b == b'\n')
-        .expect("the header's newline");
-    let mut snapshots = Vec::new();
-    if end > nl {
-        let start = bytes[..end]
-            .iter()
-            .rposition(|&b| b == b'\n')
-            .map_or(0, |i| i + 1);
-        snapshots.push(
-            serde_json::from_slice(&bytes[start..end]).map_err(|e| format!("last record: {e}"))?,
-        );
-    }
-    Ok(SyncLog {
-        name: h.name,
-        root: h.root,
-        snapshots,
-    })
 }
 
 /// A sync log as the file holds it, in lines.

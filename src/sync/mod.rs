@@ -575,10 +575,6 @@ mod tests {
     use super::*;
     use std::collections::HashSet;
 
-    /// A watch's pass looks up only the snapshots the log changed since its
-    /// last pass (not every snapshot ever recorded), so a snapshot another
-    /// process rewrote to name a tree that is not stored is still found,
-    /// and the history goes to quarantine.
     /// Regression (a gap the stop-25 note named): a gc between a sync's
     /// walk and its record swept the snapshot's blobs, since no log named
     /// its tree yet, and the log then named a tree that was not stored (in
@@ -664,6 +660,10 @@ mod tests {
         assert!(crate::store::gc::stored_whole(&cache.store, &tree));
     }
 
+    /// A watch's pass looks up only the snapshots the log changed since its
+    /// last pass (not every snapshot ever recorded), so a snapshot another
+    /// process rewrote to name a tree that is not stored is still found,
+    /// and the history goes to quarantine.
     #[test]
     fn a_pass_checks_the_snapshots_the_log_changed_since_the_last() {
         let t = tempfile::tempdir().unwrap();
