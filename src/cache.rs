@@ -432,7 +432,9 @@ impl Cache {
             self.index.add("expirations", 1)?;
             return Ok(Lookup::Miss(MissReason::Expired));
         }
-        if !self.store.has_blob(&meta.output) {
+        // NB: `stored`, not `has_blob`: a pack that could not be read is
+        // an error here, never a reason to evict.
+        if !self.store.stored(&meta.output)? {
             self.evict(key)?;
             return Ok(Lookup::Miss(MissReason::Missing));
         }

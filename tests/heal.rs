@@ -282,6 +282,54 @@ fn a_pack_without_its_index_is_quarantined_not_deleted() {
     assert_eq!(o.code, 0, "{}", o.out);
 }
 
+/// A pack that failed to open for a reason that may pass (no descriptor
+/// left, an I/O error; a self-symlink in its place stands for it here) read
+/// as holding nothing: fsck moved it to quarantine as a stray, gc's mark
+/// skipped the trees in it, and the next sync moved the directory's history
+/// to quarantine. Now each stops with an error that names the pack, moves
+/// nothing, and all is as before once the pack opens again.
+#[test]
+fn a_pack_that_fails_to_open_is_an_error_and_nothing_moves() {
+    let t = tempfile::tempdir().unwrap();
+    let store = t.path().join("store");
+    let a = tree(&t.path().join("a"), 200, "a");
+    let (code, v, out) = sync_json(&store, &a);
+    assert_eq!(code, 0, "{out}");
+    let packs = pack_files(&store, "pack");
+    assert!(!packs.is_empty(), "the small files were packed");
+    let aside = t.path().join("aside");
+    fs::create_dir(&aside).unwrap();
+    for p in &packs {
+        fs::rename(p, aside.join(p.file_name().unwrap())).unwrap();
+        std::os::unix::fs::symlink(p, p).unwrap();
+    }
+    for args in [
+        &["fsck", "--repair"][..],
+        &["gc"],
+        &["sync", a.to_str().unwrap()],
+    ] {
+        let o = run(&store, args);
+        assert_ne!(o.code, 0, "{args:?}: {}", o.out);
+        assert!(
+            o.out.contains(".pack"),
+            "{args:?} names the pack: {}",
+            o.out
+        );
+    }
+    assert!(quarantined(&store, "stray").is_empty());
+    assert!(quarantined(&store, "syncs").is_empty());
+    for p in &packs {
+        fs::remove_file(p).unwrap();
+        fs::rename(aside.join(p.file_name().unwrap()), p).unwrap();
+    }
+    let o = run(&store, &["fsck"]);
+    assert_eq!(o.code, 0, "{}", o.out);
+    let (code, again, out) = sync_json(&store, &a);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(again["tree"], v["tree"], "{again}");
+    assert_eq!(again["seq"], 1, "the same history: {again}");
+}
+
 /// A damaged pack: `fsck --repair` quarantines its damaged blob, and the
 /// next sync stores that file again.
 #[test]

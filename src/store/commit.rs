@@ -220,7 +220,7 @@ impl Store {
             return Ok(false);
         }
         // NB: only now are the indexes checked whole (not at every commit).
-        let all = self.packs.checked();
+        let all = self.packs.checked()?;
         if all.len() <= Self::AUTO_PACK_LIMIT {
             return Ok(false);
         }

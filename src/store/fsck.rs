@@ -93,8 +93,8 @@ fn hash_file(path: &Path, buf: &mut [u8]) -> Hashed {
 
 /// Hash blob `d` where a pack holds it (NotFound if none does).
 fn hash_packed(store: &Store, d: &Digest) -> Hashed {
-    for p in store.packs().iter() {
-        if let Some((off, len)) = p.find(d) {
+    for p in store.packs().map_err(std::io::Error::other)?.iter() {
+        if let Some((off, len)) = p.find(d).map_err(std::io::Error::other)? {
             let b = p.read_raw(off, len)?;
             return Ok((Digest::of(&b), b.len() as u64, 0o444));
         }
@@ -294,6 +294,13 @@ fn scan_packs(store: &Store, scan: &mut BlobScan, progress: &Progress) -> Result
     for id in ids {
         let pack = match super::pack::Pack::load(dir, &id) {
             Ok(p) => p,
+            // Not a verdict on the pack (no descriptor left, an I/O
+            // error): fsck stops rather than call it a stray.
+            Err(super::pack::BadPack {
+                path,
+                passing: Some(source),
+                ..
+            }) => return Err(super::StoreError::Io { path, source }),
             Err(bad) => {
                 for ext in ["idx", "pack"] {
                     let p = dir.join(format!("{id}.{ext}"));
@@ -399,8 +406,12 @@ fn walk(
         let tree = match store.read_blob_unchecked(&t).map(|b| Tree::decode(&b)) {
             Ok(Ok(tree)) => tree,
             // Quarantined or gone since it was hashed.
-            Err(_) => {
+            Err(super::StoreError::Missing(_)) => {
                 bad(t, BlobState::Missing, &path);
+                continue;
+            }
+            Err(_) => {
+                bad(t, BlobState::Unreadable, &path);
                 continue;
             }
             Ok(Err(_)) => {

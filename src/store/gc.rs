@@ -35,9 +35,18 @@ pub fn reachable(
         }
     }
     while let Some(d) = stack.pop() {
-        // Only trees have children; plain blobs fail to decode, which is fine.
-        let Ok(bytes) = store.read_blob_unchecked(&d) else {
-            continue;
+        // Only trees have children; plain blobs fail to decode, which is
+        // fine. A blob not stored names nothing; one that could not be read
+        // stops the walk: what it names would be swept.
+        let bytes = match store.read_blob_unchecked(&d) {
+            Ok(b) => b,
+            Err(super::StoreError::Missing(_)) => continue,
+            Err(super::StoreError::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                continue
+            }
+            Err(e) => return Err(e),
         };
         let Ok(tree) = super::Tree::decode(&bytes) else {
             continue;
@@ -59,7 +68,9 @@ pub fn reachable(
     Ok(seen)
 }
 
-/// Whether every blob tree `d` names (itself included) is stored.
+/// Whether every blob tree `d` names (itself included) is known to be
+/// stored (false also when one could not be read: the caller stores the
+/// tree again).
 pub fn stored_whole(store: &Store, d: &Digest) -> bool {
     reachable(store, [*d]).is_ok_and(|all| all.iter().all(|b| store.has_blob(b)))
 }
@@ -100,7 +111,7 @@ pub fn sweep(
     // rewritten with the rest (a blob held twice, by two packs, is kept
     // once).
     let mut kept: HashSet<Digest> = HashSet::new();
-    for p in store.packs().iter() {
+    for p in store.packs()?.iter() {
         let mut dead = (0u64, 0u64);
         let mut keep = HashSet::new();
         for (d, _, len) in p.rows() {

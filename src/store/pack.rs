@@ -255,11 +255,52 @@ pub struct Pack {
 /// Bytes before an index's table: magic and count.
 const IDX_HEAD: usize = 16 + 8;
 
-/// Why a pack's index was refused.
+/// Why a pack's index was refused, or could not be read.
 #[derive(Debug)]
 pub struct BadPack {
     pub path: PathBuf,
     pub reason: String,
+    /// Set when the failure may pass (no descriptor left, an I/O error,
+    /// anything but a missing file or bytes that are not a pack): it says
+    /// nothing of what the pack holds, so it is an error to whoever asked,
+    /// never "not stored" (gc would sweep what the pack's trees name, a
+    /// lookup evict, fsck quarantine the pack).
+    pub passing: Option<std::io::Error>,
+}
+
+impl BadPack {
+    fn new(path: &Path, reason: impl Into<String>) -> BadPack {
+        BadPack {
+            path: path.to_path_buf(),
+            reason: reason.into(),
+            passing: None,
+        }
+    }
+
+    /// `e` on `path`: a verdict on the pack when the file is missing (a
+    /// merge removed it) or too short, else a failure that may pass.
+    fn io(path: &Path, e: std::io::Error) -> BadPack {
+        use std::io::ErrorKind::{NotFound, UnexpectedEof};
+        let reason = match e.kind() {
+            NotFound => e.to_string(),
+            UnexpectedEof => "not a pack".into(),
+            _ => {
+                return BadPack {
+                    reason: e.to_string(),
+                    path: path.to_path_buf(),
+                    passing: Some(e),
+                }
+            }
+        };
+        BadPack::new(path, reason)
+    }
+
+    /// The error a failure that may pass is to the caller; None for a
+    /// verdict (the pack holds nothing).
+    pub fn passing(self) -> Option<StoreError> {
+        let path = self.path;
+        self.passing.map(|source| StoreError::Io { path, source })
+    }
 }
 
 impl Pack {
@@ -276,12 +317,9 @@ impl Pack {
     pub fn open(dir: &Path, id: &str) -> std::result::Result<Pack, BadPack> {
         let idx_path = dir.join(format!("{id}.idx"));
         let pack_path = dir.join(format!("{id}.pack"));
-        let bad = |path: &Path, reason: String| BadPack {
-            path: path.to_path_buf(),
-            reason,
-        };
-        let f = File::open(&idx_path).map_err(|e| bad(&idx_path, e.to_string()))?;
-        let meta = f.metadata().map_err(|e| bad(&idx_path, e.to_string()))?;
+        let io = |e| BadPack::io(&idx_path, e);
+        let f = File::open(&idx_path).map_err(io)?;
+        let meta = f.metadata().map_err(io)?;
         let published = {
             use std::os::unix::fs::MetadataExt;
             std::time::UNIX_EPOCH
@@ -291,18 +329,21 @@ impl Pack {
                 )
         };
         if meta.len() < (IDX_HEAD + 32) as u64 {
-            return Err(bad(&idx_path, "not a pack index".into()));
+            return Err(BadPack::new(&idx_path, "not a pack index"));
         }
         // SAFETY: a published index is never written again (see the type's
         // doc): the mapping's bytes do not change under it.
-        let idx = unsafe { memmap2::Mmap::map(&f) }.map_err(|e| bad(&idx_path, e.to_string()))?;
+        let idx = unsafe { memmap2::Mmap::map(&f) }.map_err(io)?;
         if idx.len() < IDX_HEAD + 32 || &idx[..IDX_MAGIC.len()] != IDX_MAGIC {
-            return Err(bad(&idx_path, "not a pack index".into()));
+            return Err(BadPack::new(&idx_path, "not a pack index"));
         }
         let count = u64::from_le_bytes(idx[16..24].try_into().expect("8 bytes"));
         let table = (idx.len() - IDX_HEAD - 32) as u64;
         if count.checked_mul(ROW as u64) != Some(table) {
-            return Err(bad(&idx_path, format!("{count} rows do not fit its size")));
+            return Err(BadPack::new(
+                &idx_path,
+                format!("{count} rows do not fit its size"),
+            ));
         }
         Ok(Pack {
             id: id.to_string(),
@@ -322,12 +363,8 @@ impl Pack {
         if let Some(d) = self.data.get() {
             return Ok(d);
         }
-        let bad = |reason: String| BadPack {
-            path: self.pack_path.clone(),
-            reason,
-        };
         if let Some(why) = self.unusable.get() {
-            return Err(bad(why.clone()));
+            return Err(BadPack::new(&self.pack_path, why.clone()));
         }
         let opened = (|| {
             let file = File::open(&self.pack_path)?;
@@ -336,17 +373,18 @@ impl Pack {
             file.read_exact_at(&mut head, 0)?;
             Ok::<_, std::io::Error>((file, size, head))
         })();
-        let why = match opened {
+        let bad = match opened {
             Ok((file, size, head)) if &head == PACK_MAGIC => {
                 return Ok(self.data.get_or_init(|| (file, size)));
             }
-            Ok(_) => "not a pack".to_string(),
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => "not a pack".to_string(),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => e.to_string(),
-            // May pass: not kept.
-            Err(e) => return Err(bad(e.to_string())),
+            Ok(_) => BadPack::new(&self.pack_path, "not a pack"),
+            Err(e) => BadPack::io(&self.pack_path, e),
         };
-        Err(bad(self.unusable.get_or_init(|| why).clone()))
+        if bad.passing.is_none() {
+            // For good: kept.
+            let _ = self.unusable.set(bad.reason.clone());
+        }
+        Err(bad)
     }
 
     /// Size of the `.pack` file (0 if it does not open: see `check`).
@@ -362,10 +400,7 @@ impl Pack {
         self.checked
             .get_or_init(|| self.check_whole())
             .clone()
-            .map_err(|reason| BadPack {
-                path: self.idx_path.clone(),
-                reason,
-            })
+            .map_err(|reason| BadPack::new(&self.idx_path, reason))
     }
 
     fn check_whole(&self) -> std::result::Result<(), String> {
@@ -426,8 +461,10 @@ impl Pack {
 
     /// Where blob `d` lies: (offset, length). In an index not yet checked,
     /// a row that points outside the pack is not found (nor is one that a
-    /// damaged order hides from the search).
-    pub fn find(&self, d: &Digest) -> Option<(u64, u32)> {
+    /// damaged order hides from the search), nor is a row of a `.pack`
+    /// that is missing or not a pack. An error: the `.pack` could not be
+    /// opened, for a reason that may pass (`BadPack::passing`).
+    pub fn find(&self, d: &Digest) -> Result<Option<(u64, u32)>> {
         let (mut lo, mut hi) = (0, self.count());
         while lo < hi {
             let mid = (lo + hi) / 2;
@@ -435,10 +472,15 @@ impl Pack {
             match r.0.cmp(d) {
                 std::cmp::Ordering::Less => lo = mid + 1,
                 std::cmp::Ordering::Greater => hi = mid,
-                std::cmp::Ordering::Equal => return self.in_range(r.1, r.2).then_some((r.1, r.2)),
+                std::cmp::Ordering::Equal => {
+                    if let Err(bad) = self.data() {
+                        return bad.passing().map_or(Ok(None), Err);
+                    }
+                    return Ok(self.in_range(r.1, r.2).then_some((r.1, r.2)));
+                }
             }
         }
-        None
+        Ok(None)
     }
 
     /// The digests whose hex starts with `prefix`.
@@ -474,7 +516,7 @@ impl Pack {
 
     /// Blob `d`'s bytes, checked against its name.
     pub fn read(&self, d: &Digest, dir: &Path) -> Result<Option<Vec<u8>>> {
-        let Some((off, len)) = self.find(d) else {
+        let Some((off, len)) = self.find(d)? else {
             return Ok(None);
         };
         let path = self.pack_path(dir);
@@ -569,58 +611,108 @@ impl Packs {
 
     /// Every pack that opens (`Pack::open`: its index not yet checked
     /// whole; one that does not open is skipped here, and fsck reports it).
+    /// NB: partial if one failed to open for a reason that may pass
+    /// (`listed`); what acts on "not stored" asks `listed` or its users.
     pub fn all(&self) -> Arc<Vec<Arc<Pack>>> {
+        self.listed().0
+    }
+
+    /// `all`, and the first failure that may pass (`BadPack::passing`)
+    /// among the packs that did not open, or the listing's own: the set is
+    /// then partial, and is not kept, so the next call lists again.
+    fn listed(&self) -> (Arc<Vec<Arc<Pack>>>, Option<StoreError>) {
         if let Some(l) = self
             .loaded
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .as_ref()
         {
-            return l.clone();
+            return (l.clone(), None);
         }
         let mut w = self.loaded.write().unwrap_or_else(|p| p.into_inner());
         if let Some(l) = w.as_ref() {
-            return l.clone();
+            return (l.clone(), None);
         }
-        let ids = Self::list_dir(&self.dir).map(|r| r.0).unwrap_or_default();
-        let list: Arc<Vec<Arc<Pack>>> = Arc::new(
-            ids.iter()
-                .filter_map(|id| Pack::open(&self.dir, id).ok().map(Arc::new))
-                .inspect(|p| {
-                    if self.eager {
-                        let _ = p.data();
+        let (ids, mut failed) = match Self::list_dir(&self.dir) {
+            Ok((ids, _)) => (ids, None),
+            Err(e) => (Vec::new(), Some(e)),
+        };
+        let mut list = Vec::with_capacity(ids.len());
+        for id in &ids {
+            let opened = Pack::open(&self.dir, id).and_then(|p| {
+                if self.eager {
+                    p.data()?;
+                }
+                Ok(p)
+            });
+            match opened {
+                Ok(p) => list.push(Arc::new(p)),
+                Err(bad) => {
+                    if let Some(e) = bad.passing() {
+                        failed.get_or_insert(e);
                     }
-                })
-                .collect(),
-        );
-        *w = Some(list.clone());
-        list
+                }
+            }
+        }
+        let list = Arc::new(list);
+        if failed.is_none() {
+            *w = Some(list.clone());
+        }
+        (list, failed)
     }
 
     /// Every pack whose index checks whole (`Pack::check`): what gc,
-    /// repacks, fsck and prefix searches walk.
-    pub fn checked(&self) -> Vec<Arc<Pack>> {
-        self.all()
-            .iter()
-            .filter(|p| p.check().is_ok())
-            .cloned()
-            .collect()
+    /// repacks, fsck and prefix searches walk. An error: a pack could not
+    /// be opened or read for a reason that may pass (the set would lack
+    /// it, and its blobs would look unstored).
+    pub fn checked(&self) -> Result<Vec<Arc<Pack>>> {
+        let (set, failed) = self.listed();
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        let mut out = Vec::with_capacity(set.len());
+        for p in set.iter() {
+            match p.check() {
+                Ok(()) => out.push(p.clone()),
+                Err(bad) => {
+                    if let Some(e) = bad.passing() {
+                        return Err(e);
+                    }
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// The pack holding `d`, and where in it, among checked packs: for
     /// what trusts the location without hashing the bytes (a blob's
-    /// size, an unchecked read, whether it is stored).
-    pub fn find_checked(&self, d: &Digest) -> Option<(Arc<Pack>, u64, u32)> {
-        self.all().iter().find_map(|p| {
-            let (o, l) = p.find(d)?;
-            p.check().ok()?;
-            Some((p.clone(), o, l))
-        })
+    /// size, an unchecked read, whether it is stored). An error: no
+    /// checked pack holds it, and one that may could not be read.
+    pub fn find_checked(&self, d: &Digest) -> Result<Option<(Arc<Pack>, u64, u32)>> {
+        let (set, mut failed) = self.listed();
+        for p in set.iter() {
+            let found = p.find(d).and_then(|at| match at {
+                Some(at) => match p.check() {
+                    Ok(()) => Ok(Some(at)),
+                    Err(bad) => bad.passing().map_or(Ok(None), Err),
+                },
+                None => Ok(None),
+            });
+            match found {
+                Ok(Some((o, l))) => return Ok(Some((p.clone(), o, l))),
+                Ok(None) => {}
+                Err(e) => {
+                    failed.get_or_insert(e);
+                }
+            }
+        }
+        failed.map_or(Ok(None), Err)
     }
 
     /// Blob `d`'s bytes from the first pack that holds them, checked
     /// against `d`. None: no pack holds it (or only packs whose index is
-    /// damaged, as if they had not loaded).
+    /// damaged, as if they had not loaded). An error: none yielded it,
+    /// and one failed (bytes that do not match, or a failure to read).
     pub fn read(&self, d: &Digest) -> Result<Option<Vec<u8>>> {
         self.read_from(self.all(), d)
     }
@@ -631,12 +723,20 @@ impl Packs {
     /// that removal, which the set at that time holds: read again from it.
     fn read_from(&self, mut seen: Arc<Vec<Arc<Pack>>>, d: &Digest) -> Result<Option<Vec<u8>>> {
         loop {
+            let mut failed = None;
             for p in seen.iter() {
-                if let Some(b) = p.read(d, &self.dir)? {
-                    return Ok(Some(b));
+                match p.read(d, &self.dir) {
+                    Ok(Some(b)) => return Ok(Some(b)),
+                    Ok(None) => {}
+                    Err(e) => {
+                        failed.get_or_insert(e);
+                    }
                 }
             }
-            let now = self.all();
+            let (now, partial) = self.listed();
+            if let Some(e) = failed.or(partial) {
+                return Err(e);
+            }
             if Arc::ptr_eq(&now, &seen) {
                 return Ok(None);
             }
@@ -644,260 +744,18 @@ impl Packs {
         }
     }
 
-    /// Change the loaded set (after publishing or removing packs).
+    /// Change the loaded set (after publishing or removing packs). A set
+    /// not kept (none loaded yet, or a partial one) is left to the next
+    /// listing, which finds the change on disk.
     pub fn update(&self, f: impl FnOnce(&mut Vec<Arc<Pack>>)) {
-        let current = self.all();
         let mut w = self.loaded.write().unwrap_or_else(|p| p.into_inner());
-        let mut list: Vec<Arc<Pack>> = w.as_deref().cloned().unwrap_or_else(|| (*current).clone());
-        f(&mut list);
-        *w = Some(Arc::new(list));
+        if let Some(current) = w.as_deref() {
+            let mut list = current.clone();
+            f(&mut list);
+            *w = Some(Arc::new(list));
+        }
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn write(dir: &Path, blobs: &[&[u8]]) -> FinishedPack {
-        let mut w = PackWriter::create(dir.join("p.pack")).unwrap();
-        for b in blobs {
-            w.add(Digest::of(b), b).unwrap();
-        }
-        w.finish().unwrap()
-    }
-
-    fn publish(dir: &Path, f: &FinishedPack) {
-        fs::rename(&f.pack, dir.join(format!("{}.pack", f.id))).unwrap();
-        fs::rename(&f.idx, dir.join(format!("{}.idx", f.id))).unwrap();
-    }
-
-    /// A pack of `blobs`, written and published in `dir`.
-    fn published(dir: &Path, blobs: &[&[u8]]) -> FinishedPack {
-        let f = write(dir, blobs);
-        publish(dir, &f);
-        f
-    }
-
-    /// A pack is opened at its first read, so a lookup that finds its blob
-    /// in another pack never opens it; one whose `.pack` is missing or not
-    /// a pack reads as holding nothing and is left out of what trusts rows.
-    #[test]
-    fn a_pack_file_is_opened_at_first_need_and_a_bad_one_holds_nothing() {
-        let t = tempfile::tempdir().unwrap();
-        let (a, b, c): (&[u8], &[u8], &[u8]) = (b"in a", b"in b", b"in c");
-        let fa = published(t.path(), &[a]);
-        let fb = published(t.path(), &[b]);
-        let fc = published(t.path(), &[c]);
-        fs::remove_file(t.path().join(format!("{}.pack", fb.id))).unwrap();
-        fs::write(
-            t.path().join(format!("{}.pack", fc.id)),
-            b"not a pack at all",
-        )
-        .unwrap();
-        let packs = Packs::new(t.path().to_path_buf());
-        assert_eq!(packs.all().len(), 3, "indexes open without their packs");
-        assert_eq!(packs.read(&Digest::of(a)).unwrap().as_deref(), Some(a));
-        let opened = packs
-            .all()
-            .iter()
-            .filter(|p| p.data.get().is_some())
-            .count();
-        assert!(opened <= 1, "{opened} packs opened for one read");
-        assert_eq!(packs.read(&Digest::of(b)).unwrap(), None);
-        assert_eq!(packs.read(&Digest::of(c)).unwrap(), None);
-        let ids: Vec<String> = packs.checked().iter().map(|p| p.id.clone()).collect();
-        assert_eq!(ids, vec![fa.id.clone()]);
-        assert!(Pack::load(t.path(), &fb.id).is_err());
-        assert_eq!(
-            Pack::load(t.path(), &fc.id).unwrap_err().reason,
-            "not a pack"
-        );
-    }
-
-    /// A reader whose set of packs predates a merge finds the blob in the
-    /// merged pack even though the pack its set names was removed before
-    /// it was ever opened.
-    #[test]
-    fn a_read_from_a_set_a_merge_replaced_finds_the_merged_pack() {
-        let t = tempfile::tempdir().unwrap();
-        let x: &[u8] = b"merged away";
-        let old = published(t.path(), &[x]);
-        let packs = Packs::new(t.path().to_path_buf());
-        let before = packs.all();
-        let merged = published(t.path(), &[x, b"and another"]);
-        let m = Arc::new(Pack::load(t.path(), &merged.id).unwrap());
-        packs.update(|l| l.push(m));
-        fs::remove_file(t.path().join(format!("{}.pack", old.id))).unwrap();
-        fs::remove_file(t.path().join(format!("{}.idx", old.id))).unwrap();
-        packs.update(|l| l.retain(|p| p.id != old.id));
-        assert_eq!(
-            packs.read_from(before, &Digest::of(x)).unwrap().as_deref(),
-            Some(x)
-        );
-    }
-
-    /// A read-only store's packs are opened when listed: a pack its owner
-    /// removes afterwards (a merge) stays readable there.
-    #[test]
-    fn an_eager_set_reads_a_pack_removed_after_it_was_listed() {
-        let t = tempfile::tempdir().unwrap();
-        let x: &[u8] = b"read by another process";
-        let f = published(t.path(), &[x]);
-        let eager = Packs::new_eager(t.path().to_path_buf());
-        let lazy = Packs::new(t.path().to_path_buf());
-        assert_eq!((eager.all().len(), lazy.all().len()), (1, 1));
-        fs::remove_file(t.path().join(format!("{}.pack", f.id))).unwrap();
-        fs::remove_file(t.path().join(format!("{}.idx", f.id))).unwrap();
-        assert_eq!(eager.read(&Digest::of(x)).unwrap().as_deref(), Some(x));
-        assert_eq!(lazy.read(&Digest::of(x)).unwrap(), None);
-    }
-
-    /// A task's few small blobs never make a file: a commit writes them
-    /// loose, so the file would be made and deleted for nothing.
-    #[test]
-    fn a_small_pack_stays_in_memory_until_finished() {
-        let t = tempfile::tempdir().unwrap();
-        let path = t.path().join("p.pack");
-        let blobs: [&[u8]; 3] = [b"tree", b"", b"short file\n"];
-        let mut w = PackWriter::create(path.clone()).unwrap();
-        for b in blobs {
-            w.add(Digest::of(b), b).unwrap();
-        }
-        assert!(!path.exists() && !w.on_disk(), "a file for three records");
-        let back = w.into_blobs().unwrap();
-        let want: Vec<(Digest, Vec<u8>)> =
-            blobs.iter().map(|b| (Digest::of(b), b.to_vec())).collect();
-        assert_eq!(back, want);
-        // Finished, the same records make a pack that reads back.
-        let f = write(t.path(), &blobs);
-        publish(t.path(), &f);
-        let p = Pack::load(t.path(), &f.id).unwrap();
-        for b in blobs {
-            assert_eq!(
-                p.read(&Digest::of(b), t.path()).unwrap().as_deref(),
-                Some(b)
-            );
-        }
-    }
-
-    #[test]
-    fn packed_blobs_read_back_and_are_checked() {
-        let t = tempfile::tempdir().unwrap();
-        let blobs: Vec<Vec<u8>> = (0..300u32)
-            .map(|i| i.to_le_bytes().repeat(i as usize % 50))
-            .collect();
-        let refs: Vec<&[u8]> = blobs.iter().map(|b| b.as_slice()).collect();
-        let f = write(t.path(), &refs);
-        publish(t.path(), &f);
-        let p = Pack::load(t.path(), &f.id).unwrap();
-        // The empty blob appears once (i % 50 == 0 repeats it).
-        assert_eq!(p.count(), 295);
-        for b in &blobs {
-            assert_eq!(
-                p.read(&Digest::of(b), t.path()).unwrap().as_deref(),
-                Some(&b[..])
-            );
-        }
-        assert!(p.read(&Digest::of(b"absent"), t.path()).unwrap().is_none());
-        let d = Digest::of(&blobs[7]);
-        let hex = d.to_hex();
-        assert!(p.with_prefix(&hex[..5]).any(|x| x == d));
-        assert!(p
-            .with_prefix(&hex[..8])
-            .all(|x| x.to_hex().starts_with(&hex[..8])));
-
-        // One flipped byte in a blob: that read fails, the others do not.
-        let (off, _) = p.find(&d).unwrap();
-        let path = p.pack_path(t.path());
-        let mut bytes = fs::read(&path).unwrap();
-        bytes[off as usize] ^= 1;
-        fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
-        fs::write(&path, &bytes).unwrap();
-        let p = Pack::load(t.path(), &f.id).unwrap();
-        assert!(matches!(
-            p.read(&d, t.path()),
-            Err(StoreError::Corrupt { .. })
-        ));
-        assert!(p.read(&Digest::of(&blobs[8]), t.path()).unwrap().is_some());
-    }
-
-    /// An index opened without its whole check (`Pack::open`, what every
-    /// lookup uses) never yields other bytes than a blob's, nor an error
-    /// for a blob the pack holds whole: each byte of the index flipped in
-    /// turn, every blob reads back right or is not found. A damaged index
-    /// is left out of `Packs::checked` (gc, repacks, fsck).
-    #[test]
-    fn an_unchecked_damaged_index_never_yields_wrong_bytes() {
-        let t = tempfile::tempdir().unwrap();
-        let blobs: Vec<Vec<u8>> = (0..40u32)
-            .map(|i| i.to_le_bytes().repeat(1 + i as usize))
-            .collect();
-        let refs: Vec<&[u8]> = blobs.iter().map(|b| b.as_slice()).collect();
-        let f = write(t.path(), &refs);
-        publish(t.path(), &f);
-        let idx = t.path().join(format!("{}.idx", f.id));
-        let good = fs::read(&idx).unwrap();
-        fs::set_permissions(&idx, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
-        let (mut opened, mut missed) = (0, 0);
-        for i in 0..good.len() {
-            let mut b = good.clone();
-            b[i] ^= 0x40;
-            fs::write(&idx, &b).unwrap();
-            let Ok(p) = Pack::open(t.path(), &f.id) else {
-                continue;
-            };
-            opened += 1;
-            for want in &blobs {
-                match p.read(&Digest::of(want), t.path()) {
-                    Ok(Some(got)) => assert_eq!(&got, want, "byte {i} flipped"),
-                    Ok(None) => missed += 1,
-                    Err(e) => panic!("byte {i} flipped: {e}"),
-                }
-            }
-            assert!(
-                p.check().is_err(),
-                "byte {i} flipped, and the whole check passed"
-            );
-            let packs = Packs::new(t.path().to_path_buf());
-            assert_eq!(packs.all().len(), 1);
-            assert!(packs.checked().is_empty(), "byte {i} flipped");
-            // Nor is a blob of it stored, for what would not store it
-            // again (`Store::has_blob`).
-            for want in &blobs {
-                assert!(
-                    packs.find_checked(&Digest::of(want)).is_none(),
-                    "byte {i} flipped"
-                );
-            }
-        }
-        assert!(
-            opened > good.len() / 2 && missed > 0,
-            "{opened} opened, {missed} missed"
-        );
-        fs::write(&idx, &good).unwrap();
-        let p = Pack::open(t.path(), &f.id).unwrap();
-        assert!(p.check().is_ok());
-    }
-
-    #[test]
-    fn a_damaged_index_is_refused() {
-        let t = tempfile::tempdir().unwrap();
-        let f = write(t.path(), &[b"a", b"b", b"c"]);
-        publish(t.path(), &f);
-        let idx = t.path().join(format!("{}.idx", f.id));
-        let good = fs::read(&idx).unwrap();
-        fs::set_permissions(&idx, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
-        for i in 0..good.len() {
-            let mut b = good.clone();
-            b[i] ^= 0x40;
-            fs::write(&idx, &b).unwrap();
-            assert!(Pack::load(t.path(), &f.id).is_err(), "byte {i} flipped");
-        }
-        for n in 0..good.len() {
-            fs::write(&idx, &good[..n]).unwrap();
-            assert!(Pack::load(t.path(), &f.id).is_err(), "cut at {n}");
-        }
-        fs::write(&idx, &good).unwrap();
-        assert!(Pack::load(t.path(), &f.id).is_ok());
-    }
-}
+mod tests;

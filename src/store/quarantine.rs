@@ -66,23 +66,26 @@ impl Store {
     /// without it (`Store::repack`).
     pub fn quarantine_blob(&self, d: &Digest, reason: &str) -> Result<bool> {
         let loose = self.blob_path(d);
-        let holding: Vec<_> = self
-            .packs()
-            .iter()
-            .filter(|p| p.find(d).is_some())
-            .cloned()
-            .collect();
+        let mut holding = Vec::new();
+        for p in self.packs()? {
+            if let Some(at) = p.find(d)? {
+                holding.push((p, at));
+            }
+        }
         if loose.exists() || holding.is_empty() {
             return self.quarantine_path(&loose, Kind::Blob, &d.to_hex(), reason);
         }
         let work = self.tempdir("quarantine-")?;
         let copy = work.path().join(d.to_hex());
-        let (off, len) = holding[0].find(d).expect("filtered");
-        let bytes = holding[0].read_raw(off, len).unwrap_or_default();
+        let (first, (off, len)) = &holding[0];
+        // NB: bytes that cannot be read are not dropped from the pack.
+        let bytes = first
+            .read_raw(*off, *len)
+            .at(first.pack_path(self.packs_dir()))?;
         fs::write(&copy, bytes).at(&copy)?;
-        let reason = format!("{reason} (from pack {})", holding[0].id);
+        let reason = format!("{reason} (from pack {})", first.id);
         let moved = self.quarantine_path(&copy, Kind::Blob, &d.to_hex(), &reason)?;
-        for p in holding {
+        for (p, _) in holding {
             self.repack(&p, |x| x != d)?;
         }
         Ok(moved)

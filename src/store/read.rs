@@ -21,11 +21,21 @@ impl Store {
         self.root.join("entries").join(&hex[..2]).join(hex)
     }
 
-    /// Is blob `d` stored? Packed, only in a pack whose index checks
-    /// whole: what is stored is not written again (ingest, commits), and
-    /// counts as a hit, so an index row is not enough.
+    /// Is blob `d` known to be stored? Packed, only in a pack whose index
+    /// checks whole: what is stored is not written again (ingest,
+    /// commits), and counts as a hit, so an index row is not enough. False
+    /// also when a pack that may hold it could not be read: for what
+    /// stores it again, or runs without it; what acts on its absence
+    /// (evicts, quarantines) asks `stored`.
     pub fn has_blob(&self, d: &Digest) -> bool {
-        self.has_loose_blob(d) || self.packs.find_checked(d).is_some()
+        self.stored(d).unwrap_or(false)
+    }
+
+    /// Is blob `d` stored (as `has_blob`)? An error: it is not loose, and
+    /// a pack that may hold it could not be read, for a reason that may
+    /// pass (`pack::BadPack::passing`); that is no answer.
+    pub fn stored(&self, d: &Digest) -> Result<bool> {
+        Ok(self.has_loose_blob(d) || self.packs.find_checked(d)?.is_some())
     }
 
     /// Is blob `d` a loose file? (One `fstatat` of `ab/<hex>` under an open
@@ -68,24 +78,28 @@ impl Store {
 
     /// Every pack whose index checks whole (a pack whose index does not
     /// load or check is left out: `fsck` reports it).
-    pub fn packs(&self) -> Vec<std::sync::Arc<pack::Pack>> {
+    /// An error: a pack could not be read, for a reason that may pass.
+    pub fn packs(&self) -> Result<Vec<std::sync::Arc<pack::Pack>>> {
         self.packs.checked()
     }
 
     /// Where blob `d` is: a loose file, or a range of a pack (loose first).
-    pub fn locate(&self, d: &Digest) -> Option<BlobLocation> {
+    /// An error: see `stored`.
+    pub fn locate(&self, d: &Digest) -> Result<Option<BlobLocation>> {
         let p = self.blob_path(d);
         if p.exists() {
-            return Some(BlobLocation::Loose(p));
+            return Ok(Some(BlobLocation::Loose(p)));
         }
-        self.packs
-            .find_checked(d)
-            .map(|(pack, offset, len)| BlobLocation::Packed { pack, offset, len })
+        Ok(self
+            .packs
+            .find_checked(d)?
+            .map(|(pack, offset, len)| BlobLocation::Packed { pack, offset, len }))
     }
 
     /// Blob `d`'s bytes as stored, unchecked (gc's walk, fsck's hashing).
+    /// `Missing`: it is not stored; any other error is no answer.
     pub fn read_blob_unchecked(&self, d: &Digest) -> Result<Vec<u8>> {
-        match self.locate(d) {
+        match self.locate(d)? {
             Some(BlobLocation::Loose(p)) => fs::read(&p).at(&p),
             Some(BlobLocation::Packed { pack, offset, len }) => pack
                 .read_raw(offset, len)
@@ -100,7 +114,7 @@ impl Store {
         match fs::metadata(&p) {
             Ok(m) => Ok(m.len()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                match self.packs.find_checked(d) {
+                match self.packs.find_checked(d)? {
                     Some((_, _, len)) => Ok(u64::from(len)),
                     None => Err(StoreError::Missing(*d)),
                 }
@@ -272,7 +286,7 @@ impl Store {
                 out.push(d);
             }
         }
-        for p in self.packs.checked().iter() {
+        for p in self.packs.checked()?.iter() {
             for d in p.with_prefix(prefix) {
                 if !out.contains(&d) {
                     out.push(d);

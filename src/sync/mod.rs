@@ -368,10 +368,16 @@ impl Target {
         } else {
             0
         };
-        if let Some(gone) = self.log.snapshots[same..]
-            .iter()
-            .find(|s| !cache.store.has_blob(&s.tree))
-        {
+        // NB: `stored`, not `has_blob`: a pack that could not be read is
+        // an error, never a reason to quarantine the history.
+        let mut gone = None;
+        for s in &self.log.snapshots[same..] {
+            if !cache.store.stored(&s.tree)? {
+                gone = Some(s);
+                break;
+            }
+        }
+        if let Some(gone) = gone {
             // A snapshot whose tree is not stored (a digest damaged in the
             // log, or a tree lost): the history goes to quarantine, a
             // fresh one starts.
