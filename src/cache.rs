@@ -293,7 +293,7 @@ impl Cache {
             })?;
         let dst = copy.path().join("index");
         copy_dir(&store.index_dir(), &dst)?;
-        store.release_read_lock();
+        store.release_read_lock()?;
         // NB: the run records are read where they are (nothing here writes one).
         let index = Index::open_with_memos(&dst, &store.runs_dir(), &copy.path().join("memo"))?;
         let stored = index.policy()?;

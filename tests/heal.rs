@@ -315,6 +315,8 @@ fn a_pack_that_fails_to_open_is_an_error_and_nothing_moves() {
             "{args:?} names the pack: {}",
             o.out
         );
+        // The failure itself (ELOOP), not a later one it caused.
+        assert!(o.out.contains("os error 40"), "{args:?}: {}", o.out);
     }
     assert!(quarantined(&store, "stray").is_empty());
     assert!(quarantined(&store, "syncs").is_empty());

@@ -30,7 +30,7 @@ use std::sync::Mutex;
 
 use serde::Serialize;
 
-use super::error::{IoContext, Result};
+use super::error::{IoContext, Result, StoreError};
 use super::quarantine::Kind;
 use super::tree::{Node, Tree};
 use super::{Entry, Manifest, Store};
@@ -91,15 +91,27 @@ fn hash_file(path: &Path, buf: &mut [u8]) -> Hashed {
     Ok((Digest::from_blake3(h.finalize()), n, mode))
 }
 
-/// Hash blob `d` where a pack holds it (NotFound if none does).
-fn hash_packed(store: &Store, d: &Digest) -> Hashed {
-    for p in store.packs().map_err(std::io::Error::other)?.iter() {
-        if let Some((off, len)) = p.find(d).map_err(std::io::Error::other)? {
-            let b = p.read_raw(off, len)?;
-            return Ok((Digest::of(&b), b.len() as u64, 0o444));
+/// Hash blob `d` where a pack holds it; None if none does. An error: a
+/// pack could not be read for a reason that may pass (no answer, so no
+/// state: see `BlobScan::state`).
+fn hash_packed(store: &Store, d: &Digest) -> Result<Option<Hashed>> {
+    for p in store.packs()?.iter() {
+        if let Some((off, len)) = p.find(d)? {
+            let read = p.read_raw(off, len);
+            return Ok(Some(read.map(|b| (Digest::of(&b), b.len() as u64, 0o444))));
         }
     }
-    Err(std::io::ErrorKind::NotFound.into())
+    Ok(None)
+}
+
+/// The system ran out of something (descriptors, memory): that says
+/// nothing of the blob, so it is no state (`Unreadable` is quarantined by
+/// repair), and fsck stops.
+fn out_of_resources(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOMEM | libc::EAGAIN)
+    )
 }
 
 fn is_hex_name(n: &str, len: usize) -> bool {
@@ -144,23 +156,31 @@ fn list(store: &Store, top: &str) -> Result<(Vec<Digest>, Vec<PathBuf>)> {
 
 impl BlobScan {
     /// The state of blob `d`: from the scan, else looked at now (a blob
-    /// committed after the scan listed `blobs/`).
-    pub fn state(&mut self, store: &Store, d: &Digest) -> BlobState {
+    /// committed after the scan listed `blobs/`). An error: a pack could
+    /// not be read for a reason that may pass; repair would act on a
+    /// state it does not know.
+    pub fn state(&mut self, store: &Store, d: &Digest) -> Result<BlobState> {
         if let Some((s, _)) = self.states.get(d) {
-            return *s;
+            return Ok(*s);
         }
         let mut buf = vec![0u8; BUF];
         let hashed = match hash_file(&store.blob_path(d), &mut buf) {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => hash_packed(store, d),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                hash_packed(store, d)?.unwrap_or_else(|| Err(std::io::ErrorKind::NotFound.into()))
+            }
             r => r,
         };
         let s = match hashed {
             Ok((got, n, _)) if got == *d => {
                 self.states.insert(*d, (BlobState::Intact, n));
-                return BlobState::Intact;
+                return Ok(BlobState::Intact);
             }
             Ok(_) => BlobState::Corrupt,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => BlobState::Missing,
+            Err(e) if out_of_resources(&e) => {
+                let path = store.blob_path(d);
+                return Err(StoreError::Io { path, source: e });
+            }
             Err(_) => BlobState::Unreadable,
         };
         if s != BlobState::Missing {
@@ -174,7 +194,7 @@ impl BlobScan {
                 .push(Problem::new(kind, d.to_hex(), "found after the scan"));
         }
         self.states.insert(*d, (s, 0));
-        s
+        Ok(s)
     }
 
     /// Whether something references a blob the store does not have.
@@ -261,6 +281,7 @@ pub fn scan_blobs(store: &Store, jobs: usize, progress: &Progress) -> Result<Blo
             // Removed since it was listed (gc, or a verified read that
             // quarantined it): not a problem of this scan.
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) if out_of_resources(&e) => return Err(StoreError::Io { path, source: e }),
             Err(e) => {
                 scan.states.insert(d, (BlobState::Unreadable, 0));
                 scan.problems.push(Problem::new(
@@ -300,7 +321,7 @@ fn scan_packs(store: &Store, scan: &mut BlobScan, progress: &Progress) -> Result
                 path,
                 passing: Some(source),
                 ..
-            }) => return Err(super::StoreError::Io { path, source }),
+            }) => return Err(StoreError::Io { path, source }),
             Err(bad) => {
                 for ext in ["idx", "pack"] {
                     let p = dir.join(format!("{id}.{ext}"));
@@ -390,13 +411,13 @@ fn walk(
     root: Digest,
     seen: &mut HashSet<Digest>,
     bad: &mut dyn FnMut(Digest, BlobState, &str),
-) {
+) -> Result<()> {
     let mut stack = vec![(root, String::new())];
     while let Some((t, path)) = stack.pop() {
         if !seen.insert(t) {
             continue;
         }
-        match blobs.state(store, &t) {
+        match blobs.state(store, &t)? {
             BlobState::Intact => {}
             s => {
                 bad(t, s, &path);
@@ -406,14 +427,12 @@ fn walk(
         let tree = match store.read_blob_unchecked(&t).map(|b| Tree::decode(&b)) {
             Ok(Ok(tree)) => tree,
             // Quarantined or gone since it was hashed.
-            Err(super::StoreError::Missing(_)) => {
+            Err(StoreError::Missing(_)) => {
                 bad(t, BlobState::Missing, &path);
                 continue;
             }
-            Err(_) => {
-                bad(t, BlobState::Unreadable, &path);
-                continue;
-            }
+            // Hashed a moment ago: no answer now is no state.
+            Err(e) => return Err(e),
             Ok(Err(_)) => {
                 bad(t, BlobState::Intact, &path);
                 continue;
@@ -425,7 +444,7 @@ fn walk(
                 Node::Dir { digest } => stack.push((digest, p)),
                 Node::File { digest, .. } => {
                     seen.insert(digest);
-                    match blobs.state(store, &digest) {
+                    match blobs.state(store, &digest)? {
                         BlobState::Intact => {}
                         // NB: a missing empty file is served as empty (the
                         // mount does so); ingest always stores it anyway.
@@ -436,6 +455,7 @@ fn walk(
             }
         }
     }
+    Ok(())
 }
 
 fn bad_ref(e: &Entry, d: Digest, s: BlobState, path: &str) -> Problem {
@@ -541,9 +561,9 @@ pub fn scan_entries(
         let mut seen = HashSet::new();
         walk(store, blobs, entry.output, &mut seen, &mut |d, s, p| {
             bad.push(bad_ref(&entry, d, s, p))
-        });
+        })?;
         for (d, what) in [(entry.stdout, "stdout"), (entry.stderr, "stderr")] {
-            match blobs.state(store, &d) {
+            match blobs.state(store, &d)? {
                 BlobState::Intact => {}
                 s => bad.push(bad_ref(&entry, d, s, &format!("({what})"))),
             }
@@ -582,7 +602,7 @@ pub fn scan_entries(
                     "{s:?} blob {d} at {}",
                     if p.is_empty() { "/" } else { p }
                 ))
-            });
+            })?;
             for f in found {
                 out.problems.push(Problem::new(
                     ProblemKind::SyncSnapshot,

@@ -395,6 +395,33 @@ mod tests {
         assert!(s.read_blob(&root).is_ok());
     }
 
+    /// A loose blob whose stat fails for another reason than "no such
+    /// file" (here its shard is a symlink loop: ELOOP) is no answer: an
+    /// error from `stored`, `locate` and `read_blob_unchecked`, so gc's
+    /// mark stops, where `Path::exists` had called it absent.
+    #[test]
+    fn a_loose_blob_that_cannot_be_looked_at_is_an_error_not_absent() {
+        let t = tempfile::tempdir().unwrap();
+        let s = open(t.path());
+        let work = s.tempdir("t").unwrap();
+        let mut st = Staged::default();
+        let d = s.stage_bytes(work.path(), b"loose", &mut st).unwrap();
+        s.commit(st).unwrap();
+        assert!(s.stored(&d).unwrap());
+        let shard = s.blob_path(&d).parent().unwrap().to_path_buf();
+        let aside = t.path().join("aside");
+        fs::rename(&shard, &aside).unwrap();
+        std::os::unix::fs::symlink(&shard, &shard).unwrap();
+        assert!(s.stored(&d).is_err());
+        assert!(!s.has_blob(&d));
+        assert!(s.locate(&d).is_err());
+        assert!(gc::reachable(&s, [d]).is_err());
+        fs::remove_file(&shard).unwrap();
+        fs::rename(&aside, &shard).unwrap();
+        assert!(s.stored(&d).unwrap());
+        assert!(gc::reachable(&s, [d]).unwrap().contains(&d));
+    }
+
     /// A damaged blob in a pack stops the merge: nothing moves, nothing is
     /// lost, the damage stays where fsck finds it.
     #[test]

@@ -129,14 +129,17 @@ impl Store {
 
     /// A read-only store's shared lock is held only while its index is
     /// copied (see `Cache`): a reader must not hold up the store's writer.
-    pub fn release_read_lock(&mut self) {
+    /// An error: the packs could not all be listed and opened (see
+    /// `pack::BadPack::passing`), and the lock is still held.
+    pub fn release_read_lock(&mut self) -> Result<()> {
         if self.read_only.is_some() {
             // NB: the packs are listed (and, eager, opened) while the lock
             // is held, so the set matches the index copied under it; the
             // owner may merge them away once it is released.
-            self.packs.all();
+            self.packs.all_or_error()?;
             self._lock = StoreLock::none();
         }
+        Ok(())
     }
 
     /// Fails (`ReadOnly`) for a store this process cannot write: a read-only

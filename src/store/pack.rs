@@ -252,6 +252,23 @@ pub struct Pack {
     idx_path: PathBuf,
 }
 
+/// Open `path` read-only, and its metadata. Never blocks (a FIFO in a
+/// pack's place would block the open, O_NONBLOCK does nothing to a
+/// regular file's reads); anything but a regular file is `not_it`, a
+/// verdict.
+fn open_regular(path: &Path, not_it: &str) -> std::result::Result<(File, fs::Metadata), BadPack> {
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|e| BadPack::io(path, e))?;
+    let meta = f.metadata().map_err(|e| BadPack::io(path, e))?;
+    if !meta.is_file() {
+        return Err(BadPack::new(path, not_it));
+    }
+    Ok((f, meta))
+}
+
 /// Bytes before an index's table: magic and count.
 const IDX_HEAD: usize = 16 + 8;
 
@@ -317,9 +334,7 @@ impl Pack {
     pub fn open(dir: &Path, id: &str) -> std::result::Result<Pack, BadPack> {
         let idx_path = dir.join(format!("{id}.idx"));
         let pack_path = dir.join(format!("{id}.pack"));
-        let io = |e| BadPack::io(&idx_path, e);
-        let f = File::open(&idx_path).map_err(io)?;
-        let meta = f.metadata().map_err(io)?;
+        let (f, meta) = open_regular(&idx_path, "not a pack index")?;
         let published = {
             use std::os::unix::fs::MetadataExt;
             std::time::UNIX_EPOCH
@@ -333,7 +348,7 @@ impl Pack {
         }
         // SAFETY: a published index is never written again (see the type's
         // doc): the mapping's bytes do not change under it.
-        let idx = unsafe { memmap2::Mmap::map(&f) }.map_err(io)?;
+        let idx = unsafe { memmap2::Mmap::map(&f) }.map_err(|e| BadPack::io(&idx_path, e))?;
         if idx.len() < IDX_HEAD + 32 || &idx[..IDX_MAGIC.len()] != IDX_MAGIC {
             return Err(BadPack::new(&idx_path, "not a pack index"));
         }
@@ -366,19 +381,19 @@ impl Pack {
         if let Some(why) = self.unusable.get() {
             return Err(BadPack::new(&self.pack_path, why.clone()));
         }
-        let opened = (|| {
-            let file = File::open(&self.pack_path)?;
-            let size = file.metadata()?.len();
+        let path = &self.pack_path;
+        let opened = open_regular(path, "not a pack").and_then(|(file, meta)| {
             let mut head = [0u8; 16];
-            file.read_exact_at(&mut head, 0)?;
-            Ok::<_, std::io::Error>((file, size, head))
-        })();
-        let bad = match opened {
-            Ok((file, size, head)) if &head == PACK_MAGIC => {
-                return Ok(self.data.get_or_init(|| (file, size)));
+            file.read_exact_at(&mut head, 0)
+                .map_err(|e| BadPack::io(path, e))?;
+            if &head != PACK_MAGIC {
+                return Err(BadPack::new(path, "not a pack"));
             }
-            Ok(_) => BadPack::new(&self.pack_path, "not a pack"),
-            Err(e) => BadPack::io(&self.pack_path, e),
+            Ok((file, meta.len()))
+        });
+        let bad = match opened {
+            Ok(d) => return Ok(self.data.get_or_init(|| d)),
+            Err(bad) => bad,
         };
         if bad.passing.is_none() {
             // For good: kept.
@@ -551,6 +566,10 @@ impl Pack {
 pub(crate) struct Packs {
     pub dir: PathBuf,
     loaded: RwLock<Option<Arc<Vec<Arc<Pack>>>>>,
+    /// The packs a partial listing opened (by id), for the next listing
+    /// to reuse while the failure lasts: it then reopens only what
+    /// failed, and checks no index twice. Used under `loaded`'s write lock.
+    partial: std::sync::Mutex<Vec<Arc<Pack>>>,
     /// Open every `.pack` when the set is loaded (`new_eager`).
     eager: bool,
 }
@@ -560,6 +579,7 @@ impl Packs {
         Packs {
             dir,
             loaded: RwLock::new(None),
+            partial: Default::default(),
             eager: false,
         }
     }
@@ -617,6 +637,14 @@ impl Packs {
         self.listed().0
     }
 
+    /// `all`, or the error that left a pack out of it (see `listed`).
+    pub fn all_or_error(&self) -> Result<Arc<Vec<Arc<Pack>>>> {
+        match self.listed() {
+            (_, Some(e)) => Err(e),
+            (set, None) => Ok(set),
+        }
+    }
+
     /// `all`, and the first failure that may pass (`BadPack::passing`)
     /// among the packs that did not open, or the listing's own: the set is
     /// then partial, and is not kept, so the next call lists again.
@@ -637,8 +665,13 @@ impl Packs {
             Ok((ids, _)) => (ids, None),
             Err(e) => (Vec::new(), Some(e)),
         };
+        let mut partial = self.partial.lock().unwrap_or_else(|p| p.into_inner());
         let mut list = Vec::with_capacity(ids.len());
         for id in &ids {
+            if let Ok(i) = partial.binary_search_by(|p| p.id.as_str().cmp(id)) {
+                list.push(partial[i].clone());
+                continue;
+            }
             let opened = Pack::open(&self.dir, id).and_then(|p| {
                 if self.eager {
                     p.data()?;
@@ -656,7 +689,11 @@ impl Packs {
         }
         let list = Arc::new(list);
         if failed.is_none() {
+            partial.clear();
             *w = Some(list.clone());
+        } else {
+            // NB: `ids` is sorted, so is this.
+            *partial = (*list).clone();
         }
         (list, failed)
     }

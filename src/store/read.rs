@@ -35,12 +35,13 @@ impl Store {
     /// a pack that may hold it could not be read, for a reason that may
     /// pass (`pack::BadPack::passing`); that is no answer.
     pub fn stored(&self, d: &Digest) -> Result<bool> {
-        Ok(self.has_loose_blob(d) || self.packs.find_checked(d)?.is_some())
+        Ok(self.has_loose_blob(d)? || self.packs.find_checked(d)?.is_some())
     }
 
     /// Is blob `d` a loose file? (One `fstatat` of `ab/<hex>` under an open
-    /// `blobs/`: no walk of the store's whole path per lookup.)
-    fn has_loose_blob(&self, d: &Digest) -> bool {
+    /// `blobs/`: no walk of the store's whole path per lookup.) An error:
+    /// the stat failed for another reason than "no such file".
+    fn has_loose_blob(&self, d: &Digest) -> Result<bool> {
         let dir = self.blobs_dir.get_or_init(|| {
             fs::OpenOptions::new()
                 .read(true)
@@ -49,7 +50,7 @@ impl Store {
                 .ok()
         });
         let Some(dir) = dir else {
-            return self.blob_path(d).exists();
+            return self.is_loose(d);
         };
         let hex = d.to_hex();
         let mut name = [0u8; 2 + 1 + 64 + 1];
@@ -68,7 +69,29 @@ impl Store {
                 libc::AT_SYMLINK_NOFOLLOW,
             )
         };
-        rc == 0
+        if rc == 0 {
+            return Ok(true);
+        }
+        let e = std::io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::ENOENT | libc::ENOTDIR) => Ok(false),
+            _ => Err(StoreError::Io {
+                path: self.blob_path(d),
+                source: e,
+            }),
+        }
+    }
+
+    /// Is there a file (of any kind: see `open_loose`) at blob `d`'s loose
+    /// path? An error: the stat failed for another reason than "no such
+    /// file" (`Path::exists` would call that absent).
+    fn is_loose(&self, d: &Digest) -> Result<bool> {
+        let p = self.blob_path(d);
+        match fs::symlink_metadata(&p) {
+            Ok(_) => Ok(true),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)) => Ok(false),
+            Err(e) => Err(StoreError::Io { path: p, source: e }),
+        }
     }
 
     /// The directory of the packs (see `pack`).
@@ -86,9 +109,8 @@ impl Store {
     /// Where blob `d` is: a loose file, or a range of a pack (loose first).
     /// An error: see `stored`.
     pub fn locate(&self, d: &Digest) -> Result<Option<BlobLocation>> {
-        let p = self.blob_path(d);
-        if p.exists() {
-            return Ok(Some(BlobLocation::Loose(p)));
+        if self.is_loose(d)? {
+            return Ok(Some(BlobLocation::Loose(self.blob_path(d))));
         }
         Ok(self
             .packs

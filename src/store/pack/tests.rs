@@ -122,6 +122,37 @@ fn a_pack_that_fails_to_open_is_an_error_not_absent() {
     assert_eq!(packs.checked().unwrap().len(), 1);
 }
 
+/// What is not a regular file where a pack's files should be is not a
+/// pack, a verdict: a FIFO does not block the open, a directory is no
+/// index.
+#[test]
+fn a_fifo_or_directory_in_a_packs_place_is_not_a_pack() {
+    let t = tempfile::tempdir().unwrap();
+    let (x, y): (&[u8], &[u8]) = (b"behind a fifo", b"behind a directory");
+    let fx = published(t.path(), &[x]);
+    let fy = published(t.path(), &[y]);
+    let pack = t.path().join(format!("{}.pack", fx.id));
+    fs::remove_file(&pack).unwrap();
+    let c = std::ffi::CString::new(pack.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+    let idx = t.path().join(format!("{}.idx", fy.id));
+    fs::remove_file(&idx).unwrap();
+    fs::create_dir(&idx).unwrap();
+    let packs = Packs::new(t.path().to_path_buf());
+    assert_eq!(packs.read(&Digest::of(x)).unwrap(), None);
+    assert_eq!(packs.read(&Digest::of(y)).unwrap(), None);
+    assert!(packs.checked().unwrap().is_empty());
+    assert_eq!(
+        Pack::load(t.path(), &fx.id).unwrap_err().reason,
+        "not a pack"
+    );
+    assert_eq!(
+        Pack::open(t.path(), &fy.id).unwrap_err().reason,
+        "not a pack index"
+    );
+}
+
 /// A reader whose set of packs predates a merge finds the blob in the
 /// merged pack even though the pack its set names was removed before
 /// it was ever opened.
