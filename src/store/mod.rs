@@ -132,6 +132,12 @@ pub struct Store {
     durable_shards: std::sync::Mutex<std::collections::HashSet<PathBuf>>,
     /// See `hold_sync_name`.
     sync_names: syncs::SyncNames,
+    /// See `sync_log_end`.
+    sync_logs: syncs::LogCache,
+    /// See `read_tree`.
+    trees: read::TreeCache,
+    /// See `staging_dir`.
+    spare_dirs: SpareDirs,
     /// See `holds`.
     holds: holds::Holds,
     _lock: StoreLock,
@@ -161,6 +167,28 @@ impl Store {
     }
 
     /// A fresh private directory under `tmp/`, removed when dropped.
+    /// A staging directory under `tmp/` (`tempdir`), from the spare ones
+    /// when there is one: a watch's pass staged in two new directories and
+    /// removed them at every change, and creating and freeing a directory's
+    /// inode cost more than the rest of staging a small file. Dropped
+    /// empty, it is kept for the next (a few at most); otherwise removed.
+    /// Spares left by a crash are swept from `tmp/` at the next open.
+    pub fn staging_dir(&self, prefix: &str) -> Result<StagingDir> {
+        let spare = self
+            .spare_dirs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pop();
+        let dir = match spare {
+            Some(d) => d,
+            None => self.tempdir(prefix)?,
+        };
+        Ok(StagingDir {
+            dir: Some(dir),
+            spares: self.spare_dirs.clone(),
+        })
+    }
+
     pub fn tempdir(&self, prefix: &str) -> Result<tempfile::TempDir> {
         if self.read_only.is_some() {
             // Work that only hashes what the store holds already.
@@ -174,6 +202,39 @@ impl Store {
             .prefix(prefix)
             .tempdir_in(self.tmp_root())
             .at(self.tmp_root())
+    }
+}
+
+/// Empty staging directories kept for reuse (`Store::staging_dir`).
+type SpareDirs = std::sync::Arc<std::sync::Mutex<Vec<tempfile::TempDir>>>;
+
+/// See `Store::staging_dir`.
+#[derive(Debug)]
+pub struct StagingDir {
+    dir: Option<tempfile::TempDir>,
+    spares: SpareDirs,
+}
+
+impl StagingDir {
+    /// Spares kept at most.
+    const SPARES: usize = 8;
+
+    pub fn path(&self) -> &Path {
+        self.dir.as_ref().expect("set until dropped").path()
+    }
+}
+
+impl Drop for StagingDir {
+    fn drop(&mut self) {
+        let Some(dir) = self.dir.take() else {
+            return;
+        };
+        let empty = fs::read_dir(dir.path()).is_ok_and(|mut rd| rd.next().is_none());
+        let mut spares = self.spares.lock().unwrap_or_else(|p| p.into_inner());
+        if empty && spares.len() < Self::SPARES {
+            spares.push(dir);
+        }
+        // NB: else `dir` is dropped here: removed with what it holds.
     }
 }
 
@@ -420,6 +481,55 @@ mod tests {
         fs::rename(&aside, &shard).unwrap();
         assert!(s.stored(&d).unwrap());
         assert!(gc::reachable(&s, [d]).unwrap().contains(&d));
+    }
+
+    /// A kept tree (`read_tree`) is answered only while no blob may have
+    /// been removed since: one quarantined is not read from memory.
+    #[test]
+    fn a_tree_read_before_its_blob_left_is_not_answered_after() {
+        use tree::{Node, Tree, TreeEntry};
+        let t = tempfile::tempdir().unwrap();
+        let s = open(t.path());
+        let work = s.tempdir("t").unwrap();
+        let mut st = Staged::default();
+        let entries = vec![TreeEntry {
+            name: b"l".to_vec(),
+            node: Node::Symlink {
+                target: b"x".to_vec(),
+            },
+        }];
+        let tree = Tree { entries };
+        let d = s.stage_bytes(work.path(), &tree.encode(), &mut st).unwrap();
+        s.commit(st).unwrap();
+        assert_eq!(s.read_tree(&d).unwrap(), tree);
+        assert_eq!(s.read_tree(&d).unwrap(), tree, "kept");
+        assert!(s.quarantine_blob(&d, "test").unwrap());
+        assert!(matches!(s.read_tree(&d), Err(StoreError::Missing(_))));
+    }
+
+    /// A staging directory dropped empty is kept and given to the next;
+    /// one dropped with files in it is removed with them; the spares go
+    /// with the store.
+    #[test]
+    fn an_empty_staging_directory_is_used_again() {
+        let t = tempfile::tempdir().unwrap();
+        let s = open(t.path());
+        let a = s.staging_dir("a-").unwrap();
+        let first = a.path().to_path_buf();
+        drop(a);
+        assert!(first.is_dir(), "kept");
+        let b = s.staging_dir("b-").unwrap();
+        assert_eq!(b.path(), first, "given again");
+        let c = s.staging_dir("c-").unwrap();
+        assert_ne!(c.path(), first);
+        let second = c.path().to_path_buf();
+        fs::write(first.join("left"), b"x").unwrap();
+        drop(b);
+        assert!(!first.exists(), "not empty: removed");
+        drop(c);
+        assert!(second.is_dir());
+        drop(s);
+        assert!(!second.exists(), "spares go with the store");
     }
 
     /// A damaged blob in a pack stops the merge: nothing moves, nothing is

@@ -73,6 +73,9 @@ impl Store {
             durable_shards: Default::default(),
             holds: Default::default(),
             sync_names: Default::default(),
+            sync_logs: Default::default(),
+            trees: Default::default(),
+            spare_dirs: Default::default(),
             _lock: lock,
         };
         store.init_layout()?;
@@ -123,6 +126,9 @@ impl Store {
             durable_shards: Default::default(),
             holds: Default::default(),
             sync_names: Default::default(),
+            sync_logs: Default::default(),
+            trees: Default::default(),
+            spare_dirs: Default::default(),
             _lock: lock,
         })
     }

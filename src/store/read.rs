@@ -260,13 +260,23 @@ impl Store {
         Ok(buf)
     }
 
+    /// Tree `d`, decoded. The trees read lately are kept (`TreeCache`): a
+    /// watch's pass reads the same few along the changed path several
+    /// times (its plan, its change set, its stamps), each a lookup, a read
+    /// and a hash otherwise.
     pub fn read_tree(&self, d: &Digest) -> Result<Tree> {
+        let generation = self.blob_generation();
+        if let Some(t) = self.trees.get(d, generation) {
+            return Ok(t);
+        }
         let bytes = self.read_blob(d)?;
-        Tree::decode(&bytes).map_err(|e| StoreError::Corrupt {
+        let tree = Tree::decode(&bytes).map_err(|e| StoreError::Corrupt {
             digest: *d,
             path: self.blob_path(d),
             reason: format!("bad tree: {e}"),
-        })
+        })?;
+        self.trees.put(*d, &tree, generation);
+        Ok(tree)
     }
 
     pub fn read_entry(&self, key: &Digest) -> Result<Option<Entry>> {
@@ -355,6 +365,34 @@ impl Store {
             }
         }
         Ok(out)
+    }
+}
+
+/// Trees by digest, as read (`Store::read_tree`). A digest names its
+/// bytes for good, so a kept tree is never stale; it is kept only while
+/// the blob generation stands (a blob may be removed only after the
+/// generation moves), so a tree no longer stored is not answered from
+/// here, as `read_tree` must not (`sync::tree_intact`, the mount).
+#[derive(Debug, Default)]
+pub(crate) struct TreeCache(std::sync::Mutex<(u64, std::collections::HashMap<Digest, Tree>)>);
+
+impl TreeCache {
+    /// Trees kept at most; past it they are all dropped (the next reads
+    /// keep what is read then).
+    const MAX: usize = 1024;
+
+    fn get(&self, d: &Digest, generation: u64) -> Option<Tree> {
+        let held = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        (held.0 == generation).then(|| held.1.get(d).cloned())?
+    }
+
+    fn put(&self, d: Digest, tree: &Tree, generation: u64) {
+        let mut held = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if held.0 != generation || held.1.len() >= Self::MAX {
+            held.1.clear();
+            held.0 = generation;
+        }
+        held.1.insert(d, tree.clone());
     }
 }
 

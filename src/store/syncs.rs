@@ -167,8 +167,29 @@ impl Store {
     }
 
     /// `sync_log`, and where its records end (for `append_snapshot`).
+    ///
+    /// The log this process last read or appended to is kept with its
+    /// file's identity (`LogFile`): it is decoded again only when the file
+    /// changed, so a watch's pass does not decode the whole history at
+    /// every change.
     pub fn sync_log_end(&self, name: &str) -> Result<Option<(SyncLog, LogEnd)>> {
-        self.read_sync_log(name, decode)
+        let p = self.syncs_dir().join(name);
+        let f = match fs::File::open(&p) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(StoreError::Io { path: p, source: e }),
+        };
+        // NB: taken before the bytes are read: a change after it changes
+        // the identity, and the next read decodes again.
+        let id = LogFile::of(&f.metadata().at(&p)?);
+        if let Some((log, end)) = self.sync_logs.get(name, &id) {
+            return Ok(Some((log, end)));
+        }
+        let mut b = Vec::new();
+        std::io::Read::read_to_end(&mut &f, &mut b).at(&p)?;
+        let (log, end) = named(name, &p, decode(&b))?;
+        self.sync_logs.put(name, id, &log, end);
+        Ok(Some((log, end)))
     }
 
     fn read_sync_log(
@@ -178,19 +199,7 @@ impl Store {
     ) -> Result<Option<(SyncLog, LogEnd)>> {
         let p = self.syncs_dir().join(name);
         match fs::read(&p) {
-            Ok(b) => match decode(&b) {
-                Ok((log, end)) if log.name == name => Ok(Some((log, end))),
-                Ok((log, _)) => Err(StoreError::Corrupt {
-                    digest: Digest::default(),
-                    path: p,
-                    reason: format!("sync log: names {:?}, filed as {name:?}", log.name),
-                }),
-                Err(e) => Err(StoreError::Corrupt {
-                    digest: Digest::default(),
-                    path: p,
-                    reason: format!("sync log: {e}"),
-                }),
-            },
+            Ok(b) => named(name, &p, decode(&b)).map(Some),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(StoreError::Io { path: p, source: e }),
         }
@@ -249,7 +258,13 @@ impl Store {
             // NB: a whole line left behind would be a snapshot nobody was told of.
             let _ = f.set_len(end);
         }
-        wrote.at(&p)
+        wrote.at(&p)?;
+        if let Ok(m) = f.metadata() {
+            let end = end + line.len() as u64;
+            self.sync_logs
+                .put(&log.name, LogFile::of(&m), log, Some(end));
+        }
+        Ok(())
     }
 
     /// Hold sync name `name` in this process: a sync reads its log, walks,
@@ -313,6 +328,70 @@ impl Store {
     }
 }
 
+/// A decoded log, checked to be filed under its own name.
+fn named(
+    name: &str,
+    p: &std::path::Path,
+    decoded: std::result::Result<(SyncLog, LogEnd), String>,
+) -> Result<(SyncLog, LogEnd)> {
+    let corrupt = |reason| StoreError::Corrupt {
+        digest: Digest::default(),
+        path: p.to_path_buf(),
+        reason,
+    };
+    match decoded {
+        Ok((log, end)) if log.name == name => Ok((log, end)),
+        Ok((log, _)) => Err(corrupt(format!(
+            "sync log: names {:?}, filed as {name:?}",
+            log.name
+        ))),
+        Err(e) => Err(corrupt(format!("sync log: {e}"))),
+    }
+}
+
+/// Which file a log was, and as what: any write or replacement since
+/// changes one of these (size and times to the nanosecond, inode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct LogFile([i64; 7]);
+
+impl LogFile {
+    fn of(m: &fs::Metadata) -> LogFile {
+        use std::os::unix::fs::MetadataExt;
+        LogFile([
+            m.dev() as i64,
+            m.ino() as i64,
+            m.size() as i64,
+            m.mtime(),
+            m.mtime_nsec(),
+            m.ctime(),
+            m.ctime_nsec(),
+        ])
+    }
+}
+
+/// See `Store::sync_log_end`. NB: a hand edit of the same size within the
+/// same clock tick as this process's own last append goes unseen by it
+/// until the file changes again (a rename, any append, another size).
+#[derive(Debug, Default)]
+pub(crate) struct LogCache(
+    std::sync::Mutex<std::collections::HashMap<String, (LogFile, SyncLog, LogEnd)>>,
+);
+
+impl LogCache {
+    fn get(&self, name: &str, id: &LogFile) -> Option<(SyncLog, LogEnd)> {
+        let held = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        match held.get(name) {
+            Some((was, log, end)) if was == id => Some((log.clone(), *end)),
+            _ => None,
+        }
+    }
+
+    fn put(&self, name: &str, id: LogFile, log: &SyncLog, end: LogEnd) {
+        let mut held = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        held.insert(name.to_string(), (id, log.clone(), end));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -333,6 +412,42 @@ mod tests {
             root: "/src".into(),
             snapshots: (1..=n).map(snap).collect(),
         }
+    }
+
+    /// A log this process read or appended to is answered without
+    /// decoding it again while its file is unchanged, and always as a
+    /// fresh decode of the file would answer: after an append, and after
+    /// the file was written by another hand.
+    #[test]
+    fn a_kept_log_answers_as_its_file_does() {
+        let t = tempfile::tempdir().unwrap();
+        let store = Store::open(t.path(), &mut |_| {}).unwrap();
+        let path = t.path().join("syncs/s");
+        let fresh = || {
+            let (log, end) = decode(&fs::read(&path).unwrap()).unwrap();
+            (log, end)
+        };
+        store.put_sync_log(&log_of(3)).unwrap();
+        for n in 4..8 {
+            let (mut log, end) = store.sync_log_end("s").unwrap().unwrap();
+            assert_eq!((log.clone(), end), fresh(), "before snapshot {n}");
+            assert_eq!(
+                store
+                    .sync_logs
+                    .get("s", &LogFile::of(&fs::metadata(&path).unwrap())),
+                Some(fresh()),
+                "kept, before snapshot {n}"
+            );
+            log.snapshots.push(snap(n));
+            store.append_snapshot(&log, end).unwrap();
+        }
+        assert_eq!(store.sync_log_end("s").unwrap().unwrap(), fresh());
+        assert_eq!(fresh().0, log_of(7));
+        // Rewritten by another hand (a longer history): read again.
+        fs::write(&path, encode(&log_of(9))).unwrap();
+        assert_eq!(store.sync_log_end("s").unwrap().unwrap().0, log_of(9));
+        fs::remove_file(&path).unwrap();
+        assert_eq!(store.sync_log_end("s").unwrap(), None);
     }
 
     /// The latest snapshot alone reads as the whole log's latest: in lines

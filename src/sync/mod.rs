@@ -114,12 +114,17 @@ fn root_id(root: &Path, opts: &ScanOptions) -> [u8; 16] {
     h.finish().as_bytes()[..16].try_into().expect("16 bytes")
 }
 
-/// Never scan the store itself or a dagfs mount.
-fn with_skips(cache: &Cache, opts: &ScanOptions) -> ScanOptions {
+/// Never scan the store itself or a dagfs mount (`mounts`: where dagfs
+/// is mounted, if known; read from the mount table otherwise).
+fn with_skips(cache: &Cache, opts: &ScanOptions, mounts: Option<&[PathBuf]>) -> ScanOptions {
     let mut opts = opts.clone();
     opts.skip.push(cache.store.root().to_path_buf());
-    opts.skip
-        .extend(crate::host::mounts::dagfs_mountpoints().unwrap_or_default());
+    match mounts {
+        Some(m) => opts.skip.extend_from_slice(m),
+        None => opts
+            .skip
+            .extend(crate::host::mounts::dagfs_mountpoints().unwrap_or_default()),
+    }
     opts
 }
 
@@ -136,7 +141,7 @@ pub fn snapshot_input(cache: &Cache, path: &Path) -> Result<(Digest, InputKind),
             path: path.to_path_buf(),
             source: e,
         })?;
-        let opts = with_skips(cache, &ScanOptions::default());
+        let opts = with_skips(cache, &ScanOptions::default(), None);
         let out = scan::scan(cache, &root, &root_id(&root, &opts), &opts)?;
         Ok((out.tree, InputKind::Dir))
     } else if md.is_file() {
@@ -191,7 +196,7 @@ pub fn sync_dir_prevalidated(
             &mut walk::Totals::new(),
             pre.take(),
         )?;
-        t.record(cache, walked.out, since, &mut Verified::default())
+        t.record(cache, walked.out, since, &mut Verified::default(), true)
     })
 }
 
@@ -246,6 +251,17 @@ impl Target {
         name: Option<&str>,
         opts: &ScanOptions,
     ) -> Result<Target, SyncError> {
+        Target::new_in(cache, dir, name, opts, None)
+    }
+
+    /// `new`, given where dagfs is mounted (see `with_skips`).
+    fn new_in(
+        cache: &Cache,
+        dir: &Path,
+        name: Option<&str>,
+        opts: &ScanOptions,
+        mounts: Option<&[PathBuf]>,
+    ) -> Result<Target, SyncError> {
         let root = std::fs::canonicalize(dir).map_err(|e| SyncError::Io {
             path: dir.to_path_buf(),
             source: e,
@@ -267,7 +283,7 @@ impl Target {
         };
         // The stat cache is per (directory, filters): other filters, other files.
         let id = root_id(&root, opts);
-        let opts = with_skips(cache, opts);
+        let opts = with_skips(cache, opts, mounts);
         let fresh = || SyncLog {
             name: name.clone(),
             root: root.display().to_string(),
@@ -338,13 +354,15 @@ impl Target {
     /// trees were checked then), with the store's blob generation then;
     /// set to the log's snapshots on return.
     /// `since`: the store's blob generation before the walk (see
-    /// `Cache::hold_tree`).
+    /// `Cache::hold_tree`). `flush`: make the index durable (the stat
+    /// cache's records: see `Incremental::sync`).
     fn record(
         mut self,
         cache: &Cache,
         out: scan::ScanOutput,
         since: u64,
         verified: &mut Verified,
+        flush: bool,
     ) -> Result<SyncReport, SyncError> {
         // NB: held from before anything reads the new tree until the log
         // names it (a tree the log names already is kept by gc as it is).
@@ -436,7 +454,9 @@ impl Target {
             });
             cache.store.append_snapshot(&self.log, self.end)?;
         }
-        cache.index.flush()?;
+        if flush {
+            cache.index.flush()?;
+        }
         verified.0 = generation;
         verified.1.clone_from(&self.log.snapshots);
         Ok(SyncReport {
@@ -474,6 +494,9 @@ fn tree_intact(store: &crate::store::Store, d: &Digest) -> bool {
 pub(crate) struct Incremental {
     /// The tree of the last pass: what the directory held then.
     base: Digest,
+    /// Where dagfs was mounted when the watch began: a pass does not read
+    /// the mount table again (the watch's own filter took it then too).
+    mounts: Vec<PathBuf>,
     totals: walk::Totals,
     /// The log's snapshots as the last pass left them (see `record`).
     verified: Verified,
@@ -510,10 +533,11 @@ impl Incremental {
             let t = Target::new(cache, dir, name, opts)?;
             let since = cache.store.blob_generation();
             let walked = walk::walk(cache, &t.root, &t.id, &t.opts, None, &mut totals, None)?;
-            t.record(cache, walked.out, since, &mut verified)
+            t.record(cache, walked.out, since, &mut verified, true)
         })?;
         let inc = Incremental {
             base: r.scan.tree,
+            mounts: crate::host::mounts::dagfs_mountpoints().unwrap_or_default(),
             totals,
             verified,
         };
@@ -538,8 +562,9 @@ impl Incremental {
             self.totals.clear();
         }
         let (base, totals, verified) = (&self.base, &mut self.totals, &mut self.verified);
+        let mounts = Some(self.mounts.as_slice());
         let (r, walked_whole, started_ns) = with_retries(|n| {
-            let t = Target::new(cache, dir, name, opts)?;
+            let t = Target::new_in(cache, dir, name, opts, mounts)?;
             let since = cache.store.blob_generation();
             // NB: another sync of the name (a `--rescan`, say) recorded a
             // snapshot since the last pass: a pass on top of the older
@@ -564,7 +589,13 @@ impl Incremental {
                 totals,
                 None,
             )?;
-            let r = t.record(cache, walked.out, since, verified)?;
+            // NB: the index is not flushed at each pass: what a pass
+            // writes there is the stat cache, which only saves hashing (a
+            // crash loses the records since the last flush, and the next
+            // scan hashes those files again); the blobs and the log are
+            // durable already. The cache's flush at exit, or any other,
+            // makes them durable.
+            let r = t.record(cache, walked.out, since, verified, false)?;
             Ok((r, walked.listed_whole, walked.started_ns))
         })?;
         self.base = r.scan.tree;
@@ -625,7 +656,7 @@ mod tests {
             "the gc found the snapshot's blobs unnamed"
         );
         assert!(!crate::store::gc::stored_whole(&cache.store, &tree));
-        let r = target.record(&cache, out, since, &mut Verified::default());
+        let r = target.record(&cache, out, since, &mut Verified::default(), true);
         assert!(
             matches!(r, Err(SyncError::Swept(_))),
             "{:?}",
@@ -658,7 +689,7 @@ mod tests {
         );
         drop(hold);
         let r = target
-            .record(&cache, out, since, &mut Verified::default())
+            .record(&cache, out, since, &mut Verified::default(), true)
             .unwrap();
         assert_eq!((r.snapshot.tree, r.snapshot.seq), (tree, 2));
         settle();

@@ -69,7 +69,7 @@ struct Part {
     /// The stat-cache record of every file examined, by directory
     /// (relative to the root).
     found: HashMap<Vec<u8>, Vec<(Vec<u8>, FileRec)>>,
-    work: Option<(Staged, tempfile::TempDir)>,
+    work: Option<(Staged, crate::store::StagingDir)>,
     hashed: u64,
     reused: u64,
     unreadable: Vec<PathBuf>,
@@ -300,7 +300,7 @@ impl Visitor<'_> {
             }
         }
         if self.part.work.is_none() {
-            self.part.work = Some((Staged::default(), store.tempdir("sync-")?));
+            self.part.work = Some((Staged::default(), store.staging_dir("sync-")?));
         }
         let (staged, work) = self.part.work.as_mut().expect("just set");
         match hash_stable(path, store, work.path(), staged, &ctx.retries, Some(meta)) {
@@ -739,7 +739,7 @@ struct Merged {
     found: HashMap<Vec<u8>, Vec<(Vec<u8>, FileRec)>>,
     staged: Staged,
     /// The threads' staging directories: kept until the commit.
-    workdirs: Vec<tempfile::TempDir>,
+    workdirs: Vec<crate::store::StagingDir>,
 }
 
 /// Merge what the threads found, and the subtrees kept unchanged.
@@ -793,7 +793,7 @@ fn build_trees(
 ) -> Result<HashSet<Vec<u8>>, SyncError> {
     let mut dirs = std::mem::take(&mut m.dirs);
     dirs.sort_by_cached_key(|d| std::cmp::Reverse(d.components().count()));
-    let treework = store.tempdir("sync-tree-")?;
+    let treework = store.staging_dir("sync-tree-")?;
     let mut listed_dirs = HashSet::new();
     for dir in dirs {
         let mut tree = Tree {
