@@ -170,7 +170,14 @@ fn decode_body(mut body: &[u8]) -> Option<Vec<(Vec<u8>, Digest, u64)>> {
 }
 
 impl StampFiles {
+    /// `shared`: another process writes the files (a copied index, read
+    /// only). Else this process holds the store's lock, so no rewrite is
+    /// in progress: the temporary files of one a crash cut short are
+    /// removed.
     pub(super) fn new(dir: PathBuf, legacy: sled::Tree, shared: bool) -> StampFiles {
+        if !shared {
+            sweep_temporaries(&dir);
+        }
         StampFiles {
             dir,
             legacy,
@@ -363,10 +370,10 @@ impl StampFiles {
         if !records.is_empty() {
             bytes.extend_from_slice(&encode_batch(records));
         }
-        // NB: '@' is in no sync name; 0666 as the store's other files (less
-        // the umask), so another user may read a store it cannot write.
+        // NB: 0666 as the store's other files (less the umask), so another
+        // user may read a store it cannot write.
         let mut tmp = tempfile::Builder::new()
-            .prefix(".stamps@")
+            .prefix(TEMP_PREFIX)
             .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666))
             .tempfile_in(&self.dir)
             .map_err(|e| io_err(&self.dir, e))?;
@@ -437,6 +444,26 @@ fn legacy_value(v: &[u8]) -> Result<(Digest, u64)> {
     ))
 }
 
+/// Remove the temporary files of rewrites (`replace`) that did not end.
+/// Best effort: one left stays until the next open.
+fn sweep_temporaries(dir: &Path) {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in rd.flatten() {
+        if e.file_name()
+            .as_encoded_bytes()
+            .starts_with(TEMP_PREFIX.as_bytes())
+        {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
+/// The name prefix of a rewrite's temporary file. NB: '@' is in no sync
+/// name.
+const TEMP_PREFIX: &str = ".stamps@";
+
 fn legacy_get(legacy: &sled::Tree, sync: &str, path: &[u8]) -> Result<Option<(Digest, u64)>> {
     match legacy.get(stamp_key(sync, path))? {
         None => Ok(None),
@@ -496,6 +523,24 @@ mod tests {
         );
         assert_eq!(ix.stamp("s", b"d/f500").unwrap(), None);
         assert_eq!(ix.stamp("other", b"d/f0").unwrap(), None);
+    }
+
+    /// A rewrite's temporary file left by a crash is removed at the next
+    /// open that may write (the sync names' files stay).
+    #[test]
+    fn a_crashed_rewrite_s_temporary_is_removed_at_the_next_open() {
+        let t = tempfile::tempdir().unwrap();
+        {
+            let ix = open(t.path());
+            ix.clear_stamps("s").unwrap();
+            ix.set_stamps("s", 7, [(&b"a"[..], Digest::of(b"a"))])
+                .unwrap();
+        }
+        let left = t.path().join("stamps/.stamps@XyZ12");
+        std::fs::write(&left, b"half a rewrite").unwrap();
+        let ix = open(t.path());
+        assert!(!left.exists(), "swept");
+        assert_eq!(ix.stamp("s", b"a").unwrap(), Some((Digest::of(b"a"), 7)));
     }
 
     /// A torn append (a crash within it) is ignored, and cut off by the
