@@ -711,6 +711,7 @@ impl Cache {
         if self.flush().is_ok() {
             let _ = std::fs::remove_file(dirty_marker(&self.store));
             self.restore_reserve();
+            self.store.drop_spare_dirs();
             std::mem::forget(self);
         }
     }

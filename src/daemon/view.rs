@@ -135,8 +135,8 @@ impl StoreView for CacheView {
         use crate::store::{BlobReader, StoreError};
         match self.cache.store.open_loose(d) {
             Ok(f) => return Ok(BlobData::File(f)),
-            // A symlink planted where a blob should be.
-            Err(e) if e.raw_os_error() == Some(libc::ELOOP) => return Ok(BlobData::Corrupt),
+            // A symlink (or a FIFO) planted where a blob should be.
+            Err(e) if crate::store::is_not_a_blob(&e).is_some() => return Ok(BlobData::Corrupt),
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
             Err(_) => {}
         }

@@ -94,6 +94,59 @@ pub fn dagfs_mountpoints() -> io::Result<Vec<PathBuf>> {
         .collect())
 }
 
+/// Where dagfs is mounted, read again only when the mount table changed:
+/// the kernel marks an open mount table (POLLPRI) at every mount and
+/// unmount in the namespace, so a watch's pass costs one `poll` where it
+/// read and parsed the whole table.
+#[derive(Debug)]
+pub struct DagfsMounts {
+    /// Open before `now` was read: a change after that read is marked.
+    /// None: it does not open, and every `get` reads the table.
+    table: Option<std::fs::File>,
+    now: Vec<PathBuf>,
+}
+
+impl DagfsMounts {
+    pub fn new() -> DagfsMounts {
+        let table = std::fs::File::open("/proc/self/mountinfo").ok();
+        DagfsMounts {
+            table,
+            now: dagfs_mountpoints().unwrap_or_default(),
+        }
+    }
+
+    /// Where dagfs is mounted now.
+    pub fn get(&mut self) -> &[PathBuf] {
+        if self.changed() {
+            self.now = dagfs_mountpoints().unwrap_or_default();
+        }
+        &self.now
+    }
+
+    /// Whether a mount or unmount happened since the last call (or since
+    /// `new`); true when that cannot be told.
+    fn changed(&self) -> bool {
+        use std::os::fd::AsRawFd;
+        let Some(t) = &self.table else {
+            return true;
+        };
+        let mut p = libc::pollfd {
+            fd: t.as_raw_fd(),
+            events: libc::POLLPRI,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd, and no wait.
+        let n = unsafe { libc::poll(&mut p, 1, 0) };
+        n != 0
+    }
+}
+
+impl Default for DagfsMounts {
+    fn default() -> Self {
+        DagfsMounts::new()
+    }
+}
+
 /// The kind of filesystem `path` is on, if it is one that other machines
 /// (or another kernel) may change: a write made there raises no inotify
 /// event here, so a watch of it cannot vouch for it.
@@ -167,5 +220,33 @@ mod tests {
         assert!(m[1].is_dagfs() && !m[0].is_dagfs());
         assert_eq!(m[1].source, "/var/cache/dagfs");
         assert!(m[1].options.contains("nosuid") && m[1].options.contains("default_permissions"));
+    }
+
+    /// A mount or an unmount marks the open table once; nothing else does.
+    /// (Needs root to mount a tmpfs: skipped, saying so, without it.)
+    #[test]
+    fn a_mount_and_an_unmount_are_each_seen_once() {
+        use nix::mount::{mount, umount2, MntFlags, MsFlags};
+        let t = tempfile::tempdir().unwrap();
+        let m = DagfsMounts::new();
+        assert!(m.table.is_some(), "the mount table opens");
+        assert!(!m.changed(), "nothing happened");
+        let none: Option<&str> = None;
+        if let Err(e) = mount(
+            Some("tmpfs"),
+            t.path(),
+            Some("tmpfs"),
+            MsFlags::empty(),
+            none,
+        ) {
+            eprintln!("SKIPPED: cannot mount a tmpfs here: {e}");
+            return;
+        }
+        let seen = m.changed();
+        let again = m.changed();
+        umount2(t.path(), MntFlags::MNT_DETACH).unwrap();
+        assert!(seen, "a mount");
+        assert!(!again, "seen once");
+        assert!(m.changed(), "an unmount");
     }
 }

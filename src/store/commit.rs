@@ -201,7 +201,11 @@ impl Store {
             // now, a full disk) leaves the packs as they were, and the
             // next commit tries again. Failing the commit would fail a
             // run or sync whose blobs are stored.
-            let _ = self.consolidate_packs();
+            if let Err(e) = self.consolidate_packs() {
+                log::warn!(
+                    "packs were not merged after a commit (the next commit tries again): {e}"
+                );
+            }
         }
         Ok(r)
     }

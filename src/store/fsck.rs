@@ -70,11 +70,19 @@ type Hashed = std::io::Result<(Digest, u64, u32)>;
 
 /// Hash one file, streaming: (digest, size, mode).
 fn hash_file(path: &Path, buf: &mut [u8]) -> Hashed {
+    // NB: O_NONBLOCK: a FIFO in a blob's place must not block fsck.
     let mut f: File = OpenOptions::new()
         .read(true)
-        .custom_flags(libc::O_NOFOLLOW)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
         .open(path)?;
-    let mode = f.metadata()?.mode();
+    let meta = f.metadata()?;
+    if !meta.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "not a regular file",
+        ));
+    }
+    let mode = meta.mode();
     let mut h = blake3::Hasher::new();
     let mut n = 0u64;
     loop {
@@ -670,6 +678,15 @@ pub fn repair_store(store: &Store, blobs: &mut BlobScan, entries: &mut EntryScan
     }
     for (path, i) in &blobs.strays {
         let name = rel(store, path).replace('/', "_");
+        // NB: a stray of `packs/` may have been a pack whose blobs were
+        // known stored (a kept tree, `Store::read_tree`): the generation
+        // moves before it goes, as at open.
+        if path.starts_with(store.packs_dir()) {
+            if let Err(e) = store.new_blob_generation() {
+                mark(&mut blobs.problems[*i], Err(e.to_string()), "quarantined");
+                continue;
+            }
+        }
         let r = store.quarantine_path(
             path,
             Kind::Stray,

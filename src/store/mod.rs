@@ -87,7 +87,7 @@ pub use entry::{Entry, Manifest};
 pub use error::{Result, StoreError};
 pub(crate) use open::read_blob_generation;
 pub use open::{create_store_dir, read_only_reason};
-pub use read::{BlobLocation, BlobReader};
+pub use read::{is_not_a_blob, BlobLocation, BlobReader};
 pub use tree::{Node, Tree, TreeEntry};
 
 use crate::hash::Digest;
@@ -187,6 +187,14 @@ impl Store {
             dir: Some(dir),
             spares: self.spare_dirs.clone(),
         })
+    }
+
+    /// Remove the spare staging directories now (a process about to exit
+    /// without dropping the store: `Cache::close_for_exit`).
+    pub fn drop_spare_dirs(&self) {
+        let spares =
+            std::mem::take(&mut *self.spare_dirs.lock().unwrap_or_else(|p| p.into_inner()));
+        drop(spares);
     }
 
     pub fn tempdir(&self, prefix: &str) -> Result<tempfile::TempDir> {
@@ -530,6 +538,32 @@ mod tests {
         assert!(second.is_dir());
         drop(s);
         assert!(!second.exists(), "spares go with the store");
+    }
+
+    /// A FIFO in a loose blob's place is not a blob: reading it is
+    /// `Corrupt` at once, where the open had blocked for a writer.
+    #[test]
+    fn a_fifo_in_a_blob_s_place_is_corrupt_and_blocks_nothing() {
+        let t = tempfile::tempdir().unwrap();
+        let s = open(t.path());
+        let work = s.tempdir("t").unwrap();
+        let mut st = Staged::default();
+        let d = s
+            .stage_bytes(work.path(), b"a loose blob", &mut st)
+            .unwrap();
+        s.commit(st).unwrap();
+        let p = s.blob_path(&d);
+        fs::remove_file(&p).unwrap();
+        let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+        assert!(matches!(s.read_blob(&d), Err(StoreError::Corrupt { .. })));
+        assert!(matches!(
+            s.read_blob_unchecked(&d),
+            Err(StoreError::Corrupt { .. })
+        ));
+        let mut scan = fsck::BlobScan::default();
+        assert_eq!(scan.state(&s, &d).unwrap(), fsck::BlobState::Unreadable);
     }
 
     /// A damaged blob in a pack stops the merge: nothing moves, nothing is

@@ -122,7 +122,13 @@ impl Store {
     /// `Missing`: it is not stored; any other error is no answer.
     pub fn read_blob_unchecked(&self, d: &Digest) -> Result<Vec<u8>> {
         match self.locate(d)? {
-            Some(BlobLocation::Loose(p)) => fs::read(&p).at(&p),
+            Some(BlobLocation::Loose(p)) => {
+                let mut b = Vec::new();
+                match self.open_loose(d) {
+                    Ok(mut f) => f.read_to_end(&mut b).map(|_| b).at(&p),
+                    Err(e) => Err(self.loose_error(d, e)),
+                }
+            }
             Some(BlobLocation::Packed { pack, offset, len }) => pack
                 .read_raw(offset, len)
                 .at(pack.pack_path(&self.packs.dir)),
@@ -204,26 +210,34 @@ impl Store {
     }
 
     /// Open loose blob `d`'s file, read-only, never through a symlink
-    /// planted in its place (that is `Corrupt`: a blob is a regular file).
+    /// planted in its place, and never blocking on a FIFO (either is
+    /// `Corrupt`, see `is_not_a_blob`: a blob is a regular file).
     pub fn open_loose(&self, d: &Digest) -> std::io::Result<File> {
         use std::os::unix::fs::OpenOptionsExt;
         let p = self.blob_path(d);
-        fs::OpenOptions::new()
+        // NB: O_NONBLOCK does nothing to a regular file's reads.
+        let f = fs::OpenOptions::new()
             .read(true)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(p)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(p)?;
+        if !f.metadata()?.is_file() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "not a regular file",
+            ));
+        }
+        Ok(f)
     }
 
     fn loose_error(&self, d: &Digest, e: std::io::Error) -> StoreError {
         let path = self.blob_path(d);
-        if e.raw_os_error() == Some(libc::ELOOP) {
-            StoreError::Corrupt {
+        match is_not_a_blob(&e) {
+            Some(what) => StoreError::Corrupt {
                 digest: *d,
                 path,
-                reason: "a symlink where a blob should be".into(),
-            }
-        } else {
-            StoreError::Io { path, source: e }
+                reason: format!("{what} where a blob should be"),
+            },
+            None => StoreError::Io { path, source: e },
         }
     }
 
@@ -368,6 +382,19 @@ impl Store {
     }
 }
 
+/// What `open_loose`'s error says is in a blob's place, when it is not a
+/// blob at all: a symlink (ELOOP, from O_NOFOLLOW), or a file that is not
+/// a regular file (a FIFO, a device).
+pub fn is_not_a_blob(e: &std::io::Error) -> Option<&'static str> {
+    if e.raw_os_error() == Some(libc::ELOOP) {
+        Some("a symlink")
+    } else if e.kind() == std::io::ErrorKind::InvalidData {
+        Some("a file that is not a regular file")
+    } else {
+        None
+    }
+}
+
 /// Trees by digest, as read (`Store::read_tree`). A digest names its
 /// bytes for good, so a kept tree is never stale; it is kept only while
 /// the blob generation stands (a blob may be removed only after the
@@ -380,6 +407,9 @@ impl TreeCache {
     /// Trees kept at most; past it they are all dropped (the next reads
     /// keep what is read then).
     const MAX: usize = 1024;
+    /// Entries of a tree kept at most: a larger one is read each time, so
+    /// what is kept stays small (a few tens of MiB at most).
+    const MAX_ENTRIES: usize = 256;
 
     fn get(&self, d: &Digest, generation: u64) -> Option<Tree> {
         let held = self.0.lock().unwrap_or_else(|p| p.into_inner());
@@ -387,6 +417,9 @@ impl TreeCache {
     }
 
     fn put(&self, d: Digest, tree: &Tree, generation: u64) {
+        if tree.entries.len() > Self::MAX_ENTRIES {
+            return;
+        }
         let mut held = self.0.lock().unwrap_or_else(|p| p.into_inner());
         if held.0 != generation || held.1.len() >= Self::MAX {
             held.1.clear();

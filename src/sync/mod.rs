@@ -454,7 +454,7 @@ impl Target {
             });
             cache.store.append_snapshot(&self.log, self.end)?;
         }
-        if flush {
+        if flush || previous.is_none() {
             cache.index.flush()?;
         }
         verified.0 = generation;
@@ -494,9 +494,11 @@ fn tree_intact(store: &crate::store::Store, d: &Digest) -> bool {
 pub(crate) struct Incremental {
     /// The tree of the last pass: what the directory held then.
     base: Digest,
-    /// Where dagfs was mounted when the watch began: a pass does not read
-    /// the mount table again (the watch's own filter took it then too).
-    mounts: Vec<PathBuf>,
+    /// Where dagfs is mounted (a pass skips it), read again only when the
+    /// mount table changed.
+    mounts: crate::host::mounts::DagfsMounts,
+    /// When the index was last flushed (see `sync`).
+    flushed: std::time::Instant,
     totals: walk::Totals,
     /// The log's snapshots as the last pass left them (see `record`).
     verified: Verified,
@@ -514,6 +516,10 @@ pub(crate) struct Listed {
     /// When the pass started (ns since the epoch).
     pub started_ns: i64,
 }
+
+/// A watch's passes flush the index at most this often (see
+/// `Incremental::sync`).
+const FLUSH_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The memo of tree totals is dropped past this many trees (it refills from
 /// the store as needed); edits add a few trees each.
@@ -537,7 +543,8 @@ impl Incremental {
         })?;
         let inc = Incremental {
             base: r.scan.tree,
-            mounts: crate::host::mounts::dagfs_mountpoints().unwrap_or_default(),
+            mounts: crate::host::mounts::DagfsMounts::new(),
+            flushed: std::time::Instant::now(),
             totals,
             verified,
         };
@@ -561,8 +568,15 @@ impl Incremental {
         if self.totals.len() > MAX_TOTALS {
             self.totals.clear();
         }
+        // NB: the index is flushed at most every `FLUSH_EVERY` by passes:
+        // what a pass writes there is the stat cache, which only saves
+        // hashing (a crash loses the records since the last flush, and the
+        // next scan hashes those files again, or walks the whole tree); the
+        // blobs and the log are durable already. A new history (stamps
+        // start) is flushed at once.
+        let flush = self.flushed.elapsed() >= FLUSH_EVERY;
+        let mounts = Some(self.mounts.get());
         let (base, totals, verified) = (&self.base, &mut self.totals, &mut self.verified);
-        let mounts = Some(self.mounts.as_slice());
         let (r, walked_whole, started_ns) = with_retries(|n| {
             let t = Target::new_in(cache, dir, name, opts, mounts)?;
             let since = cache.store.blob_generation();
@@ -589,16 +603,13 @@ impl Incremental {
                 totals,
                 None,
             )?;
-            // NB: the index is not flushed at each pass: what a pass
-            // writes there is the stat cache, which only saves hashing (a
-            // crash loses the records since the last flush, and the next
-            // scan hashes those files again); the blobs and the log are
-            // durable already. The cache's flush at exit, or any other,
-            // makes them durable.
-            let r = t.record(cache, walked.out, since, verified, false)?;
+            let r = t.record(cache, walked.out, since, verified, flush)?;
             Ok((r, walked.listed_whole, walked.started_ns))
         })?;
         self.base = r.scan.tree;
+        if flush {
+            self.flushed = std::time::Instant::now();
+        }
         let listed = Listed {
             dirs: walked_whole,
             started_ns,
