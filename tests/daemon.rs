@@ -431,6 +431,7 @@ fn mount_helper_recovers_a_stale_mount_too() {
         store: e.store.clone(),
         mnt: e.mnt.clone(),
         pid,
+        log: None,
     });
 }
 

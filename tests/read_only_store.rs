@@ -38,25 +38,6 @@ impl Drop for ReadOnlyBind {
     }
 }
 
-/// Where a detached daemon of the store `ro`, which it cannot write, logs
-/// (as `cli/mount.rs::log_path` names it, without `XDG_RUNTIME_DIR`).
-fn daemon_log(ro: &Path) -> PathBuf {
-    let dir = std::env::var_os("XDG_RUNTIME_DIR")
-        .map(PathBuf::from)
-        .filter(|d| d.is_dir())
-        .unwrap_or_else(std::env::temp_dir);
-    let id = blake3::hash(ro.as_os_str().as_encoded_bytes()).to_hex();
-    dir.join(format!("dagfs-daemon-{}.log", &id[..16]))
-}
-
-struct RemoveOnDrop(PathBuf);
-
-impl Drop for RemoveOnDrop {
-    fn drop(&mut self) {
-        let _ = fs::remove_file(&self.0);
-    }
-}
-
 fn run(store: &Path, args: &[&str]) -> Output {
     dagfs(store, args).output().unwrap()
 }
@@ -144,9 +125,6 @@ fn reading_commands_and_mount_work_on_a_read_only_store() {
     assert!(text(&o).contains("cannot be written"), "{}", text(&o));
 
     let mnt = root.join("mnt");
-    // NB: a read-only store's daemon logs beside the temporary files, not
-    // in the store (`cli/mount.rs::log_path`); gone with the test.
-    let _log = RemoveOnDrop(daemon_log(&ro));
     let m = Mounted::new(&ro, &mnt);
     assert_eq!(
         fs::read_to_string(mnt.join("dags/p/a/a.txt")).unwrap(),

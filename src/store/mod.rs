@@ -372,6 +372,15 @@ mod tests {
         blobs
     }
 
+    /// `bytes`, staged and committed alone (a loose blob, being few).
+    fn committed(s: &Store, bytes: &[u8]) -> Digest {
+        let work = s.tempdir("t").unwrap();
+        let mut st = Staged::default();
+        let d = s.stage_bytes(work.path(), bytes, &mut st).unwrap();
+        s.commit(st).unwrap();
+        d
+    }
+
     fn pack_files(s: &Store) -> Vec<String> {
         let mut v: Vec<String> = dir_names(s.packs_dir())
             .unwrap()
@@ -421,10 +430,8 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let s = open(t.path());
         let work = s.tempdir("t").unwrap();
-        let mut st = Staged::default();
         let bytes = b"named only by a packed tree";
-        let file = s.stage_bytes(work.path(), bytes, &mut st).unwrap();
-        s.commit(st).unwrap();
+        let file = committed(&s, bytes);
         let node = Node::File {
             size: bytes.len() as u64,
             digest: file,
@@ -472,10 +479,7 @@ mod tests {
     fn a_loose_blob_that_cannot_be_looked_at_is_an_error_not_absent() {
         let t = tempfile::tempdir().unwrap();
         let s = open(t.path());
-        let work = s.tempdir("t").unwrap();
-        let mut st = Staged::default();
-        let d = s.stage_bytes(work.path(), b"loose", &mut st).unwrap();
-        s.commit(st).unwrap();
+        let d = committed(&s, b"loose");
         assert!(s.stored(&d).unwrap());
         let shard = s.blob_path(&d).parent().unwrap().to_path_buf();
         let aside = t.path().join("aside");
@@ -498,8 +502,6 @@ mod tests {
         use tree::{Node, Tree, TreeEntry};
         let t = tempfile::tempdir().unwrap();
         let s = open(t.path());
-        let work = s.tempdir("t").unwrap();
-        let mut st = Staged::default();
         let entries = vec![TreeEntry {
             name: b"l".to_vec(),
             node: Node::Symlink {
@@ -507,8 +509,7 @@ mod tests {
             },
         }];
         let tree = Tree { entries };
-        let d = s.stage_bytes(work.path(), &tree.encode(), &mut st).unwrap();
-        s.commit(st).unwrap();
+        let d = committed(&s, &tree.encode());
         assert_eq!(s.read_tree(&d).unwrap(), tree);
         assert_eq!(s.read_tree(&d).unwrap(), tree, "kept");
         assert!(s.quarantine_blob(&d, "test").unwrap());
@@ -546,12 +547,7 @@ mod tests {
     fn a_fifo_in_a_blob_s_place_is_corrupt_and_blocks_nothing() {
         let t = tempfile::tempdir().unwrap();
         let s = open(t.path());
-        let work = s.tempdir("t").unwrap();
-        let mut st = Staged::default();
-        let d = s
-            .stage_bytes(work.path(), b"a loose blob", &mut st)
-            .unwrap();
-        s.commit(st).unwrap();
+        let d = committed(&s, b"a loose blob");
         let p = s.blob_path(&d);
         fs::remove_file(&p).unwrap();
         let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();

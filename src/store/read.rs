@@ -84,7 +84,8 @@ impl Store {
 
     /// Is there a file (of any kind: see `open_loose`) at blob `d`'s loose
     /// path? An error: the stat failed for another reason than "no such
-    /// file" (`Path::exists` would call that absent).
+    /// file" (`Path::exists` would call that absent). What
+    /// `has_loose_blob` does where `blobs/` does not open.
     fn is_loose(&self, d: &Digest) -> Result<bool> {
         let p = self.blob_path(d);
         match fs::symlink_metadata(&p) {
@@ -109,7 +110,7 @@ impl Store {
     /// Where blob `d` is: a loose file, or a range of a pack (loose first).
     /// An error: see `stored`.
     pub fn locate(&self, d: &Digest) -> Result<Option<BlobLocation>> {
-        if self.is_loose(d)? {
+        if self.has_loose_blob(d)? {
             return Ok(Some(BlobLocation::Loose(self.blob_path(d))));
         }
         Ok(self

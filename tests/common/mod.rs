@@ -95,6 +95,10 @@ pub struct Mounted {
     pub store: PathBuf,
     pub mnt: PathBuf,
     pub pid: i32,
+    /// Where the daemon logs, as `dagfs mount` said. Outside the store (a
+    /// store the daemon cannot write logs under the temporary directory),
+    /// it is removed when the mount is dropped.
+    pub log: Option<PathBuf>,
 }
 
 impl Mounted {
@@ -134,10 +138,17 @@ impl Mounted {
             is_dagfs_mount(mnt),
             "mount returned before the mount was live"
         );
+        let log = t
+            .split("; log ")
+            .nth(1)
+            .and_then(|r| r.lines().next())
+            .and_then(|l| l.strip_suffix(')'))
+            .map(PathBuf::from);
         Ok(Mounted {
             store: store.to_path_buf(),
             mnt: mnt.to_path_buf(),
             pid,
+            log,
         })
     }
 }
@@ -157,6 +168,9 @@ impl Drop for Mounted {
         if pid_alive(self.pid) {
             // SAFETY: our own child daemon.
             unsafe { libc::kill(self.pid, libc::SIGKILL) };
+        }
+        if let Some(log) = self.log.as_ref().filter(|l| !l.starts_with(&self.store)) {
+            let _ = fs::remove_file(log);
         }
     }
 }

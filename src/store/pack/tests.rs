@@ -18,6 +18,13 @@ fn publish(dir: &Path, f: &FinishedPack) {
     fs::rename(&f.idx, dir.join(format!("{}.idx", f.id))).unwrap();
 }
 
+/// Remove pack `id`'s two files from `dir` (as a merge does).
+fn unpublish(dir: &Path, id: &str) {
+    for ext in ["pack", "idx"] {
+        fs::remove_file(dir.join(format!("{id}.{ext}"))).unwrap();
+    }
+}
+
 /// A pack of `blobs`, written and published in `dir`.
 fn published(dir: &Path, blobs: &[&[u8]]) -> FinishedPack {
     let f = write(dir, blobs);
@@ -166,8 +173,7 @@ fn a_read_from_a_set_a_merge_replaced_finds_the_merged_pack() {
     let merged = published(t.path(), &[x, b"and another"]);
     let m = Arc::new(Pack::load(t.path(), &merged.id).unwrap());
     packs.update(|l| l.push(m));
-    fs::remove_file(t.path().join(format!("{}.pack", old.id))).unwrap();
-    fs::remove_file(t.path().join(format!("{}.idx", old.id))).unwrap();
+    unpublish(t.path(), &old.id);
     packs.update(|l| l.retain(|p| p.id != old.id));
     assert_eq!(
         packs.read_from(before, &Digest::of(x)).unwrap().as_deref(),
@@ -185,8 +191,7 @@ fn an_eager_set_reads_a_pack_removed_after_it_was_listed() {
     let eager = Packs::new_eager(t.path().to_path_buf());
     let lazy = Packs::new(t.path().to_path_buf());
     assert_eq!((eager.all().len(), lazy.all().len()), (1, 1));
-    fs::remove_file(t.path().join(format!("{}.pack", f.id))).unwrap();
-    fs::remove_file(t.path().join(format!("{}.idx", f.id))).unwrap();
+    unpublish(t.path(), &f.id);
     assert_eq!(eager.read(&Digest::of(x)).unwrap().as_deref(), Some(x));
     assert_eq!(lazy.read(&Digest::of(x)).unwrap(), None);
 }
