@@ -541,6 +541,38 @@ mod tests {
         assert!(!second.exists(), "spares go with the store");
     }
 
+    /// `tmp/` is marked the top of directory hierarchies (`chattr +T`) at
+    /// every open that can write, so scratch is allocated away from the
+    /// blobs (see `open::spread_scratch`); skipped, saying so, on a
+    /// filesystem without inode flags.
+    #[test]
+    fn tmp_is_marked_the_top_of_directory_hierarchies() {
+        let t = tempfile::tempdir().unwrap();
+        let s = open(t.path());
+        let Some(flags) = open::inode_flags(&s.tmp_root()) else {
+            eprintln!("skipped: {} has no inode flags", t.path().display());
+            return;
+        };
+        assert_ne!(flags & 0x0002_0000, 0, "FS_TOPDIR_FL on tmp/");
+        drop(s);
+        // A store made before this: marked at its next open.
+        let tmp = t.path().join("tmp");
+        let dir = fs::File::open(&tmp).unwrap();
+        let cleared = flags & !0x0002_0000;
+        // SAFETY: FS_IOC_SETFLAGS reads one int.
+        let r = unsafe {
+            libc::ioctl(
+                std::os::fd::AsRawFd::as_raw_fd(&dir),
+                libc::FS_IOC_SETFLAGS,
+                &cleared,
+            )
+        };
+        assert_eq!(r, 0, "{}", std::io::Error::last_os_error());
+        assert_eq!(open::inode_flags(&tmp).unwrap() & 0x0002_0000, 0);
+        let s = open(t.path());
+        assert_ne!(open::inode_flags(&s.tmp_root()).unwrap() & 0x0002_0000, 0);
+    }
+
     /// A FIFO in a loose blob's place is not a blob: reading it is
     /// `Corrupt` at once, where the open had blocked for a writer.
     #[test]
