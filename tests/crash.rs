@@ -675,3 +675,59 @@ fn sigkill_of_a_sync_never_leaves_a_wrong_blob_or_a_snapshot_naming_one() {
         "no sync was killed: the kill points are too late"
     );
 }
+
+/// A task starts before its dependency's output is durable (it reads the
+/// staged bytes, `store::unsynced`): the dependent saw no blob committed
+/// in a fresh store, only its dependency's bytes; a SIGKILL while it runs
+/// leaves a store fsck finds clean and no entry; and the next run makes
+/// both again. It had waited for a commit (fdatasync of every blob and
+/// fsync of their directories) on every link of a chain.
+#[test]
+fn a_dependent_reads_its_dependency_before_the_commit_and_a_kill_then_loses_nothing() {
+    let t = tempfile::tempdir().unwrap();
+    let store = t.path().join("store");
+    let dir = t.path().join("p");
+    fs::create_dir_all(&dir).unwrap();
+    let marker = t.path().join("b-started");
+    let release = t.path().join("release");
+    let toml = |wait: bool| {
+        format!(
+            "name = \"p\"\n\
+             [tasks.a]\nrun = 'echo payload-of-a > \"$DAGFS_OUT/f\"'\n\
+             [tasks.b]\nrun = 'ls {blobs} > \"$DAGFS_OUT/seen\"; cat \"$DAGFS_IN/a/f\" >> \"$DAGFS_OUT/seen\"; {wait}'\ndeps = [\"a\"]\n",
+            blobs = store.join("blobs").display(),
+            wait = if wait {
+                format!(
+                    "touch {}; for i in $(seq 600); do [ -e {} ] && break; sleep 0.1; done",
+                    marker.display(),
+                    release.display()
+                )
+            } else {
+                "true".to_string()
+            },
+        )
+    };
+    // Killed while b runs: nothing is committed, so nothing is published.
+    fs::write(dir.join("dagfs.toml"), toml(true)).unwrap();
+    let mut child = run(&store, &dir).spawn().unwrap();
+    common::wait_for("b to start", || marker.exists());
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // NB: a task left running where it could not be isolated ends too.
+    fs::write(&release, "").unwrap();
+    assert_fsck_clean(&store, 0);
+    assert!(entry_keys(&store).is_empty(), "no entry was published");
+    // Again to the end: b saw no committed blob, and a's bytes.
+    fs::write(dir.join("dagfs.toml"), toml(false)).unwrap();
+    let o = run(&store, &dir).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let cat = Command::new(BIN)
+        .arg("--store")
+        .arg(&store)
+        .args(["cat", "p/b/seen"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&cat.stdout), "payload-of-a\n");
+    assert_eq!(entry_keys(&store).len(), 2);
+    assert_fsck_clean(&store, 1);
+}

@@ -74,9 +74,10 @@ pub fn run(
     let t0 = Instant::now();
     let run_id = cache.index.next_run_id()?;
     let started_ms = now_ms();
-    let mut co = Coordinator::new(cache, plan, opts, t0, observe);
+    let unsynced = std::sync::Arc::new(crate::store::unsynced::Unsynced::default());
+    let mut co = Coordinator::new(cache, plan, opts, t0, observe, unsynced.clone());
     let ingest = cache.begin_ingest();
-    let mats = job::Materializer::new(opts.inputs_via.clone());
+    let mats = job::Materializer::new(opts.inputs_via.clone(), unsynced);
     let jobs = opts.jobs.max(1);
     let coordinated = std::thread::scope(|s| {
         let gauge = opts.running.as_ref();
@@ -138,6 +139,7 @@ impl<'a> Coordinator<'a> {
         opts: &'a Options,
         t0: Instant,
         observe: &'a mut dyn for<'e> FnMut(Event<'e>),
+        unsynced: std::sync::Arc<crate::store::unsynced::Unsynced>,
     ) -> Self {
         let n = plan.nodes.len();
         let mut dependents = vec![Vec::new(); n];
@@ -165,7 +167,7 @@ impl<'a> Coordinator<'a> {
             hits: HashMap::new(),
             misses: HashMap::new(),
             evicted: 0,
-            commits: GroupCommit::new(cache),
+            commits: GroupCommit::new(cache, unsynced),
             running: 0,
             stop: false,
         }
@@ -254,7 +256,11 @@ impl<'a> Coordinator<'a> {
         }
         *self.misses.entry(reason).or_default() += 1;
         let entry = self.miss_entry(i, key, deps, previous);
-        if self.commits.any_uncommitted(&node.deps) {
+        // NB: a task reading its inputs through the mount reads the
+        // store (the daemon's view), and so does a job that does not say
+        // it reads them through `JobContext`.
+        let staged_ok = self.opts.inputs_via.is_none() && node.job.reads_deps_from_context();
+        if self.commits.must_commit_for(&node.deps, staged_ok) {
             self.commits.commit_now()?;
         }
         if let Some(full) = no_reserve(&self.cache.store) {
@@ -518,7 +524,8 @@ impl<'a> Coordinator<'a> {
         if let Some(s) = self.opts.session {
             self.cache.lease(s, [entry.key]);
         }
-        self.commits.add(idx, staged, published.kept);
+        let readers = !self.dependents[idx].is_empty();
+        self.commits.add(idx, staged, published.kept, readers);
         // Waiters (possibly other runs) read these blobs at once.
         if self.opts.inflight.has_waiters(&key) {
             self.commits.commit_now()?;

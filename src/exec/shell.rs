@@ -48,6 +48,11 @@ pub struct ShellJob {
 }
 
 impl Job for ShellJob {
+    /// `$DAGFS_IN` is made by `materialize_deps`.
+    fn reads_deps_from_context(&self) -> bool {
+        true
+    }
+
     fn run(&self, ctx: &JobContext<'_>) -> std::result::Result<JobResult, JobError> {
         let input = ctx.materialize_deps()?;
         let snapshots = ctx.work_dir.join("inputs");

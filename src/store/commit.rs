@@ -115,6 +115,22 @@ impl Staged {
     pub fn take_entries(&mut self) -> Vec<(PathBuf, Digest)> {
         std::mem::take(&mut self.entries)
     }
+
+    /// Where each blob of this staging can be read before its commit (see
+    /// `unsynced`): a loose one's file, a packed one's bytes.
+    pub fn readable(&mut self) -> Result<Vec<(Digest, unsynced::Source)>> {
+        let mut out: Vec<_> = self
+            .blobs
+            .iter()
+            .map(|b| (b.digest, unsynced::Source::File(b.tmp.clone())))
+            .collect();
+        for p in &mut self.packs {
+            for (d, bytes) in p.blobs_now()? {
+                out.push((d, unsynced::Source::Bytes(bytes.into())));
+            }
+        }
+        Ok(out)
+    }
 }
 
 impl Store {

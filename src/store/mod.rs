@@ -70,6 +70,7 @@ mod read;
 pub mod reserve;
 pub mod syncs;
 pub mod tree;
+pub mod unsynced;
 pub mod watchlist;
 
 use std::ffi::OsStr;

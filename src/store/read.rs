@@ -158,7 +158,7 @@ impl Store {
     /// a hard link: see `materialize`.
     pub fn copy_blob(&self, d: &Digest, dst: &Path) -> Result<()> {
         let p = self.blob_path(d);
-        let mut src = match self.open_loose(d) {
+        let src = match self.open_loose(d) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 // Packed: `read_blob` checks the bytes.
@@ -167,40 +167,7 @@ impl Store {
             }
             Err(e) => return Err(self.loose_error(d, e)),
         };
-        let copied = (|| -> std::io::Result<Digest> {
-            let mut out = File::create(dst)?;
-            let mut h = blake3::Hasher::new();
-            let mut buf = vec![0u8; 256 << 10];
-            loop {
-                let n = match src.read(&mut buf) {
-                    Ok(0) => break,
-                    Ok(n) => n,
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                    Err(e) => return Err(e),
-                };
-                h.update(&buf[..n]);
-                out.write_all(&buf[..n])?;
-            }
-            Ok(Digest::from_blake3(h.finalize()))
-        })();
-        match copied {
-            Ok(got) if got == *d => Ok(()),
-            Ok(got) => {
-                let _ = fs::remove_file(dst);
-                Err(StoreError::Corrupt {
-                    digest: *d,
-                    path: p,
-                    reason: format!("its bytes hash to {got}"),
-                })
-            }
-            Err(e) => {
-                let _ = fs::remove_file(dst);
-                Err(StoreError::Io {
-                    path: dst.to_path_buf(),
-                    source: e,
-                })
-            }
-        }
+        copy_checked(src, d, &p, dst)
     }
 
     /// The blob generation: it changes only when a blob may be removed, so
@@ -454,6 +421,46 @@ impl Read for BlobReader {
         match self {
             BlobReader::File(f) => f.read(buf),
             BlobReader::Bytes(c) => c.read(buf),
+        }
+    }
+}
+
+/// Copy `src` (blob `d`'s bytes, at `path`) to a new file `dst`, hashing
+/// as it copies: a mismatch is `Corrupt`, and `dst` is removed, as on any
+/// error.
+pub(super) fn copy_checked(mut src: File, d: &Digest, path: &Path, dst: &Path) -> Result<()> {
+    let copied = (|| -> std::io::Result<Digest> {
+        let mut out = File::create(dst)?;
+        let mut h = blake3::Hasher::new();
+        let mut buf = vec![0u8; 256 << 10];
+        loop {
+            let n = match src.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            h.update(&buf[..n]);
+            out.write_all(&buf[..n])?;
+        }
+        Ok(Digest::from_blake3(h.finalize()))
+    })();
+    match copied {
+        Ok(got) if got == *d => Ok(()),
+        Ok(got) => {
+            let _ = fs::remove_file(dst);
+            Err(StoreError::Corrupt {
+                digest: *d,
+                path: path.to_path_buf(),
+                reason: format!("its bytes hash to {got}"),
+            })
+        }
+        Err(e) => {
+            let _ = fs::remove_file(dst);
+            Err(StoreError::Io {
+                path: dst.to_path_buf(),
+                source: e,
+            })
         }
     }
 }

@@ -2,8 +2,8 @@
 //!
 //! Workers stage outputs; the coordinator commits their blobs in batches
 //! (one syncfs per batch), early only when a reader cannot wait (a task
-//! about to start reads an uncommitted output, or another run joined the
-//! key), and publishes the entry records of committed blobs with one more
+//! about to start reads an uncommitted output it cannot read staged, see
+//! `store::unsynced`, or another run joined the key), and publishes the entry records of committed blobs with one more
 //! syncfs (see `Store::commit_blobs`, `Store::publish_entries`). Nothing is
 //! reported done before the run's `finish` and the index flush after it.
 //!
@@ -14,11 +14,13 @@
 
 use std::collections::HashSet;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::cache::Cache;
 use crate::exec::error::Result;
 use crate::hash::Digest;
+use crate::store::unsynced::Unsynced;
 use crate::store::Staged;
 
 /// A batch is committed and published once it holds this many blobs and
@@ -33,6 +35,10 @@ pub(super) struct GroupCommit<'a> {
     batch: Staged,
     /// Plan nodes whose output blobs are in `batch`.
     uncommitted: HashSet<usize>,
+    /// Those of them whose blobs `unsynced` holds: this run's tasks can
+    /// read them before the commit.
+    readable: HashSet<usize>,
+    unsynced: Arc<Unsynced>,
     /// Staged entry records, published once their blobs are committed.
     pending: Vec<(PathBuf, Digest)>,
     /// When the oldest member of `batch`/`pending` arrived.
@@ -40,11 +46,13 @@ pub(super) struct GroupCommit<'a> {
 }
 
 impl<'a> GroupCommit<'a> {
-    pub(super) fn new(cache: &'a Cache) -> Self {
+    pub(super) fn new(cache: &'a Cache, unsynced: Arc<Unsynced>) -> Self {
         GroupCommit {
             cache,
             batch: Staged::default(),
             uncommitted: HashSet::new(),
+            readable: HashSet::new(),
+            unsynced,
             pending: Vec::new(),
             since: Instant::now(),
         }
@@ -52,10 +60,19 @@ impl<'a> GroupCommit<'a> {
 
     /// Take node `idx`'s staged output. Its record is published only when
     /// `keep` (the index kept the entry); NB: its blobs are committed
-    /// either way: this run's dependents read them.
-    pub(super) fn add(&mut self, idx: usize, mut staged: Staged, keep: bool) {
+    /// either way: this run's dependents read them. `readers`: some task
+    /// of this run will read them, so they are made readable uncommitted.
+    pub(super) fn add(&mut self, idx: usize, mut staged: Staged, keep: bool, readers: bool) {
         if self.batch.is_empty() && self.pending.is_empty() {
             self.since = Instant::now();
+        }
+        if readers {
+            // NB: best effort: a reader of a node not made readable has
+            // the batch committed first (`must_commit_for`).
+            if let Ok(blobs) = staged.readable() {
+                self.unsynced.add(blobs);
+                self.readable.insert(idx);
+            }
         }
         let records = staged.take_entries();
         if keep {
@@ -65,9 +82,14 @@ impl<'a> GroupCommit<'a> {
         self.uncommitted.insert(idx);
     }
 
-    /// Whether any of `nodes` has its output blobs still uncommitted.
-    pub(super) fn any_uncommitted(&self, nodes: &[usize]) -> bool {
-        nodes.iter().any(|d| self.uncommitted.contains(d))
+    /// Whether a task reading the outputs of `nodes` must wait for a
+    /// commit: one of them is uncommitted, and the task cannot read it
+    /// staged (`staged_ok`: it reads through `JobContext`, not the mount)
+    /// or it was not made readable.
+    pub(super) fn must_commit_for(&self, nodes: &[usize], staged_ok: bool) -> bool {
+        nodes
+            .iter()
+            .any(|d| self.uncommitted.contains(d) && !(staged_ok && self.readable.contains(d)))
     }
 
     /// Make the batch's blobs durable now: a reader cannot wait.
@@ -78,6 +100,10 @@ impl<'a> GroupCommit<'a> {
             .commit_blobs(std::mem::take(&mut self.batch))?;
         self.pending.extend(records);
         self.uncommitted.clear();
+        // NB: a reader that looked a blob up before this finds its staged
+        // file gone and reads the store, where it is now.
+        self.unsynced.clear();
+        self.readable.clear();
         Ok(())
     }
 

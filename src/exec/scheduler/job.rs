@@ -12,13 +12,23 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use crate::hash::Digest;
-use crate::store::{materialize::materialize, Store, StoreError};
+use crate::store::materialize::materialize_from;
+use crate::store::unsynced::Unsynced;
+use crate::store::{Store, StoreError};
 
 pub use crate::exec::error::JobError;
 
 /// A unit of work: produces files in `ctx.out_dir`.
 pub trait Job: Send + Sync {
     fn run(&self, ctx: &JobContext<'_>) -> Result<JobResult, JobError>;
+
+    /// Whether it reads its dependencies' outputs only through `ctx`
+    /// (`tree_path`, `materialize_deps`), which finds them staged: then it
+    /// may start before they are committed (see `store::unsynced`). A job
+    /// that reads the store itself must wait for the commit.
+    fn reads_deps_from_context(&self) -> bool {
+        false
+    }
 }
 
 /// What a job returns: its exit code and where its logs are.
@@ -97,6 +107,8 @@ pub(super) struct Materializer {
     /// See `Options::inputs_via`.
     pub(super) via: Option<PathBuf>,
     done: Mutex<HashMap<Digest, MatCell>>,
+    /// This run's outputs staged and not committed yet.
+    unsynced: Arc<Unsynced>,
 }
 
 impl Drop for Materializer {
@@ -110,11 +122,12 @@ impl Drop for Materializer {
 }
 
 impl Materializer {
-    pub(super) fn new(via: Option<PathBuf>) -> Materializer {
+    pub(super) fn new(via: Option<PathBuf>, unsynced: Arc<Unsynced>) -> Materializer {
         Materializer {
             scratch: OnceLock::new(),
             via,
             done: Mutex::new(HashMap::new()),
+            unsynced,
         }
     }
 
@@ -176,7 +189,9 @@ impl Materializer {
             .clone();
         cell.get_or_init(|| {
             let p = root.join(d.to_hex());
-            materialize(store, d, &p).map(|_| p).map_err(Arc::new)
+            materialize_from(store, Some(&self.unsynced), d, &p)
+                .map(|_| p)
+                .map_err(Arc::new)
         })
         .clone()
         .map_err(JobError::Input)
