@@ -6,13 +6,26 @@
 //! How (root): the task runs in its own mount namespace (`isolate`). There,
 //! before the shell starts, each scope is bind-mounted onto itself and each
 //! declared input's snapshot over its host path, and every one of those
-//! mounts gets a fanotify *mount* mark of one group per task, made by the
-//! parent before the clone. A mount mark sees every open through that mount
-//! and nothing else, and the mounts exist only in the task's namespace: so
-//! the group sees exactly the task's opens (any process, thread or
-//! subprocess of it, relative `openat`, a path through a symlink, a file
-//! later mapped with mmap: each is an open of the file it lands on), and
-//! never those of a concurrent task or of the host. `$DAGFS_OUT`,
+//! mounts gets a fanotify *mount* mark, placed by the child in a group the
+//! parent made before the clone: the worker thread's group, kept from task
+//! to task (`Observer::for_task`; a worker runs one task at a time). A
+//! mount mark sees every open through that mount and nothing else, and the
+//! mounts exist only in the task's namespace: so the group sees exactly the
+//! task's opens (any process, thread or subprocess of it, relative
+//! `openat`, a path through a symlink, a file later mapped with mmap: each
+//! is an open of the file it lands on), and never those of a concurrent
+//! task or of the host. An event is counted only if it came through one of
+//! the current task's mounts (by mount id: a pending event holds its mount,
+//! so an earlier task's id cannot have been given to a new mount), and the
+//! marks go with the task's mounts when its namespace ends.
+//!
+//! Why one group per worker: destroying a group waits for the kernel's
+//! mark reaper (an SRCU grace period, 2-30 ms here), and the last holder
+//! of a group's descriptor pays it. A group per task was often last held by
+//! *another* task's processes, which copy the descriptor table when they
+//! are cloned (its exec closing it, `CLOEXEC`, or its leader's exit): with
+//! two workers that made a cold run of 1,000 trivial tasks take twice as
+//! long as with `hermetic = "off"`. `$DAGFS_OUT`,
 //! `$TMPDIR`, `$DAGFS_IN` and `$DAGFS_INPUTS` live in the store, which is a
 //! mount of its own, and system paths outside the scopes (the compiler,
 //! `/usr/include`) are not marked: none of them is ever a finding.
@@ -36,10 +49,12 @@
 //! of the crate. Owns nothing on
 //! disk (its findings are stored in the entry by the scheduler).
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// `hermetic = "warn" | "strict" | "off"`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -333,9 +348,35 @@ fn mount_id_and_dir(
 /// The parent's half, made before the spawn: one fanotify group and the
 /// pipe the child reports its mounts' ids down.
 pub(crate) struct Observer {
-    fan: OwnedFd,
+    fan: Arc<OwnedFd>,
     ids_r: OwnedFd,
     ids_w: OwnedFd,
+    /// `fan` is this thread's group (`for_task`).
+    shared: bool,
+}
+
+thread_local! {
+    /// This thread's fanotify group, kept from task to task (see the
+    /// module's header); dropped after a failure, and with the thread.
+    static GROUP: RefCell<Option<Arc<OwnedFd>>> = const { RefCell::new(None) };
+}
+
+fn new_group() -> std::io::Result<OwnedFd> {
+    // SAFETY: a plain syscall returning a new descriptor, owned below.
+    let fan = unsafe {
+        libc::fanotify_init(
+            libc::FAN_CLASS_NOTIF
+                | libc::FAN_CLOEXEC
+                | libc::FAN_NONBLOCK
+                | libc::FAN_UNLIMITED_QUEUE,
+            (libc::O_RDONLY | libc::O_LARGEFILE | libc::O_CLOEXEC) as u32,
+        )
+    };
+    if fan < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: just made, ours.
+    Ok(unsafe { OwnedFd::from_raw_fd(fan) })
 }
 
 /// What a task opened: (tag of the mount, path from its root) -> what it
@@ -346,27 +387,38 @@ pub const SEEN_DIR: u8 = 2;
 pub const SEEN_WRITE: u8 = 4;
 
 impl Observer {
+    /// An observer with a group of its own, closed when it is done (the
+    /// probe, whose mark on `/` must never reach a task's group).
     pub(crate) fn new() -> std::io::Result<Observer> {
-        // SAFETY: plain syscalls returning new descriptors, owned below.
-        let fan = unsafe {
-            libc::fanotify_init(
-                libc::FAN_CLASS_NOTIF
-                    | libc::FAN_CLOEXEC
-                    | libc::FAN_NONBLOCK
-                    | libc::FAN_UNLIMITED_QUEUE,
-                (libc::O_RDONLY | libc::O_LARGEFILE | libc::O_CLOEXEC) as u32,
-            )
-        };
-        if fan < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        let fan = unsafe { OwnedFd::from_raw_fd(fan) };
+        Self::with_group(Arc::new(new_group()?), false)
+    }
+
+    /// An observer for one task on this thread, with the thread's group.
+    pub(crate) fn for_task() -> std::io::Result<Observer> {
+        let fan = GROUP.with(|g| -> std::io::Result<Arc<OwnedFd>> {
+            let mut g = g.borrow_mut();
+            if let Some(f) = &*g {
+                return Ok(f.clone());
+            }
+            let f = Arc::new(new_group()?);
+            *g = Some(f.clone());
+            Ok(f)
+        })?;
+        Self::with_group(fan, true)
+    }
+
+    fn with_group(fan: Arc<OwnedFd>, shared: bool) -> std::io::Result<Observer> {
         let mut p = [0; 2];
         if unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) } != 0 {
             return Err(std::io::Error::last_os_error());
         }
         let (ids_r, ids_w) = unsafe { (OwnedFd::from_raw_fd(p[0]), OwnedFd::from_raw_fd(p[1])) };
-        Ok(Observer { fan, ids_r, ids_w })
+        Ok(Observer {
+            fan,
+            ids_r,
+            ids_w,
+            shared,
+        })
     }
 
     pub(crate) fn child_side(&self) -> ChildSide {
@@ -401,32 +453,42 @@ impl Observer {
         let (stop_r, stop_w) = unsafe { (OwnedFd::from_raw_fd(p[0]), OwnedFd::from_raw_fd(p[1])) };
         let fan = self.fan;
         let (tx, seen) = std::sync::mpsc::sync_channel(1);
-        // NB: the thread sends what it saw, then closes the group: closing
-        // a group whose marks are still being torn down (the task's mount
-        // namespace ends with its leader, after the task is over) waits
-        // for an SRCU grace period, ~9 ms here, which the task need not.
+        // NB: the thread sends what it saw, then lets go of the group: a
+        // group of its own (not `shared`) is closed there, and closing a
+        // group waits for an SRCU grace period, which the task need not.
         std::thread::Builder::new()
             .name("dagfs-hermetic".into())
             .spawn(move || {
                 let _ = tx.send(watch(&fan, stop_r, &mounts));
                 drop(fan);
             })?;
-        Ok(Watching { stop: stop_w, seen })
+        Ok(Watching {
+            stop: stop_w,
+            seen,
+            shared: self.shared,
+        })
     }
 }
 
 pub(crate) struct Watching {
     stop: OwnedFd,
     seen: std::sync::mpsc::Receiver<std::io::Result<Seen>>,
+    shared: bool,
 }
 
 impl Watching {
-    /// Once every process of the task is gone: everything it opened.
+    /// Once every process of the task is gone: everything it opened. A
+    /// failure drops the thread's group: the next task makes a new one.
     pub(crate) fn finish(self) -> std::io::Result<Seen> {
         drop(self.stop);
-        self.seen
+        let r = self
+            .seen
             .recv()
-            .unwrap_or_else(|_| Err(std::io::Error::other("the hermetic watcher panicked")))
+            .unwrap_or_else(|_| Err(std::io::Error::other("the hermetic watcher panicked")));
+        if r.is_err() && self.shared {
+            GROUP.with(|g| g.borrow_mut().take());
+        }
+        r
     }
 }
 

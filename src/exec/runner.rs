@@ -89,7 +89,7 @@ impl Runner for ShellRunner {
             if iso.observe.is_some() {
                 match hermetic::unobservable(root) {
                     Some(why) => observed = Observed::Unobservable(why),
-                    None => match hermetic::Observer::new() {
+                    None => match hermetic::Observer::for_task() {
                         Ok(o) => observer = Some(o),
                         Err(e) => {
                             observed = Observed::Unobservable(format!("fanotify refused: {e}"))
