@@ -694,11 +694,11 @@ fn a_dependent_reads_its_dependency_before_the_commit_and_a_kill_then_loses_noth
         format!(
             "name = \"p\"\n\
              [tasks.a]\nrun = 'echo payload-of-a > \"$DAGFS_OUT/f\"'\n\
-             [tasks.b]\nrun = 'ls {blobs} > \"$DAGFS_OUT/seen\"; cat \"$DAGFS_IN/a/f\" >> \"$DAGFS_OUT/seen\"; {wait}'\ndeps = [\"a\"]\n",
+             [tasks.b]\nrun = 'ls \"{blobs}\" > \"$DAGFS_OUT/seen\"; cat \"$DAGFS_IN/a/f\" >> \"$DAGFS_OUT/seen\"; {wait}'\ndeps = [\"a\"]\n",
             blobs = store.join("blobs").display(),
             wait = if wait {
                 format!(
-                    "touch {}; for i in $(seq 600); do [ -e {} ] && break; sleep 0.1; done",
+                    "touch \"{}\"; for i in $(seq 600); do [ -e \"{}\" ] && break; sleep 0.1; done",
                     marker.display(),
                     release.display()
                 )

@@ -472,3 +472,43 @@ fn a_normal_user_is_told_reads_were_not_checked() {
         text(&o)
     );
 }
+
+/// One worker's tasks share a fanotify group (kept from task to task, so
+/// its destruction is paid once): each task's findings are its own. With
+/// `-j1`, six tasks in a row each read one undeclared file and declare
+/// another; each warning names exactly its own file, and the declared one
+/// is never a finding.
+#[test]
+fn tasks_sharing_a_worker_each_see_only_their_own_reads() {
+    if !root_or_skip("tasks_sharing_a_worker_each_see_only_their_own_reads") {
+        return;
+    }
+    let mut toml = String::from("name = \"seq\"\n");
+    for i in 0..6 {
+        toml += &format!(
+            "[tasks.t{i}]\nrun = \"cat data/f{i}.txt data/g{i}.txt > $DAGFS_OUT/o\"\ninputs = [\"data/g{i}.txt\"]\n{}",
+            if i > 0 { format!("deps = [\"t{}\"]\n", i - 1) } else { String::new() }
+        );
+    }
+    let sb = Sb::new(&toml);
+    for i in 0..6 {
+        fs::write(sb.p.join(format!("data/f{i}.txt")), format!("f{i}\n")).unwrap();
+        fs::write(sb.p.join(format!("data/g{i}.txt")), format!("g{i}\n")).unwrap();
+    }
+    let o = sb.dagfs(&["run", "-j1"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let w = warnings(&o);
+    assert_eq!(w.len(), 6, "one warning per task: {w:#?}");
+    for i in 0..6 {
+        let mine: Vec<_> = w
+            .iter()
+            .filter(|l| l.starts_with(&format!("dagfs: warning: task t{i} ")))
+            .collect();
+        assert_eq!(mine.len(), 1, "t{i}: {w:#?}");
+        for j in 0..6 {
+            let named = mine[0].contains(&format!("data/f{j}.txt"));
+            assert_eq!(named, i == j, "t{i} and data/f{j}.txt: {}", mine[0]);
+            assert!(!mine[0].contains(&format!("data/g{j}.txt")), "{}", mine[0]);
+        }
+    }
+}

@@ -259,8 +259,10 @@ impl<'a> Coordinator<'a> {
         // NB: a task reading its inputs through the mount reads the
         // store (the daemon's view), and so does a job that does not say
         // it reads them through `JobContext`.
-        let staged_ok = self.opts.inputs_via.is_none() && node.job.reads_deps_from_context();
-        if self.commits.must_commit_for(&node.deps, staged_ok) {
+        if self
+            .commits
+            .must_commit_for(&node.deps, self.reads_staged(i))
+        {
             self.commits.commit_now()?;
         }
         if let Some(full) = no_reserve(&self.cache.store) {
@@ -295,6 +297,13 @@ impl<'a> Coordinator<'a> {
             .expect("workers alive");
         self.running += 1;
         Ok(())
+    }
+
+    /// Whether node `i` can read its dependencies' outputs staged, before
+    /// their commit: it reads them through `JobContext` (not the store
+    /// itself), and not through the mount (the daemon's view of the store).
+    fn reads_staged(&self, i: usize) -> bool {
+        self.opts.inputs_via.is_none() && self.plan.nodes[i].job.reads_deps_from_context()
     }
 
     /// (name, output) of node `i`'s dependencies, sorted by name.
@@ -524,7 +533,9 @@ impl<'a> Coordinator<'a> {
         if let Some(s) = self.opts.session {
             self.cache.lease(s, [entry.key]);
         }
-        let readers = !self.dependents[idx].is_empty();
+        // NB: only a dependent that can read staged bytes needs them
+        // registered (the others have the batch committed first).
+        let readers = self.dependents[idx].iter().any(|&d| self.reads_staged(d));
         self.commits.add(idx, staged, published.kept, readers);
         // Waiters (possibly other runs) read these blobs at once.
         if self.opts.inflight.has_waiters(&key) {

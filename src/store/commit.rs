@@ -117,19 +117,22 @@ impl Staged {
     }
 
     /// Where each blob of this staging can be read before its commit (see
-    /// `unsynced`): a loose one's file, a packed one's bytes.
-    pub fn readable(&mut self) -> Result<Vec<(Digest, unsynced::Source)>> {
+    /// `unsynced`): a loose one's file, a packed one's bytes. None when a
+    /// pack has spilled to its file: its bytes are not copied into memory
+    /// (a pack holds at most `SPILL`, 1 MiB, there), and the commit may
+    /// rewrite it loose or merge it before its blobs are published.
+    pub fn readable(&self) -> Option<Vec<(Digest, unsynced::Source)>> {
         let mut out: Vec<_> = self
             .blobs
             .iter()
             .map(|b| (b.digest, unsynced::Source::File(b.tmp.clone())))
             .collect();
-        for p in &mut self.packs {
-            for (d, bytes) in p.blobs_now()? {
+        for p in &self.packs {
+            for (d, bytes) in p.in_memory()? {
                 out.push((d, unsynced::Source::Bytes(bytes.into())));
             }
         }
-        Ok(out)
+        Some(out)
     }
 }
 

@@ -171,29 +171,23 @@ impl PackWriter {
         })
     }
 
-    /// The blobs written so far, read back, the writer left as it was
-    /// (see `unsynced`).
-    pub fn blobs_now(&mut self) -> Result<Vec<(Digest, Vec<u8>)>> {
-        let mut out = Vec::with_capacity(self.rows.len());
-        match &mut self.out {
-            None => {
-                for (d, off, len) in &self.rows {
-                    let (off, len) = (*off as usize, *len as usize);
-                    out.push((*d, self.mem[off..off + len].to_vec()));
-                }
-            }
-            Some(w) => {
-                // NB: its descriptor is write-only.
-                w.flush().at(&self.path)?;
-                let f = File::open(&self.path).at(&self.path)?;
-                for (d, off, len) in &self.rows {
-                    let mut b = vec![0u8; *len as usize];
-                    f.read_exact_at(&mut b, *off).at(&self.path)?;
-                    out.push((*d, b));
-                }
-            }
+    /// The blobs written so far while they are all in memory (the file
+    /// not made yet), the writer left as it was (see `unsynced`).
+    pub fn in_memory(&self) -> Option<Vec<(Digest, &[u8])>> {
+        if self.out.is_some() {
+            return None;
         }
-        Ok(out)
+        Some(
+            self.rows
+                .iter()
+                .map(|(d, off, len)| {
+                    (
+                        *d,
+                        &self.mem[*off as usize..(*off + u64::from(*len)) as usize],
+                    )
+                })
+                .collect(),
+        )
     }
 
     /// The blobs written so far, read back (to store them loose instead).

@@ -20,7 +20,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use super::error::{IoContext, Result, StoreError};
+use super::error::{Result, StoreError};
 use crate::hash::Digest;
 
 /// Where a staged blob's bytes are until its commit.
@@ -59,16 +59,16 @@ impl Unsynced {
     /// Blob `d`'s bytes, checked; None where it is not staged here (or was
     /// committed while we looked).
     pub fn read(&self, d: &Digest) -> Result<Option<Vec<u8>>> {
-        let bytes = match self.get(d) {
+        let (bytes, at) = match self.get(d) {
             None => return Ok(None),
-            Some(Source::Bytes(b)) => b.to_vec(),
+            Some(Source::Bytes(b)) => (b.to_vec(), PathBuf::from(STAGED_PACK)),
             Some(Source::File(p)) => match fs::read(&p) {
-                Ok(b) => b,
+                Ok(b) => (b, p),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
                 Err(e) => return Err(StoreError::Io { path: p, source: e }),
             },
         };
-        check(d, &bytes, Path::new("(staged)"))?;
+        check(d, &bytes, &at)?;
         Ok(Some(bytes))
     }
 
@@ -79,9 +79,15 @@ impl Unsynced {
         match self.get(d) {
             None => Ok(false),
             Some(Source::Bytes(b)) => {
-                check(d, &b, Path::new("(staged)"))?;
-                let mut f = File::create(dst).at(dst)?;
-                f.write_all(&b).at(dst)?;
+                check(d, &b, Path::new(STAGED_PACK))?;
+                let written = File::create(dst).and_then(|mut f| f.write_all(&b));
+                if let Err(e) = written {
+                    let _ = fs::remove_file(dst);
+                    return Err(StoreError::Io {
+                        path: dst.to_path_buf(),
+                        source: e,
+                    });
+                }
                 Ok(true)
             }
             Some(Source::File(p)) => match File::open(&p) {
@@ -92,6 +98,9 @@ impl Unsynced {
         }
     }
 }
+
+/// Where an error says packed staged bytes were (they have no file yet).
+const STAGED_PACK: &str = "(a pack being written, in memory)";
 
 fn check(d: &Digest, bytes: &[u8], path: &Path) -> Result<()> {
     let got = Digest::of(bytes);
@@ -157,5 +166,35 @@ mod tests {
         assert!(u.read(&loose).unwrap().is_none());
         u.clear();
         assert!(u.get(&small).is_none());
+    }
+
+    /// Registered, then committed: the staged file is gone (renamed into
+    /// `blobs/`), the overlay says "not here", and the store has it. A
+    /// pack spilled to its file is not made readable (its bytes would be
+    /// copied into memory), so its readers wait for the commit.
+    #[test]
+    fn a_committed_blob_is_read_from_the_store_and_a_spilled_pack_is_not_readable() {
+        let t = tempfile::tempdir().unwrap();
+        let s = Store::open(t.path(), &mut |_| {}).unwrap();
+        let work = s.tempdir("t").unwrap();
+        let mut st = Staged::default();
+        let big = vec![9u8; crate::store::pack::MAX_PACKED + 1];
+        let loose = s.stage_bytes(work.path(), &big, &mut st).unwrap();
+        let u = Unsynced::default();
+        u.add(st.readable().unwrap());
+        s.commit(st).unwrap();
+        let out = work.path().join("copy");
+        assert!(!u.copy(&loose, &out).unwrap());
+        assert!(!out.exists());
+        s.copy_blob(&loose, &out).unwrap();
+        assert_eq!(fs::read(&out).unwrap(), big);
+
+        let mut many = Staged::default();
+        for i in 0..crate::store::pack::MIN_PACK + 1 {
+            s.stage_bytes(work.path(), format!("small {i}").as_bytes(), &mut many)
+                .unwrap();
+        }
+        assert!(many.readable().is_none(), "spilled: not readable");
+        s.commit(many).unwrap();
     }
 }

@@ -39,7 +39,12 @@ pub(super) struct GroupCommit<'a> {
     /// read them before the commit.
     readable: HashSet<usize>,
     unsynced: Arc<Unsynced>,
-    /// Staged entry records, published once their blobs are committed.
+    /// Staged entry records whose blobs are in `batch`: they join
+    /// `pending` only once it is committed, so a commit that fails
+    /// publishes none of them (the run's `Unpublished` guard then removes
+    /// their index rows).
+    waiting: Vec<(PathBuf, Digest)>,
+    /// Staged entry records of committed blobs, published next.
     pending: Vec<(PathBuf, Digest)>,
     /// When the oldest member of `batch`/`pending` arrived.
     since: Instant,
@@ -53,6 +58,7 @@ impl<'a> GroupCommit<'a> {
             uncommitted: HashSet::new(),
             readable: HashSet::new(),
             unsynced,
+            waiting: Vec::new(),
             pending: Vec::new(),
             since: Instant::now(),
         }
@@ -63,20 +69,21 @@ impl<'a> GroupCommit<'a> {
     /// either way: this run's dependents read them. `readers`: some task
     /// of this run will read them, so they are made readable uncommitted.
     pub(super) fn add(&mut self, idx: usize, mut staged: Staged, keep: bool, readers: bool) {
-        if self.batch.is_empty() && self.pending.is_empty() {
+        if self.batch.is_empty() && self.waiting.is_empty() && self.pending.is_empty() {
             self.since = Instant::now();
         }
         if readers {
-            // NB: best effort: a reader of a node not made readable has
-            // the batch committed first (`must_commit_for`).
-            if let Ok(blobs) = staged.readable() {
+            // NB: best effort: a reader of a node not made readable (a
+            // pack spilled to disk, an error) has the batch committed
+            // first (`must_commit_for`).
+            if let Some(blobs) = staged.readable() {
                 self.unsynced.add(blobs);
                 self.readable.insert(idx);
             }
         }
         let records = staged.take_entries();
         if keep {
-            self.pending.extend(records);
+            self.waiting.extend(records);
         }
         self.batch.append(staged);
         self.uncommitted.insert(idx);
@@ -94,10 +101,14 @@ impl<'a> GroupCommit<'a> {
 
     /// Make the batch's blobs durable now: a reader cannot wait.
     pub(super) fn commit_now(&mut self) -> Result<()> {
+        let waiting = std::mem::take(&mut self.waiting);
+        // NB: on an error the batch is gone, and so are its records: they
+        // name blobs that may not be durable.
         let records = self
             .cache
             .store
             .commit_blobs(std::mem::take(&mut self.batch))?;
+        self.pending.extend(waiting);
         self.pending.extend(records);
         self.uncommitted.clear();
         // NB: a reader that looked a blob up before this finds its staged
@@ -109,7 +120,7 @@ impl<'a> GroupCommit<'a> {
 
     /// Commit and publish when the batch is large or old enough.
     pub(super) fn maybe_flush(&mut self) -> Result<()> {
-        if self.pending.len() + self.batch.blob_count() >= MAX_BATCH
+        if self.pending.len() + self.waiting.len() + self.batch.blob_count() >= MAX_BATCH
             || self.since.elapsed() >= MAX_WAIT
         {
             self.commit_now()?;

@@ -22,10 +22,11 @@ pub use crate::exec::error::JobError;
 pub trait Job: Send + Sync {
     fn run(&self, ctx: &JobContext<'_>) -> Result<JobResult, JobError>;
 
-    /// Whether it reads its dependencies' outputs only through `ctx`
-    /// (`tree_path`, `materialize_deps`), which finds them staged: then it
+    /// Whether it reads its dependencies' outputs only through `ctx`'s
+    /// `tree_path` or `materialize_deps`, which find them staged: then it
     /// may start before they are committed (see `store::unsynced`). A job
-    /// that reads the store itself must wait for the commit.
+    /// that reads the store itself, or a dependency's blob through
+    /// `blob_path` (which reads the store), must wait for the commit.
     fn reads_deps_from_context(&self) -> bool {
         false
     }
