@@ -10,14 +10,17 @@
 //! parent made before the clone: the worker thread's group, kept from task
 //! to task (`Observer::for_task`; a worker runs one task at a time). A
 //! mount mark sees every open through that mount and nothing else, and the
-//! mounts exist only in the task's namespace: so the group sees exactly the
-//! task's opens (any process, thread or subprocess of it, relative
-//! `openat`, a path through a symlink, a file later mapped with mmap: each
-//! is an open of the file it lands on), and never those of a concurrent
-//! task or of the host. An event is counted only if it came through one of
-//! the current task's mounts (by mount id: a pending event holds its mount,
-//! so an earlier task's id cannot have been given to a new mount), and the
-//! marks go with the task's mounts when its namespace ends.
+//! mounts exist only in the task's namespace: so what is counted is
+//! exactly the task's opens (any process, thread or subprocess of it,
+//! relative `openat`, a path through a symlink, a file later mapped with
+//! mmap: each is an open of the file it lands on), and never those of a
+//! concurrent task or of the host. An event is counted only if it came
+//! through one of the current task's mounts, by mount id (a pending event,
+//! and the descriptor it is read as, hold its mount, so an earlier task's
+//! id cannot have been given to a new mount meanwhile); anything else in
+//! the group (a late close of an earlier task, an open through
+//! `/proc/<pid>/root`) is dropped. Once a task is drained its marks are
+//! flushed; after a failure the thread's group is given up.
 //!
 //! Why one group per worker: destroying a group waits for the kernel's
 //! mark reaper (an SRCU grace period, 2-30 ms here), and the last holder
@@ -431,6 +434,17 @@ impl Observer {
     /// After the spawn (the child has made its mounts): read the mounts'
     /// ids and watch. The thread reads events until `Watching::finish`.
     pub(crate) fn start(self) -> std::io::Result<Watching> {
+        let (fan, shared) = (self.fan.clone(), self.shared);
+        let r = self.start_watching();
+        if r.is_err() && shared {
+            // NB: the child may have marked mounts before it gave up; their
+            // events must not wait in the group for the next task.
+            abandon(&fan);
+        }
+        r
+    }
+
+    fn start_watching(self) -> std::io::Result<Watching> {
         drop(self.ids_w);
         let mut mounts = BTreeMap::new();
         let mut f = std::fs::File::from(self.ids_r);
@@ -453,42 +467,86 @@ impl Observer {
         let (stop_r, stop_w) = unsafe { (OwnedFd::from_raw_fd(p[0]), OwnedFd::from_raw_fd(p[1])) };
         let fan = self.fan;
         let (tx, seen) = std::sync::mpsc::sync_channel(1);
-        // NB: the thread sends what it saw, then lets go of the group: a
-        // group of its own (not `shared`) is closed there, and closing a
-        // group waits for an SRCU grace period, which the task need not.
+        let group = fan.clone();
         std::thread::Builder::new()
             .name("dagfs-hermetic".into())
             .spawn(move || {
                 let _ = tx.send(watch(&fan, stop_r, &mounts));
-                drop(fan);
             })?;
         Ok(Watching {
-            stop: stop_w,
+            stop: Some(stop_w),
             seen,
             shared: self.shared,
+            group,
+            done: false,
         })
     }
 }
 
+/// Give up this thread's group (a watch failed): remove its marks at once,
+/// so nothing more is queued, and let the next task make a new one.
+fn abandon(fan: &OwnedFd) {
+    // SAFETY: a valid descriptor; FLUSH takes no path.
+    unsafe {
+        libc::fanotify_mark(
+            fan.as_raw_fd(),
+            libc::FAN_MARK_FLUSH | libc::FAN_MARK_MOUNT,
+            0,
+            libc::AT_FDCWD,
+            std::ptr::null(),
+        )
+    };
+    GROUP.with(|g| g.borrow_mut().take());
+}
+
 pub(crate) struct Watching {
-    stop: OwnedFd,
+    stop: Option<OwnedFd>,
     seen: std::sync::mpsc::Receiver<std::io::Result<Seen>>,
+    /// The group is this thread's (`Observer::for_task`).
     shared: bool,
+    group: Arc<OwnedFd>,
+    done: bool,
 }
 
 impl Watching {
-    /// Once every process of the task is gone: everything it opened. A
-    /// failure drops the thread's group: the next task makes a new one.
-    pub(crate) fn finish(self) -> std::io::Result<Seen> {
-        drop(self.stop);
+    /// Once every process of the task is gone: everything it opened. Then
+    /// the task's marks are removed (its mounts are going; no late event
+    /// reaches the group). A failure gives up the thread's group: the next
+    /// task makes a new one.
+    pub(crate) fn finish(mut self) -> std::io::Result<Seen> {
+        drop(self.stop.take());
         let r = self
             .seen
             .recv()
             .unwrap_or_else(|_| Err(std::io::Error::other("the hermetic watcher panicked")));
-        if r.is_err() && self.shared {
-            GROUP.with(|g| g.borrow_mut().take());
+        self.done = true;
+        if self.shared {
+            if r.is_err() {
+                abandon(&self.group);
+            } else {
+                // SAFETY: as in `abandon`.
+                unsafe {
+                    libc::fanotify_mark(
+                        self.group.as_raw_fd(),
+                        libc::FAN_MARK_FLUSH | libc::FAN_MARK_MOUNT,
+                        0,
+                        libc::AT_FDCWD,
+                        std::ptr::null(),
+                    )
+                };
+            }
         }
         r
+    }
+}
+
+impl Drop for Watching {
+    /// Dropped unfinished (the runner failed on the way): its watcher
+    /// still reads the group, so this thread's next task gets a new one.
+    fn drop(&mut self) {
+        if !self.done && self.shared {
+            GROUP.with(|g| g.borrow_mut().take());
+        }
     }
 }
 
