@@ -198,6 +198,31 @@ fn cstr(p: &Path) -> std::io::Result<CString> {
         .map_err(|_| std::io::Error::other(format!("{}: NUL in path", p.display())))
 }
 
+/// `canonicalize`, remembered by this thread: a worker isolates every task
+/// with the same store, pipeline directory and its own output and
+/// temporary directories, and resolving them (a `readlink` per component,
+/// some 30 a task) was 5% of a cold run of trivial tasks. Only directories
+/// dagfs resolved or made are asked for, and a worker lives for one run.
+fn resolved(p: &Path) -> std::io::Result<PathBuf> {
+    thread_local! {
+        static RESOLVED: std::cell::RefCell<std::collections::HashMap<PathBuf, PathBuf>> =
+            Default::default();
+    }
+    if let Some(r) = RESOLVED.with(|m| m.borrow().get(p).cloned()) {
+        return Ok(r);
+    }
+    let r = std::fs::canonicalize(p)?;
+    RESOLVED.with(|m| {
+        let mut m = m.borrow_mut();
+        // NB: bounded: a long-lived thread asking for many paths.
+        if m.len() >= 64 {
+            m.clear();
+        }
+        m.insert(p.to_path_buf(), r.clone());
+    });
+    Ok(r)
+}
+
 impl Prepared {
     pub(crate) fn new(
         iso: &Isolation,
@@ -206,7 +231,7 @@ impl Prepared {
     ) -> std::io::Result<Prepared> {
         // NB: absolute and resolved: the child has already changed to the
         // task's working directory when it mounts.
-        let store = std::fs::canonicalize(&iso.store)?;
+        let store = resolved(&iso.store)?;
         let keep = kept_flags(&store)?;
         let mut in_place = Vec::new();
         for (src, dst) in &iso.in_place {
@@ -229,7 +254,7 @@ impl Prepared {
         let watch = match (observer, &iso.observe) {
             (Some(o), Some(trees)) => {
                 for t in trees {
-                    let t = std::fs::canonicalize(t)?;
+                    let t = resolved(t)?;
                     scopes.push(cstr(&t)?);
                     watched.push(super::hermetic::Watched { at: t });
                 }
@@ -255,7 +280,7 @@ impl Prepared {
             writable: iso
                 .writable
                 .iter()
-                .map(|w| cstr(&std::fs::canonicalize(w)?))
+                .map(|w| cstr(&resolved(w)?))
                 .collect::<std::io::Result<_>>()?,
             keep,
             user,
