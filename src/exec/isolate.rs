@@ -201,8 +201,9 @@ fn cstr(p: &Path) -> std::io::Result<CString> {
 /// `canonicalize`, remembered by this thread: a worker isolates every task
 /// with the same store, pipeline directory and its own output and
 /// temporary directories, and resolving them (a `readlink` per component,
-/// some 30 a task) was 5% of a cold run of trivial tasks. Only directories
-/// dagfs resolved or made are asked for, and a worker lives for one run.
+/// some 30 a task) was 5% of a cold run of trivial tasks. A worker lives
+/// for one run: a `hermetic_scope` tree replaced by a symlink during a run
+/// is seen by its next run.
 fn resolved(p: &Path) -> std::io::Result<PathBuf> {
     thread_local! {
         static RESOLVED: std::cell::RefCell<std::collections::HashMap<PathBuf, PathBuf>> =
