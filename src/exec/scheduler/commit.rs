@@ -46,7 +46,9 @@ pub(super) struct GroupCommit<'a> {
     waiting: Vec<(PathBuf, Digest)>,
     /// Staged entry records of committed blobs, published next.
     pending: Vec<(PathBuf, Digest)>,
-    /// When the oldest member of `batch`/`pending` arrived.
+    /// When the oldest member of `batch`/`waiting`/`pending` arrived.
+    /// NB: checked only when a task finishes (`maybe_flush`), so a
+    /// dependency can stay staged while a long dependent runs.
     since: Instant,
 }
 
@@ -73,9 +75,9 @@ impl<'a> GroupCommit<'a> {
             self.since = Instant::now();
         }
         if readers {
-            // NB: best effort: a reader of a node not made readable (a
-            // pack spilled to disk, an error) has the batch committed
-            // first (`must_commit_for`).
+            // NB: a reader of a node not made readable (a pack spilled to
+            // its file: past `pack::MIN_PACK` small blobs or 1 MiB) has the
+            // batch committed first (`must_commit_for`).
             if let Some(blobs) = staged.readable() {
                 self.unsynced.add(blobs);
                 self.readable.insert(idx);
@@ -109,6 +111,9 @@ impl<'a> GroupCommit<'a> {
             .store
             .commit_blobs(std::mem::take(&mut self.batch))?;
         self.pending.extend(waiting);
+        // NB: empty today (`add` takes each staging's records out into
+        // `waiting`); kept so a staging that carries records still has
+        // them published after its commit.
         self.pending.extend(records);
         self.uncommitted.clear();
         // NB: a reader that looked a blob up before this finds its staged
