@@ -486,6 +486,12 @@ impl Observer {
 /// Give up this thread's group (a watch failed): remove its marks at once,
 /// so nothing more is queued, and let the next task make a new one.
 fn abandon(fan: &OwnedFd) {
+    flush_marks(fan);
+    GROUP.with(|g| g.borrow_mut().take());
+}
+
+/// Remove every mount mark of the group `fan` (its task is over).
+fn flush_marks(fan: &OwnedFd) {
     // SAFETY: a valid descriptor; FLUSH takes no path.
     unsafe {
         libc::fanotify_mark(
@@ -496,7 +502,6 @@ fn abandon(fan: &OwnedFd) {
             std::ptr::null(),
         )
     };
-    GROUP.with(|g| g.borrow_mut().take());
 }
 
 pub(crate) struct Watching {
@@ -524,16 +529,7 @@ impl Watching {
             if r.is_err() {
                 abandon(&self.group);
             } else {
-                // SAFETY: as in `abandon`.
-                unsafe {
-                    libc::fanotify_mark(
-                        self.group.as_raw_fd(),
-                        libc::FAN_MARK_FLUSH | libc::FAN_MARK_MOUNT,
-                        0,
-                        libc::AT_FDCWD,
-                        std::ptr::null(),
-                    )
-                };
+                flush_marks(&self.group);
             }
         }
         r

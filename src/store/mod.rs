@@ -549,22 +549,7 @@ mod tests {
     #[test]
     fn tmp_is_marked_the_top_of_directory_hierarchies() {
         const TOPDIR: libc::c_int = 0x0002_0000;
-        fn set_flags(path: &Path, flags: libc::c_int) -> std::io::Result<()> {
-            let dir = fs::File::open(path)?;
-            // SAFETY: FS_IOC_SETFLAGS reads one int.
-            let r = unsafe {
-                libc::ioctl(
-                    std::os::fd::AsRawFd::as_raw_fd(&dir),
-                    libc::FS_IOC_SETFLAGS,
-                    &flags,
-                )
-            };
-            if r == 0 {
-                Ok(())
-            } else {
-                Err(std::io::Error::last_os_error())
-            }
-        }
+        let set_flags = open::set_inode_flags;
         let t = tempfile::tempdir().unwrap();
         let s = open(t.path());
         let tmp = s.tmp_root();

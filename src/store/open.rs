@@ -283,22 +283,52 @@ fn spread_scratch(tmp: &Path) {
     let Ok(dir) = File::open(tmp) else {
         return;
     };
-    let fd = std::os::fd::AsRawFd::as_raw_fd(&dir);
-    let mut flags: libc::c_int = 0;
-    // SAFETY: FS_IOC_GETFLAGS writes one int to `flags`, a valid pointer.
-    if unsafe { libc::ioctl(fd, libc::FS_IOC_GETFLAGS, &mut flags) } != 0
-        || flags & FS_TOPDIR_FL != 0
-    {
+    let Ok(flags) = get_flags(&dir) else {
+        return;
+    };
+    if flags & FS_TOPDIR_FL != 0 {
         return;
     }
-    flags |= FS_TOPDIR_FL;
-    // SAFETY: FS_IOC_SETFLAGS reads one int from `flags`.
-    if unsafe { libc::ioctl(fd, libc::FS_IOC_SETFLAGS, &flags) } != 0 {
+    if let Err(e) = set_flags(&dir, flags | FS_TOPDIR_FL) {
         log::debug!(
-            "{}: cannot mark it the top of directory hierarchies: {}",
-            tmp.display(),
-            std::io::Error::last_os_error()
+            "{}: cannot mark it the top of directory hierarchies: {e}",
+            tmp.display()
         );
+    }
+}
+
+/// `FS_IOC_GETFLAGS` of an open file.
+fn get_flags(f: &File) -> std::io::Result<libc::c_int> {
+    let mut flags: libc::c_int = 0;
+    // SAFETY: FS_IOC_GETFLAGS writes one int to `flags`, a valid pointer.
+    let r = unsafe {
+        libc::ioctl(
+            std::os::fd::AsRawFd::as_raw_fd(f),
+            libc::FS_IOC_GETFLAGS,
+            &mut flags,
+        )
+    };
+    if r == 0 {
+        Ok(flags)
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// `FS_IOC_SETFLAGS` of an open file.
+fn set_flags(f: &File, flags: libc::c_int) -> std::io::Result<()> {
+    // SAFETY: FS_IOC_SETFLAGS reads one int from `flags`.
+    let r = unsafe {
+        libc::ioctl(
+            std::os::fd::AsRawFd::as_raw_fd(f),
+            libc::FS_IOC_SETFLAGS,
+            &flags,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
     }
 }
 
@@ -306,17 +336,13 @@ fn spread_scratch(tmp: &Path) {
 /// filesystem has none.
 #[cfg(test)]
 pub(crate) fn inode_flags(path: &Path) -> Option<libc::c_int> {
-    let dir = File::open(path).ok()?;
-    let mut flags: libc::c_int = 0;
-    // SAFETY: as in `spread_scratch`.
-    let r = unsafe {
-        libc::ioctl(
-            std::os::fd::AsRawFd::as_raw_fd(&dir),
-            libc::FS_IOC_GETFLAGS,
-            &mut flags,
-        )
-    };
-    (r == 0).then_some(flags)
+    get_flags(&File::open(path).ok()?).ok()
+}
+
+/// Set `path`'s inode flags (`FS_IOC_SETFLAGS`).
+#[cfg(test)]
+pub(crate) fn set_inode_flags(path: &Path, flags: libc::c_int) -> std::io::Result<()> {
+    set_flags(&File::open(path)?, flags)
 }
 
 /// Make the store's directory (and any missing parent) private to its
