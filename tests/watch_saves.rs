@@ -294,3 +294,70 @@ fn a_daemon_watch_survives_editors_saving_by_rename() {
         .collect();
     assert!(listed.contains(&"d".to_string()), "{listed:?}");
 }
+
+/// Loose blob files under `store`'s `blobs/`, and packs (`.idx` files).
+fn loose_and_packs(store: &Path) -> (usize, usize) {
+    fn files(d: &Path) -> usize {
+        fs::read_dir(d).map_or(0, |rd| {
+            rd.map(|e| e.unwrap())
+                .map(|e| {
+                    if e.file_type().unwrap().is_dir() {
+                        files(&e.path())
+                    } else {
+                        1
+                    }
+                })
+                .sum()
+        })
+    }
+    let packs = fs::read_dir(store.join("packs")).map_or(0, |rd| {
+        rd.filter(|e| {
+            e.as_ref()
+                .is_ok_and(|e| e.path().extension().is_some_and(|x| x == "idx"))
+        })
+        .count()
+    });
+    (files(&store.join("blobs")), packs)
+}
+
+/// Issue 17 (watched change): each watched change stored its file and every
+/// tree up its path as loose blobs, two flushes each (the file, its shard).
+/// Now a pass's few blobs are one pack (three flushes in all), and the
+/// packs so made are merged after the passes that report them, so they
+/// stay few; the snapshots are those a fresh sync stores, fsck is clean.
+#[test]
+fn watched_changes_commit_a_pack_each_and_the_packs_stay_few() {
+    let t = tempfile::tempdir().unwrap();
+    let store = t.path().join("store");
+    let dir = t.path().join("d");
+    let deep = dir.join("a").join("b").join("c");
+    fs::create_dir_all(&deep).unwrap();
+    for i in 0..10 {
+        fs::write(deep.join(format!("f{i}")), format!("start {i}\n")).unwrap();
+    }
+    let mut w = Watch::start(&store, &dir);
+    let (loose0, packs0) = loose_and_packs(&store);
+    let passes = 45;
+    for i in 0..passes {
+        let rel = format!("a/b/c/f{}", i % 10);
+        fs::write(dir.join(&rel), format!("change {i}\n")).unwrap();
+        w.wait_for(&format!("change {i}"), |v| {
+            v["changes"]
+                .as_array()
+                .is_some_and(|c| c.iter().any(|c| c["path"] == rel.as_str()))
+        });
+    }
+    let want = fresh_tree(&dir);
+    w.wait_for("the final state", |v| v["tree"] == want.as_str());
+    drop(w);
+    let (loose, packs) = loose_and_packs(&store);
+    // Loose, each pass would have added 5 blobs (the file, c, b, a, root).
+    assert!(
+        loose < loose0 + passes,
+        "{} loose blobs added by {passes} passes",
+        loose - loose0
+    );
+    assert!(packs > packs0, "no pack made");
+    assert!(packs <= 33, "{packs} packs: not merged");
+    common::fsck_clean(&store);
+}

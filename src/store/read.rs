@@ -261,6 +261,18 @@ impl Store {
         Ok(tree)
     }
 
+    /// Keep `trees`, just committed, as if read (`read_tree`): only while
+    /// the blob generation is still `since`, read before they were staged
+    /// (a removal since may have taken one that was found stored then).
+    pub fn keep_trees(&self, trees: Vec<(Digest, Tree)>, since: u64) {
+        if self.blob_generation() != since {
+            return;
+        }
+        for (d, t) in &trees {
+            self.trees.put(*d, t, since);
+        }
+    }
+
     pub fn read_entry(&self, key: &Digest) -> Result<Option<Entry>> {
         let p = self.entry_path(key);
         match fs::read(&p) {

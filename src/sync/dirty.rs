@@ -78,7 +78,28 @@ pub(crate) struct Plan {
     pub dirty: HashSet<PathBuf>,
     /// Directories to walk whole even though the previous tree has them.
     pub whole: HashSet<PathBuf>,
+    /// A watch's pass (`plan`): its caller merges packs after reporting
+    /// (`Store::merge_packs`), not the walk.
+    pub watched: bool,
 }
+
+impl Plan {
+    /// Walked on one thread: no directory to walk whole, and few entries
+    /// to examine (each dirty file may be read and hashed; more than a
+    /// handful, as a checkout makes, are worth the parallel walk).
+    pub fn is_small(&self) -> bool {
+        // NB: a path walked whole that is not a directory (now) is one
+        // entry examined: a file the previous tree had not as a directory.
+        self.dirty.len() <= SMALL_PLAN
+            && self
+                .whole
+                .iter()
+                .all(|p| p.symlink_metadata().is_ok_and(|m| !m.is_dir()))
+    }
+}
+
+/// Most entries a `Plan` examines and still `is_small`.
+const SMALL_PLAN: usize = 32;
 
 /// The plan for walking `root` again after `dirty`, given the tree `old` of
 /// its previous walk. None: walk everything (the root itself is whole).
@@ -137,6 +158,7 @@ pub(crate) fn plan(
         partial,
         dirty: examine,
         whole,
+        watched: true,
     }))
 }
 
