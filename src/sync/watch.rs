@@ -53,8 +53,9 @@ use crate::cache::Cache;
 pub const QUIET: Duration = Duration::from_millis(5);
 /// …or this long, when the last event was a file closed after writing (a
 /// writer done with it: waiting longer only delays the snapshot; a burst,
-/// as `cp -r` or `git checkout` make, has events far closer together).
-pub const QUIET_AFTER_CLOSE: Duration = Duration::from_micros(500);
+/// as `cp -r` or `git checkout` make, has events far closer together, and
+/// one split in two costs a pass, never a change).
+pub const QUIET_AFTER_CLOSE: Duration = Duration::from_micros(200);
 /// …or after this long in all.
 pub const MAX_WAIT: Duration = Duration::from_millis(100);
 /// Young directories are checked once the watcher has been quiet this long.
@@ -213,7 +214,6 @@ fn fence(
     }
 }
 
-/// Mark what one event says may have changed.
 /// How long to wait for the next event of a batch after `ev`.
 fn quiet_after(ev: &Event) -> Duration {
     match ev {
@@ -224,6 +224,7 @@ fn quiet_after(ev: &Event) -> Duration {
     }
 }
 
+/// Mark what one event says may have changed.
 fn classify(root: &Path, ignored: &[PathBuf], ev: Event, dirty: &mut Dirty) {
     let ev = match ev {
         Ok(ev) if !ev.need_rescan() => ev,
