@@ -78,8 +78,8 @@ pub(crate) struct Plan {
     pub dirty: HashSet<PathBuf>,
     /// Directories to walk whole even though the previous tree has them.
     pub whole: HashSet<PathBuf>,
-    /// A watch's pass (`plan`): its caller merges packs after reporting
-    /// (`Store::merge_packs`), not the walk.
+    /// A watch's pass (set by `Incremental::sync`): its caller merges packs
+    /// after reporting (`Store::merge_packs`), not the walk.
     pub watched: bool,
 }
 
@@ -89,12 +89,13 @@ impl Plan {
     /// handful, as a checkout makes, are worth the parallel walk).
     pub fn is_small(&self) -> bool {
         // NB: a path walked whole that is not a directory (now) is one
-        // entry examined: a file the previous tree had not as a directory.
+        // entry examined (a file the previous tree had not as a directory,
+        // or one gone).
         self.dirty.len() <= SMALL_PLAN
-            && self
+            && !self
                 .whole
                 .iter()
-                .all(|p| p.symlink_metadata().is_ok_and(|m| !m.is_dir()))
+                .any(|p| p.symlink_metadata().is_ok_and(|m| m.is_dir()))
     }
 }
 
@@ -158,7 +159,7 @@ pub(crate) fn plan(
         partial,
         dirty: examine,
         whole,
-        watched: true,
+        watched: false,
     }))
 }
 

@@ -589,7 +589,10 @@ impl Incremental {
             let plan = if stale || n > 0 {
                 None
             } else {
-                dirty::plan(&cache.store, &t.root, base, dirty)?
+                dirty::plan(&cache.store, &t.root, base, dirty)?.map(|p| dirty::Plan {
+                    watched: true,
+                    ..p
+                })
             };
             if n > 0 {
                 totals.clear();
