@@ -1139,7 +1139,10 @@ fn one_shot_syncs_of_a_few_changes_pack_them_and_merge_the_packs() {
     let tmp = tempfile::tempdir().unwrap();
     let (store, dir) = (tmp.path().join("store"), tmp.path().join("src"));
     for i in 0..8 {
-        write(&dir.join(format!("a/b/c/f{i}")), format!("start {i}").as_bytes());
+        write(
+            &dir.join(format!("a/b/c/f{i}")),
+            format!("start {i}").as_bytes(),
+        );
     }
     let (code, _, err) = sync(&store, &dir, &[]);
     assert_eq!(code, 0, "{err}");

@@ -548,7 +548,12 @@ mod tests {
         };
         let packed = |ds: &[Digest]| {
             ds.iter()
-                .filter(|d| matches!(s.locate(d).unwrap(), Some(read::BlobLocation::Packed { .. })))
+                .filter(|d| {
+                    matches!(
+                        s.locate(d).unwrap(),
+                        Some(read::BlobLocation::Packed { .. })
+                    )
+                })
                 .count()
         };
         let ds = commit(4, true, false, "few");
@@ -598,7 +603,10 @@ mod tests {
             fs::set_permissions(&p, fs::Permissions::from_mode(0o644)).unwrap();
             fs::remove_file(&p).unwrap();
         }
-        for (d, what) in [(da, "kept, then the generation moved"), (db, "kept too late")] {
+        for (d, what) in [
+            (da, "kept, then the generation moved"),
+            (db, "kept too late"),
+        ] {
             assert!(
                 matches!(s.read_tree(&d), Err(StoreError::Missing(_))),
                 "{what}: answered from memory"

@@ -589,10 +589,8 @@ impl Incremental {
             let plan = if stale || n > 0 {
                 None
             } else {
-                dirty::plan(&cache.store, &t.root, base, dirty)?.map(|p| dirty::Plan {
-                    watched: true,
-                    ..p
-                })
+                dirty::plan(&cache.store, &t.root, base, dirty)?
+                    .map(|p| dirty::Plan { watched: true, ..p })
             };
             if n > 0 {
                 totals.clear();

@@ -542,7 +542,9 @@ pub(crate) fn walk(
     }
     // NB: the next pass's plan, and this one's change set and stamps, read
     // the trees of the changed path: from memory, not from their files.
-    cache.store.keep_trees(trees.unwrap_or_default(), generation);
+    cache
+        .store
+        .keep_trees(trees.unwrap_or_default(), generation);
     drop(workdirs);
     let validated = start.validated;
     start.finish(&stat_cache, full, &listed_dirs)?;
