@@ -18,10 +18,6 @@ use super::*;
 /// file and directory instead of the whole filesystem.
 const FSYNC_EACH: usize = 8;
 
-/// Fewest small blobs `Staged::pack_few` packs (two loose ones take four
-/// flushes, a pack three: not worth a pack to merge later).
-const PACK_FEW: usize = 3;
-
 /// Group commit state for `Store::barrier`.
 #[derive(Debug, Default)]
 pub(super) struct BarrierGate {
@@ -50,9 +46,6 @@ pub struct Staged {
     /// Whose staging this is: blobs found stored are held for it (see
     /// `holds`).
     pub(crate) holder: Option<u64>,
-    /// A batch of `PACK_FEW` to `MIN_PACK` small blobs and nothing loose is
-    /// a pack of its own, not loose files (`Staged::pack_few`).
-    pack_few: bool,
 }
 
 impl Staged {
@@ -109,16 +102,6 @@ impl Staged {
             p.path = to;
         }
         Ok(())
-    }
-
-    /// Commit a few small blobs (`PACK_FEW` or more, and nothing loose) as
-    /// one pack, not as loose files: three flushes (the `.pack`, the
-    /// `.idx`, `packs/`) where loose files take two each (the file and its
-    /// shard). A sync sets it: a watched change stores the changed file
-    /// and every tree up the path, each in a shard of its own. The commit
-    /// then leaves merging packs to the caller (`Store::merge_packs`).
-    pub fn pack_few(&mut self) {
-        self.pack_few = true;
     }
 
     /// Add `other`'s blobs and entries to this batch.
@@ -229,26 +212,21 @@ impl Store {
     /// durable by a `syncfs` before the renames, the names wait for the
     /// next one).
     fn commit_blobs_pending(&self, staged: Staged) -> Result<(Vec<(PathBuf, Digest)>, bool)> {
-        // NB: a `pack_few` batch's caller merges (`merge_packs`), when it
-        // is not in a hurry: a watch after it reported its snapshot.
-        let packed = !staged.packs.is_empty() && !staged.pack_few;
+        let packed = !staged.packs.is_empty();
         let r = self.commit_blobs_now(staged)?;
         if packed {
-            self.merge_packs();
+            // NB: a merge is an optimisation of what is already durable
+            // and published: one that fails (a pack that does not open
+            // now, a full disk) leaves the packs as they were, and the
+            // next commit tries again. Failing the commit would fail a
+            // run or sync whose blobs are stored.
+            if let Err(e) = self.consolidate_packs() {
+                log::warn!(
+                    "packs were not merged after a commit (the next commit tries again): {e}"
+                );
+            }
         }
         Ok(r)
-    }
-
-    /// `consolidate_packs` after a commit (by the commit itself, or by the
-    /// caller of a `Staged::pack_few` one). A merge is an optimisation of
-    /// what is already durable and published: one that fails (a pack that
-    /// does not open now, a full disk) leaves the packs as they were and is
-    /// logged, not returned (failing would fail a run or sync whose blobs
-    /// are stored); the next commit tries again.
-    pub fn merge_packs(&self) {
-        if let Err(e) = self.consolidate_packs() {
-            log::warn!("packs were not merged after a commit (the next commit tries again): {e}");
-        }
     }
 
     /// More packs than this after a commit and it merges them: a blob lookup
@@ -315,25 +293,10 @@ impl Store {
             self.writable()?;
         }
         let mut finished = Vec::new();
-        let mut writers = merge_small_packs(std::mem::take(&mut staged.packs))?;
-        let packed: usize = writers.iter().map(|w| w.len()).sum();
-        let few = staged.pack_few
-            && staged.blobs.is_empty()
-            && (PACK_FEW..pack::MIN_PACK).contains(&packed);
-        if few {
-            // All in one pack, whichever walker thread staged them.
-            let mut first = writers.remove(0);
-            for w in writers.drain(..) {
-                for (d, b) in w.into_blobs()? {
-                    first.add(d, &b)?;
-                }
-            }
-            writers.push(first);
-        }
-        for w in writers {
+        for w in merge_small_packs(std::mem::take(&mut staged.packs))? {
             if w.len() == 0 {
                 let _ = fs::remove_file(&w.path);
-            } else if w.len() >= pack::MIN_PACK || few {
+            } else if w.len() >= pack::MIN_PACK {
                 finished.push(w.finish()?);
             } else {
                 // Too few to be worth a pack: loose files.

@@ -517,65 +517,6 @@ mod tests {
         assert!(matches!(s.read_tree(&d), Err(StoreError::Missing(_))));
     }
 
-    /// A sync's few small blobs (`Staged::pack_few`) are one pack, three
-    /// flushes, where loose they took two each; two, or any loose blob
-    /// beside them, stay loose; and the merge is left to the caller.
-    #[test]
-    fn a_few_small_blobs_of_a_sync_are_one_pack() {
-        let t = tempfile::tempdir().unwrap();
-        let s = open(t.path());
-        let work = s.tempdir("t").unwrap();
-        let commit = |n: usize, few: bool, loose: bool, tag: &str| {
-            let mut st = Staged::default();
-            if few {
-                st.pack_few();
-            }
-            let mut ds: Vec<Digest> = (0..n)
-                .map(|i| {
-                    let b = format!("{tag} {i}");
-                    s.stage_bytes(work.path(), b.as_bytes(), &mut st).unwrap()
-                })
-                .collect();
-            if loose {
-                let big = vec![7u8; pack::MAX_PACKED + 1];
-                ds.push(s.stage_bytes(work.path(), &big, &mut st).unwrap());
-            }
-            s.commit(st).unwrap();
-            for d in &ds {
-                assert!(s.has_blob(d));
-            }
-            ds
-        };
-        let packed = |ds: &[Digest]| {
-            ds.iter()
-                .filter(|d| {
-                    matches!(
-                        s.locate(d).unwrap(),
-                        Some(read::BlobLocation::Packed { .. })
-                    )
-                })
-                .count()
-        };
-        let ds = commit(4, true, false, "few");
-        assert_eq!(packed(&ds), 4, "one pack");
-        assert_eq!(pack_files(&s).len(), 2);
-        for (n, few, loose) in [(2, true, false), (4, false, false), (4, true, true)] {
-            let ds = commit(n, few, loose, &format!("{n} {few} {loose}"));
-            assert_eq!(packed(&ds), 0, "{n} blobs, pack_few {few}, loose {loose}");
-        }
-        assert_eq!(pack_files(&s).len(), 2, "no other pack");
-        for round in 0..Store::AUTO_PACK_LIMIT {
-            commit(3, true, false, &format!("round {round}"));
-        }
-        assert_eq!(
-            pack_files(&s).len(),
-            2 * (Store::AUTO_PACK_LIMIT + 1),
-            "not merged by the commits"
-        );
-        s.merge_packs();
-        assert!(pack_files(&s).len() <= 4, "{:?}", pack_files(&s));
-    }
-
     /// Trees kept as committed (`keep_trees`) are answered from memory,
     /// but only if no blob may have been removed since they were staged.
     #[test]

@@ -28,13 +28,8 @@
 //! generation, then removes the old `.idx` and `.pack`.
 //!
 //! Only blobs up to `MAX_PACKED` bytes are packed, and only in batches of
-//! at least `MIN_PACK`: a commit of a few small blobs (a task's logs and
-//! output tree) writes them as loose files, so packs stay few and large.
-//! A sync's commit is the exception (`Staged::pack_few`): three small blobs
-//! or more, and nothing loose, are a pack, since a loose blob costs two
-//! flushes (its file and its shard) and a pack three in all. A watched
-//! change stores the file and each tree up its path. Those packs are
-//! merged once there are more than `AUTO_PACK_LIMIT`, as any are.
+//! at least `MIN_PACK`: a commit of a few small blobs (a watched change, a
+//! task's logs) writes them as loose files, so packs stay few and large.
 
 use std::fs::{self, File};
 use std::io::{BufWriter, Write};

@@ -78,8 +78,11 @@ pub(crate) struct Plan {
     pub dirty: HashSet<PathBuf>,
     /// Directories to walk whole even though the previous tree has them.
     pub whole: HashSet<PathBuf>,
-    /// A watch's pass (set by `Incremental::sync`): its caller merges packs
-    /// after reporting (`Store::merge_packs`), not the walk.
+    /// A watch's pass whose events tell every change (set by
+    /// `Incremental::sync`): every directory that appeared is in `whole`,
+    /// which a plan the stat cache made cannot promise, and no dagfs mount
+    /// came or went under the directory since the last pass (that changes
+    /// no directory's stat). Only such a plan may be small (`walk`).
     pub watched: bool,
 }
 

@@ -497,6 +497,9 @@ pub(crate) struct Incremental {
     /// Where dagfs is mounted (a pass skips it), read again only when the
     /// mount table changed.
     mounts: crate::host::mounts::DagfsMounts,
+    /// The mount points the last pass skipped: a mount or unmount under the
+    /// directory changes no directory's stat and sends no event.
+    last_mounts: Vec<PathBuf>,
     /// When the index was last flushed (see `sync`).
     flushed: std::time::Instant,
     totals: walk::Totals,
@@ -541,9 +544,11 @@ impl Incremental {
             let walked = walk::walk(cache, &t.root, &t.id, &t.opts, None, &mut totals, None)?;
             t.record(cache, walked.out, since, &mut verified, true)
         })?;
+        let mut mounts = crate::host::mounts::DagfsMounts::new();
         let inc = Incremental {
             base: r.scan.tree,
-            mounts: crate::host::mounts::DagfsMounts::new(),
+            last_mounts: mounts.get().to_vec(),
+            mounts,
             flushed: std::time::Instant::now(),
             totals,
             verified,
@@ -575,6 +580,12 @@ impl Incremental {
         // blobs and the log are durable already. A new history (stamps
         // start) is flushed at once.
         let flush = self.flushed.elapsed() >= FLUSH_EVERY;
+        let now = self.mounts.get();
+        // NB: a pass after a mount or unmount lists (see `Plan::watched`).
+        let events_tell = now == self.last_mounts.as_slice();
+        if !events_tell {
+            self.last_mounts = now.to_vec();
+        }
         let mounts = Some(self.mounts.get());
         let (base, totals, verified) = (&self.base, &mut self.totals, &mut self.verified);
         let (r, walked_whole, started_ns) = with_retries(|n| {
@@ -589,8 +600,10 @@ impl Incremental {
             let plan = if stale || n > 0 {
                 None
             } else {
-                dirty::plan(&cache.store, &t.root, base, dirty)?
-                    .map(|p| dirty::Plan { watched: true, ..p })
+                dirty::plan(&cache.store, &t.root, base, dirty)?.map(|p| dirty::Plan {
+                    watched: events_tell,
+                    ..p
+                })
             };
             if n > 0 {
                 totals.clear();

@@ -9,7 +9,9 @@
 //! syscall. The walk still starts at the root and uses the same ignore
 //! machinery, so `.gitignore`/`.dagfsignore` rules, filters and skipped
 //! paths apply to each entry exactly as in a full walk; that is what makes
-//! an incremental tree equal to the tree a full scan would produce.
+//! an incremental tree equal to the tree a full scan would produce. A
+//! watch's pass over a few edited files may list nothing at all (see
+//! `unlisted`: its directories' names are known to stand).
 //!
 //! May call: `store` (blobs, trees, commit), `index` (stat cache).
 
@@ -31,6 +33,8 @@ use crate::cache::Cache;
 use crate::hash::Digest;
 use crate::store::tree::{name_problem, MAX_TARGET};
 use crate::store::{Node, Staged, Store, Tree, TreeEntry};
+
+mod unlisted;
 
 /// A directory walked whole in an incremental pass, and its stat from just
 /// before it was listed (None if that failed).
@@ -475,8 +479,13 @@ pub(crate) fn walk(
         }
     }
     let full = start.plan.is_none();
-    let watched = start.plan.as_ref().is_some_and(|p| p.watched);
-    let small = start.plan.as_ref().is_some_and(|p| p.is_small());
+    // NB: a watch's pass only: a plan the stat cache made may hold a
+    // directory that gained names, whose new subdirectories the walk then
+    // enters whole (a watch marks those whole).
+    let small = start
+        .plan
+        .as_ref()
+        .is_some_and(|p| p.watched && p.is_small());
     if small {
         // NB: a second visitor thread would find no work and sleep
         // (`ignore` polls its idle workers every millisecond), and the walk
@@ -500,7 +509,15 @@ pub(crate) fn walk(
         error: Mutex::new(None),
         done: Mutex::new(Vec::new()),
     };
-    walker.build_parallel().visit(&mut Builder(&ctx));
+    let plan = start.plan.as_deref().filter(|_| small);
+    let stands = match plan {
+        Some(p) => unlisted::names_stand(&stat_cache, root, opts, p)?,
+        None => None,
+    };
+    match (plan, stands) {
+        (Some(p), Some(seen)) => unlisted::visit(&ctx, p, &entered, seen)?,
+        _ => walker.build_parallel().visit(&mut Builder(&ctx)),
+    }
     let Ctx {
         error,
         done,
@@ -524,22 +541,13 @@ pub(crate) fn walk(
     let listed_dirs = build_trees(&cache.store, &stat_cache, at, &mut merged, &seen, totals)?;
     let Merged {
         mut out,
-        mut staged,
+        staged,
         workdirs,
         trees,
         ..
     } = merged;
     (out.files, out.bytes) = totals.get(&out.tree).copied().unwrap_or_default();
-    if small {
-        // NB: a few changes found (by events or the stat cache): their
-        // file and each tree up their path, one pack (see `pack_few`). A
-        // full walk's few blobs (a small tree's first sync) stay loose.
-        staged.pack_few();
-    }
     cache.store.commit(staged)?;
-    if !watched {
-        cache.store.merge_packs();
-    }
     // NB: the next pass's plan, and this one's change set and stamps, read
     // the trees of the changed path: from memory, not from their files.
     cache

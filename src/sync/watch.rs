@@ -501,9 +501,6 @@ impl Watching<'_> {
                 if r.new_snapshot && !report(&r) {
                     return Ok(Pass::Stop);
                 }
-                // NB: after the report, off the change's latency (a pass
-                // commits its few blobs as a pack: `Staged::pack_few`).
-                self.cache.store.merge_packs();
                 self.last_scan = r.scan.clone();
                 Ok(Pass::Done(Box::new(r)))
             }
