@@ -586,7 +586,7 @@ impl Incremental {
         if !events_tell {
             self.last_mounts = now.to_vec();
         }
-        let mounts = Some(self.mounts.get());
+        let mounts = Some(self.last_mounts.as_slice());
         let (base, totals, verified) = (&self.base, &mut self.totals, &mut self.verified);
         let (r, walked_whole, started_ns) = with_retries(|n| {
             let t = Target::new_in(cache, dir, name, opts, mounts)?;

@@ -100,6 +100,7 @@ pub(super) fn visit(
         dir: None,
         recs: None,
     };
+    let mut kept = Vec::new();
     for (dir, tree) in &plan.partial {
         v.part.dirs.push(dir.clone());
         let mut entries = Vec::with_capacity(tree.entries.len());
@@ -108,7 +109,7 @@ pub(super) fn visit(
             match &e.node {
                 // NB: built from its own entries (`build_trees`).
                 Node::Dir { .. } if plan.partial.contains_key(&path) => {}
-                Node::Dir { .. } => lock(&entered.kept).push((dir.clone(), e.clone())),
+                Node::Dir { .. } => kept.push((dir.clone(), e.clone())),
                 Node::File { .. } if plan.dirty.contains(&path) => {
                     // None: gone since its event (its own event follows).
                     if let Some(node) = v.file(&path)? {
@@ -123,6 +124,7 @@ pub(super) fn visit(
         }
         v.part.groups.insert(dir.clone(), entries);
     }
+    lock(&entered.kept).extend(kept);
     lock(&entered.seen).extend(seen);
     Ok(())
 }
