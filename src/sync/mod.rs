@@ -196,7 +196,14 @@ pub fn sync_dir_prevalidated(
             &mut walk::Totals::new(),
             pre.take(),
         )?;
-        t.record(cache, walked.out, since, &mut Verified::default(), true)
+        t.record(
+            cache,
+            walked.out,
+            walked.fresh,
+            since,
+            &mut Verified::default(),
+            true,
+        )
     })
 }
 
@@ -336,6 +343,8 @@ impl Target {
                 root.display()
             )));
         }
+        let mut opts = opts;
+        opts.first_snapshot = log.snapshots.is_empty();
         Ok(Target {
             root,
             name,
@@ -360,6 +369,7 @@ impl Target {
         mut self,
         cache: &Cache,
         out: scan::ScanOutput,
+        mut fresh: changes::Fresh,
         since: u64,
         verified: &mut Verified,
         flush: bool,
@@ -411,7 +421,12 @@ impl Target {
             self.end = None;
         }
         let mut previous = self.log.latest().map(|s| s.tree);
-        let changes = match changes::diff(&cache.store, previous.as_ref(), &out.tree) {
+        let first = fresh.first.take().filter(|_| previous.is_none());
+        let diffed = match first {
+            Some(all_added) => Ok(all_added),
+            None => changes::diff_fresh(&cache.store, &fresh, previous.as_ref(), &out.tree),
+        };
+        let changes = match diffed {
             Ok(c) => c,
             Err(e @ (StoreError::Missing(_) | StoreError::Corrupt { .. }))
                 if previous.is_some_and(|p| !tree_intact(&cache.store, &p)) =>
@@ -428,7 +443,7 @@ impl Target {
                 self.log.snapshots.clear();
                 self.end = None;
                 previous = None;
-                changes::diff(&cache.store, None, &out.tree)?
+                changes::diff_fresh(&cache.store, &fresh, None, &out.tree)?
             }
             Err(e) => return Err(e.into()),
         };
@@ -542,7 +557,7 @@ impl Incremental {
             let t = Target::new(cache, dir, name, opts)?;
             let since = cache.store.blob_generation();
             let walked = walk::walk(cache, &t.root, &t.id, &t.opts, None, &mut totals, None)?;
-            t.record(cache, walked.out, since, &mut verified, true)
+            t.record(cache, walked.out, walked.fresh, since, &mut verified, true)
         })?;
         let mut mounts = crate::host::mounts::DagfsMounts::new();
         let inc = Incremental {
@@ -617,7 +632,7 @@ impl Incremental {
                 totals,
                 None,
             )?;
-            let r = t.record(cache, walked.out, since, verified, flush)?;
+            let r = t.record(cache, walked.out, walked.fresh, since, verified, flush)?;
             Ok((r, walked.listed_whole, walked.started_ns))
         })?;
         self.base = r.scan.tree;
@@ -681,7 +696,14 @@ mod tests {
             "the gc found the snapshot's blobs unnamed"
         );
         assert!(!crate::store::gc::stored_whole(&cache.store, &tree));
-        let r = target.record(&cache, out, since, &mut Verified::default(), true);
+        let r = target.record(
+            &cache,
+            out,
+            Default::default(),
+            since,
+            &mut Verified::default(),
+            true,
+        );
         assert!(
             matches!(r, Err(SyncError::Swept(_))),
             "{:?}",
@@ -714,7 +736,14 @@ mod tests {
         );
         drop(hold);
         let r = target
-            .record(&cache, out, since, &mut Verified::default(), true)
+            .record(
+                &cache,
+                out,
+                Default::default(),
+                since,
+                &mut Verified::default(),
+                true,
+            )
             .unwrap();
         assert_eq!((r.snapshot.tree, r.snapshot.seq), (tree, 2));
         settle();

@@ -30,6 +30,10 @@ pub struct ScanOptions {
     pub skip: Vec<PathBuf>,
     /// Walking and hashing threads (0: available cores).
     pub threads: usize,
+    /// Set by the sync itself: the name has no snapshot yet, so its change
+    /// set will list every path (see `walk::walk`).
+    #[doc(hidden)]
+    pub first_snapshot: bool,
 }
 
 #[derive(Debug, Clone, Default)]

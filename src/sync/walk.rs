@@ -23,6 +23,7 @@ use std::sync::{Arc, Mutex};
 
 use ignore::{DirEntry, ParallelVisitor, ParallelVisitorBuilder, WalkState};
 
+use super::changes::Fresh;
 use super::dirty::Plan;
 use super::hashing::hash_stable;
 use super::statcache::{DirRec, DiskCopy, FileRec, Listing, RootInfo, Seen, StatCache};
@@ -46,6 +47,8 @@ pub(crate) struct Walked {
     pub listed_whole: Vec<Listed>,
     /// Incremental passes only: when the walk started (ns since the epoch).
     pub started_ns: i64,
+    /// A full walk's trees (see `changes::Fresh`).
+    pub fresh: Fresh,
 }
 
 /// Everything the per-thread visitors share.
@@ -534,7 +537,7 @@ pub(crate) fn walk(
         std::mem::take(&mut *lock(&entered.kept)),
     );
     let seen = std::mem::take(&mut *lock(&entered.seen));
-    if small {
+    if small || full {
         merged.trees = Some(Vec::new());
     }
     let at = (root, generation, scan_start);
@@ -549,13 +552,32 @@ pub(crate) fn walk(
     (out.files, out.bytes) = totals.get(&out.tree).copied().unwrap_or_default();
     cache.store.commit(staged)?;
     // NB: the next pass's plan, and this one's change set and stamps, read
-    // the trees of the changed path: from memory, not from their files.
-    cache
-        .store
-        .keep_trees(trees.unwrap_or_default(), generation);
+    // the trees of the changed path: from memory, not from their files. A
+    // full walk's trees, all of them, are kept for this sync's change set
+    // only (as many as the directories walked: more than the tree cache
+    // holds).
+    let trees = trees.unwrap_or_default();
+    let mut fresh = Fresh::default();
+    if full {
+        fresh.trees = trees.into_iter().collect();
+    } else {
+        cache.store.keep_trees(trees, generation);
+    }
     drop(workdirs);
     let validated = start.validated;
-    start.finish(&stat_cache, full, &listed_dirs)?;
+    // NB: a first snapshot's change set (every path added) is made from
+    // the fresh trees while the stat cache is written: each took tens of
+    // ms for 100,000 files, and the walk's threads are done.
+    let (finished, first) = std::thread::scope(|s| {
+        let first = (full && opts.first_snapshot).then(|| {
+            s.spawn(|| super::changes::diff_fresh(&cache.store, &fresh, None, &out.tree).ok())
+        });
+        let finished = start.finish(&stat_cache, full, &listed_dirs);
+        let first = first.and_then(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)));
+        (finished, first)
+    });
+    finished?;
+    fresh.first = first;
     if validated {
         out.reused = out.files.saturating_sub(out.hashed);
     }
@@ -564,6 +586,7 @@ pub(crate) fn walk(
         out,
         listed_whole,
         started_ns: scan_start,
+        fresh,
     })
 }
 
@@ -663,6 +686,7 @@ impl Start {
                 out,
                 listed_whole: Vec::new(),
                 started_ns: scan_start,
+                fresh: Fresh::default(),
             }));
         }
         totals.extend(v.totals);
