@@ -1111,3 +1111,57 @@ fn a_sync_that_waited_for_the_store_lock_sees_edits_made_while_it_waited() {
     assert_eq!(v["hashed"], 1, "{v:#}");
     assert_eq!(v["changes"].as_array().map(Vec::len), Some(1), "{v:#}");
 }
+
+/// (path, kind) of a report's or a log entry's changes, in their order.
+fn listed_changes(v: &serde_json::Value) -> Vec<(String, String)> {
+    v["changes"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no changes in {v}"))
+        .iter()
+        .map(|c| {
+            (
+                c["path"].as_str().unwrap().to_string(),
+                c["kind"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// A first snapshot's change set is made from the trees the walk just
+/// built, on a second thread (`sync::changes::Fresh`); `sync --log` makes
+/// the same one from the stored trees. Both, in order, must agree, and be
+/// sorted by path bytes (names that sort around `/` included).
+#[test]
+fn a_first_snapshots_change_set_is_the_one_the_store_gives_back() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (store, dir) = (tmp.path().join("store"), tmp.path().join("src"));
+    for p in ["a/x", "a.b", "a-b/y", "a0", "b/c/d/e", "b/c.d", "z"] {
+        write(&dir.join(p), p.as_bytes());
+    }
+    for i in 0..300 {
+        write(&dir.join(format!("many/d{}/f{i}", i % 7)), b"x");
+    }
+    fs::create_dir_all(dir.join("empty")).unwrap();
+    fs::write(dir.join(std::ffi::OsStr::from_bytes(b"odd-\xff")), b"bytes").unwrap();
+    symlink("a/x", dir.join("link")).unwrap();
+    let (code, v, err) = sync(&store, &dir, &["--name", "s"]);
+    assert_eq!(code, 0, "{err}");
+    let first = listed_changes(&v);
+    // 7 + 300 files, the link, the odd name; a, a-b, b, b/c, b/c/d,
+    // many and its 7, empty.
+    assert_eq!(first.len(), 307 + 2 + 5 + 8 + 1, "{first:?}");
+    assert!(first.iter().all(|(_, k)| k == "added"), "{first:?}");
+    let mut sorted = first.clone();
+    sorted.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+    assert_eq!(first, sorted, "not in path order");
+
+    let o = Command::new(BIN)
+        .arg("--store")
+        .arg(&store)
+        .args(["sync", "--log", "s@1", "--json"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let log: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(listed_changes(&log[0]), first);
+}
