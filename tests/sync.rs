@@ -1165,3 +1165,24 @@ fn a_first_snapshots_change_set_is_the_one_the_store_gives_back() {
     let log: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(listed_changes(&log[0]), first);
 }
+
+/// A special file whose name is not UTF-8 is reported by `--json`, its name
+/// lossily as UTF-8 (as change paths are): the report of a snapshot already
+/// recorded once panicked there.
+#[test]
+fn json_reports_a_special_file_whose_name_is_not_utf8() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (store, dir) = (tmp.path().join("store"), tmp.path().join("src"));
+    write(&dir.join("a"), b"a");
+    let fifo = dir.join(std::ffi::OsStr::from_bytes(b"fifo-\xff"));
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+    let (code, v, err) = sync(&store, &dir, &[]);
+    assert_eq!(code, 0, "{err}");
+    let special = v["special"].as_array().unwrap_or_else(|| panic!("{v}"));
+    assert_eq!(special.len(), 1, "{v}");
+    assert!(
+        special[0].as_str().unwrap().ends_with("fifo-\u{fffd}"),
+        "{v}"
+    );
+    assert_eq!(listed_changes(&v), [("a".to_string(), "added".to_string())]);
+}

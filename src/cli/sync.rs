@@ -424,12 +424,30 @@ struct ReportJson<'a> {
     notes: &'a [String],
     previous: Option<dagfs::hash::Digest>,
     retries: u64,
-    root: &'a std::path::Path,
+    root: Lossy<'a>,
     seq: u64,
-    special: &'a [PathBuf],
+    special: LossyList<'a>,
     stat_cache_hits: u64,
     tree: dagfs::hash::Digest,
-    unreadable: &'a [PathBuf],
+    unreadable: LossyList<'a>,
+}
+
+/// A path as JSON, lossily as UTF-8 (as change paths are): a name that is
+/// not UTF-8 must not fail the report of a snapshot already recorded.
+struct Lossy<'a>(&'a std::path::Path);
+
+impl Serialize for Lossy<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0.to_string_lossy())
+    }
+}
+
+struct LossyList<'a>(&'a [PathBuf]);
+
+impl Serialize for LossyList<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.iter().map(|p| Lossy(p)))
+    }
 }
 
 fn print_json(
@@ -452,12 +470,12 @@ fn print_json(
         notes: &r.notes,
         previous: r.previous,
         retries: r.scan.retries,
-        root: &r.root,
+        root: Lossy(&r.root),
         seq: r.snapshot.seq,
-        special: &r.scan.special,
+        special: LossyList(&r.scan.special),
         stat_cache_hits: r.scan.reused,
         tree: r.snapshot.tree,
-        unreadable: &r.scan.unreadable,
+        unreadable: LossyList(&r.scan.unreadable),
     };
     // NB: written whole, then once: a reader of a pipe sees one document.
     let text = if pretty {
@@ -465,7 +483,6 @@ fn print_json(
     } else {
         serde_json::to_vec(&v)
     };
-    // A path that is not UTF-8 cannot be a JSON string.
     let mut text = text.map_err(std::io::Error::other)?;
     text.push(b'\n');
     o.write_all(&text)

@@ -711,7 +711,14 @@ fn finish_packs(packs: Vec<pack::PackWriter>) -> Result<Vec<pack::FinishedPack>>
         done
     };
     let results: Vec<Result<pack::FinishedPack>> = std::thread::scope(|s| {
-        let helpers: Vec<_> = (0..helpers).map(|_| s.spawn(finish_queued)).collect();
+        // NB: a thread that cannot be made leaves its share to this one.
+        let helpers: Vec<_> = (0..helpers)
+            .filter_map(|_| {
+                std::thread::Builder::new()
+                    .spawn_scoped(s, finish_queued)
+                    .ok()
+            })
+            .collect();
         let mut all = finish_queued();
         for h in helpers {
             all.extend(h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)));

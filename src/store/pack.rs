@@ -19,8 +19,9 @@
 //!
 //! `<id>` is the hex BLAKE3 of the index's table. A pack's blobs exist once
 //! its `.idx` does: the `.pack` is renamed in first, then the `.idx` (both
-//! written under `tmp/` and made durable by `syncfs` before either rename,
-//! as loose blobs are). A `.pack` without an `.idx` is a crash between the
+//! written under `tmp/` and made durable before either rename: by an
+//! `fdatasync` of each in a commit of packs only, else by the commit's
+//! `syncfs`, as loose blobs are). A `.pack` without an `.idx` is a crash between the
 //! two renames: removed when the store is opened.
 //!
 //! Packs are never modified. Removing blobs from a pack (gc, quarantine)

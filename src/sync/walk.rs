@@ -537,7 +537,11 @@ pub(crate) fn walk(
         std::mem::take(&mut *lock(&entered.kept)),
     );
     let seen = std::mem::take(&mut *lock(&entered.seen));
-    if small || full {
+    // NB: a first snapshot's change set lists every path, so its walk keeps
+    // every tree it builds (`changes::Fresh`); a later full walk's change
+    // set reads only what changed, and keeps none.
+    let first = full && opts.first_snapshot;
+    if small || first {
         merged.trees = Some(Vec::new());
     }
     let at = (root, generation, scan_start);
@@ -558,7 +562,7 @@ pub(crate) fn walk(
     // holds).
     let trees = trees.unwrap_or_default();
     let mut fresh = Fresh::default();
-    if full {
+    if first {
         fresh.trees = trees.into_iter().collect();
     } else {
         cache.store.keep_trees(trees, generation);
@@ -568,16 +572,24 @@ pub(crate) fn walk(
     // NB: a first snapshot's change set (every path added) is made from
     // the fresh trees while the stat cache is written: each took tens of
     // ms for 100,000 files, and the walk's threads are done.
-    let (finished, first) = std::thread::scope(|s| {
-        let first = (full && opts.first_snapshot).then(|| {
-            s.spawn(|| super::changes::diff_fresh(&cache.store, &fresh, None, &out.tree).ok())
-        });
+    // (A thread that cannot be made leaves it to `record`.)
+    let (finished, all_added) = std::thread::scope(|s| {
+        let all_added = first
+            .then(|| {
+                std::thread::Builder::new()
+                    .spawn_scoped(s, || {
+                        super::changes::diff_fresh(&cache.store, &fresh, None, &out.tree).ok()
+                    })
+                    .ok()
+            })
+            .flatten();
         let finished = start.finish(&stat_cache, full, &listed_dirs);
-        let first = first.and_then(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)));
-        (finished, first)
+        let all_added =
+            all_added.and_then(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)));
+        (finished, all_added)
     });
     finished?;
-    fresh.first = first;
+    fresh.first = all_added;
     if validated {
         out.reused = out.files.saturating_sub(out.hashed);
     }

@@ -140,11 +140,20 @@ pub(super) fn spawn_workers<'scope>(
                 if let Ok(d) = &*dir {
                     if let Err(e) = d.reset() {
                         made += 1;
-                        *dir = make(made).map_err(|m| {
-                            JobError::Task(format!(
-                                "cannot clean the work directory ({e}), nor make another: {m}"
-                            ))
-                        });
+                        *dir = if made > MAX_FRESH {
+                            Err(JobError::Task(format!(
+                                "cannot clean the work directory ({e}), the {made}th that could not be emptied"
+                            )))
+                        } else {
+                            log::warn!(
+                                "worker {w}: cannot clean its work directory ({e}); the next task gets a fresh one"
+                            );
+                            make(made).map_err(|m| {
+                                JobError::Task(format!(
+                                    "cannot clean the work directory ({e}), nor make another: {m}"
+                                ))
+                            })
+                        };
                     }
                 }
             }
@@ -152,6 +161,10 @@ pub(super) fn spawn_workers<'scope>(
     }
     (work_tx, done_tx, done_rx)
 }
+
+/// Work directories a worker replaces (one that could not be emptied)
+/// before its next tasks fail instead.
+const MAX_FRESH: usize = 8;
 
 /// A worker's scratch directory, reused from task to task and emptied
 /// between them. NB: reuse matters: creating and deleting ~10 inodes per
