@@ -104,6 +104,11 @@ fn expected(
 }
 
 fn reported(v: &serde_json::Value) -> BTreeMap<String, String> {
+    listed_changes(v).into_iter().collect()
+}
+
+/// (path, kind) of a report's or a log entry's changes, in their order.
+fn listed_changes(v: &serde_json::Value) -> Vec<(String, String)> {
     v["changes"]
         .as_array()
         .unwrap_or_else(|| panic!("no changes in {v}"))
@@ -1110,21 +1115,6 @@ fn a_sync_that_waited_for_the_store_lock_sees_edits_made_while_it_waited() {
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["hashed"], 1, "{v:#}");
     assert_eq!(v["changes"].as_array().map(Vec::len), Some(1), "{v:#}");
-}
-
-/// (path, kind) of a report's or a log entry's changes, in their order.
-fn listed_changes(v: &serde_json::Value) -> Vec<(String, String)> {
-    v["changes"]
-        .as_array()
-        .unwrap_or_else(|| panic!("no changes in {v}"))
-        .iter()
-        .map(|c| {
-            (
-                c["path"].as_str().unwrap().to_string(),
-                c["kind"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect()
 }
 
 /// A first snapshot's change set is made from the trees the walk just

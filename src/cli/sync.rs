@@ -316,7 +316,7 @@ fn change_log(cache: &Cache, spec: &str, json: bool, io: &mut Io) -> Result<(), 
                 "created_ms": snap.created_ms,
                 "files": snap.files,
                 "bytes": snap.bytes,
-                "changes": changes.changes.iter().map(|c| serde_json::json!({"path": lossy(&c.path), "kind": c.kind})).collect::<Vec<_>>(),
+                "changes": ChangesJson(&changes.changes),
                 "counts": ChangeKind::ALL.iter().map(|k| (k.as_str(), changes.count(*k))).collect::<std::collections::BTreeMap<_, _>>(),
             }));
             continue;
