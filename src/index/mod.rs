@@ -729,7 +729,20 @@ impl Index {
         since_ms: u64,
         stamps: impl IntoIterator<Item = (&'p [u8], Digest)>,
     ) -> Result<()> {
-        self.stamps.set(sync, since_ms, stamps)
+        self.stamps.set(sync, since_ms, stamps, true)
+    }
+
+    /// `set_stamps`, except that an append to the name's file is not
+    /// synced: the caller's next `syncfs` of the store's filesystem (which
+    /// holds `stamps/`) makes it durable, before anything names the
+    /// snapshot. (A new or rewritten file is synced all the same.)
+    pub fn set_stamps_unsynced<'p>(
+        &self,
+        sync: &str,
+        since_ms: u64,
+        stamps: impl IntoIterator<Item = (&'p [u8], Digest)>,
+    ) -> Result<()> {
+        self.stamps.set(sync, since_ms, stamps, false)
     }
 
     /// Forget every stamp of sync `name` (its history starts again).

@@ -14,7 +14,8 @@
 //! of a path replace earlier ones. A batch that does not check (an append
 //! torn by a crash) ends the file: it and anything after it are ignored,
 //! and cut off before the next append. An append is synced
-//! (`sync_data`) before it returns: a snapshot's records are durable
+//! (`sync_data`) before it returns, or by the caller's `syncfs` after it
+//! (`Index::set_stamps_unsynced`): a snapshot's records are durable
 //! before its sync log names it. A new history, and a file holding over
 //! twice what its live records need, is written whole to a temporary
 //! name, synced and renamed over the file (the directory synced too).
@@ -279,11 +280,14 @@ impl StampFiles {
 
     /// Record each `(path, digest)` of `sync` as taken at `since_ms`:
     /// synced before it returns.
+    /// Append records (`synced`: and sync them; else the caller's next
+    /// `syncfs` must, before anything relies on them).
     pub(super) fn set<'p>(
         &self,
         sync: &str,
         since_ms: u64,
         stamps: impl IntoIterator<Item = (&'p [u8], Digest)>,
+        synced: bool,
     ) -> Result<()> {
         let records: Vec<(&[u8], Digest, u64)> =
             stamps.into_iter().map(|(p, d)| (p, d, since_ms)).collect();
@@ -311,7 +315,7 @@ impl StampFiles {
         (if torn { f.set_len(l.valid) } else { Ok(()) })
             .and_then(|()| f.seek(SeekFrom::Start(l.valid)))
             .and_then(|_| f.write_all(&batch))
-            .and_then(|()| f.sync_data())
+            .and_then(|()| if synced { f.sync_data() } else { Ok(()) })
             .map_err(|e| io_err(&path, e))?;
         for (p, d, ms) in &records {
             l.note(p, *d, *ms);
@@ -523,6 +527,30 @@ mod tests {
         );
         assert_eq!(ix.stamp("s", b"d/f500").unwrap(), None);
         assert_eq!(ix.stamp("other", b"d/f0").unwrap(), None);
+    }
+
+    /// An append left to the caller's `syncfs` (a watch's pass) writes the
+    /// very bytes a synced one does, and a reopen reads it back.
+    #[test]
+    fn an_unsynced_append_is_the_same_append() {
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let base = [(&b"x"[..], Digest::of(b"1")), (&b"y"[..], Digest::of(b"2"))];
+        let later = [(&b"y"[..], Digest::of(b"3"))];
+        for (t, synced) in [(&a, true), (&b, false)] {
+            let ix = open(t.path());
+            ix.clear_stamps("s").unwrap();
+            ix.set_stamps("s", 5, base).unwrap();
+            if synced {
+                ix.set_stamps("s", 6, later).unwrap();
+            } else {
+                ix.set_stamps_unsynced("s", 6, later).unwrap();
+            }
+        }
+        let bytes = |t: &tempfile::TempDir| std::fs::read(t.path().join("stamps/s")).unwrap();
+        assert_eq!(bytes(&a), bytes(&b));
+        let ix = open(b.path());
+        assert_eq!(ix.stamp("s", b"y").unwrap(), Some((Digest::of(b"3"), 6)));
+        assert_eq!(ix.stamp("s", b"x").unwrap(), Some((Digest::of(b"1"), 5)));
     }
 
     /// A rewrite's temporary file left by a crash is removed at the next

@@ -131,6 +131,9 @@ pub struct Store {
     /// (fsync of `blobs/` since it existed): a small commit into them
     /// fsyncs the shard alone. Shards are never removed.
     durable_shards: std::sync::Mutex<std::collections::HashSet<PathBuf>>,
+    /// Tests only: how `commit_few` makes blobs durable (0: as the
+    /// system's dirty data says, 1: `syncfs`, 2: file by file).
+    few_by: std::sync::atomic::AtomicU8,
     /// See `hold_sync_name`.
     sync_names: syncs::SyncNames,
     /// See `sync_log_end`.
@@ -321,6 +324,48 @@ mod tests {
         assert_eq!(s.read_blob(&d).unwrap(), b"hello");
         let mode = fs::metadata(s.blob_path(&d)).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o444);
+    }
+
+    /// A few loose blobs are committed either way: with a `syncfs` for
+    /// their data on a quiet system, their names left to the caller's
+    /// barrier; else file by file, each shard (and every shard listed
+    /// before `blobs/` was fsynced) known durable after.
+    #[test]
+    fn a_few_loose_blobs_are_committed_either_way() {
+        for syncfs in [true, false] {
+            let t = tempfile::tempdir().unwrap();
+            let s = open(t.path());
+            s.force_few_by_syncfs(syncfs);
+            fs::create_dir(t.path().join("blobs/ee")).unwrap();
+            let work = s.tempdir("t").unwrap();
+            let mut st = Staged::default();
+            let blobs: Vec<(Digest, Vec<u8>)> = (0..3)
+                .map(|i| {
+                    let bytes = format!("blob {i}").into_bytes();
+                    (s.stage_bytes(work.path(), &bytes, &mut st).unwrap(), bytes)
+                })
+                .collect();
+            assert_eq!(st.blob_count(), 0, "small blobs are staged in a pack");
+            let names_pending = s.commit_leaving_names(st).unwrap();
+            assert_eq!(names_pending, syncfs);
+            if names_pending {
+                s.barrier().unwrap();
+            }
+            for (d, bytes) in &blobs {
+                assert_eq!(&s.read_blob(d).unwrap(), bytes);
+                assert!(s.blob_path(d).is_file(), "not loose");
+            }
+            let known = s.durable_shards.lock().unwrap().clone();
+            let shard = |d: &Digest| s.blob_path(d).parent().unwrap().to_path_buf();
+            if syncfs {
+                assert!(known.is_empty(), "{known:?}");
+            } else {
+                for (d, _) in &blobs {
+                    assert!(known.contains(&shard(d)), "{known:?}");
+                }
+                assert!(known.contains(&t.path().join("blobs/ee")), "{known:?}");
+            }
+        }
     }
 
     #[test]

@@ -15,14 +15,10 @@ use crate::store::{Node, Store, StoreError, Tree};
 /// What a full walk leaves for its change set: the trees it just built and
 /// committed, by digest, which a change set reads from here before the
 /// store (a first snapshot lists every path of its tree: 1,100 trees read
-/// back from their pack took 20-30 ms of a 100,000-file first sync); and,
-/// for a first snapshot, that change set itself (every path added), made
-/// while the stat cache was written.
+/// back from their pack took 20-30 ms of a 100,000-file first sync).
 #[derive(Default)]
 pub(crate) struct Fresh {
     pub trees: HashMap<Digest, Tree>,
-    /// The change set from no snapshot to the walked tree.
-    pub first: Option<ChangeSet>,
 }
 
 fn read<'a>(store: &Store, fresh: &'a Fresh, d: &Digest) -> Result<Cow<'a, Tree>, StoreError> {

@@ -196,14 +196,8 @@ pub fn sync_dir_prevalidated(
             &mut walk::Totals::new(),
             pre.take(),
         )?;
-        t.record(
-            cache,
-            walked.out,
-            walked.fresh,
-            since,
-            &mut Verified::default(),
-            true,
-        )
+        let mut walked = walked;
+        t.record(cache, &mut walked, since, &mut Verified::default(), true)
     })
 }
 
@@ -357,22 +351,75 @@ impl Target {
         })
     }
 
+    /// `record_now` the walk's scan, and write its stat-cache records
+    /// (`walk::StatWrite`). Those name blobs, so they are written once the
+    /// blobs' names are durable: while the record's flushes (stamps, log)
+    /// wait for the disk, on another thread, if the walk's commit made
+    /// them durable (a first snapshot's packs: its change set, every path,
+    /// is made meanwhile); after the record's barrier, if it left them to
+    /// it. Then the index is flushed if `flush` (or a history starts): the
+    /// stat cache's records are durable on return.
+    fn record(
+        self,
+        cache: &Cache,
+        walked: &mut walk::Walked<'_>,
+        since: u64,
+        verified: &mut Verified,
+        flush: bool,
+    ) -> Result<SyncReport, SyncError> {
+        let out = std::mem::take(&mut walked.out);
+        let fresh = std::mem::take(&mut walked.fresh);
+        let pending = walked.names_pending;
+        let (recorded, written) = match walked.stat_write.take() {
+            None => (
+                self.record_now(cache, out, (fresh, pending), since, verified),
+                Ok(()),
+            ),
+            Some(w) if pending => {
+                let recorded = self.record_now(cache, out, (fresh, pending), since, verified);
+                let written = if recorded.is_ok() { w.run() } else { Ok(()) };
+                (recorded, written)
+            }
+            Some(w) => {
+                // NB: a thread that cannot be made leaves the write to this one.
+                let job = std::sync::Mutex::new(Some(w));
+                let write = || {
+                    let w = job.lock().unwrap_or_else(|p| p.into_inner()).take();
+                    w.map_or(Ok(()), walk::StatWrite::run)
+                };
+                std::thread::scope(|s| {
+                    let helper = std::thread::Builder::new().spawn_scoped(s, write);
+                    let recorded = self.record_now(cache, out, (fresh, pending), since, verified);
+                    let written = match helper {
+                        Ok(h) => h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)),
+                        Err(_) => write(),
+                    };
+                    (recorded, written)
+                })
+            }
+        };
+        let r = recorded?;
+        written?;
+        if flush || r.previous.is_none() {
+            cache.index.flush()?;
+        }
+        Ok(r)
+    }
+
     /// Record a scan as the latest snapshot (if its tree is new) and report
     /// the change set from the previous one. `verified`: the log's
     /// snapshots as a previous record of this process left them (their
     /// trees were checked then), with the store's blob generation then;
     /// set to the log's snapshots on return.
     /// `since`: the store's blob generation before the walk (see
-    /// `Cache::hold_tree`). `flush`: make the index durable (the stat
-    /// cache's records: see `Incremental::sync`).
-    fn record(
+    /// `Cache::hold_tree`).
+    fn record_now(
         mut self,
         cache: &Cache,
         out: scan::ScanOutput,
-        mut fresh: changes::Fresh,
+        (fresh, names_pending): (changes::Fresh, bool),
         since: u64,
         verified: &mut Verified,
-        flush: bool,
     ) -> Result<SyncReport, SyncError> {
         // NB: held from before anything reads the new tree until the log
         // names it (a tree the log names already is kept by gc as it is).
@@ -421,11 +468,7 @@ impl Target {
             self.end = None;
         }
         let mut previous = self.log.latest().map(|s| s.tree);
-        let first = fresh.first.take().filter(|_| previous.is_none());
-        let diffed = match first {
-            Some(all_added) => Ok(all_added),
-            None => changes::diff_fresh(&cache.store, &fresh, previous.as_ref(), &out.tree),
-        };
+        let diffed = changes::diff_fresh(&cache.store, &fresh, previous.as_ref(), &out.tree);
         let changes = match diffed {
             Ok(c) => c,
             Err(e @ (StoreError::Missing(_) | StoreError::Corrupt { .. }))
@@ -448,18 +491,25 @@ impl Target {
             Err(e) => return Err(e.into()),
         };
         let new_snapshot = previous != Some(out.tree);
+        let created_ms = now_ms();
         if new_snapshot {
-            let seq = self.log.latest().map_or(1, |s| s.seq + 1);
-            let created_ms = now_ms();
-            // NB: stamps durable before the log names the snapshot.
+            // NB: stamps durable before the log names the snapshot: synced
+            // now, or by the barrier that makes the walk's names durable.
+            let trees = (previous.as_ref(), &out.tree);
             stamps::record(
                 &cache.store,
                 &cache.index,
                 &self.name,
-                previous.as_ref(),
-                &out.tree,
+                trees,
                 created_ms,
+                names_pending,
             )?;
+        }
+        if names_pending {
+            cache.store.barrier()?;
+        }
+        if new_snapshot {
+            let seq = self.log.latest().map_or(1, |s| s.seq + 1);
             self.log.snapshots.push(Snapshot {
                 seq,
                 tree: out.tree,
@@ -468,9 +518,6 @@ impl Target {
                 bytes: out.bytes,
             });
             cache.store.append_snapshot(&self.log, self.end)?;
-        }
-        if flush || previous.is_none() {
-            cache.index.flush()?;
         }
         verified.0 = generation;
         verified.1.clone_from(&self.log.snapshots);
@@ -556,8 +603,8 @@ impl Incremental {
         let r = with_retries(|_| {
             let t = Target::new(cache, dir, name, opts)?;
             let since = cache.store.blob_generation();
-            let walked = walk::walk(cache, &t.root, &t.id, &t.opts, None, &mut totals, None)?;
-            t.record(cache, walked.out, walked.fresh, since, &mut verified, true)
+            let mut walked = walk::walk(cache, &t.root, &t.id, &t.opts, None, &mut totals, None)?;
+            t.record(cache, &mut walked, since, &mut verified, true)
         })?;
         let mut mounts = crate::host::mounts::DagfsMounts::new();
         let inc = Incremental {
@@ -577,14 +624,16 @@ impl Incremental {
     }
 
     /// A pass over what `dirty` names (everything, if it asks for a rescan).
-    pub fn sync(
+    /// Its stat-cache records are left to the caller (`Later`): a watch
+    /// writes them after it has reported the snapshot.
+    pub fn sync<'a>(
         &mut self,
-        cache: &Cache,
+        cache: &'a Cache,
         dir: &Path,
         name: Option<&str>,
         opts: &ScanOptions,
         dirty: &dirty::Dirty,
-    ) -> Result<(SyncReport, Listed), SyncError> {
+    ) -> Result<(SyncReport, Listed, Later<'a>), SyncError> {
         if self.totals.len() > MAX_TOTALS {
             self.totals.clear();
         }
@@ -603,7 +652,7 @@ impl Incremental {
         }
         let mounts = Some(self.last_mounts.as_slice());
         let (base, totals, verified) = (&self.base, &mut self.totals, &mut self.verified);
-        let (r, walked_whole, started_ns) = with_retries(|n| {
+        let (r, walked_whole, started_ns, write) = with_retries(|n| {
             let t = Target::new_in(cache, dir, name, opts, mounts)?;
             let since = cache.store.blob_generation();
             // NB: another sync of the name (a `--rescan`, say) recorded a
@@ -632,8 +681,14 @@ impl Incremental {
                 totals,
                 None,
             )?;
-            let r = t.record(cache, walked.out, walked.fresh, since, verified, flush)?;
-            Ok((r, walked.listed_whole, walked.started_ns))
+            let r = t.record_now(
+                cache,
+                walked.out,
+                (walked.fresh, walked.names_pending),
+                since,
+                verified,
+            )?;
+            Ok((r, walked.listed_whole, walked.started_ns, walked.stat_write))
         })?;
         self.base = r.scan.tree;
         if flush {
@@ -643,7 +698,34 @@ impl Incremental {
             dirs: walked_whole,
             started_ns,
         };
-        Ok((r, listed))
+        let later = Later {
+            write,
+            flush: flush || r.previous.is_none(),
+        };
+        Ok((r, listed, later))
+    }
+}
+
+/// What a watch's pass leaves to be done after its snapshot is reported:
+/// write its stat-cache records (0.2 ms of a one-file change's pass, off
+/// the path from the change to its report), then flush the index if due.
+/// Not done (a pass that failed later, a crash): the next scan hashes
+/// those files again.
+#[must_use]
+pub(crate) struct Later<'a> {
+    write: Option<walk::StatWrite<'a>>,
+    flush: bool,
+}
+
+impl Later<'_> {
+    pub fn finish(self, cache: &Cache) -> Result<(), SyncError> {
+        if let Some(w) = self.write {
+            w.run()?;
+        }
+        if self.flush {
+            cache.index.flush()?;
+        }
+        Ok(())
     }
 }
 
@@ -681,13 +763,13 @@ mod tests {
                 None,
             )
             .unwrap();
-            (since, w.out)
+            (since, w.out, w.names_pending)
         };
         let settle = || std::thread::sleep(std::time::Duration::from_millis(30));
 
         // A gc after the walk, before the record: the record refuses.
         let target = Target::new(&cache, &src, Some("s"), &o).unwrap();
-        let (since, out) = walk_of(&target);
+        let (since, out, pending) = walk_of(&target);
         let tree = out.tree;
         settle();
         let swept = cache.gc(false, &HashSet::new()).unwrap().sweep;
@@ -696,13 +778,12 @@ mod tests {
             "the gc found the snapshot's blobs unnamed"
         );
         assert!(!crate::store::gc::stored_whole(&cache.store, &tree));
-        let r = target.record(
+        let r = target.record_now(
             &cache,
             out,
-            Default::default(),
+            (Default::default(), pending),
             since,
             &mut Verified::default(),
-            true,
         );
         assert!(
             matches!(r, Err(SyncError::Swept(_))),
@@ -723,7 +804,7 @@ mod tests {
         // once named it is kept.
         std::fs::write(src.join("d").join("f0"), "changed").unwrap();
         let target = Target::new(&cache, &src, Some("s"), &o).unwrap();
-        let (since, out) = walk_of(&target);
+        let (since, out, pending) = walk_of(&target);
         let tree = out.tree;
         let hold = cache
             .hold_tree(tree, since)
@@ -736,13 +817,12 @@ mod tests {
         );
         drop(hold);
         let r = target
-            .record(
+            .record_now(
                 &cache,
                 out,
-                Default::default(),
+                (Default::default(), pending),
                 since,
                 &mut Verified::default(),
-                true,
             )
             .unwrap();
         assert_eq!((r.snapshot.tree, r.snapshot.seq), (tree, 2));
@@ -769,7 +849,9 @@ mod tests {
             std::fs::write(src.join("a"), content).unwrap();
             let mut dirty = dirty::Dirty::default();
             dirty.mark(src.join("a"), false);
-            inc.sync(&cache, &src, Some("s"), &o, &dirty).unwrap().0
+            let (r, _, later) = inc.sync(&cache, &src, Some("s"), &o, &dirty).unwrap();
+            later.finish(&cache).unwrap();
+            r
         };
         let r = pass("22");
         assert_eq!((r.snapshot.seq, r.notes.len()), (2, 0), "{:?}", r.notes);

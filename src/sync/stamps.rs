@@ -90,14 +90,15 @@ pub fn changed(
 }
 
 /// Record snapshot `tree` of sync `name`, taken at `at_ms`, following
-/// `previous` (None: a new history), durably (see the module's NB).
+/// `previous` (None: a new history), durably (see the module's NB), or,
+/// if `barrier_follows`, made durable by the caller's `Store::barrier`.
 pub fn record(
     store: &Store,
     index: &Index,
     name: &str,
-    previous: Option<&Digest>,
-    tree: &Digest,
+    (previous, tree): (Option<&Digest>, &Digest),
     at_ms: u64,
+    barrier_follows: bool,
 ) -> Result<(), super::SyncError> {
     match previous {
         None => {
@@ -106,7 +107,12 @@ pub fn record(
         }
         Some(p) => {
             let c = changed(store, p, tree)?;
-            index.set_stamps(name, at_ms, c.iter().map(|(p, d)| (p.as_slice(), *d)))?;
+            let records = c.iter().map(|(p, d)| (p.as_slice(), *d));
+            if barrier_follows {
+                index.set_stamps_unsynced(name, at_ms, records)?;
+            } else {
+                index.set_stamps(name, at_ms, records)?;
+            }
         }
     }
     Ok(())

@@ -41,7 +41,7 @@ mod unlisted;
 /// before it was listed (None if that failed).
 pub(crate) type Listed = (PathBuf, Option<Meta>);
 
-pub(crate) struct Walked {
+pub(crate) struct Walked<'a> {
     pub out: ScanOutput,
     /// Incremental passes only: directories walked whole.
     pub listed_whole: Vec<Listed>,
@@ -49,6 +49,29 @@ pub(crate) struct Walked {
     pub started_ns: i64,
     /// A full walk's trees (see `changes::Fresh`).
     pub fresh: Fresh,
+    /// The stat cache's records of this walk, still to be written (after
+    /// the commit: they name its blobs). `Target::record` writes them while
+    /// it records the snapshot.
+    pub stat_write: Option<StatWrite<'a>>,
+    /// Names of blobs the walk stored wait for a `Store::barrier` (see
+    /// `Store::commit_leaving_names`): `Target::record` makes them durable.
+    pub names_pending: bool,
+}
+
+/// What `StatWrite::run` writes: the stat cache's records of a walk.
+pub(crate) struct StatWrite<'a> {
+    stat_cache: StatCache<'a>,
+    start: Start,
+    full: bool,
+    listed_dirs: HashSet<Vec<u8>>,
+}
+
+impl StatWrite<'_> {
+    /// Write the stat cache, then its copy (see `Start::finish`).
+    pub fn run(self) -> Result<(), SyncError> {
+        self.start
+            .finish(&self.stat_cache, self.full, &self.listed_dirs)
+    }
 }
 
 /// Everything the per-thread visitors share.
@@ -456,15 +479,15 @@ fn sum(entries: &[TreeEntry], memo: &Totals) -> (u64, u64) {
 /// in parallel; merge the threads' parts (`merge`); build the trees
 /// bottom-up and record them in the stat cache (`build_trees`); commit,
 /// then write the stat cache (`finish`).
-pub(crate) fn walk(
-    cache: &Cache,
+pub(crate) fn walk<'a>(
+    cache: &'a Cache,
     root: &Path,
     root_id: &[u8; 16],
     opts: &ScanOptions,
     plan: Option<Arc<Plan>>,
     totals: &mut Totals,
     pre: Option<super::Prevalidated>,
-) -> Result<Walked, SyncError> {
+) -> Result<Walked<'a>, SyncError> {
     let scan_start = now_ns();
     let (mut walker, threads) = walker(root, opts)?;
     let generation = cache.store.blob_generation();
@@ -554,7 +577,7 @@ pub(crate) fn walk(
         ..
     } = merged;
     (out.files, out.bytes) = totals.get(&out.tree).copied().unwrap_or_default();
-    cache.store.commit(staged)?;
+    let names_pending = cache.store.commit_leaving_names(staged)?;
     // NB: the next pass's plan, and this one's change set and stamps, read
     // the trees of the changed path: from memory, not from their files. A
     // full walk's trees, all of them, are kept for this sync's change set
@@ -568,29 +591,7 @@ pub(crate) fn walk(
         cache.store.keep_trees(trees, generation);
     }
     drop(workdirs);
-    let validated = start.validated;
-    // NB: a first snapshot's change set (every path added) is made from
-    // the fresh trees while the stat cache is written: each took tens of
-    // ms for 100,000 files, and the walk's threads are done.
-    // (A thread that cannot be made leaves it to `record`.)
-    let (finished, all_added) = std::thread::scope(|s| {
-        let all_added = first
-            .then(|| {
-                std::thread::Builder::new()
-                    .spawn_scoped(s, || {
-                        super::changes::diff_fresh(&cache.store, &fresh, None, &out.tree).ok()
-                    })
-                    .ok()
-            })
-            .flatten();
-        let finished = start.finish(&stat_cache, full, &listed_dirs);
-        let all_added =
-            all_added.and_then(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)));
-        (finished, all_added)
-    });
-    finished?;
-    fresh.first = all_added;
-    if validated {
+    if start.validated {
         out.reused = out.files.saturating_sub(out.hashed);
     }
     let listed_whole = std::mem::take(&mut *lock(&entered.listed));
@@ -599,6 +600,13 @@ pub(crate) fn walk(
         listed_whole,
         started_ns: scan_start,
         fresh,
+        names_pending,
+        stat_write: Some(StatWrite {
+            stat_cache,
+            start,
+            full,
+            listed_dirs,
+        }),
     })
 }
 
@@ -661,7 +669,7 @@ impl Start {
         (root, generation, threads, scan_start): (&Path, u64, usize, i64),
         totals: &mut Totals,
         pre: Option<super::Prevalidated>,
-    ) -> Result<Option<Walked>, SyncError> {
+    ) -> Result<Option<Walked<'static>>, SyncError> {
         // A one-shot sync: its records' copy, validated while the index
         // opened (see `statcache::DiskCopy`), and kept current for the next.
         let mut from_copy = None;
@@ -699,6 +707,8 @@ impl Start {
                 listed_whole: Vec::new(),
                 started_ns: scan_start,
                 fresh: Fresh::default(),
+                stat_write: None,
+                names_pending: false,
             }));
         }
         totals.extend(v.totals);

@@ -487,7 +487,7 @@ impl Watching<'_> {
             .inc
             .sync(self.cache, self.root, Some(self.name), self.opts, &dirty)
         {
-            Ok((r, listed)) => {
+            Ok((r, listed, later)) => {
                 self.conflicts = 0;
                 for (path, stamp) in listed.dirs {
                     self.young.insert(
@@ -498,7 +498,9 @@ impl Watching<'_> {
                         },
                     );
                 }
-                if r.new_snapshot && !report(&r) {
+                let go_on = !r.new_snapshot || report(&r);
+                later.finish(self.cache)?;
+                if !go_on {
                     return Ok(Pass::Stop);
                 }
                 self.last_scan = r.scan.clone();
