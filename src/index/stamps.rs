@@ -279,9 +279,8 @@ impl StampFiles {
     }
 
     /// Record each `(path, digest)` of `sync` as taken at `since_ms`:
-    /// synced before it returns.
-    /// Append records (`synced`: and sync them; else the caller's next
-    /// `syncfs` must, before anything relies on them).
+    /// synced before it returns if `synced`, else the caller's next
+    /// `syncfs` must make them durable before anything relies on them.
     pub(super) fn set<'p>(
         &self,
         sync: &str,
@@ -330,9 +329,10 @@ impl StampFiles {
                 .iter()
                 .map(|(p, (d, ms))| (p.as_slice(), *d, *ms))
                 .collect();
-            // The records are durable already: a rewrite that fails (a
-            // full disk) leaves the file as it was, to be tried again at
-            // the next append, and fails no sync.
+            // The records are appended already (durable, or by the
+            // caller's syncfs): a rewrite that fails (a full disk) leaves
+            // the file as it was, to be tried again at the next append,
+            // and fails no sync.
             let _ = self.replace(sync, &all, l);
         }
         Ok(())

@@ -14,8 +14,9 @@ use std::path::{Path, PathBuf};
 use super::error::{IoContext, Result, StoreError};
 use super::*;
 
-/// A commit of at most this many loose blobs (and no packs) fsyncs each
-/// file and directory instead of the whole filesystem.
+/// A commit of at most this many loose blobs (and no packs) is
+/// `commit_few`'s: fsyncs of each file and directory instead of the
+/// whole filesystem, unless the system has little dirty data.
 const FSYNC_EACH: usize = 8;
 
 /// Dirty and writeback bytes on the whole system at most this, and a few
@@ -226,9 +227,11 @@ impl Store {
         Ok(false)
     }
 
-    /// First half of `commit`: make staged blobs durable and visible. Returns
-    /// the staged entry records, to be given to `publish_entries` (callers
-    /// batch those, so one `syncfs` covers many entries).
+    /// First half of `commit`: make staged blobs durable and visible (their
+    /// names may wait for the next `barrier`, which `publish_entries` and
+    /// `barrier_if_changed` take). Returns the staged entry records, to be
+    /// given to `publish_entries` (callers batch those, so one `syncfs`
+    /// covers many entries).
     ///
     /// A commit that leaves more than `AUTO_PACK_LIMIT` packs then merges
     /// packs (`consolidate_packs`), as `git gc --auto` does.
@@ -237,9 +240,9 @@ impl Store {
     }
 
     /// `commit_blobs`, and whether names it published may not be durable
-    /// yet (a batch too large to fsync file by file: its data was made
-    /// durable by a `syncfs` before the renames, the names wait for the
-    /// next one).
+    /// yet (a batch too large to fsync file by file, or a few blobs on a
+    /// quiet system: its data was made durable by a `syncfs` before the
+    /// renames, the names wait for the next one; `note_change` marks them).
     fn commit_blobs_pending(&self, staged: Staged) -> Result<(Vec<(PathBuf, Digest)>, bool)> {
         let packed = !staged.packs.is_empty();
         let r = self.commit_blobs_now(staged)?;
@@ -358,11 +361,12 @@ impl Store {
             return Ok((staged.take_entries(), pending));
         } else if !staged.blobs.is_empty() || !finished.is_empty() {
             self.barrier()?; // NB: data durable before any name in blobs/ points at it.
-            self.note_change();
             self.publish_blobs(&staged.blobs)?;
             for f in finished {
                 self.publish_pack(f)?;
             }
+            // NB: after the renames (see `commit_few`).
+            self.note_change();
             return Ok((staged.take_entries(), true));
         }
         Ok((staged.take_entries(), false))
@@ -383,8 +387,10 @@ impl Store {
         };
         if quiet {
             self.barrier()?; // NB: data durable before any name points at it.
-            self.note_change();
             self.publish_blobs(blobs)?;
+            // NB: after the renames: a barrier that started before them
+            // (and cleared the mark) did not make them durable.
+            self.note_change();
             return Ok(true);
         }
         sync_files(blobs.iter().map(|b| b.tmp.as_path()))?;

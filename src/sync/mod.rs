@@ -399,7 +399,14 @@ impl Target {
             }
         };
         let r = recorded?;
-        written?;
+        // NB: the snapshot is recorded: a stat cache not written only
+        // costs the next scan its hashing, so it fails nothing.
+        if let Err(e) = written {
+            log::warn!(
+                "the stat cache of {} was not written: {e}",
+                r.root.display()
+            );
+        }
         if flush || r.previous.is_none() {
             cache.index.flush()?;
         }
@@ -505,8 +512,16 @@ impl Target {
                 names_pending,
             )?;
         }
+        // NB: this walk's names, and any an earlier attempt (or another
+        // writer of this process) left waiting (`note_change`): the blobs
+        // of a tree found stored are trusted by name. A barrier that
+        // another caller ran after this walk's renames may have cleared
+        // the mark before the stamps were written: this walk's own takes
+        // one in any case.
         if names_pending {
             cache.store.barrier()?;
+        } else {
+            cache.store.barrier_if_changed()?;
         }
         if new_snapshot {
             let seq = self.log.latest().map_or(1, |s| s.seq + 1);
@@ -719,8 +734,9 @@ pub(crate) struct Later<'a> {
 
 impl Later<'_> {
     pub fn finish(self, cache: &Cache) -> Result<(), SyncError> {
-        if let Some(w) = self.write {
-            w.run()?;
+        // NB: as in `Target::record`: the snapshot is recorded already.
+        if let Some(Err(e)) = self.write.map(walk::StatWrite::run) {
+            log::warn!("a pass's stat cache was not written: {e}");
         }
         if self.flush {
             cache.index.flush()?;
@@ -733,6 +749,30 @@ impl Later<'_> {
 mod tests {
     use super::*;
     use std::collections::HashSet;
+
+    /// A task input's scan writes its stat cache: the next scan of the
+    /// unchanged directory hashes nothing. (A review caught a version of
+    /// this session's change that left it unwritten.)
+    #[test]
+    fn an_input_scan_writes_its_stat_cache() {
+        let t = tempfile::tempdir().unwrap();
+        let src = t.path().join("src");
+        std::fs::create_dir_all(src.join("d")).unwrap();
+        for i in 0..5 {
+            std::fs::write(src.join("d").join(format!("f{i}")), format!("{i}")).unwrap();
+        }
+        // NB: older than the racy window, so the stat cache may vouch.
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let cache = Cache::open(&t.path().join("store"), Default::default()).unwrap();
+        let root = std::fs::canonicalize(&src).unwrap();
+        let o = ScanOptions::default();
+        let id = root_id(&root, &o);
+        let first = scan::scan(&cache, &root, &id, &o).unwrap();
+        assert_eq!(first.hashed, 5);
+        let again = scan::scan(&cache, &root, &id, &o).unwrap();
+        assert_eq!(again.tree, first.tree);
+        assert_eq!((again.hashed, again.reused), (0, 5));
+    }
 
     /// Regression (a gap the stop-25 note named): a gc between a sync's
     /// walk and its record swept the snapshot's blobs, since no log named

@@ -40,13 +40,22 @@ use crate::hash::Digest;
 use crate::store::Staged;
 
 /// Scan `root` (canonical) into the store. `root_id` scopes its stat cache.
+/// On return the blobs are durable, names too, and the stat cache written.
 pub fn scan(
     cache: &Cache,
     root: &Path,
     root_id: &[u8; 16],
     opts: &ScanOptions,
 ) -> Result<ScanOutput, SyncError> {
-    Ok(walk(cache, root, root_id, opts, None, &mut Totals::new(), None)?.out)
+    let walked = walk(cache, root, root_id, opts, None, &mut Totals::new(), None)?;
+    if walked.names_pending {
+        cache.store.barrier()?;
+    }
+    // NB: after the barrier: stat-cache records name the walk's blobs.
+    if let Some(w) = walked.stat_write {
+        w.run()?;
+    }
+    Ok(walked.out)
 }
 
 /// Store one host file (stable read, as in `scan`) and return its digest.

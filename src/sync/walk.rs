@@ -477,8 +477,10 @@ fn sum(entries: &[TreeEntry], memo: &Totals) -> (u64, u64) {
 /// cache vouch for what it can (`Start::consult_stat_cache`: nothing changed
 /// ends the walk there); choose the directories to enter (`Entered`); visit
 /// in parallel; merge the threads' parts (`merge`); build the trees
-/// bottom-up and record them in the stat cache (`build_trees`); commit,
-/// then write the stat cache (`finish`).
+/// bottom-up and record them in the stat cache (`build_trees`); commit
+/// (names maybe left to a barrier: `Walked::names_pending`). The stat
+/// cache is written by the caller (`Walked::stat_write`), once the names
+/// are durable.
 pub(crate) fn walk<'a>(
     cache: &'a Cache,
     root: &Path,

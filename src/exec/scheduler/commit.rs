@@ -101,7 +101,8 @@ impl<'a> GroupCommit<'a> {
             .any(|d| self.uncommitted.contains(d) && !(staged_ok && self.readable.contains(d)))
     }
 
-    /// Make the batch's blobs durable now: a reader cannot wait.
+    /// Make the batch's blobs durable now (their names may wait for the
+    /// next barrier, as `Store::commit_blobs` says): a reader cannot wait.
     pub(super) fn commit_now(&mut self) -> Result<()> {
         let waiting = std::mem::take(&mut self.waiting);
         // NB: on an error the batch is gone, and so are its records: they
