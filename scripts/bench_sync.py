@@ -29,6 +29,13 @@ set-up's writes to reach the disk.
                      prints the snapshot whose change set names that file.
                      A line is printed only after the snapshot is committed
                      and recorded in the sync log (durably). Median, p90, max.
+                     Taken after a sync(2), so that the rows before (whose
+                     syncs rewrite the stat cache's copy, megabytes) leave no
+                     dirty data: with at most 2 MiB of it on the system, a
+                     pass makes its blobs durable with syncfs(2).
+  watched change,    the same, with 50 MB of another file's data left dirty
+  50 MB dirty        (written, not synced, just before; removed after), so
+                     that a pass fsyncs its files and directories one by one.
   watched rescan     the store mounted (`dagfs mount`), its daemon watching
                      TREE (`dagfs sync TREE --watch`); `dagfs sync TREE`
                      (answered by the watch: `from_watch`) vs `git status
@@ -164,7 +171,17 @@ def main():
     rows.append(("", d1, "rsync -an", statistics.median(one["rsync"]), ""))
 
     log(f"watch: {a.writes} writes")
-    lat = watch_latency(dagfs, tree, a.writes)
+    os.sync()
+    time.sleep(1)
+    lat = watch_latency(dagfs, tree, a.writes, seed=9)
+    log(f"watch: {a.writes} writes, 50 MB of another file dirty")
+    dirty = os.path.join(w, "dirty.bin")
+    with open(dirty, "wb") as fh:
+        fh.write(os.urandom(50 << 20))
+    try:
+        lat_dirty = watch_latency(dagfs, tree, a.writes, seed=10)
+    finally:
+        os.unlink(dirty)
 
     log("rescan answered by a daemon's watch vs git status")
     rows.extend(daemon_watching(dagfs, tree, os.path.join(w, "mnt"), gst, a.runs, rnd))
@@ -180,11 +197,13 @@ def main():
     for name, mine, base, base_s, goal in rows:
         print(f"{name:<26} {fmt_s(mine):>9}   {base:<20} {fmt_s(base_s):>9} "
               f"{mine / base_s:>6.2f}x  {goal}")
-    lat_ms = sorted(x * 1000 for x in lat)
-    p90 = lat_ms[int(len(lat_ms) * 0.9) - 1]
-    print(f"{'watched change, median':<26} {statistics.median(lat_ms):>6.1f} ms"
-          f"   (of {len(lat_ms)}; p90 {p90:.1f} ms, max {lat_ms[-1]:.1f} ms)"
-          f"{'':>4} goal <= 2 ms")
+    for name, xs in (("watched change, median", lat),
+                     ("  50 MB dirty, median", lat_dirty)):
+        lat_ms = sorted(x * 1000 for x in xs)
+        p90 = lat_ms[int(len(lat_ms) * 0.9) - 1]
+        print(f"{name:<26} {statistics.median(lat_ms):>6.1f} ms"
+              f"   (of {len(lat_ms)}; p90 {p90:.1f} ms, max {lat_ms[-1]:.1f} ms)"
+              f"{'':>4} goal <= 2 ms")
     log(f"total {time.perf_counter() - t0:.0f} s")
 
 
@@ -227,7 +246,9 @@ def daemon_watching(dagfs, tree, mnt, gst, runs, rnd):
         subprocess.run(dagfs + ["umount", mnt], stdout=subprocess.DEVNULL)
 
 
-def watch_latency(dagfs, tree, writes):
+def watch_latency(dagfs, tree, writes, seed):
+    """Latencies of `writes` writes (contents from `seed`: another seed for
+    another run, or a write could leave a file as it was)."""
     proc = subprocess.Popen(dagfs + ["sync", tree, "--watch", "--json"],
                             stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
     buf = b""
@@ -249,11 +270,11 @@ def watch_latency(dagfs, tree, writes):
 
     try:
         next_line(time.perf_counter() + 120)
-        rnd = random.Random(9)
+        rnd = random.Random(seed)
         out = []
         for i in range(writes):
             rel = f"d{rnd.randrange(100):03}/e{rnd.randrange(10)}/f{rnd.randrange(100):02}"
-            data = f"write {i} ".encode() + rnd.randbytes(16)
+            data = f"write {seed} {i} ".encode() + rnd.randbytes(16)
             t = time.perf_counter()
             with open(os.path.join(tree, rel), "wb") as fh:
                 fh.write(data)
