@@ -415,7 +415,7 @@ impl Store {
         let listed = if dirs.iter().all(known) {
             None
         } else {
-            let listed = fs::read_dir(&blobs_dir)
+            let listed: Vec<PathBuf> = fs::read_dir(&blobs_dir)
                 .and_then(|shards| shards.map(|e| e.map(|e| e.path())).collect())
                 .at(&blobs_dir)?;
             dirs.push(blobs_dir);
@@ -423,13 +423,12 @@ impl Store {
         };
         sync_at_once(&dirs, |d| File::open(d).and_then(|f| f.sync_all()).at(d))?;
         if let Some(listed) = listed {
+            dirs.pop(); // NB: `blobs/` itself, pushed last.
             let mut known = self
                 .durable_shards
                 .lock()
                 .unwrap_or_else(|p| p.into_inner());
-            known.extend::<Vec<PathBuf>>(listed);
-            dirs.pop();
-            known.extend(dirs);
+            known.extend(listed.into_iter().chain(dirs));
         }
         Ok(false)
     }
@@ -817,9 +816,9 @@ const SYNCS_AT_ONCE: usize = 8;
 
 /// `sync` each of `items`, all at once: a thread each (this one takes the
 /// first), up to `SYNCS_AT_ONCE`. Every fsync ends in a flush of the
-/// disk's cache; flushes that wait at the same time are merged into one by
-/// the block layer, where one after the other each waits for its own
-/// (four blob files: 0.71 ms one after the other, 0.51 ms at once, here).
+/// disk's cache, and flushes that wait at the same time may overlap: on
+/// this machine's virtual disk they barely do (four new blob files and
+/// their shards: 1.10 ms one after the other, 0.98 ms at once).
 /// A thread that cannot be made leaves its share to this one.
 fn sync_at_once<T: Sync>(items: &[T], sync: impl Fn(&T) -> Result<()> + Sync) -> Result<()> {
     if items.len() < 2 {
