@@ -9,8 +9,9 @@
 //! Workers run the job (`job`: the `Job` trait and what it is given),
 //! ingest its output (hash + rename into a staging area) and stage its
 //! entry record; the coordinator indexes the entry under the policy at once
-//! and makes blobs and records durable in group commits (`commit`), the
-//! last before the index is flushed at the end. Failures are never
+//! and makes blobs and records durable in group commits (`commit`: those
+//! merely due on a committer thread of the run), the last before the index
+//! is flushed at the end. Failures are never
 //! published. Fail-fast stops dispatching after the first failure (running
 //! jobs finish); otherwise everything not downstream of a failure runs.
 //! Nodes that never became ready are `Skipped`.
@@ -83,7 +84,15 @@ pub fn run(
         let gauge = opts.running.as_ref();
         let (work_tx, done_tx, done_rx) =
             worker::spawn_workers(s, jobs, gauge, &mats, &cache.store, ingest.holder(), t0);
-        co.coordinate(&work_tx, &done_tx, &done_rx)
+        // NB: `stop` disconnects when this closure ends, unwinding too, so
+        // the committer never outlives the scope's join.
+        let (batches, handed) = channel::unbounded();
+        let (_stop, stop) = channel::bounded::<()>(0);
+        s.spawn(move || commit::committer(cache, handed, stop));
+        co.commits.background(batches);
+        let coordinated = co.coordinate(&work_tx, &done_tx, &done_rx);
+        let committed = co.commits.stop_background();
+        coordinated.and(committed)
     });
     let (outcomes, evicted, expired) = co.conclude(run_id, started_ms, coordinated)?;
     drop(mats);
@@ -293,6 +302,7 @@ impl<'a> Coordinator<'a> {
                     max_bytes: node.max_output,
                     ..Limits::default()
                 },
+                feeds: self.dependents[i].iter().any(|&d| self.reads_staged(d)),
             })
             .expect("workers alive");
         self.running += 1;

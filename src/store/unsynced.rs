@@ -48,6 +48,16 @@ impl Unsynced {
         self.lock().clear();
     }
 
+    /// These were committed: the store answers for them from now on. NB:
+    /// one staged again since (another task's identical output) is
+    /// forgotten too, which is right: the store holds its bytes.
+    pub fn forget(&self, committed: &[Digest]) {
+        let mut map = self.lock();
+        for d in committed {
+            map.remove(d);
+        }
+    }
+
     pub fn get(&self, d: &Digest) -> Option<Source> {
         self.lock().get(d).cloned()
     }
@@ -164,6 +174,9 @@ mod tests {
         fs::remove_file(&p).unwrap();
         assert!(!u.copy(&loose, &work.path().join("copy3")).unwrap());
         assert!(u.read(&loose).unwrap().is_none());
+        u.forget(&[loose]);
+        assert!(u.get(&loose).is_none());
+        assert!(u.get(&small).is_some(), "forget leaves the others");
         u.clear();
         assert!(u.get(&small).is_none());
     }

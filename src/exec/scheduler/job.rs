@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use crate::hash::Digest;
 use crate::store::materialize::materialize_from;
-use crate::store::unsynced::Unsynced;
+use crate::store::unsynced::{Source, Unsynced};
 use crate::store::{Store, StoreError};
 
 pub use crate::exec::error::JobError;
@@ -180,6 +180,27 @@ impl Materializer {
     }
 
     fn get(&self, store: &Store, d: &Digest) -> Result<PathBuf, JobError> {
+        self.get_from(store, d, &self.unsynced)
+    }
+
+    /// Materialize tree `d`, an output just made, whose staged blobs are
+    /// `blobs`, for the dependents about to read it. They wait for it
+    /// (`get`) rather than make it again. Its blobs are read from `blobs`
+    /// (the coordinator has not taken them into the run's `unsynced` yet),
+    /// or from the store once a commit has moved them there; an error is
+    /// the readers' as it would have been theirs.
+    pub(super) fn prefetch(&self, store: &Store, d: &Digest, blobs: Vec<(Digest, Source)>) {
+        let own = Unsynced::default();
+        own.add(blobs);
+        let _ = self.get_from(store, d, &own);
+    }
+
+    fn get_from(
+        &self,
+        store: &Store,
+        d: &Digest,
+        unsynced: &Unsynced,
+    ) -> Result<PathBuf, JobError> {
         let root = self.root(store)?.to_path_buf();
         let cell = self
             .done
@@ -190,11 +211,53 @@ impl Materializer {
             .clone();
         cell.get_or_init(|| {
             let p = root.join(d.to_hex());
-            materialize_from(store, Some(&self.unsynced), d, &p)
+            materialize_from(store, Some(unsynced), d, &p)
                 .map(|_| p)
                 .map_err(Arc::new)
         })
         .clone()
         .map_err(JobError::Input)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::ingest::{ingest_dir_limited, Limits, Sink};
+    use crate::store::Staged;
+
+    /// A worker's prefetch makes its output's tree from the staged bytes it
+    /// is given (neither the store nor the run's `unsynced` holds them
+    /// yet), and a reader then finds it made.
+    #[test]
+    fn a_prefetched_output_is_made_from_its_staged_bytes() {
+        let t = tempfile::tempdir().unwrap();
+        let s = tempfile::tempdir().unwrap();
+        let store = Store::open(s.path(), &mut |_| {}).unwrap();
+        let out = t.path().join("out");
+        std::fs::create_dir_all(out.join("sub")).unwrap();
+        std::fs::write(out.join("sub/f"), b"made by the task").unwrap();
+        let work = store.tempdir("w").unwrap();
+        let mut staged = Staged::default();
+        let sink = Sink::Store {
+            store: &store,
+            work: work.path(),
+            staged: &mut staged,
+        };
+        let tree = ingest_dir_limited(&out, sink, Limits::default()).unwrap();
+        assert!(!store.has_blob(&tree.digest));
+        let alone = Materializer::new(None, Arc::new(Unsynced::default()));
+        assert!(
+            alone.get(&store, &tree.digest).is_err(),
+            "a reader alone finds its bytes nowhere"
+        );
+        let mats = Materializer::new(None, Arc::new(Unsynced::default()));
+        mats.prefetch(&store, &tree.digest, staged.readable().unwrap());
+        let p = mats.get(&store, &tree.digest).unwrap();
+        assert_eq!(fs_read(&p.join("sub/f")), b"made by the task");
+    }
+
+    fn fs_read(p: &Path) -> Vec<u8> {
+        std::fs::read(p).unwrap()
     }
 }

@@ -29,6 +29,9 @@ pub(super) struct WorkItem {
     pub(super) entry: Entry,
     pub(super) job: Arc<dyn Job>,
     pub(super) limits: Limits,
+    /// A dependent will read its output through `JobContext` (staged):
+    /// the worker materializes it after answering (`Materializer::prefetch`).
+    pub(super) feeds: bool,
 }
 
 /// A worker's answer for one `WorkItem`.
@@ -123,6 +126,14 @@ pub(super) fn spawn_workers<'scope>(
                     Ok(dir) => execute(store, holder, mats, dir, &item),
                     Err(e) => Err(Failure::new(e.to_string())),
                 };
+                // NB: where its staged bytes are, taken before the answer
+                    // hands them to the coordinator.
+                let fed = match (&result, item.feeds) {
+                    (Ok((entry, staged)), true) => {
+                        staged.readable().map(|blobs| (entry.output, blobs))
+                    }
+                    _ => None,
+                };
                 let done = WorkDone {
                     idx: item.idx,
                     key: item.key,
@@ -133,6 +144,13 @@ pub(super) fn spawn_workers<'scope>(
                 };
                 if done_tx.send(Msg::Done(Box::new(done))).is_err() {
                     return;
+                }
+                // NB: while the coordinator takes the answer and
+                // dispatches the dependent, which then finds its input
+                // made (or waits for it): in a chain that took 0.12-0.15
+                // ms of each link.
+                if let Some((tree, blobs)) = fed {
+                    mats.prefetch(store, &tree, blobs);
                 }
                 // NB: emptied after the answer, not before: in a chain the
                 // next task starts on another worker meanwhile (this took
