@@ -430,10 +430,12 @@ fn file_blob(
             work,
             staged,
         } => {
-            let store_dev = fs::metadata(store.tmp_root()).at(store.tmp_root())?.dev();
+            let store_dev = store.tmp_dev()?;
             if md.nlink() == 1 && md.dev() == store_dev && path.starts_with(store.tmp_root()) {
                 let (digest, size) = hash_reader(&mut f, None, path)?;
-                if !store.stored_for(staged, &digest) {
+                // NB: staged already (a task's empty stdout and stderr):
+                // the file stays where it is.
+                if !(staged.has_digest(&digest) || store.stored_for(staged, &digest)) {
                     // NB: moved now, by `at` (relative to the open directory):
                     // renaming `path` at commit would resolve it again, maybe
                     // through a directory swapped for a symlink meanwhile.
@@ -494,6 +496,35 @@ fn hash_reader(r: &mut File, mut copy: Option<&mut File>, path: &Path) -> Result
 mod tests {
     use super::*;
     use std::os::unix::fs::{symlink, PermissionsExt};
+
+    /// A task's empty stdout and stderr: the first is taken over, the
+    /// second (staged already) stays where it is, and one blob is staged.
+    #[test]
+    fn a_file_staged_already_is_not_taken_over_again() {
+        let t = tempfile::tempdir().unwrap();
+        let store = Store::open(&t.path().join("s"), &mut |_| {}).unwrap();
+        let work = store.tempdir("w").unwrap();
+        let stage = store.tempdir("stage").unwrap();
+        let (a, b) = (work.path().join("stdout"), work.path().join("stderr"));
+        fs::write(&a, b"").unwrap();
+        fs::write(&b, b"").unwrap();
+        let mut staged = Staged::default();
+        let mut take = |p: &Path| {
+            let sink = Sink::Store {
+                store: &store,
+                work: stage.path(),
+                staged: &mut staged,
+            };
+            ingest_file(p, sink).unwrap().0
+        };
+        let (da, db) = (take(&a), take(&b));
+        assert_eq!(da, db);
+        assert!(!a.exists(), "the first was taken over");
+        assert!(b.exists(), "the second stays");
+        assert_eq!(staged.blob_count(), 1);
+        store.commit(staged).unwrap();
+        assert!(store.has_blob(&da));
+    }
 
     #[test]
     fn hash_only_and_store_agree() {

@@ -142,6 +142,8 @@ pub struct Store {
     trees: read::TreeCache,
     /// See `staging_dir`.
     spare_dirs: SpareDirs,
+    /// See `tmp_dev`.
+    tmp_dev: std::sync::OnceLock<u64>,
     /// See `holds`.
     holds: holds::Holds,
     _lock: StoreLock,
@@ -159,6 +161,17 @@ impl Store {
 
     pub fn tmp_root(&self) -> PathBuf {
         self.root.join("tmp")
+    }
+
+    /// The device `tmp/` is on (what a file must be on to be taken over
+    /// by a rename), looked up once: ingest asked for every file.
+    pub fn tmp_dev(&self) -> Result<u64> {
+        if let Some(d) = self.tmp_dev.get() {
+            return Ok(*d);
+        }
+        let at = self.tmp_root();
+        let dev = std::os::unix::fs::MetadataExt::dev(&fs::metadata(&at).at(&at)?);
+        Ok(*self.tmp_dev.get_or_init(|| dev))
     }
 
     pub fn index_dir(&self) -> PathBuf {

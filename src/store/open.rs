@@ -77,6 +77,7 @@ impl Store {
             sync_logs: Default::default(),
             trees: Default::default(),
             spare_dirs: Default::default(),
+            tmp_dev: Default::default(),
             _lock: lock,
         };
         store.init_layout()?;
@@ -131,6 +132,7 @@ impl Store {
             sync_logs: Default::default(),
             trees: Default::default(),
             spare_dirs: Default::default(),
+            tmp_dev: Default::default(),
             _lock: lock,
         })
     }
