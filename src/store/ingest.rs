@@ -467,12 +467,20 @@ fn file_blob(
     }
 }
 
-fn hash_reader(r: &mut File, mut copy: Option<&mut File>, path: &Path) -> Result<(Digest, u64)> {
+fn hash_reader(r: &mut File, copy: Option<&mut File>, path: &Path) -> Result<(Digest, u64)> {
+    super::read::with_scratch(|buf| hash_through(r, copy, path, buf))
+}
+
+fn hash_through(
+    r: &mut File,
+    mut copy: Option<&mut File>,
+    path: &Path,
+    buf: &mut [u8],
+) -> Result<(Digest, u64)> {
     let mut h = blake3::Hasher::new();
-    let mut buf = vec![0u8; 128 * 1024];
     let mut total = 0u64;
     loop {
-        let n = match r.read(&mut buf) {
+        let n = match r.read(buf) {
             Ok(0) => break,
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
