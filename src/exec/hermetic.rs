@@ -569,6 +569,9 @@ impl Watching {
         if self.shared {
             if r.is_err() {
                 abandon(&self.group);
+                // NB: and its watcher, which may be ending (a watch that
+                // panicked): the next task's request must not reach it.
+                WATCHER.with(|w| w.borrow_mut().take());
             } else {
                 flush_marks(&self.group);
             }

@@ -268,12 +268,7 @@ impl<'a> Coordinator<'a> {
         // NB: a task reading its inputs through the mount reads the
         // store (the daemon's view), and so does a job that does not say
         // it reads them through `JobContext`.
-        if self
-            .commits
-            .must_commit_for(&node.deps, self.reads_staged(i))
-        {
-            self.commits.commit_now()?;
-        }
+        self.commits.commit_for(&node.deps, self.reads_staged(i))?;
         if let Some(full) = no_reserve(&self.cache.store) {
             // NB: a task never eats the space the commands that
             // free space need (see `store::reserve`).
@@ -533,6 +528,9 @@ impl<'a> Coordinator<'a> {
         staged: crate::store::Staged,
     ) -> Result<Outcome> {
         let published = self.cache.publish(&entry, &self.protected, &self.policy)?;
+        // NB: before any commit below can fail: the run's `Unpublished`
+        // guard then removes its index row if its record never goes out.
+        self.protected.insert(entry.key);
         if published.kept {
             let recipe = KeyBuilder::recipe(&entry.manifest.task_digest, &entry.manifest.deps);
             self.cache.index.set_recipe(&recipe, &entry.key)?;
@@ -557,7 +555,6 @@ impl<'a> Coordinator<'a> {
         }
         self.commits.maybe_flush()?;
         self.evicted += published.evicted.len() as u64;
-        self.protected.insert(entry.key);
         let mut o = Outcome::new(Status::Executed);
         o.kept = published.kept;
         o.output = Some(entry.output);

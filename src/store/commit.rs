@@ -279,6 +279,10 @@ impl Store {
         if self.packs.all().len() <= Self::AUTO_PACK_LIMIT {
             return Ok(false);
         }
+        // NB: a merge running on another thread does this one's work.
+        let Ok(_merging) = self.merging.try_lock() else {
+            return Ok(false);
+        };
         // NB: only now are the indexes checked whole (not at every commit).
         let all = self.packs.checked()?;
         if all.len() <= Self::AUTO_PACK_LIMIT {
@@ -546,16 +550,19 @@ impl Store {
             return Ok(());
         }
         self.barrier()?; // NB: blob names durable before an entry can reference them.
-        self.note_change();
-        for (tmp, key) in entries {
+        let renamed = entries.iter().try_for_each(|(tmp, key)| {
             if keep(key) {
                 let dst = self.entry_path(key);
                 rename_into_shard(tmp, &dst, |a, b| fs::rename(a, b)).at(&dst)?;
             } else {
                 let _ = fs::remove_file(tmp);
             }
-        }
-        Ok(())
+            Ok(())
+        });
+        // NB: after the renames, those done before an error too (see
+        // `remove_entry`).
+        self.note_change();
+        renamed
     }
 
     /// `publish_blob` each, on a few threads when there are many (each is
@@ -682,19 +689,25 @@ impl Store {
     }
 
     pub fn remove_entry(&self, key: &Digest) -> Result<()> {
-        self.note_change();
         let p = self.entry_path(key);
-        match fs::remove_file(&p) {
+        let r = match fs::remove_file(&p) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                 Err(StoreError::Io { path: p, source: e })
             }
             _ => Ok(()),
-        }
+        };
+        // NB: after the unlink: a barrier that started before it could
+        // clear the mark and miss it (see `commit_few`).
+        self.note_change();
+        r
     }
 
     /// Start a new blob generation, durably, before removing any blob.
     pub fn new_blob_generation(&self) -> Result<()> {
         use std::sync::atomic::Ordering;
+        // NB: one writer of the temporary file at a time (this process
+        // holds the store's lock, so only its threads write it).
+        let _bumping = self.bumping.lock().unwrap_or_else(|p| p.into_inner());
         let next = self.blob_generation.load(Ordering::Acquire) + 1;
         let path = self.root.join(BLOB_GENERATION);
         let tmp = self.root.join(format!("{BLOB_GENERATION}.tmp"));

@@ -143,6 +143,12 @@ pub struct Store {
     spare_dirs: SpareDirs,
     /// See `tmp_dev`.
     tmp_dev: std::sync::OnceLock<u64>,
+    /// Held while packs are merged (`consolidate_packs`), and while the
+    /// blob generation is raised (`new_blob_generation`): a run's
+    /// committer thread and its coordinator (a remote or content hit) may
+    /// both commit.
+    merging: std::sync::Mutex<()>,
+    bumping: std::sync::Mutex<()>,
     /// See `holds`.
     holds: holds::Holds,
     _lock: StoreLock,

@@ -78,6 +78,8 @@ impl Store {
             trees: Default::default(),
             spare_dirs: Default::default(),
             tmp_dev: Default::default(),
+            merging: Default::default(),
+            bumping: Default::default(),
             _lock: lock,
         };
         store.init_layout()?;
@@ -133,6 +135,8 @@ impl Store {
             trees: Default::default(),
             spare_dirs: Default::default(),
             tmp_dev: Default::default(),
+            merging: Default::default(),
+            bumping: Default::default(),
             _lock: lock,
         })
     }

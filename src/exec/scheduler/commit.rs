@@ -66,11 +66,17 @@ pub(super) struct GroupCommit<'a> {
     committer: Option<channel::Sender<Handed>>,
     /// The batch the committer holds, if any.
     in_flight: Option<InFlight>,
+    /// A commit failed: nothing staged since is committed or published
+    /// (the run fails), only records whose blobs were committed before.
+    failed: bool,
 }
 
-/// A batch handed to the committer: commit `staged`, then publish `records`.
+/// A batch handed to the committer: commit `staged`, then publish
+/// `committed` (records whose blobs were committed before) and `records`
+/// (those of `staged`; not if its commit fails).
 pub(super) struct Handed {
     staged: Staged,
+    committed: Vec<(PathBuf, Digest)>,
     records: Vec<(PathBuf, Digest)>,
     done: channel::Sender<Result<()>>,
 }
@@ -99,13 +105,13 @@ pub(super) fn committer(
         channel::select! {
             recv(batches) -> b => match b {
                 Ok(b) => {
-                    let _ = b.done.send(commit_and_publish(cache, b.staged, b.records));
+                    answer(cache, b);
                 }
                 Err(_) => return,
             },
             recv(stop) -> _ => {
                 for b in batches.try_iter() {
-                    let _ = b.done.send(commit_and_publish(cache, b.staged, b.records));
+                    answer(cache, b);
                 }
                 return;
             }
@@ -113,20 +119,33 @@ pub(super) fn committer(
     }
 }
 
-/// Make `staged` durable, then publish `records` (all of whose blobs are
-/// durable now) and the records `staged` carried.
-fn commit_and_publish(
-    cache: &Cache,
-    staged: Staged,
-    mut records: Vec<(PathBuf, Digest)>,
-) -> Result<()> {
-    records.extend(cache.store.commit_blobs(staged)?);
+/// Commit and publish `b`, and answer on its channel.
+fn answer(cache: &Cache, b: Handed) {
+    let done = b.done.clone();
+    let _ = done.send(commit_and_publish(cache, b));
+}
+
+/// Make the batch's blobs durable, then publish its records (all of whose
+/// blobs are durable now). A failed commit publishes only the records
+/// committed before, as a failed commit on the coordinator left them.
+fn commit_and_publish(cache: &Cache, b: Handed) -> Result<()> {
+    let Handed {
+        staged,
+        committed: mut records,
+        records: theirs,
+        done: _,
+    } = b;
+    let committed = cache.store.commit_blobs(staged).map(|more| {
+        records.extend(theirs);
+        records.extend(more);
+    });
     // NB: entries evicted while pending are dropped, not resurrected.
     let index = &cache.index;
-    cache
+    let published = cache
         .store
-        .publish_entries(&records, |k| matches!(index.get(k), Ok(Some(_))))?;
-    Ok(())
+        .publish_entries(&records, |k| matches!(index.get(k), Ok(Some(_))));
+    committed?;
+    Ok(published?)
 }
 
 impl<'a> GroupCommit<'a> {
@@ -143,6 +162,7 @@ impl<'a> GroupCommit<'a> {
             staged_readable: Vec::new(),
             committer: None,
             in_flight: None,
+            failed: false,
         }
     }
 
@@ -178,8 +198,7 @@ impl<'a> GroupCommit<'a> {
                 Err(channel::TryRecvError::Disconnected) => None,
             }
         };
-        self.unsynced.forget(&f.staged_readable);
-        match answer {
+        let r = match answer {
             Some(r) => r,
             None => Err(crate::store::StoreError::Io {
                 path: self.cache.store.root().to_path_buf(),
@@ -188,7 +207,26 @@ impl<'a> GroupCommit<'a> {
                 ),
             }
             .into()),
+        };
+        match r {
+            Ok(()) => self.unsynced.forget(&f.staged_readable),
+            // NB: its staged files, those not renamed yet, can still be
+            // read by a task already started.
+            Err(_) => self.poison(),
         }
+        r
+    }
+
+    /// A commit failed: drop what is staged and not committed, so the
+    /// run's end publishes none of it (its records may name blobs that
+    /// never reached the store), as a failed commit on the coordinator
+    /// took its batch with it.
+    fn poison(&mut self) {
+        self.failed = true;
+        drop(std::mem::take(&mut self.batch));
+        self.waiting.clear();
+        self.uncommitted.clear();
+        self.readable.clear();
     }
 
     /// Take node `idx`'s staged output. Its record is published only when
@@ -196,13 +234,16 @@ impl<'a> GroupCommit<'a> {
     /// either way: this run's dependents read them. `readers`: some task
     /// of this run will read them, so they are made readable uncommitted.
     pub(super) fn add(&mut self, idx: usize, mut staged: Staged, keep: bool, readers: bool) {
+        if self.failed {
+            return;
+        }
         if self.batch.is_empty() && self.waiting.is_empty() && self.pending.is_empty() {
             self.since = Instant::now();
         }
         if readers {
             // NB: a reader of a node not made readable (a pack spilled to
             // its file: past `pack::MIN_PACK` small blobs or 1 MiB) has the
-            // batch committed first (`must_commit_for`).
+            // batch committed first (`commit_for`).
             if let Some(blobs) = staged.readable() {
                 self.staged_readable.extend(blobs.iter().map(|(d, _)| *d));
                 self.unsynced.add(blobs);
@@ -217,17 +258,28 @@ impl<'a> GroupCommit<'a> {
         self.uncommitted.insert(idx);
     }
 
-    /// Whether a task reading the outputs of `nodes` must wait for a
-    /// commit: one of them is uncommitted, and the task cannot read it
-    /// staged (`staged_ok`: it reads through `JobContext`, not the mount)
-    /// or it was not made readable.
-    pub(super) fn must_commit_for(&self, nodes: &[usize], staged_ok: bool) -> bool {
-        let flying = self.in_flight.as_ref();
-        nodes.iter().any(|d| {
-            (self.uncommitted.contains(d) && !(staged_ok && self.readable.contains(d)))
-                || flying
-                    .is_some_and(|f| f.nodes.contains(d) && !(staged_ok && f.readable.contains(d)))
-        })
+    /// Before a task reading the outputs of `nodes` starts: commit what it
+    /// cannot read staged (`staged_ok`: it reads through `JobContext`, not
+    /// the mount; or the node was not made readable). If only the batch
+    /// in flight holds such a node, its answer is waited for, no more.
+    pub(super) fn commit_for(&mut self, nodes: &[usize], staged_ok: bool) -> Result<()> {
+        self.reap(false)?;
+        let unreadable = |uncommitted: &HashSet<usize>, readable: &HashSet<usize>| {
+            nodes
+                .iter()
+                .any(|d| uncommitted.contains(d) && !(staged_ok && readable.contains(d)))
+        };
+        if unreadable(&self.uncommitted, &self.readable) {
+            return self.commit_now();
+        }
+        if self
+            .in_flight
+            .as_ref()
+            .is_some_and(|f| unreadable(&f.nodes, &f.readable))
+        {
+            return self.reap(true);
+        }
+        Ok(())
     }
 
     /// Make the batch's blobs durable now (their names may wait for the
@@ -235,13 +287,23 @@ impl<'a> GroupCommit<'a> {
     /// The batch in flight is answered first.
     pub(super) fn commit_now(&mut self) -> Result<()> {
         self.reap(true)?;
+        if self.failed {
+            return Ok(());
+        }
         let waiting = std::mem::take(&mut self.waiting);
         // NB: on an error the batch is gone, and so are its records: they
         // name blobs that may not be durable.
-        let records = self
+        let records = match self
             .cache
             .store
-            .commit_blobs(std::mem::take(&mut self.batch))?;
+            .commit_blobs(std::mem::take(&mut self.batch))
+        {
+            Ok(r) => r,
+            Err(e) => {
+                self.poison();
+                return Err(e.into());
+            }
+        };
         self.pending.extend(waiting);
         // NB: empty today (`add` takes each staging's records out into
         // `waiting`); kept so a staging that carries records still has
@@ -261,6 +323,9 @@ impl<'a> GroupCommit<'a> {
     /// answered; this waits for it only past twice `MAX_BATCH`), else here.
     pub(super) fn maybe_flush(&mut self) -> Result<()> {
         self.reap(false)?;
+        if self.failed {
+            return Ok(());
+        }
         let size = self.pending.len() + self.waiting.len() + self.batch.blob_count();
         if size < MAX_BATCH && self.since.elapsed() < MAX_WAIT {
             return Ok(());
@@ -284,11 +349,10 @@ impl<'a> GroupCommit<'a> {
             return Ok(());
         };
         let (done, answer) = channel::bounded(1);
-        let mut records = std::mem::take(&mut self.pending);
-        records.append(&mut self.waiting);
         let handed = Handed {
             staged: std::mem::take(&mut self.batch),
-            records,
+            committed: std::mem::take(&mut self.pending),
+            records: std::mem::take(&mut self.waiting),
             done,
         };
         self.in_flight = Some(InFlight {
@@ -394,13 +458,75 @@ mod tests {
         (st, entry.key)
     }
 
-    /// A batch that is due goes to the committer thread: while it is in
-    /// flight, a reader that cannot read its nodes staged must have it
-    /// committed first and one that can need not; a commit made now waits
-    /// for it (its records are then published), and the run's end
-    /// publishes the rest.
+    fn blob(n: u8) -> Digest {
+        Digest::of(&vec![n; MAX_PACKED + 1])
+    }
+
+    /// A batch that is due goes to the committer thread. While it is in
+    /// flight, a task that can read its nodes staged starts at once; one
+    /// that cannot waits for its answer, and nothing more is committed for
+    /// it. A commit made now waits for it too; the run's end publishes the
+    /// rest.
     #[test]
     fn a_due_batch_is_committed_on_the_committer_thread() {
+        let t = tempfile::tempdir().unwrap();
+        let cache = Cache::open(&t.path().join("store"), Default::default()).unwrap();
+        let unsynced = Arc::new(Unsynced::default());
+        let work = cache.store.tempdir("t").unwrap();
+        let (st0, k0) = output(&cache, work.path(), 0);
+        let (st1, k1) = output(&cache, work.path(), 1);
+        let (st2, k2) = output(&cache, work.path(), 2);
+        let (st3, k3) = output(&cache, work.path(), 3);
+        let published = |k: &Digest| cache.store.entry_path(k).exists();
+        std::thread::scope(|s| {
+            let mut gc = GroupCommit::new(&cache, unsynced.clone());
+            let (batches, handed) = channel::unbounded();
+            let (_stop, stop) = channel::bounded::<()>(0);
+            gc.background(batches);
+            gc.add(0, st0, true, true);
+            gc.add(1, st1, true, false);
+            assert!(unsynced.get(&blob(0)).is_some());
+            gc.maybe_flush().unwrap();
+            assert!(gc.in_flight.is_none(), "not due yet: nothing handed");
+            gc.since = Instant::now() - MAX_WAIT;
+            gc.maybe_flush().unwrap();
+            assert!(gc.in_flight.is_some(), "due: handed to the committer");
+            assert!(gc.batch.is_empty() && gc.waiting.is_empty());
+            // NB: the committer is not started yet: nothing is answered.
+            gc.add(2, st2, true, false);
+            gc.commit_for(&[0], true).unwrap();
+            assert!(gc.in_flight.is_some(), "node 0 is read staged: no wait");
+            let c = &cache;
+            s.spawn(move || committer(c, handed, stop));
+            gc.commit_for(&[1], true).unwrap();
+            assert!(gc.in_flight.is_none(), "node 1 is not readable: answered");
+            assert!(published(&k0) && published(&k1), "and published");
+            assert!(unsynced.get(&blob(0)).is_none(), "read from the store now");
+            assert!(!cache.store.has_blob(&blob(2)), "the next batch waits");
+            gc.commit_for(&[0, 1], false).unwrap();
+            assert!(!cache.store.has_blob(&blob(2)), "nothing of it is read");
+            gc.commit_for(&[2], false).unwrap();
+            assert!(cache.store.has_blob(&blob(2)), "committed for its reader");
+            assert!(
+                !published(&k2),
+                "a commit made now publishes at the next flush"
+            );
+            gc.add(3, st3, true, false);
+            gc.stop_background().unwrap();
+            gc.finish().unwrap();
+        });
+        assert!(published(&k2) && published(&k3));
+        for n in 0..4u8 {
+            assert!(cache.store.has_blob(&blob(n)));
+        }
+    }
+
+    /// A batch the committer fails (here its staged file is gone): the
+    /// error is the run's, and nothing staged after it is committed or
+    /// published at the run's end; a record whose blobs were committed
+    /// before still is.
+    #[test]
+    fn after_a_failed_batch_nothing_staged_later_is_published() {
         let t = tempfile::tempdir().unwrap();
         let cache = Cache::open(&t.path().join("store"), Default::default()).unwrap();
         let unsynced = Arc::new(Unsynced::default());
@@ -416,49 +542,29 @@ mod tests {
             let c = &cache;
             s.spawn(move || committer(c, handed, stop));
             gc.background(batches);
-            gc.add(0, st0, true, true);
+            gc.add(0, st0, true, false);
+            gc.commit_now().unwrap();
+            let staged1 = work
+                .path()
+                .read_dir()
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .find(|p| std::fs::read(p).is_ok_and(|b| Digest::of(&b) == blob(1)))
+                .expect("node 1's staged blob");
             gc.add(1, st1, true, false);
-            assert!(unsynced
-                .get(&Digest::of(&vec![0u8; MAX_PACKED + 1]))
-                .is_some());
-            gc.maybe_flush().unwrap();
-            assert!(gc.in_flight.is_none(), "not due yet: nothing handed");
+            std::fs::remove_file(&staged1).unwrap();
             gc.since = Instant::now() - MAX_WAIT;
             gc.maybe_flush().unwrap();
-            assert!(gc.in_flight.is_some(), "due: handed to the committer");
-            assert!(gc.batch.is_empty() && gc.waiting.is_empty());
-            assert!(
-                gc.must_commit_for(&[1], true),
-                "node 1 is not readable staged"
-            );
-            assert!(!gc.must_commit_for(&[0], true), "node 0 is");
-            assert!(
-                gc.must_commit_for(&[0], false),
-                "not by a reader of the store"
-            );
+            assert!(gc.in_flight.is_some());
             gc.add(2, st2, true, false);
-            gc.commit_now().unwrap();
-            assert!(gc.in_flight.is_none());
-            assert!(
-                published(&k0) && published(&k1),
-                "the batch in flight was published"
-            );
-            assert!(
-                !published(&k2),
-                "a commit made now publishes at the next flush"
-            );
-            assert!(
-                unsynced
-                    .get(&Digest::of(&vec![0u8; MAX_PACKED + 1]))
-                    .is_none(),
-                "committed blobs are read from the store"
-            );
-            gc.stop_background().unwrap();
+            assert!(gc.stop_background().is_err(), "the batch's error");
             gc.finish().unwrap();
         });
-        assert!(published(&k2));
-        for n in 0..3u8 {
-            assert!(cache.store.has_blob(&Digest::of(&vec![n; MAX_PACKED + 1])));
-        }
+        assert!(published(&k0), "committed before the failure");
+        assert!(!published(&k1) && !published(&k2));
+        assert!(
+            !cache.store.has_blob(&blob(2)),
+            "staged after: not committed"
+        );
     }
 }

@@ -187,12 +187,20 @@ impl Materializer {
     /// `blobs`, for the dependents about to read it. They wait for it
     /// (`get`) rather than make it again. Its blobs are read from `blobs`
     /// (the coordinator has not taken them into the run's `unsynced` yet),
-    /// or from the store once a commit has moved them there; an error is
-    /// the readers' as it would have been theirs.
+    /// or from the store once a commit has moved them there. A failure
+    /// (a full disk, say) is not kept for them: what it made is removed,
+    /// and a dependent tries again itself (one waiting meanwhile has it).
     pub(super) fn prefetch(&self, store: &Store, d: &Digest, blobs: Vec<(Digest, Source)>) {
         let own = Unsynced::default();
         own.add(blobs);
-        let _ = self.get_from(store, d, &own);
+        if self.get_from(store, d, &own).is_ok() {
+            return;
+        }
+        let mut done = self.done.lock().unwrap_or_else(|p| p.into_inner());
+        if let Ok(root) = self.root(store) {
+            let _ = crate::store::remove_all(&root.join(d.to_hex()));
+        }
+        done.remove(d);
     }
 
     fn get_from(
@@ -253,6 +261,38 @@ mod tests {
         );
         let mats = Materializer::new(None, Arc::new(Unsynced::default()));
         mats.prefetch(&store, &tree.digest, staged.readable().unwrap());
+        let p = mats.get(&store, &tree.digest).unwrap();
+        assert_eq!(fs_read(&p.join("sub/f")), b"made by the task");
+    }
+
+    /// A prefetch that fails leaves no error and nothing half made for the
+    /// dependent, which then makes the tree itself.
+    #[test]
+    fn a_failed_prefetch_is_not_kept() {
+        let t = tempfile::tempdir().unwrap();
+        let s = tempfile::tempdir().unwrap();
+        let store = Store::open(s.path(), &mut |_| {}).unwrap();
+        let out = t.path().join("out");
+        std::fs::create_dir_all(out.join("sub")).unwrap();
+        std::fs::write(out.join("sub/f"), b"made by the task").unwrap();
+        let work = store.tempdir("w").unwrap();
+        let mut staged = Staged::default();
+        let sink = Sink::Store {
+            store: &store,
+            work: work.path(),
+            staged: &mut staged,
+        };
+        let tree = ingest_dir_limited(&out, sink, Limits::default()).unwrap();
+        let run = Arc::new(Unsynced::default());
+        let mats = Materializer::new(None, run.clone());
+        // NB: given none of its bytes: it fails.
+        mats.prefetch(&store, &tree.digest, Vec::new());
+        assert!(!mats
+            .root(&store)
+            .unwrap()
+            .join(tree.digest.to_hex())
+            .exists());
+        run.add(staged.readable().unwrap());
         let p = mats.get(&store, &tree.digest).unwrap();
         assert_eq!(fs_read(&p.join("sub/f")), b"made by the task");
     }

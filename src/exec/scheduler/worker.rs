@@ -127,9 +127,12 @@ pub(super) fn spawn_workers<'scope>(
                     Err(e) => Err(Failure::new(e.to_string())),
                 };
                 // NB: where its staged bytes are, taken before the answer
-                    // hands them to the coordinator.
+                // hands them to the coordinator. Only an output new to the
+                // store (its tree staged here): one stored already is most
+                // likely an output as before, whose dependents' keys are
+                // unchanged, so they hit and read nothing.
                 let fed = match (&result, item.feeds) {
-                    (Ok((entry, staged)), true) => {
+                    (Ok((entry, staged)), true) if staged.has_digest(&entry.output) => {
                         staged.readable().map(|blobs| (entry.output, blobs))
                     }
                     _ => None,
