@@ -741,8 +741,40 @@ fn a_directory_of_100000_files_lists_completely_once() {
     assert_eq!(fs::metadata(d.join("f054321")).unwrap().len(), 0);
 }
 
+/// The kernel's dentry and inode caches are the whole machine's. A test
+/// that drops them (`drop_caches`) holds this lock exclusively, and a test
+/// whose assertions need the caches it warmed holds it shared: nextest runs
+/// tests as parallel processes, and one test's drop landing inside
+/// another's walk made the kernel forget what that one counted (CI: "6131
+/// inodes live after find", while `inode_numbers_survive…` dropped).
+fn kernel_caches(exclusive: bool) -> File {
+    let path = std::env::temp_dir().join("dagfs-tests-kernel-caches.lock");
+    let f = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .unwrap();
+    let op = if exclusive {
+        libc::LOCK_EX
+    } else {
+        libc::LOCK_SH
+    };
+    // SAFETY: flock on a descriptor we own.
+    while unsafe { libc::flock(f.as_raw_fd(), op) } != 0 {
+        let e = io::Error::last_os_error();
+        assert_eq!(
+            e.kind(),
+            io::ErrorKind::Interrupted,
+            "flock {}: {e}",
+            path.display()
+        );
+    }
+    f
+}
+
 #[test]
 fn inode_numbers_survive_the_kernel_forgetting_them() {
+    let _caches = kernel_caches(true);
     let m = setup();
     let k = m.kdir("build");
     let paths = [
@@ -1124,6 +1156,7 @@ fn keys_list_a_page_at_a_time_without_gaps_or_duplicates() {
 
 #[test]
 fn forgotten_inodes_free_their_memory() {
+    let _caches = kernel_caches(true);
     let w = mount_wide(100_000);
     // lstat every file: 100,000 lookups, each an inode the kernel holds.
     run("find", &[&w.dir, &"-type", &"f", &"-size", &"+0"]);
@@ -1172,6 +1205,7 @@ done
 
 #[test]
 fn warm_walks_and_reads_make_no_requests_per_file() {
+    let _caches = kernel_caches(false);
     let m = setup_with(MIDDLE, FsOptions::default(), plain);
     let k = m.kdir("files");
     let walk = || {
@@ -1212,6 +1246,7 @@ fn warm_walks_and_reads_make_no_requests_per_file() {
 
 #[test]
 fn listings_carry_attributes_and_ls_l_asks_for_no_xattrs() {
+    let _caches = kernel_caches(false);
     let m = setup_with(MANY, FsOptions::default(), plain);
     let d = m.kdir("many").join("d");
     run("ls", &[&"-l", &d]);

@@ -458,6 +458,20 @@ mod tests {
         (st, entry.key)
     }
 
+    /// A cache, and outputs 0..N staged in it (see `output`).
+    fn staged<const N: usize>() -> (
+        tempfile::TempDir,
+        Cache,
+        tempfile::TempDir,
+        [(Staged, Digest); N],
+    ) {
+        let t = tempfile::tempdir().unwrap();
+        let cache = Cache::open(&t.path().join("store"), Default::default()).unwrap();
+        let work = cache.store.tempdir("t").unwrap();
+        let outs = std::array::from_fn(|n| output(&cache, work.path(), n as u8));
+        (t, cache, work, outs)
+    }
+
     fn blob(n: u8) -> Digest {
         Digest::of(&vec![n; MAX_PACKED + 1])
     }
@@ -469,14 +483,8 @@ mod tests {
     /// rest.
     #[test]
     fn a_due_batch_is_committed_on_the_committer_thread() {
-        let t = tempfile::tempdir().unwrap();
-        let cache = Cache::open(&t.path().join("store"), Default::default()).unwrap();
+        let (_t, cache, _work, [(st0, k0), (st1, k1), (st2, k2), (st3, k3)]) = staged();
         let unsynced = Arc::new(Unsynced::default());
-        let work = cache.store.tempdir("t").unwrap();
-        let (st0, k0) = output(&cache, work.path(), 0);
-        let (st1, k1) = output(&cache, work.path(), 1);
-        let (st2, k2) = output(&cache, work.path(), 2);
-        let (st3, k3) = output(&cache, work.path(), 3);
         let published = |k: &Digest| cache.store.entry_path(k).exists();
         std::thread::scope(|s| {
             let mut gc = GroupCommit::new(&cache, unsynced.clone());
@@ -527,13 +535,8 @@ mod tests {
     /// before still is.
     #[test]
     fn after_a_failed_batch_nothing_staged_later_is_published() {
-        let t = tempfile::tempdir().unwrap();
-        let cache = Cache::open(&t.path().join("store"), Default::default()).unwrap();
+        let (_t, cache, work, [(st0, k0), (st1, k1), (st2, k2)]) = staged();
         let unsynced = Arc::new(Unsynced::default());
-        let work = cache.store.tempdir("t").unwrap();
-        let (st0, k0) = output(&cache, work.path(), 0);
-        let (st1, k1) = output(&cache, work.path(), 1);
-        let (st2, k2) = output(&cache, work.path(), 2);
         let published = |k: &Digest| cache.store.entry_path(k).exists();
         std::thread::scope(|s| {
             let mut gc = GroupCommit::new(&cache, unsynced.clone());

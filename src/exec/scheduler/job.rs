@@ -234,34 +234,41 @@ mod tests {
     use crate::store::ingest::{ingest_dir_limited, Limits, Sink};
     use crate::store::Staged;
 
-    /// A worker's prefetch makes its output's tree from the staged bytes it
-    /// is given (neither the store nor the run's `unsynced` holds them
-    /// yet), and a reader then finds it made.
-    #[test]
-    fn a_prefetched_output_is_made_from_its_staged_bytes() {
+    /// A store, and a task's output (a file in a subdirectory) ingested
+    /// into a staging: (its tempdirs, the staging, the tree's digest).
+    fn staged_output(store: &Store) -> (tempfile::TempDir, tempfile::TempDir, Staged, Digest) {
         let t = tempfile::tempdir().unwrap();
-        let s = tempfile::tempdir().unwrap();
-        let store = Store::open(s.path(), &mut |_| {}).unwrap();
         let out = t.path().join("out");
         std::fs::create_dir_all(out.join("sub")).unwrap();
         std::fs::write(out.join("sub/f"), b"made by the task").unwrap();
         let work = store.tempdir("w").unwrap();
         let mut staged = Staged::default();
         let sink = Sink::Store {
-            store: &store,
+            store,
             work: work.path(),
             staged: &mut staged,
         };
         let tree = ingest_dir_limited(&out, sink, Limits::default()).unwrap();
-        assert!(!store.has_blob(&tree.digest));
+        (t, work, staged, tree.digest)
+    }
+
+    /// A worker's prefetch makes its output's tree from the staged bytes it
+    /// is given (neither the store nor the run's `unsynced` holds them
+    /// yet), and a reader then finds it made.
+    #[test]
+    fn a_prefetched_output_is_made_from_its_staged_bytes() {
+        let s = tempfile::tempdir().unwrap();
+        let store = Store::open(s.path(), &mut |_| {}).unwrap();
+        let (_t, _work, staged, tree) = staged_output(&store);
+        assert!(!store.has_blob(&tree));
         let alone = Materializer::new(None, Arc::new(Unsynced::default()));
         assert!(
-            alone.get(&store, &tree.digest).is_err(),
+            alone.get(&store, &tree).is_err(),
             "a reader alone finds its bytes nowhere"
         );
         let mats = Materializer::new(None, Arc::new(Unsynced::default()));
-        mats.prefetch(&store, &tree.digest, staged.readable().unwrap());
-        let p = mats.get(&store, &tree.digest).unwrap();
+        mats.prefetch(&store, &tree, staged.readable().unwrap());
+        let p = mats.get(&store, &tree).unwrap();
         assert_eq!(fs_read(&p.join("sub/f")), b"made by the task");
     }
 
@@ -269,31 +276,16 @@ mod tests {
     /// dependent, which then makes the tree itself.
     #[test]
     fn a_failed_prefetch_is_not_kept() {
-        let t = tempfile::tempdir().unwrap();
         let s = tempfile::tempdir().unwrap();
         let store = Store::open(s.path(), &mut |_| {}).unwrap();
-        let out = t.path().join("out");
-        std::fs::create_dir_all(out.join("sub")).unwrap();
-        std::fs::write(out.join("sub/f"), b"made by the task").unwrap();
-        let work = store.tempdir("w").unwrap();
-        let mut staged = Staged::default();
-        let sink = Sink::Store {
-            store: &store,
-            work: work.path(),
-            staged: &mut staged,
-        };
-        let tree = ingest_dir_limited(&out, sink, Limits::default()).unwrap();
+        let (_t, _work, staged, tree) = staged_output(&store);
         let run = Arc::new(Unsynced::default());
         let mats = Materializer::new(None, run.clone());
         // NB: given none of its bytes: it fails.
-        mats.prefetch(&store, &tree.digest, Vec::new());
-        assert!(!mats
-            .root(&store)
-            .unwrap()
-            .join(tree.digest.to_hex())
-            .exists());
+        mats.prefetch(&store, &tree, Vec::new());
+        assert!(!mats.root(&store).unwrap().join(tree.to_hex()).exists());
         run.add(staged.readable().unwrap());
-        let p = mats.get(&store, &tree.digest).unwrap();
+        let p = mats.get(&store, &tree).unwrap();
         assert_eq!(fs_read(&p.join("sub/f")), b"made by the task");
     }
 
