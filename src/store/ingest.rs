@@ -22,7 +22,6 @@
 //! that descriptor, never by re-resolving a path.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
@@ -468,36 +467,7 @@ fn file_blob(
 }
 
 fn hash_reader(r: &mut File, copy: Option<&mut File>, path: &Path) -> Result<(Digest, u64)> {
-    super::read::with_scratch(|buf| hash_through(r, copy, path, buf))
-}
-
-fn hash_through(
-    r: &mut File,
-    mut copy: Option<&mut File>,
-    path: &Path,
-    buf: &mut [u8],
-) -> Result<(Digest, u64)> {
-    let mut h = blake3::Hasher::new();
-    let mut total = 0u64;
-    loop {
-        let n = match r.read(buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => {
-                return Err(StoreError::Io {
-                    path: path.to_path_buf(),
-                    source: e,
-                })
-            }
-        };
-        h.update(&buf[..n]);
-        if let Some(w) = copy.as_deref_mut() {
-            w.write_all(&buf[..n]).at(path)?;
-        }
-        total += n as u64;
-    }
-    Ok((Digest::from_blake3(h.finalize()), total))
+    super::read::hash_copy(r, copy).at(path)
 }
 
 #[cfg(test)]

@@ -438,33 +438,57 @@ impl Read for BlobReader {
 }
 
 thread_local! {
-    /// See `with_scratch`.
+    /// See `hash_copy`.
     static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// Run `f` with this thread's 256 KiB copy buffer (a fresh one if it is in
-/// use). NB: a buffer made and zeroed for each file copied or hashed cost
-/// a memset of its whole size per file: three or four per task of a run.
-pub(super) fn with_scratch<R>(f: impl FnOnce(&mut [u8]) -> R) -> R {
+/// Read `src` to its end, hashing it, and write what it read to `copy` if
+/// given: (digest, bytes). Through this thread's 256 KiB buffer (a fresh
+/// one if it is in use). NB: a buffer made and zeroed for each file copied
+/// or hashed cost a memset of its whole size per file: three or four per
+/// task of a run.
+pub(super) fn hash_copy(
+    src: &mut File,
+    mut copy: Option<&mut File>,
+) -> std::io::Result<(Digest, u64)> {
     const LEN: usize = 256 << 10;
+    let mut through = |buf: &mut [u8]| {
+        let mut h = blake3::Hasher::new();
+        let mut total = 0u64;
+        loop {
+            let n = match src.read(buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            h.update(&buf[..n]);
+            if let Some(w) = copy.as_deref_mut() {
+                std::io::Write::write_all(w, &buf[..n])?;
+            }
+            total += n as u64;
+        }
+        Ok((Digest::from_blake3(h.finalize()), total))
+    };
     SCRATCH.with(|s| match s.try_borrow_mut() {
         Ok(mut b) => {
             if b.len() < LEN {
                 b.resize(LEN, 0);
             }
-            f(&mut b)
+            through(&mut b)
         }
-        Err(_) => f(&mut vec![0u8; LEN]),
+        Err(_) => through(&mut vec![0u8; LEN]),
     })
 }
 
 /// Copy `src` (blob `d`'s bytes, at `path`) to a new file `dst`, hashing
 /// as it copies: a mismatch is `Corrupt`, and `dst` is removed, as on any
 /// error.
-pub(super) fn copy_checked(src: File, d: &Digest, path: &Path, dst: &Path) -> Result<()> {
-    match with_scratch(|buf| copy_hashing(src, dst, buf)) {
-        Ok(got) if got == *d => Ok(()),
-        Ok(got) => {
+pub(super) fn copy_checked(mut src: File, d: &Digest, path: &Path, dst: &Path) -> Result<()> {
+    let copied = File::create(dst).and_then(|mut out| hash_copy(&mut src, Some(&mut out)));
+    match copied {
+        Ok((got, _)) if got == *d => Ok(()),
+        Ok((got, _)) => {
             let _ = fs::remove_file(dst);
             Err(StoreError::Corrupt {
                 digest: *d,
@@ -480,21 +504,4 @@ pub(super) fn copy_checked(src: File, d: &Digest, path: &Path, dst: &Path) -> Re
             })
         }
     }
-}
-
-/// Copy `src` to a new file `dst` through `buf`: the digest of what it copied.
-fn copy_hashing(mut src: File, dst: &Path, buf: &mut [u8]) -> std::io::Result<Digest> {
-    let mut out = File::create(dst)?;
-    let mut h = blake3::Hasher::new();
-    loop {
-        let n = match src.read(buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        h.update(&buf[..n]);
-        std::io::Write::write_all(&mut out, &buf[..n])?;
-    }
-    Ok(Digest::from_blake3(h.finalize()))
 }

@@ -119,33 +119,33 @@ pub(super) fn committer(
     }
 }
 
-/// Commit and publish `b`, and answer on its channel.
+/// Make `b`'s blobs durable, then publish its records (all of whose blobs
+/// are durable now), and answer on its channel. A failed commit publishes
+/// only the records committed before, as a failed commit on the
+/// coordinator left them.
 fn answer(cache: &Cache, b: Handed) {
-    let done = b.done.clone();
-    let _ = done.send(commit_and_publish(cache, b));
-}
-
-/// Make the batch's blobs durable, then publish its records (all of whose
-/// blobs are durable now). A failed commit publishes only the records
-/// committed before, as a failed commit on the coordinator left them.
-fn commit_and_publish(cache: &Cache, b: Handed) -> Result<()> {
     let Handed {
         staged,
         committed: mut records,
         records: theirs,
-        done: _,
+        done,
     } = b;
     let committed = cache.store.commit_blobs(staged).map(|more| {
         records.extend(theirs);
         records.extend(more);
     });
-    // NB: entries evicted while pending are dropped, not resurrected.
+    let published = publish_records(cache, &records);
+    let _ = done.send(committed.map_err(Into::into).and(published));
+}
+
+/// Publish entry records whose blobs are durable. NB: entries evicted
+/// while pending are dropped, not resurrected.
+fn publish_records(cache: &Cache, records: &[(PathBuf, Digest)]) -> Result<()> {
     let index = &cache.index;
-    let published = cache
+    cache
         .store
-        .publish_entries(&records, |k| matches!(index.get(k), Ok(Some(_))));
-    committed?;
-    Ok(published?)
+        .publish_entries(records, |k| matches!(index.get(k), Ok(Some(_))))?;
+    Ok(())
 }
 
 impl<'a> GroupCommit<'a> {
@@ -376,11 +376,7 @@ impl<'a> GroupCommit<'a> {
     }
 
     fn publish(&mut self) -> Result<()> {
-        // NB: entries evicted while pending are dropped, not resurrected.
-        let index = &self.cache.index;
-        self.cache
-            .store
-            .publish_entries(&self.pending, |k| matches!(index.get(k), Ok(Some(_))))?;
+        publish_records(self.cache, &self.pending)?;
         self.pending.clear();
         Ok(())
     }
@@ -472,6 +468,22 @@ mod tests {
         (t, cache, work, outs)
     }
 
+    /// A group commit of `cache` handing due batches to a committer that
+    /// is not started yet: (it, the committer's queue, its stop channel).
+    fn handing<'c>(
+        cache: &'c Cache,
+        unsynced: &Arc<Unsynced>,
+    ) -> (
+        GroupCommit<'c>,
+        channel::Receiver<Handed>,
+        (channel::Sender<()>, channel::Receiver<()>),
+    ) {
+        let mut gc = GroupCommit::new(cache, unsynced.clone());
+        let (batches, handed) = channel::unbounded();
+        gc.background(batches);
+        (gc, handed, channel::bounded::<()>(0))
+    }
+
     fn blob(n: u8) -> Digest {
         Digest::of(&vec![n; MAX_PACKED + 1])
     }
@@ -487,10 +499,7 @@ mod tests {
         let unsynced = Arc::new(Unsynced::default());
         let published = |k: &Digest| cache.store.entry_path(k).exists();
         std::thread::scope(|s| {
-            let mut gc = GroupCommit::new(&cache, unsynced.clone());
-            let (batches, handed) = channel::unbounded();
-            let (_stop, stop) = channel::bounded::<()>(0);
-            gc.background(batches);
+            let (mut gc, handed, (_stop, stop)) = handing(&cache, &unsynced);
             gc.add(0, st0, true, true);
             gc.add(1, st1, true, false);
             assert!(unsynced.get(&blob(0)).is_some());
@@ -539,12 +548,9 @@ mod tests {
         let unsynced = Arc::new(Unsynced::default());
         let published = |k: &Digest| cache.store.entry_path(k).exists();
         std::thread::scope(|s| {
-            let mut gc = GroupCommit::new(&cache, unsynced.clone());
-            let (batches, handed) = channel::unbounded();
-            let (_stop, stop) = channel::bounded::<()>(0);
+            let (mut gc, handed, (_stop, stop)) = handing(&cache, &unsynced);
             let c = &cache;
             s.spawn(move || committer(c, handed, stop));
-            gc.background(batches);
             gc.add(0, st0, true, false);
             gc.commit_now().unwrap();
             let staged1 = work
